@@ -1,0 +1,25 @@
+"""recallkit: measure the recall-vs-inference-state trade-off of efficient sequence models."""
+
+from recallkit import ops
+from recallkit.config import ModelConfig, RunConfig, TrainConfig
+from recallkit.evaluate import evaluate
+from recallkit.mixers import MIXERS
+from recallkit.model import LanguageModel, build_model
+from recallkit.tasks import TASKS, make_task
+from recallkit.train import RunResult, train
+
+__all__ = [
+    "MIXERS",
+    "TASKS",
+    "LanguageModel",
+    "ModelConfig",
+    "RunConfig",
+    "RunResult",
+    "TrainConfig",
+    "build_model",
+    "evaluate",
+    "make_task",
+    "ops",
+    "train",
+]
+__version__ = "0.1.0"

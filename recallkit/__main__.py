@@ -1,0 +1,3 @@
+from recallkit.cli import app
+
+app(prog_name="recallkit")

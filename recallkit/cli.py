@@ -1,0 +1,113 @@
+"""Command line: thin typer wrappers around library functions; errors are one line and exit 1."""
+
+from __future__ import annotations
+
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from recallkit.errors import RecallkitError
+from recallkit.mixers import MIXERS
+from recallkit.report import frontier_points, write_report
+from recallkit.sweep import load_sweep, run_sweep
+from recallkit.sweep.load import one_line
+from recallkit.tasks import TASKS
+
+app = typer.Typer(help="recallkit: in-context recall vs inference state of sequence models.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+console = Console()
+
+
+def _one_line_errors(command):
+    """Turn user-facing errors into ``error: ...`` on stderr and exit code 1."""
+    @wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except ValidationError as error:
+            message = one_line(error)
+        except (RecallkitError, ValueError, FileNotFoundError) as error:
+            message = str(error)
+        print(f"error: {message.splitlines()[0] if message else 'unknown error'}", file=sys.stderr)
+        raise typer.Exit(1)
+    return wrapper
+
+
+def _frontier_table(rows: list[dict]) -> Table:
+    table = Table(title="best learning rate per model and width")
+    for column in ("setting", "model", "width", "state size", "accuracy", "wall time (s)"):
+        table.add_column(column, justify="left" if column in ("setting", "model") else "right")
+    for p in frontier_points(rows):
+        table.add_row(p["panel"], p["label"], str(p["d_model"]), f"{p['state_size']:,}",
+                      f"{p['accuracy']:.3f}", f"{p['wall_time']:.1f}" if p["wall_time"] else "")
+    return table
+
+
+def _run_and_report(sweep: Path, out: Path, executor: str, workers: int, quiet: bool) -> None:
+    configs = load_sweep(sweep)
+    if not quiet:
+        console.print(f"{len(configs)} runs from {sweep} -> {out}")
+    rows = run_sweep(configs, out, executor=executor, workers=workers, quiet=quiet)
+    failed = [r for r in rows if r["status"] == "failed"]
+    console.print(_frontier_table(rows))
+    for row in failed:
+        console.print(f"[red]failed[/red] {row['run_id']} {row['label']}: {row['error'].splitlines()[0]}")
+    png, page = write_report(out)
+    console.print(f"results: {out / 'results.sqlite'}\nfigure:  {png}\nreport:  {page}")
+
+
+@app.command()
+@_one_line_errors
+def run(
+    sweep: Annotated[Path, typer.Argument(help="Python file exporting `configs: list[RunConfig]`")],
+    out: Annotated[Path, typer.Option(help="results directory")],
+    executor: Annotated[str, typer.Option(help="serial | process")] = "serial",
+    workers: Annotated[int, typer.Option(help="process workers")] = 2,
+    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+) -> None:
+    """Run (or resume) a sweep into OUT/results.sqlite and write the report."""
+    _run_and_report(sweep, out, executor, workers, quiet)
+
+
+@app.command()
+@_one_line_errors
+def report(out: Annotated[Path, typer.Argument(help="results directory of a sweep")]) -> None:
+    """Write OUT/frontier.png and OUT/report.html from OUT/results.sqlite."""
+    png, page = write_report(out)
+    console.print(f"figure: {png}\nreport: {page}")
+
+
+@app.command("list")
+@_one_line_errors
+def list_registry(what: Annotated[str, typer.Argument(help="mixers | tasks")]) -> None:
+    """List the registered mixers or tasks."""
+    registries = {"mixers": MIXERS, "tasks": {k: v for k, v in TASKS.items()}}
+    if what not in registries:
+        raise RecallkitError(f"cannot list {what!r}; use one of: {', '.join(registries)}")
+    for key, cls in registries[what].items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        console.print(f"{key:<20} {doc}")
+
+
+@app.command()
+@_one_line_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="results directory")] = Path("runs/quickstart"),
+    sweep: Annotated[Path, typer.Option(help="the demo sweep file")] = Path("sweeps/quickstart.py"),
+    workers: Annotated[int, typer.Option(help="process workers (1 = serial)")] = 2,
+    quiet: bool = False,
+) -> None:
+    """Run the quickstart sweep (from the repository root) and write its report."""
+    if not sweep.is_file():
+        raise RecallkitError(f"{sweep} not found: run `recallkit demo` from the repository root")
+    _run_and_report(sweep, out, "process" if workers > 1 else "serial", workers, quiet)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,184 @@
+"""Configuration: pydantic models, all frozen and ``extra="forbid"``.
+
+Mixer and task configs are open families: each mixer/task file defines its own subclass of
+:class:`MixerConfig` / :class:`TaskConfig` with a ``name`` literal, and the registries resolve a
+plain dict ``{"name": ..., **fields}`` to the right subclass when a model or run config is built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
+
+
+class StrictModel(BaseModel):
+    """Base for every config: unknown fields are errors and instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MixerConfig(StrictModel):
+    """Base of every mixer's config. ``name`` is the registry key in ``recallkit.MIXERS``.
+
+    ``short_conv`` > 1 puts a depthwise causal conv of that many taps in front of the mixer
+    (the Zoology / Based recipe); 0 = none.
+    """
+
+    name: str
+    short_conv: int = Field(default=0, ge=0)
+
+    @field_validator("short_conv")
+    @classmethod
+    def _kernel(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("short_conv=1 is a per-channel scale, not a conv; use 0 (none) or >= 2 taps")
+        return value
+
+
+class TaskConfig(StrictModel):
+    """Base of every task's config. ``name`` is the registry key in ``recallkit.TASKS``.
+
+    Subclasses implement ``generate(num_examples, seed) -> Batch``.
+    """
+
+    name: str
+    vocab_size: int = Field(gt=1)
+    seq_len: int = Field(gt=1)
+
+    def generate(self, num_examples: int, seed: int):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _resolve(value: Any, registry_name: str, base: type[StrictModel]) -> Any:
+    """Turn ``{"name": key, ...}`` into the registered config class for ``key``."""
+    if isinstance(value, base) or not isinstance(value, dict):
+        return value
+    if registry_name == "mixers":
+        from recallkit.mixers import MIXERS as registry
+    else:
+        from recallkit.tasks import TASKS as registry
+    key = value.get("name")
+    if key not in registry:
+        raise ValueError(f"unknown {registry_name[:-1]} {key!r}; known: {', '.join(sorted(registry))}")
+    config_cls = registry[key].Config if registry_name == "mixers" else registry[key]
+    return config_cls(**value)
+
+
+class ModelConfig(StrictModel):
+    """A decoder-only language model: embed -> [norm -> mixer -> norm -> MLP] x L -> norm -> head.
+
+    ``mixer`` may be a list: layer ``i`` uses ``mixer[i % len(mixer)]`` (Zoology's Hybrid).
+    """
+
+    vocab_size: int = Field(gt=1)
+    d_model: int = Field(default=64, gt=0)
+    num_layers: int = Field(default=2, gt=0)
+    mixer: SerializeAsAny[MixerConfig] | list[SerializeAsAny[MixerConfig]]
+    mlp: Literal["gelu", "swiglu", "none"] = "gelu"
+    mlp_ratio: int = Field(default=4, gt=0)
+    max_position: int = Field(default=0, ge=0, description="learned absolute positions; 0 = none")
+    norm_eps: float = 1e-5
+
+    @field_validator("mixer", mode="before")
+    @classmethod
+    def _resolve_mixer(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("mixer schedule is empty")
+            return [_resolve(v, "mixers", MixerConfig) for v in value]
+        return _resolve(value, "mixers", MixerConfig)
+
+    @property
+    def layer_mixers(self) -> list[MixerConfig]:
+        """The mixer config of every layer, the hybrid schedule cycled over layers."""
+        schedule = self.mixer if isinstance(self.mixer, list) else [self.mixer]
+        return [schedule[i % len(schedule)] for i in range(self.num_layers)]
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> ModelConfig:
+        for mixer in self.layer_mixers:
+            check = getattr(mixer, "check_width", None)
+            if check is not None:
+                check(self.d_model)
+        return self
+
+
+class TrainConfig(StrictModel):
+    """Optimisation and evaluation budget of one run (DESIGN.md section 6)."""
+
+    lr: float = Field(default=3e-3, gt=0)
+    weight_decay: float = Field(default=0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    batch_size: int = Field(default=64, gt=0)
+    max_steps: int = Field(default=1000, gt=0)
+    warmup_steps: int = Field(default=50, ge=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    grad_clip: float = Field(default=1.0, gt=0)
+    num_train_examples: int = Field(default=20_000, gt=0)
+    num_test_examples: int = Field(default=500, gt=0)
+    eval_every: int = Field(default=100, gt=0)
+    early_stop_accuracy: float | None = Field(default=0.99, gt=0, le=1)
+    seed: int = Field(default=0, ge=0, lt=2**31)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class RunConfig(StrictModel):
+    """One training run: a model, a training task, an evaluation task and a budget."""
+
+    model: ModelConfig
+    task: SerializeAsAny[TaskConfig]
+    eval_task: SerializeAsAny[TaskConfig] | None = Field(
+        default=None, description="evaluation task; defaults to the training task"
+    )
+    train: TrainConfig = TrainConfig()
+    label: str | None = Field(default=None, description="name in tables and plots; default: the mixer")
+
+    @field_validator("task", "eval_task", mode="before")
+    @classmethod
+    def _resolve_task(cls, value: Any) -> Any:
+        return _resolve(value, "tasks", TaskConfig)
+
+    @model_validator(mode="after")
+    def _check_vocab(self) -> RunConfig:
+        for task in (self.task, self.test_task):
+            if task.vocab_size > self.model.vocab_size:
+                raise ValueError(
+                    f"model.vocab_size={self.model.vocab_size} is smaller than the task's "
+                    f"vocab_size={task.vocab_size}"
+                )
+            if self.model.max_position and task.seq_len > self.model.max_position:
+                raise ValueError(
+                    f"task seq_len={task.seq_len} exceeds model.max_position={self.model.max_position}"
+                )
+        return self
+
+    @property
+    def test_task(self) -> TaskConfig:
+        """The task used for evaluation."""
+        return self.eval_task or self.task
+
+    @property
+    def display_label(self) -> str:
+        """Label in tables and plots: ``label`` or the mixer's short description."""
+        if self.label:
+            return self.label
+        return "+".join(describe_mixer(m) for m in dict.fromkeys(self.model.layer_mixers))
+
+    def canonical_json(self) -> str:
+        """JSON with sorted keys: the identity of the run."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def run_id(self) -> str:
+        """Stable hash of the canonical config (16 hex digits)."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+
+def describe_mixer(mixer: MixerConfig) -> str:
+    """Short human label of a mixer config, e.g. ``linear_attention(taylor)``."""
+    describe = getattr(mixer, "describe", None)
+    label = describe() if describe is not None else mixer.name
+    return f"{label}+conv{mixer.short_conv}" if mixer.short_conv else label

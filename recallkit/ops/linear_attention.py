@@ -1,0 +1,104 @@
+"""Causal linear attention: S_t = S_{t-1} + phi(k_t) v_t^T,  y_t = phi(q_t)^T S_t.
+
+All functions take feature-mapped queries and keys (the feature map is the mixer's business) in
+the (B, H, T, D) layout and return ``(y, state)``. With ``normalize=True`` the output is divided by
+phi(q_t)^T z_t with z_t = sum_{j<=t} phi(k_j); the normaliser is carried as one extra value column,
+so the state is a single tensor S of shape (B, H, F, Dv + 1) whose last column is z. Three forms:
+
+- :func:`linear_attention_recurrent`: the token loop, the spec;
+- :func:`linear_attention_quadratic`: the masked (T, T) form;
+- :func:`linear_attention_chunked`: chunkwise parallel, the fast path for training and prefill.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+DEFAULT_EPS = 1e-6
+
+
+def _augment(v: Tensor, normalize: bool) -> Tensor:
+    """Append a column of ones to v so the state also accumulates z = sum phi(k)."""
+    if not normalize:
+        return v
+    return torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, H, T, Dv + 1)
+
+
+def _finish(y_aug: Tensor, normalize: bool, eps: float) -> Tensor:
+    """Split numerator and denominator and divide: y = num / (den + eps)."""
+    if not normalize:
+        return y_aug
+    return y_aug[..., :-1] / (y_aug[..., -1:] + eps)
+
+
+def init_linear_state(q: Tensor, v: Tensor, normalize: bool) -> Tensor:
+    """Zero state (B, H, F, Dv + normalize) for inputs shaped like q (B, H, T, F) and v (B, H, T, Dv)."""
+    B, H, _, F_ = q.shape
+    return q.new_zeros(B, H, F_, v.shape[-1] + int(normalize))
+
+
+def linear_attention_recurrent(
+    q: Tensor, k: Tensor, v: Tensor, state: Tensor | None = None, normalize: bool = True,
+    eps: float = DEFAULT_EPS,
+) -> tuple[Tensor, Tensor]:
+    """Token-by-token recurrence (the reference).
+
+    Args:
+        q, k: feature-mapped queries and keys, (B, H, T, F).
+        v: values, (B, H, T, Dv).
+        state: S from a previous call, (B, H, F, Dv + normalize), or None for zeros.
+    Returns:
+        y (B, H, T, Dv) and the state after the last token.
+    """
+    v_aug = _augment(v, normalize)
+    S = init_linear_state(q, v, normalize) if state is None else state
+    outputs = []
+    for t in range(q.shape[2]):
+        S = S + k[:, :, t, :, None] * v_aug[:, :, t, None, :]  # (B, H, F, Dv+1)
+        outputs.append(torch.einsum("bhf,bhfd->bhd", q[:, :, t], S))
+    y_aug = torch.stack(outputs, dim=2) if outputs else v_aug[:, :, :0]
+    return _finish(y_aug, normalize, eps), S
+
+
+def linear_attention_quadratic(
+    q: Tensor, k: Tensor, v: Tensor, normalize: bool = True, eps: float = DEFAULT_EPS
+) -> Tensor:
+    """Masked quadratic form: y = tril(q k^T) v (B, H, T, Dv), from a zero state."""
+    T = q.shape[2]
+    scores = q @ k.transpose(-1, -2)  # (B, H, T, T)
+    mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    y_aug = scores.masked_fill(~mask, 0.0) @ _augment(v, normalize)
+    return _finish(y_aug, normalize, eps)
+
+
+def linear_attention_chunked(
+    q: Tensor, k: Tensor, v: Tensor, state: Tensor | None = None, normalize: bool = True,
+    chunk_size: int = 64, eps: float = DEFAULT_EPS,
+) -> tuple[Tensor, Tensor]:
+    """Chunkwise-parallel form: quadratic inside a chunk, the running state across chunks.
+
+    For chunk c with inputs Q_c, K_c, V_c (C rows each) and state S_c before it:
+    Y_c = Q_c S_c + tril(Q_c K_c^T) V_c and S_{c+1} = S_c + K_c^T V_c. The states of all
+    chunks come from one exclusive cumulative sum, so the whole sequence is a few batched GEMMs.
+    Same arguments and returns as :func:`linear_attention_recurrent`.
+    """
+    B, H, T, F_ = q.shape
+    v_aug = _augment(v, normalize)
+    S0 = init_linear_state(q, v, normalize) if state is None else state
+    if T == 0:
+        return _finish(v_aug, normalize, eps), S0
+    C = chunk_size
+    pad = (-T) % C
+    if pad:  # zero keys/values add nothing to the state; padded query rows are dropped below
+        q, k, v_aug = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v_aug))
+    N = q.shape[2] // C
+    qc, kc, vc = (x.reshape(B, H, N, C, x.shape[-1]) for x in (q, k, v_aug))
+    chunk_kv = kc.transpose(-1, -2) @ vc  # (B, H, N, F, Dv+1)
+    running = torch.cumsum(chunk_kv, dim=2)
+    S_before = S0.unsqueeze(2) + torch.cat([torch.zeros_like(running[:, :, :1]), running[:, :, :-1]], dim=2)
+    mask = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    intra = (qc @ kc.transpose(-1, -2)).masked_fill(~mask, 0.0) @ vc  # (B, H, N, C, Dv+1)
+    y_aug = (qc @ S_before + intra).reshape(B, H, N * C, -1)[:, :, :T]
+    return _finish(y_aug, normalize, eps), S0 + running[:, :, -1]

@@ -1,0 +1,46 @@
+"""Short causal depthwise convolution: y_t = b + sum_{i<K} w_i * x_{t-K+1+i} per channel.
+
+Its recurrent state is the tail of the last K - 1 inputs, (B, D, K - 1): zeros before the first
+token. Inputs here are (B, T, D) (the model layout); the conv runs on (B, D, T).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def short_conv(x: Tensor, weight: Tensor, bias: Tensor | None, tail: Tensor | None = None
+               ) -> tuple[Tensor, Tensor]:
+    """Parallel form.
+
+    Args:
+        x: (B, T, D) inputs.
+        weight: (D, K) filter per channel; bias: (D,) or None.
+        tail: (B, D, K - 1) previous inputs, or None for zeros.
+    Returns:
+        y (B, T, D) and the new tail (B, D, K - 1).
+    """
+    B, T, D = x.shape
+    K = weight.shape[1]
+    if tail is None:
+        tail = x.new_zeros(B, D, K - 1)
+    padded = torch.cat([tail, x.transpose(1, 2)], dim=2)  # (B, D, K - 1 + T)
+    y = F.conv1d(padded, weight.unsqueeze(1), bias, groups=D)  # (B, D, T)
+    return y.transpose(1, 2), padded[:, :, padded.shape[2] - (K - 1):]
+
+
+def short_conv_recurrent(x: Tensor, weight: Tensor, bias: Tensor | None, tail: Tensor | None = None
+                         ) -> tuple[Tensor, Tensor]:
+    """Token loop (the reference): same arguments and returns as :func:`short_conv`."""
+    B, T, D = x.shape
+    K = weight.shape[1]
+    tail = x.new_zeros(B, D, K - 1) if tail is None else tail
+    outputs = []
+    for t in range(T):
+        window = torch.cat([tail, x[:, t, :, None]], dim=2)  # (B, D, K)
+        y = (window * weight).sum(-1)
+        outputs.append(y if bias is None else y + bias)
+        tail = window[:, :, 1:]
+    return torch.stack(outputs, dim=1) if outputs else x, tail

@@ -1,0 +1,48 @@
+"""Sweep files: Python files that export ``configs: list[RunConfig]`` (grids are plain loops)."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from recallkit.config import RunConfig
+from recallkit.errors import RecallkitError
+
+
+def one_line(error: ValidationError) -> str:
+    """A pydantic validation error as one line: ``field.path: message; ...``."""
+    parts = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{location}: {message}" if location else message)
+    return f"invalid {error.title}: " + "; ".join(parts)
+
+
+def load_sweep(path: str | Path) -> list[RunConfig]:
+    """Execute the sweep file the user named and return its validated ``configs``.
+
+    Duplicate configs (same run id) are kept once, in first-seen order.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecallkitError(f"sweep file not found: {path}")
+    try:
+        namespace = runpy.run_path(str(path))
+    except ValidationError as error:
+        raise RecallkitError(f"{path}: {one_line(error)}") from None
+    except Exception as error:
+        raise RecallkitError(f"{path}: {type(error).__name__}: {error}") from None
+    configs = namespace.get("configs")
+    if not isinstance(configs, (list, tuple)) or not configs:
+        raise RecallkitError(f"{path} must define a non-empty list `configs` of RunConfig")
+    validated: dict[str, RunConfig] = {}
+    for i, config in enumerate(configs):
+        try:
+            config = config if isinstance(config, RunConfig) else RunConfig.model_validate(config)
+        except ValidationError as error:
+            raise RecallkitError(f"{path}: configs[{i}]: {one_line(error)}") from None
+        validated.setdefault(config.run_id, config)
+    return list(validated.values())

@@ -1,0 +1,116 @@
+"""Run a sweep into a results store with a serial or process-pool executor.
+
+The driver is the only writer of the store. A worker trains one run and returns its outcome as a
+plain dict; an exception becomes a ``failed`` outcome and never stops the sweep.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from recallkit.config import RunConfig
+from recallkit.sweep.store import Store
+from recallkit.train import StepCallback, train
+
+Executor = Literal["serial", "process"]
+RESULTS_FILE = "results.sqlite"
+
+
+def execute(config_json: str, on_step: StepCallback | None = None) -> dict[str, Any]:
+    """Train one run from its canonical JSON; return its outcome for ``Store.record``."""
+    config = RunConfig.model_validate_json(config_json)
+    try:
+        result = train(config, on_step=on_step)
+    except Exception as error:  # a failing run is recorded, the sweep goes on
+        tail = traceback.format_exc(limit=-3)
+        return {"status": "failed", "error": f"{type(error).__name__}: {error}\n{tail}"}
+    return {
+        "status": result.status, "metrics": result.metrics, "state_size": result.state_size,
+        "num_params": result.num_params, "wall_time": result.wall_time,
+    }
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def threads_per_worker(workers: int) -> int:
+    """Split the machine's cores between process workers so they do not oversubscribe."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def _progress(quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), disable=quiet, transient=False,
+    )
+
+
+def run_sweep(
+    configs: list[RunConfig], out_dir: str | Path, executor: Executor = "serial", workers: int = 1,
+    quiet: bool = False, on_outcome: Callable[[RunConfig, dict], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every unfinished config and record it in ``out_dir/results.sqlite``.
+
+    Returns:
+        All rows of the store after the sweep (see ``Store.rows``).
+    """
+    if executor not in ("serial", "process"):
+        raise ValueError(f"unknown executor {executor!r}; use serial or process")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    with Store(Path(out_dir) / RESULTS_FILE) as store:
+        store.add(configs)
+        todo = store.unfinished(configs)
+        with _progress(quiet) as progress:
+            sweep_task = progress.add_task("sweep", total=len(configs), info="")
+            progress.update(sweep_task, completed=len(configs) - len(todo))
+
+            def finish(config: RunConfig, outcome: dict) -> None:
+                store.record(config.run_id, outcome)
+                accuracy = (outcome.get("metrics") or {}).get("accuracy")
+                info = f"last: {config.display_label} d={config.model.d_model} {outcome['status']}"
+                progress.update(sweep_task, advance=1, info=info + (f" acc={accuracy:.3f}" if accuracy is not None else ""))
+                if on_outcome is not None:
+                    on_outcome(config, outcome)
+
+            if executor == "serial" or len(todo) <= 1:
+                _run_serial(todo, store, progress, finish)
+            else:
+                _run_processes(todo, store, workers, finish)
+        return store.rows()
+
+
+def _run_serial(todo: list[RunConfig], store: Store, progress: Progress, finish) -> None:
+    for config in todo:
+        store.mark_running(config.run_id)
+        run_task = progress.add_task(f"  {config.display_label} d={config.model.d_model}",
+                                     total=config.train.max_steps, info="")
+
+        def on_step(s: dict, run_task=run_task) -> None:
+            progress.update(run_task, completed=s["step"], info=f"loss {s['loss']:.3f} acc {s['accuracy']:.3f}")
+
+        outcome = execute(config.canonical_json(), on_step)
+        progress.remove_task(run_task)
+        finish(config, outcome)
+
+
+def _run_processes(todo: list[RunConfig], store: Store, workers: int, finish) -> None:
+    context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(threads_per_worker(workers),)) as pool:
+        futures = {}
+        for config in todo:
+            store.mark_running(config.run_id)
+            futures[pool.submit(execute, config.canonical_json())] = config
+        for future in as_completed(futures):
+            finish(futures[future], future.result())

@@ -1,0 +1,124 @@
+"""SQLite results store (DESIGN.md section 7): one row per run, keyed by the config hash.
+
+Only the sweep driver writes (one writer). Every status change is committed at once, so a sweep
+killed at any point keeps every finished run, and a rerun skips them and never duplicates a row.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from recallkit.config import RunConfig
+from recallkit.errors import RecallkitError
+
+STATUSES = ("pending", "running", "done", "failed", "diverged")
+FINISHED = ("done", "diverged")
+"""Statuses a rerun skips. ``failed`` runs are retried (the cause may have been fixed)."""
+
+SCHEMA_VERSION = "1"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id      TEXT PRIMARY KEY,
+    label       TEXT NOT NULL,
+    config      TEXT NOT NULL,
+    status      TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed', 'diverged')),
+    metrics     TEXT,
+    state_size  INTEGER,
+    num_params  INTEGER,
+    wall_time   REAL,
+    error       TEXT,
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL
+);
+"""
+
+
+class Store:
+    """Results database of one sweep directory (``DIR/results.sqlite``)."""
+
+    def __init__(self, path: str | Path, create: bool = True) -> None:
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise RecallkitError(f"no results database at {self.path}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript(SCHEMA)
+            version = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if version is None:
+                self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+                self.db.commit()
+            elif version[0] != SCHEMA_VERSION:
+                raise RecallkitError(f"{self.path} has results schema v{version[0]}, expected v{SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as error:
+            raise RecallkitError(f"{self.path} is not a readable recallkit results database ({error})") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def add(self, configs: list[RunConfig]) -> None:
+        """Register runs as ``pending``; runs already present keep their row."""
+        now = time.time()
+        self.db.executemany(
+            "INSERT OR IGNORE INTO runs (run_id, label, config, status, created_at, updated_at) "
+            "VALUES (?, ?, ?, 'pending', ?, ?)",
+            [(c.run_id, c.display_label, c.canonical_json(), now, now) for c in configs],
+        )
+        self.db.commit()
+
+    def unfinished(self, configs: list[RunConfig]) -> list[RunConfig]:
+        """The configs whose run is not ``done`` or ``diverged``."""
+        finished = {
+            run_id for (run_id,) in self.db.execute(
+                f"SELECT run_id FROM runs WHERE status IN ({','.join('?' * len(FINISHED))})", FINISHED
+            )
+        }
+        return [c for c in configs if c.run_id not in finished]
+
+    def mark_running(self, run_id: str) -> None:
+        self.db.execute(
+            "UPDATE runs SET status = 'running', error = NULL, updated_at = ? WHERE run_id = ?",
+            (time.time(), run_id),
+        )
+        self.db.commit()
+
+    def record(self, run_id: str, outcome: dict[str, Any]) -> None:
+        """Store a run's outcome: status, metrics, state_size, num_params, wall_time, error."""
+        if outcome["status"] not in STATUSES:
+            raise ValueError(f"unknown status {outcome['status']!r}")
+        self.db.execute(
+            "UPDATE runs SET status = ?, metrics = ?, state_size = ?, num_params = ?, wall_time = ?, "
+            "error = ?, updated_at = ? WHERE run_id = ?",
+            (
+                outcome["status"], json.dumps(outcome.get("metrics")), outcome.get("state_size"),
+                outcome.get("num_params"), outcome.get("wall_time"), outcome.get("error"), time.time(), run_id,
+            ),
+        )
+        self.db.commit()
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every run as a dict, config and metrics decoded from JSON, in insertion order."""
+        cursor = self.db.execute("SELECT * FROM runs ORDER BY created_at, rowid")
+        names = [d[0] for d in cursor.description]
+        rows = []
+        for values in cursor:
+            row = dict(zip(names, values))
+            try:
+                row["config"] = json.loads(row["config"])
+                row["metrics"] = json.loads(row["metrics"]) if row["metrics"] else None
+            except json.JSONDecodeError as error:
+                raise RecallkitError(f"{self.path}: run {row['run_id']} has corrupt JSON ({error})") from None
+            rows.append(row)
+        return rows

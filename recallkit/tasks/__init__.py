@@ -1,0 +1,22 @@
+"""Synthetic recall tasks, registered by short key; each value is the task's config class."""
+
+from typing import Any
+
+from recallkit.config import TaskConfig
+from recallkit.errors import RecallkitError
+from recallkit.tasks.base import IGNORE_INDEX, Batch, eval_seed, train_seed
+from recallkit.tasks.mqar import MQARConfig
+
+TASKS: dict[str, type[TaskConfig]] = {
+    "mqar": MQARConfig,
+}
+
+
+def make_task(key: str, **fields: Any) -> TaskConfig:
+    """Build a task config, e.g. ``make_task("mqar", vocab_size=256, seq_len=64, num_kv_pairs=8)``."""
+    if key not in TASKS:
+        raise RecallkitError(f"unknown task {key!r}; known: {', '.join(sorted(TASKS))}")
+    return TASKS[key](**fields)
+
+
+__all__ = ["IGNORE_INDEX", "TASKS", "Batch", "make_task", "eval_seed", "train_seed"]

@@ -1,0 +1,120 @@
+"""Training loop (DESIGN.md section 6): AdamW, warmup + cosine, clipping, early stopping."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from recallkit.config import RunConfig
+from recallkit.evaluate import evaluate
+from recallkit.model import LanguageModel, build_model
+from recallkit.tasks.base import IGNORE_INDEX, eval_seed, train_seed
+
+StepCallback = Callable[[dict], None]
+"""Called after every optimiser step with ``{"step", "max_steps", "loss", "accuracy"}``."""
+
+
+@dataclass
+class RunResult:
+    """Outcome of one run. ``status`` is ``done`` or ``diverged`` (non-finite loss)."""
+
+    status: str
+    metrics: dict
+    state_size: int
+    num_params: int
+    wall_time: float
+    model: LanguageModel
+    curve: list[dict] = field(default_factory=list)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' requested but CUDA is not available")
+    return torch.device(device)
+
+
+def lr_factor(step: int, warmup_steps: int, max_steps: int, min_ratio: float) -> float:
+    """Linear warmup to 1 over ``warmup_steps``, then cosine decay to ``min_ratio`` at ``max_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _optimizer(model: LanguageModel, config: RunConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on biases or norm gains)."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    train = config.train
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=train.lr, betas=train.betas,
+    )
+
+
+def train(config: RunConfig, on_step: StepCallback | None = None) -> RunResult:
+    """Train the run's model on its task and evaluate it on the eval task.
+
+    Deterministic on CPU for a given config: model init, data and shuffling all derive from
+    ``config.train.seed`` through local generators.
+    """
+    start_time = time.perf_counter()
+    tc = config.train
+    device = resolve_device(tc.device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(tc.seed)
+        model = build_model(config.model).to(device)
+    train_data = config.task.generate(tc.num_train_examples, train_seed(tc.seed))
+    test_data = config.test_task.generate(tc.num_test_examples, eval_seed(tc.seed))
+    optimizer = _optimizer(model, config)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio)
+    )
+    shuffle = torch.Generator().manual_seed(tc.seed)
+    order = torch.randperm(len(train_data), generator=shuffle)
+    cursor, status, curve, metrics = 0, "done", [], None
+    accuracy = float("nan")
+    model.train()
+    for step in range(1, tc.max_steps + 1):
+        if cursor + tc.batch_size > len(order):
+            order, cursor = torch.randperm(len(train_data), generator=shuffle), 0
+        batch = train_data[order[cursor : cursor + tc.batch_size]].to(device)
+        cursor += tc.batch_size
+        scored = batch.labels != IGNORE_INDEX  # (B, T)
+        logits = model.head(model.hidden_states(batch.inputs, batch.prefix_len)[scored])  # (num_scored, V)
+        loss = F.cross_entropy(logits, batch.labels[scored])
+        if not torch.isfinite(loss):
+            status = "diverged"
+            curve.append({"step": step, "loss": float(loss.item())})
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        optimizer.step()
+        schedule.step()
+        metrics = None
+        if step % tc.eval_every == 0 or step == tc.max_steps:
+            metrics = evaluate(model, test_data)
+            accuracy = metrics["accuracy"]
+            curve.append({"step": step, "loss": loss.item(), "accuracy": accuracy})
+        if on_step is not None:
+            on_step({"step": step, "max_steps": tc.max_steps, "loss": loss.item(), "accuracy": accuracy})
+        if metrics is not None and tc.early_stop_accuracy and accuracy >= tc.early_stop_accuracy:
+            break
+    if metrics is None:
+        metrics = evaluate(model, test_data)
+    metrics["steps"] = step
+    metrics["curve"] = curve
+    metrics["best_accuracy"] = max([c.get("accuracy", 0.0) for c in curve] + [metrics["accuracy"]])
+    return RunResult(
+        status=status, metrics=metrics, state_size=model.state_size(config.test_task.seq_len),
+        num_params=model.num_params(), wall_time=time.perf_counter() - start_time, model=model, curve=curve,
+    )

@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny run configs and sweep files written into tmp_path."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import recallkit as rk
+
+TINY_SWEEP = """
+import recallkit as rk
+
+configs = [
+    rk.RunConfig(
+        model=dict(vocab_size=32, d_model=d, num_layers=1, mixer=dict(name=mixer), max_position=16),
+        task=dict(name="mqar", vocab_size=32, seq_len=16, num_kv_pairs=2),
+        train=dict(lr=lr, max_steps={steps}, eval_every=10, batch_size=16, num_train_examples=256,
+                   num_test_examples=32, warmup_steps=2, device="cpu"),
+    )
+    for mixer in ("attention", "linear_attention")
+    for d in (8, 16)
+    for lr in (1e-3, 3e-3)
+]
+"""
+
+
+def tiny_run(**train) -> rk.RunConfig:
+    """A run that trains in well under a second."""
+    return rk.RunConfig(
+        model=dict(vocab_size=32, d_model=16, num_layers=1, mixer=dict(name="attention"), max_position=16),
+        task=dict(name="mqar", vocab_size=32, seq_len=16, num_kv_pairs=2),
+        train={"max_steps": 20, "eval_every": 10, "batch_size": 16, "num_train_examples": 128,
+               "num_test_examples": 32, "warmup_steps": 2, "device": "cpu", **train},
+    )
+
+
+@pytest.fixture
+def sweep_file(tmp_path: Path):
+    """Write the tiny 8-run sweep with ``steps`` training steps per run; returns its path."""
+    def write(steps: int = 20) -> Path:
+        path = tmp_path / "tiny_sweep.py"
+        path.write_text(textwrap.dedent(TINY_SWEEP.format(steps=steps)))
+        return path
+    return write

@@ -1,0 +1,55 @@
+"""CLI: help, registry listing, one-line errors, run + report end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from recallkit.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_the_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("run", "report", "list", "demo"):
+        assert command in result.output
+
+
+def test_list_mixers_and_tasks():
+    mixers = runner.invoke(app, ["list", "mixers"])
+    assert mixers.exit_code == 0 and "attention" in mixers.output and "linear_attention" in mixers.output
+    tasks = runner.invoke(app, ["list", "tasks"])
+    assert tasks.exit_code == 0 and "mqar" in tasks.output
+
+
+def test_errors_are_one_line_with_nonzero_exit(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "configs = [dict(model=dict(vocab_size=64, mixer=dict(name='attention')),"
+        " task=dict(name='mqar', vocab_size=64, seq_len=16, num_kv_pairs=8))]\n"
+    )
+    result = subprocess.run([sys.executable, "-m", "recallkit", "run", str(bad), "--out", str(tmp_path / "o")],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+    assert "needs seq_len >= 2*num_kv_pairs*(num_passes+1) = 32; got seq_len=16" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    for args in (["list", "colours"], ["report", str(tmp_path / "nowhere")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+
+
+def test_run_then_report_writes_database_figure_and_page(tmp_path, sweep_file):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(sweep_file(steps=10)), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "best learning rate per model and width" in result.output
+    for name in ("results.sqlite", "frontier.png", "report.html"):
+        assert (out / name).stat().st_size > 0
+    (out / "frontier.png").unlink()
+    result = runner.invoke(app, ["report", str(out)])
+    assert result.exit_code == 0 and (out / "frontier.png").exists()

@@ -1,0 +1,109 @@
+"""Chunked linear attention == token recurrence == quadratic form, forward and backward."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from recallkit import ops
+from recallkit.ops.feature_maps import FEATURE_MAPS, feature_dim
+
+
+def qkv(B=2, H=2, T=23, F=5, Dv=3, positive=True, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(B, H, T, F, generator=g, dtype=dtype) for _ in range(2))
+    if positive:
+        q, k = q.exp() * 0.5, k.exp() * 0.5
+    v = torch.randn(B, H, T, Dv, generator=g, dtype=dtype)
+    return q, k, v
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("chunk_size", [1, 4, 7, 23, 64])
+def test_chunked_equals_recurrent_and_quadratic(normalize, chunk_size):
+    q, k, v = qkv(positive=normalize)
+    y_rec, s_rec = ops.linear_attention_recurrent(q, k, v, normalize=normalize)
+    y_chunk, s_chunk = ops.linear_attention_chunked(q, k, v, normalize=normalize, chunk_size=chunk_size)
+    y_quad = ops.linear_attention_quadratic(q, k, v, normalize=normalize)
+    torch.testing.assert_close(y_chunk, y_rec)
+    torch.testing.assert_close(y_quad, y_rec)
+    torch.testing.assert_close(s_chunk, s_rec)
+    assert s_rec.shape == (2, 2, 5, 3 + int(normalize))
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_chunked_resumes_from_a_state(normalize):
+    q, k, v = qkv(positive=normalize)
+    y_full, s_full = ops.linear_attention_recurrent(q, k, v, normalize=normalize)
+    _, s_head = ops.linear_attention_chunked(q[:, :, :9], k[:, :, :9], v[:, :, :9], normalize=normalize, chunk_size=4)
+    y_tail, s_tail = ops.linear_attention_chunked(
+        q[:, :, 9:], k[:, :, 9:], v[:, :, 9:], s_head, normalize=normalize, chunk_size=4
+    )
+    torch.testing.assert_close(y_tail, y_full[:, :, 9:])
+    torch.testing.assert_close(s_tail, s_full)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_gradients_agree(normalize):
+    grads = []
+    for form in ("recurrent", "chunked", "quadratic"):
+        q, k, v = (t.requires_grad_() for t in qkv(T=13, positive=normalize, seed=3))
+        if form == "recurrent":
+            y, _ = ops.linear_attention_recurrent(q, k, v, normalize=normalize)
+        elif form == "chunked":
+            y, _ = ops.linear_attention_chunked(q, k, v, normalize=normalize, chunk_size=4)
+        else:
+            y = ops.linear_attention_quadratic(q, k, v, normalize=normalize)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        grads.append([q.grad, k.grad, v.grad])
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_gradcheck_chunked(normalize):
+    q, k, v = (t.requires_grad_() for t in qkv(B=1, H=1, T=6, F=3, Dv=2, positive=normalize, seed=5))
+    torch.autograd.gradcheck(
+        lambda q, k, v: ops.linear_attention_chunked(q, k, v, normalize=normalize, chunk_size=4)[0], (q, k, v)
+    )
+
+
+def test_taylor_feature_map_approximates_exp():
+    g = torch.Generator().manual_seed(0)
+    d = 16
+    q, k = torch.randn(2, d, generator=g, dtype=torch.float64) * 0.5
+    dot = (q * k).sum()
+    phi = FEATURE_MAPS["taylor"]
+    assert phi(q).shape[-1] == feature_dim("taylor", d) == 273
+    expected = 1 + dot / math.sqrt(d) + dot**2 / (2 * d)
+    torch.testing.assert_close((phi(q) * phi(k)).sum(), expected)
+
+
+@pytest.mark.parametrize("name", ["elu", "relu", "taylor"])
+def test_positive_feature_maps_give_non_negative_scores(name):
+    x = torch.randn(50, 8, generator=torch.Generator().manual_seed(1)) * 3
+    scores = FEATURE_MAPS[name](x) @ FEATURE_MAPS[name](x).T
+    assert (scores >= 0).all()
+
+
+@pytest.mark.parametrize("kernel_size", [2, 4])
+def test_short_conv_parallel_equals_token_loop_forward_and_backward(kernel_size):
+    from recallkit.ops.short_conv import short_conv, short_conv_recurrent
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 9, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, kernel_size, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True)
+    tail = torch.randn(2, 5, kernel_size - 1, generator=g, dtype=torch.float64)
+    y, t = short_conv(x, w, b, tail)
+    y_ref, t_ref = short_conv_recurrent(x, w, b, tail)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(t, t_ref)
+    torch.testing.assert_close(t, x[:, -(kernel_size - 1):].transpose(1, 2))
+    grads = torch.autograd.grad(y.sum(), (x, w, b))
+    grads_ref = torch.autograd.grad(y_ref.sum(), (x, w, b))
+    for a, r in zip(grads, grads_ref):
+        torch.testing.assert_close(a, r)

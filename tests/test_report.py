@@ -1,0 +1,47 @@
+"""Frontier points (best lr per model and width) and the self-contained HTML page."""
+
+from __future__ import annotations
+
+from recallkit.report import frontier_points, write_report
+from recallkit.sweep import Store
+from tests.conftest import tiny_run
+
+
+def row(run_id, label, d, lr, accuracy, status="done", T=64, state=100):
+    return {
+        "run_id": run_id, "label": label, "status": status, "state_size": state, "num_params": 10,
+        "wall_time": 1.0, "error": None, "metrics": {"accuracy": accuracy},
+        "config": {"model": {"d_model": d}, "task": {"name": "mqar", "seq_len": T}, "train": {"lr": lr}},
+    }
+
+
+def test_frontier_takes_the_best_learning_rate_per_model_and_width():
+    rows = [
+        row("a", "attention", 64, 1e-3, 0.2), row("b", "attention", 64, 3e-3, 0.9),
+        row("c", "attention", 128, 1e-3, 0.95), row("d", "attention", 128, 3e-3, float("nan"), "diverged"),
+        row("e", "attention", 64, 1e-2, 0.99, status="failed"), row("f", "attention", 64, 1e-2, 1.0, T=128),
+    ]
+    points = {(p["panel"], p["d_model"]): p for p in frontier_points(rows)}
+    assert points[("mqar T=64", 64)]["accuracy"] == 0.9 and points[("mqar T=64", 64)]["lr"] == 3e-3
+    assert points[("mqar T=64", 128)]["accuracy"] == 0.95
+    assert points[("mqar T=128", 64)]["accuracy"] == 1.0
+    assert len(points) == 3
+
+
+def test_report_on_an_empty_sweep_renders_with_a_message(tmp_path):
+    Store(tmp_path / "results.sqlite").close()
+    png, page = write_report(tmp_path)
+    assert png.stat().st_size > 0
+    assert "No finished runs yet" in page.read_text()
+
+
+def test_report_embeds_the_figure_and_lists_runs(tmp_path):
+    with Store(tmp_path / "results.sqlite") as store:
+        config = tiny_run()
+        store.add([config])
+        store.record(config.run_id, {"status": "done", "metrics": {"accuracy": 0.5, "token_accuracy": 0.5},
+                                     "state_size": 512, "num_params": 9, "wall_time": 1.5})
+    _, page = write_report(tmp_path)
+    html = page.read_text()
+    assert "data:image/png;base64," in html and config.run_id in html and "512" in html
+    assert "http://" not in html and "https://" not in html  # self-contained, works offline

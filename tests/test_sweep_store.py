@@ -1,0 +1,119 @@
+"""Sweeps into SQLite: resume, no duplicates, SIGKILL mid-sweep, corrupt files, executors."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from recallkit.errors import RecallkitError
+from recallkit.sweep import Store, load_sweep, run_sweep
+from tests.conftest import tiny_run
+
+
+def statuses(db: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT run_id, status FROM runs").fetchall()
+
+
+def test_serial_sweep_records_every_run_once_and_resume_skips_finished(tmp_path, sweep_file):
+    configs = load_sweep(sweep_file())
+    assert len(configs) == 8
+    rows = run_sweep(configs, tmp_path / "out", quiet=True)
+    assert [r["status"] for r in rows] == ["done"] * 8
+    assert all(r["state_size"] > 0 and r["num_params"] > 0 and r["metrics"]["accuracy"] >= 0 for r in rows)
+    first = {r["run_id"]: r["updated_at"] for r in rows}
+    again = run_sweep(configs + configs[:2], tmp_path / "out", quiet=True)
+    assert {r["run_id"]: r["updated_at"] for r in again} == first  # nothing re-ran, nothing duplicated
+
+
+def test_process_executor_matches_serial_metrics(tmp_path, sweep_file):
+    configs = load_sweep(sweep_file())[:3]
+    serial = run_sweep(configs, tmp_path / "serial", quiet=True)
+    parallel = run_sweep(configs, tmp_path / "process", executor="process", workers=2, quiet=True)
+    by_id = {r["run_id"]: r["metrics"]["accuracy"] for r in serial}
+    assert {r["run_id"]: r["metrics"]["accuracy"] for r in parallel} == by_id
+    assert all(r["status"] == "done" for r in parallel)
+
+
+def test_sigkill_mid_sweep_then_resume_keeps_every_finished_run_exactly_once(tmp_path, sweep_file):
+    sweep, out = sweep_file(steps=60), tmp_path / "out"
+    db = out / "results.sqlite"
+    command = [sys.executable, "-m", "recallkit", "run", str(sweep), "--out", str(out), "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if db.exists() and sum(s == "done" for _, s in statuses(db)) >= 2:
+            break
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    before = {run_id: s for run_id, s in statuses(db)}
+    finished_before = {r for r, s in before.items() if s == "done"}
+    assert 2 <= len(finished_before) < 8, "kill must land mid-sweep"
+    with Store(db) as store:
+        kept = {r["run_id"]: r["updated_at"] for r in store.rows() if r["run_id"] in finished_before}
+    rows = run_sweep(load_sweep(sweep), out, quiet=True)
+    assert len(rows) == len({r["run_id"] for r in rows}) == 8
+    assert all(r["status"] == "done" for r in rows)
+    assert {r["run_id"]: r["updated_at"] for r in rows if r["run_id"] in finished_before} == kept
+
+
+def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    import recallkit.sweep.runner as runner
+
+    real_train = runner.train
+
+    def flaky(config, on_step=None):
+        if config.train.lr == 0.5:
+            raise RuntimeError("boom")
+        return real_train(config, on_step)
+
+    monkeypatch.setattr(runner, "train", flaky)
+    rows = run_sweep([tiny_run(lr=0.5), tiny_run(lr=1e-3)], tmp_path, quiet=True)
+    assert [r["status"] for r in rows] == ["failed", "done"]
+    assert rows[0]["error"].startswith("RuntimeError: boom")
+
+
+def test_non_finite_loss_marks_run_diverged(tmp_path, monkeypatch):
+    train_module = importlib.import_module("recallkit.train")  # the module, not rk.train
+    monkeypatch.setattr(train_module.F, "cross_entropy", lambda *a, **k: torch.tensor(float("nan")))
+    rows = run_sweep([tiny_run()], tmp_path, quiet=True)
+    assert rows[0]["status"] == "diverged"
+
+
+def test_corrupt_database_gives_one_clear_error(tmp_path):
+    db = tmp_path / "results.sqlite"
+    db.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(RecallkitError, match="not a readable recallkit results database"):
+        Store(db)
+    assert db.read_bytes() == b"this is not sqlite" * 100  # never overwritten
+
+
+def test_missing_database_is_an_error_for_readers(tmp_path):
+    with pytest.raises(RecallkitError, match="no results database"):
+        Store(tmp_path / "results.sqlite", create=False)
+
+
+def test_bad_sweep_files_are_rejected_with_one_line(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("configs = []\n")
+    with pytest.raises(RecallkitError, match="non-empty list `configs`"):
+        load_sweep(bad)
+    bad.write_text(
+        "configs = [dict(model=dict(vocab_size=64, d_model=30, mixer=dict(name='attention', num_heads=4)),"
+        " task=dict(name='mqar', vocab_size=64, seq_len=32, num_kv_pairs=4))]\n"
+    )
+    with pytest.raises(RecallkitError, match="not divisible by attention num_heads=4") as error:
+        load_sweep(bad)
+    assert "\n" not in str(error.value)
+    with pytest.raises(RecallkitError, match="sweep file not found"):
+        load_sweep(tmp_path / "missing.py")

@@ -1,0 +1,82 @@
+"""Training determinism, schedule and evaluation metrics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import recallkit as rk
+from recallkit.evaluate import evaluate
+from recallkit.tasks import Batch
+from recallkit.train import lr_factor
+from tests.conftest import tiny_run
+
+
+def test_same_config_and_seed_give_the_same_metrics():
+    a, b = rk.train(tiny_run()), rk.train(tiny_run())
+    assert a.metrics["accuracy"] == b.metrics["accuracy"]
+    assert a.curve == b.curve
+    c = rk.train(tiny_run(seed=1))
+    assert c.curve != a.curve
+
+
+def test_training_does_not_change_global_rng():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    rk.train(tiny_run(max_steps=2))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_result_carries_state_size_params_and_curve():
+    result = rk.train(tiny_run(max_steps=20, eval_every=5))
+    assert result.status == "done"
+    assert result.state_size == result.model.state_size(16) == 2 * 16 * 16
+    assert result.num_params == result.model.num_params()
+    assert [c["step"] for c in result.curve] == [5, 10, 15, 20]
+    assert result.metrics["steps"] == 20
+
+
+def test_early_stopping_stops_at_the_threshold():
+    result = rk.train(tiny_run(max_steps=400, eval_every=10, early_stop_accuracy=0.05, lr=3e-3))
+    assert result.metrics["steps"] < 400
+    assert result.metrics["accuracy"] >= 0.05
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    factors = [lr_factor(s, 10, 100, 0.1) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert lr_factor(100, 10, 100, 0.1) == pytest.approx(0.1)
+
+
+class Oracle(torch.nn.Module):
+    """Predicts the labels of a fixed batch, except on rows listed in ``wrong``."""
+
+    def __init__(self, batch: Batch, wrong: dict[int, int]) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(1, 1)
+        self.batch, self.wrong = batch, wrong
+
+    def forward(self, inputs, prefix_len=None):
+        targets = self.batch.labels.clamp(min=0).clone()
+        for row, count in self.wrong.items():  # spoil the first `count` labelled positions of a row
+            positions = (self.batch.labels[row] >= 0).nonzero()[:count, 0]
+            targets[row, positions] = (targets[row, positions] + 1) % 8
+        return torch.nn.functional.one_hot(targets, 8).float()
+
+
+def test_per_sequence_and_token_pooled_accuracy_differ_as_defined():
+    labels = torch.full((2, 6), -100)
+    labels[0, [1, 3]] = torch.tensor([2, 3])  # 2 labels
+    labels[1, [0, 2, 4, 5]] = torch.tensor([1, 4, 5, 6])  # 4 labels
+    batch = Batch(torch.zeros(2, 6, dtype=torch.long), labels, torch.zeros(2, dtype=torch.long),
+                  {"group": torch.tensor([0, 1])})
+    metrics = evaluate(Oracle(batch, {0: 1}), batch)
+    assert metrics["accuracy"] == pytest.approx((0.5 + 1.0) / 2)
+    assert metrics["token_accuracy"] == pytest.approx(5 / 6)
+    assert metrics["slices"]["group"]["0"]["accuracy"] == pytest.approx(0.5)
+    assert metrics["slices"]["group"]["1"]["accuracy"] == pytest.approx(1.0)
+    assert not math.isnan(metrics["accuracy"])
