@@ -23,7 +23,7 @@ demo: $(STAMP)
 # The fast suite, then the slow learning tests (both run in CI).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -s -m slow
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -42,7 +42,8 @@ def _one_line_errors(command):
 def _frontier_table(rows: list[dict]) -> Table:
     table = Table(title="best learning rate per model and width")
     for column in ("setting", "model", "width", "state size", "accuracy", "wall time (s)"):
-        table.add_column(column, justify="left" if column in ("setting", "model") else "right")
+        left = column in ("setting", "model")
+        table.add_column(column, justify="left" if left else "right", overflow="fold", no_wrap=not left)
     for p in frontier_points(rows):
         table.add_row(p["panel"], p["label"], str(p["d_model"]), f"{p['state_size']:,}",
                       f"{p['accuracy']:.3f}", f"{p['wall_time']:.1f}" if p["wall_time"] else "")

@@ -130,20 +130,27 @@ class RunConfig(StrictModel):
 
     model: ModelConfig
     task: SerializeAsAny[TaskConfig]
-    eval_task: SerializeAsAny[TaskConfig] | None = Field(
-        default=None, description="evaluation task; defaults to the training task"
+    eval_tasks: list[SerializeAsAny[TaskConfig]] = Field(
+        default_factory=list,
+        description="evaluation tasks (e.g. longer sequences); default: the training task. The first "
+        "one drives early stopping and the headline metrics.",
     )
     train: TrainConfig = TrainConfig()
     label: str | None = Field(default=None, description="name in tables and plots; default: the mixer")
 
-    @field_validator("task", "eval_task", mode="before")
+    @field_validator("task", mode="before")
     @classmethod
     def _resolve_task(cls, value: Any) -> Any:
         return _resolve(value, "tasks", TaskConfig)
 
+    @field_validator("eval_tasks", mode="before")
+    @classmethod
+    def _resolve_eval_tasks(cls, value: Any) -> Any:
+        return [_resolve(v, "tasks", TaskConfig) for v in value] if isinstance(value, list) else value
+
     @model_validator(mode="after")
     def _check_vocab(self) -> RunConfig:
-        for task in (self.task, self.test_task):
+        for task in (self.task, *self.eval_tasks):
             if task.vocab_size > self.model.vocab_size:
                 raise ValueError(
                     f"model.vocab_size={self.model.vocab_size} is smaller than the task's "
@@ -156,9 +163,9 @@ class RunConfig(StrictModel):
         return self
 
     @property
-    def test_task(self) -> TaskConfig:
-        """The task used for evaluation."""
-        return self.eval_task or self.task
+    def test_tasks(self) -> list[TaskConfig]:
+        """The tasks used for evaluation, the first one being the headline."""
+        return list(self.eval_tasks) or [self.task]
 
     @property
     def display_label(self) -> str:

@@ -61,7 +61,10 @@ def _optimizer(model: LanguageModel, config: RunConfig) -> torch.optim.AdamW:
 
 
 def train(config: RunConfig, on_step: StepCallback | None = None) -> RunResult:
-    """Train the run's model on its task and evaluate it on the eval task.
+    """Train the run's model on its task and evaluate it on every eval task.
+
+    ``metrics`` holds the headline evaluation (the first eval task) at the top level and one entry
+    per eval task, with the state size at its length, in ``metrics["evals"]``.
 
     Deterministic on CPU for a given config: model init, data and shuffling all derive from
     ``config.train.seed`` through local generators.
@@ -73,7 +76,7 @@ def train(config: RunConfig, on_step: StepCallback | None = None) -> RunResult:
         torch.manual_seed(tc.seed)
         model = build_model(config.model).to(device)
     train_data = config.task.generate(tc.num_train_examples, train_seed(tc.seed))
-    test_data = config.test_task.generate(tc.num_test_examples, eval_seed(tc.seed))
+    test_sets = [task.generate(tc.num_test_examples, eval_seed(tc.seed)) for task in config.test_tasks]
     optimizer = _optimizer(model, config)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio)
@@ -102,7 +105,7 @@ def train(config: RunConfig, on_step: StepCallback | None = None) -> RunResult:
         schedule.step()
         metrics = None
         if step % tc.eval_every == 0 or step == tc.max_steps:
-            metrics = evaluate(model, test_data)
+            metrics = evaluate(model, test_sets[0])
             accuracy = metrics["accuracy"]
             curve.append({"step": step, "loss": loss.item(), "accuracy": accuracy})
         if on_step is not None:
@@ -110,11 +113,15 @@ def train(config: RunConfig, on_step: StepCallback | None = None) -> RunResult:
         if metrics is not None and tc.early_stop_accuracy and accuracy >= tc.early_stop_accuracy:
             break
     if metrics is None:
-        metrics = evaluate(model, test_data)
-    metrics["steps"] = step
-    metrics["curve"] = curve
-    metrics["best_accuracy"] = max([c.get("accuracy", 0.0) for c in curve] + [metrics["accuracy"]])
+        metrics = evaluate(model, test_sets[0])
+    finals = [metrics] + [evaluate(model, data) for data in test_sets[1:]]
+    evals = [
+        {"task": task.name, "seq_len": task.seq_len, "state_size": model.state_size(task.seq_len), **final}
+        for task, final in zip(config.test_tasks, finals)
+    ]
+    metrics = {**metrics, "steps": step, "curve": curve, "evals": evals,
+               "best_accuracy": max([c.get("accuracy", 0.0) for c in curve] + [metrics["accuracy"]])}
     return RunResult(
-        status=status, metrics=metrics, state_size=model.state_size(config.test_task.seq_len),
+        status=status, metrics=metrics, state_size=model.state_size(config.test_tasks[0].seq_len),
         num_params=model.num_params(), wall_time=time.perf_counter() - start_time, model=model, curve=curve,
     )

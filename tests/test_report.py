@@ -45,3 +45,15 @@ def test_report_embeds_the_figure_and_lists_runs(tmp_path):
     html = page.read_text()
     assert "data:image/png;base64," in html and config.run_id in html and "512" in html
     assert "http://" not in html and "https://" not in html  # self-contained, works offline
+
+
+def test_a_run_evaluated_at_two_lengths_gives_a_point_in_each_panel():
+    r = row("a", "attention", 64, 1e-3, 0.9)
+    r["metrics"]["evals"] = [
+        {"task": "mqar", "seq_len": 64, "state_size": 100, "accuracy": 0.9},
+        {"task": "mqar", "seq_len": 128, "state_size": 200, "accuracy": 0.7},
+    ]
+    points = frontier_points([r])
+    assert [(p["panel"], p["state_size"], p["accuracy"]) for p in points] == [
+        ("mqar T=64", 100, 0.9), ("mqar T=128", 200, 0.7)
+    ]

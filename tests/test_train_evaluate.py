@@ -80,3 +80,18 @@ def test_per_sequence_and_token_pooled_accuracy_differ_as_defined():
     assert metrics["slices"]["group"]["0"]["accuracy"] == pytest.approx(0.5)
     assert metrics["slices"]["group"]["1"]["accuracy"] == pytest.approx(1.0)
     assert not math.isnan(metrics["accuracy"])
+
+
+def test_every_eval_task_is_scored_with_the_state_size_at_its_length():
+    task = dict(name="mqar", vocab_size=32, seq_len=16, num_kv_pairs=2)
+    config = rk.RunConfig(
+        model=dict(vocab_size=32, d_model=16, num_layers=1, mixer=dict(name="attention", rope_base=100.0)),
+        task=task, eval_tasks=[task, {**task, "seq_len": 32, "num_kv_pairs": 4}],
+        train=dict(max_steps=10, eval_every=5, batch_size=8, num_train_examples=64, num_test_examples=16),
+    )
+    result = rk.train(config)
+    evals = result.metrics["evals"]
+    assert [(e["seq_len"], e["state_size"]) for e in evals] == [(16, 2 * 16 * 16), (32, 2 * 16 * 32)]
+    assert evals[0]["accuracy"] == result.metrics["accuracy"]
+    assert set(evals[1]["slices"]["num_kv_pairs"]) == {"4"}
+    assert result.state_size == 2 * 16 * 16

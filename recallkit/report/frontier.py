@@ -10,34 +10,55 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 
-def panel_key(row: dict[str, Any]) -> str:
-    """The evaluation setting a run belongs to, e.g. ``mqar T=64``."""
-    config = row["config"]
-    task = config.get("eval_task") or config["task"]
-    return f"{task['name']} T={task['seq_len']}"
+def _compact(value: float, _position: int) -> str:
+    """Tick label: 500, 2k, 1M."""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
+def evaluations(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """A finished run's evaluations: ``{"panel", "state_size", "accuracy"}`` per eval task.
+
+    Diverged runs count with accuracy 0.
+    """
+    metrics = row["metrics"] or {}
+    evals = metrics.get("evals") or [
+        {"task": row["config"]["task"]["name"], "seq_len": row["config"]["task"]["seq_len"],
+         "state_size": row["state_size"], "accuracy": metrics.get("accuracy", 0.0)}
+    ]
+    return [
+        {"panel": f"{e['task']} T={e['seq_len']}", "task": e["task"], "seq_len": e["seq_len"],
+         "state_size": e["state_size"],
+         "accuracy": e["accuracy"] if row["status"] == "done" else 0.0}
+        for e in evals
+    ]
 
 
 def frontier_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One point per (panel, label, width): the finished run with the best accuracy over learning rates.
+    """One point per (panel, label, width): the best accuracy over learning rates.
 
-    Diverged runs count with accuracy 0; failed and unfinished runs are left out.
+    A panel is one evaluation setting (task and length); a run evaluated at several lengths gives a
+    point in each. Failed and unfinished runs are left out.
     """
-    groups: dict[tuple, list[dict]] = defaultdict(list)
+    groups: dict[tuple, list[tuple[dict, dict]]] = defaultdict(list)
     for row in rows:
         if row["status"] not in ("done", "diverged") or row["state_size"] is None:
             continue
-        groups[(panel_key(row), row["label"], row["config"]["model"]["d_model"])].append(row)
+        for evaluation in evaluations(row):
+            key = (evaluation["task"], evaluation["seq_len"], row["label"], row["config"]["model"]["d_model"])
+            groups[key].append((row, evaluation))
     points = []
-    for (panel, label, width), group in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
-        def accuracy(r: dict) -> float:
-            return r["metrics"]["accuracy"] if r["status"] == "done" else 0.0
-        best = max(group, key=accuracy)
+    for (_, _, label, width), group in sorted(groups.items()):
+        row, best = max(group, key=lambda pair: pair[1]["accuracy"])
         points.append({
-            "panel": panel, "label": label, "d_model": width, "state_size": best["state_size"],
-            "accuracy": accuracy(best), "lr": best["config"]["train"]["lr"], "run_id": best["run_id"],
-            "num_params": best["num_params"], "wall_time": best["wall_time"], "runs": len(group),
+            "panel": best["panel"], "label": label, "d_model": width, "state_size": best["state_size"],
+            "accuracy": best["accuracy"], "lr": row["config"]["train"]["lr"], "run_id": row["run_id"],
+            "num_params": row["num_params"], "wall_time": row["wall_time"], "runs": len(group),
         })
     return points
 
@@ -45,7 +66,7 @@ def frontier_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def plot_frontier(points: list[dict[str, Any]], path: str | Path, title: str = "Recall vs inference state") -> Path:
     """Draw one panel per evaluation setting: x = state size (numbers, log scale), y = accuracy."""
     path = Path(path)
-    panels = sorted({p["panel"] for p in points}) or ["no finished runs"]
+    panels = list(dict.fromkeys(p["panel"] for p in points)) or ["no finished runs"]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False, sharey=True)
     labels = sorted({p["label"] for p in points})
     colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
@@ -61,6 +82,9 @@ def plot_frontier(points: list[dict[str, Any]], path: str | Path, title: str = "
                 ax.annotate(f"d={p['d_model']}", (p["state_size"], p["accuracy"]), textcoords="offset points",
                             xytext=(4, -10), fontsize=7, color=colors[label])
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(_compact))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylim(-0.03, 1.05)
         ax.set_title(panel)
         ax.set_xlabel("inference state (numbers per sequence)")

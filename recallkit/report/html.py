@@ -43,10 +43,10 @@ def write_html(rows: list[dict[str, Any]], points: list[dict[str, Any]], png: Pa
           f"{p['num_params']:,}", p["runs"]] for p in points],
     )
     runs = _table(
-        ["run", "model", "d_model", "setting", "lr", "status", "accuracy", "token acc", "steps", "state size",
+        ["run", "model", "d_model", "eval T", "lr", "status", "accuracy", "token acc", "steps", "state size",
          "wall time (s)", "error"],
         [[r["run_id"], r["label"], r["config"]["model"]["d_model"],
-          f"{(r['config'].get('eval_task') or r['config']['task'])['seq_len']}",
+          ", ".join(str(t["seq_len"]) for t in (r["config"].get("eval_tasks") or [r["config"]["task"]])),
           r["config"]["train"]["lr"], r["status"], _fmt((r["metrics"] or {}).get("accuracy")),
           _fmt((r["metrics"] or {}).get("token_accuracy")), (r["metrics"] or {}).get("steps", ""),
           "" if r["state_size"] is None else f"{r['state_size']:,}", _fmt(r["wall_time"], 1),

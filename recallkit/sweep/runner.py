@@ -6,8 +6,11 @@ plain dict; an exception becomes a ``failed`` outcome and never stops the sweep.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -40,7 +43,11 @@ def execute(config_json: str, on_step: StepCallback | None = None) -> dict[str, 
 
 
 def _init_worker(threads: int) -> None:
+    """Worker set-up: share the cores, and die with the driver (a killed sweep leaves no orphans)."""
     torch.set_num_threads(threads)
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def threads_per_worker(workers: int) -> int:
