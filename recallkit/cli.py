@@ -41,7 +41,7 @@ def _one_line_errors(command):
 
 def _frontier_table(rows: list[dict]) -> Table:
     table = Table(title="best learning rate per model and width")
-    for column in ("setting", "model", "width", "state size", "accuracy", "wall time (s)"):
+    for column in ("setting", "model", "width", "state size", "accuracy", "time (s)"):
         left = column in ("setting", "model")
         table.add_column(column, justify="left" if left else "right", overflow="fold", no_wrap=not left)
     for p in frontier_points(rows):

@@ -98,7 +98,7 @@ class ModelConfig(StrictModel):
         return [schedule[i % len(schedule)] for i in range(self.num_layers)]
 
     @model_validator(mode="after")
-    def _check_heads(self) -> ModelConfig:
+    def _check_widths(self) -> ModelConfig:
         for mixer in self.layer_mixers:
             check = getattr(mixer, "check_width", None)
             if check is not None:
@@ -107,18 +107,22 @@ class ModelConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    """Optimisation and evaluation budget of one run (DESIGN.md section 6)."""
+    """Optimisation and evaluation budget of one run (DESIGN.md section 6).
 
-    lr: float = Field(default=3e-3, gt=0)
+    The defaults are the recipe measured to solve MQAR (V=256, T=64, 8 pairs) with 2-layer
+    attention (RoPE + short conv, d=64) in 500-700 steps on a 2-core CPU (see sweeps/quickstart.py).
+    """
+
+    lr: float = Field(default=5e-3, gt=0)
     weight_decay: float = Field(default=0.1, ge=0)
     betas: tuple[float, float] = (0.9, 0.98)
-    batch_size: int = Field(default=64, gt=0)
+    batch_size: int = Field(default=32, gt=0)
     max_steps: int = Field(default=1000, gt=0)
     warmup_steps: int = Field(default=50, ge=0)
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
     grad_clip: float = Field(default=1.0, gt=0)
-    num_train_examples: int = Field(default=20_000, gt=0)
-    num_test_examples: int = Field(default=500, gt=0)
+    num_train_examples: int = Field(default=32_000, gt=0)
+    num_test_examples: int = Field(default=256, gt=0)
     eval_every: int = Field(default=100, gt=0)
     early_stop_accuracy: float | None = Field(default=0.99, gt=0, le=1)
     seed: int = Field(default=0, ge=0, lt=2**31)
