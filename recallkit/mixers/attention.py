@@ -70,8 +70,7 @@ class Attention(Mixer):
         return self.out(y.transpose(1, 2).reshape(B, T, H * Dh))
 
     def forward(self, x: Tensor, prefix_len: Tensor | None = None) -> Tensor:
-        q, k, v = self._project(x)
-        return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+        return self.prefill(x)[0]
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> AttentionState:
         empty = torch.zeros(batch_size, self.num_heads, 0, self.head_dim, device=device, dtype=dtype)
