@@ -31,15 +31,12 @@ LEARNING_TRAIN = {**TRAIN, "max_steps": 1500}
 """The budget of the slow learning tests: attention must reach 0.99 within it."""
 
 
-def mqar_run(mixer: dict, d_model: int, seq_len: int = 64, num_kv_pairs: int | list[int] = (4, 8),
-             train: dict = TRAIN, eval_tasks: list[dict] | None = None) -> rk.RunConfig:
-    """A 2-layer model without MLPs on MQAR (vocab 256) with the given mixer and width."""
+def mqar_run(mixer: dict, d_model: int, task: dict = TRAIN_TASK, train: dict = TRAIN,
+             eval_tasks: list[dict] = ()) -> rk.RunConfig:
+    """A 2-layer model without MLPs with the given mixer and width, trained on ``task``."""
     return rk.RunConfig(
         model=dict(vocab_size=VOCAB_SIZE, d_model=d_model, num_layers=2, mixer=mixer, mlp="none"),
-        task=dict(name="mqar", vocab_size=VOCAB_SIZE, seq_len=seq_len, num_kv_pairs=list(num_kv_pairs)
-                  if isinstance(num_kv_pairs, (list, tuple)) else num_kv_pairs),
-        eval_tasks=eval_tasks or [],
-        train=train,
+        task=task, eval_tasks=list(eval_tasks), train=train,
     )
 
 

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 import recallkit as rk
-from sweeps.quickstart import LEARNING_TRAIN, MIXERS, mqar_run
+from sweeps.quickstart import LEARNING_TRAIN, MIXERS, TRAIN_TASK, mqar_run
 
 pytestmark = pytest.mark.slow
 ATTENTION, TAYLOR = MIXERS[0], MIXERS[1]
+EIGHT_PAIRS = {**TRAIN_TASK, "num_kv_pairs": 8}  # MQAR V=256, T=64, 8 pairs
 
 
 @pytest.fixture(autouse=True)
@@ -20,7 +21,7 @@ def _threads():
 @pytest.mark.parametrize("seed", [0, 1])
 def test_attention_solves_mqar(seed):
     """2-layer attention, d=64: >= 0.99 on MQAR (V=256, T=64, 8 pairs) within the step budget."""
-    config = mqar_run(ATTENTION, d_model=64, seq_len=64, num_kv_pairs=8, train={**LEARNING_TRAIN, "seed": seed})
+    config = mqar_run(ATTENTION, d_model=64, task=EIGHT_PAIRS, train={**LEARNING_TRAIN, "seed": seed})
     result = rk.train(config)
     print(f"attention seed={seed}: acc={result.metrics['accuracy']:.3f} after {result.metrics['steps']} steps "
           f"({result.wall_time:.0f} s)")
@@ -31,7 +32,7 @@ def test_attention_solves_mqar(seed):
 
 def test_linear_attention_on_the_same_budget_is_recorded():
     """The record: Taylor linear attention at d=64 on the same task and budget (printed with -s)."""
-    config = mqar_run(TAYLOR, d_model=64, seq_len=64, num_kv_pairs=8, train=LEARNING_TRAIN)
+    config = mqar_run(TAYLOR, d_model=64, task=EIGHT_PAIRS, train=LEARNING_TRAIN)
     result = rk.train(config)
     print(f"linear_attention(taylor): acc={result.metrics['accuracy']:.3f} after {result.metrics['steps']} "
           f"steps ({result.wall_time:.0f} s), state={result.state_size}")
