@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -118,6 +120,13 @@ def test_gradients_flow_through_parallel_form(key, kwargs):
 
 
 def _tensors(state) -> list[torch.Tensor]:
+    """Every tensor in a state made of tensors, dataclasses, dicts, lists and tuples, in order."""
     if isinstance(state, torch.Tensor):
         return [state]
-    return [t for name in state.__dataclass_fields__ for t in _tensors(getattr(state, name))]
+    if dataclasses.is_dataclass(state):
+        return [t for f in dataclasses.fields(state) for t in _tensors(getattr(state, f.name))]
+    if isinstance(state, dict):
+        return [t for value in state.values() for t in _tensors(value)]
+    if isinstance(state, (list, tuple)):
+        return [t for value in state for t in _tensors(value)]
+    return []
