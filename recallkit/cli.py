@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from functools import wraps
 from pathlib import Path
@@ -108,6 +109,50 @@ def demo(
     if not sweep.is_file():
         raise RecallkitError(f"{sweep} not found: run `recallkit demo` from the repository root")
     _run_and_report(sweep, out, "process" if workers > 1 else "serial", workers, quiet)
+
+
+def _bench_tables(result: dict) -> list[Table]:
+    def table(title: str, rows: list[dict], columns: list[tuple[str, str, str]]) -> Table:
+        out = Table(title=title)
+        for header, _, _ in columns:
+            out.add_column(header, justify="right")
+        for row in rows:
+            if "error" in row:
+                out.add_row(*(str(row.get(key, "")) for _, key, _ in columns[:2]), row["error"])
+                continue
+            out.add_row(*("" if row.get(key) is None else format(row[key], fmt) for _, key, fmt in columns))
+        return out
+
+    peak = result["matmul_peak_gflops"]
+    return [
+        table(f"kernel prefill, batch 1, 8 heads (matmul peak {peak:.1f} GFLOP/s)", result["kernels"],
+              [("kernel", "kernel", ""), ("N", "N", "d"), ("ms", "ms", ".2f"),
+               ("x SDPA", "speedup_vs_sdpa", ".2f"), ("GFLOP/s", "gflops", ".1f"), ("% peak", "pct_peak", ".0f")]),
+        table("mixer prefill vs token loop (batch 1)", result["mixers"],
+              [("mixer", "mixer", ""), ("N", "N", "d"), ("prefill ms", "prefill_ms", ".2f"),
+               ("loop ms", "loop_ms", ".1f"), ("prefill speed-up", "prefill_speedup", ".1f")]),
+        table("training throughput, 2 layers", result["training"],
+              [("mixer", "mixer", ""), ("T", "seq_len", "d"), ("batch", "batch_size", "d"),
+               ("ms/step", "ms_per_step", ".1f"), ("tokens/s", "tokens_per_s", ",.0f")]),
+    ]
+
+
+@app.command()
+@_one_line_errors
+def bench(
+    quick: Annotated[bool, typer.Option(help="tiny sizes: a smoke run in seconds")] = False,
+    out: Annotated[Path, typer.Option(help="JSON file for the results")] = Path("runs/bench.json"),
+) -> None:
+    """Benchmark kernels and mixers on this machine: speed-ups vs SDPA, % of matmul peak, tokens/s."""
+    from recallkit.bench import run_bench
+
+    with console.status("benchmarking") as status:
+        result = run_bench(quick=quick, progress=lambda message: status.update(f"benchmarking: {message}"))
+    for table in _bench_tables(result):
+        console.print(table)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    console.print(f"results: {out}")
 
 
 def main() -> None:

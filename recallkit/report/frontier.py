@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -40,20 +41,22 @@ def evaluations(row: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def frontier_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One point per (panel, label, width): the best accuracy over learning rates.
+    """One point per (panel, label, model): the best accuracy over training settings (learning rates).
 
     A panel is one evaluation setting (task and length); a run evaluated at several lengths gives a
-    point in each. Failed and unfinished runs are left out.
+    point in each. Models differ by width or by any mixer setting (a state-size sweep of one family
+    gives one point per setting). Failed and unfinished runs are left out.
     """
     groups: dict[tuple, list[tuple[dict, dict]]] = defaultdict(list)
     for row in rows:
         if row["status"] not in ("done", "diverged") or row["state_size"] is None:
             continue
         for evaluation in evaluations(row):
-            key = (evaluation["task"], evaluation["seq_len"], row["label"], row["config"]["model"]["d_model"])
+            model = json.dumps(row["config"]["model"], sort_keys=True)
+            key = (evaluation["task"], evaluation["seq_len"], row["label"], row["config"]["model"]["d_model"], model)
             groups[key].append((row, evaluation))
     points = []
-    for (_, _, label, width), group in sorted(groups.items()):
+    for (_, _, label, width, _), group in sorted(groups.items()):
         row, best = max(group, key=lambda pair: pair[1]["accuracy"])
         points.append({
             "panel": best["panel"], "label": label, "d_model": width, "state_size": best["state_size"],

@@ -1,0 +1,196 @@
+"""Performance benchmarks (not tests): one run on the current machine, ratios from that run.
+
+Three measurements, all on the default device in float32:
+
+1. the matmul peak, the best GFLOP/s of an (n, n) @ (n, n) product;
+2. kernel prefill time at sequence lengths N (batch 1, 8 heads, head dim 64; Taylor features from
+   16 dims), as a speed-up over torch SDPA causal attention at the same N and as achieved GFLOP/s
+   and % of the matmul peak (FLOPs counted from each chunked algorithm's GEMMs);
+3. per registered mixer (d_model 128, default config): chunked prefill vs its token loop, and the
+   training throughput of a 2-layer model (tokens/s).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from recallkit.errors import RecallkitError
+
+HEADS, HEAD_DIM, TAYLOR_DIM, CHUNK = 8, 64, 16, 64
+
+
+def _timeit(fn: Callable[[], object], repeats: int, min_time: float = 0.0) -> float:
+    """Median seconds of ``fn`` after one warm-up call (more repeats until ``min_time`` is spent)."""
+    fn()
+    times: list[float] = []
+    while len(times) < repeats or sum(times) < min_time:
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+        if len(times) >= 50:
+            break
+    return statistics.median(times)
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """Best measured float32 GFLOP/s of an (n, n) @ (n, n) matmul."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = min(_timeit(lambda: a @ b, 1) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+@dataclass
+class KernelCase:
+    """One kernel at one length: how to build its inputs, run it, and its FLOP count."""
+
+    name: str
+    run: Callable[[int], Callable[[], object]]  # N -> a zero-argument call that runs the kernel
+    flops: Callable[[int], float] | None  # N -> floating-point operations of that call
+
+
+def _randn(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape) / math.sqrt(shape[-1])
+
+
+def _sdpa(N: int):
+    q, k, v = (_randn(1, HEADS, N, HEAD_DIM) for _ in range(3))
+    return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def _linear_attention(feature: str):
+    from recallkit.ops import linear_attention_chunked
+    from recallkit.ops.feature_maps import FEATURE_MAPS
+
+    def make(N: int):
+        dim = TAYLOR_DIM if feature == "taylor" else HEAD_DIM
+        q, k = (FEATURE_MAPS[feature](_randn(1, HEADS, N, dim)) for _ in range(2))
+        v = _randn(1, HEADS, N, HEAD_DIM)
+        return lambda: linear_attention_chunked(q, k, v, normalize=feature != "identity", chunk_size=CHUNK)
+    return make
+
+
+def _linear_flops(features: int, values: int, extra_per_token: float = 0.0):
+    """Chunked linear attention per token and head: intra-chunk (C, C) scores and their product
+    with V (2C(F + Dv)), the inter-chunk read Q S and write K^T V (4 F Dv)."""
+    def flops(N: int) -> float:
+        return HEADS * N * (2 * CHUNK * (features + values) + 4 * features * values + extra_per_token)
+    return flops
+
+
+def kernel_cases() -> list[KernelCase]:
+    """The benchmarked kernels; SDPA is the reference every speed-up is relative to."""
+    taylor_features = 1 + TAYLOR_DIM + TAYLOR_DIM**2
+    return [
+        KernelCase("sdpa_causal", _sdpa, lambda N: 2 * HEADS * N * N * HEAD_DIM),
+        KernelCase("linear_attention", _linear_attention("identity"), _linear_flops(HEAD_DIM, HEAD_DIM)),
+        KernelCase("linear_attention_taylor16", _linear_attention("taylor"),
+                   _linear_flops(taylor_features, HEAD_DIM + 1)),
+    ]
+
+
+def bench_kernels(lengths: list[int], peak: float, repeats: int, progress: Callable[[str], None]) -> list[dict]:
+    """Time every kernel at every length; speed-up vs SDPA at the same length."""
+    rows, sdpa_time = [], {}
+    for case in kernel_cases():
+        for N in lengths:
+            progress(f"kernel {case.name} N={N}")
+            with torch.no_grad():
+                seconds = _timeit(case.run(N), repeats)
+            if case.name == "sdpa_causal":
+                sdpa_time[N] = seconds
+            gflops = case.flops(N) / seconds / 1e9 if case.flops else None
+            rows.append(dict(kernel=case.name, N=N, ms=seconds * 1e3,
+                             speedup_vs_sdpa=sdpa_time[N] / seconds,
+                             gflops=gflops, pct_peak=None if gflops is None else 100 * gflops / peak))
+    return rows
+
+
+def _mixer(key: str, d_model: int):
+    from recallkit.mixers import MIXERS, build_mixer
+
+    torch.manual_seed(0)
+    return build_mixer(d_model, MIXERS[key].Config(name=key)).eval()
+
+
+def bench_mixers(lengths: list[int], d_model: int, repeats: int, progress: Callable[[str], None]) -> list[dict]:
+    """Per registered mixer and length: chunked prefill vs the token loop of ``step`` (batch 1)."""
+    from recallkit.mixers import MIXERS
+
+    rows = []
+    for key in MIXERS:
+        mixer = _mixer(key, d_model)
+        for N in lengths:
+            progress(f"mixer {key} N={N}")
+            x = torch.randn(1, N, d_model)
+
+            def loop():
+                state = mixer.init_state(1, x.device, x.dtype)
+                for t in range(N):
+                    _, state = mixer.step(x[:, t], state)
+
+            try:
+                with torch.no_grad():
+                    prefill = _timeit(lambda: mixer.prefill(x), repeats)
+                    stepping = _timeit(loop, 1)
+            except (ValueError, RecallkitError) as error:  # e.g. a length beyond a filter's max_len
+                rows.append(dict(mixer=key, N=N, error=str(error).splitlines()[0]))
+                continue
+            rows.append(dict(mixer=key, N=N, prefill_ms=prefill * 1e3, loop_ms=stepping * 1e3,
+                             prefill_speedup=stepping / prefill))
+    return rows
+
+
+def bench_training(seq_len: int, batch_size: int, steps: int, d_model: int,
+                   progress: Callable[[str], None]) -> list[dict]:
+    """Training tokens/s of a 2-layer model (d_model, no MLP) per registered mixer, AdamW steps."""
+    from recallkit.config import ModelConfig
+    from recallkit.mixers import MIXERS
+    from recallkit.model import build_model
+
+    rows = []
+    for key in MIXERS:
+        progress(f"train {key}")
+        torch.manual_seed(0)
+        config = ModelConfig(vocab_size=256, d_model=d_model, num_layers=2, mixer={"name": key}, mlp="none")
+        model = build_model(config)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        tokens = torch.randint(0, 256, (batch_size, seq_len + 1))
+
+        def train_step():
+            logits = model(tokens[:, :-1])
+            loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        seconds = _timeit(train_step, steps)
+        rows.append(dict(mixer=key, seq_len=seq_len, batch_size=batch_size,
+                         tokens_per_s=batch_size * seq_len / seconds, ms_per_step=seconds * 1e3))
+    return rows
+
+
+def run_bench(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -> dict:
+    """All benchmarks. ``quick``: tiny sizes for a CI smoke run (seconds, not minutes).
+
+    Returns:
+        dict with ``machine``, ``matmul_peak_gflops``, ``kernels``, ``mixers`` and ``training`` rows.
+    """
+    torch.manual_seed(0)
+    progress("matmul peak")
+    peak = matmul_peak(256 if quick else 2048)
+    kernel_lengths = [256, 512] if quick else [1024, 2048, 4096, 8192, 16384, 32768]
+    return dict(
+        machine=dict(threads=torch.get_num_threads(), torch=torch.__version__, quick=quick),
+        matmul_peak_gflops=peak,
+        kernels=bench_kernels(kernel_lengths, peak, 1 if quick else 3, progress),
+        mixers=bench_mixers([256] if quick else [256, 1024], 32 if quick else 128, 1 if quick else 3, progress),
+        training=bench_training(32 if quick else 256, 2 if quick else 8, 1 if quick else 3,
+                                32 if quick else 128, progress),
+    )
