@@ -57,3 +57,15 @@ def test_a_run_evaluated_at_two_lengths_gives_a_point_in_each_panel():
     assert [(p["panel"], p["state_size"], p["accuracy"]) for p in points] == [
         ("mqar T=64", 100, 0.9), ("mqar T=128", 200, 0.7)
     ]
+
+
+def test_varying_settings_names_only_what_differs():
+    from recallkit.report.frontier import varying_settings
+
+    models = [
+        {"d_model": 64, "mixer": [{"name": "attention", "window": 8}, {"name": "linear_attention", "feature_dim": 4}]},
+        {"d_model": 64, "mixer": [{"name": "attention", "window": 32}, {"name": "linear_attention", "feature_dim": 4}]},
+        {"d_model": 64, "mixer": [{"name": "attention", "window": 8}, {"name": "linear_attention", "feature_dim": 16}]},
+    ]
+    assert varying_settings(models) == ["window=8 feature_dim=4", "window=32 feature_dim=4", "window=8 feature_dim=16"]
+    assert varying_settings([{"d_model": 64}, {"d_model": 128}]) == ["d_model=64", "d_model=128"]

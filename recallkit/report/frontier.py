@@ -40,6 +40,28 @@ def evaluations(row: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts/lists as ``{"mixer.1.window": 16, ...}``."""
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, item in items:
+        flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def varying_settings(models: list[dict[str, Any]]) -> list[str]:
+    """Per model config, the settings that differ among ``models``, e.g. ``"window=8 feature_dim=4"``."""
+    flats = [_flatten(model) for model in models]
+    keys = dict.fromkeys(key for flat in flats for key in flat)
+    varying = [key for key in keys if len({json.dumps(flat.get(key)) for flat in flats}) > 1]
+    return [" ".join(f"{key.rsplit('.', 1)[-1]}={flat.get(key)}" for key in varying) for flat in flats]
+
+
 def frontier_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One point per (panel, label, model): the best accuracy over training settings (learning rates).
 
@@ -61,7 +83,7 @@ def frontier_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         points.append({
             "panel": best["panel"], "label": label, "d_model": width, "state_size": best["state_size"],
             "accuracy": best["accuracy"], "lr": row["config"]["train"]["lr"], "run_id": row["run_id"],
-            "num_params": row["num_params"], "wall_time": row["wall_time"], "runs": len(group),
+            "num_params": row["num_params"], "wall_time": row["wall_time"], "runs": len(group), "model": row["config"]["model"],
         })
     return points
 
@@ -81,8 +103,8 @@ def plot_frontier(points: list[dict[str, Any]], path: str | Path, title: str = "
                 continue
             xs, ys = [p["state_size"] for p in line], [p["accuracy"] for p in line]
             ax.plot(xs, ys, "o-", color=colors[label], label=label)
-            for p in line:
-                ax.annotate(f"d={p['d_model']}", (p["state_size"], p["accuracy"]), textcoords="offset points",
+            for p, tag in zip(line, varying_settings([p["model"] for p in line])):
+                ax.annotate(tag, (p["state_size"], p["accuracy"]), textcoords="offset points",
                             xytext=(4, -10), fontsize=7, color=colors[label])
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
