@@ -1,16 +1,46 @@
 """Pure-PyTorch numerical kernels in the (B, H, T, D) layout; the token recurrences are the spec."""
 
+from recallkit.ops.delta_rule import delta_rule_chunked, delta_rule_recurrent
 from recallkit.ops.feature_maps import FEATURE_MAPS, feature_dim
+from recallkit.ops.gated_linear_attention import (
+    gated_linear_attention_chunked,
+    gated_linear_attention_quadratic,
+    gated_linear_attention_recurrent,
+)
 from recallkit.ops.linear_attention import (
     linear_attention_chunked,
     linear_attention_quadratic,
     linear_attention_recurrent,
 )
+from recallkit.ops.long_conv import (
+    causal_conv_reference,
+    diagonal_ssm_conv,
+    diagonal_ssm_kernel,
+    diagonal_ssm_recurrent,
+    fft_causal_conv,
+    h3_ssm_chunked,
+    h3_ssm_recurrent,
+)
+from recallkit.ops.selective_scan import selective_scan_chunked, selective_scan_recurrent
 
 __all__ = [
     "FEATURE_MAPS",
+    "causal_conv_reference",
+    "delta_rule_chunked",
+    "delta_rule_recurrent",
+    "diagonal_ssm_conv",
+    "diagonal_ssm_kernel",
+    "diagonal_ssm_recurrent",
     "feature_dim",
+    "fft_causal_conv",
+    "gated_linear_attention_chunked",
+    "gated_linear_attention_quadratic",
+    "gated_linear_attention_recurrent",
+    "h3_ssm_chunked",
+    "h3_ssm_recurrent",
     "linear_attention_chunked",
     "linear_attention_quadratic",
     "linear_attention_recurrent",
+    "selective_scan_chunked",
+    "selective_scan_recurrent",
 ]

@@ -1,0 +1,153 @@
+"""The delta rule: S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,  y_t = S_t^T q_t.
+
+DeltaNet (Yang, Wang, Zhang, Shen, Kim 2024, "Parallelizing Linear Transformers with the Delta Rule
+over Sequence Length", arXiv 2406.06484) is the case g = 0: each token first reads the value the
+state stores under its key, S_{t-1}^T k_t, and replaces it by beta_t v_t + (1 - beta_t) S_{t-1}^T k_t
+(for a unit key): an online regression step instead of linear attention's pure accumulation.
+Gated DeltaNet (Yang, Kautz, Hatamizadeh 2024, "Gated Delta Networks: Improving Mamba2 with Delta
+Rule", arXiv 2412.06464) adds a scalar log-decay g_t <= 0 per head that shrinks the whole state.
+
+q, k: (B, H, T, Dk); v: (B, H, T, Dv); beta: (B, H, T) in [0, 1]; g: (B, H, T) or None; the state
+S: (B, H, Dk, Dv), kept in float32 (float64 for float64 inputs). Keys should be L2-normalised:
+with ||k|| = 1 and beta in [0, 1] the transition I - beta k k^T is a contraction. Two forms:
+
+- :func:`delta_rule_recurrent`: the token loop, the spec;
+- :func:`delta_rule_chunked`: the chunkwise WY / UT-transform form, the fast path for training and
+  prefill (with chunk_size >= T it is the one-chunk quadratic form from the given state).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _check_shapes(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None) -> None:
+    if k.shape != q.shape or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"q, k must be (B, H, T, Dk) and v (B, H, T, Dv); got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    for name, x in (("beta", beta), ("g", g)):
+        if x is not None and x.shape != q.shape[:3]:
+            raise ValueError(f"{name} must be (B, H, T) = {tuple(q.shape[:3])}; got {tuple(x.shape)}")
+
+
+def init_delta_state(q: Tensor, v: Tensor) -> Tensor:
+    """Zero state (B, H, Dk, Dv) for inputs shaped like q (B, H, T, Dk) and v (B, H, T, Dv)."""
+    B, H, _, Dk = q.shape
+    return torch.zeros(B, H, Dk, v.shape[-1], device=q.device, dtype=_compute_dtype(q))
+
+
+def delta_rule_recurrent(
+    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None = None, state: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Token-by-token recurrence (the reference).
+
+    Args:
+        q, k: queries and (L2-normalised) keys, (B, H, T, Dk).
+        v: values, (B, H, T, Dv).
+        beta: writing strengths, (B, H, T), in [0, 1].
+        g: log-decays per head, (B, H, T), <= 0; None for plain DeltaNet.
+        state: S from a previous call, (B, H, Dk, Dv), or None for zeros.
+    Returns:
+        y (B, H, T, Dv) in v's dtype and the state S after the last token (B, H, Dk, Dv), float32+.
+    """
+    _check_shapes(q, k, v, beta, g)
+    ct = _compute_dtype(q)
+    S = init_delta_state(q, v) if state is None else state.to(ct)
+    q_, k_, v_, b_ = (t.to(ct) for t in (q, k, v, beta))
+    outputs = []
+    for t in range(q.shape[2]):
+        k_t, b_t = k_[:, :, t], b_[:, :, t, None, None]  # (B, H, Dk), (B, H, 1, 1)
+        if g is not None:
+            S = g[:, :, t, None, None].to(ct).exp() * S
+        # the gated update exp(g)(I - b k k^T) S + b k v^T, written as a decayed S then a delta step
+        read = torch.einsum("bhk,bhkv->bhv", k_t, S)  # S^T k: what the key currently retrieves
+        S = S + b_t * k_t[..., :, None] * (v_[:, :, t] - read)[..., None, :]
+        outputs.append(torch.einsum("bhk,bhkv->bhv", q_[:, :, t], S))
+    y = torch.stack(outputs, dim=2) if outputs else v_[:, :, :0]
+    return y.to(v.dtype), S
+
+
+def _masked_exp(diff: Tensor, mask: Tensor) -> Tensor:
+    """exp(diff) where mask, else 0; masked BEFORE exp so exp never sees the (positive) i < j entries."""
+    return diff.masked_fill(~mask, float("-inf")).exp()
+
+
+def delta_rule_chunked(
+    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None = None, chunk_size: int = 64,
+    state: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Chunkwise-parallel form with the WY / UT transform (Yang et al. 2024, section 3).
+
+    Write the update as S_t = a_t S_{t-1} + k_t u_t^T with the "pseudo-value"
+    u_t = beta_t (v_t - a_t S_{t-1}^T k_t), a_t = exp(g_t). Inside a chunk with state S before it and
+    chunk-local cumulative log-decays c_i (<= 0), Gamma_ij = exp(c_i - c_j) for j <= i, unrolling gives
+    u_i = beta_i (v_i - exp(c_i) S^T k_i - sum_{j<i} Gamma_ij (k_i^T k_j) u_j), i.e. the unit lower
+    triangular system (I + L) U' = diag(beta) (V - diag(exp(c)) K S) with
+    L = strictly_lower(diag(beta) (K K^T ⊙ Gamma)). Its solution is U' = U - W S, where the UT
+    transform T = (I + L)^{-1} diag(beta) gives U = T V and W = T diag(exp(c)) K (one triangular solve
+    for all chunks at once). Then, batched over chunks,
+    Y = (Q ⊙ exp(c)) S + ((Q K^T) ⊙ Gamma) U' and S' = exp(c_C) S + (K ⊙ exp(c_C - c))^T U'.
+    Only the state recursion S' = M S + N, with M = exp(c_C) I - K_d^T W and N = K_d^T U
+    (K_d = K ⊙ exp(c_C - c)), runs in a loop of T / chunk_size small GEMMs.
+    With g None every decay factor is 1 (plain DeltaNet). Padding of a partial last chunk uses
+    beta = 0, g = 0, k = v = 0, which leaves the state untouched.
+    Same arguments and returns as :func:`delta_rule_recurrent`, plus ``chunk_size``.
+    """
+    _check_shapes(q, k, v, beta, g)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
+    ct = _compute_dtype(q)
+    B, H, T, Dk = q.shape
+    Dv = v.shape[-1]
+    S = init_delta_state(q, v) if state is None else state.to(ct)
+    if T == 0:
+        return v[:, :, :0], S
+    q_, k_, v_, b_ = (t.to(ct) for t in (q, k, v, beta))
+    g_ = None if g is None else g.to(ct)
+    C = chunk_size
+    pad = (-T) % C
+    if pad:
+        q_, k_, v_ = (F.pad(t, (0, 0, 0, pad)) for t in (q_, k_, v_))
+        b_ = F.pad(b_, (0, pad))
+        g_ = None if g_ is None else F.pad(g_, (0, pad))
+    N = q_.shape[2] // C
+    qc, kc, vc = (t.reshape(B, H, N, C, t.shape[-1]) for t in (q_, k_, v_))  # (B, H, N, C, D)
+    bc = b_.reshape(B, H, N, C, 1)
+    tril = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    kk = kc @ kc.transpose(-1, -2)  # (B, H, N, C, C)
+    qk = (qc @ kc.transpose(-1, -2)).masked_fill(~tril, 0.0)  # (B, H, N, C, C), causal incl. diagonal
+    k_w = kc  # keys as seen by the start-of-chunk state: exp(c_i) k_i
+    k_d = kc  # keys as carried to the end of the chunk: exp(c_C - c_i) k_i
+    if g_ is not None:
+        cum = torch.cumsum(g_.reshape(B, H, N, C), dim=-1)  # chunk-local, <= 0, float32+
+        gamma = _masked_exp(cum[..., :, None] - cum[..., None, :], tril)  # (B, H, N, C, C)
+        kk, qk = kk * gamma, qk * gamma
+        k_w = kc * cum.exp()[..., None]
+        k_d = kc * (cum[..., -1:] - cum).exp()[..., None]
+        q_s = qc * cum.exp()[..., None]
+        chunk_decay = cum[..., -1].exp()[..., None, None]  # (B, H, N, 1, 1)
+    else:
+        q_s = qc
+        chunk_decay = None
+    # UT transform: solve (I + strictly_lower(diag(beta) K K^T ⊙ Gamma)) [W U] = diag(beta) [K_w V]
+    A = (bc * kk).tril(-1) + torch.eye(C, dtype=ct, device=q.device)
+    WU = torch.linalg.solve_triangular(A, bc * torch.cat([k_w, vc], dim=-1), upper=False, unitriangular=True)
+    W, U = WU.split([Dk, Dv], dim=-1)  # (B, H, N, C, Dk), (B, H, N, C, Dv)
+    k_dT = k_d.transpose(-1, -2)  # (B, H, N, Dk, C)
+    M = -(k_dT @ W)  # (B, H, N, Dk, Dk): state transition across a chunk, minus the decay term
+    Nmat = k_dT @ U  # (B, H, N, Dk, Dv): what the chunk writes from a zero state
+    befores = []
+    for c in range(N):  # S_{c+1} = exp(c_C) S_c + M_c S_c + N_c
+        befores.append(S)
+        decayed = S if chunk_decay is None else chunk_decay[:, :, c] * S
+        S = decayed + M[:, :, c] @ S + Nmat[:, :, c]
+    S_before = torch.stack(befores, dim=2)  # (B, H, N, Dk, Dv)
+    u_new = U - W @ S_before  # (B, H, N, C, Dv): the pseudo-values U'
+    y = q_s @ S_before + qk @ u_new  # (B, H, N, C, Dv)
+    return y.reshape(B, H, N * C, Dv)[:, :, :T].to(v.dtype), S

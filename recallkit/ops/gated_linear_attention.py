@@ -1,0 +1,192 @@
+"""Gated linear attention: S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T,  y_t = S_t^T q_t.
+
+One kernel family covers the decaying linear-attention mixers (DESIGN.md section 4):
+
+- vector gate, g: (B, H, T, Dk), one log-decay per key channel (GLA, Yang et al. 2023);
+- scalar gate, g: (B, H, T), one log-decay per head broadcast over Dk (RetNet's fixed gamma,
+  Mamba-2/SSD's data-dependent a_t, "simple GLA").
+
+g is a log-decay, expected <= 0 (decays in (0, 1]); that is what makes the chunked form below safe.
+q, k: (B, H, T, Dk); v: (B, H, T, Dv); the state S: (B, H, Dk, Dv), kept in float32 (float64 for
+float64 inputs). Unrolled, y_i = sum_{j<=i} (q_i ⊙ exp(c_i - c_j))^T k_j v_j with c the cumulative
+sum of g. Three forms:
+
+- :func:`gated_linear_attention_recurrent`: the token loop, the spec;
+- :func:`gated_linear_attention_quadratic`: the masked (T, T) form from a zero state;
+- :func:`gated_linear_attention_chunked`: chunkwise parallel, the fast path for training and prefill.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _check_gate(q: Tensor, g: Tensor) -> bool:
+    """True for a scalar-per-head gate (B, H, T); checks the shapes."""
+    if g.shape == q.shape[:3]:
+        return True
+    if g.shape == q.shape:
+        return False
+    raise ValueError(f"gate g must be (B, H, T) or (B, H, T, Dk) = {tuple(q.shape)}; got {tuple(g.shape)}")
+
+
+def init_gla_state(q: Tensor, v: Tensor) -> Tensor:
+    """Zero state (B, H, Dk, Dv) for inputs shaped like q (B, H, T, Dk) and v (B, H, T, Dv)."""
+    B, H, _, Dk = q.shape
+    return torch.zeros(B, H, Dk, v.shape[-1], device=q.device, dtype=_compute_dtype(q))
+
+
+def _masked_exp(diff: Tensor, mask: Tensor) -> Tensor:
+    """exp(diff) where mask, else 0; masked BEFORE exp so exp never sees the (positive) i < j entries."""
+    return diff.masked_fill(~mask, float("-inf")).exp()
+
+
+def gated_linear_attention_recurrent(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, state: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Token-by-token recurrence (the reference).
+
+    Args:
+        q, k: queries and keys, (B, H, T, Dk).
+        v: values, (B, H, T, Dv).
+        g: log-decays, (B, H, T, Dk) per key channel or (B, H, T) per head.
+        state: S from a previous call, (B, H, Dk, Dv), or None for zeros.
+    Returns:
+        y (B, H, T, Dv) in v's dtype and the state S after the last token (B, H, Dk, Dv), float32+.
+    """
+    scalar = _check_gate(q, g)
+    ct = _compute_dtype(q)
+    S = init_gla_state(q, v) if state is None else state.to(ct)
+    q_, k_, v_, g_ = (t.to(ct) for t in (q, k, v, g))
+    if scalar:
+        g_ = g_.unsqueeze(-1)  # (B, H, T, 1): broadcast over Dk
+    outputs = []
+    for q_t, k_t, v_t, g_t in zip(*(t.unbind(2) for t in (q_, k_, v_, g_))):
+        S = g_t.exp()[..., None] * S + k_t[..., :, None] * v_t[..., None, :]  # (B, H, Dk, Dv)
+        outputs.append(torch.einsum("bhk,bhkv->bhv", q_t, S))
+    y = torch.stack(outputs, dim=2) if outputs else v_[:, :, :0]
+    return y.to(v.dtype), S
+
+
+def gated_linear_attention_quadratic(q: Tensor, k: Tensor, v: Tensor, g: Tensor) -> Tensor:
+    """Masked quadratic form from a zero state: y_i = sum_{j<=i} (q_i ⊙ exp(c_i - c_j))^T k_j v_j.
+
+    The scalar gate costs one (T, T) decay matrix (the SSD "segsum" form); the vector gate builds a
+    (T, T, Dk) tensor and is meant as a test reference on tiny shapes only. The cumulative sum runs
+    over the whole sequence, so in float32 it loses precision for long T (the chunked form does not).
+
+    Args:
+        q, k: (B, H, T, Dk); v: (B, H, T, Dv); g: (B, H, T) or (B, H, T, Dk).
+    Returns:
+        y (B, H, T, Dv) in v's dtype.
+    """
+    scalar = _check_gate(q, g)
+    ct = _compute_dtype(q)
+    q_, k_, v_ = (t.to(ct) for t in (q, k, v))
+    cum = torch.cumsum(g.to(ct), dim=2)  # (B, H, T[, Dk])
+    T = q.shape[2]
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    if scalar:
+        decay = _masked_exp(cum[..., :, None] - cum[..., None, :], causal)  # (B, H, T, T)
+        scores = (q_ @ k_.transpose(-1, -2)) * decay
+    else:
+        decay = _masked_exp(cum[:, :, :, None] - cum[:, :, None], causal[..., None])  # (B, H, T, T, Dk)
+        scores = (q_[:, :, :, None] * k_[:, :, None] * decay).sum(-1)
+    return (scores @ v_).to(v.dtype)
+
+
+def _sub_chunk(chunk_size: int, target: int) -> int:
+    """Largest divisor of ``chunk_size`` that is <= ``target`` (the sub-chunk of the vector gate)."""
+    return max(d for d in range(1, min(chunk_size, target) + 1) if chunk_size % d == 0)
+
+
+def _intra_vector(q: Tensor, k: Tensor, cum: Tensor, sub: int) -> tuple[Tensor, Tensor]:
+    """Intra-chunk scores for a per-channel gate, never exponentiating a positive number.
+
+    A[i, j] = sum_d q_id k_jd exp(c_id - c_jd) for j <= i inside a chunk, with the chunk split into
+    sub-chunks of ``sub`` rows. For a pair in different sub-chunks (j before sub-chunk I of i) the
+    decay factorises through the reference b_I = c at the last row before sub-chunk I:
+    exp(c_i - c_j) = exp(c_i - b_I) * exp(b_I - c_j), and with g <= 0 both exponents are <= 0
+    (i comes after the reference, j at or before it), so the factors lie in (0, 1]: safe for any
+    gate magnitude, where the usual q*exp(c), k*exp(-c) trick overflows float32 once a chunk's
+    total decay passes ~exp(-88). Pairs inside one sub-chunk use the exact masked (sub, sub, Dk) form.
+
+    Args:
+        q, k: (..., N, C, Dk) chunked inputs; cum: (..., N, C, Dk) chunk-local cumulative gates.
+    Returns:
+        A_off (..., N, C, C), the scores across sub-chunks, and A_diag (..., N, n, sub, sub),
+        the scores inside each of the n = C / sub sub-chunks.
+    """
+    *lead, C, Dk = q.shape
+    n = C // sub
+    qs, ks, cs = (t.reshape(*lead, n, sub, Dk) for t in (q, k, cum))  # (..., N, n, sub, Dk)
+    tril = torch.ones(sub, sub, dtype=torch.bool, device=q.device).tril()
+    decay = _masked_exp(cs[..., :, None, :] - cs[..., None, :, :], tril[..., None])  # (..., n, sub, sub, Dk)
+    a_diag = (qs[..., :, None, :] * ks[..., None, :, :] * decay).sum(-1)  # (..., N, n, sub, sub)
+    if n == 1:
+        return q.new_zeros(*lead, C, C), a_diag
+    ref = torch.cat([torch.zeros_like(cs[..., :1, -1, :]), cs[..., :-1, -1, :]], dim=-2)  # b_I (..., N, n, Dk)
+    q_ref = qs * torch.exp(cs - ref[..., None, :])  # (..., N, n, sub, Dk), exponent <= 0
+    before = torch.arange(C, device=q.device)[None, :] < (torch.arange(n, device=q.device) * sub)[:, None]
+    k_ref = k[..., None, :, :] * _masked_exp(ref[..., None, :] - cum[..., None, :, :], before[..., None])
+    a_off = (q_ref @ k_ref.transpose(-1, -2)).reshape(*lead, C, C)  # (..., N, n, sub, C) -> (..., N, C, C)
+    return a_off, a_diag
+
+
+def gated_linear_attention_chunked(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, chunk_size: int = 64, state: Tensor | None = None,
+    sub_chunk_size: int = 8,
+) -> tuple[Tensor, Tensor]:
+    """Chunkwise-parallel form: masked decayed scores inside a chunk, the decayed state across chunks.
+
+    For chunk c with chunk-local cumulative gates c_i (float32, from the chunk start, so <= 0 and
+    never large-and-positive) and state S before it:
+    Y = (Q ⊙ exp(c)) S + A V with A[i, j] = (q_i ⊙ exp(c_i - c_j))^T k_j for j <= i, and
+    S' = diag(exp(c_last)) S + (K ⊙ exp(c_last - c))^T V; every exponent is <= 0 for g <= 0.
+    The scalar gate's A is (Q K^T) ⊙ exp(segsum) (SSD); the vector gate's A comes from
+    :func:`_intra_vector` with sub-chunks of the largest divisor of chunk_size <= sub_chunk_size.
+    The states cross chunks in a loop of T / chunk_size cheap steps; everything else is batched GEMMs.
+    Same arguments and returns as :func:`gated_linear_attention_recurrent`.
+    """
+    scalar = _check_gate(q, g)
+    ct = _compute_dtype(q)
+    B, H, T, Dk = q.shape
+    S = init_gla_state(q, v) if state is None else state.to(ct)
+    if T == 0:
+        return v[:, :, :0], S
+    q_, k_, v_, g_ = (t.to(ct) for t in (q, k, v, g))
+    if scalar:
+        g_ = g_.unsqueeze(-1)  # (B, H, T, 1)
+    C = chunk_size
+    pad = (-T) % C
+    if pad:  # zero keys/values and zero log-decay leave the state untouched; padded rows are dropped
+        q_, k_, v_, g_ = (F.pad(t, (0, 0, 0, pad)) for t in (q_, k_, v_, g_))
+    N = q_.shape[2] // C
+    qc, kc, vc, gc = (t.reshape(B, H, N, C, t.shape[-1]) for t in (q_, k_, v_, g_))
+    cum = torch.cumsum(gc, dim=3)  # (B, H, N, C, Dk or 1), chunk-local, <= 0
+    last = cum[:, :, :, -1:]  # (B, H, N, 1, Dk or 1): log-decay over the whole chunk
+    if scalar:
+        tril = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+        c1 = cum.squeeze(-1)
+        scores = (qc @ kc.transpose(-1, -2)) * _masked_exp(c1[..., :, None] - c1[..., None, :], tril)
+        intra = scores @ vc  # (B, H, N, C, Dv)
+    else:
+        sub = _sub_chunk(C, sub_chunk_size)
+        a_off, a_diag = _intra_vector(qc, kc, cum, sub)
+        n = C // sub
+        intra = a_off @ vc + (a_diag @ vc.reshape(B, H, N, n, sub, -1)).reshape(B, H, N, C, -1)
+    chunk_kv = (kc * torch.exp(last - cum)).transpose(-1, -2) @ vc  # (B, H, N, Dk, Dv)
+    chunk_decay = torch.exp(last).transpose(-1, -2)  # (B, H, N, Dk or 1, 1)
+    befores = []
+    for c in range(N):  # S_{c+1} = diag(exp(c_last)) S_c + chunk_kv_c
+        befores.append(S)
+        S = chunk_decay[:, :, c] * S + chunk_kv[:, :, c]
+    S_before = torch.stack(befores, dim=2)  # (B, H, N, Dk, Dv)
+    y = (qc * torch.exp(cum)) @ S_before + intra  # (B, H, N, C, Dv)
+    return y.reshape(B, H, N * C, -1)[:, :, :T].to(v.dtype), S
