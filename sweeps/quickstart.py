@@ -18,7 +18,7 @@ import recallkit as rk
 
 VOCAB_SIZE = 256
 MIXERS = [
-    {"name": "attention", "num_heads": 2, "rope_base": 10_000.0, "short_conv": 4},
+    {"name": "attention", "num_heads": 2, "position": "rope", "short_conv": 4},
     {"name": "linear_attention", "feature_map": "taylor", "feature_dim": 8, "short_conv": 4},
     {"name": "linear_attention", "feature_map": "elu", "feature_dim": 16, "short_conv": 4},
 ]
