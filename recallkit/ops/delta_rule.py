@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recallkit.ops.segments import in_segments, segment_length
+
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
@@ -108,6 +110,9 @@ def delta_rule_chunked(
     S = init_delta_state(q, v) if state is None else state.to(ct)
     if T == 0:
         return v[:, :, :0], S
+    if T > segment_length(chunk_size):  # cache blocking, see ops/segments.py
+        return in_segments(delta_rule_chunked, dict(q=q, k=k, v=v, beta=beta, g=g), S,
+                           segment_length(chunk_size), chunk_size=chunk_size)
     q_, k_, v_, b_ = (t.to(ct) for t in (q, k, v, beta))
     g_ = None if g is None else g.to(ct)
     C = chunk_size

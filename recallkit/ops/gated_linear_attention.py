@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recallkit.ops.segments import in_segments, segment_length
+
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
@@ -160,6 +162,9 @@ def gated_linear_attention_chunked(
     S = init_gla_state(q, v) if state is None else state.to(ct)
     if T == 0:
         return v[:, :, :0], S
+    if T > segment_length(chunk_size):  # cache blocking, see ops/segments.py
+        return in_segments(gated_linear_attention_chunked, dict(q=q, k=k, v=v, g=g), S,
+                           segment_length(chunk_size), chunk_size=chunk_size, sub_chunk_size=sub_chunk_size)
     q_, k_, v_, g_ = (t.to(ct) for t in (q, k, v, g))
     if scalar:
         g_ = g_.unsqueeze(-1)  # (B, H, T, 1)

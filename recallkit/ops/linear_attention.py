@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recallkit.ops.segments import in_segments, segment_length
+
 DEFAULT_EPS = 1e-6
 
 
@@ -89,6 +91,9 @@ def linear_attention_chunked(
     S0 = init_linear_state(q, v, normalize) if state is None else state
     if T == 0:
         return _finish(v_aug, normalize, eps), S0
+    if T > segment_length(chunk_size):  # cache blocking, see ops/segments.py
+        return in_segments(linear_attention_chunked, dict(q=q, k=k, v=v), state, segment_length(chunk_size),
+                           normalize=normalize, chunk_size=chunk_size, eps=eps)
     C = chunk_size
     pad = (-T) % C
     if pad:  # zero keys/values add nothing to the state; padded query rows are dropped below
@@ -98,7 +103,6 @@ def linear_attention_chunked(
     chunk_kv = kc.transpose(-1, -2) @ vc  # (B, H, N, F, Dv+1)
     running = torch.cumsum(chunk_kv, dim=2)
     S_before = S0.unsqueeze(2) + torch.cat([torch.zeros_like(running[:, :, :1]), running[:, :, :-1]], dim=2)
-    mask = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    intra = (qc @ kc.transpose(-1, -2)).masked_fill(~mask, 0.0) @ vc  # (B, H, N, C, Dv+1)
+    intra = (qc @ kc.transpose(-1, -2)).tril_() @ vc  # (B, H, N, C, Dv+1); in place: no masked copy
     y_aug = (qc @ S_before + intra).reshape(B, H, N * C, -1)[:, :, :T]
     return _finish(y_aug, normalize, eps), S0 + running[:, :, -1]
