@@ -5,7 +5,9 @@ Three measurements, all on the default device in float32:
 1. the matmul peak, the best GFLOP/s of an (n, n) @ (n, n) product;
 2. kernel prefill time at sequence lengths N (batch 1, 8 heads, head dim 64; Taylor features from
    16 dims), as a speed-up over torch SDPA causal attention at the same N and as achieved GFLOP/s
-   and % of the matmul peak (FLOPs counted from each chunked algorithm's GEMMs);
+   and % of the matmul peak (FLOPs counted from each chunked algorithm's GEMMs; the gated kernels
+   count their ungated GEMMs, so their % of peak is a lower bound; the selective scan and the FFT
+   long conv are elementwise/FFT work and report time only);
 3. per registered mixer (d_model 128, default config): chunked prefill vs its token loop, and the
    training throughput of a 2-layer model (tokens/s).
 """
@@ -64,7 +66,7 @@ def _sdpa(N: int):
     return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
-def _linear_attention(feature: str):
+def _linear_attention(feature: str, chunk: int = CHUNK):
     from recallkit.ops import linear_attention_chunked
     from recallkit.ops.feature_maps import FEATURE_MAPS
 
@@ -72,16 +74,63 @@ def _linear_attention(feature: str):
         dim = TAYLOR_DIM if feature == "taylor" else HEAD_DIM
         q, k = (FEATURE_MAPS[feature](_randn(1, HEADS, N, dim)) for _ in range(2))
         v = _randn(1, HEADS, N, HEAD_DIM)
-        return lambda: linear_attention_chunked(q, k, v, normalize=feature != "identity", chunk_size=CHUNK)
+        return lambda: linear_attention_chunked(q, k, v, normalize=feature != "identity", chunk_size=chunk)
     return make
 
 
-def _linear_flops(features: int, values: int, extra_per_token: float = 0.0):
+def _linear_flops(features: int, values: int, chunk: int = CHUNK):
     """Chunked linear attention per token and head: intra-chunk (C, C) scores and their product
     with V (2C(F + Dv)), the inter-chunk read Q S and write K^T V (4 F Dv)."""
     def flops(N: int) -> float:
-        return HEADS * N * (2 * CHUNK * (features + values) + 4 * features * values + extra_per_token)
+        return HEADS * N * (2 * chunk * (features + values) + 4 * features * values)
     return flops
+
+
+def _gated(vector: bool):
+    from recallkit.ops import gated_linear_attention_chunked
+
+    def make(N: int):
+        q, k, v = (_randn(1, HEADS, N, HEAD_DIM) for _ in range(3))
+        gate_shape = (1, HEADS, N, HEAD_DIM) if vector else (1, HEADS, N)
+        g = -F.softplus(torch.randn(gate_shape)) / 16  # log-decays <= 0
+        return lambda: gated_linear_attention_chunked(q, k, v, g, chunk_size=CHUNK)
+    return make
+
+
+def _delta_rule(N: int):
+    from recallkit.ops import delta_rule_chunked
+
+    q, v = _randn(1, HEADS, N, HEAD_DIM), _randn(1, HEADS, N, HEAD_DIM)
+    k = F.normalize(torch.randn(1, HEADS, N, HEAD_DIM), dim=-1)
+    beta, g = torch.rand(1, HEADS, N), -F.softplus(torch.randn(1, HEADS, N)) / 16
+    return lambda: delta_rule_chunked(q, k, v, beta, g, chunk_size=CHUNK)
+
+
+def _delta_flops(N: int) -> float:
+    """Per chunk of C tokens and head (Dk = Dv = d): K K^T and Q K^T (4 C^2 d), the UT transform
+    applied to V and K (4 C^2 d), scores times U' (2 C^2 d), W S, Q S, K^T U' and K^T W (8 C d^2),
+    and the chunk recursion M S (2 d^3)."""
+    d, C = HEAD_DIM, CHUNK
+    return HEADS * (N / C) * (10 * C * C * d + 8 * C * d * d + 2 * d**3)
+
+
+def _selective_scan(N: int):
+    from recallkit.ops import selective_scan_chunked
+
+    channels, states = HEADS * HEAD_DIM, 16  # Mamba's d_inner and d_state
+    x = torch.randn(1, N, channels)
+    dt = F.softplus(torch.randn(1, N, channels) - 4)
+    A = -torch.rand(channels, states) - 0.5
+    B, C = torch.randn(1, N, states), torch.randn(1, N, states)
+    return lambda: selective_scan_chunked(x, dt, A, B, C, chunk_size=CHUNK)
+
+
+def _fft_conv(N: int):
+    from recallkit.ops import fft_causal_conv
+
+    channels = HEADS * HEAD_DIM
+    x, h = torch.randn(1, channels, N), torch.randn(channels, N) / N
+    return lambda: fft_causal_conv(x, h)
 
 
 def kernel_cases() -> list[KernelCase]:
@@ -90,8 +139,15 @@ def kernel_cases() -> list[KernelCase]:
     return [
         KernelCase("sdpa_causal", _sdpa, lambda N: 2 * HEADS * N * N * HEAD_DIM),
         KernelCase("linear_attention", _linear_attention("identity"), _linear_flops(HEAD_DIM, HEAD_DIM)),
+        KernelCase("linear_attention_c128", _linear_attention("identity", 128),
+                   _linear_flops(HEAD_DIM, HEAD_DIM, 128)),
         KernelCase("linear_attention_taylor16", _linear_attention("taylor"),
                    _linear_flops(taylor_features, HEAD_DIM + 1)),
+        KernelCase("gated_la_scalar", _gated(vector=False), _linear_flops(HEAD_DIM, HEAD_DIM)),
+        KernelCase("gated_la_vector", _gated(vector=True), _linear_flops(HEAD_DIM, HEAD_DIM)),
+        KernelCase("delta_rule_gated", _delta_rule, _delta_flops),
+        KernelCase("selective_scan", _selective_scan, None),  # elementwise: no GEMM FLOPs to count
+        KernelCase("fft_long_conv", _fft_conv, None),
     ]
 
 
