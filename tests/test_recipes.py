@@ -1,0 +1,44 @@
+"""Recipes: hybrids built from registered mixers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import recallkit as rk
+from recallkit.recipes import based
+
+
+def based_model(**kwargs) -> rk.LanguageModel:
+    torch.manual_seed(0)
+    config = rk.ModelConfig(vocab_size=32, d_model=16, num_layers=2, mixer=based(**kwargs), mlp="none")
+    return rk.build_model(config).eval()
+
+
+def test_based_state_is_constant_in_length_and_matches_the_formula():
+    model = based_model(feature_dim=4, window=8, short_conv=4)
+    d, f, w, k = 16, 4, 8, 4
+    taylor = (1 + f + f * f) * (d + 1)  # one head: S (F, d_v) and the normaliser column
+    expected = 2 * d * w + taylor + 2 * d * (k - 1)
+    assert model.state_size(8) == model.state_size(1000) == expected
+    assert model.state_size(4) < expected  # the window's cache is not full yet
+
+
+def test_based_recurrent_inference_matches_the_parallel_form_past_the_window():
+    model = based_model(feature_dim=4, window=5, num_heads=2, window_heads=2)
+    tokens = torch.randint(0, 32, (2, 23), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(tokens)
+        prefilled, state = model.prefill(tokens[:, :11])
+        stepped = []
+        for t in range(11, 23):
+            step_logits, state = model.step(tokens[:, t], state)
+            stepped.append(step_logits)
+    torch.testing.assert_close(prefilled, logits[:, :11], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.stack(stepped, dim=1), logits[:, 11:], atol=1e-5, rtol=1e-4)
+    assert model.state_size(23) == rk.mixers.state_numel(state.layers) // 2
+
+
+def test_based_rejects_an_empty_window():
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        based(window=0)
