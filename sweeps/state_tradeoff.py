@@ -1,0 +1,47 @@
+"""The recall-memory frontier (Based, Arora et al. 2024, figure 1 at CPU scale): every mixer family
+on one plot of MQAR accuracy against inference-state size.
+
+One task (MQAR, V = 256, T = 64, 8 key-value pairs), width 64, lr 5e-3, at most 1000 steps (early
+stop at 0.99; about 12 minutes with 2 process workers on 2 cores), and each family swept along the knob that
+sets its state: Based's window and feature dim, Mamba's d_state, the head count of GLA, DeltaNet and
+Gated DeltaNet (more heads = smaller per-head key-value matrices), the sliding-window size, and full
+attention (whose state is its whole KV cache) as the reference, with MLA's latent cache beside it.
+Families without a state knob (RetNet, Mamba-2, H3, Hyena, BaseConv, linear attention) appear at their defaults.
+Run: ``recallkit run sweeps/state_tradeoff.py --out runs/state_tradeoff --executor process``.
+"""
+
+import recallkit as rk
+from recallkit.recipes import based
+
+VOCAB_SIZE = 256
+D_MODEL = 64
+TASK = dict(name="mqar", vocab_size=VOCAB_SIZE, seq_len=64, num_kv_pairs=8)
+TRAIN = dict(lr=5e-3, max_steps=1000, seed=0)
+CONV = 4  # the same short conv in front of every mixer whose block has none of its own
+
+VARIANTS: list[tuple[str, dict | list[dict]]] = [
+    ("attention", {"name": "attention", "position": "rope", "short_conv": CONV}),
+    ("mla", {"name": "mla", "kv_latent_dim": 16, "rope_dim": 8, "short_conv": CONV}),
+    *[("sliding_window", {"name": "attention", "position": "rope", "window": w, "short_conv": CONV})
+      for w in (4, 8, 16, 32)],
+    *[("based", based(feature_dim=f, window=w)) for f in (4, 8, 16) for w in (8, 32)],
+    *[("mamba", {"name": "mamba", "d_state": n}) for n in (4, 16, 64)],
+    *[("gla", {"name": "gla", "num_heads": h, "short_conv": CONV}) for h in (1, 2, 4, 8)],
+    *[("deltanet", {"name": "deltanet", "num_heads": h, "short_conv": CONV}) for h in (1, 2, 4, 8)],
+    *[("gated_deltanet", {"name": "gated_deltanet", "num_heads": h, "short_conv": CONV}) for h in (1, 4)],
+    ("retnet", {"name": "retnet", "num_heads": 2, "short_conv": CONV}),
+    ("mamba2", {"name": "mamba2"}),
+    ("linear_attention", {"name": "linear_attention", "feature_map": "elu", "feature_dim": 16,
+                          "short_conv": CONV}),
+    ("h3", {"name": "h3"}),
+    ("hyena", {"name": "hyena"}),
+    ("base_conv", {"name": "base_conv", "kernel_size": "long"}),
+]
+
+configs = [
+    rk.RunConfig(
+        model=dict(vocab_size=VOCAB_SIZE, d_model=D_MODEL, num_layers=2, mixer=mixer, mlp="none"),
+        task=TASK, train=TRAIN, label=label,
+    )
+    for label, mixer in VARIANTS
+]

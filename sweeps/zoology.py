@@ -1,0 +1,64 @@
+"""The Zoology MQAR sweep (Arora et al. 2023, arXiv 2312.04927, figure 2) at CPU scale.
+
+MQAR with T in {64, 128, 256} and T/16 key-value pairs, 2-layer models without MLPs at widths
+{64, 128, 256}, the best of a small learning-rate grid per point. Expected shape: attention solves
+every length at every width, while the gated convolutions (BaseConv, H3, Hyena) need a width that
+grows with T; Based and Mamba sit between.
+
+CPU-scale choices: every length trains on TOKENS_PER_STEP tokens per step (batch 2048 / T), so
+each step carries the same number of queries; runs stop at 0.99 accuracy or after MAX_STEPS;
+attention gets RoPE and a short conv (without them it plateaus for thousands of steps at this
+scale, see sweeps/quickstart.py); models whose block has no short conv of its own get the same
+conv4 in front.
+
+Cost, measured on one thread per run at 2048 tokens per step: d=64 25-60 ms per step (Mamba 150),
+d=128 45-110 ms (Mamba 340), d=256 120-370 ms (Mamba 900), about 21 s of CPU for one step of all
+126 runs, so up to ~6 hours with 2 workers on 2 cores at MAX_STEPS = 2000 (early stops shorten it).
+MAX_STEPS is that large because attention at T=256 (batch 8) was still at 0.03 after 500 steps.
+Run it resumably in the background (a GPU or a Ray cluster is the better home for it):
+``recallkit run sweeps/zoology.py --out runs/zoology --executor process``.
+"""
+
+import recallkit as rk
+from recallkit.recipes import based
+
+VOCAB_SIZE = 256
+SEQ_LENS = [256, 128, 64]  # longest first: the process pool starts the longest runs first
+WIDTHS = [256, 128, 64]
+LEARNING_RATES = [5e-3, 1.5e-3]
+MAX_STEPS = 2000
+TOKENS_PER_STEP = 2048  # batch = TOKENS_PER_STEP / T: every length sees the same tokens and queries per step
+
+MIXERS: dict[str, dict | list[dict]] = {
+    "attention": {"name": "attention", "num_heads": 1, "position": "rope", "short_conv": 4},
+    "base_conv": {"name": "base_conv", "kernel_size": "long"},
+    "h3": {"name": "h3"},
+    "hyena": {"name": "hyena"},
+    "based": based(feature_dim=16, window=16),
+    "mamba": {"name": "mamba"},
+    "linear_attention": {"name": "linear_attention", "feature_map": "elu", "feature_dim": 16,
+                         "short_conv": 4},
+}
+
+
+def mqar_task(seq_len: int) -> dict:
+    """Zoology's MQAR setting at length ``seq_len``: T/16 key-value pairs."""
+    return dict(name="mqar", vocab_size=VOCAB_SIZE, seq_len=seq_len, num_kv_pairs=seq_len // 16)
+
+
+def zoology_run(label: str, mixer: dict | list[dict], d_model: int, seq_len: int, lr: float) -> rk.RunConfig:
+    """A 2-layer, MLP-free model of width ``d_model`` trained and evaluated on MQAR at ``seq_len``."""
+    return rk.RunConfig(
+        model=dict(vocab_size=VOCAB_SIZE, d_model=d_model, num_layers=2, mixer=mixer, mlp="none"),
+        task=mqar_task(seq_len), label=label,
+        train=dict(lr=lr, max_steps=MAX_STEPS, batch_size=TOKENS_PER_STEP // seq_len, seed=0),
+    )
+
+
+configs = [
+    zoology_run(label, mixer, d_model, seq_len, lr)
+    for seq_len in SEQ_LENS
+    for d_model in WIDTHS
+    for label, mixer in MIXERS.items()
+    for lr in LEARNING_RATES
+]

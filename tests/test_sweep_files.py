@@ -1,0 +1,40 @@
+"""The shipped sweep files load, cover what they promise, and every model in them builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import recallkit as rk
+from recallkit.sweep import load_sweep
+
+SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
+
+
+def _keys(config: rk.RunConfig) -> set[str]:
+    mixers = config.model.mixer if isinstance(config.model.mixer, list) else [config.model.mixer]
+    return {m.name for m in mixers}
+
+
+def test_zoology_grid():
+    configs = load_sweep(SWEEPS / "zoology.py")
+    assert len(configs) == 3 * 3 * 7 * 2
+    assert {c.task.seq_len for c in configs} == {64, 128, 256}
+    assert {c.model.d_model for c in configs} == {64, 128, 256}
+    assert {c.label for c in configs} == {"attention", "base_conv", "h3", "hyena", "based", "mamba",
+                                          "linear_attention"}
+    for c in configs:
+        assert c.task.num_kv_pairs == c.task.seq_len // 16
+        assert c.train.batch_size * c.task.seq_len == 2048
+    assert len({c.run_id for c in configs}) == len(configs)
+
+
+def test_state_tradeoff_spans_every_family_and_builds():
+    configs = load_sweep(SWEEPS / "state_tradeoff.py")
+    keys = set().union(*(_keys(c) for c in configs))
+    assert keys == set(rk.MIXERS)
+    for c in configs:
+        model = rk.build_model(c.model)
+        assert model.state_size(c.task.seq_len) > 0
+    assert len({c.run_id for c in configs}) == len(configs)
