@@ -22,11 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recallkit.ops.numerics import compute_dtype, masked_exp
 from recallkit.ops.segments import in_segments, segment_length
-
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    return torch.promote_types(x.dtype, torch.float32)
 
 
 def _check_shapes(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None) -> None:
@@ -41,7 +38,7 @@ def _check_shapes(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | Non
 def init_delta_state(q: Tensor, v: Tensor) -> Tensor:
     """Zero state (B, H, Dk, Dv) for inputs shaped like q (B, H, T, Dk) and v (B, H, T, Dv)."""
     B, H, _, Dk = q.shape
-    return torch.zeros(B, H, Dk, v.shape[-1], device=q.device, dtype=_compute_dtype(q))
+    return torch.zeros(B, H, Dk, v.shape[-1], device=q.device, dtype=compute_dtype(q))
 
 
 def delta_rule_recurrent(
@@ -59,7 +56,7 @@ def delta_rule_recurrent(
         y (B, H, T, Dv) in v's dtype and the state S after the last token (B, H, Dk, Dv), float32+.
     """
     _check_shapes(q, k, v, beta, g)
-    ct = _compute_dtype(q)
+    ct = compute_dtype(q)
     S = init_delta_state(q, v) if state is None else state.to(ct)
     q_, k_, v_, b_ = (t.to(ct) for t in (q, k, v, beta))
     outputs = []
@@ -73,11 +70,6 @@ def delta_rule_recurrent(
         outputs.append(torch.einsum("bhk,bhkv->bhv", q_[:, :, t], S))
     y = torch.stack(outputs, dim=2) if outputs else v_[:, :, :0]
     return y.to(v.dtype), S
-
-
-def _masked_exp(diff: Tensor, mask: Tensor) -> Tensor:
-    """exp(diff) where mask, else 0; masked BEFORE exp so exp never sees the (positive) i < j entries."""
-    return diff.masked_fill(~mask, float("-inf")).exp()
 
 
 def delta_rule_chunked(
@@ -104,7 +96,7 @@ def delta_rule_chunked(
     _check_shapes(q, k, v, beta, g)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
-    ct = _compute_dtype(q)
+    ct = compute_dtype(q)
     B, H, T, Dk = q.shape
     Dv = v.shape[-1]
     S = init_delta_state(q, v) if state is None else state.to(ct)
@@ -131,7 +123,7 @@ def delta_rule_chunked(
     k_d = kc  # keys as carried to the end of the chunk: exp(c_C - c_i) k_i
     if g_ is not None:
         cum = torch.cumsum(g_.reshape(B, H, N, C), dim=-1)  # chunk-local, <= 0, float32+
-        gamma = _masked_exp(cum[..., :, None] - cum[..., None, :], tril)  # (B, H, N, C, C)
+        gamma = masked_exp(cum[..., :, None] - cum[..., None, :], tril)  # (B, H, N, C, C)
         kk, qk = kk * gamma, qk * gamma
         k_w = kc * cum.exp()[..., None]
         k_d = kc * (cum[..., -1:] - cum).exp()[..., None]

@@ -22,11 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recallkit.ops.numerics import compute_dtype, masked_exp
 from recallkit.ops.segments import in_segments, segment_length
-
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    return torch.promote_types(x.dtype, torch.float32)
 
 
 def _check_gate(q: Tensor, g: Tensor) -> bool:
@@ -41,12 +38,7 @@ def _check_gate(q: Tensor, g: Tensor) -> bool:
 def init_gla_state(q: Tensor, v: Tensor) -> Tensor:
     """Zero state (B, H, Dk, Dv) for inputs shaped like q (B, H, T, Dk) and v (B, H, T, Dv)."""
     B, H, _, Dk = q.shape
-    return torch.zeros(B, H, Dk, v.shape[-1], device=q.device, dtype=_compute_dtype(q))
-
-
-def _masked_exp(diff: Tensor, mask: Tensor) -> Tensor:
-    """exp(diff) where mask, else 0; masked BEFORE exp so exp never sees the (positive) i < j entries."""
-    return diff.masked_fill(~mask, float("-inf")).exp()
+    return torch.zeros(B, H, Dk, v.shape[-1], device=q.device, dtype=compute_dtype(q))
 
 
 def gated_linear_attention_recurrent(
@@ -63,7 +55,7 @@ def gated_linear_attention_recurrent(
         y (B, H, T, Dv) in v's dtype and the state S after the last token (B, H, Dk, Dv), float32+.
     """
     scalar = _check_gate(q, g)
-    ct = _compute_dtype(q)
+    ct = compute_dtype(q)
     S = init_gla_state(q, v) if state is None else state.to(ct)
     q_, k_, v_, g_ = (t.to(ct) for t in (q, k, v, g))
     if scalar:
@@ -89,16 +81,16 @@ def gated_linear_attention_quadratic(q: Tensor, k: Tensor, v: Tensor, g: Tensor)
         y (B, H, T, Dv) in v's dtype.
     """
     scalar = _check_gate(q, g)
-    ct = _compute_dtype(q)
+    ct = compute_dtype(q)
     q_, k_, v_ = (t.to(ct) for t in (q, k, v))
     cum = torch.cumsum(g.to(ct), dim=2)  # (B, H, T[, Dk])
     T = q.shape[2]
     causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
     if scalar:
-        decay = _masked_exp(cum[..., :, None] - cum[..., None, :], causal)  # (B, H, T, T)
+        decay = masked_exp(cum[..., :, None] - cum[..., None, :], causal)  # (B, H, T, T)
         scores = (q_ @ k_.transpose(-1, -2)) * decay
     else:
-        decay = _masked_exp(cum[:, :, :, None] - cum[:, :, None], causal[..., None])  # (B, H, T, T, Dk)
+        decay = masked_exp(cum[:, :, :, None] - cum[:, :, None], causal[..., None])  # (B, H, T, T, Dk)
         scores = (q_[:, :, :, None] * k_[:, :, None] * decay).sum(-1)
     return (scores @ v_).to(v.dtype)
 
@@ -129,14 +121,14 @@ def _intra_vector(q: Tensor, k: Tensor, cum: Tensor, sub: int) -> tuple[Tensor, 
     n = C // sub
     qs, ks, cs = (t.reshape(*lead, n, sub, Dk) for t in (q, k, cum))  # (..., N, n, sub, Dk)
     tril = torch.ones(sub, sub, dtype=torch.bool, device=q.device).tril()
-    decay = _masked_exp(cs[..., :, None, :] - cs[..., None, :, :], tril[..., None])  # (..., n, sub, sub, Dk)
+    decay = masked_exp(cs[..., :, None, :] - cs[..., None, :, :], tril[..., None])  # (..., n, sub, sub, Dk)
     a_diag = (qs[..., :, None, :] * ks[..., None, :, :] * decay).sum(-1)  # (..., N, n, sub, sub)
     if n == 1:
         return q.new_zeros(*lead, C, C), a_diag
     ref = torch.cat([torch.zeros_like(cs[..., :1, -1, :]), cs[..., :-1, -1, :]], dim=-2)  # b_I (..., N, n, Dk)
     q_ref = qs * torch.exp(cs - ref[..., None, :])  # (..., N, n, sub, Dk), exponent <= 0
     before = torch.arange(C, device=q.device)[None, :] < (torch.arange(n, device=q.device) * sub)[:, None]
-    k_ref = k[..., None, :, :] * _masked_exp(ref[..., None, :] - cum[..., None, :, :], before[..., None])
+    k_ref = k[..., None, :, :] * masked_exp(ref[..., None, :] - cum[..., None, :, :], before[..., None])
     a_off = (q_ref @ k_ref.transpose(-1, -2)).reshape(*lead, C, C)  # (..., N, n, sub, C) -> (..., N, C, C)
     return a_off, a_diag
 
@@ -157,7 +149,7 @@ def gated_linear_attention_chunked(
     Same arguments and returns as :func:`gated_linear_attention_recurrent`.
     """
     scalar = _check_gate(q, g)
-    ct = _compute_dtype(q)
+    ct = compute_dtype(q)
     B, H, T, Dk = q.shape
     S = init_gla_state(q, v) if state is None else state.to(ct)
     if T == 0:
@@ -179,7 +171,7 @@ def gated_linear_attention_chunked(
     if scalar:
         tril = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
         c1 = cum.squeeze(-1)
-        scores = (qc @ kc.transpose(-1, -2)) * _masked_exp(c1[..., :, None] - c1[..., None, :], tril)
+        scores = (qc @ kc.transpose(-1, -2)) * masked_exp(c1[..., :, None] - c1[..., None, :], tril)
         intra = scores @ vc  # (B, H, N, C, Dv)
     else:
         sub = _sub_chunk(C, sub_chunk_size)

@@ -20,14 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    return torch.promote_types(x.dtype, torch.float32)
+from recallkit.ops.numerics import compute_dtype
 
 
 def init_selective_state(x: Tensor, A: Tensor) -> Tensor:
     """Zero state (B, Dn, N) for inputs x (B, L, Dn) and A (Dn, N)."""
-    return torch.zeros(x.shape[0], *A.shape, device=x.device, dtype=_compute_dtype(x))
+    return torch.zeros(x.shape[0], *A.shape, device=x.device, dtype=compute_dtype(x))
 
 
 def selective_scan_recurrent(
@@ -46,7 +44,7 @@ def selective_scan_recurrent(
     Returns:
         y (B, L, Dn) in x's dtype and the state h after the last token, (B, Dn, N).
     """
-    ct = _compute_dtype(x)
+    ct = compute_dtype(x)
     h = init_selective_state(x, A) if state is None else state.to(ct)
     x_, dt_, A_, B_, C_ = (t.to(ct) for t in (x, dt, A, B, C))
     outputs = []
@@ -83,7 +81,7 @@ def selective_scan_chunked(
     Same arguments and returns as :func:`selective_scan_recurrent`.
     """
     Bsz, L, Dn = x.shape
-    ct = _compute_dtype(x)
+    ct = compute_dtype(x)
     h0 = init_selective_state(x, A) if state is None else state.to(ct)
     x_, dt_, A_, B_, C_ = (t.to(ct) for t in (x, dt, A, B, C))
     skip = 0.0 if D is None else D.to(ct) * x_
