@@ -50,9 +50,13 @@ def lr_factor(step: int, warmup_steps: int, max_steps: int, min_ratio: float) ->
 
 
 def _optimizer(model: LanguageModel, config: RunConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not on biases or norm gains)."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    """AdamW with weight decay on matrices only: not on biases, norm gains, or parameters a mixer
+    marks ``_no_weight_decay`` (SSM decay rates and skips, whose zero is not a neutral value)."""
+    def decays(p: torch.nn.Parameter) -> bool:
+        return p.ndim >= 2 and not getattr(p, "_no_weight_decay", False)
+
+    decay = [p for p in model.parameters() if decays(p)]
+    no_decay = [p for p in model.parameters() if not decays(p)]
     train = config.train
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],

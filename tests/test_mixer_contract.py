@@ -39,7 +39,7 @@ CASES: list[tuple[str, dict]] = [
     ("base_conv", {"kernel_size": "long", "max_len": 32}),
     ("base_conv", {"kernel_size": "long", "out_proj": True, "short_conv": 3}),
     ("h3", {"chunk_size": 8}),
-    ("h3", {"num_heads": 2, "d_state": 4, "shift_len": 2, "chunk_size": 5}),
+    ("h3", {"num_heads": 2, "d_state": 4, "shift_len": 2, "chunk_size": 5, "input_scale": "zoh"}),
     ("h3", {"num_heads": 8, "short_conv": 3}),
     ("hyena", {}),
     ("hyena", {"order": 3, "filter_dim": 8, "filter_emb_dim": 5, "max_len": 64}),

@@ -25,7 +25,9 @@ def test_zoology_grid():
     assert {c.label for c in configs} == {"attention", "base_conv", "h3", "hyena", "based", "mamba",
                                           "linear_attention"}
     for c in configs:
-        assert c.task.num_kv_pairs == c.task.seq_len // 16
+        T = c.task.seq_len
+        assert c.task.num_kv_pairs == [T // 64, T // 32, T // 16]  # trained on mixed counts
+        assert [(e.seq_len, e.num_kv_pairs) for e in c.test_tasks] == [(T, T // 16)]  # scored at T/16
         assert c.train.batch_size * c.task.seq_len == 2048
     assert len({c.run_id for c in configs}) == len(configs)
 

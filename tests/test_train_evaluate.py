@@ -95,3 +95,16 @@ def test_every_eval_task_is_scored_with_the_state_size_at_its_length():
     assert evals[0]["accuracy"] == result.metrics["accuracy"]
     assert set(evals[1]["slices"]["num_kv_pairs"]) == {"4"}
     assert result.state_size == 2 * 16 * 16
+
+
+def test_weight_decay_skips_parameters_marked_no_weight_decay():
+    from recallkit.train import _optimizer
+
+    config = rk.RunConfig(model=dict(vocab_size=16, d_model=16, num_layers=1, mixer={"name": "mamba"}),
+                          task=dict(name="mqar", vocab_size=16, seq_len=16, num_kv_pairs=2))
+    model = rk.build_model(config.model)
+    decay_group, no_decay_group = _optimizer(model, config).param_groups
+    a_log = model.blocks[0].mixer.A_log
+    assert a_log.ndim == 2 and any(p is a_log for p in no_decay_group["params"])
+    assert not any(p is a_log for p in decay_group["params"])
+    assert decay_group["weight_decay"] > 0 and no_decay_group["weight_decay"] == 0

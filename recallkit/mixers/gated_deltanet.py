@@ -52,7 +52,7 @@ class GatedDeltaNet(DeltaNet):
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^{-1}(dt)
         self.A_log = nn.Parameter(torch.empty(H).uniform_(1, 16).log())
         for p in (self.dt_bias, self.A_log):
-            p._no_weight_decay = True  # as in Mamba-2; honoured only by optimisers that look
+            p._no_weight_decay = True  # as in Mamba-2; recallkit.train honours it
         self.out_gate = nn.Linear(d_model, d_model, bias=False)  # W_g
 
     def _log_decay(self, x: Tensor) -> Tensor:

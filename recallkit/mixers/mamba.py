@@ -93,7 +93,7 @@ class Mamba(Mixer):
         # S4D-real: A[d, n] = -(n + 1), stored as its log so A stays negative under training
         self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(Dn, 1))
         self.D = nn.Parameter(torch.ones(Dn))
-        self.A_log._no_weight_decay = True  # as in the paper; honoured only by optimisers that look
+        self.A_log._no_weight_decay = True  # as in the paper; recallkit.train honours it
         self.D._no_weight_decay = True
         self.out_proj = nn.Linear(Dn, d_model, bias=False)
 

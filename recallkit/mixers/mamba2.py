@@ -90,7 +90,7 @@ class Mamba2(Mixer):
         self.A_log = nn.Parameter(torch.empty(H).uniform_(1, 16).log())  # A = -exp(A_log) < 0
         self.D = nn.Parameter(torch.ones(H))
         for p in (self.dt_bias, self.A_log, self.D):
-            p._no_weight_decay = True  # as in the paper; honoured only by optimisers that look
+            p._no_weight_decay = True  # as in the paper; recallkit.train honours it
         self.norm_weight = nn.Parameter(torch.ones(Dn))
         self.out_proj = nn.Linear(Dn, d_model, bias=False)
 
