@@ -1,8 +1,9 @@
 """recallkit: measure the recall-vs-inference-state trade-off of efficient sequence models."""
 
-from recallkit import ops
+from recallkit import inference, ops
 from recallkit.config import ModelConfig, RunConfig, TrainConfig
 from recallkit.evaluate import evaluate
+from recallkit.inference.policies import POLICIES
 from recallkit.mixers import MIXERS
 from recallkit.model import LanguageModel, build_model
 from recallkit.tasks import TASKS, make_task
@@ -10,6 +11,7 @@ from recallkit.train import RunResult, train
 
 __all__ = [
     "MIXERS",
+    "POLICIES",
     "TASKS",
     "LanguageModel",
     "ModelConfig",
@@ -18,6 +20,7 @@ __all__ = [
     "TrainConfig",
     "build_model",
     "evaluate",
+    "inference",
     "make_task",
     "ops",
     "train",

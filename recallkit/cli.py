@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from recallkit.errors import RecallkitError
+from recallkit.inference.kv_memory import default_kv_numbers_per_token
 from recallkit.mixers import MIXERS
 from recallkit.report import frontier_points, write_report
 from recallkit.sweep import load_sweep, run_sweep
@@ -92,9 +93,18 @@ def list_registry(what: Annotated[str, typer.Argument(help="mixers | tasks")]) -
     registries = {"mixers": MIXERS, "tasks": {k: v for k, v in TASKS.items()}}
     if what not in registries:
         raise RecallkitError(f"cannot list {what!r}; use one of: {', '.join(registries)}")
+    mixers = what == "mixers"
+    if mixers:
+        console.print("KV/token: cache numbers one token adds per layer (default config, d_model=128; "
+                      "- = fixed-size state)")
+        console.print(f"{'mixer':<20} {'KV/token':>8}  description")
     for key, cls in registries[what].items():
         doc = (cls.__doc__ or "").strip().splitlines()[0]
-        console.print(f"{key:<20} {doc}")
+        if mixers:
+            kv = default_kv_numbers_per_token(key, d_model=128)
+            console.print(f"{key:<20} {'-' if kv is None else kv:>8}  {doc}")
+        else:
+            console.print(f"{key:<20} {doc}")
 
 
 @app.command()

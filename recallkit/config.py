@@ -129,6 +129,31 @@ class TrainConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+class EvalPolicy(StrictModel):
+    """One extra evaluation of the trained model with every attention layer's KV cache under an
+    eviction policy (``recallkit.inference``): a ``POLICIES`` key or ``{"name": key, **options}``,
+    a budget (tokens per sequence and KV head, or a fraction of the context length) and a mode."""
+
+    policy: dict[str, Any]
+    budget: int | float
+    mode: Literal["continuous", "prefill"] = "continuous"
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _resolve_policy(cls, value: Any) -> dict[str, Any]:
+        from recallkit.inference.policies import make_policy  # the policies build on this module
+
+        return make_policy(value).model_dump()
+
+    @field_validator("budget")
+    @classmethod
+    def _check_budget(cls, value: int | float) -> int | float:
+        from recallkit.inference.decode import resolve_budget
+
+        resolve_budget(value, 1)
+        return value
+
+
 class RunConfig(StrictModel):
     """One training run: a model, a training task, an evaluation task and a budget."""
 
@@ -141,6 +166,10 @@ class RunConfig(StrictModel):
     )
     train: TrainConfig = TrainConfig()
     label: str | None = Field(default=None, description="name in tables and plots; default: the mixer")
+    eval_policies: list[EvalPolicy] = Field(
+        default_factory=list,
+        description="after training, evaluate on the first eval task under each KV-cache eviction policy",
+    )
 
     @field_validator("task", mode="before")
     @classmethod
@@ -179,8 +208,12 @@ class RunConfig(StrictModel):
         return "+".join(describe_mixer(m) for m in dict.fromkeys(self.model.layer_mixers))
 
     def canonical_json(self) -> str:
-        """JSON with sorted keys: the identity of the run."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """JSON with sorted keys: the identity of the run. An empty ``eval_policies`` is left out, so
+        runs configured before that field existed keep their identity (and resume)."""
+        data = self.model_dump(mode="json")
+        if not data["eval_policies"]:
+            del data["eval_policies"]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @property
     def run_id(self) -> str:

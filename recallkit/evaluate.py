@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from recallkit.inference.cache import Mode
+from recallkit.inference.decode import Budget, evaluate_with_policy
+from recallkit.inference.policies import Policy
 from recallkit.model import LanguageModel
 from recallkit.tasks.base import IGNORE_INDEX, Batch
 
@@ -32,21 +35,39 @@ def predict(model: LanguageModel, batch: Batch, batch_size: int = 256) -> Tensor
     return torch.cat(predictions)
 
 
-def evaluate(model: LanguageModel, batch: Batch, batch_size: int = 256) -> dict:
-    """Score ``model`` on ``batch``.
+def evaluate(model: LanguageModel, batch: Batch, batch_size: int = 256, policy: str | dict | Policy | None = None,
+             budget: Budget | None = None, mode: Mode = "continuous") -> dict:
+    """Score ``model`` on ``batch``, in parallel form, or token by token with every attention layer's
+    KV cache under an eviction ``policy`` (see ``recallkit.inference``).
+
+    Args:
+        policy: None (the parallel form), a ``POLICIES`` key, a ``{"name": key, ...}`` dict or a Policy.
+        budget: with a policy: tokens per sequence and KV head, or a fraction of the context length.
+        mode: with a policy: ``continuous`` (evict on every step) or ``prefill`` (compress once after
+            the context).
 
     Returns:
         ``{"accuracy", "token_accuracy", "num_examples", "slices": {name: {value: {...}}}}`` where
         ``accuracy`` is the mean over sequences of the fraction of their labelled positions
-        predicted exactly, and ``token_accuracy`` pools all labelled positions.
+        predicted exactly, and ``token_accuracy`` pools all labelled positions. With a policy also
+        ``policy``, ``budget``, ``mode``, ``budget_tokens`` and ``state_size`` (numbers held per
+        sequence at the end).
     """
+    if policy is None and budget is not None:
+        raise ValueError("a budget needs an eviction policy")
+    if policy is not None and budget is None:
+        raise ValueError(f"eviction policy {policy!r} needs a budget (tokens, or a fraction of the context)")
     was_training = model.training
     model.eval()
-    predictions = predict(model, batch, batch_size)
+    info: dict = {}
+    if policy is None:
+        predictions = predict(model, batch, batch_size)
+    else:
+        predictions, info = evaluate_with_policy(model, batch, policy, budget, mode, batch_size)
     model.train(was_training)
     scored = batch.labels != IGNORE_INDEX
     correct = predictions == batch.labels
-    metrics: dict = _accuracies(correct, scored)
+    metrics: dict = {**_accuracies(correct, scored), **info}
     metrics["slices"] = {
         name: {
             str(int(value)): _accuracies(correct[values == value], scored[values == value])

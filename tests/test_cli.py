@@ -22,6 +22,8 @@ def test_help_lists_the_commands():
 def test_list_mixers_and_tasks():
     mixers = runner.invoke(app, ["list", "mixers"])
     assert mixers.exit_code == 0 and "attention" in mixers.output and "linear_attention" in mixers.output
+    rows = {line.split()[0]: line.split()[1] for line in mixers.output.splitlines() if line.split()}
+    assert rows["attention"] == "256" and rows["mla"] == "40" and rows["mamba2"] == "-"  # KV numbers/token
     tasks = runner.invoke(app, ["list", "tasks"])
     assert tasks.exit_code == 0 and "mqar" in tasks.output
 

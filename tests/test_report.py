@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import recallkit as rk
 from recallkit.report import frontier_points, write_report
 from recallkit.sweep import Store
 from tests.conftest import tiny_run
@@ -69,3 +70,50 @@ def test_varying_settings_names_only_what_differs():
     ]
     assert varying_settings(models) == ["window=8 feature_dim=4", "window=32 feature_dim=4", "window=8 feature_dim=16"]
     assert varying_settings([{"d_model": 64}, {"d_model": 128}]) == ["d_model=64", "d_model=128"]
+
+
+def test_width_curves_take_the_best_point_per_label_and_width():
+    from recallkit.report.width import has_width_axis, width_curves
+
+    rows = [row("a", "attention", 64, 1e-3, 0.9), row("b", "attention", 128, 1e-3, 1.0),
+            row("c", "h3", 64, 1e-3, 0.1), row("d", "h3", 128, 1e-3, 0.4), row("e", "h3", 128, 3e-3, 0.6),
+            row("f", "h3", 64, 1e-3, 0.05, T=128)]
+    points = frontier_points(rows)
+    assert has_width_axis(points)
+    curves = width_curves(points)
+    assert curves["mqar T=64"] == {"attention": [(64, 0.9), (128, 1.0)], "h3": [(64, 0.1), (128, 0.6)]}
+    assert curves["mqar T=128"] == {"h3": [(64, 0.05)]}
+    assert not has_width_axis(frontier_points(rows[:1]))
+
+
+def test_report_draws_the_width_figure_only_when_widths_vary(tmp_path):
+    with Store(tmp_path / "results.sqlite") as store:
+        wide = tiny_run().model_dump()
+        wide["model"]["d_model"] = 32
+        configs = [tiny_run(), rk.RunConfig(**wide)]
+        store.add(configs)
+        for config in configs:
+            store.record(config.run_id, {"status": "done", "metrics": {"accuracy": 0.5}, "state_size": 512,
+                                         "num_params": 9, "wall_time": 1.5})
+    _, page = write_report(tmp_path)
+    assert (tmp_path / "width.png").stat().st_size > 0
+    assert page.read_text().count("data:image/png;base64,") == 2
+
+
+def test_dense_point_tags_do_not_overlap():
+    import matplotlib.pyplot as plt
+
+    from recallkit.report.frontier import _place_tags
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.8))
+    ax.set_xscale("log")
+    ax.set_xlim(1e3, 1e5)
+    ax.set_ylim(-0.03, 1.05)
+    tags = [(3000 * 1.3**i, 0.96 + 0.005 * i, f"window={w} feature_dim={f}", "C0")
+            for i, (w, f) in enumerate([(8, 4), (32, 4), (8, 8), (32, 8), (8, 16), (32, 16)])]
+    _place_tags(ax, tags)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert len(boxes) == 6
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    plt.close(fig)

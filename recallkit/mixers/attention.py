@@ -3,7 +3,8 @@
 State update: the KV cache grows by one row per token, K_t = [K_{t-1}; k_t], V_t = [V_{t-1}; v_t],
 and y_t = softmax(q_t K_t^T / sqrt(d_h) + b_t) V_t. Grouped-query attention (Ainslie et al. 2023)
 shares each of H_kv key/value heads among H / H_kv query heads (H_kv = 1 is MQA, Shazeer 2019).
-A sliding window w keeps only the last w rows (Mistral's rolling cache). Positions: ``nope``
+A sliding window w keeps only the last w rows (Mistral's rolling cache); ``step`` also accepts an
+evicting ``recallkit.inference.KVCache`` in place of its state. Positions: ``nope``
 (none), ``rope`` (rotary q and k), ``alibi`` (b = -m_h (t - j)) and ``hard_alibi`` (some heads
 see only their last h + 1 tokens, the rest NoPE; see ``recallkit.ops.position_bias``).
 The state after T tokens holds 2 * H_kv * d_h * min(w, T) numbers per layer.
@@ -20,9 +21,10 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from recallkit.config import MixerConfig
+from recallkit.inference.cache import KVCache
 from recallkit.mixers.base import Mixer
 from recallkit.ops.position_bias import alibi_slopes, attention_bias, hard_alibi_spans
-from recallkit.ops.rotary import apply_rotary
+from recallkit.ops.rotary import apply_rotary, rotate_at
 
 
 class AttentionConfig(MixerConfig):
@@ -134,9 +136,38 @@ class Attention(Mixer):
             k, v = k[:, :, -self.config.window :], v[:, :, -self.config.window :]
         return self._merge(y), AttentionState(k, v, past + T)
 
-    def step(self, x_t: Tensor, state: AttentionState) -> tuple[Tensor, AttentionState]:
+    def step(self, x_t: Tensor, state: AttentionState | KVCache) -> tuple[Tensor, AttentionState | KVCache]:
+        if isinstance(state, KVCache):
+            return self._evicting_step(x_t, state), state
         y, state = self.prefill(x_t.unsqueeze(1), state=state)
         return y.squeeze(1), state
+
+    def _evicting_step(self, x_t: Tensor, cache: KVCache) -> Tensor:
+        """One token (B, D) through an evicting cache (recallkit.inference): keys are cached before
+        RoPE and rotated at the positions the cache reports (original, or re-indexed slots), the
+        position biases use the same positions, and the cache sees the attention to rank tokens."""
+        B, H, Hkv, d = x_t.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
+        q, k, v = self.qkv(x_t).view(B, H + 2 * Hkv, d).split([H, Hkv, Hkv], dim=1)
+        cache.append(k, v)
+        query_pos, key_pos = cache.attention_positions()  # (B, H_kv, 1), (B, H_kv, S)
+        q = q.view(B, Hkv, H // Hkv, d)  # query heads grouped by the KV head they share
+        keys = cache.key
+        if self.config.position == "rope":
+            q = rotate_at(q, query_pos, self.config.rope_base)
+            keys = rotate_at(keys, key_pos, self.config.rope_base)
+        scores = torch.einsum("bkgd,bksd->bkgs", q, keys) * d**-0.5  # (B, H_kv, G, S)
+        distance = (query_pos - key_pos)[:, :, None, :]  # (B, H_kv, 1, S)
+        allowed = torch.ones_like(distance, dtype=torch.bool)
+        if self.config.window is not None:
+            allowed = allowed & (distance < self.config.window)
+        if self.spans is not None:
+            allowed = allowed & (distance <= self.spans.to(x_t.device).view(1, Hkv, -1, 1))
+        if self.slopes is not None:
+            scores = scores - self.slopes.to(x_t.device).view(1, Hkv, -1, 1) * distance
+        attention = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)  # (B, H_kv, G, S)
+        y = torch.einsum("bkgs,bksd->bkgd", attention, cache.value)
+        cache.observe(attention.mean(dim=2))
+        return self.out(y.reshape(B, H * d))
 
     def kv_numbers_per_token(self) -> int:
         """Cache numbers one token adds (while the window is not full): 2 * H_kv * d_h."""

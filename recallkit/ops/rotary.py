@@ -12,10 +12,15 @@ from torch import Tensor
 
 def apply_rotary(x: Tensor, start: int, base: float = 10_000.0) -> Tensor:
     """Rotate x (B, H, T, d) for positions start .. start + T - 1; d must be even."""
-    T, d = x.shape[-2], x.shape[-1]
-    half = d // 2
+    return rotate_at(x, torch.arange(start, start + x.shape[-2], device=x.device), base)
+
+
+def rotate_at(x: Tensor, positions: Tensor, base: float = 10_000.0) -> Tensor:
+    """Rotate x (..., d) for arbitrary integer ``positions`` broadcastable to x.shape[:-1]
+    (an evicted KV cache holds keys at scattered positions); d must be even."""
+    half = x.shape[-1] // 2
     inv_freq = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)  # (d/2,)
-    angles = torch.arange(start, start + T, device=x.device, dtype=torch.float32)[:, None] * inv_freq
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)  # (T, d/2)
+    angles = positions.to(torch.float32)[..., None] * inv_freq  # (..., d/2)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)

@@ -25,7 +25,8 @@ def _compact(value: float, _position: int) -> str:
 def evaluations(row: dict[str, Any]) -> list[dict[str, Any]]:
     """A finished run's evaluations: ``{"panel", "state_size", "accuracy"}`` per eval task.
 
-    Diverged runs count with accuracy 0.
+    Diverged runs count with accuracy 0. An evaluation under a KV-cache eviction policy has the
+    ``series`` " [policy mode]" (appended to the run's label) and its ``budget``.
     """
     metrics = row["metrics"] or {}
     evals = metrics.get("evals") or [
@@ -34,8 +35,8 @@ def evaluations(row: dict[str, Any]) -> list[dict[str, Any]]:
     ]
     return [
         {"panel": f"{e['task']} T={e['seq_len']}", "task": e["task"], "seq_len": e["seq_len"],
-         "state_size": e["state_size"],
-         "accuracy": e["accuracy"] if row["status"] == "done" else 0.0}
+         "state_size": e["state_size"], "accuracy": e["accuracy"] if row["status"] == "done" else 0.0,
+         "series": f" [{e['policy']} {e['mode']}]" if e.get("policy") else "", "budget": e.get("budget")}
         for e in evals
     ]
 
@@ -67,7 +68,8 @@ def frontier_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     A panel is one evaluation setting (task and length); a run evaluated at several lengths gives a
     point in each. Models differ by width or by any mixer setting (a state-size sweep of one family
-    gives one point per setting). Failed and unfinished runs are left out.
+    gives one point per setting); evaluations under an eviction policy form their own label, one
+    point per budget. Failed and unfinished runs are left out.
     """
     groups: dict[tuple, list[tuple[dict, dict]]] = defaultdict(list)
     for row in rows:
@@ -75,17 +77,43 @@ def frontier_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         for evaluation in evaluations(row):
             model = json.dumps(row["config"]["model"], sort_keys=True)
-            key = (evaluation["task"], evaluation["seq_len"], row["label"], row["config"]["model"]["d_model"], model)
+            label = row["label"] + evaluation["series"]
+            key = (evaluation["task"], evaluation["seq_len"], label, row["config"]["model"]["d_model"], model,
+                   json.dumps(evaluation["budget"]))
             groups[key].append((row, evaluation))
     points = []
-    for (_, _, label, width, _), group in sorted(groups.items()):
+    for (_, _, label, width, _, _), group in sorted(groups.items()):
         row, best = max(group, key=lambda pair: pair[1]["accuracy"])
         points.append({
             "panel": best["panel"], "label": label, "d_model": width, "state_size": best["state_size"],
-            "accuracy": best["accuracy"], "lr": row["config"]["train"]["lr"], "run_id": row["run_id"],
+            "accuracy": best["accuracy"], "budget": best["budget"], "lr": row["config"]["train"]["lr"], "run_id": row["run_id"],
             "num_params": row["num_params"], "wall_time": row["wall_time"], "runs": len(group), "model": row["config"]["model"],
         })
     return points
+
+
+TAG_OFFSETS = [(dx, dy) for dy in (-10, 4, -20, 14, -30, 24, -40, 34) for dx in (4, -4)]
+"""Candidate offsets (points) of a point's tag from the point, tried in order."""
+
+
+def _place_tags(ax: plt.Axes, tags: list[tuple[float, float, str, Any]]) -> None:
+    """Annotate each point with its tag at the first offset whose text box overlaps no tag placed
+    before it (when none is free, the first offset), so a dense family stays readable."""
+    renderer = ax.figure.canvas.get_renderer()
+    placed = []
+    for x, y, tag, color in tags:
+        for dx, dy in TAG_OFFSETS:
+            text = ax.annotate(tag, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7,
+                               color=color, ha="left" if dx > 0 else "right")
+            box = text.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            text.remove()
+        else:
+            text = ax.annotate(tag, (x, y), textcoords="offset points", xytext=TAG_OFFSETS[0], fontsize=7,
+                               color=color)
+            box = text.get_window_extent(renderer)
+        placed.append(box)
 
 
 def plot_frontier(points: list[dict[str, Any]], path: str | Path, title: str = "Recall vs inference state") -> Path:
@@ -96,6 +124,7 @@ def plot_frontier(points: list[dict[str, Any]], path: str | Path, title: str = "
     labels = sorted({p["label"] for p in points})
     colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
     for ax, panel in zip(axes[0], panels):
+        tags: list[tuple[float, float, str, Any]] = []
         for label in labels:
             line = sorted((p for p in points if p["panel"] == panel and p["label"] == label),
                           key=lambda p: p["state_size"])
@@ -103,9 +132,8 @@ def plot_frontier(points: list[dict[str, Any]], path: str | Path, title: str = "
                 continue
             xs, ys = [p["state_size"] for p in line], [p["accuracy"] for p in line]
             ax.plot(xs, ys, "o-", color=colors[label], label=label)
-            for p, tag in zip(line, varying_settings([p["model"] for p in line])):
-                ax.annotate(tag, (p["state_size"], p["accuracy"]), textcoords="offset points",
-                            xytext=(4, -10), fontsize=7, color=colors[label])
+            tags.extend((p["state_size"], p["accuracy"], tag, colors[label])
+                        for p, tag in zip(line, varying_settings([p["model"] for p in line])) if tag)
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(FuncFormatter(_compact))
@@ -114,6 +142,7 @@ def plot_frontier(points: list[dict[str, Any]], path: str | Path, title: str = "
         ax.set_title(panel)
         ax.set_xlabel("inference state (numbers per sequence)")
         ax.grid(alpha=0.3, which="both")
+        _place_tags(ax, tags)
         if not points:
             ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=ax.transAxes)
     axes[0][0].set_ylabel("accuracy (mean per sequence)")

@@ -30,11 +30,16 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
+def _embedded(png: Path, alt: str) -> str:
+    return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode("ascii")}">'
+
+
 def write_html(rows: list[dict[str, Any]], points: list[dict[str, Any]], png: Path, path: str | Path,
-               title: str) -> Path:
-    """Write the report page to ``path``; the PNG is embedded, so the file works offline alone."""
+               title: str, width_png: Path | None = None) -> Path:
+    """Write the report page to ``path``; the PNGs are embedded, so the file works offline alone."""
     path = Path(path)
-    image = base64.b64encode(png.read_bytes()).decode("ascii")
+    image = _embedded(png, "accuracy vs inference state")
+    width_image = _embedded(width_png, "accuracy vs model width") if width_png is not None else ""
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "diverged", "failed", "running", "pending")}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no runs"
     frontier = _table(
@@ -62,7 +67,8 @@ def write_html(rows: list[dict[str, Any]], points: list[dict[str, Any]], png: Pa
 evaluation length, summed over layers; accuracy is the mean over test sequences of the fraction of
 queries answered exactly; each point is the best learning rate for its model and width.</p>
 {empty}
-<img alt="accuracy vs inference state" src="data:image/png;base64,{image}">
+{image}
+{width_image}
 <h2>Frontier</h2>
 {frontier}
 <h2>All runs</h2>

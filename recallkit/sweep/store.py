@@ -1,4 +1,5 @@
-"""SQLite results store (DESIGN.md section 7): one row per run, keyed by the config hash.
+"""SQLite results store (DESIGN.md section 7): one row per run, keyed by the config hash, and one
+row per evaluation of a finished run (each eval task, each KV-cache eviction policy and budget).
 
 Only the sweep driver writes (one writer). Every status change is committed at once, so a sweep
 killed at any point keeps every finished run, and a rerun skips them and never duplicates a row.
@@ -34,6 +35,18 @@ CREATE TABLE IF NOT EXISTS runs (
     error       TEXT,
     created_at  REAL NOT NULL,
     updated_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS evaluations (
+    run_id      TEXT NOT NULL REFERENCES runs (run_id),
+    idx         INTEGER NOT NULL,
+    task        TEXT NOT NULL,
+    seq_len     INTEGER NOT NULL,
+    policy      TEXT,
+    budget      REAL,
+    mode        TEXT,
+    state_size  INTEGER,
+    accuracy    REAL,
+    PRIMARY KEY (run_id, idx)
 );
 """
 
@@ -106,7 +119,20 @@ class Store:
                 outcome.get("num_params"), outcome.get("wall_time"), outcome.get("error"), time.time(), run_id,
             ),
         )
-        self.db.commit()
+        evals = (outcome.get("metrics") or {}).get("evals") or []
+        self.db.execute("DELETE FROM evaluations WHERE run_id = ?", (run_id,))
+        self.db.executemany(
+            "INSERT INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(run_id, i, e["task"], e["seq_len"], e.get("policy"), e.get("budget"), e.get("mode"),
+              e.get("state_size"), e.get("accuracy")) for i, e in enumerate(evals)],
+        )
+        self.db.commit()  # one transaction: the run and its evaluations land together
+
+    def evaluations(self) -> list[dict[str, Any]]:
+        """Every evaluation row (run_id, idx, task, seq_len, policy, budget, mode, state_size, accuracy)."""
+        cursor = self.db.execute("SELECT * FROM evaluations ORDER BY run_id, idx")
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, values)) for values in cursor]
 
     def rows(self) -> list[dict[str, Any]]:
         """Every run as a dict, config and metrics decoded from JSON, in insertion order."""

@@ -1,0 +1,198 @@
+"""KV-cache eviction policies (registry ``POLICIES``), one small class each.
+
+A policy ranks the tokens of a :class:`~recallkit.inference.cache.KVCache` per sequence and KV head
+and the cache keeps the ``budget`` highest-ranked (``keep``); protected tokens (attention sinks,
+a recent window) rank above everything else. Attention statistics are averaged over the query
+heads that share a KV head.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor
+
+from recallkit.config import StrictModel
+
+if TYPE_CHECKING:
+    from recallkit.inference.cache import KVCache
+
+PROTECTED = float("inf")
+
+
+def most_recent(cache: KVCache, count: int) -> Tensor:
+    """(B, H_kv, S) bool: the ``count`` most recent tokens (the cache is sorted by position)."""
+    recent = torch.zeros_like(cache.positions, dtype=torch.bool)
+    if count > 0:
+        recent[..., -count:] = True
+    return recent
+
+
+def sinks(cache: KVCache, count: int) -> Tensor:
+    """(B, H_kv, S) bool: the first ``count`` tokens of the sequence, if still held."""
+    return cache.positions < count
+
+
+class Policy(StrictModel):
+    """Base class: subclasses set ``name`` and implement ``priority``."""
+
+    name: str
+    evicts: ClassVar[bool] = True
+    reindex: ClassVar[bool] = False
+    history: ClassVar[int] = 0
+
+    def priority(self, cache: KVCache, budget: int) -> Tensor:  # pragma: no cover - abstract
+        """(B, H_kv, S) scores: higher is kept first; ``PROTECTED`` is always kept."""
+        raise NotImplementedError
+
+    def keep(self, cache: KVCache, budget: int) -> Tensor:
+        """(B, H_kv, budget) slots to keep, ascending (so the cache stays sorted by position)."""
+        return self.priority(cache, budget).topk(budget, dim=-1).indices.sort(dim=-1).values
+
+
+class Full(Policy):
+    """No eviction: the whole KV cache (the budget is ignored)."""
+
+    name: Literal["full"] = "full"
+    evicts: ClassVar[bool] = False
+
+
+class Window(Policy):
+    """The ``budget`` most recent tokens (a rolling sliding-window cache)."""
+
+    name: Literal["window"] = "window"
+
+    def priority(self, cache: KVCache, budget: int) -> Tensor:
+        return cache.positions.float()
+
+
+class Sinks(Policy):
+    """StreamingLLM (Xiao et al. 2023, arXiv 2309.17453): the first ``num_sinks`` tokens (attention
+    sinks) plus the most recent ones. ``reindex_positions`` gives the kept tokens the positions of
+    their cache slots, as StreamingLLM does for RoPE models; otherwise they keep their original ones."""
+
+    name: Literal["sinks"] = "sinks"
+    num_sinks: int = Field(default=4, ge=0)
+    reindex_positions: bool = False
+
+    @property
+    def reindex(self) -> bool:  # type: ignore[override]
+        return self.reindex_positions
+
+    def priority(self, cache: KVCache, budget: int) -> Tensor:
+        return cache.positions.float().masked_fill(sinks(cache, self.num_sinks), PROTECTED)
+
+
+class H2O(Policy):
+    """H2O (Zhang et al. 2023, arXiv 2306.14048): heavy hitters by accumulated attention, per head,
+    plus a recent window of ``recent_ratio * budget`` tokens."""
+
+    name: Literal["h2o"] = "h2o"
+    recent_ratio: float = Field(default=0.5, ge=0, le=1)
+
+    def priority(self, cache: KVCache, budget: int) -> Tensor:
+        recent = most_recent(cache, int(self.recent_ratio * budget))
+        return cache.accumulated.masked_fill(recent, PROTECTED)
+
+
+class H2OSinks(Policy):
+    """"StreamingH2O": attention sinks + heavy hitters + a recent window."""
+
+    name: Literal["h2o_sinks"] = "h2o_sinks"
+    num_sinks: int = Field(default=4, ge=0)
+    recent_ratio: float = Field(default=0.5, ge=0, le=1)
+
+    def priority(self, cache: KVCache, budget: int) -> Tensor:
+        protected = most_recent(cache, int(self.recent_ratio * budget)) | sinks(cache, self.num_sinks)
+        return cache.accumulated.masked_fill(protected, PROTECTED)
+
+
+class TOVA(Policy):
+    """TOVA (Oren et al. 2024, arXiv 2401.06104): drop the tokens the current query attends to
+    least, its attention averaged over all heads of the layer (every head keeps the same tokens)."""
+
+    name: Literal["tova"] = "tova"
+
+    def priority(self, cache: KVCache, budget: int) -> Tensor:
+        return cache.last.mean(dim=1, keepdim=True).expand_as(cache.last)
+
+
+class SnapKV(Policy):
+    """SnapKV (Li et al. 2024, arXiv 2404.14469): the attention the last ``window`` queries pay to
+    each token, summed and max-pooled over ``kernel_size`` neighbours (keeps clusters), ranks the
+    tokens; the observation window itself is always kept. Meant for ``prefill`` mode."""
+
+    name: Literal["snapkv"] = "snapkv"
+    window: int = Field(default=8, gt=0)
+    kernel_size: int = Field(default=7, gt=0)
+
+    @property
+    def history(self) -> int:  # type: ignore[override]
+        return self.window
+
+    def priority(self, cache: KVCache, budget: int) -> Tensor:
+        votes = cache.recent.sum(dim=-1)  # (B, H_kv, S)
+        B, H, S = votes.shape
+        k = self.kernel_size | 1  # odd, so the pooled row keeps length S
+        pooled = F.max_pool1d(votes.reshape(B * H, 1, S), k, stride=1, padding=k // 2).reshape(B, H, S)
+        return pooled.masked_fill(most_recent(cache, min(self.window, budget)), PROTECTED)
+
+
+class KNorm(Policy):
+    """Keep the tokens with the smallest key L2 norm (Devoto et al. 2024, arXiv 2406.11430: low-norm
+    keys draw high attention)."""
+
+    name: Literal["knorm"] = "knorm"
+
+    def priority(self, cache: KVCache, budget: int) -> Tensor:
+        return -cache.key.norm(dim=-1)
+
+
+class Random(Policy):
+    """Keep a uniformly random subset (the cache's seeded generator): the floor any policy must beat."""
+
+    name: Literal["random"] = "random"
+
+    def priority(self, cache: KVCache, budget: int) -> Tensor:
+        return torch.rand(cache.positions.shape, generator=cache.generator).to(cache.positions.device)
+
+
+class Scissorhands(Policy):
+    """Scissorhands (Liu et al. 2023, arXiv 2305.17118), persistence of importance: a token that drew
+    less than the uniform share 1/S of attention at many of the last ``history_window`` steps is
+    dropped first; the ``recent_ratio * budget`` most recent tokens are kept."""
+
+    name: Literal["scissorhands"] = "scissorhands"
+    history_window: int = Field(default=16, gt=0)
+    recent_ratio: float = Field(default=0.25, ge=0, le=1)
+
+    @property
+    def history(self) -> int:  # type: ignore[override]
+        return self.history_window
+
+    def priority(self, cache: KVCache, budget: int) -> Tensor:
+        W, S = self.history_window, len(cache)
+        low = (cache.recent < 1.0 / S).sum(dim=-1)  # (B, H_kv, S), counts unobserved columns too
+        observed = (cache.seen - cache.positions).clamp(max=W)  # steps each token has been attended
+        unimportant = (low - (W - observed)).float()
+        return (-unimportant).masked_fill(most_recent(cache, int(self.recent_ratio * budget)), PROTECTED)
+
+
+POLICIES: dict[str, type[Policy]] = {
+    cls.model_fields["name"].default: cls
+    for cls in (Full, Window, Sinks, H2O, H2OSinks, TOVA, SnapKV, KNorm, Random, Scissorhands)
+}
+
+
+def make_policy(policy: str | dict[str, Any] | Policy) -> Policy:
+    """A policy from its registry key, a ``{"name": key, **options}`` dict, or an instance."""
+    if isinstance(policy, Policy):
+        return policy
+    spec = {"name": policy} if isinstance(policy, str) else dict(policy)
+    key = spec.get("name")
+    if key not in POLICIES:
+        raise ValueError(f"unknown eviction policy {key!r}; known: {', '.join(POLICIES)}")
+    return POLICIES[key](**spec)

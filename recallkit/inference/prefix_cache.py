@@ -1,0 +1,203 @@
+"""Prefix state cache (DESIGN.md section 8): save the state after a prefix, reload it, continue.
+
+Any mixer's state works (attention's KV cache, MLA's latents, a recurrent matrix, conv tails):
+the :class:`~recallkit.model.ModelState` is flattened generically into named tensors
+(``layers.0.key``, ``layers.3.inner.ssm``, ...) stored as a safetensors payload, and the non-tensor
+leaves (position counters, None) into a JSON entry of the header. The header also carries the
+model's fingerprint, the prefix length, the dtype and a sha256 over the header and tensor bytes.
+
+Loading never imports a class by name and never unpickles: the structure comes from the model's
+own ``init_state`` (a template), whose leaves are replaced by the stored ones. A file from another
+model, a corrupt or truncated file, or a state of another shape is refused with a one-line
+:class:`~recallkit.errors.RecallkitError`. Continuing from a loaded state is bit-identical to
+continuing from the in-memory state (same device and kernels).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from recallkit.errors import RecallkitError
+
+if TYPE_CHECKING:  # annotations only: recallkit.model may import recallkit.inference
+    from recallkit.model import ModelState
+
+FORMAT = "recallkit.prefix_state/1"
+_Leaf = int | float | bool | str | None
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 (hex) of the model config JSON and every state_dict entry's name, dtype, shape and bytes.
+
+    A retrained model, another seed, another config or another dtype gives another fingerprint.
+    """
+    digest = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if config is not None:
+        digest.update(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        _update(digest, name, tensor)
+    return digest.hexdigest()
+
+
+def save_prefix_state(
+    model: nn.Module, state: ModelState, path: str | Path, prefix_len: int | None = None
+) -> Path:
+    """Write ``state`` (the state after ``prefix_len`` tokens) to a safetensors file.
+
+    Args:
+        model: the model that produced ``state``; its fingerprint goes into the header.
+        state: state after prefilling the prefix, e.g. ``model.prefill(ids[:, :P])[1]``.
+        path: destination file (written atomically: a temporary file, then a rename).
+        prefix_len: tokens in the prefix; default ``state.position``, which it must equal.
+
+    Returns:
+        The path written.
+    """
+    prefix_len = state.position if prefix_len is None else prefix_len
+    if prefix_len != state.position:
+        raise RecallkitError(f"prefix_len={prefix_len} but the state has processed {state.position} tokens")
+    tensors: dict[str, Tensor] = {}
+    leaves: dict[str, _Leaf] = {}
+    _flatten(state, "", tensors, leaves)
+    # own contiguous CPU copies: safetensors wants contiguous, unshared storage (k, v are views of one qkv)
+    tensors = {name: t.detach().to("cpu", copy=True).contiguous() for name, t in tensors.items()}
+    metadata = {
+        "format": FORMAT,
+        "model_hash": model_fingerprint(model),
+        "prefix_len": str(prefix_len),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "leaves": json.dumps(leaves, sort_keys=True),
+    }
+    metadata["checksum"] = _checksum(metadata, tensors)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    save_file(tensors, partial, metadata=metadata)
+    os.replace(partial, path)
+    return path
+
+
+def load_prefix_state(model: nn.Module, path: str | Path) -> tuple[ModelState, int]:
+    """Read a prefix state saved for ``model``: (state on the model's device, prefix_len).
+
+    Raises:
+        RecallkitError: missing file, unreadable/truncated file, another format, a file saved by
+            another model, a checksum mismatch, or a state whose layout differs from the model's.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecallkitError(f"prefix state file {path} not found")
+    try:
+        with safe_open(path, framework="pt", device="cpu") as file:
+            metadata = file.metadata() or {}
+            tensors = {name: file.get_tensor(name) for name in file.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        message = f"{path} is not a readable safetensors file (truncated or corrupt?): {reason}"
+        raise RecallkitError(message) from None
+    if metadata.get("format") != FORMAT:
+        found = metadata.get("format")
+        raise RecallkitError(f"{path} is not a recallkit prefix state ({FORMAT}); format={found!r}")
+    if metadata.get("checksum") != _checksum(metadata, tensors):
+        raise RecallkitError(f"{path} is corrupt: its header or tensor data does not match its checksum")
+    if metadata.get("model_hash") != model_fingerprint(model):
+        raise RecallkitError(f"{path} was saved by another model (other weights or config)")
+    try:
+        leaves = json.loads(metadata["leaves"])
+        prefix_len = int(metadata["prefix_len"])
+    except (KeyError, ValueError) as error:
+        raise RecallkitError(f"{path} has a corrupt header: {error}") from None
+    if not tensors or not isinstance(leaves, dict):
+        raise RecallkitError(f"{path} holds no state tensors or malformed leaves")
+    device = next(model.parameters()).device
+    batch_size = next(iter(tensors.values())).shape[0]  # every state tensor is batch-first
+    template = model.init_state(batch_size)
+    stored = {name: t.to(device) for name, t in tensors.items()} | leaves
+    used: set[str] = set()
+    state = _rebuild(template, "", stored, used)
+    if unused := sorted(set(stored) - used):
+        raise RecallkitError(f"{path} does not fit this model's state layout: unexpected entry {unused[0]!r}")
+    return state, prefix_len
+
+
+def prefix_state_bytes(path: str | Path) -> int:
+    """Bytes on disk of a saved prefix state (header and payload)."""
+    return Path(path).stat().st_size
+
+
+def _join(prefix: str, name: str | int) -> str:
+    return f"{prefix}.{name}" if prefix else str(name)
+
+
+def _flatten(node: Any, prefix: str, tensors: dict[str, Tensor], leaves: dict[str, _Leaf]) -> None:
+    """Split a nested state into named tensors and named JSON leaves (names are dotted paths)."""
+    if isinstance(node, Tensor):
+        tensors[prefix] = node
+    elif dataclasses.is_dataclass(node) and not isinstance(node, type):
+        for field in dataclasses.fields(node):
+            _flatten(getattr(node, field.name), _join(prefix, field.name), tensors, leaves)
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            _flatten(value, _join(prefix, i), tensors, leaves)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            _flatten(value, _join(prefix, key), tensors, leaves)
+    elif node is None or isinstance(node, (bool, int, float, str)):
+        leaves[prefix] = node
+    else:
+        raise RecallkitError(f"cannot save state entry {prefix!r} of type {type(node).__name__}")
+
+
+def _rebuild(node: Any, prefix: str, stored: dict[str, Any], used: set[str]) -> Any:
+    """Copy of the template ``node`` with every leaf replaced by ``stored[path]``."""
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        values = {f.name: _rebuild(getattr(node, f.name), _join(prefix, f.name), stored, used)
+                  for f in dataclasses.fields(node)}
+        fields = dataclasses.fields(node)
+        out = dataclasses.replace(node, **{f.name: values[f.name] for f in fields if f.init})
+        for field in fields:
+            if not field.init:  # replace() cannot set these; frozen dataclasses need object.__setattr__
+                object.__setattr__(out, field.name, values[field.name])
+        return out
+    if isinstance(node, (list, tuple)):
+        items = [_rebuild(value, _join(prefix, i), stored, used) for i, value in enumerate(node)]
+        return type(node)(*items) if hasattr(node, "_fields") else type(node)(items)  # namedtuple or plain
+    if isinstance(node, dict):
+        return {key: _rebuild(value, _join(prefix, key), stored, used) for key, value in node.items()}
+    if prefix not in stored:
+        raise RecallkitError(f"the prefix state file does not fit this model's state layout: no {prefix!r}")
+    value = stored[prefix]
+    if isinstance(node, Tensor) and (not isinstance(value, Tensor) or value.ndim != node.ndim):
+        raise RecallkitError(f"the prefix state file does not fit this model's state layout at {prefix!r}")
+    used.add(prefix)
+    return value
+
+
+def _update(digest: Any, name: str, tensor: Tensor) -> None:
+    """Feed a tensor's name, dtype, shape and raw bytes into ``digest``."""
+    digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+    raw = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)  # works for bf16 too
+    digest.update(raw.numpy())
+
+
+def _checksum(metadata: dict[str, str], tensors: dict[str, Tensor]) -> str:
+    """sha256 over the header entries (but the checksum) and every tensor (sorted by name).
+
+    A flipped byte anywhere in the file is then detected: in the payload, or in the header.
+    """
+    header = {k: v for k, v in metadata.items() if k != "checksum"}
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+    for name in sorted(tensors):
+        _update(digest, name, tensors[name])
+    return digest.hexdigest()

@@ -1,0 +1,253 @@
+"""KV-cache eviction: budgets, policy choices against brute-force references, modes, evaluation rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import recallkit as rk
+from recallkit.inference import KVCache, evaluate_with_policy, evicting_state, make_policy, resolve_budget
+from recallkit.report import frontier_points
+from recallkit.sweep import Store, run_sweep
+
+ATTENTION = {"name": "attention", "num_heads": 4, "num_kv_heads": 2, "position": "rope"}
+T = 24
+
+
+def tiny_model(mixer: dict | list[dict] = ATTENTION, seed: int = 0) -> rk.LanguageModel:
+    torch.manual_seed(seed)
+    return rk.build_model(rk.ModelConfig(vocab_size=32, d_model=32, num_layers=2, mixer=mixer)).eval()
+
+
+def step_logits(model, tokens, policy, budget, mode="continuous", context_len=None, after_step=None):
+    """Logits (B, T, V) of the step loop with evicting caches; ``after_step(t, caches)`` may inspect."""
+    state, caches = evicting_state(model, tokens.shape[0], make_policy(policy), budget, mode)
+    out = []
+    with torch.no_grad():
+        for t in range(tokens.shape[1]):
+            logits, state = model.step(tokens[:, t], state)
+            out.append(logits)
+            if context_len is not None and t + 1 == context_len:
+                for cache in caches:
+                    cache.compress()
+            if after_step is not None:
+                after_step(t, caches)
+    return torch.stack(out, 1)
+
+
+@pytest.fixture
+def tokens():
+    return torch.randint(0, 32, (3, T), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("mixer", [
+    ATTENTION,
+    {"name": "attention", "num_heads": 2, "position": "alibi", "short_conv": 3},
+    {"name": "attention", "num_heads": 4, "position": "hard_alibi"},
+    {"name": "attention", "num_heads": 2, "window": 5},
+], ids=["rope_gqa", "alibi_conv", "hard_alibi", "window"])
+def test_full_policy_equals_the_parallel_form(mixer, tokens):
+    model = tiny_model(mixer)
+    with torch.no_grad():
+        expected = model(tokens)
+    torch.testing.assert_close(step_logits(model, tokens, "full", None), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("policy", sorted(rk.POLICIES))
+@pytest.mark.parametrize("mode", ["continuous", "prefill"])
+def test_every_policy_with_budget_at_least_T_equals_full(policy, mode, tokens):
+    model = tiny_model()
+    full = step_logits(model, tokens, "full", None)
+    torch.testing.assert_close(step_logits(model, tokens, policy, T, mode, context_len=10), full)
+
+
+@pytest.mark.parametrize("policy", [p for p in rk.POLICIES if p != "full"])
+def test_continuous_budget_is_never_exceeded(policy):
+    model = tiny_model()
+    for trial in range(3):  # random sequences and budgets
+        g = torch.Generator().manual_seed(trial)
+        tokens = torch.randint(0, 32, (2, T), generator=g)
+        budget = int(torch.randint(1, T, (1,), generator=g))
+        sizes = []
+        step_logits(model, tokens, policy, budget, after_step=lambda t, caches: sizes.append(
+            [(len(c), c.key.shape[2], c.positions.shape[2], c.accumulated.shape[2]) for c in caches]))
+        assert all(max(s) <= budget for step in sizes for s in step)
+        assert sizes[-1][0][0] == budget
+        cache = evicting_state(model, 2, make_policy(policy), budget, "continuous")[1][0]
+        assert cache.numel() == 0
+
+
+def _kept_positions(policy, budget, tokens, model=None, mode="continuous", context_len=None):
+    model = model or tiny_model()
+    kept = []
+    step_logits(model, tokens, policy, budget, mode, context_len,
+                after_step=lambda t, caches: kept.append(caches[0].positions.clone()))
+    return kept
+
+
+def test_window_keeps_the_most_recent_positions(tokens):
+    kept = _kept_positions("window", 6, tokens)
+    for t, positions in enumerate(kept):
+        expected = torch.arange(max(0, t - 5), t + 1)
+        assert (positions == expected).all()
+
+
+def test_sinks_keep_the_first_tokens_and_the_most_recent(tokens):
+    kept = _kept_positions({"name": "sinks", "num_sinks": 2}, 6, tokens)
+    for t, positions in enumerate(kept[6:], start=6):
+        expected = torch.tensor([0, 1, t - 3, t - 2, t - 1, t])
+        assert (positions == expected).all()
+
+
+def test_sinks_reindex_positions_uses_cache_slots(tokens):
+    policy = make_policy({"name": "sinks", "num_sinks": 2, "reindex_positions": True})
+    cache = KVCache(policy, 4)
+    for _ in range(9):
+        cache.append(torch.randn(1, 1, 8), torch.randn(1, 1, 8))
+        cache.observe(torch.full((1, 1, len(cache)), 1.0 / len(cache)))
+    query, keys = cache.attention_positions()
+    assert cache.positions.tolist() == [[[0, 1, 7, 8]]]
+    assert keys.tolist() == [[[0, 1, 2, 3]]] and query.tolist() == [[[3]]]
+    # a reindexed model still runs and differs from keeping the original positions once tokens leave
+    model = tiny_model()
+    original = step_logits(model, tokens, {"name": "sinks", "num_sinks": 2}, 6)
+    reindexed = step_logits(model, tokens, {"name": "sinks", "num_sinks": 2, "reindex_positions": True}, 6)
+    torch.testing.assert_close(original[:, :6], reindexed[:, :6])
+    assert not torch.allclose(original[:, 7:], reindexed[:, 7:])
+
+
+def test_h2o_keeps_the_top_accumulated_attention_tokens_against_brute_force():
+    torch.manual_seed(0)
+    policy = make_policy({"name": "h2o", "recent_ratio": 0.25})
+    budget, B, H = 8, 2, 3
+    cache = KVCache(policy, budget)
+    received = torch.zeros(B, H, 0)  # brute force: every token's total attention, never evicted
+    alive = [[list(range(0)) for _ in range(H)] for _ in range(B)]
+    for t in range(20):
+        cache.append(torch.randn(B, H, 4), torch.randn(B, H, 4))
+        received = torch.cat([received, torch.zeros(B, H, 1)], dim=2)
+        for b in range(B):
+            for h in range(H):
+                alive[b][h].append(t)
+        attention = torch.rand(B, H, len(cache)).softmax(-1)
+        for b in range(B):
+            for h in range(H):
+                received[b, h, alive[b][h]] += attention[b, h]
+        cache.observe(attention)
+        for b in range(B):
+            for h in range(H):
+                if len(alive[b][h]) > budget:
+                    recent = alive[b][h][-int(0.25 * budget):]
+                    rest = [p for p in alive[b][h] if p not in recent]
+                    heavy = sorted(rest, key=lambda p: -received[b, h, p].item())[: budget - len(recent)]
+                    alive[b][h] = sorted(heavy + recent)
+        assert cache.positions.tolist() == alive
+
+
+def test_tova_drops_the_least_attended_token_averaged_over_heads():
+    cache = KVCache(make_policy("tova"), 3)
+    for _ in range(3):
+        cache.append(torch.randn(1, 2, 4), torch.randn(1, 2, 4))
+        cache.observe(torch.full((1, 2, len(cache)), 1.0 / len(cache)))
+    cache.append(torch.randn(1, 2, 4), torch.randn(1, 2, 4))
+    # head 0 dislikes position 1, head 1 dislikes position 2 more strongly: the mean drops 2 in both heads
+    cache.observe(torch.tensor([[[0.4, 0.1, 0.3, 0.2], [0.4, 0.3, 0.0, 0.3]]]))
+    assert cache.positions.tolist() == [[[0, 1, 3], [0, 1, 3]]]
+
+
+def test_snapkv_keeps_the_observation_window_and_what_it_attended():
+    policy = make_policy({"name": "snapkv", "window": 2, "kernel_size": 1})
+    cache = KVCache(policy, 4, mode="prefill")
+    for t in range(10):
+        cache.append(torch.randn(1, 1, 4), torch.randn(1, 1, 4))
+        attention = torch.full((1, 1, len(cache)), 0.01)
+        if t >= 8:  # the last two queries look at positions 3 and 0
+            attention[..., 3], attention[..., 0] = 0.5, 0.3
+        elif t >= 5:  # earlier queries looked at position 5, which SnapKV must not count
+            attention[..., 5] = 0.9
+        cache.observe(attention)
+    assert len(cache) == 10  # prefill mode: nothing leaves before the context ends
+    cache.compress()
+    assert cache.positions.tolist() == [[[0, 3, 8, 9]]]
+
+
+def test_knorm_keeps_low_norm_keys_and_random_is_seeded():
+    cache = KVCache(make_policy("knorm"), 2)
+    for scale in (3.0, 1.0, 5.0, 0.5):
+        cache.append(torch.full((1, 1, 4), scale), torch.zeros(1, 1, 4))
+        cache.observe(torch.full((1, 1, len(cache)), 1.0 / len(cache)))
+    assert cache.positions.tolist() == [[[1, 3]]]
+
+    def run(seed):
+        c = KVCache(make_policy("random"), 3, seed=seed)
+        for _ in range(12):
+            c.append(torch.randn(2, 2, 4), torch.randn(2, 2, 4))
+            c.observe(torch.full((2, 2, len(c)), 1.0 / len(c)))
+        return c.positions
+    assert torch.equal(run(0), run(0)) and not torch.equal(run(0), run(1))
+
+
+def test_scissorhands_drops_the_persistently_unimportant_token_first():
+    cache = KVCache(make_policy({"name": "scissorhands", "history_window": 4, "recent_ratio": 0.0}), 3)
+    for t in range(4):
+        cache.append(torch.randn(1, 1, 4), torch.randn(1, 1, 4))
+        attention = torch.full((1, 1, len(cache)), 1.0)
+        if len(cache) > 2:
+            attention[..., 2] = 0.0  # position 2 never gets its share
+        cache.observe(attention / attention.sum(-1, keepdim=True))
+    assert cache.positions.tolist() == [[[0, 1, 3]]]
+
+
+def test_prefill_mode_compresses_once_then_appends(tokens):
+    sizes = []
+    step_logits(tiny_model(), tokens, "h2o", 4, "prefill", context_len=10,
+                after_step=lambda t, caches: sizes.append(len(caches[0])))
+    assert sizes[:10] == list(range(1, 10)) + [4]
+    assert sizes[10:] == list(range(5, 5 + T - 10))
+
+
+def test_budgets_resolve_and_bad_ones_are_refused():
+    assert resolve_budget(8, 100) == 8 and resolve_budget(0.25, 10) == 2 and resolve_budget(0.01, 10) == 1
+    for bad in (0, 1.5, 0.0, "half", True):
+        with pytest.raises(ValueError):
+            resolve_budget(bad, 10)
+    with pytest.raises(ValueError, match="unknown eviction policy"):
+        make_policy("lru")
+    with pytest.raises(ValueError, match="has none"):
+        evicting_state(tiny_model({"name": "linear_attention"}), 1, make_policy("h2o"), 4, "continuous")
+
+
+def test_evaluate_with_a_policy_reports_what_the_budget_holds():
+    model = tiny_model()
+    task = rk.make_task("mqar", vocab_size=32, seq_len=T, num_kv_pairs=[2, 4])
+    batch = task.generate(16, seed=0)
+    plain = rk.evaluate(model, batch)
+    full = rk.evaluate(model, batch, policy="full", budget=1.0)
+    assert full["accuracy"] == plain["accuracy"] and full["state_size"] == model.state_size(T)
+    small = rk.evaluate(model, batch, policy="window", budget=3)
+    per_token = model.blocks[0].mixer.kv_numbers_per_token()
+    assert small["state_size"] == 2 * 3 * per_token and small["budget_tokens"] == 3
+    half = rk.evaluate(model, batch, policy="h2o", budget=0.5, mode="prefill")
+    assert half["budget"] == 0.5 and half["mode"] == "prefill" and half["policy"] == "h2o"
+    predictions, info = evaluate_with_policy(model, batch, "window", 3)
+    assert predictions.shape == batch.inputs.shape and info["state_size"] == small["state_size"]
+    with pytest.raises(ValueError, match="needs a budget"):
+        rk.evaluate(model, batch, policy="h2o")
+
+
+def test_eval_policies_become_evaluation_rows_in_the_store(tmp_path):
+    config = rk.RunConfig(
+        model=dict(vocab_size=32, d_model=16, num_layers=1, mixer={"name": "attention", "position": "rope"}),
+        task=dict(name="mqar", vocab_size=32, seq_len=16, num_kv_pairs=2),
+        train=dict(max_steps=5, batch_size=8, num_train_examples=64, num_test_examples=16, device="cpu"),
+        eval_policies=[{"policy": "window", "budget": 2}, {"policy": "h2o", "budget": 0.5, "mode": "prefill"}],
+    )
+    run_sweep([config], tmp_path, quiet=True)
+    with Store(tmp_path / "results.sqlite") as store:
+        evaluations = store.evaluations()
+    assert [(e["policy"], e["budget"], e["mode"]) for e in evaluations] == [
+        (None, None, None), ("window", 2, "continuous"), ("h2o", 0.5, "prefill")]
+    assert evaluations[1]["state_size"] == 2 * 2 * 16  # 2 tokens of K and V, d=16, one layer
+    with Store(tmp_path / "results.sqlite") as store:
+        labels = {p["label"] for p in frontier_points(store.rows())}
+    assert any("[window continuous]" in label for label in labels) and len(labels) == 3

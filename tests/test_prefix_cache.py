@@ -1,0 +1,152 @@
+"""Prefix state cache: save after a prefix, load, continue bit-identically; refuse foreign/corrupt files."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+import torch
+
+import recallkit as rk
+from recallkit.errors import RecallkitError
+from recallkit.inference.prefix_cache import (
+    load_prefix_state,
+    model_fingerprint,
+    prefix_state_bytes,
+    save_prefix_state,
+)
+from tests.test_mixer_contract import CASES
+
+VOCAB, T, PREFIX, BATCH, STEPS = 32, 24, 13, 2, 4
+
+# The first contract case of every registry key, a short-conv wrapper and a hybrid schedule.
+FIRST = {key: kwargs for key, kwargs in reversed(CASES)}
+MODELS: list[tuple[str, dict | list[dict]]] = [(key, {"name": key, **kw}) for key, kw in FIRST.items()]
+MODELS += [
+    ("attention+conv", {"name": "attention", "num_heads": 2, "position": "rope", "short_conv": 4}),
+    ("hybrid", [{"name": "mamba2", "chunk_size": 8}, {"name": "attention", "num_heads": 2, "window": 7}]),
+]
+
+
+def build(mixer: dict | list[dict], seed: int = 0, num_layers: int = 2) -> rk.LanguageModel:
+    torch.manual_seed(seed)
+    config = rk.ModelConfig(vocab_size=VOCAB, d_model=16, num_layers=num_layers, mixer=mixer)
+    return rk.build_model(config).eval()
+
+
+def tokens(seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (BATCH, T), generator=torch.Generator().manual_seed(seed))
+
+
+def header_len(path) -> int:
+    """Bytes before the tensor payload: the u64 header size and the JSON header."""
+    return 8 + struct.unpack("<Q", path.read_bytes()[:8])[0]
+
+
+def saved(tmp_path, mixer=None, prefix: int = PREFIX):
+    model = build(mixer or {"name": "attention", "num_heads": 2})
+    with torch.no_grad():
+        _, state = model.prefill(tokens()[:, :prefix])
+    return model, save_prefix_state(model, state, tmp_path / "prefix.safetensors", prefix)
+
+
+def test_every_registry_key_is_covered():
+    assert set(FIRST) == set(rk.MIXERS)
+
+
+@pytest.mark.parametrize(("label", "mixer"), MODELS, ids=[label for label, _ in MODELS])
+def test_load_and_continue_is_bit_identical(tmp_path, label, mixer):
+    model, ids = build(mixer), tokens()
+    head, rest = ids[:, :PREFIX], ids[:, PREFIX:]
+    with torch.no_grad():
+        _, state = model.prefill(head)
+        path = save_prefix_state(model, state, tmp_path / f"{label}.safetensors", PREFIX)
+        loaded, prefix_len = load_prefix_state(model, path)
+        assert prefix_len == PREFIX and loaded.position == PREFIX
+        # prefill the rest: from the loaded state == from a freshly computed in-memory state
+        expected, _ = model.prefill(rest, state=model.prefill(head)[1])
+        assert torch.equal(model.prefill(rest, state=loaded)[0], expected)
+        full, _ = model.prefill(ids)  # and recomputation of the whole sequence agrees
+        torch.testing.assert_close(expected, full[:, PREFIX:], atol=2e-5, rtol=1e-4)
+        # step a few tokens from both states (a few: DeltaNet's step is slow on CPU)
+        memory, disk = model.prefill(head)[1], load_prefix_state(model, path)[0]
+        for t in range(STEPS):
+            want, memory = model.step(rest[:, t], memory)
+            got, disk = model.step(rest[:, t], disk)
+            assert torch.equal(got, want), f"token {PREFIX + t}"
+
+
+def test_payload_is_the_state_size(tmp_path):
+    for mixer in ({"name": "attention", "num_heads": 2}, {"name": "mamba2", "chunk_size": 8}):
+        model, path = saved(tmp_path, mixer)
+        payload = prefix_state_bytes(path) - header_len(path)
+        assert payload == BATCH * model.state_size(PREFIX) * 4  # fp32 numbers (DESIGN.md rule 4)
+
+
+def test_attention_file_grows_with_the_prefix_recurrent_does_not(tmp_path):
+    sizes = {}
+    mixers = {
+        "attention": {"name": "attention", "num_heads": 2},
+        "linear_attention": {"name": "linear_attention", "feature_map": "elu", "chunk_size": 8},
+        "mamba2": {"name": "mamba2", "chunk_size": 8},
+    }
+    for name, mixer in mixers.items():
+        for prefix in (10, 20):
+            sizes[name, prefix] = prefix_state_bytes(saved(tmp_path / f"{name}{prefix}", mixer, prefix)[1])
+    # attention: 2 layers x 2 (k, v) x 16 numbers x 4 bytes x batch 2 more per token
+    assert sizes["attention", 20] - sizes["attention", 10] == 10 * 2 * 2 * 16 * 4 * BATCH
+    assert sizes["linear_attention", 20] == sizes["linear_attention", 10]
+    assert sizes["mamba2", 20] == sizes["mamba2", 10]
+
+
+def one_line_error(model, path) -> str:
+    with pytest.raises(RecallkitError) as error:
+        load_prefix_state(model, path)
+    message = str(error.value)
+    assert message and "\n" not in message
+    return message
+
+
+def test_refuses_a_file_from_another_model(tmp_path):
+    model, path = saved(tmp_path)
+    other_seed = build({"name": "attention", "num_heads": 2}, seed=1)
+    assert model_fingerprint(other_seed) != model_fingerprint(model)
+    assert "another model" in one_line_error(other_seed, path)
+    assert "another model" in one_line_error(build({"name": "gla", "chunk_size": 8}), path)
+    retrained = build({"name": "attention", "num_heads": 2})
+    with torch.no_grad():
+        retrained.embed.weight[0, 0] += 1e-3
+    assert "another model" in one_line_error(retrained, path)
+
+
+def test_refuses_corrupt_truncated_and_missing_files(tmp_path):
+    model, path = saved(tmp_path)
+    raw = path.read_bytes()
+    body = header_len(path)
+    flipped = bytearray(raw)
+    flipped[body + (len(raw) - body) // 2] ^= 0x01  # one bit in the middle of the tensor payload
+    path.write_bytes(bytes(flipped))
+    assert "checksum" in one_line_error(model, path)
+    path.write_bytes(raw[:-5])
+    assert "truncated or corrupt" in one_line_error(model, path)
+    path.write_bytes(raw[:4])
+    one_line_error(model, path)
+    assert "not found" in one_line_error(model, tmp_path / "nowhere.safetensors")
+
+
+def test_every_flipped_header_byte_is_refused(tmp_path):
+    model, path = saved(tmp_path, prefix=3)
+    raw = path.read_bytes()
+    for i in range(header_len(path)):
+        flipped = bytearray(raw)
+        flipped[i] ^= 0xFF
+        path.write_bytes(bytes(flipped))
+        one_line_error(model, path)
+
+
+def test_refuses_prefix_len_that_is_not_the_state_position(tmp_path):
+    model = build({"name": "mamba2", "chunk_size": 8})
+    with torch.no_grad():
+        _, state = model.prefill(tokens()[:, :PREFIX])
+    with pytest.raises(RecallkitError, match="prefix_len=5"):
+        save_prefix_state(model, state, tmp_path / "x.safetensors", 5)
