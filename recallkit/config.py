@@ -127,6 +127,9 @@ class TrainConfig(StrictModel):
     early_stop_accuracy: float | None = Field(default=0.99, gt=0, le=1)
     seed: int = Field(default=0, ge=0, lt=2**31)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    mlm: bool = Field(default=False, description="add JRT's masked-language-model loss on the prefix")
+    mlm_prob: float = Field(default=0.15, gt=0, lt=1, description="fraction of prefix tokens masked")
+    mlm_weight: float = Field(default=0.25, gt=0, description="weight of the MLM loss beside next-token")
 
 
 class EvalPolicy(StrictModel):
@@ -152,6 +155,12 @@ class EvalPolicy(StrictModel):
 
         resolve_budget(value, 1)
         return value
+
+
+LATER_FIELDS: dict[str, Any] = {
+    "eval_policies": [], "train.mlm": False, "train.mlm_prob": 0.15, "train.mlm_weight": 0.25,
+}
+"""Dotted paths of RunConfig fields added after the first results, with their defaults."""
 
 
 class RunConfig(StrictModel):
@@ -182,6 +191,15 @@ class RunConfig(StrictModel):
         return [_resolve(v, "tasks", TaskConfig) for v in value] if isinstance(value, list) else value
 
     @model_validator(mode="after")
+    def _check_mlm(self) -> RunConfig:
+        if self.train.mlm and max(t.vocab_size for t in (self.task, *self.eval_tasks)) >= self.model.vocab_size:
+            raise ValueError(
+                f"train.mlm needs a reserved mask token: set model.vocab_size above the task's vocab_size "
+                f"(the mask is token {self.model.vocab_size - 1}, which the task must not use)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_vocab(self) -> RunConfig:
         for task in (self.task, *self.eval_tasks):
             if task.vocab_size > self.model.vocab_size:
@@ -208,11 +226,17 @@ class RunConfig(StrictModel):
         return "+".join(describe_mixer(m) for m in dict.fromkeys(self.model.layer_mixers))
 
     def canonical_json(self) -> str:
-        """JSON with sorted keys: the identity of the run. An empty ``eval_policies`` is left out, so
-        runs configured before that field existed keep their identity (and resume)."""
+        """JSON with sorted keys: the identity of the run. Fields added after results existed are
+        left out while at their default (``LATER_FIELDS``), so earlier runs keep their identity and
+        a sweep directory written before them still resumes."""
         data = self.model_dump(mode="json")
-        if not data["eval_policies"]:
-            del data["eval_policies"]
+        for path, default in LATER_FIELDS.items():
+            *parents, name = path.split(".")
+            holder = data
+            for parent in parents:
+                holder = holder[parent]
+            if holder.get(name) == default:
+                del holder[name]
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @property

@@ -49,7 +49,8 @@ def evaluate(model: LanguageModel, batch: Batch, batch_size: int = 256, policy: 
     Returns:
         ``{"accuracy", "token_accuracy", "num_examples", "slices": {name: {value: {...}}}}`` where
         ``accuracy`` is the mean over sequences of the fraction of their labelled positions
-        predicted exactly, and ``token_accuracy`` pools all labelled positions. With a policy also
+        predicted exactly, ``token_accuracy`` pools all labelled positions and ``prefill_tokens`` is
+        the mean context length (longer under read-twice prompting). With a policy also
         ``policy``, ``budget``, ``mode``, ``budget_tokens`` and ``state_size`` (numbers held per
         sequence at the end).
     """
@@ -68,6 +69,7 @@ def evaluate(model: LanguageModel, batch: Batch, batch_size: int = 256, policy: 
     scored = batch.labels != IGNORE_INDEX
     correct = predictions == batch.labels
     metrics: dict = {**_accuracies(correct, scored), **info}
+    metrics["prefill_tokens"] = batch.prefix_len.float().mean().item()  # context read before answering
     metrics["slices"] = {
         name: {
             str(int(value)): _accuracies(correct[values == value], scored[values == value])

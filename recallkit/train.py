@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from recallkit.config import RunConfig
 from recallkit.evaluate import evaluate
+from recallkit.mlm import mask_prefix, mlm_loss
 from recallkit.model import LanguageModel, build_model
 from recallkit.tasks.base import IGNORE_INDEX, eval_seed, train_seed
 
@@ -86,6 +87,8 @@ def train(config: RunConfig, on_step: StepCallback | None = None) -> RunResult:
         optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio)
     )
     shuffle = torch.Generator().manual_seed(tc.seed)
+    mlm_masks = torch.Generator().manual_seed(tc.seed + 1)
+    mask_token = config.model.vocab_size - 1  # reserved: RunConfig checks the task never uses it
     order = torch.randperm(len(train_data), generator=shuffle)
     cursor, status, curve, metrics = 0, "done", [], None
     accuracy = float("nan")
@@ -95,9 +98,16 @@ def train(config: RunConfig, on_step: StepCallback | None = None) -> RunResult:
             order, cursor = torch.randperm(len(train_data), generator=shuffle), 0
         batch = train_data[order[cursor : cursor + tc.batch_size]].to(device)
         cursor += tc.batch_size
+        inputs = batch.inputs
+        if tc.mlm:
+            inputs, mlm_targets = mask_prefix(inputs, batch.prefix_len, tc.mlm_prob, mask_token, mlm_masks)
+        hidden = model.hidden_states(inputs, batch.prefix_len)  # (B, T, D)
         scored = batch.labels != IGNORE_INDEX  # (B, T)
-        logits = model.head(model.hidden_states(batch.inputs, batch.prefix_len)[scored])  # (num_scored, V)
-        loss = F.cross_entropy(logits, batch.labels[scored])
+        if tc.mlm:  # JRT: next-token loss only from the prefix's last token on
+            scored &= torch.arange(scored.shape[1], device=device)[None] >= batch.prefix_len[:, None] - 1
+        loss = F.cross_entropy(model.head(hidden[scored]), batch.labels[scored])  # head only where scored
+        if tc.mlm:
+            loss = loss + tc.mlm_weight * mlm_loss(model.head, hidden, mlm_targets)
         if not torch.isfinite(loss):
             status = "diverged"
             curve.append({"step": step, "loss": float(loss.item())})

@@ -68,9 +68,12 @@ def test_continuous_budget_is_never_exceeded(policy):
         g = torch.Generator().manual_seed(trial)
         tokens = torch.randint(0, 32, (2, T), generator=g)
         budget = int(torch.randint(1, T, (1,), generator=g))
-        sizes = []
-        step_logits(model, tokens, policy, budget, after_step=lambda t, caches: sizes.append(
-            [(len(c), c.key.shape[2], c.positions.shape[2], c.accumulated.shape[2]) for c in caches]))
+        sizes: list[list[tuple[int, ...]]] = []
+
+        def record(t, caches, sizes=sizes):
+            sizes.append([(len(c), c.key.shape[2], c.positions.shape[2], c.accumulated.shape[2]) for c in caches])
+
+        step_logits(model, tokens, policy, budget, after_step=record)
         assert all(max(s) <= budget for step in sizes for s in step)
         assert sizes[-1][0][0] == budget
         cache = evicting_state(model, 2, make_policy(policy), budget, "continuous")[1][0]
@@ -217,16 +220,18 @@ def test_budgets_resolve_and_bad_ones_are_refused():
         evicting_state(tiny_model({"name": "linear_attention"}), 1, make_policy("h2o"), 4, "continuous")
 
 
-def test_evaluate_with_a_policy_reports_what_the_budget_holds():
-    model = tiny_model()
+@pytest.mark.parametrize("short_conv", [0, 3])
+def test_evaluate_with_a_policy_reports_what_the_budget_holds(short_conv):
+    model = tiny_model({**ATTENTION, "short_conv": short_conv})
     task = rk.make_task("mqar", vocab_size=32, seq_len=T, num_kv_pairs=[2, 4])
     batch = task.generate(16, seed=0)
     plain = rk.evaluate(model, batch)
     full = rk.evaluate(model, batch, policy="full", budget=1.0)
     assert full["accuracy"] == plain["accuracy"] and full["state_size"] == model.state_size(T)
     small = rk.evaluate(model, batch, policy="window", budget=3)
-    per_token = model.blocks[0].mixer.kv_numbers_per_token()
-    assert small["state_size"] == 2 * 3 * per_token and small["budget_tokens"] == 3
+    per_token = 2 * 2 * 8  # K and V, 2 KV heads of 8
+    conv = 2 * 32 * (short_conv - 1) if short_conv else 0  # the conv tails stay in the state
+    assert small["state_size"] == 2 * 3 * per_token + conv and small["budget_tokens"] == 3
     half = rk.evaluate(model, batch, policy="h2o", budget=0.5, mode="prefill")
     assert half["budget"] == 0.5 and half["mode"] == "prefill" and half["policy"] == "h2o"
     predictions, info = evaluate_with_policy(model, batch, "window", 3)
@@ -249,5 +254,7 @@ def test_eval_policies_become_evaluation_rows_in_the_store(tmp_path):
         (None, None, None), ("window", 2, "continuous"), ("h2o", 0.5, "prefill")]
     assert evaluations[1]["state_size"] == 2 * 2 * 16  # 2 tokens of K and V, d=16, one layer
     with Store(tmp_path / "results.sqlite") as store:
-        labels = {p["label"] for p in frontier_points(store.rows())}
-    assert any("[window continuous]" in label for label in labels) and len(labels) == 3
+        points = {(p["panel"], p["label"]) for p in frontier_points(store.rows())}
+    label = config.display_label
+    assert points == {("mqar T=16", label), ("mqar T=16, KV eviction (continuous)", f"{label} [window]"),
+                      ("mqar T=16, KV eviction (prefill)", f"{label} [h2o]")}

@@ -40,3 +40,16 @@ def test_state_tradeoff_spans_every_family_and_builds():
         model = rk.build_model(c.model)
         assert model.state_size(c.task.seq_len) > 0
     assert len({c.run_id for c in configs}) == len(configs)
+
+
+def test_kv_eviction_sweep_evaluates_every_policy_in_both_modes():
+    configs = load_sweep(SWEEPS / "kv_eviction.py")
+    attention = [c for c in configs if c.eval_policies]
+    assert len(attention) == 1
+    specs = {(e.policy["name"], e.mode) for e in attention[0].eval_policies}
+    assert {name for name, _ in specs} == set(rk.POLICIES)
+    assert {mode for name, mode in specs if name != "full"} == {"prefill", "continuous"}
+    budgets = sorted({e.budget for e in attention[0].eval_policies})
+    assert budgets[0] <= 0.07 and budgets[-1] == 1.0
+    for c in configs:
+        rk.build_model(c.model)

@@ -109,10 +109,12 @@ class KVCache:
         if not self.policy.evicts or len(self) <= budget:
             return
         keep = self.policy.keep(self, budget)  # (B, H_kv, budget), ascending slots
-        take = lambda t: t.gather(2, keep)  # noqa: E731 - (B, H_kv, S) -> (B, H_kv, budget)
-        index = keep[..., None]
-        self.key = self.key.gather(2, index.expand(-1, -1, -1, self.key.shape[-1]))
-        self.value = self.value.gather(2, index.expand(-1, -1, -1, self.value.shape[-1]))
-        self.positions, self.accumulated, self.last = take(self.positions), take(self.accumulated), take(self.last)
+
+        def take(t: Tensor) -> Tensor:  # (B, H_kv, S, ...) -> (B, H_kv, budget, ...)
+            index = keep.view(*keep.shape, *([1] * (t.ndim - 3))).expand(-1, -1, -1, *t.shape[3:])
+            return t.gather(2, index)
+
+        self.key, self.value, self.positions = take(self.key), take(self.value), take(self.positions)
+        self.accumulated, self.last = take(self.accumulated), take(self.last)
         if self.recent is not None:
-            self.recent = self.recent.gather(2, index.expand(-1, -1, -1, self.recent.shape[-1]))
+            self.recent = take(self.recent)

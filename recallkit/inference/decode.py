@@ -15,8 +15,8 @@ from torch import Tensor
 
 from recallkit.inference.cache import KVCache, Mode
 from recallkit.inference.policies import Policy, make_policy
-from recallkit.model import LanguageModel
 from recallkit.mixers.attention import Attention, AttentionState
+from recallkit.model import LanguageModel
 from recallkit.tasks.base import Batch
 
 Budget = int | float
@@ -72,16 +72,16 @@ def predict_with_policy(model: LanguageModel, inputs: Tensor, context_len: int, 
         if t + 1 == context_len:
             for cache in caches:
                 cache.compress()
-    attention_layers = [b.mixer for b in model.blocks if _holds_attention(b.mixer)]
-    others = model.state_size(T) - sum(m.state_size(T) for m in attention_layers)
+    attention = [a for a in (_attention_in(b.mixer) for b in model.blocks) if a is not None]
+    others = model.state_size(T) - sum(a.state_size(T) for a in attention)  # e.g. short-conv tails
     return predictions, others + sum(cache.numel() for cache in caches) // B
 
 
-def _holds_attention(mixer: torch.nn.Module) -> bool:
-    """Whether the mixer (or the mixer a wrapper holds) is softmax attention."""
+def _attention_in(mixer: torch.nn.Module) -> Attention | None:
+    """The softmax attention a layer's mixer is (or wraps), or None."""
     while not isinstance(mixer, Attention) and hasattr(mixer, "inner"):
         mixer = mixer.inner
-    return isinstance(mixer, Attention)
+    return mixer if isinstance(mixer, Attention) else None
 
 
 def evaluate_with_policy(model: LanguageModel, batch: Batch, policy: str | dict | Policy, budget: Budget,

@@ -10,8 +10,8 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 
 def _compact(value: float, _position: int) -> str:
@@ -22,11 +22,16 @@ def _compact(value: float, _position: int) -> str:
     return f"{value:g}"
 
 
+EVICTION = ", KV eviction"
+"""Marks the panels of evaluations under an eviction policy."""
+
+
 def evaluations(row: dict[str, Any]) -> list[dict[str, Any]]:
     """A finished run's evaluations: ``{"panel", "state_size", "accuracy"}`` per eval task.
 
-    Diverged runs count with accuracy 0. An evaluation under a KV-cache eviction policy has the
-    ``series`` " [policy mode]" (appended to the run's label) and its ``budget``.
+    Diverged runs count with accuracy 0. An evaluation under a KV-cache eviction policy goes to the
+    panel "<task> T=<n>, KV eviction (<mode>)", with the ``series`` " [policy]" appended to the
+    run's label, and its ``budget``.
     """
     metrics = row["metrics"] or {}
     evals = metrics.get("evals") or [
@@ -34,9 +39,11 @@ def evaluations(row: dict[str, Any]) -> list[dict[str, Any]]:
          "state_size": row["state_size"], "accuracy": metrics.get("accuracy", 0.0)}
     ]
     return [
-        {"panel": f"{e['task']} T={e['seq_len']}", "task": e["task"], "seq_len": e["seq_len"],
+        {"panel": f"{e['task']} T={e['seq_len']}" + (f"{EVICTION} ({e['mode']})" if e.get("policy") else ""),
+         "task": e["task"], "seq_len": e["seq_len"],
          "state_size": e["state_size"], "accuracy": e["accuracy"] if row["status"] == "done" else 0.0,
-         "series": f" [{e['policy']} {e['mode']}]" if e.get("policy") else "", "budget": e.get("budget")}
+         "series": f" [{e['policy']}]" if e.get("policy") else "", "budget": e.get("budget"),
+         "prefill_tokens": e.get("prefill_tokens")}
         for e in evals
     ]
 
@@ -78,15 +85,16 @@ def frontier_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for evaluation in evaluations(row):
             model = json.dumps(row["config"]["model"], sort_keys=True)
             label = row["label"] + evaluation["series"]
-            key = (evaluation["task"], evaluation["seq_len"], label, row["config"]["model"]["d_model"], model,
-                   json.dumps(evaluation["budget"]))
+            key = (evaluation["task"], evaluation["seq_len"], evaluation["panel"], label,
+                   row["config"]["model"]["d_model"], model, json.dumps(evaluation["budget"]))
             groups[key].append((row, evaluation))
     points = []
-    for (_, _, label, width, _, _), group in sorted(groups.items()):
+    for (_, _, _, label, width, _, _), group in sorted(groups.items()):
         row, best = max(group, key=lambda pair: pair[1]["accuracy"])
         points.append({
             "panel": best["panel"], "label": label, "d_model": width, "state_size": best["state_size"],
-            "accuracy": best["accuracy"], "budget": best["budget"], "lr": row["config"]["train"]["lr"], "run_id": row["run_id"],
+            "accuracy": best["accuracy"], "budget": best["budget"],
+            "prefill_tokens": best["prefill_tokens"], "lr": row["config"]["train"]["lr"], "run_id": row["run_id"],
             "num_params": row["num_params"], "wall_time": row["wall_time"], "runs": len(group), "model": row["config"]["model"],
         })
     return points
@@ -122,16 +130,19 @@ def plot_frontier(points: list[dict[str, Any]], path: str | Path, title: str = "
     panels = list(dict.fromkeys(p["panel"] for p in points)) or ["no finished runs"]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False, sharey=True)
     labels = sorted({p["label"] for p in points})
-    colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
+    palette = plt.cm.tab10 if len(labels) <= 10 else plt.cm.tab20
+    colors = {label: palette(i % palette.N) for i, label in enumerate(labels)}
     for ax, panel in zip(axes[0], panels):
         tags: list[tuple[float, float, str, Any]] = []
+        reference = panel.split(EVICTION)[0] if EVICTION in panel else None  # models without eviction
         for label in labels:
-            line = sorted((p for p in points if p["panel"] == panel and p["label"] == label),
+            line = sorted((p for p in points if p["panel"] in (panel, reference) and p["label"] == label),
                           key=lambda p: p["state_size"])
             if not line:
                 continue
             xs, ys = [p["state_size"] for p in line], [p["accuracy"] for p in line]
-            ax.plot(xs, ys, "o-", color=colors[label], label=label)
+            faint = reference is not None and line[0]["panel"] == reference
+            ax.plot(xs, ys, "s--" if faint else "o-", color=colors[label], label=label, alpha=0.45 if faint else 1)
             tags.extend((p["state_size"], p["accuracy"], tag, colors[label])
                         for p, tag in zip(line, varying_settings([p["model"] for p in line])) if tag)
         ax.set_xscale("log")
@@ -146,8 +157,9 @@ def plot_frontier(points: list[dict[str, Any]], path: str | Path, title: str = "
         if not points:
             ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=ax.transAxes)
     axes[0][0].set_ylabel("accuracy (mean per sequence)")
-    if labels:
-        axes[0][-1].legend(fontsize=8, loc="lower right")
+    for ax in axes[0]:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

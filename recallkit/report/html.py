@@ -42,10 +42,14 @@ def write_html(rows: list[dict[str, Any]], points: list[dict[str, Any]], png: Pa
     width_image = _embedded(width_png, "accuracy vs model width") if width_png is not None else ""
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "diverged", "failed", "running", "pending")}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no runs"
-    frontier = _table(
-        ["setting", "model", "d_model", "state size (numbers)", "accuracy", "best lr", "params", "runs"],
-        [[p["panel"], p["label"], p["d_model"], f"{p['state_size']:,}", _fmt(p["accuracy"]), p["lr"],
-          f"{p['num_params']:,}", p["runs"]] for p in points],
+    frontier = "".join(
+        f"<h3>{html.escape(panel)}</h3>" + _table(
+            ["model", "d_model", "state size (numbers)", "prefill tokens", "accuracy", "best lr", "params", "runs"],
+            [[p["label"], p["d_model"], f"{p['state_size']:,}", _fmt(p.get("prefill_tokens"), 1),
+              _fmt(p["accuracy"]), p["lr"], f"{p['num_params']:,}", p["runs"]]
+             for p in points if p["panel"] == panel],
+        )
+        for panel in dict.fromkeys(p["panel"] for p in points)
     )
     runs = _table(
         ["run", "model", "d_model", "eval T", "lr", "status", "accuracy", "token acc", "steps", "state size",

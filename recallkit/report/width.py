@@ -8,7 +8,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def width_curves(points: list[dict[str, Any]]) -> dict[str, dict[str, list[tuple[int, float]]]]:

@@ -1,0 +1,46 @@
+"""KV-cache eviction against recurrent state (H2O, StreamingLLM, TOVA, SnapKV, Scissorhands at CPU scale).
+
+One attention model (RoPE + short conv, d = 64, 2 layers) is trained on MQAR (V = 256, T = 64,
+8 key-value pairs: a 16-token context, then the queries) and evaluated under every eviction
+policy at budgets from 1/16 to all of the context, in both modes: ``prefill`` (compress once
+after the context, then keep the query tokens) and ``continuous`` (never hold more than the
+budget). Each evaluation is a row with the state its budget holds, so the report puts the
+policies on the frontier next to recurrent models trained on the same task (their usual
+state knobs, as in sweeps/state_tradeoff.py).
+
+Expected (literature): ``window`` collapses once keys leave the window; ``sinks`` keep the start,
+not the middle facts; attention-score policies (h2o, tova, snapkv) keep more recall per token but
+no more facts than fit: with b context tokens kept, at most about b / 2 of the 8 pairs survive.
+Continuous mode is harder than prefill mode on MQAR because the query region pushes the context
+out. About 10 minutes on 2 cores.
+Run: ``recallkit run sweeps/kv_eviction.py --out runs/kv_eviction --executor process``.
+"""
+
+import recallkit as rk
+from recallkit.recipes import based
+
+VOCAB_SIZE = 256
+TASK = dict(name="mqar", vocab_size=VOCAB_SIZE, seq_len=64, num_kv_pairs=8)
+TRAIN = dict(lr=5e-3, max_steps=1000, seed=0)
+BUDGETS = [1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1.0]  # of the 16-token context: 1, 2, 4, 8, 12, 16 tokens
+POLICIES = ["window", "sinks", "h2o", "h2o_sinks", "tova", "snapkv", "knorm", "random", "scissorhands"]
+MODES = ["prefill", "continuous"]
+
+eval_policies = [{"policy": "full", "budget": 1.0}] + [
+    {"policy": policy, "budget": budget, "mode": mode} for mode in MODES for policy in POLICIES for budget in BUDGETS
+]
+
+
+def run(label: str, mixer: dict | list[dict], **extra) -> rk.RunConfig:
+    return rk.RunConfig(model=dict(vocab_size=VOCAB_SIZE, d_model=64, num_layers=2, mixer=mixer, mlp="none"),
+                        task=TASK, train=TRAIN, label=label, **extra)
+
+
+configs = [
+    run("attention", {"name": "attention", "position": "rope", "short_conv": 4}, eval_policies=eval_policies),
+    run("sliding_window", {"name": "attention", "position": "rope", "window": 16, "short_conv": 4}),
+    run("based", based(feature_dim=8, window=8)),
+    run("gla", {"name": "gla", "num_heads": 2, "short_conv": 4}),
+    run("deltanet", {"name": "deltanet", "num_heads": 2, "short_conv": 4}),
+    run("mamba", {"name": "mamba", "d_state": 16}),
+]
