@@ -48,6 +48,12 @@ class TaskConfig(StrictModel):
     vocab_size: int = Field(gt=1)
     seq_len: int = Field(gt=1)
 
+    @property
+    def setting(self) -> str:
+        """The report panel of this task: tasks differing only in how the prompt is presented (read
+        twice) share one, so their models land on one frontier."""
+        return f"{self.name} T={self.seq_len}"
+
     def generate(self, num_examples: int, seed: int):  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -130,13 +130,15 @@ def train(config: RunConfig, on_step: StepCallback | None = None) -> RunResult:
         metrics = evaluate(model, test_sets[0])
     finals = [metrics] + [evaluate(model, data) for data in test_sets[1:]]
     evals = [
-        {"task": task.name, "seq_len": task.seq_len, "state_size": model.state_size(task.seq_len), **final}
+        {"task": task.name, "seq_len": task.seq_len, "setting": task.setting,
+         "state_size": model.state_size(task.seq_len), **final}
         for task, final in zip(config.test_tasks, finals)
     ]
     headline = config.test_tasks[0]
     for spec in config.eval_policies:  # state_size comes with each: what that budget holds
         under_policy = evaluate(model, test_sets[0], policy=spec.policy, budget=spec.budget, mode=spec.mode)
-        evals.append({"task": headline.name, "seq_len": headline.seq_len, **under_policy})
+        evals.append({"task": headline.name, "seq_len": headline.seq_len, "setting": headline.setting,
+                      **under_policy})
     metrics = {**metrics, "steps": step, "curve": curve, "evals": evals,
                "best_accuracy": max([c.get("accuracy", 0.0) for c in curve] + [metrics["accuracy"]])}
     return RunResult(

@@ -117,3 +117,18 @@ def test_dense_point_tags_do_not_overlap():
     assert len(boxes) == 6
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     plt.close(fig)
+
+
+def test_read_twice_runs_share_the_panel_of_the_task_they_read():
+    from recallkit.tasks import read_twice
+
+    mqar = rk.make_task("mqar", vocab_size=32, seq_len=16, num_kv_pairs=2)
+    assert read_twice(mqar).setting == mqar.setting == "mqar T=16"
+    causal, twice = row("a", "la", 64, 1e-3, 0.5), row("b", "la read-twice", 64, 1e-3, 0.8)
+    causal["metrics"]["evals"] = [{"task": "mqar", "seq_len": 16, "setting": mqar.setting, "state_size": 10,
+                                   "accuracy": 0.5}]
+    twice["metrics"]["evals"] = [{"task": "read_twice", "seq_len": 24, "setting": mqar.setting,
+                                  "state_size": 10, "accuracy": 0.8}]
+    assert {p["panel"] for p in frontier_points([causal, twice])} == {"mqar T=16"}
+    sd = rk.make_task("set_disjointness", vocab_size=64, seq_len=32, set_sizes=(16, 4))
+    assert sd.setting == "set_disjointness |A|,|B|=16,4 T=32"

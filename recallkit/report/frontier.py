@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ EVICTION = ", KV eviction"
 def evaluations(row: dict[str, Any]) -> list[dict[str, Any]]:
     """A finished run's evaluations: ``{"panel", "state_size", "accuracy"}`` per eval task.
 
+    The panel is the task's ``setting`` (read-twice runs share the panel of the task they read).
     Diverged runs count with accuracy 0. An evaluation under a KV-cache eviction policy goes to the
     panel "<task> T=<n>, KV eviction (<mode>)", with the ``series`` " [policy]" appended to the
     run's label, and its ``budget``.
@@ -39,7 +41,8 @@ def evaluations(row: dict[str, Any]) -> list[dict[str, Any]]:
          "state_size": row["state_size"], "accuracy": metrics.get("accuracy", 0.0)}
     ]
     return [
-        {"panel": f"{e['task']} T={e['seq_len']}" + (f"{EVICTION} ({e['mode']})" if e.get("policy") else ""),
+        {"panel": e.get("setting", f"{e['task']} T={e['seq_len']}")
+                  + (f"{EVICTION} ({e['mode']})" if e.get("policy") else ""),
          "task": e["task"], "seq_len": e["seq_len"],
          "state_size": e["state_size"], "accuracy": e["accuracy"] if row["status"] == "done" else 0.0,
          "series": f" [{e['policy']}]" if e.get("policy") else "", "budget": e.get("budget"),
@@ -125,13 +128,20 @@ def _place_tags(ax: plt.Axes, tags: list[tuple[float, float, str, Any]]) -> None
 
 
 def plot_frontier(points: list[dict[str, Any]], path: str | Path, title: str = "Recall vs inference state") -> Path:
-    """Draw one panel per evaluation setting: x = state size (numbers, log scale), y = accuracy."""
+    """Draw one panel per evaluation setting: x = state size (numbers, log scale), y = accuracy.
+
+    Each panel's legend sits below it; point tags (the settings that vary within a line) are placed
+    after the layout is fixed, so the overlap check sees their final positions.
+    """
     path = Path(path)
     panels = list(dict.fromkeys(p["panel"] for p in points)) or ["no finished runs"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False, sharey=True)
     labels = sorted({p["label"] for p in points})
     palette = plt.cm.tab10 if len(labels) <= 10 else plt.cm.tab20
     colors = {label: palette(i % palette.N) for i, label in enumerate(labels)}
+    legend_rows = math.ceil(len(labels) / 2)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(7.0, 5.2 * len(panels)), 4.6 + 0.2 * legend_rows),
+                             squeeze=False, sharey=True)
+    tags_per_axis = []
     for ax, panel in zip(axes[0], panels):
         tags: list[tuple[float, float, str, Any]] = []
         reference = panel.split(EVICTION)[0] if EVICTION in panel else None  # models without eviction
@@ -145,6 +155,7 @@ def plot_frontier(points: list[dict[str, Any]], path: str | Path, title: str = "
             ax.plot(xs, ys, "s--" if faint else "o-", color=colors[label], label=label, alpha=0.45 if faint else 1)
             tags.extend((p["state_size"], p["accuracy"], tag, colors[label])
                         for p, tag in zip(line, varying_settings([p["model"] for p in line])) if tag)
+        tags_per_axis.append(tags)
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(FuncFormatter(_compact))
@@ -153,16 +164,16 @@ def plot_frontier(points: list[dict[str, Any]], path: str | Path, title: str = "
         ax.set_title(panel)
         ax.set_xlabel("inference state (numbers per sequence)")
         ax.grid(alpha=0.3, which="both")
-        _place_tags(ax, tags)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
         if not points:
             ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=ax.transAxes)
     axes[0][0].set_ylabel("accuracy (mean per sequence)")
-    for ax in axes[0]:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
+    for ax, tags in zip(axes[0], tags_per_axis):
+        _place_tags(ax, tags)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
     return path

@@ -6,9 +6,13 @@ from recallkit.config import TaskConfig
 from recallkit.errors import RecallkitError
 from recallkit.tasks.base import IGNORE_INDEX, Batch, eval_seed, train_seed
 from recallkit.tasks.mqar import MQARConfig
+from recallkit.tasks.set_disjointness import SetDisjointnessConfig
+from recallkit.tasks.transforms import ReadTwiceConfig, read_twice
 
 TASKS: dict[str, type[TaskConfig]] = {
     "mqar": MQARConfig,
+    "set_disjointness": SetDisjointnessConfig,
+    "read_twice": ReadTwiceConfig,
 }
 
 
@@ -19,4 +23,7 @@ def make_task(key: str, **fields: Any) -> TaskConfig:
     return TASKS[key](**fields)
 
 
-__all__ = ["IGNORE_INDEX", "TASKS", "Batch", "make_task", "eval_seed", "train_seed"]
+__all__ = [
+    "IGNORE_INDEX", "TASKS", "Batch", "MQARConfig", "ReadTwiceConfig", "SetDisjointnessConfig",
+    "eval_seed", "make_task", "read_twice", "train_seed",
+]

@@ -58,6 +58,15 @@ class MQARConfig(TaskConfig):
         return value
 
     @property
+    def filler_token(self) -> int:
+        """The filler (padding) token."""
+        return 0
+
+    def max_prefix_len(self) -> int:
+        """The longest context any example has: every pair, every pass."""
+        return 2 * max(self.kv_counts) * self.num_passes
+
+    @property
     def kv_counts(self) -> list[int]:
         """Pair counts of the examples, as a list."""
         return self.num_kv_pairs if isinstance(self.num_kv_pairs, list) else [self.num_kv_pairs]
