@@ -218,6 +218,8 @@ def test_budgets_resolve_and_bad_ones_are_refused():
         make_policy("lru")
     with pytest.raises(ValueError, match="has none"):
         evicting_state(tiny_model({"name": "linear_attention"}), 1, make_policy("h2o"), 4, "continuous")
+    with pytest.raises(ValueError, match="prefix-aware"):
+        evicting_state(tiny_model([{"name": "pla"}, ATTENTION]), 1, make_policy("h2o"), 4, "continuous")
 
 
 @pytest.mark.parametrize("short_conv", [0, 3])

@@ -59,8 +59,12 @@ CASES: list[tuple[str, dict]] = [
     ("gated_deltanet", {"chunk_size": 5}),
     ("gated_deltanet", {"num_heads": 2, "chunk_size": 8}),
     ("gated_deltanet", {"num_heads": 8, "chunk_size": 16, "short_conv": 3}),
+    ("pla", {}),
+    ("pla", {"feature_map": "elu", "num_heads": 2, "chunk_size": 5}),
+    ("pla", {"feature_map": "identity", "normalize": False, "feature_dim": 4, "chunk_size": 8, "short_conv": 3}),
 ]
 IDS = [f"{key}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'default'}" for key, kw in CASES]
+PREFIX_AWARE = [(case, case_id) for case, case_id in zip(CASES, IDS) if rk.MIXERS[case[0]].prefix_aware]
 
 
 def make(key: str, kwargs: dict, seed: int = 0) -> rk.mixers.Mixer:
@@ -147,11 +151,43 @@ def test_state_size_is_numel_of_real_state(key, kwargs, T):
 @pytest.mark.parametrize(("key", "kwargs"), CASES, ids=IDS)
 def test_gradients_flow_through_parallel_form(key, kwargs):
     mixer, x = make(key, kwargs).train(), inputs().requires_grad_()
-    mixer(x).square().sum().backward()
+    prefix_len = torch.tensor([7, 12]) if mixer.prefix_aware else None  # else the prefix reader idles
+    mixer(x, prefix_len).square().sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     for name, param in mixer.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
         assert param.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize(("key", "kwargs"), [c for c, _ in PREFIX_AWARE], ids=[i for _, i in PREFIX_AWARE])
+def test_prefix_aware_causality(key, kwargs):
+    """Rule 3 with a prefix of M tokens per example: outputs from M - 1 on are causal; outputs inside
+    the prefix read the whole prefix and nothing after it; M = 0 is plain causality."""
+    mixer, x = make(key, kwargs), inputs()
+    prefix_len = torch.tensor([6, 13])
+    with torch.no_grad():
+        y = mixer(x, prefix_len)
+        for b, M in enumerate(prefix_len.tolist()):
+            for t in (M - 1, M + 2, 17):  # t = M - 1: what follows the prefix never reaches inside it
+                changed = x.clone()
+                changed[b, t + 1 :] = torch.randn_like(changed[b, t + 1 :]) * 3
+                y_changed = mixer(changed, prefix_len)
+                assert_close(y_changed[b, : t + 1], y[b, : t + 1])
+                assert not torch.allclose(y_changed[b, t + 1 :], y[b, t + 1 :])
+            changed = x.clone()
+            changed[b, M - 1] = torch.randn_like(changed[b, M - 1]) * 3  # the prefix's last token
+            y_changed = mixer(changed, prefix_len)
+            assert not torch.allclose(y_changed[b, : M - 1], y[b, : M - 1])  # reaches back: non-causal
+            assert_close(y_changed[1 - b], y[1 - b])  # and stays in its example
+        no_prefix = torch.zeros(2, dtype=torch.long)
+        y_zero = mixer(x, no_prefix)
+        assert_close(y_zero, mixer(x))
+        for t in (0, 5, 17):
+            changed = x.clone()
+            changed[:, t + 1 :] = torch.randn_like(changed[:, t + 1 :]) * 3
+            y_changed = mixer(changed, no_prefix)
+            assert_close(y_changed[:, : t + 1], y_zero[:, : t + 1])
+            assert not torch.allclose(y_changed[:, t + 1 :], y_zero[:, t + 1 :])
 
 
 def _tensors(state) -> list[torch.Tensor]:

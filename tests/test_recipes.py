@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import recallkit as rk
-from recallkit.recipes import based
+from recallkit.recipes import based, jrt_rnn
 
 
 def based_model(**kwargs) -> rk.LanguageModel:
@@ -42,3 +42,33 @@ def test_based_recurrent_inference_matches_the_parallel_form_past_the_window():
 def test_based_rejects_an_empty_window():
     with pytest.raises(ValueError, match="window must be >= 1"):
         based(window=0)
+
+
+def test_jrt_rnn_has_based_state_and_decodes_after_the_prefix():
+    torch.manual_seed(0)
+    config = rk.ModelConfig(vocab_size=32, d_model=16, num_layers=3, mlp="none",
+                            mixer=jrt_rnn(feature_dim=4, window=5, short_conv=3, conv_layers=1, conv_kernel=3))
+    model = rk.build_model(config).eval()
+    assert [m.name for m in config.layer_mixers] == ["pla", "attention", "base_conv"]
+    d, f, w, k = 16, 4, 5, 3
+    assert model.state_size(1000) == based_model(feature_dim=4, window=5, short_conv=3).state_size(1000) + d * (k - 1)
+    assert model.state_size(1000) == (1 + f + f * f) * (d + 1) + 2 * d * w + 2 * d * (k - 1) + d * (k - 1)
+    tokens = torch.randint(0, 32, (2, 23), generator=torch.Generator().manual_seed(0))
+    prefix_len = torch.tensor([7, 11])
+    with torch.no_grad():
+        logits = model(tokens, prefix_len)
+        prefilled, state = model.prefill(tokens[:, :11], prefix_len)
+        stepped = []
+        for t in range(11, 23):
+            step_logits, state = model.step(tokens[:, t], state)
+            stepped.append(step_logits)
+    torch.testing.assert_close(prefilled, logits[:, :11], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.stack(stepped, dim=1), logits[:, 11:], atol=1e-5, rtol=1e-4)
+    assert model.state_size(23) == rk.mixers.state_numel(state.layers) // 2
+
+
+def test_jrt_rnn_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        jrt_rnn(window=0)
+    with pytest.raises(ValueError, match="conv_layers must be >= 0"):
+        jrt_rnn(conv_layers=-1)

@@ -53,3 +53,24 @@ def test_kv_eviction_sweep_evaluates_every_policy_in_both_modes():
     assert budgets[0] <= 0.07 and budgets[-1] == 1.0
     for c in configs:
         rk.build_model(c.model)
+
+
+def test_jrt_sweep_compares_causal_read_twice_and_prefix_aware_at_equal_state():
+    configs = load_sweep(SWEEPS / "jrt.py")
+    settings = {c.task.setting for c in configs}
+    assert len(settings) == 3 and any("24,4" in s for s in settings) and any("4,24" in s for s in settings)
+    by_label = {}
+    for c in configs:
+        by_label.setdefault(c.task.setting, {})[c.label] = c
+    for runs in by_label.values():
+        assert {"linear_attention", "linear_attention + read twice", "pla", "based", "based + read twice",
+                "jrt_rnn", "attention"} == set(runs)
+        assert runs["linear_attention + read twice"].task.name == "read_twice"
+        assert runs["pla"].train.mlm and runs["jrt_rnn"].train.mlm and not runs["linear_attention"].train.mlm
+        models = {label: rk.build_model(c.model) for label, c in runs.items()}
+        T = runs["linear_attention"].task.seq_len
+        twice_T = runs["linear_attention + read twice"].task.seq_len
+        # matched decode state: PLA and the read-twice prompt decode with the causal model's state
+        assert models["pla"].state_size(T) == models["linear_attention"].state_size(T)
+        assert models["linear_attention"].state_size(twice_T) == models["linear_attention"].state_size(T)
+        assert models["jrt_rnn"].state_size(T) == models["based"].state_size(T)

@@ -50,6 +50,9 @@ def _with_caches(state: Any, make_cache, caches: list[KVCache]) -> Any:
 def evicting_state(model: LanguageModel, batch_size: int, policy: Policy, budget: int, mode: Mode,
                    seed: int = 0):
     """The model's empty state with a fresh KVCache in each attention layer; returns (state, caches)."""
+    if any(block.mixer.prefix_aware for block in model.blocks):
+        raise ValueError("eviction policies are evaluated token by token from the first token, which a "
+                         "prefix-aware model (pla) does not read the way it was trained")
     caches: list[KVCache] = []
     state = model.init_state(batch_size)
     layers = [_with_caches(s, lambda i: KVCache(policy, budget, mode, seed + i), caches) for s in state.layers]

@@ -12,6 +12,7 @@ from recallkit.mixers.linear_attention import LinearAttention
 from recallkit.mixers.mamba import Mamba
 from recallkit.mixers.mamba2 import Mamba2
 from recallkit.mixers.mla import MLA
+from recallkit.mixers.pla import PLA
 from recallkit.mixers.retnet import RetNet
 from recallkit.mixers.short_conv import ShortConvMixer
 
@@ -27,6 +28,7 @@ MIXERS: dict[str, type[Mixer]] = {
     "mamba": Mamba,
     "mamba2": Mamba2,
     "mla": MLA,
+    "pla": PLA,
     "retnet": RetNet,
 }
 
