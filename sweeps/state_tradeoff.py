@@ -6,7 +6,8 @@ stop at 0.99; about 12 minutes with 2 process workers on 2 cores), and each fami
 sets its state: Based's window and feature dim, Mamba's d_state, the head count of GLA, DeltaNet and
 Gated DeltaNet (more heads = smaller per-head key-value matrices), the sliding-window size, and full
 attention (whose state is its whole KV cache) as the reference, with MLA's latent cache beside it.
-Families without a state knob (RetNet, Mamba-2, H3, Hyena, BaseConv, linear attention) appear at their defaults.
+Families without a state knob (RetNet, Mamba-2, H3, Hyena, BaseConv, linear attention and its
+prefix-aware PLA, trained here without JRT's MLM loss) appear at their defaults.
 Run: ``recallkit run sweeps/state_tradeoff.py --out runs/state_tradeoff --executor process``.
 """
 
@@ -33,6 +34,7 @@ VARIANTS: list[tuple[str, dict | list[dict]]] = [
     ("mamba2", {"name": "mamba2"}),
     ("linear_attention", {"name": "linear_attention", "feature_map": "elu", "feature_dim": 16,
                           "short_conv": CONV}),
+    ("pla", {"name": "pla", "feature_map": "elu", "feature_dim": 16, "short_conv": CONV}),
     ("h3", {"name": "h3"}),
     ("hyena", {"name": "hyena"}),
     ("base_conv", {"name": "base_conv", "kernel_size": "long"}),
