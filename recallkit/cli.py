@@ -96,7 +96,7 @@ def list_registry(what: Annotated[str, typer.Argument(help="mixers | tasks")]) -
     mixers = what == "mixers"
     if mixers:
         console.print("KV/token: cache numbers one token adds per layer (default config, d_model=128; "
-                      "- = fixed-size state)")
+                      "- = no KV cache)")
         console.print(f"{'mixer':<20} {'KV/token':>8}  description")
     for key, cls in registries[what].items():
         doc = (cls.__doc__ or "").strip().splitlines()[0]

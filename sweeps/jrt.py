@@ -11,7 +11,7 @@ report's table per task lists accuracy, state size and prefill tokens.
 
 Expected (paper): reading twice and PLA lift recall at equal state; the long set first is harder
 for causal recurrent models than the short set first, and not for PLA; attention does not care.
-About 25 minutes with 2 process workers on 2 cores.
+Measured: 24 minutes with 2 process workers on 2 cores shared with other work.
 Run: ``recallkit run sweeps/jrt.py --out runs/jrt --executor process``.
 """
 

@@ -2,8 +2,9 @@
 
 Per layer and token, softmax attention caches a key and a value for each of its H_kv key/value
 heads, 2 * H_kv * d_h numbers (MHA: H_kv = H; GQA: 1 < H_kv < H; MQA: H_kv = 1); MLA caches its
-latent and decoupled RoPE key, d_c + d_R numbers. Mixers with a fixed-size state (linear attention,
-SSMs, convolutions) add nothing per token: they report None. Bytes = numbers x bytes per number
+latent and decoupled RoPE key, d_c + d_R numbers. Mixers without a KV cache report None: linear
+attention and SSMs hold a fixed-size state; long convolutions hold their input history (see their
+``state_size``). Bytes = numbers x bytes per number
 (2 for fp16/bf16, the default, as in serving).
 """
 
