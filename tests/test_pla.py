@@ -9,6 +9,7 @@ import recallkit as rk
 from recallkit.mixers import build_mixer, state_numel
 from recallkit.mixers.linear_attention import LinearAttention, LinearAttentionConfig
 from recallkit.ops.feature_maps import feature_dim
+from tests.test_mixer_contract import assert_close, step_loop
 
 D, T = 16, 19
 CONFIGS = [
@@ -25,18 +26,6 @@ def make(seed: int = 0, dtype: torch.dtype = torch.float32, **kwargs) -> rk.mixe
 
 def inputs(batch: int = 3, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return torch.randn(batch, T, D, generator=torch.Generator().manual_seed(1), dtype=dtype)
-
-
-def step_loop(mixer, x: torch.Tensor, state):
-    ys = []
-    for t in range(x.shape[1]):
-        y, state = mixer.step(x[:, t], state)
-        ys.append(y)
-    return torch.stack(ys, dim=1), state
-
-
-def assert_close(a: torch.Tensor, b: torch.Tensor) -> None:
-    torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
 
 
 def reference(mixer, x: torch.Tensor, prefix_len: torch.Tensor) -> torch.Tensor:

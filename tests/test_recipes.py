@@ -24,19 +24,24 @@ def test_based_state_is_constant_in_length_and_matches_the_formula():
     assert model.state_size(4) < expected  # the window's cache is not full yet
 
 
-def test_based_recurrent_inference_matches_the_parallel_form_past_the_window():
-    model = based_model(feature_dim=4, window=5, num_heads=2, window_heads=2)
-    tokens = torch.randint(0, 32, (2, 23), generator=torch.Generator().manual_seed(0))
+def assert_prefill_then_steps_match_the_parallel_form(model, prefix_len=None, split: int = 11, T: int = 23):
+    """Prefill ``split`` tokens (the whole prefix, if any), step the rest: the parallel form's logits."""
+    tokens = torch.randint(0, 32, (2, T), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        logits = model(tokens)
-        prefilled, state = model.prefill(tokens[:, :11])
+        logits = model(tokens, prefix_len)
+        prefilled, state = model.prefill(tokens[:, :split], prefix_len)
         stepped = []
-        for t in range(11, 23):
+        for t in range(split, T):
             step_logits, state = model.step(tokens[:, t], state)
             stepped.append(step_logits)
-    torch.testing.assert_close(prefilled, logits[:, :11], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(torch.stack(stepped, dim=1), logits[:, 11:], atol=1e-5, rtol=1e-4)
-    assert model.state_size(23) == rk.mixers.state_numel(state.layers) // 2
+    torch.testing.assert_close(prefilled, logits[:, :split], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.stack(stepped, dim=1), logits[:, split:], atol=1e-5, rtol=1e-4)
+    assert model.state_size(T) == rk.mixers.state_numel(state.layers) // 2
+
+
+def test_based_recurrent_inference_matches_the_parallel_form_past_the_window():
+    model = based_model(feature_dim=4, window=5, num_heads=2, window_heads=2)
+    assert_prefill_then_steps_match_the_parallel_form(model)
 
 
 def test_based_rejects_an_empty_window():
@@ -53,18 +58,7 @@ def test_jrt_rnn_has_based_state_and_decodes_after_the_prefix():
     d, f, w, k = 16, 4, 5, 3
     assert model.state_size(1000) == based_model(feature_dim=4, window=5, short_conv=3).state_size(1000) + d * (k - 1)
     assert model.state_size(1000) == (1 + f + f * f) * (d + 1) + 2 * d * w + 2 * d * (k - 1) + d * (k - 1)
-    tokens = torch.randint(0, 32, (2, 23), generator=torch.Generator().manual_seed(0))
-    prefix_len = torch.tensor([7, 11])
-    with torch.no_grad():
-        logits = model(tokens, prefix_len)
-        prefilled, state = model.prefill(tokens[:, :11], prefix_len)
-        stepped = []
-        for t in range(11, 23):
-            step_logits, state = model.step(tokens[:, t], state)
-            stepped.append(step_logits)
-    torch.testing.assert_close(prefilled, logits[:, :11], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(torch.stack(stepped, dim=1), logits[:, 11:], atol=1e-5, rtol=1e-4)
-    assert model.state_size(23) == rk.mixers.state_numel(state.layers) // 2
+    assert_prefill_then_steps_match_the_parallel_form(model, prefix_len=torch.tensor([7, 11]))
 
 
 def test_jrt_rnn_rejects_bad_arguments():
