@@ -17,6 +17,7 @@ from recallkit.errors import RecallkitError
 from recallkit.inference.kv_memory import default_kv_numbers_per_token
 from recallkit.mixers import MIXERS
 from recallkit.report import frontier_points, write_report
+from recallkit.sweep.doctor import diagnose
 from recallkit.sweep import load_sweep, run_sweep
 from recallkit.sweep.load import one_line
 from recallkit.tasks import TASKS
@@ -76,6 +77,34 @@ def run(
 ) -> None:
     """Run (or resume) a sweep into OUT/results.sqlite and write the report."""
     _run_and_report(sweep, out, executor, workers, quiet)
+
+
+def _some(run_ids: list[str], shown: int = 5) -> str:
+    more = f" and {len(run_ids) - shown} more" if len(run_ids) > shown else ""
+    return ", ".join(run_ids[:shown]) + more
+
+
+@app.command()
+@_one_line_errors
+def doctor(
+    out: Annotated[Path, typer.Argument(help="results directory of a sweep")],
+    repair: Annotated[bool, typer.Option(help="reset stale `running` and corrupt rows so they rerun")] = False,
+) -> None:
+    """Check OUT/results.sqlite for what a crash leaves behind (stale running rows, corrupt rows)."""
+    found = diagnose(out, repair=repair)
+    counts = ", ".join(f"{n} {status}" for status, n in found.counts.items() if n) or "no runs"
+    console.print(f"{found.path}: {counts}; integrity {found.integrity}"
+                  + ("; a sweep is writing it now" if found.sweep_running else ""))
+    if found.stale:
+        console.print(f"{len(found.stale)} stale running rows (their driver is gone): {_some(found.stale)}")
+    if found.corrupt:
+        console.print(f"{len(found.corrupt)} rows with corrupt JSON: {_some(found.corrupt)}")
+    if found.repaired:
+        console.print(f"repaired {found.repaired} rows: they rerun on the next `recallkit run`")
+    elif (found.stale or found.corrupt) and not repair:
+        console.print("run `recallkit doctor OUT --repair` to reset them")
+    if found.healthy or found.repaired:
+        console.print("ok")
 
 
 @app.command()

@@ -13,14 +13,22 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from recallkit.config import RunConfig
+from recallkit.sweep.lock import writer_lock
 from recallkit.sweep.store import Store
 from recallkit.train import StepCallback, train
 
@@ -75,7 +83,8 @@ def run_sweep(
         raise ValueError(f"unknown executor {executor!r}; use serial or process")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    with Store(Path(out_dir) / RESULTS_FILE) as store:
+    with writer_lock(Path(out_dir)), Store(Path(out_dir) / RESULTS_FILE) as store:
+        store.reset_running()  # we hold the lock: any `running` row is a killed driver's
         store.add(configs)
         todo = store.unfinished(configs)
         with _progress(quiet) as progress:
@@ -115,9 +124,17 @@ def _run_processes(todo: list[RunConfig], store: Store, workers: int, finish) ->
     context = multiprocessing.get_context("spawn")  # no forked torch thread pools
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                              initargs=(threads_per_worker(workers),)) as pool:
-        futures = {}
-        for config in todo:
-            store.mark_running(config.run_id)
-            futures[pool.submit(execute, config.canonical_json())] = config
-        for future in as_completed(futures):
-            finish(futures[future], future.result())
+        queue, running = list(todo), {}
+
+        def submit() -> None:  # keep one run per worker in flight, so `running` means running
+            while queue and len(running) < workers:
+                config = queue.pop(0)
+                store.mark_running(config.run_id)
+                running[pool.submit(execute, config.canonical_json())] = config
+
+        submit()
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                finish(running.pop(future), future.result())
+            submit()

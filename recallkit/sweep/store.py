@@ -107,6 +107,20 @@ class Store:
         )
         self.db.commit()
 
+    def reset_running(self, run_ids: list[str] | None = None) -> int:
+        """Turn ``running`` rows (all, or ``run_ids``) back to ``pending``; returns how many.
+
+        Only safe when no sweep is writing: a row left ``running`` then belongs to a killed driver.
+        """
+        query = "UPDATE runs SET status = 'pending', updated_at = ? WHERE status = 'running'"
+        params: list[Any] = [time.time()]
+        if run_ids is not None:
+            query += f" AND run_id IN ({','.join('?' * len(run_ids))})"
+            params += run_ids
+        changed = self.db.execute(query, params).rowcount
+        self.db.commit()
+        return changed
+
     def record(self, run_id: str, outcome: dict[str, Any]) -> None:
         """Store a run's outcome: status, metrics, state_size, num_params, wall_time, error."""
         if outcome["status"] not in STATUSES:

@@ -1,0 +1,74 @@
+"""Check and repair a results directory: `recallkit doctor DIR [--repair]`.
+
+Finds what a crash can leave behind: ``running`` rows of a driver that no longer runs (stale),
+rows whose JSON cannot be decoded, and SQLite-level damage. Repair turns stale rows back to
+``pending`` and corrupt rows to ``failed`` (both rerun on the next ``recallkit run``); finished
+runs are never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from recallkit.errors import RecallkitError
+from recallkit.sweep.lock import is_locked
+from recallkit.sweep.runner import RESULTS_FILE
+from recallkit.sweep.store import STATUSES, Store
+
+
+@dataclass
+class Diagnosis:
+    """What ``diagnose`` found (and, with ``repair``, fixed)."""
+
+    path: Path
+    integrity: str
+    counts: dict[str, int]
+    sweep_running: bool
+    stale: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+    repaired: int = 0
+
+    @property
+    def healthy(self) -> bool:
+        return self.integrity == "ok" and not self.stale and not self.corrupt
+
+
+def diagnose(out_dir: str | Path, repair: bool = False) -> Diagnosis:
+    """Inspect ``out_dir/results.sqlite``; with ``repair``, reset stale and corrupt rows so they rerun.
+
+    Raises:
+        RecallkitError: no database, or one SQLite cannot read at all.
+    """
+    out_dir = Path(out_dir)
+    live = is_locked(out_dir)
+    with Store(out_dir / RESULTS_FILE, create=False) as store:
+        try:
+            integrity = "; ".join(row[0] for row in store.db.execute("PRAGMA integrity_check"))
+            rows = store.db.execute("SELECT run_id, status, config, metrics FROM runs").fetchall()
+        except sqlite3.DatabaseError as error:
+            raise RecallkitError(f"{store.path} is damaged beyond reading ({error})") from None
+        counts = {status: sum(r[1] == status for r in rows) for status in STATUSES}
+        stale = [] if live else [run_id for run_id, status, _, _ in rows if status == "running"]
+        corrupt = [run_id for run_id, _, config, metrics in rows if not _decodes(config, metrics)]
+        diagnosis = Diagnosis(store.path, integrity, counts, live, stale, corrupt)
+        if repair and (stale or corrupt):
+            if live:
+                raise RecallkitError(f"a sweep is writing {out_dir}; repair it after that sweep stops")
+            diagnosis.repaired = store.reset_running(stale) if stale else 0
+            for run_id in corrupt:
+                store.record(run_id, {"status": "failed", "error": "corrupt JSON found by recallkit doctor"})
+            diagnosis.repaired += len(corrupt)
+    return diagnosis
+
+
+def _decodes(*texts: str | None) -> bool:
+    try:
+        for text in texts:
+            if text:
+                json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True

@@ -1,0 +1,88 @@
+"""Crash safety: repeated SIGKILLs at random points, one writer per directory, `recallkit doctor`."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from recallkit.errors import RecallkitError
+from recallkit.sweep import Store, load_sweep, run_sweep
+from recallkit.sweep.doctor import diagnose
+from recallkit.sweep.lock import is_locked, writer_lock
+from tests.conftest import tiny_run
+
+
+def _rows(db):
+    with sqlite3.connect(db) as connection:
+        return connection.execute("SELECT run_id, status, updated_at FROM runs").fetchall()
+
+
+@pytest.mark.parametrize("executor", ["serial", "process"])
+def test_repeated_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, sweep_file, executor):
+    sweep, out = sweep_file(steps=60), tmp_path / "out"
+    db = out / "results.sqlite"
+    command = [sys.executable, "-m", "recallkit", "run", str(sweep), "--out", str(out), "--quiet",
+               "--executor", executor, "--workers", "2"]
+    rng = random.Random(0)
+    finished: dict[str, float] = {}  # run_id -> updated_at when first seen done: must never change
+    for _ in range(3):
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(2.0, 6.0))  # torch import + some runs: a random point in the sweep
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        if db.exists():
+            for run_id, status, updated_at in _rows(db):
+                if status == "done":
+                    assert finished.setdefault(run_id, updated_at) == updated_at
+    assert not is_locked(out)  # the lock died with the driver
+    rows = run_sweep(load_sweep(sweep), out, quiet=True)
+    assert len(rows) == len({r["run_id"] for r in rows}) == 8
+    assert all(r["status"] == "done" for r in rows)
+    assert all(r["updated_at"] == finished[r["run_id"]] for r in rows if r["run_id"] in finished)
+
+
+def test_a_second_writer_is_refused_while_the_first_runs(tmp_path):
+    with writer_lock(tmp_path):
+        assert is_locked(tmp_path)
+        with pytest.raises(RecallkitError, match=f"pid {os.getpid()}"):
+            run_sweep([tiny_run()], tmp_path, quiet=True)
+    assert not is_locked(tmp_path)
+
+
+def test_doctor_finds_and_repairs_stale_and_corrupt_rows_and_never_touches_finished(tmp_path):
+    configs = [tiny_run(seed=s) for s in range(4)]
+    with Store(tmp_path / "results.sqlite") as store:
+        store.add(configs)
+        store.record(configs[0].run_id, {"status": "done", "metrics": {"accuracy": 1.0}})
+        store.mark_running(configs[1].run_id)  # a driver killed mid-run
+        store.mark_running(configs[2].run_id)
+        store.db.execute("UPDATE runs SET metrics = '{broken' WHERE run_id = ?", (configs[3].run_id,))
+        store.db.commit()
+    found = diagnose(tmp_path)
+    assert found.integrity == "ok" and not found.healthy
+    assert sorted(found.stale) == sorted(c.run_id for c in configs[1:3]) and found.corrupt == [configs[3].run_id]
+    with writer_lock(tmp_path):  # a live sweep: its running rows are not stale, and no repair
+        assert diagnose(tmp_path).stale == []
+        with pytest.raises(RecallkitError, match="repair it after"):
+            diagnose(tmp_path, repair=True)
+    repaired = diagnose(tmp_path, repair=True)
+    assert repaired.repaired == 3 and diagnose(tmp_path).healthy
+    with Store(tmp_path / "results.sqlite") as store:
+        status = {r["run_id"]: r["status"] for r in store.rows()}
+    assert status == {configs[0].run_id: "done", configs[1].run_id: "pending", configs[2].run_id: "pending",
+                      configs[3].run_id: "failed"}
+
+
+def test_doctor_on_a_missing_or_unreadable_database_is_one_clear_error(tmp_path):
+    with pytest.raises(RecallkitError, match="no results database"):
+        diagnose(tmp_path)
+    (tmp_path / "results.sqlite").write_bytes(b"not a database" * 100)
+    with pytest.raises(RecallkitError, match="not a readable recallkit results database"):
+        diagnose(tmp_path)
