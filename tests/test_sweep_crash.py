@@ -19,9 +19,19 @@ from recallkit.sweep.lock import is_locked, writer_lock
 from tests.conftest import tiny_run
 
 
-def _rows(db):
-    with sqlite3.connect(db) as connection:
-        return connection.execute("SELECT run_id, status, updated_at FROM runs").fetchall()
+def _rows(db) -> list[tuple[str, str, float]]:
+    """(run_id, status, updated_at); empty before the sweep has created its database and table."""
+    if not db.exists():
+        return []
+    try:
+        with sqlite3.connect(db) as connection:
+            return connection.execute("SELECT run_id, status, updated_at FROM runs").fetchall()
+    except sqlite3.OperationalError:
+        return []
+
+
+def _done(db) -> int:
+    return sum(status == "done" for _, status, _ in _rows(db))
 
 
 @pytest.mark.parametrize("executor", ["serial", "process"])
@@ -32,15 +42,21 @@ def test_repeated_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, swe
                "--executor", executor, "--workers", "2"]
     rng = random.Random(0)
     finished: dict[str, float] = {}  # run_id -> updated_at when first seen done: must never change
-    for _ in range(3):
+    for kill in range(3):
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(2.0, 6.0))  # torch import + some runs: a random point in the sweep
+        if kill == 0:  # the first kill lands mid-sweep for sure: after two runs finished
+            deadline = time.time() + 120
+            while time.time() < deadline and _done(db) < 2:
+                time.sleep(0.05)
+        else:  # later kills at random points (torch import, between or inside runs)
+            time.sleep(rng.uniform(1.0, 5.0))
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
-        if db.exists():
-            for run_id, status, updated_at in _rows(db):
-                if status == "done":
-                    assert finished.setdefault(run_id, updated_at) == updated_at
+        if kill == 0:
+            assert 2 <= _done(db) < 8, "the first kill must land mid-sweep"
+        for run_id, status, updated_at in _rows(db):
+            if status == "done":
+                assert finished.setdefault(run_id, updated_at) == updated_at
     assert not is_locked(out)  # the lock died with the driver
     rows = run_sweep(load_sweep(sweep), out, quiet=True)
     assert len(rows) == len({r["run_id"] for r in rows}) == 8
