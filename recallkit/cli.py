@@ -53,11 +53,12 @@ def _frontier_table(rows: list[dict]) -> Table:
     return table
 
 
-def _run_and_report(sweep: Path, out: Path, executor: str, workers: int, quiet: bool) -> None:
+def _run_and_report(sweep: Path, out: Path, executor: str, workers: int, quiet: bool,
+                    device: str | None = None) -> None:
     configs = load_sweep(sweep)
     if not quiet:
         console.print(f"{len(configs)} runs from {sweep} -> {out}")
-    rows = run_sweep(configs, out, executor=executor, workers=workers, quiet=quiet)
+    rows = run_sweep(configs, out, executor=executor, workers=workers, quiet=quiet, device=device)
     failed = [r for r in rows if r["status"] == "failed"]
     console.print(_frontier_table(rows))
     for row in failed:
@@ -74,9 +75,11 @@ def run(
     executor: Annotated[str, typer.Option(help="serial | process")] = "serial",
     workers: Annotated[int, typer.Option(help="process workers")] = 2,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda for every run (default: each run's "
+                                                    "train.device); does not change run identities")] = None,
 ) -> None:
     """Run (or resume) a sweep into OUT/results.sqlite and write the report."""
-    _run_and_report(sweep, out, executor, workers, quiet)
+    _run_and_report(sweep, out, executor, workers, quiet, device)
 
 
 def _some(run_ids: list[str], shown: int = 5) -> str:

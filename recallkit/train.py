@@ -38,7 +38,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' requested but CUDA is not available")
+        raise ValueError("device='cuda' requested but CUDA is not available")
     return torch.device(device)
 
 
@@ -65,7 +65,7 @@ def _optimizer(model: LanguageModel, config: RunConfig) -> torch.optim.AdamW:
     )
 
 
-def train(config: RunConfig, on_step: StepCallback | None = None) -> RunResult:
+def train(config: RunConfig, on_step: StepCallback | None = None, device: str | None = None) -> RunResult:
     """Train the run's model on its task and evaluate it on every eval task.
 
     ``metrics`` holds the headline evaluation (the first eval task) at the top level and one entry
@@ -76,7 +76,7 @@ def train(config: RunConfig, on_step: StepCallback | None = None) -> RunResult:
     """
     start_time = time.perf_counter()
     tc = config.train
-    device = resolve_device(tc.device)
+    device = resolve_device(device or tc.device)  # an override is an execution detail, not the run's identity
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(tc.seed)
         model = build_model(config.model).to(device)
@@ -139,7 +139,7 @@ def train(config: RunConfig, on_step: StepCallback | None = None) -> RunResult:
         under_policy = evaluate(model, test_sets[0], policy=spec.policy, budget=spec.budget, mode=spec.mode)
         evals.append({"task": headline.name, "seq_len": headline.seq_len, "setting": headline.setting,
                       **under_policy})
-    metrics = {**metrics, "steps": step, "curve": curve, "evals": evals,
+    metrics = {**metrics, "device": device.type, "steps": step, "curve": curve, "evals": evals,
                "best_accuracy": max([c.get("accuracy", 0.0) for c in curve] + [metrics["accuracy"]])}
     return RunResult(
         status=status, metrics=metrics, state_size=model.state_size(config.test_tasks[0].seq_len),

@@ -40,7 +40,8 @@ def test_errors_are_one_line_with_nonzero_exit(tmp_path):
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
     assert "needs seq_len >= 2*num_kv_pairs*(num_passes+1) = 32; got seq_len=16" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
-    for args in (["list", "colours"], ["report", str(tmp_path / "nowhere")]):
+    for args in (["list", "colours"], ["report", str(tmp_path / "nowhere")],
+                 ["run", str(bad), "--out", str(tmp_path / "o2"), "--device", "tpu"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
 

@@ -37,10 +37,10 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
 
     real_train = runner.train
 
-    def flaky(config, on_step=None):
+    def flaky(config, on_step=None, device=None):
         if config.train.lr == 0.5:
             raise RuntimeError("boom")
-        return real_train(config, on_step)
+        return real_train(config, on_step, device)
 
     monkeypatch.setattr(runner, "train", flaky)
     rows = run_sweep([tiny_run(lr=0.5), tiny_run(lr=1e-3)], tmp_path, quiet=True)
@@ -82,3 +82,15 @@ def test_bad_sweep_files_are_rejected_with_one_line(tmp_path):
     assert "\n" not in str(error.value)
     with pytest.raises(RecallkitError, match="sweep file not found"):
         load_sweep(tmp_path / "missing.py")
+
+
+def test_a_device_override_runs_there_and_keeps_the_run_identity(tmp_path):
+    config = tiny_run()
+    rows = run_sweep([config], tmp_path / "a", quiet=True, device="cpu")
+    assert rows[0]["run_id"] == config.run_id and rows[0]["metrics"]["device"] == "cpu"
+    with pytest.raises(ValueError, match="unknown device"):
+        run_sweep([config], tmp_path / "b", quiet=True, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            run_sweep([config], tmp_path / "c", quiet=True, device="cuda")
+        assert not (tmp_path / "c" / "results.sqlite").exists()  # refused before anything ran

@@ -30,17 +30,18 @@ from rich.progress import (
 from recallkit.config import RunConfig
 from recallkit.sweep.lock import writer_lock
 from recallkit.sweep.store import Store
-from recallkit.train import StepCallback, train
+from recallkit.train import StepCallback, resolve_device, train
 
 Executor = Literal["serial", "process"]
 RESULTS_FILE = "results.sqlite"
 
 
-def execute(config_json: str, on_step: StepCallback | None = None) -> dict[str, Any]:
-    """Train one run from its canonical JSON; return its outcome for ``Store.record``."""
+def execute(config_json: str, on_step: StepCallback | None = None, device: str | None = None) -> dict[str, Any]:
+    """Train one run from its canonical JSON (on ``device`` if given, else the config's); return its
+    outcome for ``Store.record``."""
     config = RunConfig.model_validate_json(config_json)
     try:
-        result = train(config, on_step=on_step)
+        result = train(config, on_step=on_step, device=device)
     except Exception as error:  # a failing run is recorded, the sweep goes on
         tail = traceback.format_exc(limit=-3)
         return {"status": "failed", "error": f"{type(error).__name__}: {error}\n{tail}"}
@@ -72,9 +73,12 @@ def _progress(quiet: bool) -> Progress:
 
 def run_sweep(
     configs: list[RunConfig], out_dir: str | Path, executor: Executor = "serial", workers: int = 1,
-    quiet: bool = False, on_outcome: Callable[[RunConfig, dict], None] | None = None,
+    quiet: bool = False, on_outcome: Callable[[RunConfig, dict], None] | None = None, device: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run every unfinished config and record it in ``out_dir/results.sqlite``.
+
+    ``device`` (auto | cpu | cuda) overrides every run's ``train.device`` without changing its
+    identity, so a sweep started on one machine resumes on another.
 
     Returns:
         All rows of the store after the sweep (see ``Store.rows``).
@@ -83,6 +87,10 @@ def run_sweep(
         raise ValueError(f"unknown executor {executor!r}; use serial or process")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if device is not None:
+        if device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda")
+        resolve_device(device)  # fail before any run starts
     with writer_lock(Path(out_dir)), Store(Path(out_dir) / RESULTS_FILE) as store:
         store.reset_running()  # we hold the lock: any `running` row is a killed driver's
         store.add(configs)
@@ -100,13 +108,13 @@ def run_sweep(
                     on_outcome(config, outcome)
 
             if executor == "serial" or len(todo) <= 1:
-                _run_serial(todo, store, progress, finish)
+                _run_serial(todo, store, progress, finish, device)
             else:
-                _run_processes(todo, store, workers, finish)
+                _run_processes(todo, store, workers, finish, device)
         return store.rows()
 
 
-def _run_serial(todo: list[RunConfig], store: Store, progress: Progress, finish) -> None:
+def _run_serial(todo: list[RunConfig], store: Store, progress: Progress, finish, device: str | None) -> None:
     for config in todo:
         store.mark_running(config.run_id)
         run_task = progress.add_task(f"  {config.display_label} d={config.model.d_model}",
@@ -115,12 +123,12 @@ def _run_serial(todo: list[RunConfig], store: Store, progress: Progress, finish)
         def on_step(s: dict, run_task=run_task) -> None:
             progress.update(run_task, completed=s["step"], info=f"loss {s['loss']:.3f} acc {s['accuracy']:.3f}")
 
-        outcome = execute(config.canonical_json(), on_step)
+        outcome = execute(config.canonical_json(), on_step, device)
         progress.remove_task(run_task)
         finish(config, outcome)
 
 
-def _run_processes(todo: list[RunConfig], store: Store, workers: int, finish) -> None:
+def _run_processes(todo: list[RunConfig], store: Store, workers: int, finish, device: str | None) -> None:
     context = multiprocessing.get_context("spawn")  # no forked torch thread pools
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                              initargs=(threads_per_worker(workers),)) as pool:
@@ -130,7 +138,7 @@ def _run_processes(todo: list[RunConfig], store: Store, workers: int, finish) ->
             while queue and len(running) < workers:
                 config = queue.pop(0)
                 store.mark_running(config.run_id)
-                running[pool.submit(execute, config.canonical_json())] = config
+                running[pool.submit(execute, config.canonical_json(), None, device)] = config
 
         submit()
         while running:
