@@ -17,8 +17,8 @@ from recallkit.errors import RecallkitError
 from recallkit.inference.kv_memory import default_kv_numbers_per_token
 from recallkit.mixers import MIXERS
 from recallkit.report import frontier_points, write_report
-from recallkit.sweep.doctor import diagnose
 from recallkit.sweep import load_sweep, run_sweep
+from recallkit.sweep.doctor import diagnose
 from recallkit.sweep.load import one_line
 from recallkit.tasks import TASKS
 
