@@ -75,16 +75,10 @@ def predict_with_policy(model: LanguageModel, inputs: Tensor, context_len: int, 
         if t + 1 == context_len:
             for cache in caches:
                 cache.compress()
-    attention = [a for a in (_attention_in(b.mixer) for b in model.blocks) if a is not None]
+    attention = [b.mixer.core for b in model.blocks if isinstance(b.mixer.core, Attention)]
     others = model.state_size(T) - sum(a.state_size(T) for a in attention)  # e.g. short-conv tails
     return predictions, others + sum(cache.numel() for cache in caches) // B
 
-
-def _attention_in(mixer: torch.nn.Module) -> Attention | None:
-    """The softmax attention a layer's mixer is (or wraps), or None."""
-    while not isinstance(mixer, Attention) and hasattr(mixer, "inner"):
-        mixer = mixer.inner
-    return mixer if isinstance(mixer, Attention) else None
 
 
 def evaluate_with_policy(model: LanguageModel, batch: Batch, policy: str | dict | Policy, budget: Budget,

@@ -53,6 +53,5 @@ def default_kv_numbers_per_token(key: str, d_model: int = 128) -> int | None:
 
 
 def _mixer_numbers(mixer: Mixer) -> int | None:
-    inner = getattr(mixer, "inner", mixer)  # ShortConvMixer wraps the cache-holding mixer
-    method = getattr(inner, "kv_numbers_per_token", None)
+    method = getattr(mixer.core, "kv_numbers_per_token", None)  # a short-conv wrapper's tail is fixed
     return None if method is None else method()

@@ -65,6 +65,11 @@ class Mixer(nn.Module):
         """Recurrent form: one token x_t (B, D) -> (y_t (B, D), new state)."""
         raise NotImplementedError
 
+    @property
+    def core(self) -> Mixer:
+        """The mixer doing the sequence mixing: itself, or the one a wrapper (short conv) wraps."""
+        return self
+
     def state_size(self, seq_len: int) -> int:
         """Numbers (elements) of state held per sequence after ``seq_len`` tokens."""
         raise NotImplementedError

@@ -38,6 +38,10 @@ class ShortConvMixer(Mixer):
         self.conv_weight = nn.Parameter(torch.empty(inner.d_model, kernel_size).uniform_(-bound, bound))
         self.conv_bias = nn.Parameter(torch.empty(inner.d_model).uniform_(-bound, bound))
 
+    @property
+    def core(self) -> Mixer:
+        return self.inner.core
+
     def forward(self, x: Tensor, prefix_len: Tensor | None = None) -> Tensor:
         return self.inner(short_conv(x, self.conv_weight, self.conv_bias)[0], prefix_len)
 
