@@ -7,7 +7,7 @@ import torch
 
 import recallkit as rk
 from recallkit.inference import KVCache, evaluate_with_policy, evicting_state, make_policy, resolve_budget
-from recallkit.report import frontier_points
+from recallkit.report import frontier_points, write_report
 from recallkit.sweep import Store, run_sweep
 
 ATTENTION = {"name": "attention", "num_heads": 4, "num_kv_heads": 2, "position": "rope"}
@@ -260,3 +260,5 @@ def test_eval_policies_become_evaluation_rows_in_the_store(tmp_path):
     label = config.display_label
     assert points == {("mqar T=16", label), ("mqar T=16, KV eviction (continuous)", f"{label} [window]"),
                       ("mqar T=16, KV eviction (prefill)", f"{label} [h2o]")}
+    page = write_report(tmp_path)[1].read_text()
+    assert "KV budget" in page and "<td>0.5</td>" in page and "<td>2</td>" in page

@@ -44,8 +44,10 @@ def write_html(rows: list[dict[str, Any]], points: list[dict[str, Any]], png: Pa
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no runs"
     frontier = "".join(
         f"<h3>{html.escape(panel)}</h3>" + _table(
-            ["model", "d_model", "state size (numbers)", "prefill tokens", "accuracy", "best lr", "params", "runs"],
-            [[p["label"], p["d_model"], f"{p['state_size']:,}", _fmt(p.get("prefill_tokens"), 1),
+            ["model", "d_model", "KV budget", "state size (numbers)", "prefill tokens", "accuracy", "best lr",
+             "params", "runs"],
+            [[p["label"], p["d_model"], "" if p.get("budget") is None else p["budget"], f"{p['state_size']:,}",
+              _fmt(p.get("prefill_tokens"), 1),
               _fmt(p["accuracy"]), p["lr"], f"{p['num_params']:,}", p["runs"]]
              for p in points if p["panel"] == panel],
         )
