@@ -165,6 +165,7 @@ class EvalPolicy(StrictModel):
 
 LATER_FIELDS: dict[str, Any] = {
     "eval_policies": [], "train.mlm": False, "train.mlm_prob": 0.15, "train.mlm_weight": 0.25,
+    "eval_lengths": [],
 }
 """Dotted paths of RunConfig fields added after the first results, with their defaults."""
 
@@ -184,6 +185,11 @@ class RunConfig(StrictModel):
     eval_policies: list[EvalPolicy] = Field(
         default_factory=list,
         description="after training, evaluate on the first eval task under each KV-cache eviction policy",
+    )
+    eval_lengths: list[int] = Field(
+        default_factory=list,
+        description="after training, evaluate the first eval task at each of these lengths (copy length, "
+        "string length, phone-book entries: its length axis), e.g. beyond the training range",
     )
 
     @field_validator("task", mode="before")
@@ -206,8 +212,17 @@ class RunConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _check_lengths(self) -> RunConfig:
+        if self.eval_lengths and not callable(getattr(self.test_tasks[0], "at_length", None)):
+            raise ValueError(f"eval_lengths needs a task with a length axis (copy, ngram_lookup, phonebook); "
+                             f"task {self.test_tasks[0].name!r} has none")
+        if any(length < 1 for length in self.eval_lengths):
+            raise ValueError(f"eval_lengths must be >= 1; got {self.eval_lengths}")
+        return self
+
+    @model_validator(mode="after")
     def _check_vocab(self) -> RunConfig:
-        for task in (self.task, *self.eval_tasks):
+        for task in (self.task, *self.eval_tasks, *self.length_tasks.values()):
             if task.vocab_size > self.model.vocab_size:
                 raise ValueError(
                     f"model.vocab_size={self.model.vocab_size} is smaller than the task's "
@@ -223,6 +238,11 @@ class RunConfig(StrictModel):
     def test_tasks(self) -> list[TaskConfig]:
         """The tasks used for evaluation, the first one being the headline."""
         return list(self.eval_tasks) or [self.task]
+
+    @property
+    def length_tasks(self) -> dict[int, TaskConfig]:
+        """The headline task at each of ``eval_lengths`` (validated to have a length axis)."""
+        return {length: self.test_tasks[0].at_length(length) for length in self.eval_lengths}
 
     @property
     def display_label(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from recallkit.generation import greedy_predictions
 from recallkit.inference.cache import Mode
 from recallkit.inference.decode import Budget, evaluate_with_policy
 from recallkit.inference.policies import Policy
@@ -13,13 +14,16 @@ from recallkit.tasks.base import IGNORE_INDEX, Batch
 
 
 def _accuracies(correct: Tensor, scored: Tensor) -> dict[str, float]:
-    """correct, scored: (N, T) bool. Sequences without a scored position are left out."""
+    """correct, scored: (N, T) bool. Sequences without a scored position are left out; ``exact_match``
+    is the fraction of sequences with every scored position right (string-level accuracy)."""
     per_sequence_total = scored.sum(1)
     has_labels = per_sequence_total > 0
     per_sequence = (correct & scored).sum(1)[has_labels] / per_sequence_total[has_labels]
     return {
         "accuracy": per_sequence.float().mean().item() if has_labels.any() else float("nan"),
         "token_accuracy": ((correct & scored).sum() / scored.sum().clamp(min=1)).item(),
+        "exact_match": (((correct | ~scored).all(1))[has_labels]).float().mean().item()
+        if has_labels.any() else float("nan"),
         "num_examples": int(has_labels.sum()),
     }
 
@@ -36,7 +40,7 @@ def predict(model: LanguageModel, batch: Batch, batch_size: int = 256) -> Tensor
 
 
 def evaluate(model: LanguageModel, batch: Batch, batch_size: int = 256, policy: str | dict | Policy | None = None,
-             budget: Budget | None = None, mode: Mode = "continuous") -> dict:
+             budget: Budget | None = None, mode: Mode = "continuous", greedy: bool = False) -> dict:
     """Score ``model`` on ``batch``, in parallel form, or token by token with every attention layer's
     KV cache under an eviction ``policy`` (see ``recallkit.inference``).
 
@@ -45,11 +49,15 @@ def evaluate(model: LanguageModel, batch: Batch, batch_size: int = 256, policy: 
         budget: with a policy: tokens per sequence and KV head, or a fraction of the context length.
         mode: with a policy: ``continuous`` (evict on every step) or ``prefill`` (compress once after
             the context).
+        greedy: also score free-running greedy generation of each sequence's answer through the
+            recurrent ``step`` path (``recallkit.generation``): adds ``greedy_accuracy``,
+            ``greedy_token_accuracy`` and ``greedy_exact_match``, overall and per slice.
 
     Returns:
         ``{"accuracy", "token_accuracy", "num_examples", "slices": {name: {value: {...}}}}`` where
         ``accuracy`` is the mean over sequences of the fraction of their labelled positions
-        predicted exactly, ``token_accuracy`` pools all labelled positions and ``prefill_tokens`` is
+        predicted exactly, ``token_accuracy`` pools all labelled positions, ``exact_match`` is the
+        fraction of sequences with all of them right (teacher-forced) and ``prefill_tokens`` is
         the mean context length (longer under read-twice prompting). With a policy also
         ``policy``, ``budget``, ``mode``, ``budget_tokens`` and ``state_size`` (numbers held per
         sequence at the end).
@@ -65,16 +73,25 @@ def evaluate(model: LanguageModel, batch: Batch, batch_size: int = 256, policy: 
         predictions = predict(model, batch, batch_size)
     else:
         predictions, info = evaluate_with_policy(model, batch, policy, budget, mode, batch_size)
+    if greedy and policy is not None:
+        raise ValueError("greedy generation runs without an eviction policy")
+    generated = greedy_predictions(model, batch, batch_size) if greedy else None
     model.train(was_training)
     scored = batch.labels != IGNORE_INDEX
     correct = predictions == batch.labels
-    metrics: dict = {**_accuracies(correct, scored), **info}
+    greedy_correct = None if generated is None else generated == batch.labels
+
+    def scores(rows: Tensor | slice) -> dict:
+        out = _accuracies(correct[rows], scored[rows])
+        if greedy_correct is not None:
+            out |= {f"greedy_{k}": v for k, v in _accuracies(greedy_correct[rows], scored[rows]).items()
+                    if k != "num_examples"}
+        return out
+
+    metrics: dict = {**scores(slice(None)), **info}
     metrics["prefill_tokens"] = batch.prefix_len.float().mean().item()  # context read before answering
     metrics["slices"] = {
-        name: {
-            str(int(value)): _accuracies(correct[values == value], scored[values == value])
-            for value in torch.unique(values)
-        }
+        name: {str(int(value)): scores(values == value) for value in torch.unique(values)}
         for name, values in batch.slices.items()
     }
     return metrics

@@ -65,6 +65,11 @@ def _optimizer(model: LanguageModel, config: RunConfig) -> torch.optim.AdamW:
     )
 
 
+def _generative(task) -> bool:
+    """Whether the task's answer is one span that greedy generation is scored on."""
+    return bool(getattr(task, "generative", False))
+
+
 def train(config: RunConfig, on_step: StepCallback | None = None, device: str | None = None) -> RunResult:
     """Train the run's model on its task and evaluate it on every eval task.
 
@@ -126,21 +131,28 @@ def train(config: RunConfig, on_step: StepCallback | None = None, device: str | 
             on_step({"step": step, "max_steps": tc.max_steps, "loss": loss.item(), "accuracy": accuracy})
         if metrics is not None and tc.early_stop_accuracy and accuracy >= tc.early_stop_accuracy:
             break
-    if metrics is None:
-        metrics = evaluate(model, test_sets[0])
-    finals = [metrics] + [evaluate(model, data) for data in test_sets[1:]]
+    headline = config.test_tasks[0]
+    if metrics is None or _generative(headline):  # the final headline metrics carry the greedy scores too
+        metrics = evaluate(model, test_sets[0], greedy=_generative(headline))
+    finals = [metrics] + [evaluate(model, data, greedy=_generative(task))
+                          for task, data in zip(config.test_tasks[1:], test_sets[1:])]
     evals = [
         {"task": task.name, "seq_len": task.seq_len, "setting": task.setting,
          "state_size": model.state_size(task.seq_len), **final}
         for task, final in zip(config.test_tasks, finals)
     ]
-    headline = config.test_tasks[0]
+    for length, task in config.length_tasks.items():  # length generalisation: the headline at other lengths
+        final = evaluate(model, task.generate(tc.num_test_examples, eval_seed(tc.seed)), greedy=_generative(task))
+        evals.append({"task": task.name, "seq_len": task.seq_len, "setting": headline.setting, "length": length,
+                      "state_size": model.state_size(task.seq_len), **final})
     for spec in config.eval_policies:  # state_size comes with each: what that budget holds
         under_policy = evaluate(model, test_sets[0], policy=spec.policy, budget=spec.budget, mode=spec.mode)
         evals.append({"task": headline.name, "seq_len": headline.seq_len, "setting": headline.setting,
                       **under_policy})
     metrics = {**metrics, "device": device.type, "steps": step, "curve": curve, "evals": evals,
                "best_accuracy": max([c.get("accuracy", 0.0) for c in curve] + [metrics["accuracy"]])}
+    if callable(getattr(config.task, "length_range", None)):
+        metrics["train_length_range"] = list(config.task.length_range())
     return RunResult(
         status=status, metrics=metrics, state_size=model.state_size(config.test_tasks[0].seq_len),
         num_params=model.num_params(), wall_time=time.perf_counter() - start_time, model=model, curve=curve,

@@ -33,7 +33,8 @@ def evaluations(row: dict[str, Any]) -> list[dict[str, Any]]:
     The panel is the task's ``setting`` (read-twice runs share the panel of the task they read).
     Diverged runs count with accuracy 0. An evaluation under a KV-cache eviction policy goes to the
     panel "<task> T=<n>, KV eviction (<mode>)", with the ``series`` " [policy]" appended to the
-    run's label, and its ``budget``.
+    run's label, and its ``budget``. Evaluations at other lengths (``RunConfig.eval_lengths``) are
+    left out: ``recallkit.report.length_curves`` draws them.
     """
     metrics = row["metrics"] or {}
     evals = metrics.get("evals") or [
@@ -47,7 +48,7 @@ def evaluations(row: dict[str, Any]) -> list[dict[str, Any]]:
          "state_size": e["state_size"], "accuracy": e["accuracy"] if row["status"] == "done" else 0.0,
          "series": f" [{e['policy']}]" if e.get("policy") else "", "budget": e.get("budget"),
          "prefill_tokens": e.get("prefill_tokens")}
-        for e in evals
+        for e in evals if "length" not in e  # length-generalisation evals have their own plot
     ]
 
 

@@ -5,7 +5,12 @@ from typing import Any
 from recallkit.config import TaskConfig
 from recallkit.errors import RecallkitError
 from recallkit.tasks.base import IGNORE_INDEX, Batch, eval_seed, train_seed
+from recallkit.tasks.copy import CopyConfig
+from recallkit.tasks.lengths import LengthAxis, has_length_axis
 from recallkit.tasks.mqar import MQARConfig
+from recallkit.tasks.ngram_lookup import NgramLookupConfig
+from recallkit.tasks.phonebook import PhonebookConfig
+from recallkit.tasks.reversal import ReversalConfig
 from recallkit.tasks.set_disjointness import SetDisjointnessConfig
 from recallkit.tasks.transforms import ReadTwiceConfig, read_twice
 
@@ -13,6 +18,10 @@ TASKS: dict[str, type[TaskConfig]] = {
     "mqar": MQARConfig,
     "set_disjointness": SetDisjointnessConfig,
     "read_twice": ReadTwiceConfig,
+    "copy": CopyConfig,
+    "ngram_lookup": NgramLookupConfig,
+    "phonebook": PhonebookConfig,
+    "reversal": ReversalConfig,
 }
 
 
@@ -24,6 +33,7 @@ def make_task(key: str, **fields: Any) -> TaskConfig:
 
 
 __all__ = [
-    "IGNORE_INDEX", "TASKS", "Batch", "MQARConfig", "ReadTwiceConfig", "SetDisjointnessConfig",
-    "eval_seed", "make_task", "read_twice", "train_seed",
+    "IGNORE_INDEX", "TASKS", "Batch", "CopyConfig", "LengthAxis", "MQARConfig", "NgramLookupConfig",
+    "PhonebookConfig", "ReadTwiceConfig", "ReversalConfig", "SetDisjointnessConfig", "eval_seed",
+    "has_length_axis", "make_task", "read_twice", "train_seed",
 ]

@@ -1,0 +1,108 @@
+"""Length generalisation: accuracy against length per model, training range shaded, information bound.
+
+A run with ``eval_lengths`` carries one evaluation per length (each with a ``length`` key); with
+the ``length`` slice of its other evaluations they give one curve per model. For models whose
+state does not grow with the length (recurrent), the curve is marked where the answer's
+information ``L * bits_per_unit`` exceeds the state's ``state_size * 32`` bits (float32): no such
+model can be exact beyond it (Jelassi et al. 2024, arXiv 2402.01032).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from recallkit.config import TaskConfig, _resolve
+
+BITS_PER_NUMBER = 32
+"""State numbers are float32."""
+
+
+def _metric(scores: dict[str, Any]) -> float:
+    """Whole-answer accuracy (string-level for copy) when the task reports it, else per-sequence."""
+    return scores.get("exact_match", scores["accuracy"])
+
+
+def length_curve(row: dict[str, Any]) -> dict[str, Any] | None:
+    """One run's curve ``{"panel", "label", "d_model", "lr", "points": [(L, accuracy, state_size)],
+    "train_range", "fixed_state", "bound"}``, or None when the run has no length evaluations."""
+    metrics = row["metrics"] or {}
+    evals = [e for e in metrics.get("evals") or [] if not e.get("policy")]
+    if row["status"] != "done" or not any("length" in e for e in evals):
+        return None
+    by_length: dict[int, tuple[float, int]] = {}
+    for e in evals:
+        for length, scores in (e.get("slices") or {}).get("length", {}).items():
+            by_length.setdefault(int(length), (_metric(scores), e["state_size"]))
+        if "length" in e:  # a dedicated evaluation at this length wins over a slice of a mixed one
+            by_length[e["length"]] = (_metric(e), e["state_size"])
+    points = [(length, accuracy, state) for length, (accuracy, state) in sorted(by_length.items())]
+    at_length = sorted((e["length"], e["state_size"]) for e in evals if "length" in e)
+    fixed_state = len({state for _, state in at_length}) == 1 and len(at_length) > 1
+    bound = None
+    task: TaskConfig = _resolve(row["config"]["eval_tasks"][0] if row["config"].get("eval_tasks")
+                                else row["config"]["task"], "tasks", TaskConfig)
+    if fixed_state and callable(getattr(task, "bits_per_unit", None)):
+        bound = at_length[0][1] * BITS_PER_NUMBER / task.bits_per_unit()
+    return {
+        "panel": evals[0].get("setting", evals[0]["task"]), "label": row["label"],
+        "d_model": row["config"]["model"]["d_model"], "lr": row["config"]["train"]["lr"], "points": points,
+        "train_range": metrics.get("train_length_range"), "fixed_state": fixed_state, "bound": bound,
+        "unit": getattr(task, "length_unit", "length"), "headline": metrics.get("accuracy", 0.0),
+    }
+
+
+def length_curves(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The best learning rate's curve (by headline accuracy) per panel, model and width."""
+    best: dict[tuple, dict[str, Any]] = {}
+    for row in rows:
+        curve = length_curve(row)
+        if curve is None:
+            continue
+        key = (curve["panel"], curve["label"], curve["d_model"])
+        if key not in best or curve["headline"] > best[key]["headline"]:
+            best[key] = curve
+    return [best[key] for key in sorted(best)]
+
+
+def plot_length_curves(curves: list[dict[str, Any]], path: str | Path) -> Path:
+    """Draw accuracy (y) against length (x) per model, one panel per training setting; shade the
+    training range; a dotted line where a fixed-state model's information bound falls in range."""
+    path = Path(path)
+    panels = list(dict.fromkeys(c["panel"] for c in curves))
+    labels = sorted({(c["label"], c["d_model"]) for c in curves})
+    palette = plt.cm.tab10 if len(labels) <= 10 else plt.cm.tab20
+    colors = {label: palette(i % palette.N) for i, label in enumerate(labels)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), squeeze=False, sharey=True)
+    for ax, panel in zip(axes[0], panels):
+        lines = [c for c in curves if c["panel"] == panel]
+        shaded = {tuple(c["train_range"]) for c in lines if c["train_range"]}
+        for lo, hi in shaded:
+            ax.axvspan(lo - 0.5, hi + 0.5, color="0.85", zorder=0, label="training lengths")
+        longest = max(length for c in lines for length, _, _ in c["points"])
+        for c in lines:
+            color = colors[(c["label"], c["d_model"])]
+            name = f"{c['label']} d={c['d_model']}"
+            if c["bound"] is not None:
+                name += f" (bound L*={c['bound']:,.0f})"
+                if c["bound"] <= longest:
+                    ax.axvline(c["bound"], color=color, linestyle=":", linewidth=1)
+            xs, ys, _ = zip(*c["points"])
+            ax.plot(xs, ys, "o-", color=color, label=name, markersize=3)
+        ax.set_ylim(-0.03, 1.05)
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel(f"length ({lines[0]['unit']})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    axes[0][0].set_ylabel("exact match (whole answer)")
+    fig.suptitle("Length generalisation (bound: L * bits per unit = state numbers * 32 bits)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path

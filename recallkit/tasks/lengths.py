@@ -1,0 +1,40 @@
+"""Tasks with a length axis (copy length, sequence length, phone-book entries): length generalisation.
+
+A task with a length axis draws a length per example from ``length_range()``, records it in the
+``length`` slice, and can be rebuilt at one fixed length with ``at_length(L)`` (with ``seq_len``
+grown to fit), which is how a run evaluates beyond its training range (``RunConfig.eval_lengths``).
+``bits_per_unit()`` is the information one unit of length carries (log2 of the alphabet for a
+uniformly random string), so ``L * bits_per_unit()`` bits is what a model must hold to answer
+(Jelassi et al. 2024, arXiv 2402.01032: a fixed state of b bits cannot copy more than b bits).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from recallkit.config import TaskConfig
+
+
+@runtime_checkable
+class LengthAxis(Protocol):
+    """What a task with a length axis provides besides the task contract."""
+
+    length_unit: str  # e.g. "characters", "tokens", "entries"
+
+    def length_range(self) -> tuple[int, int]:
+        """Lowest and highest length the task draws (inclusive)."""
+        ...
+
+    def at_length(self, length: int) -> TaskConfig:
+        """The same task with every example at ``length`` and ``seq_len`` exactly what that needs (so a
+        model's ``state_size(seq_len)`` is its state at the end of such an example)."""
+        ...
+
+    def bits_per_unit(self) -> float:
+        """Bits of information per unit of length that the answer depends on."""
+        ...
+
+
+def has_length_axis(task: TaskConfig) -> bool:
+    """Whether ``task`` can be evaluated at other lengths (implements :class:`LengthAxis`)."""
+    return isinstance(task, LengthAxis)
