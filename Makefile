@@ -5,6 +5,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test test-fast install clean
 
@@ -15,17 +16,22 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+# The tests also cover the Ray executor, so they install the `ray` extra; the demo does not need it.
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[test,ray]"
+	touch $(TEST_STAMP)
+
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/recallkit demo --out runs/quickstart
 
 # The fast suite, then the slow learning tests (both run in CI).
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q -s -m slow
 
-test-fast: $(STAMP)
+test-fast: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
 
 clean:

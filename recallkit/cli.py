@@ -16,10 +16,11 @@ from rich.table import Table
 from recallkit.errors import RecallkitError
 from recallkit.inference.kv_memory import default_kv_numbers_per_token
 from recallkit.mixers import MIXERS
-from recallkit.report import frontier_points, write_report
+from recallkit.report import frontier_points, write_compare, write_report
 from recallkit.sweep import load_sweep, run_sweep
 from recallkit.sweep.doctor import diagnose
 from recallkit.sweep.load import one_line
+from recallkit.sweep.ray_executor import RayOptions
 from recallkit.tasks import TASKS
 
 app = typer.Typer(help="recallkit: in-context recall vs inference state of sequence models.",
@@ -54,11 +55,12 @@ def _frontier_table(rows: list[dict]) -> Table:
 
 
 def _run_and_report(sweep: Path, out: Path, executor: str, workers: int, quiet: bool,
-                    device: str | None = None) -> None:
+                    device: str | None = None, ray_options: RayOptions | None = None) -> None:
     configs = load_sweep(sweep)
     if not quiet:
         console.print(f"{len(configs)} runs from {sweep} -> {out}")
-    rows = run_sweep(configs, out, executor=executor, workers=workers, quiet=quiet, device=device)
+    rows = run_sweep(configs, out, executor=executor, workers=workers, quiet=quiet, device=device,
+                     ray_options=ray_options)
     failed = [r for r in rows if r["status"] == "failed"]
     console.print(_frontier_table(rows))
     for row in failed:
@@ -72,14 +74,26 @@ def _run_and_report(sweep: Path, out: Path, executor: str, workers: int, quiet: 
 def run(
     sweep: Annotated[Path, typer.Argument(help="Python file exporting `configs: list[RunConfig]`")],
     out: Annotated[Path, typer.Option(help="results directory")],
-    executor: Annotated[str, typer.Option(help="serial | process")] = "serial",
-    workers: Annotated[int, typer.Option(help="process workers")] = 2,
+    executor: Annotated[str, typer.Option(help="serial | process | ray")] = "serial",
+    workers: Annotated[int, typer.Option(help="process workers; with ray, the most runs at a time "
+                                              "(fewer if the cluster fits fewer)")] = 2,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda for every run (default: each run's "
                                                     "train.device); does not change run identities")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="ray: cluster to use (host:port, ray://host:port, "
+                                                         "auto); default: RAY_ADDRESS, else a local Ray")] = None,
+    num_cpus: Annotated[float | None, typer.Option(help="ray: CPUs per run, also its torch threads",
+                                                   show_default="1")] = None,
+    num_gpus: Annotated[float | None, typer.Option(help="ray: GPUs per run", show_default="0")] = None,
 ) -> None:
     """Run (or resume) a sweep into OUT/results.sqlite and write the report."""
-    _run_and_report(sweep, out, executor, workers, quiet, device)
+    ray_options = None
+    if executor == "ray":
+        ray_options = RayOptions(address=ray_address, num_cpus=1 if num_cpus is None else num_cpus,
+                                 num_gpus=0 if num_gpus is None else num_gpus)
+    elif (ray_address, num_cpus, num_gpus) != (None, None, None):
+        raise RecallkitError("--ray-address, --num-cpus and --num-gpus need --executor ray")
+    _run_and_report(sweep, out, executor, workers, quiet, device, ray_options)
 
 
 def _some(run_ids: list[str], shown: int = 5) -> str:
@@ -112,9 +126,14 @@ def doctor(
 
 @app.command()
 @_one_line_errors
-def report(out: Annotated[Path, typer.Argument(help="results directory of a sweep")]) -> None:
-    """Write OUT/frontier.png and OUT/report.html from OUT/results.sqlite."""
-    png, page = write_report(out)
+def report(
+    dirs: Annotated[list[Path], typer.Argument(metavar="DIR",
+                                               help="results directory of a sweep; two or more: compare them")],
+    out: Annotated[Path | None, typer.Option(help="where to write the files (default: the first directory)")] = None,
+) -> None:
+    """Write DIR/frontier.png and DIR/report.html from DIR/results.sqlite; with several directories,
+    compare.png and compare.html with all of them on one frontier (labels prefixed by directory)."""
+    png, page = write_report(dirs[0], dest=out) if len(dirs) == 1 else write_compare(dirs, out)
     console.print(f"figure: {png}\nreport: {page}")
 
 

@@ -2,10 +2,48 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import recallkit as rk
-from recallkit.report import frontier_points, write_report
+from recallkit.report import frontier_points, write_compare, write_report
 from recallkit.sweep import Store
 from tests.conftest import tiny_run
+
+
+def synthetic_sweep(directory: Path, failed: bool = True) -> list[rk.RunConfig]:
+    """A results store without training: two families at two widths (curves, slices, a ``length``
+    slice over the training range 8-16 and evaluations at lengths 32 and 64), plus a failed and a
+    pending run when ``failed``."""
+    configs = []
+    for mixer in ("attention", "linear_attention"):
+        for d_model in (16, 32):
+            config = tiny_run().model_dump()
+            config["model"].update(d_model=d_model, mixer={"name": mixer})
+            configs.append(rk.RunConfig(**config))
+    broken = [tiny_run(lr=3e-3), tiny_run(lr=1e-2)] if failed else []
+    with Store(directory / "results.sqlite") as store:
+        store.add(configs + broken)
+        for i, config in enumerate(configs):
+            accuracy = 0.5 + 0.1 * i
+            lengths = {str(n): {"accuracy": accuracy * 8 / n, "token_accuracy": 0.5, "num_examples": 8}
+                       for n in (8, 16)}
+            beyond = [{"task": "mqar", "seq_len": 2 * n, "setting": "mqar T=16", "length": n, "state_size": 100,
+                       "accuracy": accuracy * 8 / n, "token_accuracy": 0.5, "num_examples": 8} for n in (32, 64)]
+            pairs = {str(n): {"accuracy": accuracy - 0.1 * j, "token_accuracy": 0.5, "num_examples": 16}
+                     for j, n in enumerate((2, 4))}
+            slices = {"num_kv_pairs": pairs, "length": lengths}
+            headline = {"accuracy": accuracy, "token_accuracy": accuracy, "num_examples": 32, "slices": slices}
+            metrics = {**headline, "steps": 20, "train_length_range": [8, 16],
+                       "curve": [{"step": 10, "loss": 3.0 - i * 0.1, "accuracy": 0.2},
+                                 {"step": 20, "loss": 1.0 - i * 0.1, "accuracy": accuracy}],
+                       "evals": [{"task": "mqar", "seq_len": 16, "setting": "mqar T=16", "state_size": 100 * (i + 1),
+                                  **headline}, *beyond]}
+            store.record(config.run_id, {"status": "done", "metrics": metrics, "state_size": 100 * (i + 1),
+                                         "num_params": 9, "wall_time": 1.5})
+        if broken:
+            store.record(broken[0].run_id, {"status": "failed", "error": "RuntimeError: out of <memory>\ntrace"})
+    return configs + broken
 
 
 def row(run_id, label, d, lr, accuracy, status="done", T=64, state=100):
@@ -33,7 +71,135 @@ def test_report_on_an_empty_sweep_renders_with_a_message(tmp_path):
     Store(tmp_path / "results.sqlite").close()
     png, page = write_report(tmp_path)
     assert png.stat().st_size > 0
-    assert "No finished runs yet" in page.read_text()
+    html = page.read_text()
+    assert "No finished runs yet" in html and html.rstrip().endswith("</html>")
+    assert "plotly.js v" not in html  # nothing to plot: the page stays small
+
+
+def test_report_on_a_partially_failed_sweep_says_so_and_plots_the_rest(tmp_path):
+    synthetic_sweep(tmp_path)
+    _, page = write_report(tmp_path)
+    html = page.read_text()
+    assert "Failed runs: 1 of 6, left out of the figures" in html and "RuntimeError: out of &lt;memory&gt;" in html
+    assert "Unfinished runs: 1 of 6" in html
+    assert 'id="frontier-plot"' in html and 'data-status="failed"' in html
+    assert '<input type="checkbox" value="failed" checked> failed (1)' in html
+
+
+def test_report_with_only_failed_and_pending_runs_explains_the_empty_frontier(tmp_path):
+    configs = [tiny_run(), tiny_run(lr=3e-3)]
+    with Store(tmp_path / "results.sqlite") as store:
+        store.add(configs)
+        store.record(configs[0].run_id, {"status": "failed", "error": "ValueError: bad\ntraceback"})
+    _, page = write_report(tmp_path)
+    html = page.read_text()
+    assert "No finished runs yet: 1 of 2 runs are pending or running and 1 failed" in html
+    assert "ValueError: bad" in html and 'id="frontier-plot"' not in html
+
+
+def test_report_is_one_self_contained_page_with_plotly_embedded_once(tmp_path):
+    synthetic_sweep(tmp_path)
+    _, page = write_report(tmp_path)
+    html = page.read_text()
+    assert html.count("* plotly.js v") == 1
+    assert not re.search(r"""<(script|img|link|iframe)[^>]+(src|href)=["']?(https?:)?//""", html)
+    for plot in ("frontier-plot", "length-plot", "curves-plot"):
+        assert html.count(f'id="{plot}"') == 1
+    assert 3e6 < len(html) < 6e6
+
+
+def test_frontier_hover_shows_the_run_config_and_the_eviction_policy():
+    from recallkit.report.interactive import frontier_figure
+
+    plain, evicted = row("a", "attention", 64, 1e-3, 0.9), row("b", "attention", 64, 1e-3, 0.8)
+    plain["config"]["model"]["mixer"] = {"name": "attention", "window": None, "position": "rope"}
+    evicted["metrics"]["evals"] = [
+        {"task": "mqar", "seq_len": 64, "state_size": 100, "accuracy": 0.8},
+        {"task": "mqar", "seq_len": 64, "state_size": 25, "accuracy": 0.4, "policy": "h2o", "budget": 0.25,
+         "budget_tokens": 16, "mode": "prefill", "policy_config": {"name": "h2o", "recent_ratio": 0.5}},
+    ]
+    figure = frontier_figure(frontier_points([plain, evicted]), [plain, evicted])
+    hovers = {trace.name + str(i): trace.hovertext for i, trace in enumerate(figure.data)}
+    text = " ".join(" ".join(h) for h in hovers.values())
+    assert "mixer: attention position=rope" in text and "window" not in text  # None = default, left out
+    assert "task: mqar seq_len=64" in text and "train: lr=0.001" in text and "run a" in text
+    assert "policy: h2o budget=0.25 (16 tokens) mode=prefill recent_ratio=0.5" in text
+    panels = [annotation.text for annotation in figure.layout.annotations]
+    assert panels == ["mqar T=64", "mqar T=64, KV eviction (prefill)"]
+    groups = {trace.legendgroup for trace in figure.data}
+    assert groups == {"attention", "attention [h2o]"}  # one legend group per family: a click toggles it
+    assert sum(bool(trace.showlegend) for trace in figure.data) == 2
+
+
+def test_slice_tables_show_multi_valued_slices_per_model(tmp_path):
+    from recallkit.report.load import read_rows
+    from recallkit.report.slices import slice_tables
+
+    synthetic_sweep(tmp_path)
+    rows = read_rows(tmp_path)
+    tables = {table.name: table for table in slice_tables(rows, frontier_points(rows))}
+    assert set(tables) == {"num_kv_pairs", "length"}
+    pairs = tables["num_kv_pairs"]
+    assert pairs.panel == "mqar T=16" and pairs.values == ["2", "4"]
+    assert [name for name, _ in pairs.rows] == ["attention d_model=16", "attention d_model=32",
+                                                "linear_attention(taylor) d_model=16",
+                                                "linear_attention(taylor) d_model=32"]
+    assert pairs.rows[1][1]["4"]["accuracy"] == 0.5
+    assert "mqar T=16: accuracy per num_kv_pairs" in write_report(tmp_path)[1].read_text()
+
+
+def test_learning_curves_have_a_legend_entry_per_run_and_a_family_menu(tmp_path):
+    from recallkit.report.curves import curves_figure
+    from recallkit.report.load import read_rows
+
+    synthetic_sweep(tmp_path)
+    figure = curves_figure(read_rows(tmp_path))
+    assert len(figure.data) == 8 and sum(bool(t.showlegend is not False) for t in figure.data) == 4
+    assert [button.label for button in figure.layout.updatemenus[0].buttons] == [
+        "all models", "attention", "linear_attention(taylor)"]
+    assert curves_figure([]) is None
+
+
+def test_compare_puts_two_directories_on_one_frontier(tmp_path):
+    first, second = tmp_path / "cpu", tmp_path / "gpu"
+    synthetic_sweep(first)
+    synthetic_sweep(second, failed=False)  # the same configs: the same run ids in both
+    png, page = write_compare([first, second])
+    assert (png, page) == (first / "compare.png", first / "compare.html") and png.stat().st_size > 0
+    html = page.read_text()
+    assert "recallkit: cpu vs gpu" in html and "cpu: attention" in html and "gpu: attention" in html
+    assert html.count('" data-status="') == 6 + 4  # every run of both, each in one table row
+    assert not (first / "report.html").exists()  # a comparison leaves the directory's own report alone
+    elsewhere = tmp_path / "out"
+    assert write_compare([first, second], elsewhere)[1] == elsewhere / "compare.html"
+
+
+def test_compare_names_clashing_directories_by_their_parent(tmp_path):
+    from recallkit.report.compare import source_names
+
+    assert source_names([tmp_path / "a" / "run", tmp_path / "b" / "run"]) == ["a/run", "b/run"]
+
+
+def test_report_command_compares_and_errors_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from recallkit.cli import app
+
+    first, second, empty = tmp_path / "first", tmp_path / "second", tmp_path / "empty"
+    synthetic_sweep(first)
+    synthetic_sweep(second, failed=False)
+    empty.mkdir()
+    runner = CliRunner()
+    result = runner.invoke(app, ["report", str(first), str(second), "--out", str(tmp_path / "both")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "both" / "compare.html").exists() and (tmp_path / "both" / "compare.png").exists()
+    result = runner.invoke(app, ["report", str(first), "--out", str(tmp_path / "single")])
+    assert result.exit_code == 0 and (tmp_path / "single" / "report.html").exists()
+    for args, message in (([str(first), str(tmp_path / "missing")], "is not a directory"),
+                          ([str(first), str(empty)], "no results database"),
+                          ([str(first), str(first)], "given twice")):
+        result = runner.invoke(app, ["report", *args])
+        assert result.exit_code == 1 and result.output.count("\n") == 1 and message in result.output, result.output
 
 
 def test_report_embeds_the_figure_and_lists_runs(tmp_path):
@@ -45,7 +211,6 @@ def test_report_embeds_the_figure_and_lists_runs(tmp_path):
     _, page = write_report(tmp_path)
     html = page.read_text()
     assert "data:image/png;base64," in html and config.run_id in html and "512" in html
-    assert "http://" not in html and "https://" not in html  # self-contained, works offline
 
 
 def test_a_run_evaluated_at_two_lengths_gives_a_point_in_each_panel():
@@ -97,7 +262,7 @@ def test_report_draws_the_width_figure_only_when_widths_vary(tmp_path):
                                          "num_params": 9, "wall_time": 1.5})
     _, page = write_report(tmp_path)
     assert (tmp_path / "width.png").stat().st_size > 0
-    assert page.read_text().count("data:image/png;base64,") == 2
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', page.read_text())) == 2
 
 
 def test_dense_point_tags_do_not_overlap():

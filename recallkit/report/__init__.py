@@ -1,28 +1,42 @@
-"""Reports of a sweep directory: the frontier PNG and a self-contained HTML page."""
+"""Reports of sweep directories: the frontier PNG and a self-contained interactive HTML page, for one
+directory (``write_report``) or several on one frontier (``write_compare``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from recallkit.report.compare import write_compare
 from recallkit.report.frontier import frontier_points, plot_frontier
 from recallkit.report.html import write_html
+from recallkit.report.length_curves import length_curves, plot_length_curves
+from recallkit.report.load import read_rows
 from recallkit.report.width import has_width_axis, plot_width_curves
-from recallkit.sweep.runner import RESULTS_FILE
-from recallkit.sweep.store import Store
 
 
-def write_report(out_dir: str | Path, title: str | None = None) -> tuple[Path, Path]:
-    """Read ``out_dir/results.sqlite`` and write ``frontier.png`` and ``report.html`` beside it, plus
-    ``width.png`` (accuracy vs width) when the sweep varied the model width."""
+def write_report(out_dir: str | Path, title: str | None = None, dest: str | Path | None = None) -> tuple[Path, Path]:
+    """Read ``out_dir/results.sqlite`` and write ``frontier.png`` and ``report.html``, plus ``width.png``
+    (accuracy vs width) when the sweep varied the model width and ``lengths.png`` (accuracy vs
+    length) when runs were evaluated at several lengths.
+
+    Args:
+        out_dir: the sweep directory.
+        title: page title; default ``recallkit: <directory name>``.
+        dest: where to write the files; default: ``out_dir`` itself.
+    """
     out_dir = Path(out_dir)
-    with Store(out_dir / RESULTS_FILE, create=False) as store:
-        rows = store.rows()
-    title = title or f"recallkit: {out_dir.name}"
+    rows = read_rows(out_dir)
+    dest = Path(dest) if dest is not None else out_dir
+    dest.mkdir(parents=True, exist_ok=True)
+    title = title or f"recallkit: {out_dir.resolve().name}"
     points = frontier_points(rows)
-    png = plot_frontier(points, out_dir / "frontier.png", title="Recall vs inference state")
-    width_png = plot_width_curves(points, out_dir / "width.png") if has_width_axis(points) else None
-    page = write_html(rows, points, png, out_dir / "report.html", title, width_png)
+    png = plot_frontier(points, dest / "frontier.png", title="Recall vs inference state")
+    pngs = [(png, "accuracy vs inference state")]
+    if has_width_axis(points):
+        pngs.append((plot_width_curves(points, dest / "width.png"), "accuracy vs model width"))
+    if curves := length_curves(rows):
+        pngs.append((plot_length_curves(curves, dest / "lengths.png"), "exact match vs length"))
+    page = write_html(rows, points, dest / "report.html", title, pngs)
     return png, page
 
 
-__all__ = ["frontier_points", "plot_frontier", "plot_width_curves", "write_html", "write_report"]
+__all__ = ["frontier_points", "plot_frontier", "plot_width_curves", "write_compare", "write_html", "write_report"]

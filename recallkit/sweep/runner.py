@@ -1,4 +1,4 @@
-"""Run a sweep into a results store with a serial or process-pool executor.
+"""Run a sweep into a results store with a serial, process-pool or Ray executor.
 
 The driver is the only writer of the store. A worker trains one run and returns its outcome as a
 plain dict; an exception becomes a ``failed`` outcome and never stops the sweep.
@@ -29,10 +29,11 @@ from rich.progress import (
 
 from recallkit.config import RunConfig
 from recallkit.sweep.lock import writer_lock
+from recallkit.sweep.ray_executor import RayOptions, import_ray, run_ray
 from recallkit.sweep.store import Store
 from recallkit.train import StepCallback, resolve_device, train
 
-Executor = Literal["serial", "process"]
+Executor = Literal["serial", "process", "ray"]
 RESULTS_FILE = "results.sqlite"
 
 
@@ -51,12 +52,17 @@ def execute(config_json: str, on_step: StepCallback | None = None, device: str |
     }
 
 
-def _init_worker(threads: int) -> None:
-    """Worker set-up: share the cores, and die with the driver (a killed sweep leaves no orphans)."""
+def _init_worker(threads: int, driver: int) -> None:
+    """Worker set-up: share the cores, and die with the driver (pid ``driver``), so that a killed
+    sweep leaves no orphans."""
     torch.set_num_threads(threads)
     if sys.platform.startswith("linux"):
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        # A driver killed while this worker was still starting (importing torch) died before the
+        # signal was armed: the worker would wait on its call queue forever.
+        if os.getppid() != driver:
+            os._exit(1)
 
 
 def threads_per_worker(workers: int) -> int:
@@ -74,22 +80,33 @@ def _progress(quiet: bool) -> Progress:
 def run_sweep(
     configs: list[RunConfig], out_dir: str | Path, executor: Executor = "serial", workers: int = 1,
     quiet: bool = False, on_outcome: Callable[[RunConfig, dict], None] | None = None, device: str | None = None,
+    ray_options: RayOptions | None = None,
 ) -> list[dict[str, Any]]:
     """Run every unfinished config and record it in ``out_dir/results.sqlite``.
 
     ``device`` (auto | cpu | cuda) overrides every run's ``train.device`` without changing its
     identity, so a sweep started on one machine resumes on another.
 
+    ``workers`` is the process pool's size; with Ray, the most runs in flight (fewer when the
+    cluster fits fewer). ``ray_options`` (only with ``executor="ray"``; default ``RayOptions()``)
+    says where Ray runs and what each run reserves.
+
     Returns:
         All rows of the store after the sweep (see ``Store.rows``).
     """
-    if executor not in ("serial", "process"):
-        raise ValueError(f"unknown executor {executor!r}; use serial or process")
+    if executor not in ("serial", "process", "ray"):
+        raise ValueError(f"unknown executor {executor!r}; use serial, process or ray")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    if device is not None:
-        if device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda")
+    if ray_options is not None and executor != "ray":
+        raise ValueError(f"Ray options need the ray executor, not {executor}")
+    if device is not None and device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda")
+    if executor == "ray":
+        ray_options = ray_options or RayOptions()
+        ray_options.check_device(device)  # the device is the workers', not this machine's
+        import_ray()  # fail before any run starts
+    elif device is not None:
         resolve_device(device)  # fail before any run starts
     with writer_lock(Path(out_dir)), Store(Path(out_dir) / RESULTS_FILE) as store:
         store.reset_running()  # we hold the lock: any `running` row is a killed driver's
@@ -107,7 +124,11 @@ def run_sweep(
                 if on_outcome is not None:
                     on_outcome(config, outcome)
 
-            if executor == "serial" or len(todo) <= 1:
+            if executor == "ray":  # even one run: it goes where its reserved resources are
+                if todo:
+                    say = progress.console.print if not quiet else lambda _: None
+                    run_ray(todo, store, workers, finish, device, ray_options, say)
+            elif executor == "serial" or len(todo) <= 1:
                 _run_serial(todo, store, progress, finish, device)
             else:
                 _run_processes(todo, store, workers, finish, device)
@@ -131,7 +152,7 @@ def _run_serial(todo: list[RunConfig], store: Store, progress: Progress, finish,
 def _run_processes(todo: list[RunConfig], store: Store, workers: int, finish, device: str | None) -> None:
     context = multiprocessing.get_context("spawn")  # no forked torch thread pools
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(threads_per_worker(workers),)) as pool:
+                             initargs=(threads_per_worker(workers), os.getpid())) as pool:
         queue, running = list(todo), {}
 
         def submit() -> None:  # keep one run per worker in flight, so `running` means running
