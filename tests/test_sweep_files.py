@@ -74,3 +74,27 @@ def test_jrt_sweep_compares_causal_read_twice_and_prefix_aware_at_equal_state():
         assert models["pla"].state_size(T) == models["linear_attention"].state_size(T)
         assert models["linear_attention"].state_size(twice_T) == models["linear_attention"].state_size(T)
         assert models["jrt_rnn"].state_size(T) == models["based"].state_size(T)
+
+
+def test_copying_sweep_evaluates_beyond_training_for_every_positional_scheme():
+    configs = load_sweep(SWEEPS / "copying.py")
+    copy = [c for c in configs if c.task.name == "copy"]
+    positions = {c.model.mixer.position for c in copy if c.model.mixer.name == "attention"}
+    assert positions == {"rope", "nope", "alibi", "hard_alibi"}
+    assert {"linear_attention", "mamba", "deltanet"} <= set().union(*(_keys(c) for c in copy))
+    for c in copy:
+        assert max(c.eval_lengths) >= 4 * c.task.max_len
+    books = [c for c in configs if c.task.name == "phonebook"]
+    assert books and all(max(c.eval_lengths) > c.task.max_entries for c in books)
+    for c in configs:
+        rk.build_model(c.model)
+        assert all(task.seq_len > 0 for task in c.length_tasks.values())
+    assert len({c.run_id for c in configs}) == len(configs)
+
+
+def test_reversal_sweep_probes_in_weights_and_in_context_recall():
+    configs = load_sweep(SWEEPS / "reversal.py")
+    modes = {(c.task.mode, c.test_tasks[0].mode) for c in configs}
+    assert modes == {("train", "test"), ("in_context", "in_context")}
+    for c in configs:
+        assert c.task.facts()[0].tolist() == c.test_tasks[0].facts()[0].tolist()  # the same facts
