@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-# The tests also cover the Ray executor, so they install the `ray` extra; the demo does not need it.
+# The tests also cover the Ray executor and W&B logging, so they install those extras; the demo does not.
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e ".[test,ray]"
+	$(BIN)/pip install --quiet -e ".[test,ray,wandb]"
 	touch $(TEST_STAMP)
 
 install: $(STAMP)

@@ -55,12 +55,18 @@ def _frontier_table(rows: list[dict]) -> Table:
 
 
 def _run_and_report(sweep: Path, out: Path, executor: str, workers: int, quiet: bool,
-                    device: str | None = None, ray_options: RayOptions | None = None) -> None:
+                    device: str | None = None, ray_options: RayOptions | None = None,
+                    wandb_project: str | None = None, wandb_mode: str = "offline") -> None:
     configs = load_sweep(sweep)
+    on_outcome = None
+    if wandb_project:
+        from recallkit.sweep.wandb_log import WandbLogger
+
+        on_outcome = WandbLogger(wandb_project, out, wandb_mode)
     if not quiet:
         console.print(f"{len(configs)} runs from {sweep} -> {out}")
     rows = run_sweep(configs, out, executor=executor, workers=workers, quiet=quiet, device=device,
-                     ray_options=ray_options)
+                     ray_options=ray_options, on_outcome=on_outcome)
     failed = [r for r in rows if r["status"] == "failed"]
     console.print(_frontier_table(rows))
     for row in failed:
@@ -85,6 +91,9 @@ def run(
     num_cpus: Annotated[float | None, typer.Option(help="ray: CPUs per run, also its torch threads",
                                                    show_default="1")] = None,
     num_gpus: Annotated[float | None, typer.Option(help="ray: GPUs per run", show_default="0")] = None,
+    wandb: Annotated[str | None, typer.Option(help="log each finished run to this W&B project "
+                                                   "(needs recallkit[wandb])")] = None,
+    wandb_mode: Annotated[str, typer.Option(help="offline (files in OUT/wandb, no network) | online")] = "offline",
 ) -> None:
     """Run (or resume) a sweep into OUT/results.sqlite and write the report."""
     ray_options = None
@@ -93,7 +102,7 @@ def run(
                                  num_gpus=0 if num_gpus is None else num_gpus)
     elif (ray_address, num_cpus, num_gpus) != (None, None, None):
         raise RecallkitError("--ray-address, --num-cpus and --num-gpus need --executor ray")
-    _run_and_report(sweep, out, executor, workers, quiet, device, ray_options)
+    _run_and_report(sweep, out, executor, workers, quiet, device, ray_options, wandb, wandb_mode)
 
 
 def _some(run_ids: list[str], shown: int = 5) -> str:

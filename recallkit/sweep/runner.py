@@ -11,10 +11,12 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
+from queue import Empty
 from typing import Any, Literal
 
 import torch
@@ -22,6 +24,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -80,7 +83,7 @@ def _progress(quiet: bool) -> Progress:
 def run_sweep(
     configs: list[RunConfig], out_dir: str | Path, executor: Executor = "serial", workers: int = 1,
     quiet: bool = False, on_outcome: Callable[[RunConfig, dict], None] | None = None, device: str | None = None,
-    ray_options: RayOptions | None = None,
+    ray_options: RayOptions | None = None, on_step: Callable[[RunConfig, dict], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every unfinished config and record it in ``out_dir/results.sqlite``.
 
@@ -90,6 +93,11 @@ def run_sweep(
     ``workers`` is the process pool's size; with Ray, the most runs in flight (fewer when the
     cluster fits fewer). ``ray_options`` (only with ``executor="ray"``; default ``RayOptions()``)
     says where Ray runs and what each run reserves.
+
+    ``on_outcome(config, outcome)`` is called in the driver after each run is recorded (e.g. W&B
+    logging); ``on_step(config, step)`` with the training progress of the runs in flight
+    (``{"step", "max_steps", "loss", "accuracy"}``; from process workers at most every
+    ``STEP_REPORT_SECONDS`` per run), which also drives the per-run progress bars.
 
     Returns:
         All rows of the store after the sweep (see ``Store.rows``).
@@ -129,41 +137,97 @@ def run_sweep(
                     say = progress.console.print if not quiet else lambda _: None
                     run_ray(todo, store, workers, finish, device, ray_options, say)
             elif executor == "serial" or len(todo) <= 1:
-                _run_serial(todo, store, progress, finish, device)
+                _run_serial(todo, store, progress, finish, device, on_step)
             else:
-                _run_processes(todo, store, workers, finish, device)
+                _run_processes(todo, store, workers, finish, device, progress, on_step)
         return store.rows()
 
 
-def _run_serial(todo: list[RunConfig], store: Store, progress: Progress, finish, device: str | None) -> None:
+def _run_task(progress: Progress, config: RunConfig) -> TaskID:
+    """A progress bar for one run in flight."""
+    return progress.add_task(f"  {config.display_label} d={config.model.d_model}", total=config.train.max_steps,
+                             info="")
+
+
+def _show_step(progress: Progress, task: TaskID, s: dict) -> None:
+    progress.update(task, completed=s["step"], info=f"loss {s['loss']:.3f} acc {s['accuracy']:.3f}")
+
+
+def _run_serial(todo: list[RunConfig], store: Store, progress: Progress, finish, device: str | None,
+                on_step: Callable[[RunConfig, dict], None] | None) -> None:
     for config in todo:
         store.mark_running(config.run_id)
-        run_task = progress.add_task(f"  {config.display_label} d={config.model.d_model}",
-                                     total=config.train.max_steps, info="")
+        run_task = _run_task(progress, config)
 
-        def on_step(s: dict, run_task=run_task) -> None:
-            progress.update(run_task, completed=s["step"], info=f"loss {s['loss']:.3f} acc {s['accuracy']:.3f}")
+        def step(s: dict, run_task=run_task, config=config) -> None:
+            _show_step(progress, run_task, s)
+            if on_step is not None:
+                on_step(config, s)
 
-        outcome = execute(config.canonical_json(), on_step, device)
+        outcome = execute(config.canonical_json(), step, device)
         progress.remove_task(run_task)
         finish(config, outcome)
 
 
-def _run_processes(todo: list[RunConfig], store: Store, workers: int, finish, device: str | None) -> None:
+STEP_REPORT_SECONDS = 1.0
+"""How often a process worker sends its run's training progress to the driver."""
+
+_steps_queue: Any = None
+"""In a process worker: the queue its progress goes to (None: not reported)."""
+
+
+def _init_process_worker(threads: int, driver: int, steps: Any) -> None:
+    global _steps_queue
+    _steps_queue = steps
+    _init_worker(threads, driver)
+
+
+def _execute_reporting(config_json: str, run_id: str, device: str | None) -> dict[str, Any]:
+    """``execute`` in a process worker, sending ``(run_id, step)`` to the driver now and then."""
+    last = [0.0]
+
+    def report(s: dict) -> None:
+        now = time.monotonic()
+        if _steps_queue is not None and (now - last[0] >= STEP_REPORT_SECONDS or s["step"] == s["max_steps"]):
+            last[0] = now
+            _steps_queue.put((run_id, s))
+
+    return execute(config_json, report, device)
+
+
+def _run_processes(todo: list[RunConfig], store: Store, workers: int, finish, device: str | None,
+                   progress: Progress, on_step: Callable[[RunConfig, dict], None] | None) -> None:
     context = multiprocessing.get_context("spawn")  # no forked torch thread pools
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(threads_per_worker(workers), os.getpid())) as pool:
-        queue, running = list(todo), {}
+    steps = context.Queue()
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_process_worker,
+                             initargs=(threads_per_worker(workers), os.getpid(), steps)) as pool:
+        queue, running, tasks = list(todo), {}, {}
 
         def submit() -> None:  # keep one run per worker in flight, so `running` means running
             while queue and len(running) < workers:
                 config = queue.pop(0)
                 store.mark_running(config.run_id)
-                running[pool.submit(execute, config.canonical_json(), None, device)] = config
+                running[pool.submit(_execute_reporting, config.canonical_json(), config.run_id, device)] = config
+                tasks[config.run_id] = (config, _run_task(progress, config))
+
+        def drain() -> None:  # progress of the runs in flight (late reports of finished runs are dropped)
+            while True:
+                try:
+                    run_id, s = steps.get_nowait()
+                except Empty:
+                    return
+                if run_id in tasks:
+                    config, task = tasks[run_id]
+                    _show_step(progress, task, s)
+                    if on_step is not None:
+                        on_step(config, s)
 
         submit()
         while running:
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            done, _ = wait(running, timeout=STEP_REPORT_SECONDS / 2, return_when=FIRST_COMPLETED)
+            drain()
             for future in done:
-                finish(running.pop(future), future.result())
+                config = running.pop(future)
+                progress.remove_task(tasks.pop(config.run_id)[1])
+                finish(config, future.result())
             submit()
