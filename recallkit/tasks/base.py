@@ -65,14 +65,14 @@ class Batch:
         )
 
 
-def pad_examples(rows: list[list[int]], answers: list[tuple[int, int]], seq_len: int, filler: int
+def pad_examples(rows: list[list[int]], answers: list[list[tuple[int, int]]], seq_len: int, filler: int
                  ) -> tuple[Tensor, Tensor]:
-    """Right-pad token rows to ``seq_len`` and label each row's answer span for next-token prediction.
+    """Right-pad token rows to ``seq_len`` and label each row's answer spans for next-token prediction.
 
     Args:
         rows: one token list per example, each at most ``seq_len`` long.
-        answers: per row, the span ``[start, end)`` of tokens to predict: position ``t - 1`` is
-            labelled with ``row[t]`` for every t in the span; nothing else is scored.
+        answers: per row, the spans ``[start, end)`` of tokens to predict: position ``t - 1`` is
+            labelled with ``row[t]`` for every t in a span; nothing else is scored.
         seq_len: T.
         filler: padding token.
 
@@ -81,7 +81,8 @@ def pad_examples(rows: list[list[int]], answers: list[tuple[int, int]], seq_len:
     """
     inputs = torch.full((len(rows), seq_len), filler, dtype=torch.long)
     labels = torch.full((len(rows), seq_len), IGNORE_INDEX, dtype=torch.long)
-    for i, (row, (start, end)) in enumerate(zip(rows, answers)):
+    for i, (row, spans) in enumerate(zip(rows, answers)):
         inputs[i, : len(row)] = torch.tensor(row)
-        labels[i, start - 1 : end - 1] = inputs[i, start:end]
+        for start, end in spans:
+            labels[i, start - 1 : end - 1] = inputs[i, start:end]
     return inputs, labels

@@ -91,32 +91,15 @@ class CopyConfig(TaskConfig):
         rows, answers, lengths, prefix = [], [], [], []
         for _ in range(num_examples):
             row: list[int] = []
-            for k in range(self.examples_per_sequence):
+            spans: list[tuple[int, int]] = []
+            for _ in range(self.examples_per_sequence):
                 L = int(rng.integers(self.min_len, self.max_len + 1))
                 string = (rng.integers(0, self.alphabet_size, L) + 4).tolist()
-                if k == 0:
-                    prefix.append(L + 1)
-                    answers.append((L + 2, 2 * L + 3))  # the copy and eos (later examples: see below)
-                    lengths.append(L)
-                else:
-                    lengths[-1] = max(lengths[-1], L)
+                spans.append((len(row) + L + 2, len(row) + 2 * L + 3))  # the copy and eos
                 row += [self.bos_token, *string, self.copy_token, *string, self.eos_token]
             rows.append(row)
+            answers.append(spans)
+            prefix.append(spans[0][0] - 1)  # bos and the first string
+            lengths.append(max(end - start - 1 for start, end in spans))
         inputs, labels = pad_examples(rows, answers, self.seq_len, self.filler_token)
-        if self.examples_per_sequence > 1:  # every packed example's copy is scored
-            labels = _label_every_copy(inputs, self.copy_token, self.eos_token, labels)
         return Batch(inputs, labels, torch.tensor(prefix), {"length": torch.tensor(lengths)})
-
-
-def _label_every_copy(inputs: torch.Tensor, copy: int, eos: int, labels: torch.Tensor) -> torch.Tensor:
-    """Label every ``copy ... eos`` span of packed sequences (N, T): from each copy token up to the
-    token before its eos, the label is the next input."""
-    labels = labels.clone()
-    for i, row in enumerate(inputs.tolist()):
-        inside = False
-        for t, token in enumerate(row[:-1]):
-            inside = inside or token == copy
-            if inside:
-                labels[i, t] = row[t + 1]
-                inside = row[t + 1] != eos
-    return labels

@@ -111,7 +111,7 @@ class NgramLookupConfig(TaskConfig):
                 row = [self.bos_token, *g, self.sep_token, *x, self.ans_token, *y]
                 prefix.append(len(x) + n + 2)
             rows.append(row)
-            answers.append((len(row) - k, len(row)))
+            answers.append([(len(row) - k, len(row))])
         inputs, labels = pad_examples(rows, answers, self.seq_len, self.filler_token)
         return Batch(inputs, labels, torch.tensor(prefix), {"length": torch.from_numpy(lengths)})
 

@@ -120,7 +120,7 @@ class PhonebookConfig(TaskConfig):
             for e in lookups:
                 row += [self.query_token, *names[e], self.colon_token, *numbers[e]]
             rows.append(row)
-            answers.append((len(row) - self.number_len, len(row)))
+            answers.append([(len(row) - self.number_len, len(row))])
             entries.append(N)
         inputs, labels = pad_examples(rows, answers, self.seq_len, self.filler_token)
         return Batch(inputs, labels, torch.tensor(prefix), {"length": torch.tensor(entries)})
