@@ -9,6 +9,7 @@ from recallkit.generation import greedy_predictions
 from recallkit.inference.cache import Mode
 from recallkit.inference.decode import Budget, evaluate_with_policy
 from recallkit.inference.policies import Policy
+from recallkit.mlm import labels_after_prefix
 from recallkit.model import LanguageModel
 from recallkit.tasks.base import IGNORE_INDEX, Batch
 
@@ -77,9 +78,12 @@ def evaluate(model: LanguageModel, batch: Batch, batch_size: int = 256, policy: 
         raise ValueError("greedy generation runs without an eviction policy")
     generated = greedy_predictions(model, batch, batch_size) if greedy else None
     model.train(was_training)
-    scored = batch.labels != IGNORE_INDEX
-    correct = predictions == batch.labels
-    greedy_correct = None if generated is None else generated == batch.labels
+    labels = batch.labels
+    if getattr(model, "prefix_aware", False):  # a model that reads the prefix both ways sees its labels
+        labels = labels_after_prefix(labels, batch.prefix_len)
+    scored = labels != IGNORE_INDEX
+    correct = predictions == labels
+    greedy_correct = None if generated is None else generated == labels
 
     def scores(rows: Tensor | slice) -> dict:
         out = _accuracies(correct[rows], scored[rows])

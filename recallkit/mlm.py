@@ -4,6 +4,7 @@ Prefix-aware models (PLA) read the prefix non-causally, so a token inside it can
 both sides. JRT-RNN trains them with next-token prediction after the prefix plus an MLM loss:
 a fraction P of the prefix tokens is replaced by a reserved mask token and the hidden state at a
 masked position must recover the original token (weight ``mlm_weight``, 0.25 by default).
+Without MLM too, a prefix-aware model is never scored on a label it can see (``labels_after_prefix``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recallkit.tasks.base import IGNORE_INDEX
+
+
+def labels_after_prefix(labels: Tensor, prefix_len: Tensor) -> Tensor:
+    """Labels a prefix-aware model may be scored on: position i predicts token i + 1, which it can
+    see when i + 1 < M, so every label before position M - 1 becomes ``IGNORE_INDEX``.
+
+    Args:
+        labels: (B, T) next-token labels.
+        prefix_len: (B,) prefix length M per example.
+    """
+    before = torch.arange(labels.shape[1], device=labels.device)[None] < prefix_len.to(labels.device)[:, None] - 1
+    return labels.masked_fill(before, IGNORE_INDEX)
 
 
 def mask_prefix(inputs: Tensor, prefix_len: Tensor, prob: float, mask_token: int,

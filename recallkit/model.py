@@ -98,6 +98,13 @@ class LanguageModel(nn.Module):
             x = x + self.position(torch.arange(start, end, device=input_ids.device))
         return x
 
+    @property
+    def prefix_aware(self) -> bool:
+        """True when some layer reads the prefix non-causally (PLA): a label inside the prefix would
+        be visible to it, so training and evaluation score only labels from the prefix's last
+        position on (:func:`recallkit.mlm.labels_after_prefix`)."""
+        return any(block.mixer.prefix_aware for block in self.blocks)
+
     def head(self, hidden: Tensor) -> Tensor:
         """Final norm and the tied output projection: (..., D) -> logits (..., V)."""
         return self.final_norm(hidden) @ self.embed.weight.T

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from recallkit.config import RunConfig
 from recallkit.evaluate import evaluate
-from recallkit.mlm import mask_prefix, mlm_loss
+from recallkit.mlm import labels_after_prefix, mask_prefix, mlm_loss
 from recallkit.model import LanguageModel, build_model
 from recallkit.tasks.base import IGNORE_INDEX, eval_seed, train_seed
 
@@ -107,10 +107,11 @@ def train(config: RunConfig, on_step: StepCallback | None = None, device: str | 
         if tc.mlm:
             inputs, mlm_targets = mask_prefix(inputs, batch.prefix_len, tc.mlm_prob, mask_token, mlm_masks)
         hidden = model.hidden_states(inputs, batch.prefix_len)  # (B, T, D)
-        scored = batch.labels != IGNORE_INDEX  # (B, T)
-        if tc.mlm:  # JRT: next-token loss only from the prefix's last token on
-            scored &= torch.arange(scored.shape[1], device=device)[None] >= batch.prefix_len[:, None] - 1
-        loss = F.cross_entropy(model.head(hidden[scored]), batch.labels[scored])  # head only where scored
+        labels = batch.labels
+        if model.prefix_aware or tc.mlm:  # JRT: next-token loss only from the prefix's last token on
+            labels = labels_after_prefix(labels, batch.prefix_len)
+        scored = labels != IGNORE_INDEX  # (B, T)
+        loss = F.cross_entropy(model.head(hidden[scored]), labels[scored])  # head only where scored
         if tc.mlm:
             loss = loss + tc.mlm_weight * mlm_loss(model.head, hidden, mlm_targets)
         if not torch.isfinite(loss):

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 import recallkit as rk
-from recallkit.mlm import mask_prefix, mlm_loss
-from recallkit.tasks.base import IGNORE_INDEX
+from recallkit.mlm import labels_after_prefix, mask_prefix, mlm_loss
+from recallkit.tasks.base import IGNORE_INDEX, Batch
 
 MASK = 99
 
@@ -64,3 +64,24 @@ def test_mlm_needs_a_reserved_token():
     with pytest.raises(ValueError, match="reserved mask token"):
         rk.RunConfig(model=dict(vocab_size=32, d_model=16, num_layers=1, mixer={"name": "attention"}),
                      task=dict(name="mqar", vocab_size=32, seq_len=16, num_kv_pairs=2), train=dict(mlm=True))
+
+
+def test_labels_after_prefix_drops_every_label_the_prefix_shows():
+    labels = torch.arange(12).view(2, 6)
+    kept = labels_after_prefix(labels, torch.tensor([3, 0]))
+    # row 0: position 1 predicts token 2, inside the prefix (M = 3); position 2 predicts token 3, after it
+    assert kept[0].tolist() == [IGNORE_INDEX, IGNORE_INDEX, 2, 3, 4, 5]
+    assert kept[1].tolist() == labels[1].tolist()  # no prefix: nothing to hide
+
+
+@pytest.mark.parametrize(("mixer", "scored_rows"), [("linear_attention", 2), ("pla", 1)])
+def test_a_prefix_aware_model_is_never_scored_inside_its_prefix(mixer, scored_rows):
+    torch.manual_seed(0)
+    model = rk.build_model(rk.ModelConfig(vocab_size=16, d_model=8, num_layers=1, mixer={"name": mixer}))
+    assert model.prefix_aware == (mixer == "pla")
+    inputs = torch.randint(0, 16, (2, 8))
+    labels = torch.full((2, 8), IGNORE_INDEX)
+    labels[0, 1] = inputs[0, 2]  # row 0: one label, inside the prefix: PLA could copy it from there
+    labels[1, 6] = inputs[1, 7]  # row 1: one label after the prefix
+    batch = Batch(inputs, labels, prefix_len=torch.tensor([5, 5]))
+    assert rk.evaluate(model, batch)["num_examples"] == scored_rows
