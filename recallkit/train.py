@@ -6,15 +6,20 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from recallkit.checkpoint import CheckpointClock, LoopState, load_checkpoint, save_checkpoint
 from recallkit.config import RunConfig
 from recallkit.evaluate import evaluate
 from recallkit.mlm import labels_after_prefix, mask_prefix, mlm_loss
 from recallkit.model import LanguageModel, build_model
 from recallkit.tasks.base import IGNORE_INDEX, eval_seed, train_seed
+
+CHECKPOINT_SECONDS = 60.0
+"""Default wall time between checkpoints of a run that has a checkpoint file."""
 
 StepCallback = Callable[[dict], None]
 """Called after every optimiser step with ``{"step", "max_steps", "loss", "accuracy"}``."""
@@ -70,7 +75,8 @@ def _generative(task) -> bool:
     return bool(getattr(task, "generative", False))
 
 
-def train(config: RunConfig, on_step: StepCallback | None = None, device: str | None = None) -> RunResult:
+def train(config: RunConfig, on_step: StepCallback | None = None, device: str | None = None,
+          checkpoint: Path | None = None, checkpoint_seconds: float | None = None) -> RunResult:
     """Train the run's model on its task and evaluate it on every eval task.
 
     ``metrics`` holds the headline evaluation (the first eval task) at the top level and one entry
@@ -78,6 +84,10 @@ def train(config: RunConfig, on_step: StepCallback | None = None, device: str | 
 
     Deterministic on CPU for a given config: model init, data and shuffling all derive from
     ``config.train.seed`` through local generators.
+
+    With ``checkpoint`` (a file path), the loop state is saved there at most every
+    ``checkpoint_seconds`` (default ``CHECKPOINT_SECONDS``) and a run that finds the file resumes from it (``recallkit.checkpoint``):
+    on CPU the resumed run ends exactly as an uninterrupted one. The file is removed when the run ends.
     """
     start_time = time.perf_counter()
     tc = config.train
@@ -97,8 +107,16 @@ def train(config: RunConfig, on_step: StepCallback | None = None, device: str | 
     order = torch.randperm(len(train_data), generator=shuffle)
     cursor, status, curve, metrics = 0, "done", [], None
     accuracy = float("nan")
+    resumed = None if checkpoint is None else load_checkpoint(checkpoint, config.run_id, model, optimizer, schedule)
+    if resumed is not None:
+        cursor, order, curve, accuracy = resumed.cursor, resumed.order, resumed.curve, resumed.accuracy
+        shuffle.set_state(resumed.shuffle)
+        mlm_masks.set_state(resumed.mlm_masks)
+        start_time -= resumed.elapsed
+    first_step = 1 if resumed is None else resumed.step + 1
+    step, clock = first_step - 1, CheckpointClock(CHECKPOINT_SECONDS if checkpoint_seconds is None else checkpoint_seconds)
     model.train()
-    for step in range(1, tc.max_steps + 1):
+    for step in range(first_step, tc.max_steps + 1):
         if cursor + tc.batch_size > len(order):
             order, cursor = torch.randperm(len(train_data), generator=shuffle), 0
         batch = train_data[order[cursor : cursor + tc.batch_size]].to(device)
@@ -132,6 +150,11 @@ def train(config: RunConfig, on_step: StepCallback | None = None, device: str | 
             on_step({"step": step, "max_steps": tc.max_steps, "loss": loss.item(), "accuracy": accuracy})
         if metrics is not None and tc.early_stop_accuracy and accuracy >= tc.early_stop_accuracy:
             break
+        if checkpoint is not None and step < tc.max_steps and clock.due():
+            loop = LoopState(step=step, cursor=cursor, order=order, shuffle=shuffle.get_state(),
+                             mlm_masks=mlm_masks.get_state(), curve=curve, accuracy=accuracy,
+                             elapsed=time.perf_counter() - start_time)
+            save_checkpoint(checkpoint, config.run_id, model, optimizer, schedule, loop)
     headline = config.test_tasks[0]
     if metrics is None or _generative(headline):  # the final headline metrics carry the greedy scores too
         metrics = evaluate(model, test_sets[0], greedy=_generative(headline))
@@ -154,6 +177,8 @@ def train(config: RunConfig, on_step: StepCallback | None = None, device: str | 
                "best_accuracy": max([c.get("accuracy", 0.0) for c in curve] + [metrics["accuracy"]])}
     if callable(getattr(config.task, "length_range", None)):
         metrics["train_length_range"] = list(config.task.length_range())
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)  # the run is over: nothing left to resume
     return RunResult(
         status=status, metrics=metrics, state_size=model.state_size(config.test_tasks[0].seq_len),
         num_params=model.num_params(), wall_time=time.perf_counter() - start_time, model=model, curve=curve,

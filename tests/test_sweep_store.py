@@ -37,10 +37,10 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
 
     real_train = runner.train
 
-    def flaky(config, on_step=None, device=None):
+    def flaky(config, on_step=None, device=None, **checkpointing):
         if config.train.lr == 0.5:
             raise RuntimeError("boom")
-        return real_train(config, on_step, device)
+        return real_train(config, on_step, device, **checkpointing)
 
     monkeypatch.setattr(runner, "train", flaky)
     rows = run_sweep([tiny_run(lr=0.5), tiny_run(lr=1e-3)], tmp_path, quiet=True)

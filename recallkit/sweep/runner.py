@@ -38,14 +38,18 @@ from recallkit.train import StepCallback, resolve_device, train
 
 Executor = Literal["serial", "process", "ray"]
 RESULTS_FILE = "results.sqlite"
+CHECKPOINT_DIR = "checkpoints"
 
 
-def execute(config_json: str, on_step: StepCallback | None = None, device: str | None = None) -> dict[str, Any]:
+def execute(config_json: str, on_step: StepCallback | None = None, device: str | None = None,
+            checkpoints: str | None = None) -> dict[str, Any]:
     """Train one run from its canonical JSON (on ``device`` if given, else the config's); return its
-    outcome for ``Store.record``."""
+    outcome for ``Store.record``. With ``checkpoints`` (a directory) the run checkpoints to
+    ``<checkpoints>/<run_id>.pt`` and resumes from it: a killed sweep loses at most a minute per run."""
     config = RunConfig.model_validate_json(config_json)
+    checkpoint = None if checkpoints is None else Path(checkpoints) / f"{config.run_id}.pt"
     try:
-        result = train(config, on_step=on_step, device=device)
+        result = train(config, on_step=on_step, device=device, checkpoint=checkpoint)
     except Exception as error:  # a failing run is recorded, the sweep goes on
         tail = traceback.format_exc(limit=-3)
         return {"status": "failed", "error": f"{type(error).__name__}: {error}\n{tail}"}
@@ -90,6 +94,9 @@ def run_sweep(
     ``device`` (auto | cpu | cuda) overrides every run's ``train.device`` without changing its
     identity, so a sweep started on one machine resumes on another.
 
+    Serial and process runs checkpoint to ``out_dir/checkpoints`` about once a minute, so a killed
+    sweep resumes its unfinished runs mid-run (Ray workers may not share the disk: they restart).
+
     ``workers`` is the process pool's size; with Ray, the most runs in flight (fewer when the
     cluster fits fewer). ``ray_options`` (only with ``executor="ray"``; default ``RayOptions()``)
     says where Ray runs and what each run reserves.
@@ -116,6 +123,7 @@ def run_sweep(
         import_ray()  # fail before any run starts
     elif device is not None:
         resolve_device(device)  # fail before any run starts
+    checkpoints = str(Path(out_dir) / CHECKPOINT_DIR)  # serial and process runs resume mid-run; Ray runs restart
     with writer_lock(Path(out_dir)), Store(Path(out_dir) / RESULTS_FILE) as store:
         store.reset_running()  # we hold the lock: any `running` row is a killed driver's
         store.add(configs)
@@ -137,9 +145,9 @@ def run_sweep(
                     say = progress.console.print if not quiet else lambda _: None
                     run_ray(todo, store, workers, finish, device, ray_options, say)
             elif executor == "serial" or len(todo) <= 1:
-                _run_serial(todo, store, progress, finish, device, on_step)
+                _run_serial(todo, store, progress, finish, device, on_step, checkpoints)
             else:
-                _run_processes(todo, store, workers, finish, device, progress, on_step)
+                _run_processes(todo, store, workers, finish, device, progress, on_step, checkpoints)
         return store.rows()
 
 
@@ -154,7 +162,7 @@ def _show_step(progress: Progress, task: TaskID, s: dict) -> None:
 
 
 def _run_serial(todo: list[RunConfig], store: Store, progress: Progress, finish, device: str | None,
-                on_step: Callable[[RunConfig, dict], None] | None) -> None:
+                on_step: Callable[[RunConfig, dict], None] | None, checkpoints: str) -> None:
     for config in todo:
         store.mark_running(config.run_id)
         run_task = _run_task(progress, config)
@@ -164,7 +172,7 @@ def _run_serial(todo: list[RunConfig], store: Store, progress: Progress, finish,
             if on_step is not None:
                 on_step(config, s)
 
-        outcome = execute(config.canonical_json(), step, device)
+        outcome = execute(config.canonical_json(), step, device, checkpoints)
         progress.remove_task(run_task)
         finish(config, outcome)
 
@@ -182,7 +190,7 @@ def _init_process_worker(threads: int, driver: int, steps: Any) -> None:
     _init_worker(threads, driver)
 
 
-def _execute_reporting(config_json: str, run_id: str, device: str | None) -> dict[str, Any]:
+def _execute_reporting(config_json: str, run_id: str, device: str | None, checkpoints: str) -> dict[str, Any]:
     """``execute`` in a process worker, sending ``(run_id, step)`` to the driver now and then."""
     last = [0.0]
 
@@ -192,11 +200,11 @@ def _execute_reporting(config_json: str, run_id: str, device: str | None) -> dic
             last[0] = now
             _steps_queue.put((run_id, s))
 
-    return execute(config_json, report, device)
+    return execute(config_json, report, device, checkpoints)
 
 
 def _run_processes(todo: list[RunConfig], store: Store, workers: int, finish, device: str | None,
-                   progress: Progress, on_step: Callable[[RunConfig, dict], None] | None) -> None:
+                   progress: Progress, on_step: Callable[[RunConfig, dict], None] | None, checkpoints: str) -> None:
     context = multiprocessing.get_context("spawn")  # no forked torch thread pools
     steps = context.Queue()
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_process_worker,
@@ -207,7 +215,7 @@ def _run_processes(todo: list[RunConfig], store: Store, workers: int, finish, de
             while queue and len(running) < workers:
                 config = queue.pop(0)
                 store.mark_running(config.run_id)
-                running[pool.submit(_execute_reporting, config.canonical_json(), config.run_id, device)] = config
+                running[pool.submit(_execute_reporting, config.canonical_json(), config.run_id, device, checkpoints)] = config
                 tasks[config.run_id] = (config, _run_task(progress, config))
 
         def drain() -> None:  # progress of the runs in flight (late reports of finished runs are dropped)
