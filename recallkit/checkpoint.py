@@ -10,7 +10,6 @@ then a rename), so a kill during the write leaves the previous checkpoint intact
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,8 @@ FORMAT = 1
 
 @dataclass
 class LoopState:
-    """What the training loop needs to continue after ``step`` (its tensors live on the model's device)."""
+    """What the training loop needs to continue after ``step``, besides model, optimiser and schedule
+    (CPU tensors)."""
 
     step: int
     cursor: int
@@ -81,17 +81,3 @@ def load_checkpoint(path: Path, run_id: str, model: torch.nn.Module, optimizer: 
         accuracy=payload["accuracy"], elapsed=payload["elapsed"],
     )
 
-
-class CheckpointClock:
-    """Says when to write the next checkpoint: at most every ``seconds`` of wall time."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.last = time.monotonic()
-
-    def due(self) -> bool:
-        now = time.monotonic()
-        if now - self.last < self.seconds:
-            return False
-        self.last = now
-        return True

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from recallkit.checkpoint import CheckpointClock, LoopState, load_checkpoint, save_checkpoint
+from recallkit.checkpoint import LoopState, load_checkpoint, save_checkpoint
 from recallkit.config import RunConfig
 from recallkit.evaluate import evaluate
 from recallkit.mlm import labels_after_prefix, mask_prefix, mlm_loss
@@ -86,8 +86,9 @@ def train(config: RunConfig, on_step: StepCallback | None = None, device: str | 
     ``config.train.seed`` through local generators.
 
     With ``checkpoint`` (a file path), the loop state is saved there at most every
-    ``checkpoint_seconds`` (default ``CHECKPOINT_SECONDS``) and a run that finds the file resumes from it (``recallkit.checkpoint``):
-    on CPU the resumed run ends exactly as an uninterrupted one. The file is removed when the run ends.
+    ``checkpoint_seconds`` (default ``CHECKPOINT_SECONDS``) and a run that finds the file resumes
+    from it (``recallkit.checkpoint``): on CPU the resumed run ends exactly as an uninterrupted one.
+    The file is removed when the run ends.
     """
     start_time = time.perf_counter()
     tc = config.train
@@ -114,7 +115,8 @@ def train(config: RunConfig, on_step: StepCallback | None = None, device: str | 
         mlm_masks.set_state(resumed.mlm_masks)
         start_time -= resumed.elapsed
     first_step = 1 if resumed is None else resumed.step + 1
-    step, clock = first_step - 1, CheckpointClock(CHECKPOINT_SECONDS if checkpoint_seconds is None else checkpoint_seconds)
+    step, saved_at = first_step - 1, time.monotonic()
+    between_saves = CHECKPOINT_SECONDS if checkpoint_seconds is None else checkpoint_seconds
     model.train()
     for step in range(first_step, tc.max_steps + 1):
         if cursor + tc.batch_size > len(order):
@@ -150,11 +152,12 @@ def train(config: RunConfig, on_step: StepCallback | None = None, device: str | 
             on_step({"step": step, "max_steps": tc.max_steps, "loss": loss.item(), "accuracy": accuracy})
         if metrics is not None and tc.early_stop_accuracy and accuracy >= tc.early_stop_accuracy:
             break
-        if checkpoint is not None and step < tc.max_steps and clock.due():
+        if checkpoint is not None and step < tc.max_steps and time.monotonic() - saved_at >= between_saves:
             loop = LoopState(step=step, cursor=cursor, order=order, shuffle=shuffle.get_state(),
                              mlm_masks=mlm_masks.get_state(), curve=curve, accuracy=accuracy,
                              elapsed=time.perf_counter() - start_time)
             save_checkpoint(checkpoint, config.run_id, model, optimizer, schedule, loop)
+            saved_at = time.monotonic()
     headline = config.test_tasks[0]
     if metrics is None or _generative(headline):  # the final headline metrics carry the greedy scores too
         metrics = evaluate(model, test_sets[0], greedy=_generative(headline))
