@@ -15,13 +15,13 @@ Measured: 24 minutes with 2 process workers on 2 cores shared with other work.
 
 A second, capacity-bound part (labels ending "(bound)") makes the state the bottleneck on set
 disjointness: V = 128, |A|, |B| = (24, 3) and (3, 24), 2-layer d=32 models with a SwiGLU MLP (it
-computes "is my token in the set I just read", a product), one head of elu features of dim 4:
-the decode state per layer holds 4 x 33 numbers (and a 3 x 32 conv tail), room for the 3-element set, not the 24-element
-one. 6000 steps of 64 examples (about 8 CPU-minutes per run). Causal linear attention, PLA + MLM,
-linear attention reading twice, attention. Measured (33 minutes, 2 workers): causal linear attention
-0.363 long-first vs 0.434 short-first (the order effect), PLA + MLM 0.453 / 0.406, reading twice
-0.352, attention 0.828 / 0.395 (short-first not yet learnt at this budget); the PLA lead is within
-seed noise (seed 1: 0.426 vs 0.406).
+computes "is my token in the set I just read", a product), one head of elu features of dim 4: the
+decode state per layer holds 4 x 33 numbers (and a 3 x 32 conv tail), room for the 3-element set,
+not the 24-element one. 6000 steps of 64 examples (about 8 CPU-minutes per run). Causal linear
+attention, PLA + MLM, linear attention reading twice, attention. Measured (33 minutes, 2 workers):
+causal linear attention 0.363 long-first vs 0.434 short-first (the order effect), PLA + MLM 0.453 /
+0.406, reading twice 0.352, attention 0.828 / 0.395 (short-first not yet learnt at this budget); the
+PLA lead is within seed noise (seed 1: 0.426 vs 0.406).
 Run: ``recallkit run sweeps/jrt.py --out runs/jrt --executor process``.
 """
 
