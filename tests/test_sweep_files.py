@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 import recallkit as rk
 from recallkit.sweep import load_sweep
 
@@ -56,7 +54,8 @@ def test_kv_eviction_sweep_evaluates_every_policy_in_both_modes():
 
 
 def test_jrt_sweep_compares_causal_read_twice_and_prefix_aware_at_equal_state():
-    configs = load_sweep(SWEEPS / "jrt.py")
+    everything = load_sweep(SWEEPS / "jrt.py")
+    configs = [c for c in everything if not c.label.endswith("(bound)")]
     settings = {c.task.setting for c in configs}
     assert len(settings) == 3 and any("24,4" in s for s in settings) and any("4,24" in s for s in settings)
     by_label = {}
@@ -74,6 +73,12 @@ def test_jrt_sweep_compares_causal_read_twice_and_prefix_aware_at_equal_state():
         assert models["pla"].state_size(T) == models["linear_attention"].state_size(T)
         assert models["linear_attention"].state_size(twice_T) == models["linear_attention"].state_size(T)
         assert models["jrt_rnn"].state_size(T) == models["based"].state_size(T)
+    bound = [c for c in everything if c.label.endswith("(bound)")]
+    orders = {tuple(c.task.set_sizes) for c in bound if c.task.name == "set_disjointness"}
+    assert orders == {(24, 3), (3, 24)}
+    states = {rk.build_model(c.model).state_size(c.task.seq_len) for c in bound if c.label != "attention (bound)"}
+    assert len(states) == 1  # causal, PLA and read twice decode with one state size
+    assert all(c.train.mlm == c.label.startswith("pla") for c in bound)
 
 
 def test_copying_sweep_evaluates_beyond_training_for_every_positional_scheme():
