@@ -24,7 +24,8 @@ def labels_after_prefix(labels: Tensor, prefix_len: Tensor) -> Tensor:
         labels: (B, T) next-token labels.
         prefix_len: (B,) prefix length M per example.
     """
-    before = torch.arange(labels.shape[1], device=labels.device)[None] < prefix_len.to(labels.device)[:, None] - 1
+    positions = torch.arange(labels.shape[1], device=labels.device)[None]  # (1, T)
+    before = positions < prefix_len.to(labels.device)[:, None] - 1  # (B, T)
     return labels.masked_fill(before, IGNORE_INDEX)
 
 

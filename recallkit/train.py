@@ -108,7 +108,9 @@ def train(config: RunConfig, on_step: StepCallback | None = None, device: str | 
     order = torch.randperm(len(train_data), generator=shuffle)
     cursor, status, curve, metrics = 0, "done", [], None
     accuracy = float("nan")
-    resumed = None if checkpoint is None else load_checkpoint(checkpoint, config.run_id, model, optimizer, schedule)
+    resumed = None
+    if checkpoint is not None:
+        resumed = load_checkpoint(checkpoint, config.run_id, model, optimizer, schedule)
     if resumed is not None:
         cursor, order, curve, accuracy = resumed.cursor, resumed.order, resumed.curve, resumed.accuracy
         shuffle.set_state(resumed.shuffle)

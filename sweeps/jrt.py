@@ -50,11 +50,12 @@ BOUND_PLA = {**BOUND_LINEAR, "name": "pla"}
 BOUND_TRAIN = dict(lr=3e-3, max_steps=6000, batch_size=64, eval_every=250, num_train_examples=200_000, seed=0)
 
 
-def run(label: str, mixer: dict | list[dict], task: dict, mlm: bool = False) -> rk.RunConfig:
-    """A 2-layer d=64 model; the vocabulary keeps one extra id, JRT's MLM mask token."""
+def run(label: str, mixer: dict | list[dict], task: dict, mlm: bool = False, vocab_size: int = VOCAB_SIZE,
+        d_model: int = 64, mlp: str = "none", train: dict = TRAIN) -> rk.RunConfig:
+    """A 2-layer model; the vocabulary keeps one extra id, JRT's MLM mask token."""
     return rk.RunConfig(
-        model=dict(vocab_size=VOCAB_SIZE + 1, d_model=64, num_layers=2, mixer=mixer, mlp="none"),
-        task=task, label=label, train={**TRAIN, "mlm": mlm},
+        model=dict(vocab_size=vocab_size + 1, d_model=d_model, num_layers=2, mixer=mixer, mlp=mlp),
+        task=task, label=label, train={**train, "mlm": mlm},
     )
 
 
@@ -73,11 +74,8 @@ for task in TASKS.values():
 
 
 def bound_run(label: str, mixer: dict, task: dict, mlm: bool = False) -> rk.RunConfig:
-    """The capacity-bound part: a 2-layer d=32 model with a SwiGLU MLP (vocabulary + the MLM mask id)."""
-    return rk.RunConfig(
-        model=dict(vocab_size=BOUND_VOCAB + 1, d_model=32, num_layers=2, mixer=mixer, mlp="swiglu"),
-        task=task, label=f"{label} (bound)", train={**BOUND_TRAIN, "mlm": mlm},
-    )
+    """The capacity-bound part: d=32 with a SwiGLU MLP."""
+    return run(f"{label} (bound)", mixer, task, mlm, BOUND_VOCAB, d_model=32, mlp="swiglu", train=BOUND_TRAIN)
 
 
 for task in BOUND_TASKS.values():

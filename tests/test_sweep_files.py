@@ -76,7 +76,8 @@ def test_jrt_sweep_compares_causal_read_twice_and_prefix_aware_at_equal_state():
     bound = [c for c in everything if c.label.endswith("(bound)")]
     orders = {tuple(c.task.set_sizes) for c in bound if c.task.name == "set_disjointness"}
     assert orders == {(24, 3), (3, 24)}
-    states = {rk.build_model(c.model).state_size(c.task.seq_len) for c in bound if c.label != "attention (bound)"}
+    recurrent = [c for c in bound if c.label != "attention (bound)"]
+    states = {rk.build_model(c.model).state_size(c.task.seq_len) for c in recurrent}
     assert len(states) == 1  # causal, PLA and read twice decode with one state size
     assert all(c.train.mlm == c.label.startswith("pla") for c in bound)
 

@@ -123,7 +123,7 @@ def run_sweep(
         import_ray()  # fail before any run starts
     elif device is not None:
         resolve_device(device)  # fail before any run starts
-    checkpoints = str(Path(out_dir) / CHECKPOINT_DIR)  # serial and process runs resume mid-run; Ray runs restart
+    checkpoints = str(Path(out_dir) / CHECKPOINT_DIR)  # serial and process runs resume mid-run
     with writer_lock(Path(out_dir)), Store(Path(out_dir) / RESULTS_FILE) as store:
         store.reset_running()  # we hold the lock: any `running` row is a killed driver's
         store.add(configs)
@@ -204,7 +204,8 @@ def _execute_reporting(config_json: str, run_id: str, device: str | None, checkp
 
 
 def _run_processes(todo: list[RunConfig], store: Store, workers: int, finish, device: str | None,
-                   progress: Progress, on_step: Callable[[RunConfig, dict], None] | None, checkpoints: str) -> None:
+                   progress: Progress, on_step: Callable[[RunConfig, dict], None] | None,
+                   checkpoints: str) -> None:
     context = multiprocessing.get_context("spawn")  # no forked torch thread pools
     steps = context.Queue()
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_process_worker,
@@ -215,7 +216,9 @@ def _run_processes(todo: list[RunConfig], store: Store, workers: int, finish, de
             while queue and len(running) < workers:
                 config = queue.pop(0)
                 store.mark_running(config.run_id)
-                running[pool.submit(_execute_reporting, config.canonical_json(), config.run_id, device, checkpoints)] = config
+                future = pool.submit(_execute_reporting, config.canonical_json(), config.run_id, device,
+                                     checkpoints)
+                running[future] = config
                 tasks[config.run_id] = (config, _run_task(progress, config))
 
         def drain() -> None:  # progress of the runs in flight (late reports of finished runs are dropped)
