@@ -47,20 +47,20 @@ def test_chunked_resumes_from_a_state(normalize):
 
 @pytest.mark.parametrize("normalize", [False, True])
 def test_gradients_agree(normalize):
+    """Chunked vs token loop, backward: gradients of q, k, v and of the starting state (PLA starts
+    its causal part from one), through both the output and the final state."""
     grads = []
-    for form in ("recurrent", "chunked", "quadratic"):
+    for form in (ops.linear_attention_recurrent, ops.linear_attention_chunked):
         q, k, v = (t.requires_grad_() for t in qkv(T=13, positive=normalize, seed=3))
-        if form == "recurrent":
-            y, _ = ops.linear_attention_recurrent(q, k, v, normalize=normalize)
-        elif form == "chunked":
-            y, _ = ops.linear_attention_chunked(q, k, v, normalize=normalize, chunk_size=4)
-        else:
-            y = ops.linear_attention_quadratic(q, k, v, normalize=normalize)
-        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
-        grads.append([q.grad, k.grad, v.grad])
-    for other in grads[1:]:
-        for a, b in zip(grads[0], other):
-            torch.testing.assert_close(a, b)
+        g = torch.Generator().manual_seed(4)
+        state = torch.rand(2, 2, 5, 3 + int(normalize), generator=g, dtype=q.dtype, requires_grad=True)
+        kwargs = {"chunk_size": 4} if form is ops.linear_attention_chunked else {}
+        y, s = form(q, k, v, state, normalize=normalize, **kwargs)
+        weights = torch.linspace(-1, 1, y.numel() + s.numel(), dtype=y.dtype)
+        (torch.cat([y.flatten(), s.flatten()]) * weights).sum().backward()
+        grads.append([q.grad, k.grad, v.grad, state.grad])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("normalize", [False, True])

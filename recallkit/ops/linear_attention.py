@@ -83,7 +83,7 @@ def linear_attention_chunked(
 
     For chunk c with inputs Q_c, K_c, V_c (C rows each) and state S_c before it:
     Y_c = Q_c S_c + tril(Q_c K_c^T) V_c and S_{c+1} = S_c + K_c^T V_c. The states of all
-    chunks come from one exclusive cumulative sum, so the whole sequence is a few batched GEMMs.
+    chunks come from an exclusive prefix sum of the K_c^T V_c, so a segment is four batched GEMMs.
     Same arguments and returns as :func:`linear_attention_recurrent`.
     """
     B, H, T, F_ = q.shape
@@ -98,11 +98,17 @@ def linear_attention_chunked(
     pad = (-T) % C
     if pad:  # zero keys/values add nothing to the state; padded query rows are dropped below
         q, k, v_aug = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v_aug))
-    N = q.shape[2] // C
-    qc, kc, vc = (x.reshape(B, H, N, C, x.shape[-1]) for x in (q, k, v_aug))
-    chunk_kv = kc.transpose(-1, -2) @ vc  # (B, H, N, F, Dv+1)
-    running = torch.cumsum(chunk_kv, dim=2)
-    S_before = S0.unsqueeze(2) + torch.cat([torch.zeros_like(running[:, :, :1]), running[:, :, :-1]], dim=2)
-    intra = (qc @ kc.transpose(-1, -2)).tril_() @ vc  # (B, H, N, C, Dv+1); in place: no masked copy
-    y_aug = (qc @ S_before + intra).reshape(B, H, N * C, -1)[:, :, :T]
-    return _finish(y_aug, normalize, eps), S0 + running[:, :, -1]
+    N, Dv1, BH = q.shape[2] // C, v_aug.shape[-1], B * H
+    # (B*H*N, C, .) blocks so every product is one 3-D bmm on views (a segment's slices are copied
+    # once here; 5-D matmuls would copy their operands on every call)
+    qc, kc, vc = (x.reshape(BH * N, C, x.shape[-1]) for x in (q, k, v_aug))
+    chunk_kv = torch.bmm(kc.transpose(1, 2), vc).view(BH, N, F_, Dv1)  # K_c^T V_c: (B*H, N, F, Dv+1)
+    S_before = torch.empty_like(chunk_kv)  # S_c = S0 + sum_{c' < c} K_c'^T V_c'
+    S_before[:, 0] = S0.reshape(BH, F_, Dv1)
+    S_before[:, 1:] = chunk_kv[:, :-1]
+    for c in range(1, N):  # a few in-place adds: faster than cumsum along a middle dim on CPU
+        S_before[:, c] += S_before[:, c - 1]
+    y_aug = torch.bmm(torch.bmm(qc, kc.transpose(1, 2)).tril_(), vc)  # tril(Q_c K_c^T) V_c; tril in place
+    y_aug.baddbmm_(qc, S_before.view(BH * N, F_, Dv1))  # + Q_c S_c, accumulated in place
+    S_end = (S_before[:, -1] + chunk_kv[:, -1]).view(B, H, F_, Dv1)
+    return _finish(y_aug.view(B, H, N * C, Dv1)[:, :, :T], normalize, eps), S_end
