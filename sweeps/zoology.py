@@ -16,7 +16,9 @@ steps at 5e-3 and reaches 0.99 by step 500 at 1.5e-3, while d=64 and 128 learn a
 
 Cost, measured on one thread per run at 2048 tokens per step: d=64 25-60 ms per step (Mamba 150),
 d=128 45-110 ms (Mamba 340), d=256 120-370 ms (Mamba 900), about 21 s of CPU for one step of all
-126 runs, so up to ~3 hours with 2 workers on 2 cores (early stops shorten it). Run it resumably
+126 runs. Measured (sharing the 2 cores with other work most of the time): 13.8 hours of runs
+summed, about 7 hours wall with 2 process workers, longer than the per-step costs suggest. Results
+are in the README (attention solves every point; H3 needs width growing with T). Run it resumably
 in the background (a GPU or a Ray cluster is the better home for it):
 ``recallkit run sweeps/zoology.py --out runs/zoology --executor process``.
 """
