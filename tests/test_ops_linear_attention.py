@@ -64,6 +64,21 @@ def test_gradients_agree(normalize):
 
 
 @pytest.mark.parametrize("normalize", [False, True])
+def test_quadratic_gradients_agree_with_the_recurrence(normalize):
+    grads = []
+    for form in ("recurrent", "quadratic"):
+        q, k, v = (t.requires_grad_() for t in qkv(T=13, positive=normalize, seed=3))
+        if form == "recurrent":
+            y, _ = ops.linear_attention_recurrent(q, k, v, normalize=normalize)
+        else:
+            y = ops.linear_attention_quadratic(q, k, v, normalize=normalize)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        grads.append([q.grad, k.grad, v.grad])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
 def test_gradcheck_chunked(normalize):
     q, k, v = (t.requires_grad_() for t in qkv(B=1, H=1, T=6, F=3, Dv=2, positive=normalize, seed=5))
     torch.autograd.gradcheck(
