@@ -55,7 +55,7 @@ def test_kv_eviction_sweep_evaluates_every_policy_in_both_modes():
 
 def test_jrt_sweep_compares_causal_read_twice_and_prefix_aware_at_equal_state():
     everything = load_sweep(SWEEPS / "jrt.py")
-    configs = [c for c in everything if not c.label.endswith("(bound)")]
+    configs = [c for c in everything if not c.label.endswith(("(bound)", "(v32)"))]
     settings = {c.task.setting for c in configs}
     assert len(settings) == 3 and any("24,4" in s for s in settings) and any("4,24" in s for s in settings)
     by_label = {}
@@ -80,6 +80,14 @@ def test_jrt_sweep_compares_causal_read_twice_and_prefix_aware_at_equal_state():
     states = {rk.build_model(c.model).state_size(c.task.seq_len) for c in recurrent}
     assert len(states) == 1  # causal, PLA and read twice decode with one state size
     assert all(c.train.mlm == c.label.startswith("pla") for c in bound)
+    small = [c for c in everything if c.label.endswith("(v32)")]
+    assert {tuple(c.task.set_sizes) for c in small} == {(16, 3), (3, 16)}
+    for c in small:  # every PLA run has its causal twin: same task, same decode state
+        if c.label.startswith("pla"):
+            twin = next(t for t in small if t.label == c.label.replace("pla", "linear_attention")
+                        and t.task == c.task)
+            T = c.task.seq_len
+            assert rk.build_model(c.model).state_size(T) == rk.build_model(twin.model).state_size(T)
 
 
 def test_copying_sweep_evaluates_beyond_training_for_every_positional_scheme():
