@@ -27,8 +27,9 @@ A third, small-vocabulary part (labels ending "(v32)"): V = 32, T = 24, |A|, |B|
 (3, 16), the bound part's d=32 model without the MLM loss (it lowered PLA long-first from 0.617 to
 0.570 in a probe), 3000 steps. Models learn fast here, so the order effect is clear for causal
 linear attention with elu features of dim 1 (state 258): 0.688 long-first vs 0.855 short-first;
-PLA at the same state is order-free but lower, 0.617 vs 0.625; with Taylor features of dim 8
-(state 5010) causal 0.887 vs PLA 0.820 long-first. Measured: 7.5 minutes with 2 workers.
+PLA at the same state is lower in both orders, 0.617 vs 0.625 (over seeds 0-2 at 2000 steps its
+order gap changes sign); with Taylor features of dim 8 (state 5010) causal 0.887 vs PLA 0.820
+long-first. Measured: 7.5 minutes with 2 workers.
 
 Run: ``recallkit run sweeps/jrt.py --out runs/jrt --executor process``.
 """
