@@ -26,7 +26,7 @@ def _threads():
 
 
 def set_disjointness_run(set_sizes: tuple[int, int]) -> rk.RunConfig:
-    # vocab_size + 1 keeps the jrt sweep's spare id (its MLM mask token), so the weights match its runs
+    # vocab_size + 1: the spare id (MLM mask token) every jrt sweep model keeps, as in its (v32) runs
     return rk.RunConfig(
         model={"vocab_size": VOCAB + 1, "d_model": 32, "num_layers": 2, "mixer": LINEAR, "mlp": "swiglu"},
         task={"name": "set_disjointness", "vocab_size": VOCAB, "seq_len": 24, "set_sizes": set_sizes},
