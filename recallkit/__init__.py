@@ -1,13 +1,14 @@
 """recallkit: measure the recall-vs-inference-state trade-off of efficient sequence models."""
 
+from typing import Any
+
 from recallkit import inference, ops
 from recallkit.config import ModelConfig, RunConfig, TrainConfig
 from recallkit.evaluate import evaluate
-from recallkit.inference.policies import POLICIES
+from recallkit.kv import POLICIES
 from recallkit.mixers import MIXERS
 from recallkit.model import LanguageModel, build_model
 from recallkit.tasks import TASKS, make_task
-from recallkit.train import RunResult, train
 
 __all__ = [
     "MIXERS",
@@ -26,3 +27,15 @@ __all__ = [
     "train",
 ]
 __version__ = "0.1.0"
+
+_LAZY = {"train": "recallkit.training", "RunResult": "recallkit.training"}
+"""Names imported on first use, so that reading results (``recallkit.report``) never loads the
+training loop."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'recallkit' has no attribute {name!r}")

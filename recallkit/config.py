@@ -1,8 +1,8 @@
 """Configuration: pydantic models, all frozen and ``extra="forbid"``.
 
-Mixer and task configs are open families: each mixer/task file defines its own subclass of
-:class:`MixerConfig` / :class:`TaskConfig` with a ``name`` literal, and the registries resolve a
-plain dict ``{"name": ..., **fields}`` to the right subclass when a model or run config is built.
+The configs of a model and a run, above the mixers, tasks and policies they name. Mixer and task
+configs are open families (``recallkit.base_config``): a plain dict ``{"name": ..., **fields}``
+resolves to the registered subclass when a model or run config is built.
 """
 
 from __future__ import annotations
@@ -11,66 +11,12 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
-
-class StrictModel(BaseModel):
-    """Base for every config: unknown fields are errors and instances are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class MixerConfig(StrictModel):
-    """Base of every mixer's config. ``name`` is the registry key in ``recallkit.MIXERS``.
-
-    ``short_conv`` > 1 puts a depthwise causal conv of that many taps in front of the mixer
-    (the Zoology / Based recipe); 0 = none.
-    """
-
-    name: str
-    short_conv: int = Field(default=0, ge=0)
-
-    @field_validator("short_conv")
-    @classmethod
-    def _kernel(cls, value: int) -> int:
-        if value == 1:
-            raise ValueError("short_conv=1 is a per-channel scale, not a conv; use 0 (none) or >= 2 taps")
-        return value
-
-
-class TaskConfig(StrictModel):
-    """Base of every task's config. ``name`` is the registry key in ``recallkit.TASKS``.
-
-    Subclasses implement ``generate(num_examples, seed) -> Batch``.
-    """
-
-    name: str
-    vocab_size: int = Field(gt=1)
-    seq_len: int = Field(gt=1)
-
-    @property
-    def setting(self) -> str:
-        """The report panel of this task: tasks differing only in how the prompt is presented (read
-        twice) share one, so their models land on one frontier."""
-        return f"{self.name} T={self.seq_len}"
-
-    def generate(self, num_examples: int, seed: int):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-
-def _resolve(value: Any, registry_name: str, base: type[StrictModel]) -> Any:
-    """Turn ``{"name": key, ...}`` into the registered config class for ``key``."""
-    if isinstance(value, base) or not isinstance(value, dict):
-        return value
-    if registry_name == "mixers":
-        from recallkit.mixers import MIXERS as registry
-    else:
-        from recallkit.tasks import TASKS as registry
-    key = value.get("name")
-    if key not in registry:
-        raise ValueError(f"unknown {registry_name[:-1]} {key!r}; known: {', '.join(sorted(registry))}")
-    config_cls = registry[key].Config if registry_name == "mixers" else registry[key]
-    return config_cls(**value)
+from recallkit.base_config import MixerConfig, StrictModel, TaskConfig
+from recallkit.kv import Policy, make_policy, resolve_budget
+from recallkit.mixers import mixer_config
+from recallkit.tasks import task_config
 
 
 class ModelConfig(StrictModel):
@@ -94,8 +40,8 @@ class ModelConfig(StrictModel):
         if isinstance(value, list):
             if not value:
                 raise ValueError("mixer schedule is empty")
-            return [_resolve(v, "mixers", MixerConfig) for v in value]
-        return _resolve(value, "mixers", MixerConfig)
+            return [mixer_config(v) for v in value]
+        return mixer_config(value)
 
     @property
     def layer_mixers(self) -> list[MixerConfig]:
@@ -143,22 +89,18 @@ class EvalPolicy(StrictModel):
     eviction policy (``recallkit.inference``): a ``POLICIES`` key or ``{"name": key, **options}``,
     a budget (tokens per sequence and KV head, or a fraction of the context length) and a mode."""
 
-    policy: dict[str, Any]
+    policy: SerializeAsAny[Policy]
     budget: int | float
     mode: Literal["continuous", "prefill"] = "continuous"
 
     @field_validator("policy", mode="before")
     @classmethod
-    def _resolve_policy(cls, value: Any) -> dict[str, Any]:
-        from recallkit.inference.policies import make_policy  # the policies build on this module
-
-        return make_policy(value).model_dump()
+    def _resolve_policy(cls, value: Any) -> Policy:
+        return make_policy(value)
 
     @field_validator("budget")
     @classmethod
     def _check_budget(cls, value: int | float) -> int | float:
-        from recallkit.inference.decode import resolve_budget
-
         resolve_budget(value, 1)
         return value
 
@@ -195,12 +137,12 @@ class RunConfig(StrictModel):
     @field_validator("task", mode="before")
     @classmethod
     def _resolve_task(cls, value: Any) -> Any:
-        return _resolve(value, "tasks", TaskConfig)
+        return task_config(value)
 
     @field_validator("eval_tasks", mode="before")
     @classmethod
     def _resolve_eval_tasks(cls, value: Any) -> Any:
-        return [_resolve(v, "tasks", TaskConfig) for v in value] if isinstance(value, list) else value
+        return [task_config(v) for v in value] if isinstance(value, list) else value
 
     @model_validator(mode="after")
     def _check_mlm(self) -> RunConfig:

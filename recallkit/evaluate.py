@@ -6,9 +6,8 @@ import torch
 from torch import Tensor
 
 from recallkit.generation import greedy_predictions
-from recallkit.inference.cache import Mode
-from recallkit.inference.decode import Budget, evaluate_with_policy
-from recallkit.inference.policies import Policy
+from recallkit.inference.decode import evaluate_with_policy
+from recallkit.kv import Budget, Mode, Policy
 from recallkit.mlm import labels_after_prefix
 from recallkit.model import LanguageModel
 from recallkit.tasks.base import IGNORE_INDEX, Batch
@@ -67,17 +66,19 @@ def evaluate(model: LanguageModel, batch: Batch, batch_size: int = 256, policy: 
         raise ValueError("a budget needs an eviction policy")
     if policy is not None and budget is None:
         raise ValueError(f"eviction policy {policy!r} needs a budget (tokens, or a fraction of the context)")
+    if greedy and policy is not None:  # checked before any work: a policy evaluation can take minutes
+        raise ValueError("greedy generation runs without an eviction policy")
     was_training = model.training
     model.eval()
     info: dict = {}
-    if policy is None:
-        predictions = predict(model, batch, batch_size)
-    else:
-        predictions, info = evaluate_with_policy(model, batch, policy, budget, mode, batch_size)
-    if greedy and policy is not None:
-        raise ValueError("greedy generation runs without an eviction policy")
-    generated = greedy_predictions(model, batch, batch_size) if greedy else None
-    model.train(was_training)
+    try:
+        if policy is None:
+            predictions = predict(model, batch, batch_size)
+        else:
+            predictions, info = evaluate_with_policy(model, batch, policy, budget, mode, batch_size)
+        generated = greedy_predictions(model, batch, batch_size) if greedy else None
+    finally:  # a failed evaluation must not leave a model in training switched to eval mode
+        model.train(was_training)
     labels = batch.labels
     if getattr(model, "prefix_aware", False):  # a model that reads the prefix both ways sees its labels
         labels = labels_after_prefix(labels, batch.prefix_len)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from recallkit.config import ModelConfig
 from recallkit.errors import RecallkitError
+from recallkit.kv.protocol import CacheFactory
 from recallkit.mixers import build_mixer
 
 
@@ -121,11 +122,20 @@ class LanguageModel(nn.Module):
         """input_ids (B, T) -> logits (B, T, V)."""
         return self.head(self.hidden_states(input_ids, prefix_len))
 
-    def init_state(self, batch_size: int, device: torch.device | None = None) -> ModelState:
-        """Empty state before the first token."""
+    def init_state(self, batch_size: int, device: torch.device | None = None, *,
+                   cache: CacheFactory | None = None) -> ModelState:
+        """Empty state before the first token; ``cache`` builds each attention layer's KV cache
+        (e.g. an evicting one, :mod:`recallkit.kv`) instead of the plain one."""
         device = device or self.embed.weight.device
         dtype = self.embed.weight.dtype
-        return ModelState([b.mixer.init_state(batch_size, device, dtype) for b in self.blocks], 0)
+        layers, attention_layers = [], 0
+        for block in self.blocks:
+            if cache is not None and block.mixer.kv_cache:
+                layers.append(block.mixer.init_state(batch_size, device, dtype, cache=cache(attention_layers)))
+                attention_layers += 1
+            else:
+                layers.append(block.mixer.init_state(batch_size, device, dtype))
+        return ModelState(layers, 0)
 
     def prefill(
         self, input_ids: Tensor, prefix_len: Tensor | None = None, state: ModelState | None = None
@@ -151,6 +161,10 @@ class LanguageModel(nn.Module):
     def state_size(self, seq_len: int) -> int:
         """Numbers of inference state per sequence after ``seq_len`` tokens, summed over layers."""
         return sum(block.mixer.state_size(seq_len) for block in self.blocks)
+
+    def kv_state_size(self, seq_len: int) -> int:
+        """The part of :meth:`state_size` held in attention KV caches (what eviction bounds)."""
+        return sum(block.mixer.core.state_size(seq_len) for block in self.blocks if block.mixer.kv_cache)
 
     def num_params(self) -> int:
         """Trainable parameters (the tied head counted once)."""

@@ -6,9 +6,10 @@ every length at every width, while the gated convolutions (BaseConv, H3, Hyena) 
 grows with T; Based and Mamba sit between.
 
 CPU-scale choices: every length trains on TOKENS_PER_STEP tokens per step (batch 2048 / T), so
-each step carries the same number of tokens; as in Zoology, training mixes examples with T/64,
-T/32 and T/16 pairs (the easier ones speed up learning: attention at T=256, d=64 reached 0.99 at
-step 800 instead of 900) and evaluation uses T/16; runs stop at 0.99 accuracy or after MAX_STEPS;
+each step carries the same number of tokens; training mixes examples with T/64, T/32 and T/16
+pairs, our choice (Zoology's figure-2 config trains each run on its one (T, T/16) setting): the
+easier ones speed up learning (attention at T=256, d=64 reached 0.99 at step 800 instead of 900);
+evaluation uses T/16 as in Zoology; runs stop at 0.99 accuracy or after MAX_STEPS;
 attention gets RoPE and a short conv (without them it plateaus for thousands of steps at this
 scale, see sweeps/quickstart.py); models whose block has no short conv of its own get the same
 conv4 in front. The two learning rates matter: attention at T=256, d=256 stays at 0.03 for 1000

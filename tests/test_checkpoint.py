@@ -65,7 +65,7 @@ def test_a_checkpoint_of_another_run_or_a_corrupt_one_is_a_one_line_error(tmp_pa
 
 
 def test_a_killed_sweep_resumes_its_run_mid_way(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys.modules["recallkit.train"], "CHECKPOINT_SECONDS", 0.0)  # after every step
+    monkeypatch.setattr(sys.modules["recallkit.training"], "CHECKPOINT_SECONDS", 0.0)  # after every step
     config, out = _config("linear_attention"), tmp_path / "out"
     steps_seen: list[int] = []
 

@@ -7,6 +7,7 @@ import torch
 
 import recallkit as rk
 from recallkit.inference import KVCache, evaluate_with_policy, evicting_state, make_policy, resolve_budget
+from recallkit.ops.rotary import rotate_at
 from recallkit.report import frontier_points, write_report
 from recallkit.sweep import Store, run_sweep
 
@@ -33,6 +34,15 @@ def step_logits(model, tokens, policy, budget, mode="continuous", context_len=No
             if after_step is not None:
                 after_step(t, caches)
     return torch.stack(out, 1)
+
+def _append(cache: KVCache, key: torch.Tensor, value: torch.Tensor) -> None:
+    """One token: key, value (B, H_kv, d) as a block of one."""
+    cache.append(key[:, :, None], value[:, :, None])
+
+
+def _observe(cache: KVCache, attention: torch.Tensor) -> None:
+    """One query's attention (B, H_kv, S) as a block of one."""
+    cache.observe(attention[:, :, None])
 
 
 @pytest.fixture
@@ -106,11 +116,10 @@ def test_sinks_reindex_positions_uses_cache_slots(tokens):
     policy = make_policy({"name": "sinks", "num_sinks": 2, "reindex_positions": True})
     cache = KVCache(policy, 4)
     for _ in range(9):
-        cache.append(torch.randn(1, 1, 8), torch.randn(1, 1, 8))
-        cache.observe(torch.full((1, 1, len(cache)), 1.0 / len(cache)))
-    query, keys = cache.attention_positions()
+        _append(cache, torch.randn(1, 1, 8), torch.randn(1, 1, 8))
+        _observe(cache, torch.full((1, 1, len(cache)), 1.0 / len(cache)))
     assert cache.positions.tolist() == [[[0, 1, 7, 8]]]
-    assert keys.tolist() == [[[0, 1, 2, 3]]] and query.tolist() == [[[3]]]
+    assert cache.key_positions.tolist() == [[[0, 1, 2, 3]]] and cache.next_position == 4
     # a reindexed model still runs and differs from keeping the original positions once tokens leave
     model = tiny_model()
     original = step_logits(model, tokens, {"name": "sinks", "num_sinks": 2}, 6)
@@ -127,7 +136,7 @@ def test_h2o_keeps_the_top_accumulated_attention_tokens_against_brute_force():
     received = torch.zeros(B, H, 0)  # brute force: every token's total attention, never evicted
     alive = [[list(range(0)) for _ in range(H)] for _ in range(B)]
     for t in range(20):
-        cache.append(torch.randn(B, H, 4), torch.randn(B, H, 4))
+        _append(cache, torch.randn(B, H, 4), torch.randn(B, H, 4))
         received = torch.cat([received, torch.zeros(B, H, 1)], dim=2)
         for b in range(B):
             for h in range(H):
@@ -136,7 +145,7 @@ def test_h2o_keeps_the_top_accumulated_attention_tokens_against_brute_force():
         for b in range(B):
             for h in range(H):
                 received[b, h, alive[b][h]] += attention[b, h]
-        cache.observe(attention)
+        _observe(cache, attention)
         for b in range(B):
             for h in range(H):
                 if len(alive[b][h]) > budget:
@@ -150,11 +159,11 @@ def test_h2o_keeps_the_top_accumulated_attention_tokens_against_brute_force():
 def test_tova_drops_the_least_attended_token_averaged_over_heads():
     cache = KVCache(make_policy("tova"), 3)
     for _ in range(3):
-        cache.append(torch.randn(1, 2, 4), torch.randn(1, 2, 4))
-        cache.observe(torch.full((1, 2, len(cache)), 1.0 / len(cache)))
-    cache.append(torch.randn(1, 2, 4), torch.randn(1, 2, 4))
+        _append(cache, torch.randn(1, 2, 4), torch.randn(1, 2, 4))
+        _observe(cache, torch.full((1, 2, len(cache)), 1.0 / len(cache)))
+    _append(cache, torch.randn(1, 2, 4), torch.randn(1, 2, 4))
     # head 0 dislikes position 1, head 1 dislikes position 2 more strongly: the mean drops 2 in both heads
-    cache.observe(torch.tensor([[[0.4, 0.1, 0.3, 0.2], [0.4, 0.3, 0.0, 0.3]]]))
+    _observe(cache, torch.tensor([[[0.4, 0.1, 0.3, 0.2], [0.4, 0.3, 0.0, 0.3]]]))
     assert cache.positions.tolist() == [[[0, 1, 3], [0, 1, 3]]]
 
 
@@ -162,13 +171,13 @@ def test_snapkv_keeps_the_observation_window_and_what_it_attended():
     policy = make_policy({"name": "snapkv", "window": 2, "kernel_size": 1})
     cache = KVCache(policy, 4, mode="prefill")
     for t in range(10):
-        cache.append(torch.randn(1, 1, 4), torch.randn(1, 1, 4))
+        _append(cache, torch.randn(1, 1, 4), torch.randn(1, 1, 4))
         attention = torch.full((1, 1, len(cache)), 0.01)
         if t >= 8:  # the last two queries look at positions 3 and 0
             attention[..., 3], attention[..., 0] = 0.5, 0.3
         elif t >= 5:  # earlier queries looked at position 5, which SnapKV must not count
             attention[..., 5] = 0.9
-        cache.observe(attention)
+        _observe(cache, attention)
     assert len(cache) == 10  # prefill mode: nothing leaves before the context ends
     cache.compress()
     assert cache.positions.tolist() == [[[0, 3, 8, 9]]]
@@ -177,15 +186,15 @@ def test_snapkv_keeps_the_observation_window_and_what_it_attended():
 def test_knorm_keeps_low_norm_keys_and_random_is_seeded():
     cache = KVCache(make_policy("knorm"), 2)
     for scale in (3.0, 1.0, 5.0, 0.5):
-        cache.append(torch.full((1, 1, 4), scale), torch.zeros(1, 1, 4))
-        cache.observe(torch.full((1, 1, len(cache)), 1.0 / len(cache)))
+        _append(cache, torch.full((1, 1, 4), scale), torch.zeros(1, 1, 4))
+        _observe(cache, torch.full((1, 1, len(cache)), 1.0 / len(cache)))
     assert cache.positions.tolist() == [[[1, 3]]]
 
     def run(seed):
         c = KVCache(make_policy("random"), 3, seed=seed)
         for _ in range(12):
-            c.append(torch.randn(2, 2, 4), torch.randn(2, 2, 4))
-            c.observe(torch.full((2, 2, len(c)), 1.0 / len(c)))
+            _append(c, torch.randn(2, 2, 4), torch.randn(2, 2, 4))
+            _observe(c, torch.full((2, 2, len(c)), 1.0 / len(c)))
         return c.positions
     assert torch.equal(run(0), run(0)) and not torch.equal(run(0), run(1))
 
@@ -193,11 +202,11 @@ def test_knorm_keeps_low_norm_keys_and_random_is_seeded():
 def test_scissorhands_drops_the_persistently_unimportant_token_first():
     cache = KVCache(make_policy({"name": "scissorhands", "history_window": 4, "recent_ratio": 0.0}), 3)
     for t in range(4):
-        cache.append(torch.randn(1, 1, 4), torch.randn(1, 1, 4))
+        _append(cache, torch.randn(1, 1, 4), torch.randn(1, 1, 4))
         attention = torch.full((1, 1, len(cache)), 1.0)
         if len(cache) > 2:
             attention[..., 2] = 0.0  # position 2 never gets its share
-        cache.observe(attention / attention.sum(-1, keepdim=True))
+        _observe(cache, attention / attention.sum(-1, keepdim=True))
     assert cache.positions.tolist() == [[[0, 1, 3]]]
 
 
@@ -262,3 +271,38 @@ def test_eval_policies_become_evaluation_rows_in_the_store(tmp_path):
                       ("mqar T=16, KV eviction (prefill)", f"{label} [h2o]")}
     page = write_report(tmp_path)[1].read_text()
     assert "KV budget" in page and "<td>0.5</td>" in page and "<td>2</td>" in page
+
+
+@pytest.mark.parametrize("policy", sorted(rk.POLICIES))
+def test_prefill_mode_reads_the_context_in_one_block_as_token_by_token(policy, tokens):
+    """One prefill block over the context gives the same statistics, kept tokens and logits as
+    reading it token by token (the statistics are sums over the same queries)."""
+    model, context_len, budget = tiny_model(), 14, 5
+    stepped = step_logits(model, tokens, policy, budget, "prefill", context_len=context_len)
+    state, caches = evicting_state(model, tokens.shape[0], make_policy(policy), budget, "prefill")
+    with torch.no_grad():
+        head, state = model.prefill(tokens[:, :context_len], state=state)
+        for cache in caches:
+            cache.compress()
+        tail = []
+        for t in range(context_len, T):
+            logits, state = model.step(tokens[:, t], state)
+            tail.append(logits)
+    torch.testing.assert_close(torch.cat([head, torch.stack(tail, 1)], 1), stepped, atol=1e-5, rtol=1e-5)
+
+
+def test_reindexed_keys_are_rotated_at_their_cache_slots():
+    """StreamingLLM: after eviction every kept key carries the rotation of its slot in the cache,
+    the key it would have had if it had been appended there (reference: rotate the raw keys)."""
+    base, budget = 10_000.0, 4
+    cache = KVCache(make_policy({"name": "sinks", "num_sinks": 1, "reindex_positions": True}), budget,
+                    rotate=lambda x, shift: rotate_at(x, shift, base))
+    raw = torch.randn(9, 1, 2, 8)  # (T, B, H_kv, d_h) keys before RoPE
+    for t in range(9):
+        key = rotate_at(raw[t][:, :, None], torch.tensor([cache.next_position]), base)
+        cache.append(key, torch.zeros_like(key))
+        cache.observe(torch.full((1, 2, 1, len(cache)), 1.0 / len(cache)))
+    kept = cache.positions[0, 0].tolist()
+    assert kept == [0, 6, 7, 8]
+    expected = rotate_at(raw[kept].permute(1, 2, 0, 3), torch.arange(budget), base)  # (B, H_kv, S, d_h)
+    torch.testing.assert_close(cache.key, expected, atol=1e-5, rtol=1e-5)

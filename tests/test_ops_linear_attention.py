@@ -39,7 +39,7 @@ def test_chunked_resumes_from_a_state(normalize):
     y_full, s_full = ops.linear_attention_recurrent(q, k, v, normalize=normalize)
     _, s_head = ops.linear_attention_chunked(q[:, :, :9], k[:, :, :9], v[:, :, :9], normalize=normalize, chunk_size=4)
     y_tail, s_tail = ops.linear_attention_chunked(
-        q[:, :, 9:], k[:, :, 9:], v[:, :, 9:], s_head, normalize=normalize, chunk_size=4
+        q[:, :, 9:], k[:, :, 9:], v[:, :, 9:], state=s_head, normalize=normalize, chunk_size=4
     )
     torch.testing.assert_close(y_tail, y_full[:, :, 9:])
     torch.testing.assert_close(s_tail, s_full)
@@ -55,7 +55,7 @@ def test_gradients_agree(normalize):
         g = torch.Generator().manual_seed(4)
         state = torch.rand(2, 2, 5, 3 + int(normalize), generator=g, dtype=q.dtype, requires_grad=True)
         kwargs = {"chunk_size": 4} if form is ops.linear_attention_chunked else {}
-        y, s = form(q, k, v, state, normalize=normalize, **kwargs)
+        y, s = form(q, k, v, state=state, normalize=normalize, **kwargs)
         weights = torch.linspace(-1, 1, y.numel() + s.numel(), dtype=y.dtype)
         (torch.cat([y.flatten(), s.flatten()]) * weights).sum().backward()
         grads.append([q.grad, k.grad, v.grad, state.grad])
@@ -113,8 +113,8 @@ def test_short_conv_parallel_equals_token_loop_forward_and_backward(kernel_size)
     w = torch.randn(5, kernel_size, generator=g, dtype=torch.float64, requires_grad=True)
     b = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True)
     tail = torch.randn(2, 5, kernel_size - 1, generator=g, dtype=torch.float64)
-    y, t = short_conv(x, w, b, tail)
-    y_ref, t_ref = short_conv_recurrent(x, w, b, tail)
+    y, t = short_conv(x, w, b, state=tail)
+    y_ref, t_ref = short_conv_recurrent(x, w, b, state=tail)
     torch.testing.assert_close(y, y_ref)
     torch.testing.assert_close(t, t_ref)
     torch.testing.assert_close(t, x[:, -(kernel_size - 1):].transpose(1, 2))

@@ -44,7 +44,7 @@ def test_kv_eviction_sweep_evaluates_every_policy_in_both_modes():
     configs = load_sweep(SWEEPS / "kv_eviction.py")
     attention = [c for c in configs if c.eval_policies]
     assert len(attention) == 1
-    specs = {(e.policy["name"], e.mode) for e in attention[0].eval_policies}
+    specs = {(e.policy.name, e.mode) for e in attention[0].eval_policies}
     assert {name for name, _ in specs} == set(rk.POLICIES)
     assert {mode for name, mode in specs if name != "full"} == {"prefill", "continuous"}
     budgets = sorted({e.budget for e in attention[0].eval_policies})

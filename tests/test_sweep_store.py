@@ -33,23 +33,23 @@ def test_process_executor_matches_serial_metrics(tmp_path, sweep_file):
 
 
 def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
-    import recallkit.sweep.runner as runner
+    import recallkit.sweep.worker as worker
 
-    real_train = runner.train
+    real_train = worker.train
 
     def flaky(config, on_step=None, device=None, **checkpointing):
         if config.train.lr == 0.5:
             raise RuntimeError("boom")
         return real_train(config, on_step, device, **checkpointing)
 
-    monkeypatch.setattr(runner, "train", flaky)
+    monkeypatch.setattr(worker, "train", flaky)
     rows = run_sweep([tiny_run(lr=0.5), tiny_run(lr=1e-3)], tmp_path, quiet=True)
     assert [r["status"] for r in rows] == ["failed", "done"]
     assert rows[0]["error"].startswith("RuntimeError: boom")
 
 
 def test_non_finite_loss_marks_run_diverged(tmp_path, monkeypatch):
-    train_module = importlib.import_module("recallkit.train")  # the module, not rk.train
+    train_module = importlib.import_module("recallkit.training")  # the module, not rk.train
     monkeypatch.setattr(train_module.F, "cross_entropy", lambda *a, **k: torch.tensor(float("nan")))
     rows = run_sweep([tiny_run()], tmp_path, quiet=True)
     assert rows[0]["status"] == "diverged"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 import recallkit as rk
 from recallkit.evaluate import evaluate
 from recallkit.tasks import Batch
-from recallkit.train import lr_factor
+from recallkit.training import lr_factor
 from tests.conftest import tiny_run
 
 
@@ -98,7 +99,7 @@ def test_every_eval_task_is_scored_with_the_state_size_at_its_length():
 
 
 def test_weight_decay_skips_parameters_marked_no_weight_decay():
-    from recallkit.train import _optimizer
+    from recallkit.training import _optimizer
 
     config = rk.RunConfig(model=dict(vocab_size=16, d_model=16, num_layers=1, mixer={"name": "mamba"}),
                           task=dict(name="mqar", vocab_size=16, seq_len=16, num_kv_pairs=2))
@@ -108,3 +109,36 @@ def test_weight_decay_skips_parameters_marked_no_weight_decay():
     assert a_log.ndim == 2 and any(p is a_log for p in no_decay_group["params"])
     assert not any(p is a_log for p in decay_group["params"])
     assert decay_group["weight_decay"] > 0 and no_decay_group["weight_decay"] == 0
+
+
+def _labelled_batch() -> Batch:
+    labels = torch.full((2, 6), -100)
+    labels[:, 2] = 3
+    return Batch(torch.zeros(2, 6, dtype=torch.long), labels, torch.zeros(2, dtype=torch.long))
+
+
+def _fail(*args, **kwargs):
+    raise RuntimeError("evaluation failed")
+
+
+def test_greedy_with_a_policy_is_refused_before_any_work(monkeypatch):
+    module = importlib.import_module("recallkit.evaluate")  # rk.evaluate is the function
+    for name in ("predict", "evaluate_with_policy", "greedy_predictions"):
+        monkeypatch.setattr(module, name, _fail)  # any work before the check would raise RuntimeError
+    batch = _labelled_batch()
+    model = Oracle(batch, {}).train()
+    with pytest.raises(ValueError, match="without an eviction policy"):
+        evaluate(model, batch, policy="window", budget=4, greedy=True)
+    assert model.training
+
+
+@pytest.mark.parametrize("failing", ["predict", "evaluate_with_policy", "greedy_predictions"])
+def test_a_failed_evaluation_restores_the_training_mode(monkeypatch, failing):
+    monkeypatch.setattr(importlib.import_module("recallkit.evaluate"), failing, _fail)
+    batch = _labelled_batch()
+    policy = {"policy": "window", "budget": 4} if failing == "evaluate_with_policy" else {}
+    for training in (True, False):
+        model = Oracle(batch, {}).train(training)
+        with pytest.raises(RuntimeError, match="evaluation failed"):
+            evaluate(model, batch, greedy=failing == "greedy_predictions", **policy)
+        assert model.training is training

@@ -10,7 +10,7 @@ import torch
 from pydantic import ValidationError
 
 import recallkit as rk
-from recallkit.config import TaskConfig
+from recallkit.base_config import TaskConfig
 from recallkit.tasks import IGNORE_INDEX, Batch, MQARConfig, ReadTwiceConfig, read_twice
 from tests.test_copy_lookup_tasks import copy_oracle, ngram_oracle, phonebook_oracle
 from tests.test_mqar import oracle as mqar_oracle

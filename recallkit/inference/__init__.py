@@ -1,19 +1,20 @@
-"""Inference memory: KV-cache eviction policies and prefix state caching (DESIGN.md section 8)."""
+"""Inference memory: evaluation under KV-cache eviction and prefix state caching (DESIGN.md
+section 8). The caches, policies and budgets themselves live in :mod:`recallkit.kv` (below the
+models) and are re-exported here."""
 
-from recallkit.inference.cache import KVCache
-from recallkit.inference.decode import evaluate_with_policy, evicting_state, resolve_budget
+from recallkit.inference.decode import evaluate_with_policy, evicting_state
 from recallkit.inference.kv_memory import (
     default_kv_numbers_per_token,
     kv_bytes_per_token,
     kv_numbers_per_token,
 )
-from recallkit.inference.policies import POLICIES, Policy, make_policy
 from recallkit.inference.prefix_cache import (
     load_prefix_state,
     model_fingerprint,
     prefix_state_bytes,
     save_prefix_state,
 )
+from recallkit.kv import POLICIES, KVCache, Policy, make_policy, resolve_budget
 
 __all__ = [
     "POLICIES",

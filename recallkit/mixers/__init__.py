@@ -1,5 +1,8 @@
 """Sequence mixers behind one contract (``base.Mixer``), registered by short key."""
 
+from typing import Any
+
+from recallkit.base_config import MixerConfig
 from recallkit.mixers.attention import Attention
 from recallkit.mixers.base import Mixer, state_numel
 from recallkit.mixers.base_conv import BaseConv
@@ -17,26 +20,22 @@ from recallkit.mixers.retnet import RetNet
 from recallkit.mixers.short_conv import ShortConvMixer
 
 MIXERS: dict[str, type[Mixer]] = {
-    "attention": Attention,
-    "base_conv": BaseConv,
-    "deltanet": DeltaNet,
-    "gated_deltanet": GatedDeltaNet,
-    "gla": GLA,
-    "h3": H3,
-    "hyena": Hyena,
-    "linear_attention": LinearAttention,
-    "mamba": Mamba,
-    "mamba2": Mamba2,
-    "mla": MLA,
-    "pla": PLA,
-    "retnet": RetNet,
+    mixer.Config.model_fields["name"].default: mixer
+    for mixer in (Attention, BaseConv, DeltaNet, GatedDeltaNet, GLA, H3, Hyena, LinearAttention, Mamba,
+                  Mamba2, MLA, PLA, RetNet)
 }
+MixerConfig.register(*(mixer.Config for mixer in MIXERS.values()))
 
 
-def build_mixer(d_model: int, config) -> Mixer:
+def mixer_config(spec: dict[str, Any] | MixerConfig) -> MixerConfig:
+    """A mixer config from ``{"name": key, **fields}`` (as stored in a run's JSON) or an instance."""
+    return MixerConfig.resolve(spec)
+
+
+def build_mixer(d_model: int, config: MixerConfig) -> Mixer:
     """Instantiate the registered mixer for ``config.name``, wrapped in a short conv if asked."""
     mixer = MIXERS[config.name](d_model, config)
     return ShortConvMixer(mixer, config.short_conv) if config.short_conv else mixer
 
 
-__all__ = ["MIXERS", "Mixer", "build_mixer", "state_numel"]
+__all__ = ["MIXERS", "Mixer", "build_mixer", "mixer_config", "state_numel"]

@@ -3,8 +3,9 @@
 State update: the KV cache grows by one row per token, K_t = [K_{t-1}; k_t], V_t = [V_{t-1}; v_t],
 and y_t = softmax(q_t K_t^T / sqrt(d_h) + b_t) V_t. Grouped-query attention (Ainslie et al. 2023)
 shares each of H_kv key/value heads among H / H_kv query heads (H_kv = 1 is MQA, Shazeer 2019).
-A sliding window w keeps only the last w rows (Mistral's rolling cache); ``step`` also accepts an
-evicting ``recallkit.inference.KVCache`` in place of its state. Positions: ``nope``
+A sliding window w keeps only the last w rows (Mistral's rolling cache). The state is any cache of
+the protocol in ``recallkit.kv.protocol``: the plain one here, or an evicting ``recallkit.kv.KVCache``
+that ``init_state(..., cache=...)`` builds instead. Positions: ``nope``
 (none), ``rope`` (rotary q and k), ``alibi`` (b = -m_h (t - j)) and ``hard_alibi`` (some heads
 see only their last h + 1 tokens, the rest NoPE; see ``recallkit.ops.position_bias``).
 The state after T tokens holds 2 * H_kv * d_h * min(w, T) numbers per layer.
@@ -13,15 +14,15 @@ The state after T tokens holds 2 * H_kv * d_h * min(w, T) numbers per layer.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from recallkit.config import MixerConfig
-from recallkit.inference.cache import KVCache
+from recallkit.base_config import MixerConfig
+from recallkit.kv.protocol import KVState, LayerCache
 from recallkit.mixers.base import Mixer
 from recallkit.ops.position_bias import alibi_slopes, attention_bias, hard_alibi_spans
 from recallkit.ops.rotary import apply_rotary, rotate_at
@@ -76,17 +77,41 @@ class AttentionConfig(MixerConfig):
 
 @dataclass
 class AttentionState:
-    """KV cache of one layer: the last min(window, seen) keys and values."""
+    """The plain KV cache of one layer (the :mod:`recallkit.kv.protocol` cache that never evicts
+    by policy): the last min(window, seen) keys, rotated at their positions, and values."""
 
     key: Tensor  # (B, H_kv, S, d_h)
     value: Tensor  # (B, H_kv, S, d_h)
     seen: int  # tokens processed so far (not state: a position counter)
+    window: int | None = None  # keep only the last ``window`` tokens (Mistral's rolling cache)
+
+    needs_attention: ClassVar[bool] = False
+    stepwise: ClassVar[bool] = False
+
+    @property
+    def next_position(self) -> int:
+        return self.seen
+
+    @property
+    def key_positions(self) -> Tensor:  # (S,)
+        return torch.arange(self.seen - self.key.shape[2], self.seen, device=self.key.device)
+
+    def append(self, key: Tensor, value: Tensor) -> AttentionState:
+        key, value = torch.cat([self.key, key], dim=2), torch.cat([self.value, value], dim=2)
+        return AttentionState(key, value, self.seen + key.shape[2] - self.key.shape[2], self.window)
+
+    def observe(self, attention: Tensor | None) -> AttentionState:
+        if self.window is None or self.key.shape[2] <= self.window:
+            return self
+        key, value = self.key[:, :, -self.window :], self.value[:, :, -self.window :]
+        return AttentionState(key, value, self.seen, self.window)
 
 
 class Attention(Mixer):
     """Causal multi-head softmax attention with a KV cache as its recurrent state."""
 
     Config = AttentionConfig
+    kv_cache = True
 
     def __init__(self, d_model: int, config: AttentionConfig) -> None:
         super().__init__(d_model, config)
@@ -98,76 +123,70 @@ class Attention(Mixer):
         spans = hard_alibi_spans(self.num_heads, config.hard_heads) if config.position == "hard_alibi" else None
         self.slopes, self.spans = slopes, spans
 
-    def _project(self, x: Tensor, start: int) -> tuple[Tensor, Tensor, Tensor]:
-        B, T, _ = x.shape
-        qkv = self.qkv(x).view(B, T, self.num_heads + 2 * self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)  # (B, H|H_kv, T, d_h)
-        if self.config.position == "rope":
-            q, k = (apply_rotary(t, start, self.config.rope_base) for t in (q, k))
-        return q, k, v
+    def _rotate(self, x: Tensor, shift: Tensor) -> Tensor:
+        """RoPE by ``shift`` positions: (..., S, d_h) rotated by (..., S)."""
+        return rotate_at(x, shift, self.config.rope_base)
 
-    def _merge(self, y: Tensor) -> Tensor:
-        B, H, T, Dh = y.shape
-        return self.out(y.transpose(1, 2).reshape(B, T, H * Dh))
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype, *,
+                   cache: LayerCache | None = None) -> KVState:
+        if cache is not None:
+            return cache(self._rotate if self.config.position == "rope" else None)
+        empty = torch.zeros(batch_size, self.num_kv_heads, 0, self.head_dim, device=device, dtype=dtype)
+        return AttentionState(empty, empty.clone(), 0, self.config.window)
 
     def forward(self, x: Tensor, prefix_len: Tensor | None = None) -> Tensor:
         return self.prefill(x)[0]
 
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> AttentionState:
-        empty = torch.zeros(batch_size, self.num_kv_heads, 0, self.head_dim, device=device, dtype=dtype)
-        return AttentionState(empty, empty.clone(), 0)
+    def prefill(self, x: Tensor, prefix_len: Tensor | None = None, state: KVState | None = None):
+        B, T, _ = x.shape
+        state = self.init_state(B, x.device, x.dtype) if state is None else state
+        if state.stepwise and T > 1:  # a cache that evicts after every token reads one at a time
+            outputs = []
+            for t in range(T):
+                y, state = self.prefill(x[:, t : t + 1], state=state)
+                outputs.append(y)
+            return torch.cat(outputs, dim=1), state
+        qkv = self.qkv(x).view(B, T, self.num_heads + 2 * self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)  # (B, H|H_kv, T, d_h)
+        start = state.next_position
+        if self.config.position == "rope":
+            q, k = (apply_rotary(t, start, self.config.rope_base) for t in (q, k))
+        state = state.append(k, v)
+        query_pos = torch.arange(start, start + T, device=x.device)
+        y, attention = self._attend(q, state, query_pos)
+        state = state.observe(attention)
+        return self.out(y.transpose(1, 2).reshape(B, T, self.d_model)), state
 
-    def prefill(self, x: Tensor, prefix_len: Tensor | None = None, state: AttentionState | None = None):
-        past = 0 if state is None else state.seen
-        T = x.shape[1]
-        q, k, v = self._project(x, start=past)
-        if state is not None and state.key.shape[2]:
-            k, v = torch.cat([state.key, k], dim=2), torch.cat([state.value, v], dim=2)
-        gqa = self.num_kv_heads != self.num_heads
+    def _attend(self, q: Tensor, state: KVState, query_pos: Tensor) -> tuple[Tensor, Tensor | None]:
+        """q (B, H, T, d_h) against the cache: (y (B, H, T, d_h), attention (B, H_kv, T, S) averaged
+        over each KV head's query heads, or None when the cache does not ask for it)."""
+        key_pos = state.key_positions  # (S,) or (B, H_kv, S)
+        if key_pos.ndim == 3:  # per-head positions: one query head per row of the bias
+            key_pos = key_pos.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
         plain = self.config.position in ("nope", "rope") and self.config.window is None
-        if plain and k.shape[2] == T:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        bias = None
+        if not (plain and key_pos.ndim == 1 and key_pos.shape[0] == q.shape[2]):
+            bias = attention_bias(query_pos, key_pos, window=self.config.window, slopes=self.slopes,
+                                  spans=self.spans).to(q.dtype)  # (T, S), (H, T, S) or (B, H, T, S)
+        gqa = self.num_kv_heads != self.num_heads
+        if not state.needs_attention:
+            y = F.scaled_dot_product_attention(q, state.key, state.value, attn_mask=bias, is_causal=bias is None,
+                                               enable_gqa=gqa)
+            return y, None
+        group = self.num_heads // self.num_kv_heads
+        keys, values = (t.repeat_interleave(group, dim=1) for t in (state.key, state.value))  # (B, H, S, d_h)
+        scores = q @ keys.transpose(-1, -2) * self.head_dim**-0.5  # (B, H, T, S)
+        if bias is not None:
+            scores = scores + bias
         else:
-            query_pos = torch.arange(past, past + T, device=x.device)
-            key_pos = torch.arange(past + T - k.shape[2], past + T, device=x.device)
-            bias = attention_bias(query_pos, key_pos, window=self.config.window, slopes=self.slopes, spans=self.spans)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), enable_gqa=gqa)
-        if self.config.window is not None:
-            k, v = k[:, :, -self.config.window :], v[:, :, -self.config.window :]
-        return self._merge(y), AttentionState(k, v, past + T)
+            scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
+        attention = scores.softmax(dim=-1)
+        B, H, T, S = attention.shape
+        return attention @ values, attention.view(B, self.num_kv_heads, group, T, S).mean(dim=2)
 
-    def step(self, x_t: Tensor, state: AttentionState | KVCache) -> tuple[Tensor, AttentionState | KVCache]:
-        if isinstance(state, KVCache):
-            return self._evicting_step(x_t, state), state
+    def step(self, x_t: Tensor, state: KVState) -> tuple[Tensor, KVState]:
         y, state = self.prefill(x_t.unsqueeze(1), state=state)
         return y.squeeze(1), state
-
-    def _evicting_step(self, x_t: Tensor, cache: KVCache) -> Tensor:
-        """One token (B, D) through an evicting cache (recallkit.inference): keys are cached before
-        RoPE and rotated at the positions the cache reports (original, or re-indexed slots), the
-        position biases use the same positions, and the cache sees the attention to rank tokens."""
-        B, H, Hkv, d = x_t.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
-        q, k, v = self.qkv(x_t).view(B, H + 2 * Hkv, d).split([H, Hkv, Hkv], dim=1)
-        cache.append(k, v)
-        query_pos, key_pos = cache.attention_positions()  # (B, H_kv, 1), (B, H_kv, S)
-        q = q.view(B, Hkv, H // Hkv, d)  # query heads grouped by the KV head they share
-        keys = cache.key
-        if self.config.position == "rope":
-            q = rotate_at(q, query_pos, self.config.rope_base)
-            keys = rotate_at(keys, key_pos, self.config.rope_base)
-        scores = torch.einsum("bkgd,bksd->bkgs", q, keys) * d**-0.5  # (B, H_kv, G, S)
-        distance = (query_pos - key_pos)[:, :, None, :]  # (B, H_kv, 1, S)
-        allowed = torch.ones_like(distance, dtype=torch.bool)
-        if self.config.window is not None:
-            allowed = allowed & (distance < self.config.window)
-        if self.spans is not None:
-            allowed = allowed & (distance <= self.spans.to(x_t.device).view(1, Hkv, -1, 1))
-        if self.slopes is not None:
-            scores = scores - self.slopes.to(x_t.device).view(1, Hkv, -1, 1) * distance
-        attention = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)  # (B, H_kv, G, S)
-        y = torch.einsum("bkgs,bksd->bkgd", attention, cache.value)
-        cache.observe(attention.mean(dim=2))
-        return self.out(y.reshape(B, H * d))
 
     def kv_numbers_per_token(self) -> int:
         """Cache numbers one token adds (while the window is not full): 2 * H_kv * d_h."""

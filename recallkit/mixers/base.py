@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from recallkit.config import MixerConfig
+from recallkit.base_config import MixerConfig
 
 
 def state_numel(state: Any) -> int:
@@ -37,10 +37,14 @@ class Mixer(nn.Module):
 
     Attributes:
         prefix_aware: outputs inside ``prefix_len`` may read the whole prefix (non-causal there).
+        kv_cache: the state is a KV cache of the :mod:`recallkit.kv.protocol`; ``init_state`` then
+            takes ``cache=`` (a :data:`recallkit.kv.LayerCache`) to hold another cache of it, such
+            as an evicting one.
     """
 
     Config: ClassVar[type[MixerConfig]]
     prefix_aware: ClassVar[bool] = False
+    kv_cache: ClassVar[bool] = False
 
     def __init__(self, d_model: int, config: MixerConfig) -> None:
         super().__init__()

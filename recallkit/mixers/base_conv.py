@@ -24,7 +24,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-from recallkit.config import MixerConfig
+from recallkit.base_config import MixerConfig
 from recallkit.mixers.base import Mixer
 from recallkit.ops.long_conv import causal_conv_last, fft_causal_conv
 from recallkit.ops.short_conv import short_conv
@@ -92,7 +92,7 @@ class BaseConv(Mixer):
             conv = fft_causal_conv(history, self.filter)[..., -T:].transpose(1, 2) + self.conv_bias
             memory = history
         else:
-            conv, memory = short_conv(x, self.filter, self.conv_bias, memory)  # (B, T, D), (B, D, K-1)
+            conv, memory = short_conv(x, self.filter, self.conv_bias, state=memory)  # (B, T, D), (B, D, K-1)
         return self.out(self.proj(x) * conv), BaseConvState(memory)
 
     def forward(self, x: Tensor, prefix_len: Tensor | None = None) -> Tensor:

@@ -13,6 +13,7 @@ Training and prefill use the chunked WY / UT-transform kernel of ``recallkit.ops
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch
@@ -20,9 +21,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from recallkit.config import MixerConfig
+from recallkit.base_config import MixerConfig
 from recallkit.mixers.base import Mixer
 from recallkit.ops.delta_rule import delta_rule_chunked, delta_rule_recurrent
+from recallkit.ops.numerics import compute_dtype
 
 
 class DeltaNetConfig(MixerConfig):
@@ -72,8 +74,8 @@ class DeltaNet(Mixer):
         H, dh = self.num_heads, self.head_dim
         q, k, v = self.qkv(x).view(B, T, 3, H, dh).permute(2, 0, 3, 1, 4)  # each (B, H, T, dh)
         q, k = F.normalize(F.silu(q), dim=-1), F.normalize(F.silu(k), dim=-1)  # unit q, k per head
-        beta = torch.sigmoid(self.beta(x).float()).transpose(1, 2)  # (B, H, T) in (0, 1)
-        o, state = kernel(q, k, v, beta, self._log_decay(x), state)  # (B, H, T, dh)
+        beta = torch.sigmoid(self.beta(x).to(compute_dtype(x))).transpose(1, 2)  # (B, H, T) in (0, 1)
+        o, state = kernel(q, k, v, beta, self._log_decay(x), state=state)  # (B, H, T, dh)
         o = self.norm(o.transpose(1, 2)).reshape(B, T, D)  # RMSNorm per head
         return self.out(self._gate(x, o)), state
 
@@ -81,20 +83,15 @@ class DeltaNet(Mixer):
         return self.prefill(x)[0]
 
     def prefill(self, x: Tensor, prefix_len: Tensor | None = None, state: Tensor | None = None):
-        def kernel(q, k, v, beta, g, s):
-            return delta_rule_chunked(q, k, v, beta, g, chunk_size=self.config.chunk_size, state=s)
-
-        return self._mix(x, state, kernel)
+        chunked = functools.partial(delta_rule_chunked, chunk_size=self.config.chunk_size)
+        return self._mix(x, state, chunked)
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         shape = (batch_size, self.num_heads, self.head_dim, self.head_dim)
-        return torch.zeros(shape, device=device, dtype=torch.promote_types(dtype, torch.float32))
+        return torch.zeros(shape, device=device, dtype=compute_dtype(dtype))
 
     def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        def kernel(q, k, v, beta, g, s):
-            return delta_rule_recurrent(q, k, v, beta, g, state=s)
-
-        y, state = self._mix(x_t.unsqueeze(1), state, kernel)
+        y, state = self._mix(x_t.unsqueeze(1), state, delta_rule_recurrent)
         return y.squeeze(1), state
 
     def state_size(self, seq_len: int) -> int:

@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from recallkit.mixers.deltanet import DeltaNet, DeltaNetConfig
+from recallkit.ops.numerics import compute_dtype
 
 
 class GatedDeltaNetConfig(DeltaNetConfig):
@@ -52,13 +53,14 @@ class GatedDeltaNet(DeltaNet):
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^{-1}(dt)
         self.A_log = nn.Parameter(torch.empty(H).uniform_(1, 16).log())
         for p in (self.dt_bias, self.A_log):
-            p._no_weight_decay = True  # as in Mamba-2; recallkit.train honours it
+            p._no_weight_decay = True  # as in Mamba-2; recallkit.training honours it
         self.out_gate = nn.Linear(d_model, d_model, bias=False)  # W_g
 
     def _log_decay(self, x: Tensor) -> Tensor:
-        # g = -softplus(W_a x + dt_bias) * exp(A_log), (B, H, T), float32, <= 0
-        dt = F.softplus(self.decay(x).float() + self.dt_bias)  # (B, T, H)
-        return (-dt * torch.exp(self.A_log.float())).transpose(1, 2)
+        # g = -softplus(W_a x + dt_bias) * exp(A_log), (B, H, T), float32 (float64 for float64 x), <= 0
+        ct = compute_dtype(x)
+        dt = F.softplus(self.decay(x).to(ct) + self.dt_bias)  # (B, T, H)
+        return (-dt * torch.exp(self.A_log.to(ct))).transpose(1, 2)
 
     def _gate(self, x: Tensor, o: Tensor) -> Tensor:
         return o * F.silu(self.out_gate(x))  # swish output gate, (B, T, D)

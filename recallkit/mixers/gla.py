@@ -11,6 +11,7 @@ Training and prefill use the chunked vector-gate kernel of ``recallkit.ops``.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -19,12 +20,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from recallkit.config import MixerConfig
+from recallkit.base_config import MixerConfig
 from recallkit.mixers.base import Mixer
 from recallkit.ops.gated_linear_attention import (
     gated_linear_attention_chunked,
     gated_linear_attention_recurrent,
 )
+from recallkit.ops.numerics import compute_dtype
 
 
 class GLAConfig(MixerConfig):
@@ -86,9 +88,9 @@ class GLA(Mixer):
         H, dk, dv = self.num_heads, self.key_dim, self.value_dim
         q, k = self.qk(x).view(B, T, 2, H, dk).permute(2, 0, 3, 1, 4)  # each (B, H, T, d_k)
         v = self.v(x).view(B, T, H, dv).transpose(1, 2)  # (B, H, T, d_v)
-        logits = self.gate_up(self.gate_down(x)).float()
+        logits = self.gate_up(self.gate_down(x)).to(compute_dtype(x))  # promoted: float64 stays float64
         g = (F.logsigmoid(logits) / self.config.gate_temperature).view(B, T, H, dk).transpose(1, 2)  # <= 0
-        o, state = kernel(q / math.sqrt(dk), k, v, g, state)
+        o, state = kernel(q / math.sqrt(dk), k, v, g, state=state)
         o = self.norm(o.transpose(1, 2).reshape(B * T, D)).view(B, T, D)  # GroupNorm_h per token
         return self.out(F.silu(self.out_gate(x)) * o), state
 
@@ -96,14 +98,12 @@ class GLA(Mixer):
         return self.prefill(x)[0]
 
     def prefill(self, x: Tensor, prefix_len: Tensor | None = None, state: Tensor | None = None):
-        def kernel(q, k, v, g, s):
-            return gated_linear_attention_chunked(q, k, v, g, chunk_size=self.config.chunk_size, state=s)
-
-        return self._mix(x, state, kernel)
+        chunked = functools.partial(gated_linear_attention_chunked, chunk_size=self.config.chunk_size)
+        return self._mix(x, state, chunked)
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         shape = (batch_size, self.num_heads, self.key_dim, self.value_dim)
-        return torch.zeros(shape, device=device, dtype=torch.promote_types(dtype, torch.float32))
+        return torch.zeros(shape, device=device, dtype=compute_dtype(dtype))
 
     def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         y, state = self._mix(x_t.unsqueeze(1), state, gated_linear_attention_recurrent)

@@ -32,9 +32,9 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from recallkit.config import MixerConfig
+from recallkit.base_config import MixerConfig
 from recallkit.mixers.base import Mixer
-from recallkit.ops.long_conv import h3_ssm_chunked, h3_ssm_recurrent
+from recallkit.ops.diagonal_ssm import h3_ssm_chunked, h3_ssm_recurrent
 from recallkit.ops.short_conv import short_conv
 
 
@@ -88,7 +88,7 @@ class H3(Mixer):
         self.C = nn.Parameter(torch.randn(H, N) * N**-0.5)
         self.D = nn.Parameter(torch.ones(H))
         for p in (self.log_neg_a, self.B, self.C):
-            p._no_weight_decay = True  # S4 practice: no decay on SSM parameters; recallkit.train honours it
+            p._no_weight_decay = True  # S4 practice: no decay on SSM parameters; recallkit.training honours it
 
     def _ssm_params(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         A = -torch.exp(self.log_neg_a)  # (H, N), < 0
@@ -103,7 +103,7 @@ class H3(Mixer):
         """q, k̄, v as (B, H, T, d_h), and the new shift tail."""
         B, T, _ = x.shape
         q, k, v = self.qkv(x).chunk(3, dim=-1)  # each (B, T, D)
-        k, tail = short_conv(k, self.shift_weight, None, tail)  # shift SSM on k
+        k, tail = short_conv(k, self.shift_weight, None, state=tail)  # shift SSM on k
         q, k, v = (t.reshape(B, T, self.num_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
         return q, k, v, tail
 
@@ -114,7 +114,7 @@ class H3(Mixer):
     def prefill(self, x: Tensor, prefix_len: Tensor | None = None, state: H3State | None = None,
                 return_state: bool = True):
         q, k, v, tail = self._project(x, None if state is None else state.shift)
-        y, ssm = h3_ssm_chunked(q, k, v, *self._ssm_params(), None if state is None else state.ssm,
+        y, ssm = h3_ssm_chunked(q, k, v, *self._ssm_params(), state=None if state is None else state.ssm,
                                 chunk_size=self.config.chunk_size, return_state=return_state)
         return self._merge(y), (H3State(tail, ssm) if return_state else None)
 
@@ -130,7 +130,7 @@ class H3(Mixer):
 
     def step(self, x_t: Tensor, state: H3State) -> tuple[Tensor, H3State]:
         q, k, v, tail = self._project(x_t.unsqueeze(1), state.shift)
-        y, ssm = h3_ssm_recurrent(q, k, v, *self._ssm_params(), state.ssm)
+        y, ssm = h3_ssm_recurrent(q, k, v, *self._ssm_params(), state=state.ssm)
         return self._merge(y).squeeze(1), H3State(tail, ssm)
 
     def state_size(self, seq_len: int) -> int:

@@ -28,7 +28,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from recallkit.config import MixerConfig
+from recallkit.base_config import MixerConfig
 from recallkit.mixers.base import Mixer
 from recallkit.ops.long_conv import causal_conv_last, fft_causal_conv
 from recallkit.ops.short_conv import short_conv
@@ -123,7 +123,7 @@ class Hyena(Mixer):
         state = self.init_state(B, x.device, x.dtype) if state is None else state
         total = state.history[0].shape[-1] + T
         self._check_length(total)
-        u, tail = short_conv(self.in_proj(x), self.short_weight, self.short_bias, state.tail)
+        u, tail = short_conv(self.in_proj(x), self.short_weight, self.short_bias, state=state.tail)
         v, *gates = u.transpose(1, 2).chunk(self.config.order + 1, dim=1)  # each (B, D, T)
         filters, skips = self._filters(total)
         z, history = v, []
@@ -144,7 +144,8 @@ class Hyena(Mixer):
     def step(self, x_t: Tensor, state: HyenaState) -> tuple[Tensor, HyenaState]:
         total = state.history[0].shape[-1] + 1
         self._check_length(total)
-        u, tail = short_conv(self.in_proj(x_t).unsqueeze(1), self.short_weight, self.short_bias, state.tail)
+        u, tail = short_conv(self.in_proj(x_t).unsqueeze(1), self.short_weight, self.short_bias,
+                             state=state.tail)
         v, *gates = u.squeeze(1).chunk(self.config.order + 1, dim=-1)  # each (B, D)
         filters, skips = self._filters(total)
         z, history = v, []

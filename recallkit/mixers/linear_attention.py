@@ -15,7 +15,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from recallkit.config import MixerConfig
+from recallkit.base_config import MixerConfig
 from recallkit.mixers.base import Mixer
 from recallkit.ops.feature_maps import FEATURE_MAPS, POSITIVE_FEATURE_MAPS, feature_dim
 from recallkit.ops.linear_attention import (
@@ -83,7 +83,7 @@ class LinearAttention(Mixer):
     def prefill(self, x: Tensor, prefix_len: Tensor | None = None, state: Tensor | None = None):
         q, k, v = self._project(x)
         y, state = linear_attention_chunked(
-            q, k, v, state, normalize=self.config.normalize, chunk_size=self.config.chunk_size
+            q, k, v, state=state, normalize=self.config.normalize, chunk_size=self.config.chunk_size
         )
         return self._merge(y), state
 
@@ -97,7 +97,7 @@ class LinearAttention(Mixer):
 
     def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         q, k, v = self._project(x_t.unsqueeze(1))  # (B, H, 1, .)
-        y, state = linear_attention_recurrent(q, k, v, state, normalize=self.config.normalize)
+        y, state = linear_attention_recurrent(q, k, v, state=state, normalize=self.config.normalize)
         return self._merge(y).squeeze(1), state
 
     def state_size(self, seq_len: int) -> int:

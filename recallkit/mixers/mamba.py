@@ -10,6 +10,7 @@ A = -exp(A_log), the scan, y * SiLU(z), out_proj. The state per layer is the con
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -19,8 +20,9 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveInt, model_validator
 from torch import Tensor, nn
 
-from recallkit.config import MixerConfig
+from recallkit.base_config import MixerConfig
 from recallkit.mixers.base import Mixer
+from recallkit.ops.numerics import compute_dtype
 from recallkit.ops.selective_scan import selective_scan_chunked, selective_scan_recurrent
 from recallkit.ops.short_conv import short_conv
 
@@ -93,34 +95,32 @@ class Mamba(Mixer):
         # S4D-real: A[d, n] = -(n + 1), stored as its log so A stays negative under training
         self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(Dn, 1))
         self.D = nn.Parameter(torch.ones(Dn))
-        self.A_log._no_weight_decay = True  # as in the paper; recallkit.train honours it
+        self.A_log._no_weight_decay = True  # as in the paper; recallkit.training honours it
         self.D._no_weight_decay = True
         self.out_proj = nn.Linear(Dn, d_model, bias=False)
 
     def _mix(self, x: Tensor, state: MambaState | None, scan) -> tuple[Tensor, MambaState]:
         """x (B, T, D) -> y (B, T, D) and the state after it, with ``scan`` a selective-scan form."""
         xi, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, Dn) each
-        xc, tail = short_conv(xi, self.conv_weight, self.conv_bias, None if state is None else state.conv)
+        xc, tail = short_conv(xi, self.conv_weight, self.conv_bias,
+                              state=None if state is None else state.conv)
         xc = F.silu(xc)
         dt_low, Bm, Cm = self.x_proj(xc).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.softplus(self.dt_proj(dt_low))  # (B, T, Dn), > 0
-        A = -torch.exp(self.A_log.float())  # (Dn, N), < 0
-        y, h = scan(xc, dt, A, Bm, Cm, self.D, None if state is None else state.ssm)
+        A = -torch.exp(self.A_log.to(compute_dtype(x)))  # (Dn, N), < 0
+        y, h = scan(xc, dt, A, Bm, Cm, self.D, state=None if state is None else state.ssm)
         return self.out_proj(y * F.silu(z)), MambaState(tail, h)
 
     def forward(self, x: Tensor, prefix_len: Tensor | None = None) -> Tensor:
         return self.prefill(x)[0]
 
     def prefill(self, x: Tensor, prefix_len: Tensor | None = None, state: MambaState | None = None):
-        def scan(*args):
-            return selective_scan_chunked(*args, chunk_size=self.config.chunk_size)
-
-        return self._mix(x, state, scan)
+        chunked = functools.partial(selective_scan_chunked, chunk_size=self.config.chunk_size)
+        return self._mix(x, state, chunked)
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> MambaState:
         conv = torch.zeros(batch_size, self.d_inner, self.config.d_conv - 1, device=device, dtype=dtype)
-        ssm = torch.zeros(batch_size, self.d_inner, self.d_state, device=device,
-                          dtype=torch.promote_types(dtype, torch.float32))
+        ssm = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=compute_dtype(dtype))
         return MambaState(conv, ssm)
 
     def step(self, x_t: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:

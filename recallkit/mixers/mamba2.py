@@ -12,6 +12,7 @@ d_inner = expand * d_model = H * P. The state per layer is h (H, N, P) plus the 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -21,12 +22,13 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from recallkit.config import MixerConfig
+from recallkit.base_config import MixerConfig
 from recallkit.mixers.base import Mixer
 from recallkit.ops.gated_linear_attention import (
     gated_linear_attention_chunked,
     gated_linear_attention_recurrent,
 )
+from recallkit.ops.numerics import compute_dtype
 from recallkit.ops.short_conv import short_conv
 
 
@@ -90,7 +92,7 @@ class Mamba2(Mixer):
         self.A_log = nn.Parameter(torch.empty(H).uniform_(1, 16).log())  # A = -exp(A_log) < 0
         self.D = nn.Parameter(torch.ones(H))
         for p in (self.dt_bias, self.A_log, self.D):
-            p._no_weight_decay = True  # as in the paper; recallkit.train honours it
+            p._no_weight_decay = True  # as in the paper; recallkit.training honours it
         self.norm_weight = nn.Parameter(torch.ones(Dn))
         self.out_proj = nn.Linear(Dn, d_model, bias=False)
 
@@ -99,14 +101,16 @@ class Mamba2(Mixer):
         Bsz, T, _ = x.shape
         Dn, N, P, H = self.d_inner, self.d_state, self.head_dim, self.num_heads
         z, xbc, dt = self.in_proj(x).split([Dn, self.conv_dim, H], dim=-1)
-        xbc, tail = short_conv(xbc, self.conv_weight, self.conv_bias, None if state is None else state.conv)
+        xbc, tail = short_conv(xbc, self.conv_weight, self.conv_bias,
+                               state=None if state is None else state.conv)
         xs, Bm, Cm = F.silu(xbc).split([Dn, N, N], dim=-1)  # (B, T, Dn), (B, T, N), (B, T, N)
-        dt = F.softplus(dt.float() + self.dt_bias).transpose(1, 2)  # (B, H, T), > 0
-        g = dt * -torch.exp(self.A_log.float())[:, None]  # (B, H, T): log a_t = dt * A <= 0
+        ct = compute_dtype(x)  # float32 for float32 / half inputs, float64 for float64
+        dt = F.softplus(dt.to(ct) + self.dt_bias).transpose(1, 2)  # (B, H, T), > 0
+        g = dt * -torch.exp(self.A_log.to(ct))[:, None]  # (B, H, T): log a_t = dt * A <= 0
         xh = xs.view(Bsz, T, H, P).transpose(1, 2)  # (B, H, T, P)
         k = Bm[:, None].expand(Bsz, H, T, N)  # ngroups = 1: one B and C for all heads
         q = Cm[:, None].expand(Bsz, H, T, N)
-        y, h = kernel(q, k, xh * dt[..., None].to(xh.dtype), g, None if state is None else state.ssm)
+        y, h = kernel(q, k, xh * dt[..., None].to(xh.dtype), g, state=None if state is None else state.ssm)
         y = y + self.D[:, None, None] * xh  # (B, H, T, P)
         y = y.transpose(1, 2).reshape(Bsz, T, Dn) * F.silu(z)  # gate, then RMSNorm (norm_before_gate=False)
         y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-5) * self.norm_weight
@@ -116,15 +120,13 @@ class Mamba2(Mixer):
         return self.prefill(x)[0]
 
     def prefill(self, x: Tensor, prefix_len: Tensor | None = None, state: Mamba2State | None = None):
-        def kernel(q, k, v, g, s):
-            return gated_linear_attention_chunked(q, k, v, g, chunk_size=self.config.chunk_size, state=s)
-
-        return self._mix(x, state, kernel)
+        chunked = functools.partial(gated_linear_attention_chunked, chunk_size=self.config.chunk_size)
+        return self._mix(x, state, chunked)
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Mamba2State:
         conv = torch.zeros(batch_size, self.conv_dim, self.config.d_conv - 1, device=device, dtype=dtype)
         ssm = torch.zeros(batch_size, self.num_heads, self.d_state, self.head_dim, device=device,
-                          dtype=torch.promote_types(dtype, torch.float32))
+                          dtype=compute_dtype(dtype))
         return Mamba2State(conv, ssm)
 
     def step(self, x_t: Tensor, state: Mamba2State) -> tuple[Tensor, Mamba2State]:

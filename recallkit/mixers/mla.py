@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from recallkit.config import MixerConfig
+from recallkit.base_config import MixerConfig
 from recallkit.mixers.base import Mixer
 from recallkit.ops.position_bias import attention_bias
 from recallkit.ops.rotary import apply_rotary

@@ -89,7 +89,7 @@ class PLA(LinearAttention):
             # kernel from it, and its final state is already the sum the decoder continues from
             state = self.encoder_state(x, prefix_len)
         y, state = linear_attention_chunked(
-            q, k, v, state, normalize=self.config.normalize, chunk_size=self.config.chunk_size
+            q, k, v, state=state, normalize=self.config.normalize, chunk_size=self.config.chunk_size
         )
         return self._merge(y), state
 

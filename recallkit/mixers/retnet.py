@@ -11,6 +11,7 @@ numbers, d_h = d_model / H. Training and prefill use the chunked scalar-gate ker
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -19,12 +20,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from recallkit.config import MixerConfig
+from recallkit.base_config import MixerConfig
 from recallkit.mixers.base import Mixer
 from recallkit.ops.gated_linear_attention import (
     gated_linear_attention_chunked,
     gated_linear_attention_recurrent,
 )
+from recallkit.ops.numerics import compute_dtype
 
 
 class RetNetConfig(MixerConfig):
@@ -66,7 +68,7 @@ class RetNet(Mixer):
         H, dh = self.num_heads, self.head_dim
         q, k, v = self.qkv(x).view(B, T, 3, H, dh).permute(2, 0, 3, 1, 4)  # each (B, H, T, d_h)
         g = self.log_gamma[None, :, None].expand(B, H, T)  # (B, H, T): scalar log-decay per head
-        o, state = kernel(q, k / math.sqrt(dh), v, g, state)
+        o, state = kernel(q, k / math.sqrt(dh), v, g, state=state)
         o = self.norm(o.transpose(1, 2).reshape(B * T, D)).view(B, T, D)  # GroupNorm_h per token
         return self.out(F.silu(self.gate(x)) * o), state
 
@@ -74,14 +76,12 @@ class RetNet(Mixer):
         return self.prefill(x)[0]
 
     def prefill(self, x: Tensor, prefix_len: Tensor | None = None, state: Tensor | None = None):
-        def kernel(q, k, v, g, s):
-            return gated_linear_attention_chunked(q, k, v, g, chunk_size=self.config.chunk_size, state=s)
-
-        return self._mix(x, state, kernel)
+        chunked = functools.partial(gated_linear_attention_chunked, chunk_size=self.config.chunk_size)
+        return self._mix(x, state, chunked)
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         H, dh = self.num_heads, self.head_dim
-        return torch.zeros(batch_size, H, dh, dh, device=device, dtype=torch.promote_types(dtype, torch.float32))
+        return torch.zeros(batch_size, H, dh, dh, device=device, dtype=compute_dtype(dtype))
 
     def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         y, state = self._mix(x_t.unsqueeze(1), state, gated_linear_attention_recurrent)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from recallkit.kv.protocol import LayerCache
 from recallkit.mixers.base import Mixer
 from recallkit.ops.short_conv import short_conv
 
@@ -31,7 +32,7 @@ class ShortConvMixer(Mixer):
     def __init__(self, inner: Mixer, kernel_size: int) -> None:
         super().__init__(inner.d_model, inner.config)
         self.inner = inner
-        self.prefix_aware = inner.prefix_aware
+        self.prefix_aware, self.kv_cache = inner.prefix_aware, inner.kv_cache
         self.kernel_size = kernel_size
         # (D, K) filter and (D,) bias, initialised like nn.Conv1d: U(-1/sqrt(K), 1/sqrt(K))
         bound = kernel_size**-0.5
@@ -45,17 +46,20 @@ class ShortConvMixer(Mixer):
     def forward(self, x: Tensor, prefix_len: Tensor | None = None) -> Tensor:
         return self.inner(short_conv(x, self.conv_weight, self.conv_bias)[0], prefix_len)
 
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> ShortConvState:
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype, *,
+                   cache: LayerCache | None = None) -> ShortConvState:
         tail = torch.zeros(batch_size, self.d_model, self.kernel_size - 1, device=device, dtype=dtype)
-        return ShortConvState(tail, self.inner.init_state(batch_size, device, dtype))
+        inner = (self.inner.init_state(batch_size, device, dtype) if cache is None
+                 else self.inner.init_state(batch_size, device, dtype, cache=cache))
+        return ShortConvState(tail, inner)
 
     def prefill(self, x: Tensor, prefix_len: Tensor | None = None, state: ShortConvState | None = None):
-        h, tail = short_conv(x, self.conv_weight, self.conv_bias, None if state is None else state.tail)
+        h, tail = short_conv(x, self.conv_weight, self.conv_bias, state=None if state is None else state.tail)
         y, inner = self.inner.prefill(h, prefix_len, None if state is None else state.inner)
         return y, ShortConvState(tail, inner)
 
     def step(self, x_t: Tensor, state: ShortConvState) -> tuple[Tensor, ShortConvState]:
-        h, tail = short_conv(x_t.unsqueeze(1), self.conv_weight, self.conv_bias, state.tail)
+        h, tail = short_conv(x_t.unsqueeze(1), self.conv_weight, self.conv_bias, state=state.tail)
         y, inner = self.inner.step(h.squeeze(1), state.inner)
         return y, ShortConvState(tail, inner)
 

@@ -1,6 +1,17 @@
-"""Pure-PyTorch numerical kernels in the (B, H, T, D) layout; the token recurrences are the spec."""
+"""Pure-PyTorch numerical kernels in the (B, H, T, D) layout; the token recurrences are the spec.
+
+Every kernel takes its per-token inputs positionally and ``state`` (the recurrent state to start
+from, None for zeros) and ``chunk_size`` (chunked forms) by keyword only.
+"""
 
 from recallkit.ops.delta_rule import delta_rule_chunked, delta_rule_recurrent
+from recallkit.ops.diagonal_ssm import (
+    diagonal_ssm_conv,
+    diagonal_ssm_kernel,
+    diagonal_ssm_recurrent,
+    h3_ssm_chunked,
+    h3_ssm_recurrent,
+)
 from recallkit.ops.feature_maps import FEATURE_MAPS, feature_dim
 from recallkit.ops.gated_linear_attention import (
     gated_linear_attention_chunked,
@@ -12,15 +23,7 @@ from recallkit.ops.linear_attention import (
     linear_attention_quadratic,
     linear_attention_recurrent,
 )
-from recallkit.ops.long_conv import (
-    causal_conv_reference,
-    diagonal_ssm_conv,
-    diagonal_ssm_kernel,
-    diagonal_ssm_recurrent,
-    fft_causal_conv,
-    h3_ssm_chunked,
-    h3_ssm_recurrent,
-)
+from recallkit.ops.long_conv import causal_conv_reference, fft_causal_conv
 from recallkit.ops.selective_scan import selective_scan_chunked, selective_scan_recurrent
 
 __all__ = [

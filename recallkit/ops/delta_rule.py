@@ -42,7 +42,7 @@ def init_delta_state(q: Tensor, v: Tensor) -> Tensor:
 
 
 def delta_rule_recurrent(
-    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None = None, state: Tensor | None = None
+    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None = None, *, state: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Token-by-token recurrence (the reference).
 
@@ -73,8 +73,8 @@ def delta_rule_recurrent(
 
 
 def delta_rule_chunked(
-    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None = None, chunk_size: int = 64,
-    state: Tensor | None = None,
+    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None = None, *, state: Tensor | None = None,
+    chunk_size: int = 64,
 ) -> tuple[Tensor, Tensor]:
     """Chunkwise-parallel form with the WY / UT transform (Yang et al. 2024, section 3).
 
@@ -103,8 +103,8 @@ def delta_rule_chunked(
     if T == 0:
         return v[:, :, :0], S
     if T > segment_length(chunk_size):  # cache blocking, see ops/segments.py
-        return in_segments(delta_rule_chunked, dict(q=q, k=k, v=v, beta=beta, g=g), S,
-                           segment_length(chunk_size), chunk_size=chunk_size)
+        return in_segments(delta_rule_chunked, {"q": q, "k": k, "v": v, "beta": beta, "g": g}, state=S,
+                           length=segment_length(chunk_size), chunk_size=chunk_size)
     q_, k_, v_, b_ = (t.to(ct) for t in (q, k, v, beta))
     g_ = None if g is None else g.to(ct)
     C = chunk_size

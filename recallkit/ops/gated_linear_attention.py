@@ -42,7 +42,7 @@ def init_gla_state(q: Tensor, v: Tensor) -> Tensor:
 
 
 def gated_linear_attention_recurrent(
-    q: Tensor, k: Tensor, v: Tensor, g: Tensor, state: Tensor | None = None
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, state: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Token-by-token recurrence (the reference).
 
@@ -134,7 +134,7 @@ def _intra_vector(q: Tensor, k: Tensor, cum: Tensor, sub: int) -> tuple[Tensor, 
 
 
 def gated_linear_attention_chunked(
-    q: Tensor, k: Tensor, v: Tensor, g: Tensor, chunk_size: int = 64, state: Tensor | None = None,
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, state: Tensor | None = None, chunk_size: int = 64,
     sub_chunk_size: int = 8,
 ) -> tuple[Tensor, Tensor]:
     """Chunkwise-parallel form: masked decayed scores inside a chunk, the decayed state across chunks.
@@ -150,13 +150,14 @@ def gated_linear_attention_chunked(
     """
     scalar = _check_gate(q, g)
     ct = compute_dtype(q)
-    B, H, T, Dk = q.shape
+    B, H, T, _ = q.shape  # q: (B, H, T, Dk)
     S = init_gla_state(q, v) if state is None else state.to(ct)
     if T == 0:
         return v[:, :, :0], S
     if T > segment_length(chunk_size):  # cache blocking, see ops/segments.py
-        return in_segments(gated_linear_attention_chunked, dict(q=q, k=k, v=v, g=g), S,
-                           segment_length(chunk_size), chunk_size=chunk_size, sub_chunk_size=sub_chunk_size)
+        return in_segments(gated_linear_attention_chunked, {"q": q, "k": k, "v": v, "g": g}, state=S,
+                           length=segment_length(chunk_size), chunk_size=chunk_size,
+                           sub_chunk_size=sub_chunk_size)
     q_, k_, v_, g_ = (t.to(ct) for t in (q, k, v, g))
     if scalar:
         g_ = g_.unsqueeze(-1)  # (B, H, T, 1)

@@ -42,7 +42,7 @@ def init_linear_state(q: Tensor, v: Tensor, normalize: bool) -> Tensor:
 
 
 def linear_attention_recurrent(
-    q: Tensor, k: Tensor, v: Tensor, state: Tensor | None = None, normalize: bool = True,
+    q: Tensor, k: Tensor, v: Tensor, *, state: Tensor | None = None, normalize: bool = True,
     eps: float = DEFAULT_EPS,
 ) -> tuple[Tensor, Tensor]:
     """Token-by-token recurrence (the reference).
@@ -65,7 +65,7 @@ def linear_attention_recurrent(
 
 
 def linear_attention_quadratic(
-    q: Tensor, k: Tensor, v: Tensor, normalize: bool = True, eps: float = DEFAULT_EPS
+    q: Tensor, k: Tensor, v: Tensor, *, normalize: bool = True, eps: float = DEFAULT_EPS
 ) -> Tensor:
     """Masked quadratic form: y = tril(q k^T) v (B, H, T, Dv), from a zero state."""
     T = q.shape[2]
@@ -76,7 +76,7 @@ def linear_attention_quadratic(
 
 
 def linear_attention_chunked(
-    q: Tensor, k: Tensor, v: Tensor, state: Tensor | None = None, normalize: bool = True,
+    q: Tensor, k: Tensor, v: Tensor, *, state: Tensor | None = None, normalize: bool = True,
     chunk_size: int = 64, eps: float = DEFAULT_EPS,
 ) -> tuple[Tensor, Tensor]:
     """Chunkwise-parallel form: quadratic inside a chunk, the running state across chunks.
@@ -92,8 +92,9 @@ def linear_attention_chunked(
     if T == 0:
         return _finish(v_aug, normalize, eps), S0
     if T > segment_length(chunk_size):  # cache blocking, see ops/segments.py
-        return in_segments(linear_attention_chunked, dict(q=q, k=k, v=v), state, segment_length(chunk_size),
-                           normalize=normalize, chunk_size=chunk_size, eps=eps)
+        return in_segments(linear_attention_chunked, {"q": q, "k": k, "v": v}, state=state,
+                           length=segment_length(chunk_size), normalize=normalize, chunk_size=chunk_size,
+                           eps=eps)
     C = chunk_size
     pad = (-T) % C
     if pad:  # zero keys/values add nothing to the state; padded query rows are dropped below

@@ -36,20 +36,22 @@ def attention_bias(
 
     Args:
         query_pos: (Tq,) absolute positions of the queries.
-        key_pos: (Tk,) absolute positions of the keys.
+        key_pos: (Tk,) absolute positions of the keys, or (B, H, Tk) per row and head (an evicted
+            cache holds different tokens per head).
         window: a query sees the keys with 0 <= i - j < window (itself included); None = all.
         slopes: (H,) ALiBi slopes, or None.
         spans: (H,) per-head largest allowed distance i - j (inf = unlimited), or None.
 
     Returns:
-        (Tq, Tk) when neither slopes nor spans are given, else (H, Tq, Tk).
+        (Tq, Tk) for shared key positions without slopes or spans, (H, Tq, Tk) with them, and
+        (B, H, Tq, Tk) for per-head key positions.
     """
-    distance = (query_pos[:, None] - key_pos[None, :]).float()  # (Tq, Tk)
+    distance = (query_pos[:, None] - key_pos[..., None, :]).float()  # (Tq, Tk) or (B, H, Tq, Tk)
     allowed = distance >= 0
     if window is not None:
         allowed = allowed & (distance < window)
     if spans is not None:
-        allowed = allowed & (distance[None] <= spans.to(distance.device)[:, None, None])  # (H, Tq, Tk)
+        allowed = allowed & (distance <= spans.to(distance.device)[:, None, None])  # (.., H, Tq, Tk)
     bias = torch.zeros(allowed.shape, device=distance.device)
     if slopes is not None:
         bias = bias - slopes.to(distance.device)[:, None, None] * distance

@@ -25,6 +25,7 @@ def segment_length(chunk_size: int) -> int:
 def in_segments(
     kernel: Callable[..., tuple[Tensor, Tensor]],
     sequences: dict[str, Tensor | None],
+    *,
     state: Tensor | None,
     length: int,
     dim: int = 2,

@@ -29,7 +29,7 @@ def init_selective_state(x: Tensor, A: Tensor) -> Tensor:
 
 
 def selective_scan_recurrent(
-    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None, *,
     state: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Token-by-token recurrence (the reference).
@@ -60,7 +60,7 @@ def selective_scan_recurrent(
 
 
 def selective_scan_chunked(
-    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None, *,
     state: Tensor | None = None, chunk_size: int = 64,
 ) -> tuple[Tensor, Tensor]:
     """Chunkwise-parallel form: a two-level scan, the loop's O(L Dn N) work in ~2 Lc + L / Lc steps.

@@ -17,7 +17,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from recallkit.config import TaskConfig, _resolve
+from recallkit.base_config import TaskConfig
+from recallkit.tasks import task_config
 
 BITS_PER_NUMBER = 32
 """State numbers are float32."""
@@ -45,8 +46,8 @@ def length_curve(row: dict[str, Any]) -> dict[str, Any] | None:
     at_length = sorted((e["length"], e["state_size"]) for e in evals if "length" in e)
     fixed_state = len({state for _, state in at_length}) == 1 and len(at_length) > 1
     bound = None
-    task: TaskConfig = _resolve(row["config"]["eval_tasks"][0] if row["config"].get("eval_tasks")
-                                else row["config"]["task"], "tasks", TaskConfig)
+    task: TaskConfig = task_config(row["config"]["eval_tasks"][0] if row["config"].get("eval_tasks")
+                                   else row["config"]["task"])
     if fixed_state and callable(getattr(task, "bits_per_unit", None)):
         bound = at_length[0][1] * BITS_PER_NUMBER / task.bits_per_unit()
     return {

@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from recallkit.errors import RecallkitError
-from recallkit.sweep.runner import RESULTS_FILE
-from recallkit.sweep.store import Store
+from recallkit.sweep.store import RESULTS_FILE, Store
 
 
 def read_rows(directory: str | Path) -> list[dict[str, Any]]:

@@ -15,8 +15,7 @@ from pathlib import Path
 
 from recallkit.errors import RecallkitError
 from recallkit.sweep.lock import is_locked
-from recallkit.sweep.runner import RESULTS_FILE
-from recallkit.sweep.store import STATUSES, Store
+from recallkit.sweep.store import RESULTS_FILE, STATUSES, Store
 
 
 @dataclass

@@ -82,8 +82,7 @@ def run_in_worker(config_json: str, device: str | None, num_cpus: float, hide_gp
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     import torch
 
-    # Imported here, in the worker: runner imports this module, so a top-level import would be circular.
-    from recallkit.sweep.runner import execute
+    from recallkit.sweep.worker import execute  # in the worker: torch is imported after the env is set
 
     torch.set_num_threads(max(1, int(num_cpus)))  # the CPUs this task reserved, not the whole node
     return execute(config_json, None, device)

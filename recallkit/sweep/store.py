@@ -16,6 +16,9 @@ from typing import Any
 from recallkit.config import RunConfig
 from recallkit.errors import RecallkitError
 
+RESULTS_FILE = "results.sqlite"
+"""The store's file name inside a sweep's output directory."""
+
 STATUSES = ("pending", "running", "done", "failed", "diverged")
 FINISHED = ("done", "diverged")
 """Statuses a rerun skips. ``failed`` runs are retried (the cause may have been fixed)."""

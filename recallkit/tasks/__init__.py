@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from recallkit.config import TaskConfig
+from recallkit.base_config import TaskConfig
 from recallkit.errors import RecallkitError
 from recallkit.tasks.base import IGNORE_INDEX, Batch, eval_seed, train_seed
 from recallkit.tasks.copy import CopyConfig
@@ -14,15 +14,16 @@ from recallkit.tasks.reversal import ReversalConfig
 from recallkit.tasks.set_disjointness import SetDisjointnessConfig
 from recallkit.tasks.transforms import ReadTwiceConfig, read_twice
 
-TASKS: dict[str, type[TaskConfig]] = {
-    "mqar": MQARConfig,
-    "set_disjointness": SetDisjointnessConfig,
-    "read_twice": ReadTwiceConfig,
-    "copy": CopyConfig,
-    "ngram_lookup": NgramLookupConfig,
-    "phonebook": PhonebookConfig,
-    "reversal": ReversalConfig,
-}
+TaskConfig.register(MQARConfig, SetDisjointnessConfig, ReadTwiceConfig, CopyConfig, NgramLookupConfig,
+                    PhonebookConfig, ReversalConfig)
+TASKS: dict[str, type[TaskConfig]] = TaskConfig.registry
+"""Every task config class by its ``name`` literal (add one with ``TaskConfig.register``)."""
+
+
+def task_config(spec: dict[str, Any] | TaskConfig) -> TaskConfig:
+    """A task config from ``{"name": key, **fields}`` (as stored in a run's JSON) or an instance;
+    ValueError for an unknown name."""
+    return TaskConfig.resolve(spec)
 
 
 def make_task(key: str, **fields: Any) -> TaskConfig:
@@ -35,5 +36,5 @@ def make_task(key: str, **fields: Any) -> TaskConfig:
 __all__ = [
     "IGNORE_INDEX", "TASKS", "Batch", "CopyConfig", "LengthAxis", "MQARConfig", "NgramLookupConfig",
     "PhonebookConfig", "ReadTwiceConfig", "ReversalConfig", "SetDisjointnessConfig", "eval_seed",
-    "has_length_axis", "make_task", "read_twice", "train_seed",
+    "has_length_axis", "make_task", "read_twice", "task_config", "train_seed",
 ]

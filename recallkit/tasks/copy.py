@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from recallkit.config import TaskConfig
+from recallkit.base_config import TaskConfig
 from recallkit.tasks.base import Batch, pad_examples
 
 

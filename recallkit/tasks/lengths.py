@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from recallkit.config import TaskConfig
+from recallkit.base_config import TaskConfig
 
 
 @runtime_checkable

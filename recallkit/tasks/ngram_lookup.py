@@ -10,7 +10,7 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from pydantic import Field, model_validator
 
-from recallkit.config import TaskConfig
+from recallkit.base_config import TaskConfig
 from recallkit.tasks.base import Batch, pad_examples
 
 MAX_REDRAWS = 1000

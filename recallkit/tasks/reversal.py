@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from recallkit.config import TaskConfig
+from recallkit.base_config import TaskConfig
 from recallkit.tasks.base import IGNORE_INDEX, Batch
 
 FORWARD, REVERSE_TRAINED, REVERSE_HELD_OUT = 0, 1, 2

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from recallkit.config import TaskConfig
+from recallkit.base_config import TaskConfig
 from recallkit.tasks.base import IGNORE_INDEX, Batch
 
 SizePairs = tuple[int, int] | list[tuple[int, int]]

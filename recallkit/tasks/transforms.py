@@ -7,7 +7,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, SerializeAsAny, model_validator
 
-from recallkit.config import TaskConfig, _resolve
+from recallkit.base_config import TaskConfig
 from recallkit.tasks.base import IGNORE_INDEX, Batch
 
 
@@ -58,7 +58,7 @@ class ReadTwiceConfig(TaskConfig):
     def _derive_sizes(cls, data: Any) -> Any:
         if not isinstance(data, dict) or "task" not in data:
             return data
-        inner = _resolve(data["task"], "tasks", TaskConfig)
+        inner = TaskConfig.resolve(data["task"])
         # ValueError, not TypeError: pydantic turns only the former into a ValidationError
         if not isinstance(inner, TaskConfig):
             raise ValueError("read_twice needs task= a task config or a task dict")  # noqa: TRY004

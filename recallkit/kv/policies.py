@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from recallkit.config import StrictModel
+from recallkit.base_config import StrictModel
 
 if TYPE_CHECKING:
-    from recallkit.inference.cache import KVCache
+    from recallkit.kv.cache import KVCache
 
 PROTECTED = float("inf")
 

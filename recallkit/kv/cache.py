@@ -1,0 +1,148 @@
+"""An evicting KV cache for one attention layer (DESIGN.md section 8).
+
+The cache holds, per sequence and KV head, the kept tokens' keys (rotated at the positions the
+attention gives them), values, original positions and the statistics policies rank tokens by:
+accumulated attention (H2O), the last query's attention (TOVA), the last ``policy.history``
+queries' attention (SnapKV, Scissorhands). Tokens stay sorted by position. Every sequence and head
+keeps the same number of tokens, so the tensors stay dense. It follows the layer cache protocol of
+:mod:`recallkit.kv.protocol`.
+
+Modes: ``continuous`` evicts after every token once more than ``budget`` tokens are held (between
+tokens the cache never holds more than ``budget``; a query attends to the ``budget`` kept tokens
+plus itself, so the peak is budget + 1); ``prefill`` reads the context with the full cache (in one
+block or token by token: the statistics are the same), compresses once to ``budget`` when
+:meth:`KVCache.compress` is called at the end of the context, and appends the decoded tokens after
+it without evicting (as kvpress does).
+
+Positions: the kept tokens keep their original positions; a policy that re-indexes (StreamingLLM's
+``sinks`` with ``reindex_positions``) gives them the positions of their cache slots instead, and
+the cache rotates their keys by the shift with the layer's ``rotate`` (RoPE rotations compose).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from recallkit.kv.policies import Policy
+from recallkit.kv.protocol import Rotate
+
+Mode = Literal["continuous", "prefill"]
+
+
+class KVCache:
+    """Keys, values, positions and attention statistics of one attention layer.
+
+    Args:
+        policy: which tokens to keep when over budget (see :mod:`recallkit.kv.policies`).
+        budget: tokens kept per sequence and KV head (None = unbounded).
+        mode: ``continuous`` or ``prefill`` (see the module docstring).
+        seed: seeds the cache's generator (used by the ``random`` policy).
+        rotate: the layer's RoPE rotation by a position shift, for re-indexing policies; None when
+            the keys carry no rotation.
+    """
+
+    def __init__(self, policy: Policy, budget: int | None, mode: Mode = "continuous", seed: int = 0,
+                 rotate: Rotate | None = None) -> None:
+        if budget is not None and budget < 1:
+            raise ValueError(f"KV cache budget must be >= 1 token, got {budget}")
+        if mode not in ("continuous", "prefill"):
+            raise ValueError(f"unknown eviction mode {mode!r}; use continuous or prefill")
+        self.policy, self.budget, self.mode, self.rotate = policy, budget, mode, rotate
+        self.generator = torch.Generator().manual_seed(seed)
+        self.key = self.value = None  # (B, H_kv, S, d_h), keys rotated at their key_positions
+        self.positions: Tensor | None = None  # (B, H_kv, S) original positions, ascending
+        self.accumulated: Tensor | None = None  # (B, H_kv, S) sum of attention received
+        self.last: Tensor | None = None  # (B, H_kv, S) attention from the latest query
+        self.recent: Tensor | None = None  # (B, H_kv, S, history) ring of the last queries' attention
+        self.seen = 0  # tokens appended so far = original position of the next token
+        self.compressed = False
+        self.peak = 0  # most tokens held between tokens
+
+    def __len__(self) -> int:
+        return 0 if self.key is None else self.key.shape[2]
+
+    def numel(self) -> int:
+        """Numbers of inference state held per batch: the kept keys and values (positions and
+        statistics are bookkeeping of the policy, not model state)."""
+        return 0 if self.key is None else self.key.numel() + self.value.numel()
+
+    @property
+    def needs_attention(self) -> bool:
+        return True
+
+    @property
+    def stepwise(self) -> bool:
+        return self.mode == "continuous" and self.policy.evicts and self.budget is not None
+
+    @property
+    def next_position(self) -> int:
+        return len(self) if self.policy.reindex else self.seen
+
+    @property
+    def key_positions(self) -> Tensor:
+        """Positions the attention uses: original ones, or the cache slots when re-indexing."""
+        if self.policy.reindex:
+            return torch.arange(len(self), device=self.key.device).expand_as(self.positions)
+        return self.positions
+
+    def append(self, key: Tensor, value: Tensor) -> KVCache:
+        """Add T tokens per sequence: key, value (B, H_kv, T, d_h) at positions seen .. seen + T - 1."""
+        B, H, T, _ = key.shape
+        zeros = key.new_zeros(B, H, T)
+        positions = torch.arange(self.seen, self.seen + T, device=key.device).expand(B, H, T)
+        recent = key.new_zeros(B, H, T, self.policy.history) if self.policy.history else None
+        if self.key is None:
+            self.key, self.value, self.positions = key, value, positions
+            self.accumulated, self.last, self.recent = zeros, zeros.clone(), recent
+        else:
+            self.key, self.value = torch.cat([self.key, key], dim=2), torch.cat([self.value, value], dim=2)
+            self.positions = torch.cat([self.positions, positions], dim=2)
+            self.accumulated = torch.cat([self.accumulated, zeros], dim=2)
+            self.last = torch.cat([self.last, zeros], dim=2)
+            if recent is not None:
+                self.recent = torch.cat([self.recent, recent], dim=2)
+        self.seen += T
+        return self
+
+    def observe(self, attention: Tensor | None) -> KVCache:
+        """Record the new queries' attention (B, H_kv, T, S), averaged over the query heads of each
+        KV head, then evict if the mode says so."""
+        T = attention.shape[2]
+        if self.stepwise and T != 1:
+            raise ValueError(f"a continuous evicting cache reads one token at a time, got a block of {T}")
+        self.accumulated = self.accumulated + attention.sum(dim=2)
+        self.last = attention[:, :, -1]
+        if self.recent is not None:
+            first = self.seen - T  # index of the block's first query
+            for i in range(max(0, T - self.policy.history), T):
+                self.recent[..., (first + i) % self.policy.history] = attention[:, :, i]
+        if self.stepwise and len(self) > self.budget:
+            self.evict(self.budget)
+        self.peak = max(self.peak, len(self))
+        return self
+
+    def compress(self) -> None:
+        """End of the context: in ``prefill`` mode, evict down to the budget once."""
+        if self.mode == "prefill" and not self.compressed and self.budget is not None and len(self) > self.budget:
+            self.evict(self.budget)
+        self.compressed = True
+
+    def evict(self, budget: int) -> None:
+        """Keep the ``budget`` tokens per sequence and head that the policy ranks highest."""
+        if not self.policy.evicts or len(self) <= budget:
+            return
+        keep = self.policy.keep(self, budget)  # (B, H_kv, budget), ascending slots
+
+        def take(t: Tensor) -> Tensor:  # (B, H_kv, S, ...) -> (B, H_kv, budget, ...)
+            index = keep.view(*keep.shape, *([1] * (t.ndim - 3))).expand(-1, -1, -1, *t.shape[3:])
+            return t.gather(2, index)
+
+        self.key, self.value, self.positions = take(self.key), take(self.value), take(self.positions)
+        self.accumulated, self.last = take(self.accumulated), take(self.last)
+        if self.recent is not None:
+            self.recent = take(self.recent)
+        if self.policy.reindex and self.rotate is not None:  # slot keep[j] moves to slot j
+            self.key = self.rotate(self.key, torch.arange(budget, device=keep.device) - keep)

@@ -1,0 +1,55 @@
+"""One run in a worker: train it from its canonical JSON and return its outcome for the store.
+
+Used by every executor (serial, process pool, Ray); it imports no executor.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recallkit.config import RunConfig
+from recallkit.training import StepCallback, train
+
+
+def execute(config_json: str, on_step: StepCallback | None = None, device: str | None = None,
+            checkpoints: str | None = None) -> dict[str, Any]:
+    """Train one run from its canonical JSON (on ``device`` if given, else the config's); return its
+    outcome for ``Store.record``. With ``checkpoints`` (a directory) the run checkpoints to
+    ``<checkpoints>/<run_id>.pt`` and resumes from it: a killed sweep loses at most a minute per run."""
+    config = RunConfig.model_validate_json(config_json)
+    checkpoint = None if checkpoints is None else Path(checkpoints) / f"{config.run_id}.pt"
+    try:
+        result = train(config, on_step=on_step, device=device, checkpoint=checkpoint)
+    except Exception as error:  # a failing run is recorded, the sweep goes on
+        tail = traceback.format_exc(limit=-3)
+        return {"status": "failed", "error": f"{type(error).__name__}: {error}\n{tail}"}
+    return {
+        "status": result.status, "metrics": result.metrics, "state_size": result.state_size,
+        "num_params": result.num_params, "wall_time": result.wall_time,
+    }
+
+
+def init_worker(threads: int, driver: int) -> None:
+    """Worker set-up: share the cores, and die with the driver (pid ``driver``), so that a killed
+    sweep leaves no orphans."""
+    torch.set_num_threads(threads)
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        # A driver killed while this worker was still starting (importing torch) died before the
+        # signal was armed: the worker would wait on its call queue forever.
+        if os.getppid() != driver:
+            os._exit(1)
+
+
+def threads_per_worker(workers: int) -> int:
+    """Split the machine's cores between process workers so they do not oversubscribe."""
+    return max(1, (os.cpu_count() or 1) // workers)

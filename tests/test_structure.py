@@ -1,0 +1,104 @@
+"""The package's layering: no import cycle among recallkit modules (module-level or deferred), the
+mixers below inference, and reading results without loading the training loop."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import recallkit
+
+ROOT = Path(recallkit.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Every recallkit module -> the recallkit modules it imports anywhere (module level or inside a
+    function; ``TYPE_CHECKING`` blocks excluded). Importing ``a.b.c`` also runs the packages ``a.b``
+    (unless the importer lives inside them); the root package is left out (every import runs it)."""
+    modules = {_module_name(p): p for p in ROOT.rglob("*.py")}
+
+    def resolve(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        tree = ast.parse(path.read_text())
+        typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                       and getattr(node.test, "id", "") == "TYPE_CHECKING" for n in ast.walk(node)}
+        targets: set[str] = set()
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            targets |= {r for n in names if n.startswith("recallkit.") and (r := resolve(n))}
+        for target in list(targets):
+            parts = target.split(".")
+            targets |= {".".join(parts[:i]) for i in range(2, len(parts))
+                        if not module.startswith(".".join(parts[:i]) + ".")}
+        graph[module] = {t for t in targets if t not in (module, "recallkit")}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a list of modules, or None (depth-first search with colours)."""
+    colour: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        colour[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if colour.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in colour and (cycle := visit(nxt)):
+                return cycle
+        colour[node] = 2
+        path.pop()
+        return None
+
+    for start in sorted(graph):
+        if start not in colour and (cycle := visit(start)):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_planted_cycle():
+    graph = import_graph()
+    assert "recallkit.config" in graph["recallkit.model"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle(graph | {"recallkit.base_config": {"recallkit.model"}}) is not None
+
+
+def test_no_import_cycle_among_recallkit_modules():
+    assert find_cycle(import_graph()) is None
+
+
+def test_lower_layers_never_import_higher_ones():
+    lower = ("recallkit.ops", "recallkit.kv", "recallkit.mixers", "recallkit.tasks", "recallkit.base_config")
+    higher = ("recallkit.inference", "recallkit.training", "recallkit.sweep", "recallkit.report", "recallkit.config",
+              "recallkit.model", "recallkit.cli", "recallkit.hf")
+    for module, targets in import_graph().items():
+        if module.startswith(lower):
+            assert not {t for t in targets if t.startswith(higher)}, module
+
+
+def test_reading_results_does_not_load_the_training_loop():
+    code = ("import sys, recallkit.report, recallkit.sweep.doctor; "
+            "print(sorted(m for m in sys.modules if m in ('recallkit.training', 'recallkit.sweep.runner')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    assert callable(recallkit.train) and recallkit.train is recallkit.train  # lazily, the function
