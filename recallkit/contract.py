@@ -1,0 +1,124 @@
+"""The model contract, checked on any model: recallkit's own or a pretrained one through its adapter.
+
+Cached or chunked inference silently differing from the full forward is the bug users of recurrent
+and KV-cached models report most. :func:`check_model` runs, on random tokens:
+
+    prefill        prefill(x) logits == forward(x)
+    step loop      prefill(x[:, :1]) then step(x_t) for t >= 1 == forward(x)
+    split s        prefill(x[:, :s]) then prefill(x[:, s:]) from that state == forward(x), several s
+    batch          each row's forward alone == its row in the batch
+    state size     state_size(T) == the numbers the real state holds per sequence after T tokens
+
+each with its max abs difference against a tolerance scaled to the logits' magnitude.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from recallkit.config import RunConfig
+from recallkit.mixers.base import state_numel
+from recallkit.model import build_model
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check: its name, the measured max abs difference, the tolerance and the verdict."""
+
+    name: str
+    difference: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return self.difference <= self.tolerance
+
+    def line(self) -> str:
+        verdict = "ok  " if self.passed else "FAIL"
+        return f"{verdict} {self.name:<22} max |diff| {self.difference:.3g} (tolerance {self.tolerance:.3g})"
+
+
+def held_numbers(state: Any, batch_size: int) -> int:
+    """Numbers one sequence's real state holds: the tensors of a recallkit state, or a transformers
+    cache's (``recallkit.hf``)."""
+    cache = getattr(state, "cache", None)
+    if cache is not None:
+        from recallkit.hf.cache_state import cache_numel
+
+        return cache_numel(cache)
+    return state_numel(state.layers) // batch_size
+
+
+def _diff(a: Tensor, b: Tensor) -> float:
+    return (a.float() - b.float()).abs().max().item()
+
+
+@torch.no_grad()
+def check_model(model: Any, *, length: int = 24, batch_size: int = 3, seed: int = 0, vocab: int | None = None,
+                rtol: float = 1e-4) -> list[Check]:
+    """Run the contract checks on ``model`` (eval mode): a list of :class:`Check`.
+
+    Args:
+        model: a ``LanguageModel`` or an ``HFModel`` (anything with forward / prefill / step / state_size).
+        length: tokens per sequence (T >= 4).
+        batch_size: sequences (>= 2 for the batch check).
+        seed: the random tokens' seed (a local generator).
+        vocab: draw tokens below this id (default: the model's vocabulary).
+        rtol: tolerance relative to the largest |logit| (at least 1).
+    """
+    if length < 4 or batch_size < 2:
+        raise ValueError(f"check_model needs length >= 4 and batch_size >= 2; got {length}, {batch_size}")
+    was_training = model.training
+    model.eval()
+    try:
+        device = model.embed.weight.device
+        high = vocab or model.embed.weight.shape[0]
+        tokens = torch.randint(0, high, (batch_size, length), generator=torch.Generator().manual_seed(seed))
+        tokens = tokens.to(device)
+        full = model(tokens)
+        tolerance = rtol * max(1.0, full.abs().max().item())
+        checks = []
+        logits, state = model.prefill(tokens)
+        checks.append(Check("prefill", _diff(logits, full), tolerance))
+        checks.append(Check("state size", abs(model.state_size(length) - held_numbers(state, batch_size)), 0))
+        logits, state = model.prefill(tokens[:, :1])
+        stepped = [logits[:, -1]]
+        for t in range(1, length):
+            step_logits, state = model.step(tokens[:, t], state)
+            stepped.append(step_logits)
+        checks.append(Check("step loop", _diff(torch.stack(stepped, 1), full), tolerance))
+        for split in sorted({1, length // 3, length // 2, length - 1}):
+            head, state = model.prefill(tokens[:, :split])
+            tail, _ = model.prefill(tokens[:, split:], state=state)
+            checks.append(Check(f"split at {split}", _diff(torch.cat([head, tail], 1), full), tolerance))
+        alone = torch.cat([model(tokens[i : i + 1]) for i in range(batch_size)])
+        checks.append(Check("batch independence", _diff(alone, full), tolerance))
+        return checks
+    finally:
+        model.train(was_training)
+
+
+def models_to_check(source: str, seed: int = 0) -> list[tuple[str, Any]]:
+    """``(label, model)`` pairs for ``source``: a results directory gives one model per distinct
+    model config of its runs (built from the run's seed: the contract is the architecture's); anything
+    else is a pretrained source for ``recallkit.hf.load_model``."""
+    if Path(source).is_dir() and Path(source, "results.sqlite").is_file():
+        from recallkit.report.load import read_rows
+
+        models: dict[str, tuple[str, Any]] = {}
+        for row in read_rows(source):
+            config = RunConfig.model_validate(row["config"])
+            key = config.model.model_dump_json()
+            if key not in models:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(config.train.seed)
+                    models[key] = (config.display_label, build_model(config.model))
+        return list(models.values())
+    from recallkit.hf import load_model
+
+    return [(source, load_model(source, seed=seed))]

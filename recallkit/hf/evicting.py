@@ -1,0 +1,215 @@
+"""KV eviction inside a Hugging Face model: recallkit's evicting cache in every attention layer.
+
+Each attention layer's slot of the transformers ``DynamicCache`` becomes an :class:`EvictingLayer`
+holding a :class:`recallkit.kv.KVCache` (the layer cache protocol of :mod:`recallkit.kv.protocol`);
+recurrent layers of a hybrid keep transformers' own state. While such a cache is in use the model
+runs its attention through :func:`evicting_attention`, registered with transformers'
+``AttentionInterface``: it attends the new queries to the held keys with a causal (and, for
+sliding-window layers, windowed) mask built from the tokens' positions, hands the attention
+probabilities, averaged over each KV head's query heads, to the cache, which then evicts.
+
+RoPE: keys arrive rotated at their positions and are stored so; kept tokens keep their original
+positions (the model is given ``position_ids``), and a re-indexing policy (StreamingLLM's sinks)
+rotates the kept keys by their shift with the model's own rotary frequencies and places new tokens
+at their cache slot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from recallkit.errors import RecallkitError
+from recallkit.kv.cache import KVCache
+from recallkit.kv.protocol import CacheFactory, Rotate
+
+ATTENTION_NAME = "recallkit_evicting"
+_pending: list[EvictingLayer] = []  # the layer whose update ran last: its attention comes next
+
+
+def _layer_classes():
+    from transformers.cache_utils import CacheLayerMixin, LinearAttentionCacheLayerMixin
+
+    return CacheLayerMixin, LinearAttentionCacheLayerMixin
+
+
+def attention_layers(model: nn.Module) -> list[int]:
+    """Indices of the model's layers whose cache is a plain attention KV cache."""
+    from transformers import DynamicCache
+
+    attention, linear = _layer_classes()
+    layers = DynamicCache(config=model.config).layers
+    if not layers:  # no config-driven layout: every layer is attention (lazily created DynamicLayers)
+        return list(range(model.config.num_hidden_layers))
+    return [i for i, layer in enumerate(layers) if isinstance(layer, attention) and not isinstance(layer, linear)]
+
+
+def _evicting_layer_class():
+    attention, _ = _layer_classes()
+
+    class _EvictingLayer(attention):
+        """A transformers cache layer backed by a recallkit :class:`~recallkit.kv.KVCache`."""
+
+        is_sliding = False
+        is_croppable = False
+
+        def __init__(self, kv: KVCache) -> None:
+            self.kv = kv
+            super().__init__()
+            self.is_initialized = True
+
+        @property
+        def keys(self) -> Tensor | None:
+            return self.kv.key
+
+        @keys.setter
+        def keys(self, value: Tensor | None) -> None:  # the base class sets None; the cache owns the keys
+            pass
+
+        @property
+        def values(self) -> Tensor | None:
+            return self.kv.value
+
+        @values.setter
+        def values(self, value: Tensor | None) -> None:
+            pass
+
+        def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
+            pass
+
+        def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any):
+            self.kv.append(key_states, value_states)
+            _pending[:] = [self]
+            return self.kv.key, self.kv.value
+
+        def get_seq_length(self) -> int:
+            return self.kv.seen
+
+        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+            return len(self.kv) + query_length, 0
+
+        def get_max_length(self) -> int:
+            return -1
+
+        def reset(self) -> None:
+            raise RecallkitError("an evicting cache cannot be reset; build a new state")
+
+    return _EvictingLayer
+
+
+EvictingLayer = Any  # the class is built on first use, when transformers is imported
+
+
+def _rotation(model: nn.Module) -> Rotate | None:
+    """The model's RoPE as a rotation by a position shift (None when it has no rotary embedding)."""
+    rotary = next((m for name, m in model.named_modules() if name.endswith("rotary_emb")), None)
+    inv_freq = getattr(rotary, "inv_freq", None)
+    if inv_freq is None:
+        return None
+
+    def rotate(x: Tensor, shift: Tensor) -> Tensor:  # x (..., S, d), shift (..., S)
+        angles = shift.to(torch.float32)[..., None] * inv_freq.to(x.device, torch.float32)  # (..., S, r/2)
+        cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+        rotary_dim = cos.shape[-1]  # partial RoPE (gpt_neox) rotates the first rotary_dim channels only
+        head, rest = x[..., :rotary_dim], x[..., rotary_dim:]
+        half = rotary_dim // 2
+        rotated = torch.cat([-head[..., half:], head[..., :half]], dim=-1)
+        return torch.cat([(head * cos + rotated * sin).to(x.dtype), rest], dim=-1)
+
+    return rotate
+
+
+def evicting_cache(model: nn.Module, factory: CacheFactory) -> Any:
+    """A ``DynamicCache`` for ``model`` whose attention layers hold evicting caches from ``factory``."""
+    from transformers import DynamicCache
+
+    _register()
+    attention, linear = _layer_classes()
+    cache = DynamicCache(config=model.config)
+    if any(isinstance(layer, attention) and isinstance(layer, linear) for layer in cache.layers):
+        raise RecallkitError(f"eviction on {model.config.model_type}'s layers that hold attention and a recurrent "
+                             "state together is not supported")
+    indices = attention_layers(model)
+    if not cache.layers:
+        cache.layers = [None] * model.config.num_hidden_layers
+        cache.layer_class_to_replicate = None
+    layer_class, rotate = _evicting_layer_class(), _rotation(model)
+    for n, i in enumerate(indices):
+        cache.layers[i] = layer_class(factory(n)(rotate))
+    return cache
+
+
+def _evicting_layers(cache: Any) -> list[Any]:
+    return [layer for layer in getattr(cache, "layers", []) if isinstance(getattr(layer, "kv", None), KVCache)]
+
+
+@contextlib.contextmanager
+def _attention_implementation(model: nn.Module, name: str) -> Iterator[None]:
+    previous = model.config._attn_implementation
+    model.config._attn_implementation = name
+    for sub in model.modules():  # sub-configs (e.g. a text config) are read by their modules
+        config = getattr(sub, "config", None)
+        if config is not None and config is not model.config and hasattr(config, "_attn_implementation"):
+            config._attn_implementation = name
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = previous
+        for sub in model.modules():
+            config = getattr(sub, "config", None)
+            if config is not None and config is not model.config and hasattr(config, "_attn_implementation"):
+                config._attn_implementation = previous
+
+
+def cached_forward(model: nn.Module, input_ids: Tensor, cache: Any) -> tuple[Tensor, Any]:
+    """``model(input_ids, cache=cache)``: (logits (B, T, V), cache). Through :func:`evicting_attention`
+    when the cache evicts, the new tokens at the positions the evicting caches give them, one token at a
+    time when they evict after every token."""
+    layers = _evicting_layers(cache)
+    if not layers:
+        out = model(input_ids=input_ids, cache=cache, use_cache=True)
+        return out.logits, out.cache
+    B, T = input_ids.shape
+    if layers[0].kv.stepwise and T > 1:
+        logits = [cached_forward(model, input_ids[:, t : t + 1], cache)[0] for t in range(T)]
+        return torch.cat(logits, dim=1), cache
+    start = layers[0].kv.next_position
+    position_ids = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
+    with _attention_implementation(model, ATTENTION_NAME):
+        out = model(input_ids=input_ids, cache=cache, use_cache=True, position_ids=position_ids)
+    return out.logits, cache
+
+
+def evicting_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Any,
+                       scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> tuple[Tensor, None]:
+    """Attention of the new queries (B, H, T, d) to an evicting layer's keys and values (B, H_kv, S, d):
+    output (B, T, H, d); the layer's cache observes the attention (and evicts)."""
+    if not _pending:
+        raise RecallkitError("evicting attention ran without an evicting cache layer")
+    kv = _pending.pop().kv
+    B, H, T, d = query.shape
+    group = H // key.shape[1]
+    key_pos = kv.key_positions.repeat_interleave(group, dim=1)  # (B, H, S)
+    query_pos = key_pos[..., -T:]  # the new tokens are the last T held
+    distance = query_pos[..., :, None] - key_pos[..., None, :]  # (B, H, T, S)
+    allowed = distance >= 0
+    window = getattr(module, "sliding_window", None)
+    if window is not None:
+        allowed = allowed & (distance < window)
+    keys, values = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
+    scale = d**-0.5 if scaling is None else scaling
+    scores = (query.float() @ keys.float().transpose(-1, -2)) * scale
+    attention = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)  # (B, H, T, S)
+    out = (attention.to(values.dtype) @ values).transpose(1, 2).contiguous()  # (B, T, H, d)
+    kv.observe(attention.view(B, H // group, group, T, -1).mean(dim=2))
+    return out, None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_NAME, evicting_attention)

