@@ -17,6 +17,7 @@ from recallkit.base_config import MixerConfig, StrictModel, TaskConfig
 from recallkit.kv import Policy, make_policy, resolve_budget
 from recallkit.mixers import mixer_config
 from recallkit.tasks import task_config
+from recallkit.text_tasks import TextTaskConfig, make_text_task
 
 
 class ModelConfig(StrictModel):
@@ -59,7 +60,7 @@ class ModelConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    """Optimisation and evaluation budget of one run (DESIGN.md section 6).
+    """Optimisation and evaluation budget of one run (docs/design.md section 6).
 
     The defaults are the recipe measured to solve MQAR (V=256, T=64, 8 pairs) with 2-layer
     attention (RoPE + short conv, d=64) in 500-700 steps on a 2-core CPU (see sweeps/quickstart.py).
@@ -193,6 +194,16 @@ class RunConfig(StrictModel):
             return self.label
         return "+".join(describe_mixer(m) for m in dict.fromkeys(self.model.layer_mixers))
 
+    @property
+    def progress_label(self) -> str:
+        """Name of the run in progress bars and logs."""
+        return f"{self.display_label} d={self.model.d_model}"
+
+    @property
+    def progress_total(self) -> int:
+        """Units of progress the run reports (training steps)."""
+        return self.train.max_steps
+
     def canonical_json(self) -> str:
         """JSON with sorted keys: the identity of the run. Fields added after results existed are
         left out while at their default (``LATER_FIELDS``), so earlier runs keep their identity and
@@ -218,3 +229,70 @@ def describe_mixer(mixer: MixerConfig) -> str:
     describe = getattr(mixer, "describe", None)
     label = describe() if describe is not None else mixer.name
     return f"{label}+conv{mixer.short_conv}" if mixer.short_conv else label
+
+
+class PretrainedModel(StrictModel):
+    """A pretrained model by source (``recallkit.hf.load_model``): a model directory, a .gguf file,
+    ``smollm2-135m`` (the embedded default) or ``tiny:<arch>``."""
+
+    pretrained: str = Field(min_length=1)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class PretrainedRunConfig(StrictModel):
+    """An evaluation-only run of a pretrained model on a text task (no training): one prompt mode
+    and at most one eviction policy and budget, so every point of a grid is its own resumable row.
+
+    Example: ``PretrainedRunConfig(model={"pretrained": "smollm2-135m"}, task={"name": "phonebook_text",
+    "num_entries": 20}, read_twice=True, policy={"policy": "h2o", "budget": 0.25, "mode": "prefill"})``.
+    """
+
+    model: PretrainedModel
+    task: SerializeAsAny[TextTaskConfig]
+    read_twice: bool = Field(default=False, description="JRT-Prompt: the context repeated before the question")
+    policy: EvalPolicy | None = Field(default=None, description="KV-cache eviction during the evaluation")
+    num_examples: int = Field(default=50, gt=0)
+    seed: int = Field(default=0, ge=0, lt=2**31)
+    label: str | None = Field(default=None, description="name in tables and plots; default: the source")
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _resolve_task(cls, value: Any) -> Any:
+        return make_text_task(value) if isinstance(value, (dict, str)) else value
+
+    @property
+    def display_label(self) -> str:
+        return (self.label or self.model.pretrained) + (" read twice" if self.read_twice else "")
+
+    @property
+    def progress_label(self) -> str:
+        spec = self.policy
+        return self.display_label + (f" [{spec.policy.name} {spec.budget}]" if spec else "")
+
+    @property
+    def progress_total(self) -> int:
+        """Units of progress the run reports (examples)."""
+        return self.num_examples
+
+    def canonical_json(self) -> str:
+        """JSON with sorted keys: the identity of the run."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def run_id(self) -> str:
+        """Stable hash of the canonical config (16 hex digits)."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+
+AnyRunConfig = RunConfig | PretrainedRunConfig
+
+
+def run_config(data: dict[str, Any] | AnyRunConfig) -> AnyRunConfig:
+    """A training run's or a pretrained evaluation's config from its dict (or JSON-decoded) form: a
+    model with ``pretrained`` makes the latter."""
+    if isinstance(data, (RunConfig, PretrainedRunConfig)):
+        return data
+    model = data.get("model") if isinstance(data, dict) else None
+    if isinstance(model, (dict, PretrainedModel)) and (isinstance(model, PretrainedModel) or "pretrained" in model):
+        return PretrainedRunConfig.model_validate(data)
+    return RunConfig.model_validate(data)

@@ -1,4 +1,4 @@
-"""Inference memory: evaluation under KV-cache eviction and prefix state caching (DESIGN.md
+"""Inference memory: evaluation under KV-cache eviction and prefix state caching (docs/design.md
 section 8). The caches, policies and budgets themselves live in :mod:`recallkit.kv` (below the
 models) and are re-exported here."""
 

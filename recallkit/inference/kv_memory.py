@@ -1,4 +1,4 @@
-"""KV-cache memory per token for MHA / GQA / MQA / MLA (DESIGN.md section 8).
+"""KV-cache memory per token for MHA / GQA / MQA / MLA (docs/design.md section 8).
 
 Per layer and token, softmax attention caches a key and a value for each of its H_kv key/value
 heads, 2 * H_kv * d_h numbers (MHA: H_kv = H; GQA: 1 < H_kv < H; MQA: H_kv = 1); MLA caches its

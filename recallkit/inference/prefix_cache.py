@@ -1,4 +1,4 @@
-"""Prefix state cache (DESIGN.md section 8): save the state after a prefix, reload it, continue.
+"""Prefix state cache (docs/design.md section 8): save the state after a prefix, reload it, continue.
 
 Any mixer's state works (attention's KV cache, MLA's latents, a recurrent matrix, conv tails):
 the :class:`~recallkit.model.ModelState` is flattened generically into named tensors

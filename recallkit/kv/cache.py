@@ -1,4 +1,4 @@
-"""An evicting KV cache for one attention layer (DESIGN.md section 8).
+"""An evicting KV cache for one attention layer (docs/design.md section 8).
 
 The cache holds, per sequence and KV head, the kept tokens' keys (rotated at the positions the
 attention gives them), values, original positions and the statistics policies rank tokens by:

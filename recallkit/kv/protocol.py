@@ -1,4 +1,4 @@
-"""The KV-cache protocol every attention layer's state follows (DESIGN.md section 8).
+"""The KV-cache protocol every attention layer's state follows (docs/design.md section 8).
 
 An attention layer reads its cache through five members, whichever cache it holds: the plain
 full / sliding-window cache (``recallkit.mixers.attention.AttentionState``), an evicting cache

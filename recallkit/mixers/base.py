@@ -1,4 +1,4 @@
-"""The mixer contract (DESIGN.md section 3).
+"""The mixer contract (docs/design.md section 3).
 
 A mixer maps (B, T, D) to (B, T, D) and has two equivalent forms: a parallel form for training
 (``forward``) and a recurrent form for inference (``prefill`` then ``step``). Its state is a small

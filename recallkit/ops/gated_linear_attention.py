@@ -1,6 +1,6 @@
 """Gated linear attention: S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T,  y_t = S_t^T q_t.
 
-One kernel family covers the decaying linear-attention mixers (DESIGN.md section 4):
+One kernel family covers the decaying linear-attention mixers (docs/design.md section 4):
 
 - vector gate, g: (B, H, T, Dk), one log-decay per key channel (GLA, Yang et al. 2023);
 - scalar gate, g: (B, H, T), one log-decay per head broadcast over Dk (RetNet's fixed gamma,

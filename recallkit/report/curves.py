@@ -21,7 +21,7 @@ def run_names(rows: list[dict[str, Any]]) -> list[str]:
     names = []
     for row, setting in zip(rows, settings):
         group = [r for r in rows if r["label"] == row["label"]]
-        varying = varying_settings([{"model": r["config"]["model"], "train": r["config"]["train"]} for r in group])
+        varying = varying_settings([{"model": r["config"]["model"], "train": r["config"].get("train", {})} for r in group])
         index = next(i for i, r in enumerate(group) if r is row)
         names.append(" ".join(filter(None, (row["label"], varying[index], f"[{setting}]" if several else ""))))
     return names

@@ -90,7 +90,7 @@ def frontier_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             model = json.dumps(row["config"]["model"], sort_keys=True)
             label = row["label"] + evaluation["series"]
             key = (evaluation["task"], evaluation["seq_len"], evaluation["panel"], label,
-                   row["config"]["model"]["d_model"], model, json.dumps(evaluation["budget"]))
+                   row["config"]["model"].get("d_model", 0), model, json.dumps(evaluation["budget"]))
             groups[key].append((row, evaluation))
     points = []
     for (_, _, _, label, width, _, _), group in sorted(groups.items()):
@@ -98,7 +98,7 @@ def frontier_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         points.append({
             "panel": best["panel"], "label": label, "d_model": width, "state_size": best["state_size"],
             "accuracy": best["accuracy"], "budget": best["budget"],
-            "prefill_tokens": best["prefill_tokens"], "lr": row["config"]["train"]["lr"], "run_id": row["run_id"],
+            "prefill_tokens": best["prefill_tokens"], "lr": row["config"].get("train", {}).get("lr"), "run_id": row["run_id"],
             "num_params": row["num_params"], "wall_time": row["wall_time"], "runs": len(group), "model": row["config"]["model"],
         })
     return points

@@ -22,7 +22,7 @@ COLUMNS = 3
 def _hover(point: dict[str, Any], tag: str, row: dict[str, Any] | None) -> str:
     head = f"<b>{point['label']}</b>" + (f"  {tag}" if tag else "")
     facts = [f"accuracy {point['accuracy']:.3f}", f"state {point['state_size']:,}", f"d_model {point['d_model']}",
-             f"lr {point['lr']:g}", f"best of {point['runs']}"]
+             *([f"lr {point['lr']:g}"] if point["lr"] is not None else []), f"best of {point['runs']}"]
     if point.get("budget") is not None:
         facts.insert(2, f"KV budget {point['budget']:g}")
     run = f"run {point['run_id']}" + (f" · {point['wall_time']:.1f} s" if point.get("wall_time") else "")

@@ -52,7 +52,7 @@ def length_curve(row: dict[str, Any]) -> dict[str, Any] | None:
         bound = at_length[0][1] * BITS_PER_NUMBER / task.bits_per_unit()
     return {
         "panel": evals[0].get("setting", evals[0]["task"]), "label": row["label"],
-        "d_model": row["config"]["model"]["d_model"], "lr": row["config"]["train"]["lr"], "points": points,
+        "d_model": row["config"]["model"].get("d_model", 0), "lr": row["config"].get("train", {}).get("lr"), "points": points,
         "train_range": metrics.get("train_length_range"), "fixed_state": fixed_state, "bound": bound,
         "unit": getattr(task, "length_unit", "length"), "headline": metrics.get("accuracy", 0.0),
     }

@@ -1,4 +1,5 @@
-"""Sweep files: Python files that export ``configs: list[RunConfig]`` (grids are plain loops)."""
+"""Sweep files: Python files that export ``configs``, a list of ``RunConfig`` (training runs) and
+``PretrainedRunConfig`` (evaluations of pretrained models); grids are plain loops."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from recallkit.config import RunConfig
+from recallkit.config import AnyRunConfig, run_config
 from recallkit.errors import RecallkitError
 
 
@@ -21,7 +22,7 @@ def one_line(error: ValidationError) -> str:
     return f"invalid {error.title}: " + "; ".join(parts)
 
 
-def load_sweep(path: str | Path) -> list[RunConfig]:
+def load_sweep(path: str | Path) -> list[AnyRunConfig]:
     """Execute the sweep file the user named and return its validated ``configs``.
 
     Duplicate configs (same run id) are kept once, in first-seen order.
@@ -38,10 +39,10 @@ def load_sweep(path: str | Path) -> list[RunConfig]:
     configs = namespace.get("configs")
     if not isinstance(configs, (list, tuple)) or not configs:
         raise RecallkitError(f"{path} must define a non-empty list `configs` of RunConfig")
-    validated: dict[str, RunConfig] = {}
+    validated: dict[str, AnyRunConfig] = {}
     for i, config in enumerate(configs):
         try:
-            config = config if isinstance(config, RunConfig) else RunConfig.model_validate(config)
+            config = run_config(config)
         except ValidationError as error:
             raise RecallkitError(f"{path}: configs[{i}]: {one_line(error)}") from None
         validated.setdefault(config.run_id, config)

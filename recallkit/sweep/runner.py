@@ -25,7 +25,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from recallkit.config import RunConfig
+from recallkit.config import AnyRunConfig as RunConfig
 from recallkit.sweep.lock import writer_lock
 from recallkit.sweep.ray_executor import RayOptions, import_ray, run_ray
 from recallkit.sweep.store import RESULTS_FILE, Store
@@ -94,7 +94,7 @@ def run_sweep(
             def finish(config: RunConfig, outcome: dict) -> None:
                 store.record(config.run_id, outcome)
                 accuracy = (outcome.get("metrics") or {}).get("accuracy")
-                info = f"last: {config.display_label} d={config.model.d_model} {outcome['status']}"
+                info = f"last: {config.progress_label} {outcome['status']}"
                 progress.update(sweep_task, advance=1, info=info + (f" acc={accuracy:.3f}" if accuracy is not None else ""))
                 if on_outcome is not None:
                     on_outcome(config, outcome)
@@ -112,8 +112,7 @@ def run_sweep(
 
 def _run_task(progress: Progress, config: RunConfig) -> TaskID:
     """A progress bar for one run in flight."""
-    return progress.add_task(f"  {config.display_label} d={config.model.d_model}", total=config.train.max_steps,
-                             info="")
+    return progress.add_task(f"  {config.progress_label}", total=config.progress_total, info="")
 
 
 def _show_step(progress: Progress, task: TaskID, s: dict) -> None:

@@ -1,4 +1,4 @@
-"""SQLite results store (DESIGN.md section 7): one row per run, keyed by the config hash, and one
+"""SQLite results store (docs/design.md section 7): one row per run, keyed by the config hash, and one
 row per evaluation of a finished run (each eval task, each KV-cache eviction policy and budget).
 
 Only the sweep driver writes (one writer). Every status change is committed at once, so a sweep

@@ -59,7 +59,7 @@ class WandbLogger:
 
     def __call__(self, config: RunConfig, outcome: dict[str, Any]) -> None:
         run = self.wandb.init(
-            project=self.project, id=config.run_id, name=f"{config.display_label} d={config.model.d_model}",
+            project=self.project, id=config.run_id, name=config.progress_label,
             config=config.model_dump(mode="json"), dir=str(self.dir), mode=self.mode, resume="allow",
             settings=self.wandb.Settings(silent=True, console="off"),
         )

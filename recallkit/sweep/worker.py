@@ -6,6 +6,7 @@ Used by every executor (serial, process pool, Ray); it imports no executor.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import sys
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from recallkit.config import RunConfig
+from recallkit.config import PretrainedRunConfig, run_config
 from recallkit.training import StepCallback, train
 
 
@@ -24,7 +25,11 @@ def execute(config_json: str, on_step: StepCallback | None = None, device: str |
     """Train one run from its canonical JSON (on ``device`` if given, else the config's); return its
     outcome for ``Store.record``. With ``checkpoints`` (a directory) the run checkpoints to
     ``<checkpoints>/<run_id>.pt`` and resumes from it: a killed sweep loses at most a minute per run."""
-    config = RunConfig.model_validate_json(config_json)
+    config = run_config(json.loads(config_json))
+    if isinstance(config, PretrainedRunConfig):
+        from recallkit.hf.run import run_pretrained  # the hf extra, only for pretrained evaluations
+
+        return run_pretrained(config, on_step=on_step)
     checkpoint = None if checkpoints is None else Path(checkpoints) / f"{config.run_id}.pt"
     try:
         result = train(config, on_step=on_step, device=device, checkpoint=checkpoint)

@@ -1,4 +1,4 @@
-"""The task contract (DESIGN.md section 5): a config that generates a :class:`Batch` from a seed."""
+"""The task contract (docs/design.md section 5): a config that generates a :class:`Batch` from a seed."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from recallkit.config import StrictModel
+from recallkit.base_config import StrictModel
 
 
 @dataclass(frozen=True)
