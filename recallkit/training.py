@@ -1,4 +1,4 @@
-"""Training loop (DESIGN.md section 6): AdamW, warmup + cosine, clipping, early stopping."""
+"""Training loop (docs/design.md section 6): AdamW, warmup + cosine, clipping, early stopping."""
 
 from __future__ import annotations
 
