@@ -134,7 +134,7 @@ def _runs_table(rows: list[dict[str, Any]]) -> str:
         ["run", "model", "d_model", "eval T", "lr", "status", "accuracy", "token acc", "steps", "state size",
          "wall time (s)", "error"],
         [[r["run_id"], r["label"], r["config"]["model"].get("d_model", 0),
-          ", ".join(str(t["seq_len"]) for t in (r["config"].get("eval_tasks") or [r["config"]["task"]])),
+          ", ".join(str(t.get("seq_len", "")) for t in (r["config"].get("eval_tasks") or [r["config"]["task"]])),
           r["config"].get("train", {}).get("lr"), r["status"], _fmt((r["metrics"] or {}).get("accuracy")),
           _fmt((r["metrics"] or {}).get("token_accuracy")), (r["metrics"] or {}).get("steps", ""),
           "" if r["state_size"] is None else f"{r['state_size']:,}", _fmt(r["wall_time"], 1), error(r)]

@@ -1,0 +1,58 @@
+"""Evaluation-only runs of pretrained models in sweep files: the store, resume and the report."""
+
+from __future__ import annotations
+
+import pytest
+
+from recallkit.config import PretrainedRunConfig, RunConfig, run_config
+from recallkit.report import frontier_points, write_report
+from recallkit.sweep import load_sweep, run_sweep
+
+pytest.importorskip("transformers")
+
+TASK = {"name": "phonebook_text", "num_entries": 4}
+
+
+def tiny_eval(**fields) -> PretrainedRunConfig:
+    return PretrainedRunConfig(model={"pretrained": "tiny:llama"}, task=TASK, num_examples=3, **fields)
+
+
+def test_run_config_tells_pretrained_evaluations_from_training_runs():
+    config = tiny_eval(read_twice=True, policy={"policy": "h2o", "budget": 0.5, "mode": "prefill"})
+    assert isinstance(run_config(config.model_dump(mode="json")), PretrainedRunConfig)
+    assert run_config(config.model_dump(mode="json")).run_id == config.run_id
+    trained = {"model": {"vocab_size": 16, "mixer": {"name": "attention"}},
+               "task": {"name": "mqar", "vocab_size": 16, "seq_len": 16, "num_kv_pairs": 2}}
+    assert isinstance(run_config(trained), RunConfig)
+    assert len({tiny_eval().run_id, tiny_eval(read_twice=True).run_id, config.run_id}) == 3
+    with pytest.raises(ValueError, match="unknown text task"):
+        PretrainedRunConfig(model={"pretrained": "tiny:llama"}, task={"name": "nope"})
+
+
+def test_pretrained_runs_are_stored_resumed_and_reported(tmp_path):
+    configs = [tiny_eval(), tiny_eval(read_twice=True),
+               tiny_eval(policy={"policy": "window", "budget": 0.25, "mode": "prefill"}),
+               PretrainedRunConfig(model={"pretrained": "tiny:nope"}, task=TASK, num_examples=2)]
+    rows = run_sweep(configs, tmp_path, quiet=True)
+    by_id = {r["run_id"]: r for r in rows}
+    assert [by_id[c.run_id]["status"] for c in configs] == ["done", "done", "done", "failed"]
+    assert "unknown tiny architecture" in by_id[configs[3].run_id]["error"]
+    plain, twice, evicted = (by_id[c.run_id] for c in configs[:3])
+    assert twice["metrics"]["prefill_tokens"] > plain["metrics"]["prefill_tokens"]
+    assert evicted["state_size"] < plain["state_size"]  # a quarter of the prompt's KV is kept
+    assert evicted["metrics"]["evals"][0]["policy"] == "window"
+    again = run_sweep(configs[:3], tmp_path, quiet=True)  # finished runs are not run again
+    assert {r["run_id"]: r["updated_at"] for r in again if r["status"] == "done"} == {
+        r["run_id"]: r["updated_at"] for r in rows if r["status"] == "done"}
+    points = frontier_points(rows)
+    panels = {p["panel"] for p in points}
+    assert "phonebook_text N=4" in panels and any("KV eviction" in panel for panel in panels)
+    write_report(tmp_path)
+    assert (tmp_path / "frontier.png").stat().st_size > 0
+
+
+def test_the_pretrained_sweep_file_is_the_documented_grid():
+    configs = load_sweep("sweeps/pretrained.py")
+    assert len(configs) == 2 * 3 * 2 * (1 + 6 * 3)
+    assert all(c.num_examples >= 50 and c.model.pretrained == "smollm2-135m" for c in configs)
+    assert {c.policy.budget for c in configs if c.policy} == {0.125, 0.25, 0.5}
