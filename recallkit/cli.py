@@ -234,14 +234,41 @@ def _bench_tables(result: dict) -> list[Table]:
 def bench(
     quick: Annotated[bool, typer.Option(help="tiny sizes: a smoke run in seconds")] = False,
     out: Annotated[Path, typer.Option(help="JSON file for the results")] = Path("runs/bench.json"),
+    pretrained: Annotated[str | None, typer.Option(help="instead: a pretrained model's prefill and decode "
+                                                        "(a source of recallkit.hf.load_model)")] = None,
+    batch: Annotated[int, typer.Option(help="with --pretrained: sequences")] = 8,
+    length: Annotated[int, typer.Option(help="with --pretrained: prefill tokens per sequence")] = 512,
 ) -> None:
     """Benchmark kernels and mixers on this machine: speed-ups vs SDPA, % of matmul peak, tokens/s."""
     from recallkit.bench import run_bench
 
+    if pretrained is not None:
+        _bench_pretrained(pretrained, batch, length, out, quick)
+        return
     with console.status("benchmarking") as status:
         result = run_bench(quick=quick, progress=lambda message: status.update(f"benchmarking: {message}"))
     for table in _bench_tables(result):
         console.print(table)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    console.print(f"results: {out}")
+
+
+def _bench_pretrained(source: str, batch: int, length: int, out: Path, quick: bool) -> None:
+    from recallkit.hf import load_model
+    from recallkit.hf.bench import bench_pretrained
+
+    with console.status("benchmarking") as status:
+        model = load_model(source)
+        result = bench_pretrained(model, batch=batch, length=length, quick=quick,
+                                  progress=lambda message: status.update(f"benchmarking: {message}"))
+    console.print(
+        f"{source}: prefill {batch} x {length}: {result['prefill_tokens_per_s']:,.0f} tokens/s, "
+        f"{result['prefill_gflops']:.1f} GFLOP/s = {result['prefill_pct_peak']:.0f}% of the "
+        f"{result['matmul_peak_gflops']:.0f} GFLOP/s matmul peak, {result['prefill_vs_plain_forward']:.2f}x a plain "
+        f"transformers forward\ndecode: {result['decode_tokens_per_s']:,.1f} tokens/s through the cache; under "
+        f"{result['policy']} at budget {result['budget']}: {result['evicting_decode_tokens_per_s']:,.1f} tokens/s "
+        f"({result['evicting_decode_cost']:.2f}x the plain decode time)", highlight=False, emoji=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     console.print(f"results: {out}")

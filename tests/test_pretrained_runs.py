@@ -56,3 +56,20 @@ def test_the_pretrained_sweep_file_is_the_documented_grid():
     assert len(configs) == 2 * 3 * 2 * (1 + 6 * 3)
     assert all(c.num_examples >= 50 and c.model.pretrained == "smollm2-135m" for c in configs)
     assert {c.policy.budget for c in configs if c.policy} == {0.125, 0.25, 0.5}
+
+
+def test_bench_pretrained_measures_prefill_and_decode(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from recallkit.cli import app
+
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "--pretrained", "tiny:llama", "--batch", "2", "--length", "32",
+                                      "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    measured = json.loads(out.read_text())
+    for key in ("prefill_tokens_per_s", "prefill_pct_peak", "decode_tokens_per_s", "evicting_decode_cost"):
+        assert measured[key] > 0
+    assert "tiny:llama" in result.output and "tokens/s" in result.output

@@ -1,0 +1,88 @@
+"""``recallkit bench --pretrained SOURCE``: a pretrained model's prefill and decode speed on this machine.
+
+Prefill: tokens/s and achieved GFLOP/s as % of the measured matmul peak, through the adapter (the
+model's own cache), beside a plain transformers forward without a cache on the same batch. FLOPs per
+sequence: 2 N T for the weights (N parameters, the tied head counted once as it is used once per
+token) plus the causal attention 2 L T^2 H d_h (scores and values, half of the T x T square).
+Decode: tokens/s of the step loop through the cache (one token per step, never a re-prefill), plain
+and with every attention layer's cache compressed by an eviction policy at a budget.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from recallkit.bench import matmul_peak
+from recallkit.hf.adapter import HFModel
+from recallkit.inference.decode import evicting_state
+from recallkit.kv import make_policy, resolve_budget
+
+
+def _best(run: Callable[[], Any], repeats: int) -> float:
+    """Best wall time (s) of ``repeats`` calls after one warm-up."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def prefill_flops(model: HFModel, batch: int, length: int) -> float:
+    config = model.hf_config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    attention = 2 * config.num_hidden_layers * length * length * heads * head_dim
+    return batch * (2 * model.num_params() * length + attention)
+
+
+@torch.no_grad()
+def bench_pretrained(model: HFModel, *, batch: int = 8, length: int = 512, decode_tokens: int = 32,
+                     policy: str = "h2o", budget: float = 0.25, repeats: int = 3, quick: bool = False,
+                     progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Prefill and decode measurements of ``model`` (float, eval mode) on random tokens; ``quick``: one
+    repeat and a small matmul for the peak (a smoke run)."""
+    progress("matmul peak")
+    peak = matmul_peak(256 if quick else 2048)
+    repeats = 1 if quick else repeats
+    tokens = torch.randint(0, model.vocab_size, (batch, length + decode_tokens),
+                           generator=torch.Generator().manual_seed(0)).to(model.embed.weight.device)
+    context, continuation = tokens[:, :length], tokens[:, length:]
+    progress("prefill")
+    adapter_s = _best(lambda: model.prefill(context), repeats)
+    plain_s = _best(lambda: model.model(input_ids=context, use_cache=False), repeats)
+    flops = prefill_flops(model, batch, length)
+
+    def decode(evicting: bool) -> float:
+        if evicting:
+            state, caches = evicting_state(model, batch, make_policy(policy), resolve_budget(budget, length),
+                                           "prefill")
+            _, state = model.prefill(context, state=state)
+            for cache in caches:
+                cache.compress()
+        else:
+            _, state = model.prefill(context)
+        start = time.perf_counter()
+        for t in range(decode_tokens):
+            _, state = model.step(continuation[:, t], state)
+        return time.perf_counter() - start
+
+    progress("decode")
+    plain_decode = min(decode(False) for _ in range(repeats))
+    progress(f"decode under {policy}")
+    evicting_decode = min(decode(True) for _ in range(repeats))
+    return {
+        "model": model.config.source, "batch": batch, "length": length, "threads": torch.get_num_threads(),
+        "matmul_peak_gflops": peak,
+        "prefill_tokens_per_s": batch * length / adapter_s,
+        "prefill_gflops": flops / adapter_s / 1e9, "prefill_pct_peak": 100 * flops / adapter_s / 1e9 / peak,
+        "plain_forward_gflops": flops / plain_s / 1e9, "prefill_vs_plain_forward": plain_s / adapter_s,
+        "decode_tokens_per_s": batch * decode_tokens / plain_decode,
+        "evicting_decode_tokens_per_s": batch * decode_tokens / evicting_decode,
+        "evicting_decode_cost": evicting_decode / plain_decode, "policy": policy, "budget": budget,
+    }
