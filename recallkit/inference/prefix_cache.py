@@ -11,6 +11,11 @@ own ``init_state`` (a template), whose leaves are replaced by the stored ones. A
 model, a corrupt or truncated file, or a state of another shape is refused with a one-line
 :class:`~recallkit.errors.RecallkitError`. Continuing from a loaded state is bit-identical to
 continuing from the in-memory state (same device and kernels).
+
+A pretrained model's state (:class:`~recallkit.hf.adapter.HFState`) holds a transformers
+``DynamicCache``; it is flattened layer by layer (``cache.layers.3.keys``,
+``cache.layers.0.conv_states.0``, ``cache.layers.0.has_previous_state.0``, ...) and on load written
+into the layers of a fresh ``model.init_state(B)`` cache, initialised the way transformers does it.
 """
 
 from __future__ import annotations
@@ -144,6 +149,8 @@ def _flatten(node: Any, prefix: str, tensors: dict[str, Tensor], leaves: dict[st
     """Split a nested state into named tensors and named JSON leaves (names are dotted paths)."""
     if isinstance(node, Tensor):
         tensors[prefix] = node
+    elif _is_hf_cache(node):
+        _flatten_hf_cache(node, prefix, tensors, leaves)
     elif dataclasses.is_dataclass(node) and not isinstance(node, type):
         for field in dataclasses.fields(node):
             _flatten(getattr(node, field.name), _join(prefix, field.name), tensors, leaves)
@@ -161,6 +168,8 @@ def _flatten(node: Any, prefix: str, tensors: dict[str, Tensor], leaves: dict[st
 
 def _rebuild(node: Any, prefix: str, stored: dict[str, Any], used: set[str]) -> Any:
     """Copy of the template ``node`` with every leaf replaced by ``stored[path]``."""
+    if _is_hf_cache(node):
+        return _fill_hf_cache(node, prefix, stored, used)
     if dataclasses.is_dataclass(node) and not isinstance(node, type):
         values = {f.name: _rebuild(getattr(node, f.name), _join(prefix, f.name), stored, used)
                   for f in dataclasses.fields(node)}
@@ -182,6 +191,80 @@ def _rebuild(node: Any, prefix: str, stored: dict[str, Any], used: set[str]) -> 
         raise RecallkitError(f"the prefix state file does not fit this model's state layout at {prefix!r}")
     used.add(prefix)
     return value
+
+
+# transformers cache layers whose whole state is the attributes below (an evicting cache is not)
+_HF_LAYERS = ("DynamicLayer", "DynamicSlidingWindowLayer", "LinearAttentionLayer",
+              "LinearAttentionAndFullAttentionLayer", "LinearAttentionAndSlidingWindowAttentionLayer")
+
+
+def _is_hf_cache(node: Any) -> bool:
+    """A transformers ``Cache`` (duck-typed: a ``layers`` list and ``get_seq_length``)."""
+    return isinstance(getattr(node, "layers", None), list) and hasattr(node, "get_seq_length")
+
+
+def _flatten_hf_cache(cache: Any, prefix: str, tensors: dict[str, Tensor], leaves: dict[str, _Leaf]) -> None:
+    """Per layer: ``keys``/``values`` (attention), ``conv_states.i``/``recurrent_states.i`` (linear
+    attention, SSM), the counters ``cumulative_length``, ``has_previous_state.i``, ``conv_kernel_size.i``
+    and the layer's class name (``kind``, checked against the template on load)."""
+    if type(cache).__name__ != "DynamicCache" or getattr(cache, "offloading", False):
+        raise RecallkitError(f"cannot save a {type(cache).__name__} (only a plain DynamicCache)")
+    for index, layer in enumerate(cache.layers):
+        name = _join(_join(prefix, "layers"), index)
+        kind = type(layer).__name__
+        if kind not in _HF_LAYERS or getattr(layer, "record_past", False):
+            raise RecallkitError(f"cannot save cache layer {name!r} of type {kind}")
+        leaves[_join(name, "kind")] = kind
+        if getattr(layer, "is_initialized", False):
+            tensors[_join(name, "keys")], tensors[_join(name, "values")] = layer.keys, layer.values
+        if hasattr(layer, "cumulative_length"):
+            leaves[_join(name, "cumulative_length")] = int(layer.cumulative_length)
+        for i in range(getattr(layer, "number_of_states", 0)):
+            if layer.is_conv_states_initialized[i]:
+                tensors[_join(name, f"conv_states.{i}")] = layer.conv_states[i]
+                leaves[_join(name, f"conv_kernel_size.{i}")] = int(layer.conv_kernel_size[i])
+            if layer.is_recurrent_states_initialized[i]:
+                tensors[_join(name, f"recurrent_states.{i}")] = layer.recurrent_states[i]
+            leaves[_join(name, f"has_previous_state.{i}")] = bool(layer.has_previous_state[i])
+
+
+def _fill_hf_cache(cache: Any, prefix: str, stored: dict[str, Any], used: set[str]) -> Any:
+    """Write the stored layer states into the template ``cache`` (fresh, empty) through each layer's
+    own ``lazy_initialization``, as transformers' first update would; returns ``cache``."""
+
+    def take(name: str, kind: type | tuple[type, ...]) -> Any:
+        value = stored.get(name)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise RecallkitError(f"the prefix state file does not fit this model's state layout at {name!r}")
+        used.add(name)
+        return value
+
+    for index, layer in enumerate(cache.layers):
+        name = _join(_join(prefix, "layers"), index)
+        if take(_join(name, "kind"), str) != type(layer).__name__:
+            raise RecallkitError(f"the prefix state file does not fit this model's state layout at {name!r}")
+        if _join(name, "keys") in stored:
+            keys, values = take(_join(name, "keys"), Tensor), take(_join(name, "values"), Tensor)
+            if keys.ndim != 4 or values.ndim != 4:
+                raise RecallkitError(f"the prefix state file does not fit this model's state layout at {name!r}")
+            layer.lazy_initialization(keys, values)  # two positional args: the attention part of a hybrid layer
+            layer.keys, layer.values = keys, values
+        if hasattr(layer, "cumulative_length"):
+            layer.cumulative_length = take(_join(name, "cumulative_length"), int)
+        for i in range(getattr(layer, "number_of_states", 0)):
+            if _join(name, f"conv_states.{i}") in stored:
+                conv = take(_join(name, f"conv_states.{i}"), Tensor)
+                kernel = take(_join(name, f"conv_kernel_size.{i}"), int)
+                if conv.ndim < 1 or conv.shape[-1] != kernel:
+                    raise RecallkitError(f"the prefix state file does not fit this model's state layout at {name!r}")
+                layer.lazy_initialization(conv_states=conv, state_idx=i, conv_kernel_size=kernel)
+                layer.conv_states[i].copy_(conv)
+            if _join(name, f"recurrent_states.{i}") in stored:
+                recurrent = take(_join(name, f"recurrent_states.{i}"), Tensor)
+                layer.lazy_initialization(recurrent_states=recurrent, state_idx=i)
+                layer.recurrent_states[i].copy_(recurrent)
+            layer.has_previous_state[i] = take(_join(name, f"has_previous_state.{i}"), bool)
+    return cache
 
 
 def _update(digest: Any, name: str, tensor: Tensor) -> None:
