@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from functools import wraps
 from pathlib import Path
@@ -15,7 +16,8 @@ from rich.table import Table
 
 from recallkit.contract import check_model, models_to_check
 from recallkit.errors import RecallkitError
-from recallkit.inference.kv_memory import default_kv_numbers_per_token
+from recallkit.inference.kv_memory import default_kv_numbers_per_token, default_state_size
+from recallkit.kv import POLICIES
 from recallkit.mixers import MIXERS
 from recallkit.report import frontier_points, write_compare, write_report
 from recallkit.sweep import load_sweep, run_sweep
@@ -149,23 +151,32 @@ def report(
 
 @app.command("list")
 @_one_line_errors
-def list_registry(what: Annotated[str, typer.Argument(help="mixers | tasks")]) -> None:
-    """List the registered mixers or tasks."""
-    registries = {"mixers": MIXERS, "tasks": {k: v for k, v in TASKS.items()}}
+def list_registry(what: Annotated[str, typer.Argument(help="mixers | tasks | policies")]) -> None:
+    """List the registered mixers (with their state at reference lengths), tasks or eviction policies."""
+    registries = {"mixers": MIXERS, "tasks": TASKS, "policies": POLICIES}
     if what not in registries:
         raise RecallkitError(f"cannot list {what!r}; use one of: {', '.join(registries)}")
     mixers = what == "mixers"
     if mixers:
-        console.print("KV/token: cache numbers one token adds per layer (default config, d_model=128; "
-                      "- = no KV cache)")
-        console.print(f"{'mixer':<20} {'KV/token':>8}  description")
+        console.print("state: numbers per sequence and layer after T tokens (default config, d_model=128); "
+                      "KV/token: cache numbers one token adds (- = no KV cache)", soft_wrap=True)
+        console.print(f"{'mixer':<20} {'T=1k':>9} {'T=8k':>9} {'KV/token':>8}  description", soft_wrap=True)
     for key, cls in registries[what].items():
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        doc = _first_sentence(cls.__doc__ or "")
         if mixers:
             kv = default_kv_numbers_per_token(key, d_model=128)
-            console.print(f"{key:<20} {'-' if kv is None else kv:>8}  {doc}")
+            small, large = (default_state_size(key, n, d_model=128) for n in (1024, 8192))
+            console.print(f"{key:<20} {small:>9,} {large:>9,} {'-' if kv is None else kv:>8}  {doc}",
+                          highlight=False, soft_wrap=True)
         else:
-            console.print(f"{key:<20} {doc}")
+            console.print(f"{key:<20} {doc}", highlight=False, soft_wrap=True)
+
+
+def _first_sentence(doc: str) -> str:
+    """The docstring's first sentence, on one line."""
+    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+    end = re.search(r"(?<!\bal)(?<!\be\.g)\.\s", paragraph)  # "et al." and "e.g." end no sentence
+    return paragraph if end is None else paragraph[: end.start() + 1]
 
 
 @app.command("check-model")

@@ -7,6 +7,7 @@ import sys
 
 from typer.testing import CliRunner
 
+import recallkit as rk
 from recallkit.cli import app
 
 runner = CliRunner()
@@ -22,10 +23,16 @@ def test_help_lists_the_commands():
 def test_list_mixers_and_tasks():
     mixers = runner.invoke(app, ["list", "mixers"])
     assert mixers.exit_code == 0 and "attention" in mixers.output and "linear_attention" in mixers.output
-    rows = {line.split()[0]: line.split()[1] for line in mixers.output.splitlines() if line.split()}
-    assert rows["attention"] == "256" and rows["mla"] == "40" and rows["mamba2"] == "-"  # KV numbers/token
+    rows = {line.split()[0]: line.split()[1:4] for line in mixers.output.splitlines() if line.split()}
+    # attention (1 head of 128): K and V, 2 * 128 numbers per token; MLA caches d_c + d_R = 40 per token
+    assert rows["attention"] == [f"{256 * 1024:,}", f"{256 * 8192:,}", "256"]
+    assert rows["mla"] == [f"{40 * 1024:,}", f"{40 * 8192:,}", "40"]
+    assert rows["mamba2"][0] == rows["mamba2"][1] and rows["mamba2"][2] == "-"  # a fixed state, no KV cache
     tasks = runner.invoke(app, ["list", "tasks"])
     assert tasks.exit_code == 0 and "mqar" in tasks.output
+    policies = runner.invoke(app, ["list", "policies"])
+    assert policies.exit_code == 0
+    assert [line.split()[0] for line in policies.output.splitlines()] == list(rk.POLICIES)
 
 
 def test_errors_are_one_line_with_nonzero_exit(tmp_path):

@@ -55,3 +55,11 @@ def default_kv_numbers_per_token(key: str, d_model: int = 128) -> int | None:
 def _mixer_numbers(mixer: Mixer) -> int | None:
     method = getattr(mixer.core, "kv_numbers_per_token", None)  # a short-conv wrapper's tail is fixed
     return None if method is None else method()
+
+
+def default_state_size(key: str, seq_len: int, d_model: int = 128) -> int:
+    """State numbers per sequence of registry mixer ``key`` (default config, width ``d_model``) after
+    ``seq_len`` tokens: the KV cache, a fixed recurrent state, or a convolution's input history."""
+    with torch.device("meta"):
+        mixer = build_mixer(d_model, MIXERS[key].Config(name=key))
+    return mixer.state_size(seq_len)
