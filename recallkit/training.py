@@ -16,7 +16,7 @@ from recallkit.config import RunConfig
 from recallkit.evaluate import evaluate
 from recallkit.mlm import labels_after_prefix, mask_prefix, mlm_loss
 from recallkit.model import LanguageModel, build_model
-from recallkit.tasks.base import IGNORE_INDEX, eval_seed, train_seed
+from recallkit.tasks.base import IGNORE_INDEX, Batch, eval_seed, train_seed
 
 CHECKPOINT_SECONDS = 60.0
 """Default wall time between checkpoints of a run that has a checkpoint file."""
@@ -96,18 +96,53 @@ def train(config: RunConfig, on_step: StepCallback | None = None, device: str | 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(tc.seed)
         model = build_model(config.model).to(device)
-    train_data = config.task.generate(tc.num_train_examples, train_seed(tc.seed))
     test_sets = [task.generate(tc.num_test_examples, eval_seed(tc.seed)) for task in config.test_tasks]
+    fit = _fit(config, model, test_sets[0], start_time, on_step, checkpoint, checkpoint_seconds)
+    metrics, evals = _final_evaluations(config, model, test_sets, fit.metrics)
+    metrics = {**metrics, "device": device.type, "steps": fit.step, "curve": fit.curve, "evals": evals,
+               "best_accuracy": max([c.get("accuracy", 0.0) for c in fit.curve] + [metrics["accuracy"]])}
+    if callable(getattr(config.task, "length_range", None)):
+        metrics["train_length_range"] = list(config.task.length_range())
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)  # the run is over: nothing left to resume
+    return RunResult(
+        status=fit.status, metrics=metrics, state_size=model.state_size(config.test_tasks[0].seq_len),
+        num_params=model.num_params(), wall_time=time.perf_counter() - fit.start_time, model=model,
+        curve=fit.curve,
+    )
+
+
+@dataclass
+class _Fit:
+    """What the training loop leaves for the final evaluations and the run's result."""
+
+    status: str  # done or diverged
+    step: int  # the last step taken
+    curve: list[dict]
+    metrics: dict | None  # the headline evaluation of the last step, when that step was evaluated
+    start_time: float  # the run's start on ``time.perf_counter``, earlier by a resumed run's past time
+
+
+def _fit(config: RunConfig, model: LanguageModel, test_set: Batch, start_time: float,
+         on_step: StepCallback | None, checkpoint: Path | None, checkpoint_seconds: float | None) -> _Fit:
+    """The training loop: up to ``max_steps`` optimiser steps, the headline test set scored every
+    ``eval_every`` steps, stopped early at ``early_stop_accuracy`` or on a non-finite loss.
+
+    Everything a step depends on (data order and cursor, shuffling and MLM generators, optimiser and
+    schedule) is saved to ``checkpoint`` at most every ``checkpoint_seconds`` and restored from it,
+    which is what makes a resumed run end bit-identical to an uninterrupted one on CPU.
+    """
+    tc = config.train
+    device = next(model.parameters()).device
+    train_data = config.task.generate(tc.num_train_examples, train_seed(tc.seed))
     optimizer = _optimizer(model, config)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio)
     )
     shuffle = torch.Generator().manual_seed(tc.seed)
     mlm_masks = torch.Generator().manual_seed(tc.seed + 1)
-    mask_token = config.model.vocab_size - 1  # reserved: RunConfig checks the task never uses it
     order = torch.randperm(len(train_data), generator=shuffle)
-    cursor, status, curve, metrics = 0, "done", [], None
-    accuracy = float("nan")
+    cursor, status, curve, metrics, accuracy = 0, "done", [], None, float("nan")
     resumed = None
     if checkpoint is not None:
         resumed = load_checkpoint(checkpoint, config.run_id, model, optimizer, schedule)
@@ -125,17 +160,7 @@ def train(config: RunConfig, on_step: StepCallback | None = None, device: str | 
             order, cursor = torch.randperm(len(train_data), generator=shuffle), 0
         batch = train_data[order[cursor : cursor + tc.batch_size]].to(device)
         cursor += tc.batch_size
-        inputs = batch.inputs
-        if tc.mlm:
-            inputs, mlm_targets = mask_prefix(inputs, batch.prefix_len, tc.mlm_prob, mask_token, mlm_masks)
-        hidden = model.hidden_states(inputs, batch.prefix_len)  # (B, T, D)
-        labels = batch.labels
-        if model.prefix_aware or tc.mlm:  # JRT: next-token loss only from the prefix's last token on
-            labels = labels_after_prefix(labels, batch.prefix_len)
-        scored = labels != IGNORE_INDEX  # (B, T)
-        loss = F.cross_entropy(model.head(hidden[scored]), labels[scored])  # head only where scored
-        if tc.mlm:
-            loss = loss + tc.mlm_weight * mlm_loss(model.head, hidden, mlm_targets)
+        loss = _loss(model, batch, config, mlm_masks)
         if not torch.isfinite(loss):
             status = "diverged"
             curve.append({"step": step, "loss": float(loss.item())})
@@ -147,7 +172,7 @@ def train(config: RunConfig, on_step: StepCallback | None = None, device: str | 
         schedule.step()
         metrics = None
         if step % tc.eval_every == 0 or step == tc.max_steps:
-            metrics = evaluate(model, test_sets[0])
+            metrics = evaluate(model, test_set)
             accuracy = metrics["accuracy"]
             curve.append({"step": step, "loss": loss.item(), "accuracy": accuracy})
         if on_step is not None:
@@ -160,8 +185,41 @@ def train(config: RunConfig, on_step: StepCallback | None = None, device: str | 
                              elapsed=time.perf_counter() - start_time)
             save_checkpoint(checkpoint, config.run_id, model, optimizer, schedule, loop)
             saved_at = time.monotonic()
-    headline = config.test_tasks[0]
-    if metrics is None or _generative(headline):  # the final headline metrics carry the greedy scores too
+    return _Fit(status=status, step=step, curve=curve, metrics=metrics, start_time=start_time)
+
+
+def _loss(model: LanguageModel, batch: Batch, config: RunConfig, mlm_masks: torch.Generator) -> torch.Tensor:
+    """The training loss of one batch: cross-entropy on its scored positions (with JRT or MLM, only
+    from the prefix's last token on), plus ``mlm_weight`` times the loss on masked prefix tokens."""
+    tc = config.train
+    inputs = batch.inputs
+    if tc.mlm:
+        mask_token = config.model.vocab_size - 1  # reserved: RunConfig checks the task never uses it
+        inputs, mlm_targets = mask_prefix(inputs, batch.prefix_len, tc.mlm_prob, mask_token, mlm_masks)
+    hidden = model.hidden_states(inputs, batch.prefix_len)  # (B, T, D)
+    labels = batch.labels
+    if model.prefix_aware or tc.mlm:  # JRT: next-token loss only from the prefix's last token on
+        labels = labels_after_prefix(labels, batch.prefix_len)
+    scored = labels != IGNORE_INDEX  # (B, T)
+    loss = F.cross_entropy(model.head(hidden[scored]), labels[scored])  # head only where scored
+    if tc.mlm:
+        loss = loss + tc.mlm_weight * mlm_loss(model.head, hidden, mlm_targets)
+    return loss
+
+
+def _final_evaluations(config: RunConfig, model: LanguageModel, test_sets: list[Batch],
+                       last: dict | None) -> tuple[dict, list[dict]]:
+    """The headline metrics and ``metrics["evals"]``: every eval task, the headline task at each of
+    ``eval_lengths``, and the headline test set under each eviction policy.
+
+    ``last`` (the last step's headline evaluation) is the headline unless the task is generative:
+    the final metrics then carry the greedy scores too. A length evaluation stores its task's
+    ``length_unit`` and ``bits_per_unit`` so that reports draw the information bound from the
+    results alone, without rebuilding the task.
+    """
+    tc, headline = config.train, config.test_tasks[0]
+    metrics = last
+    if metrics is None or _generative(headline):
         metrics = evaluate(model, test_sets[0], greedy=_generative(headline))
     finals = [metrics] + [evaluate(model, data, greedy=_generative(task))
                           for task, data in zip(config.test_tasks[1:], test_sets[1:])]
@@ -171,20 +229,13 @@ def train(config: RunConfig, on_step: StepCallback | None = None, device: str | 
         for task, final in zip(config.test_tasks, finals)
     ]
     for length, task in config.length_tasks.items():  # length generalisation: the headline at other lengths
-        final = evaluate(model, task.generate(tc.num_test_examples, eval_seed(tc.seed)), greedy=_generative(task))
-        evals.append({"task": task.name, "seq_len": task.seq_len, "setting": headline.setting, "length": length,
+        data = task.generate(tc.num_test_examples, eval_seed(tc.seed))
+        final = evaluate(model, data, greedy=_generative(task))
+        axis = {"length": length, "length_unit": task.length_unit, "bits_per_unit": task.bits_per_unit()}
+        evals.append({"task": task.name, "seq_len": task.seq_len, "setting": headline.setting, **axis,
                       "state_size": model.state_size(task.seq_len), **final})
     for spec in config.eval_policies:  # state_size comes with each: what that budget holds
         under_policy = evaluate(model, test_sets[0], policy=spec.policy, budget=spec.budget, mode=spec.mode)
         evals.append({"task": headline.name, "seq_len": headline.seq_len, "setting": headline.setting,
                       **under_policy})
-    metrics = {**metrics, "device": device.type, "steps": step, "curve": curve, "evals": evals,
-               "best_accuracy": max([c.get("accuracy", 0.0) for c in curve] + [metrics["accuracy"]])}
-    if callable(getattr(config.task, "length_range", None)):
-        metrics["train_length_range"] = list(config.task.length_range())
-    if checkpoint is not None:
-        checkpoint.unlink(missing_ok=True)  # the run is over: nothing left to resume
-    return RunResult(
-        status=status, metrics=metrics, state_size=model.state_size(config.test_tasks[0].seq_len),
-        num_params=model.num_params(), wall_time=time.perf_counter() - start_time, model=model, curve=curve,
-    )
+    return metrics, evals

@@ -265,7 +265,7 @@ def test_eval_policies_become_evaluation_rows_in_the_store(tmp_path):
         (None, None, None), ("window", 2, "continuous"), ("h2o", 0.5, "prefill")]
     assert evaluations[1]["state_size"] == 2 * 2 * 16  # 2 tokens of K and V, d=16, one layer
     with Store(tmp_path / "results.sqlite") as store:
-        points = {(p["panel"], p["label"]) for p in frontier_points(store.rows())}
+        points = {(p.panel, p.label) for p in frontier_points(store.rows())}
     label = config.display_label
     assert points == {("mqar T=16", label), ("mqar T=16, KV eviction (continuous)", f"{label} [window]"),
                       ("mqar T=16, KV eviction (prefill)", f"{label} [h2o]")}

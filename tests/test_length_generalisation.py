@@ -31,6 +31,7 @@ def test_eval_lengths_evaluate_the_headline_task_at_each_length():
     assert at[30]["seq_len"] == 63 and at[30]["slices"]["length"] == {"30": at[30]["slices"]["length"]["30"]}
     assert at[30]["state_size"] == result.model.state_size(63) > at[3]["state_size"]  # a KV cache grows
     assert {"exact_match", "greedy_exact_match"} <= set(at[3])
+    assert at[3]["length_unit"] == "characters" and at[30]["bits_per_unit"] == pytest.approx(math.log2(26))
     assert result.metrics["train_length_range"] == [1, 10]
     assert evals[0]["setting"] == at[3]["setting"] == "copy L=1-10 D=26"
 
@@ -59,6 +60,13 @@ def _stored_rows(tmp_path, runs):
         return store.rows()
 
 
+def _without_length_axis(row: dict) -> dict:
+    """The row as stored before length evaluations carried ``length_unit`` and ``bits_per_unit``."""
+    evals = [{k: v for k, v in e.items() if k not in ("length_unit", "bits_per_unit")}
+             for e in row["metrics"]["evals"]]
+    return {**row, "metrics": {**row["metrics"], "evals": evals}}
+
+
 def test_length_curves_mark_the_information_bound_of_fixed_state_models(tmp_path):
     runs = [(c, rk.train(c)) for c in (copy_run({"name": "attention"}, eval_lengths=[5, 20, 40]),
                                         copy_run({"name": "mamba"}, eval_lengths=[5, 20, 40]),
@@ -74,6 +82,9 @@ def test_length_curves_mark_the_information_bound_of_fixed_state_models(tmp_path
     assert mamba["fixed_state"]
     state = mamba["points"][-1][2]
     assert mamba["bound"] == pytest.approx(state * BITS_PER_NUMBER / math.log2(26))
+    old = [_without_length_axis(row) for row in _stored_rows(tmp_path, [])]
+    stale = {c["label"]: c for c in length_curves(old)}["mamba"]
+    assert stale["bound"] is None and stale["unit"] == "length" and stale["points"] == mamba["points"]
     png = plot_length_curves(list(curves.values()), tmp_path / "lengths.png")
     assert png.stat().st_size > 10_000
     figure = length_figure(_stored_rows(tmp_path, []))

@@ -45,7 +45,7 @@ def test_pretrained_runs_are_stored_resumed_and_reported(tmp_path):
     assert {r["run_id"]: r["updated_at"] for r in again if r["status"] == "done"} == {
         r["run_id"]: r["updated_at"] for r in rows if r["status"] == "done"}
     points = frontier_points(rows)
-    panels = {p["panel"] for p in points}
+    panels = {p.panel for p in points}
     assert "phonebook_text N=4" in panels and any("KV eviction" in panel for panel in panels)
     write_report(tmp_path)
     assert (tmp_path / "frontier.png").stat().st_size > 0

@@ -60,10 +60,11 @@ def test_frontier_takes_the_best_learning_rate_per_model_and_width():
         row("c", "attention", 128, 1e-3, 0.95), row("d", "attention", 128, 3e-3, float("nan"), "diverged"),
         row("e", "attention", 64, 1e-2, 0.99, status="failed"), row("f", "attention", 64, 1e-2, 1.0, T=128),
     ]
-    points = {(p["panel"], p["d_model"]): p for p in frontier_points(rows)}
-    assert points[("mqar T=64", 64)]["accuracy"] == 0.9 and points[("mqar T=64", 64)]["lr"] == 3e-3
-    assert points[("mqar T=64", 128)]["accuracy"] == 0.95
-    assert points[("mqar T=128", 64)]["accuracy"] == 1.0
+    points = {(p.panel, p.d_model): p for p in frontier_points(rows)}
+    assert points[("mqar T=64", 64)].accuracy == 0.9 and points[("mqar T=64", 64)].lr == 3e-3
+    assert points[("mqar T=64", 64)].runs == 2  # the failed run is left out
+    assert points[("mqar T=64", 128)].accuracy == 0.95
+    assert points[("mqar T=128", 64)].accuracy == 1.0
     assert len(points) == 3
 
 
@@ -220,13 +221,13 @@ def test_a_run_evaluated_at_two_lengths_gives_a_point_in_each_panel():
         {"task": "mqar", "seq_len": 128, "state_size": 200, "accuracy": 0.7},
     ]
     points = frontier_points([r])
-    assert [(p["panel"], p["state_size"], p["accuracy"]) for p in points] == [
+    assert [(p.panel, p.state_size, p.accuracy) for p in points] == [
         ("mqar T=64", 100, 0.9), ("mqar T=128", 200, 0.7)
     ]
 
 
 def test_varying_settings_names_only_what_differs():
-    from recallkit.report.frontier import varying_settings
+    from recallkit.report.common import varying_settings
 
     models = [
         {"d_model": 64, "mixer": [{"name": "attention", "window": 8}, {"name": "linear_attention", "feature_dim": 4}]},
@@ -294,6 +295,6 @@ def test_read_twice_runs_share_the_panel_of_the_task_they_read():
                                    "accuracy": 0.5}]
     twice["metrics"]["evals"] = [{"task": "read_twice", "seq_len": 24, "setting": mqar.setting,
                                   "state_size": 10, "accuracy": 0.8}]
-    assert {p["panel"] for p in frontier_points([causal, twice])} == {"mqar T=16"}
+    assert {p.panel for p in frontier_points([causal, twice])} == {"mqar T=16"}
     sd = rk.make_task("set_disjointness", vocab_size=64, seq_len=32, set_sizes=(16, 4))
     assert sd.setting == "set_disjointness |A|,|B|=16,4 T=32"

@@ -96,6 +96,15 @@ def test_lower_layers_never_import_higher_ones():
             assert not {t for t in targets if t.startswith(higher)}, module
 
 
+def test_reports_read_results_only():
+    """A report draws from stored results: it never rebuilds tasks or configs, nor loads training."""
+    forbidden = ("recallkit.tasks", "recallkit.text_tasks", "recallkit.config", "recallkit.base_config",
+                 "recallkit.training")
+    for module, targets in import_graph().items():
+        if module.startswith("recallkit.report"):
+            assert not {t for t in targets if t.startswith(forbidden)}, module
+
+
 def test_reading_results_does_not_load_the_training_loop():
     code = ("import sys, recallkit.report, recallkit.sweep.doctor; "
             "print(sorted(m for m in sys.modules if m in ('recallkit.training', 'recallkit.sweep.runner')))")

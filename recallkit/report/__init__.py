@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from recallkit.report.common import FrontierPoint
 from recallkit.report.compare import write_compare
 from recallkit.report.frontier import frontier_points, plot_frontier
 from recallkit.report.html import write_html
@@ -13,7 +14,8 @@ from recallkit.report.load import read_rows
 from recallkit.report.width import has_width_axis, plot_width_curves
 
 
-def write_report(out_dir: str | Path, title: str | None = None, dest: str | Path | None = None) -> tuple[Path, Path]:
+def write_report(out_dir: str | Path, title: str | None = None,
+                 dest: str | Path | None = None) -> tuple[Path, Path]:
     """Read ``out_dir/results.sqlite`` and write ``frontier.png`` and ``report.html``, plus ``width.png``
     (accuracy vs width) when the sweep varied the model width and ``lengths.png`` (accuracy vs
     length) when runs were evaluated at several lengths.
@@ -39,4 +41,7 @@ def write_report(out_dir: str | Path, title: str | None = None, dest: str | Path
     return png, page
 
 
-__all__ = ["frontier_points", "plot_frontier", "plot_width_curves", "write_compare", "write_html", "write_report"]
+__all__ = [
+    "FrontierPoint", "frontier_points", "plot_frontier", "plot_width_curves", "write_compare", "write_html",
+    "write_report",
+]

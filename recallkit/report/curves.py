@@ -8,8 +8,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from recallkit.report.embed import family_colors
-from recallkit.report.frontier import varying_settings
+from recallkit.report.common import family_colors, varying_settings
 from recallkit.report.slices import panel_evals
 
 
@@ -21,9 +20,11 @@ def run_names(rows: list[dict[str, Any]]) -> list[str]:
     names = []
     for row, setting in zip(rows, settings):
         group = [r for r in rows if r["label"] == row["label"]]
-        varying = varying_settings([{"model": r["config"]["model"], "train": r["config"].get("train", {})} for r in group])
+        varying = varying_settings([{"model": r["config"]["model"], "train": r["config"].get("train", {})}
+                                    for r in group])
         index = next(i for i, r in enumerate(group) if r is row)
-        names.append(" ".join(filter(None, (row["label"], varying[index], f"[{setting}]" if several else ""))))
+        tail = f"[{setting}]" if several else ""
+        names.append(" ".join(filter(None, (row["label"], varying[index], tail))))
     return names
 
 
@@ -53,7 +54,8 @@ def curves_figure(rows: list[dict[str, Any]]) -> go.Figure | None:
         traces_label += [row["label"], row["label"]]
     labels = list(dict.fromkeys(traces_label))
     if len(labels) > 1:
-        buttons = [{"label": "all models", "method": "restyle", "args": [{"visible": [True] * len(traces_label)}]}]
+        everything = {"visible": [True] * len(traces_label)}
+        buttons = [{"label": "all models", "method": "restyle", "args": [everything]}]
         buttons += [{"label": label, "method": "restyle",
                      "args": [{"visible": [trace == label for trace in traces_label]}]} for label in labels]
         figure.update_layout(updatemenus=[{"buttons": buttons, "x": 0, "xanchor": "left", "y": 1.2,

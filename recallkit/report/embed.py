@@ -1,16 +1,11 @@
-"""Plotly figures as fragments of one offline HTML page, in the family colours of the PNG figures."""
+"""Plotly figures as fragments of one offline HTML page (their family colours: ``common.family_colors``)."""
 
 from __future__ import annotations
 
 from functools import cache
 
-import matplotlib
 import plotly.graph_objects as go
 import plotly.offline
-
-matplotlib.use("Agg")
-from matplotlib import colormaps
-from matplotlib.colors import to_hex
 
 CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "svg"}}
 """Plotly's mode bar without the logo link; its camera button saves SVG (vector, for papers)."""
@@ -28,13 +23,6 @@ LAYOUT = {
 def plotly_js() -> str:
     """The plotly.js bundle shipped with the python package (embedded once per page, ~4.8 MB)."""
     return plotly.offline.get_plotlyjs()
-
-
-def family_colors(labels: list[str]) -> dict[str, str]:
-    """A colour per label, assigned as in the PNG figures (sorted labels, tab10, tab20 beyond ten)."""
-    ordered = sorted(set(labels))
-    palette = colormaps["tab10" if len(ordered) <= 10 else "tab20"]
-    return {label: to_hex(palette(i % palette.N)) for i, label in enumerate(ordered)}
 
 
 def figure_div(figure: go.Figure, div_id: str) -> str:

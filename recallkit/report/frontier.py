@@ -14,6 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from recallkit.report.common import FrontierPoint, base_panel, palette, panel_name, varying_settings
+
 
 def _compact(value: float, _position: int) -> str:
     """Tick label: 500, 2k, 1M."""
@@ -23,18 +25,13 @@ def _compact(value: float, _position: int) -> str:
     return f"{value:g}"
 
 
-EVICTION = ", KV eviction"
-"""Marks the panels of evaluations under an eviction policy."""
-
-
 def evaluations(row: dict[str, Any]) -> list[dict[str, Any]]:
     """A finished run's evaluations: ``{"panel", "state_size", "accuracy"}`` per eval task.
 
-    The panel is the task's ``setting`` (read-twice runs share the panel of the task they read).
-    Diverged runs count with accuracy 0. An evaluation under a KV-cache eviction policy goes to the
-    panel "<task> T=<n>, KV eviction (<mode>)", with the ``series`` " [policy]" appended to the
-    run's label, and its ``budget``. Evaluations at other lengths (``RunConfig.eval_lengths``) are
-    left out: ``recallkit.report.length_curves`` draws them.
+    The panel is ``panel_name`` (read-twice runs share the panel of the task they read). Diverged
+    runs count with accuracy 0. An evaluation under a KV-cache eviction policy has the ``series``
+    " [policy]" appended to the run's label, and its ``budget``. Evaluations at other lengths
+    (``RunConfig.eval_lengths``) are left out: ``recallkit.report.length_curves`` draws them.
     """
     metrics = row["metrics"] or {}
     evals = metrics.get("evals") or [
@@ -42,9 +39,7 @@ def evaluations(row: dict[str, Any]) -> list[dict[str, Any]]:
          "state_size": row["state_size"], "accuracy": metrics.get("accuracy", 0.0)}
     ]
     return [
-        {"panel": e.get("setting", f"{e['task']} T={e['seq_len']}")
-                  + (f"{EVICTION} ({e['mode']})" if e.get("policy") else ""),
-         "task": e["task"], "seq_len": e["seq_len"],
+        {"panel": panel_name(e), "task": e["task"], "seq_len": e["seq_len"],
          "state_size": e["state_size"], "accuracy": e["accuracy"] if row["status"] == "done" else 0.0,
          "series": f" [{e['policy']}]" if e.get("policy") else "", "budget": e.get("budget"),
          "prefill_tokens": e.get("prefill_tokens")}
@@ -52,29 +47,7 @@ def evaluations(row: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts/lists as ``{"mixer.1.window": 16, ...}``."""
-    if isinstance(value, dict):
-        items = value.items()
-    elif isinstance(value, list):
-        items = enumerate(value)
-    else:
-        return {prefix: value}
-    flat: dict[str, Any] = {}
-    for key, item in items:
-        flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
-def varying_settings(models: list[dict[str, Any]]) -> list[str]:
-    """Per model config, the settings that differ among ``models``, e.g. ``"window=8 feature_dim=4"``."""
-    flats = [_flatten(model) for model in models]
-    keys = dict.fromkeys(key for flat in flats for key in flat)
-    varying = [key for key in keys if len({json.dumps(flat.get(key)) for flat in flats}) > 1]
-    return [" ".join(f"{key.rsplit('.', 1)[-1]}={flat.get(key)}" for key in varying) for flat in flats]
-
-
-def frontier_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def frontier_points(rows: list[dict[str, Any]]) -> list[FrontierPoint]:
     """One point per (panel, label, model): the best accuracy over training settings (learning rates).
 
     A panel is one evaluation setting (task and length); a run evaluated at several lengths gives a
@@ -95,12 +68,12 @@ def frontier_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     points = []
     for (_, _, _, label, width, _, _), group in sorted(groups.items()):
         row, best = max(group, key=lambda pair: pair[1]["accuracy"])
-        points.append({
-            "panel": best["panel"], "label": label, "d_model": width, "state_size": best["state_size"],
-            "accuracy": best["accuracy"], "budget": best["budget"],
-            "prefill_tokens": best["prefill_tokens"], "lr": row["config"].get("train", {}).get("lr"), "run_id": row["run_id"],
-            "num_params": row["num_params"], "wall_time": row["wall_time"], "runs": len(group), "model": row["config"]["model"],
-        })
+        points.append(FrontierPoint(
+            panel=best["panel"], label=label, d_model=width, state_size=best["state_size"],
+            accuracy=best["accuracy"], budget=best["budget"], prefill_tokens=best["prefill_tokens"],
+            lr=row["config"].get("train", {}).get("lr"), run_id=row["run_id"], num_params=row["num_params"],
+            wall_time=row["wall_time"], runs=len(group), model=row["config"]["model"],
+        ))
     return points
 
 
@@ -128,34 +101,35 @@ def _place_tags(ax: plt.Axes, tags: list[tuple[float, float, str, Any]]) -> None
         placed.append(box)
 
 
-def plot_frontier(points: list[dict[str, Any]], path: str | Path, title: str = "Recall vs inference state") -> Path:
+def plot_frontier(points: list[FrontierPoint], path: str | Path,
+                  title: str = "Recall vs inference state") -> Path:
     """Draw one panel per evaluation setting: x = state size (numbers, log scale), y = accuracy.
 
     Each panel's legend sits below it; point tags (the settings that vary within a line) are placed
     after the layout is fixed, so the overlap check sees their final positions.
     """
     path = Path(path)
-    panels = list(dict.fromkeys(p["panel"] for p in points)) or ["no finished runs"]
-    labels = sorted({p["label"] for p in points})
-    palette = plt.cm.tab10 if len(labels) <= 10 else plt.cm.tab20
-    colors = {label: palette(i % palette.N) for i, label in enumerate(labels)}
+    panels = list(dict.fromkeys(p.panel for p in points)) or ["no finished runs"]
+    labels = sorted({p.label for p in points})
+    colors = palette(labels)
     legend_rows = math.ceil(len(labels) / 2)
     fig, axes = plt.subplots(1, len(panels), figsize=(max(7.0, 5.2 * len(panels)), 4.6 + 0.2 * legend_rows),
                              squeeze=False, sharey=True)
     tags_per_axis = []
     for ax, panel in zip(axes[0], panels):
         tags: list[tuple[float, float, str, Any]] = []
-        reference = panel.split(EVICTION)[0] if EVICTION in panel else None  # models without eviction
+        reference = base_panel(panel)  # an eviction panel repeats the models without eviction
         for label in labels:
-            line = sorted((p for p in points if p["panel"] in (panel, reference) and p["label"] == label),
-                          key=lambda p: p["state_size"])
+            line = sorted((p for p in points if p.panel in (panel, reference) and p.label == label),
+                          key=lambda p: p.state_size)
             if not line:
                 continue
-            xs, ys = [p["state_size"] for p in line], [p["accuracy"] for p in line]
-            faint = reference is not None and line[0]["panel"] == reference
-            ax.plot(xs, ys, "s--" if faint else "o-", color=colors[label], label=label, alpha=0.45 if faint else 1)
-            tags.extend((p["state_size"], p["accuracy"], tag, colors[label])
-                        for p, tag in zip(line, varying_settings([p["model"] for p in line])) if tag)
+            xs, ys = [p.state_size for p in line], [p.accuracy for p in line]
+            faint = reference is not None and line[0].panel == reference
+            ax.plot(xs, ys, "s--" if faint else "o-", color=colors[label], label=label,
+                    alpha=0.45 if faint else 1)
+            tags.extend((p.state_size, p.accuracy, tag, colors[label])
+                        for p, tag in zip(line, varying_settings([p.model for p in line])) if tag)
         tags_per_axis.append(tags)
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from recallkit.report.frontier import _flatten, varying_settings
+from recallkit.report.common import FrontierPoint, flatten, varying_settings
 
 WRAP = 96
 """Characters per hover line: wide enough for a mixer's fields, narrow enough for a laptop screen."""
@@ -16,7 +16,7 @@ LIST_ITEMS = 3
 
 def _pairs(fields: dict[str, Any]) -> list[str]:
     """``key=value`` for every set field (None means "default" and only adds noise)."""
-    return [f"{key}={value}" for key, value in _flatten(fields).items() if value is not None and key]
+    return [f"{key}={value}" for key, value in flatten(fields).items() if value is not None and key]
 
 
 def _wrap(head: str, pairs: list[str]) -> list[str]:
@@ -66,11 +66,11 @@ def config_lines(config: dict[str, Any]) -> list[str]:
     return [html.escape(line) for line in lines]
 
 
-def point_names(points: list[dict[str, Any]]) -> list[str]:
+def point_names(points: list[FrontierPoint]) -> list[str]:
     """A name per frontier point: its label plus the model settings that vary within that label
     (``"attention window=8"``), so the points of one family stay distinguishable in tables."""
     tags: dict[int, str] = {}
-    for label in dict.fromkeys(p["label"] for p in points):
-        group = [p for p in points if p["label"] == label]
-        tags.update({id(p): tag for p, tag in zip(group, varying_settings([p["model"] for p in group]))})
-    return [f"{p['label']} {tags[id(p)]}".strip() for p in points]
+    for label in dict.fromkeys(p.label for p in points):
+        group = [p for p in points if p.label == label]
+        tags.update({id(p): tag for p, tag in zip(group, varying_settings([p.model for p in group]))})
+    return [f"{p.label} {tags[id(p)]}".strip() for p in points]

@@ -8,6 +8,7 @@ import html
 from pathlib import Path
 from typing import Any
 
+from recallkit.report.common import FrontierPoint
 from recallkit.report.curves import curves_figure
 from recallkit.report.embed import figure_div, plotly_js
 from recallkit.report.interactive import frontier_figure
@@ -65,10 +66,11 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def _embedded(png: Path, alt: str) -> str:
-    return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode("ascii")}">'
+    data = base64.b64encode(png.read_bytes()).decode("ascii")
+    return f'<img alt="{alt}" src="data:image/png;base64,{data}">'
 
 
-def _messages(rows: list[dict[str, Any]], points: list[dict[str, Any]]) -> list[str]:
+def _messages(rows: list[dict[str, Any]], points: list[FrontierPoint]) -> list[str]:
     """What a reader must know before trusting the figures: nothing finished, failures, work left."""
     counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     messages = []
@@ -92,17 +94,16 @@ def _messages(rows: list[dict[str, Any]], points: list[dict[str, Any]]) -> list[
     return messages
 
 
-def _frontier_tables(points: list[dict[str, Any]]) -> str:
+def _frontier_tables(points: list[FrontierPoint]) -> str:
     return "".join(
         f"<h3>{html.escape(panel)}</h3>" + _table(
             ["model", "d_model", "KV budget", "state size (numbers)", "prefill tokens", "accuracy", "best lr",
              "params", "runs"],
-            [[p["label"], p["d_model"], "" if p.get("budget") is None else p["budget"], f"{p['state_size']:,}",
-              _fmt(p.get("prefill_tokens"), 1),
-              _fmt(p["accuracy"]), p["lr"], f"{p['num_params']:,}", p["runs"]]
-             for p in points if p["panel"] == panel],
+            [[p.label, p.d_model, "" if p.budget is None else p.budget, f"{p.state_size:,}",
+              _fmt(p.prefill_tokens, 1), _fmt(p.accuracy), p.lr, f"{p.num_params:,}", p.runs]
+             for p in points if p.panel == panel],
         )
-        for panel in dict.fromkeys(p["panel"] for p in points)
+        for panel in dict.fromkeys(p.panel for p in points)
     )
 
 
@@ -134,7 +135,8 @@ def _runs_table(rows: list[dict[str, Any]]) -> str:
         ["run", "model", "d_model", "eval T", "lr", "status", "accuracy", "token acc", "steps", "state size",
          "wall time (s)", "error"],
         [[r["run_id"], r["label"], r["config"]["model"].get("d_model", 0),
-          ", ".join(str(t.get("seq_len", "")) for t in (r["config"].get("eval_tasks") or [r["config"]["task"]])),
+          ", ".join(str(t.get("seq_len", ""))
+                    for t in (r["config"].get("eval_tasks") or [r["config"]["task"]])),
           r["config"].get("train", {}).get("lr"), r["status"], _fmt((r["metrics"] or {}).get("accuracy")),
           _fmt((r["metrics"] or {}).get("token_accuracy")), (r["metrics"] or {}).get("steps", ""),
           "" if r["state_size"] is None else f"{r['state_size']:,}", _fmt(r["wall_time"], 1), error(r)]
@@ -150,7 +152,7 @@ def _section(anchor: str, heading: str, body: str, nav: list[tuple[str, str]]) -
     return f'<section id="{anchor}"><h2>{html.escape(heading)}</h2>\n{body}\n</section>'
 
 
-def write_html(rows: list[dict[str, Any]], points: list[dict[str, Any]], path: str | Path, title: str,
+def write_html(rows: list[dict[str, Any]], points: list[FrontierPoint], path: str | Path, title: str,
                pngs: list[tuple[Path, str]], notes: list[str] | None = None) -> Path:
     """Write the report page to ``path``: it works offline alone (plotly.js and the PNGs embedded).
 
@@ -187,8 +189,8 @@ def write_html(rows: list[dict[str, Any]], points: list[dict[str, Any]], path: s
     if points:
         images = "".join(f"<p>{_embedded(png, html.escape(alt))}</p>" for png, alt in pngs)
         sections.append(_section("figures", "Figures for papers",
-                                 '<p class="note">The same data as static PNGs (also written beside this page).'
-                                 "</p>" + images, nav))
+                                 '<p class="note">The same data as static PNGs (also written beside this '
+                                 "page).</p>" + images, nav))
     sections.append(_section("runs", "All runs", _runs_table(rows), nav))
     interactive = points or curves is not None
     script = f"<script>{plotly_js()}</script>" if interactive else ""

@@ -10,8 +10,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from recallkit.report.embed import family_colors
-from recallkit.report.frontier import EVICTION, varying_settings
+from recallkit.report.common import FrontierPoint, base_panel, family_colors, varying_settings
 from recallkit.report.hover import config_lines
 from recallkit.report.slices import panel_evals
 
@@ -19,22 +18,23 @@ COLUMNS = 3
 """Subplots per row: three panels (e.g. T = 64, 128, 256) fit a laptop screen side by side."""
 
 
-def _hover(point: dict[str, Any], tag: str, row: dict[str, Any] | None) -> str:
-    head = f"<b>{point['label']}</b>" + (f"  {tag}" if tag else "")
-    facts = [f"accuracy {point['accuracy']:.3f}", f"state {point['state_size']:,}", f"d_model {point['d_model']}",
-             *([f"lr {point['lr']:g}"] if point["lr"] is not None else []), f"best of {point['runs']}"]
-    if point.get("budget") is not None:
-        facts.insert(2, f"KV budget {point['budget']:g}")
-    run = f"run {point['run_id']}" + (f" · {point['wall_time']:.1f} s" if point.get("wall_time") else "")
-    policy = _policy_line(point, row) if row and point.get("budget") is not None else []
-    return "<br>".join([head, " · ".join(facts), run, *policy, *(config_lines(row["config"]) if row else [])])
+def _hover(point: FrontierPoint, tag: str, row: dict[str, Any] | None) -> str:
+    head = f"<b>{point.label}</b>" + (f"  {tag}" if tag else "")
+    facts = [f"accuracy {point.accuracy:.3f}", f"state {point.state_size:,}", f"d_model {point.d_model}",
+             *([f"lr {point.lr:g}"] if point.lr is not None else []), f"best of {point.runs}"]
+    if point.budget is not None:
+        facts.insert(2, f"KV budget {point.budget:g}")
+    run = f"run {point.run_id}" + (f" · {point.wall_time:.1f} s" if point.wall_time else "")
+    policy = _policy_line(point, row) if row and point.budget is not None else []
+    config = config_lines(row["config"]) if row else []
+    return "<br>".join([head, " · ".join(facts), run, *policy, *config])
 
 
-def _policy_line(point: dict[str, Any], row: dict[str, Any]) -> list[str]:
+def _policy_line(point: FrontierPoint, row: dict[str, Any]) -> list[str]:
     """The eviction policy behind a point of an eviction panel, with its settings (one line)."""
     for panel, stored in panel_evals(row):
-        if (panel == point["panel"] and stored.get("budget") == point["budget"]
-                and point["label"].endswith(f"[{stored.get('policy')}]")):
+        if (panel == point.panel and stored.get("budget") == point.budget
+                and point.label.endswith(f"[{stored.get('policy')}]")):
             settings = dict(stored.get("policy_config") or {})
             settings.pop("name", None)
             pairs = " ".join(f"{k}={v}" for k, v in settings.items() if v is not None)
@@ -44,11 +44,11 @@ def _policy_line(point: dict[str, Any], row: dict[str, Any]) -> list[str]:
     return []
 
 
-def _line(points: list[dict[str, Any]], panel: str, label: str) -> list[dict[str, Any]]:
-    return sorted((p for p in points if p["panel"] == panel and p["label"] == label), key=lambda p: p["state_size"])
+def _line(points: list[FrontierPoint], panel: str, label: str) -> list[FrontierPoint]:
+    return sorted((p for p in points if p.panel == panel and p.label == label), key=lambda p: p.state_size)
 
 
-def frontier_figure(points: list[dict[str, Any]], rows: list[dict[str, Any]]) -> go.Figure:
+def frontier_figure(points: list[FrontierPoint], rows: list[dict[str, Any]]) -> go.Figure:
     """One subplot per panel (x = state size, log; y = accuracy), one trace per label and panel.
 
     Traces of one label share a legend group, so a legend click shows or hides a family in every
@@ -60,8 +60,8 @@ def frontier_figure(points: list[dict[str, Any]], rows: list[dict[str, Any]]) ->
         rows: the store rows they came from (for the full config in the hover box).
     """
     by_id = {row["run_id"]: row for row in rows}
-    panels = list(dict.fromkeys(p["panel"] for p in points))
-    labels = sorted({p["label"] for p in points})
+    panels = list(dict.fromkeys(p.panel for p in points))
+    labels = sorted({p.label for p in points})
     colors = family_colors(labels)
     columns = min(COLUMNS, len(panels))
     grid_rows = math.ceil(len(panels) / columns)
@@ -69,21 +69,22 @@ def frontier_figure(points: list[dict[str, Any]], rows: list[dict[str, Any]]) ->
                            horizontal_spacing=0.04, vertical_spacing=0.22 / grid_rows)
     in_legend: set[str] = set()
     for i, panel in enumerate(panels):
-        reference = panel.split(EVICTION)[0] if EVICTION in panel else None
+        reference = base_panel(panel)
         for label in labels:
             line, faint = _line(points, panel, label), False
             if not line and reference is not None:
                 line, faint = _line(points, reference, label), True
             if not line:
                 continue
-            tags = varying_settings([p["model"] for p in line])
+            tags = varying_settings([p.model for p in line])
             figure.add_trace(
                 go.Scatter(
-                    x=[p["state_size"] for p in line], y=[p["accuracy"] for p in line],
+                    x=[p.state_size for p in line], y=[p.accuracy for p in line],
                     mode="lines+markers", name=label, legendgroup=label, showlegend=label not in in_legend,
                     line={"color": colors[label], "dash": "dash" if faint else "solid"},
-                    marker={"symbol": "square" if faint else "circle", "size": 8}, opacity=0.45 if faint else 1,
-                    hovertext=[_hover(p, tag, by_id.get(p["run_id"])) for p, tag in zip(line, tags)],
+                    marker={"symbol": "square" if faint else "circle", "size": 8},
+                    opacity=0.45 if faint else 1,
+                    hovertext=[_hover(p, tag, by_id.get(p.run_id)) for p, tag in zip(line, tags)],
                     hoverinfo="text",
                 ),
                 row=i // columns + 1, col=i % columns + 1,
@@ -93,7 +94,8 @@ def frontier_figure(points: list[dict[str, Any]], rows: list[dict[str, Any]]) ->
                         title_font_size=11)
     figure.update_yaxes(range=[-0.03, 1.05], title_text="accuracy", col=1)
     figure.update_layout(
-        title="Recall vs inference state", title_font_size=14, height=120 + 380 * grid_rows, hovermode="closest",
+        title="Recall vs inference state", title_font_size=14, height=120 + 380 * grid_rows,
+        hovermode="closest",
         legend={"title": {"text": "model"}, "groupclick": "togglegroup"},
     )
     return figure

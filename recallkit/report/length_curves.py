@@ -4,7 +4,9 @@ A run with ``eval_lengths`` carries one evaluation per length (each with a ``len
 the ``length`` slice of its other evaluations they give one curve per model. For models whose
 state does not grow with the length (recurrent), the curve is marked where the answer's
 information ``L * bits_per_unit`` exceeds the state's ``state_size * 32`` bits (float32): no such
-model can be exact beyond it (Jelassi et al. 2024, arXiv 2402.01032).
+model can be exact beyond it (Jelassi et al. 2024, arXiv 2402.01032). Training stores each length
+evaluation's ``bits_per_unit`` and ``length_unit``, so the report reads them without rebuilding the
+task; runs stored before that get no bound line and the unit "length".
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from recallkit.base_config import TaskConfig
-from recallkit.tasks import task_config
+from recallkit.report.common import palette
 
 BITS_PER_NUMBER = 32
 """State numbers are float32."""
@@ -31,7 +32,8 @@ def _metric(scores: dict[str, Any]) -> float:
 
 def length_curve(row: dict[str, Any]) -> dict[str, Any] | None:
     """One run's curve ``{"panel", "label", "d_model", "lr", "points": [(L, accuracy, state_size)],
-    "train_range", "fixed_state", "bound"}``, or None when the run has no length evaluations."""
+    "train_range", "fixed_state", "bound", "unit", "headline"}``, or None when the run has no length
+    evaluations."""
     metrics = row["metrics"] or {}
     evals = [e for e in metrics.get("evals") or [] if not e.get("policy")]
     if row["status"] != "done" or not any("length" in e for e in evals):
@@ -45,16 +47,16 @@ def length_curve(row: dict[str, Any]) -> dict[str, Any] | None:
     points = [(length, accuracy, state) for length, (accuracy, state) in sorted(by_length.items())]
     at_length = sorted((e["length"], e["state_size"]) for e in evals if "length" in e)
     fixed_state = len({state for _, state in at_length}) == 1 and len(at_length) > 1
+    axis = next(e for e in evals if "length" in e)  # every length evaluation stores the same axis
     bound = None
-    task: TaskConfig = task_config(row["config"]["eval_tasks"][0] if row["config"].get("eval_tasks")
-                                   else row["config"]["task"])
-    if fixed_state and callable(getattr(task, "bits_per_unit", None)):
-        bound = at_length[0][1] * BITS_PER_NUMBER / task.bits_per_unit()
+    if fixed_state and axis.get("bits_per_unit"):
+        bound = at_length[0][1] * BITS_PER_NUMBER / axis["bits_per_unit"]
     return {
         "panel": evals[0].get("setting", evals[0]["task"]), "label": row["label"],
-        "d_model": row["config"]["model"].get("d_model", 0), "lr": row["config"].get("train", {}).get("lr"), "points": points,
+        "d_model": row["config"]["model"].get("d_model", 0), "lr": row["config"].get("train", {}).get("lr"),
+        "points": points,
         "train_range": metrics.get("train_length_range"), "fixed_state": fixed_state, "bound": bound,
-        "unit": getattr(task, "length_unit", "length"), "headline": metrics.get("accuracy", 0.0),
+        "unit": axis.get("length_unit", "length"), "headline": metrics.get("accuracy", 0.0),
     }
 
 
@@ -76,9 +78,7 @@ def plot_length_curves(curves: list[dict[str, Any]], path: str | Path) -> Path:
     training range; a dotted line where a fixed-state model's information bound falls in range."""
     path = Path(path)
     panels = list(dict.fromkeys(c["panel"] for c in curves))
-    labels = sorted({(c["label"], c["d_model"]) for c in curves})
-    palette = plt.cm.tab10 if len(labels) <= 10 else plt.cm.tab20
-    colors = {label: palette(i % palette.N) for i, label in enumerate(labels)}
+    colors = palette([(c["label"], c["d_model"]) for c in curves])
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), squeeze=False, sharey=True)
     for ax, panel in zip(axes[0], panels):
         lines = [c for c in curves if c["panel"] == panel]

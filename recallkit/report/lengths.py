@@ -8,13 +8,13 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from recallkit.report.embed import family_colors
+from recallkit.report.common import FrontierPoint, family_colors
 from recallkit.report.length_curves import length_curves
 
 COLUMNS = 3
 
 
-def length_figure(rows: list[dict[str, Any]], points: list[dict[str, Any]] | None = None) -> go.Figure | None:
+def length_figure(rows: list[dict[str, Any]], points: list[FrontierPoint] | None = None) -> go.Figure | None:
     """One subplot per training setting: x = length, y = exact match, one trace per model and width;
     the training range shaded; a fixed-state model's information bound in its hover and legend.
     Returns None when no run was evaluated per length. ``points`` is unused (same call as the other

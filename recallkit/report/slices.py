@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from recallkit.report.frontier import EVICTION
+from recallkit.report.common import FrontierPoint, panel_name
 from recallkit.report.hover import point_names
 
 
@@ -29,9 +29,8 @@ def panel_evals(row: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     metrics = row["metrics"] or {}
     if not metrics.get("evals"):
         task = row["config"]["task"]
-        return [(f"{task['name']} T={task['seq_len']}", metrics)]
-    return [(e.get("setting", f"{e['task']} T={e['seq_len']}") + (f"{EVICTION} ({e['mode']})" if e.get("policy") else ""),
-             e) for e in metrics["evals"]]
+        return [(panel_name({"task": task["name"], "seq_len": task["seq_len"]}), metrics)]
+    return [(panel_name(e), e) for e in metrics["evals"]]
 
 
 def _sort_key(value: str) -> tuple[int, float | str]:
@@ -42,7 +41,7 @@ def _sort_key(value: str) -> tuple[int, float | str]:
         return (1, value)
 
 
-def slice_tables(rows: list[dict[str, Any]], points: list[dict[str, Any]]) -> list[SliceTable]:
+def slice_tables(rows: list[dict[str, Any]], points: list[FrontierPoint]) -> list[SliceTable]:
     """The slice tables of every panel without eviction, in frontier order.
 
     A slice with one value in a panel only repeats the headline accuracy and is left out; so are
@@ -54,10 +53,10 @@ def slice_tables(rows: list[dict[str, Any]], points: list[dict[str, Any]]) -> li
     """
     by_id = {row["run_id"]: row for row in rows}
     tables: dict[tuple[str, str], SliceTable] = {}
-    for panel in dict.fromkeys(p["panel"] for p in points):
-        line = [p for p in points if p["panel"] == panel and by_id[p["run_id"]]["status"] == "done"]
+    for panel in dict.fromkeys(p.panel for p in points):
+        line = [p for p in points if p.panel == panel and by_id[p.run_id]["status"] == "done"]
         for point, name in zip(line, point_names(line)):
-            for eval_panel, stored in panel_evals(by_id[point["run_id"]]):
+            for eval_panel, stored in panel_evals(by_id[point.run_id]):
                 if eval_panel != panel or stored.get("policy") or "length" in stored:
                     continue
                 for slice_name, values in (stored.get("slices") or {}).items():

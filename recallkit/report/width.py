@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from recallkit.report.common import FrontierPoint, palette
 
-def width_curves(points: list[dict[str, Any]]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+
+def width_curves(points: list[FrontierPoint]) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """``{panel: {label: [(d_model, best accuracy), ...]}}`` sorted by width.
 
     The best accuracy over every point of that label and width (learning rates are already folded
@@ -19,27 +20,26 @@ def width_curves(points: list[dict[str, Any]]) -> dict[str, dict[str, list[tuple
     """
     best: dict[tuple[str, str, int], float] = {}
     for p in points:
-        key = (p["panel"], p["label"], p["d_model"])
-        best[key] = max(best.get(key, 0.0), p["accuracy"])
+        key = (p.panel, p.label, p.d_model)
+        best[key] = max(best.get(key, 0.0), p.accuracy)
     curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for (panel, label, width), accuracy in sorted(best.items()):
         curves.setdefault(panel, {}).setdefault(label, []).append((width, accuracy))
     return curves
 
 
-def has_width_axis(points: list[dict[str, Any]]) -> bool:
+def has_width_axis(points: list[FrontierPoint]) -> bool:
     """Whether the sweep varied the width (then the width figure is worth drawing)."""
-    return len({p["d_model"] for p in points}) > 1
+    return len({p.d_model for p in points}) > 1
 
 
-def plot_width_curves(points: list[dict[str, Any]], path: str | Path) -> Path:
+def plot_width_curves(points: list[FrontierPoint], path: str | Path) -> Path:
     """Draw accuracy (y) against d_model (x, log 2) per label, one panel per evaluation setting."""
     path = Path(path)
     curves = width_curves(points)
-    panels = list(dict.fromkeys(p["panel"] for p in points))  # frontier order: task, then length
-    labels = sorted({p["label"] for p in points})
-    colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
-    widths = sorted({p["d_model"] for p in points})
+    panels = list(dict.fromkeys(p.panel for p in points))  # frontier order: task, then length
+    colors = palette([p.label for p in points])
+    widths = sorted({p.d_model for p in points})
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False, sharey=True)
     for ax, panel in zip(axes[0], panels):
         for label, line in curves[panel].items():

@@ -1,0 +1,89 @@
+"""What the report's figures and tables share: panel names, family colours, flattened settings and the
+typed frontier point. One place, so that a panel or a family looks the same in every figure."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+from matplotlib import colormaps
+from matplotlib.colors import to_hex
+
+EVICTION = ", KV eviction"
+"""Marks the panels of evaluations under an eviction policy."""
+
+
+def panel_name(evaluation: dict[str, Any]) -> str:
+    """The panel of a stored evaluation: its task's ``setting`` (``"<task> T=<n>"`` for runs stored
+    before settings were), with ``", KV eviction (<mode>)"`` appended under an eviction policy, so
+    that evicting runs get their own panel beside the models they are compared with."""
+    panel = evaluation.get("setting", f"{evaluation['task']} T={evaluation['seq_len']}")
+    return panel + (f"{EVICTION} ({evaluation['mode']})" if evaluation.get("policy") else "")
+
+
+def base_panel(panel: str) -> str | None:
+    """The panel without eviction that an eviction panel repeats faintly for reference, else None."""
+    return panel.split(EVICTION)[0] if EVICTION in panel else None
+
+
+def palette(keys: list[Any]) -> dict[Any, tuple[float, float, float, float]]:
+    """An RGBA colour per key in sorted order: tab10, tab20 beyond ten keys (distinct colours as long
+    as the keys fit; the same order everywhere gives a family the same colour in every figure)."""
+    ordered = sorted(set(keys))
+    colors = colormaps["tab10" if len(ordered) <= 10 else "tab20"]
+    return {key: colors(i % colors.N) for i, key in enumerate(ordered)}
+
+
+def family_colors(labels: list[str]) -> dict[str, str]:
+    """``palette`` as hex strings, for the plotly figures of the page."""
+    return {label: to_hex(color) for label, color in palette(labels).items()}
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts/lists as ``{"mixer.1.window": 16, ...}``."""
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, item in items:
+        flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def varying_settings(models: list[dict[str, Any]]) -> list[str]:
+    """Per model config, the settings that differ among ``models``, e.g. ``"window=8 feature_dim=4"``."""
+    flats = [flatten(model) for model in models]
+    keys = dict.fromkeys(key for flat in flats for key in flat)
+    varying = [key for key in keys if len({json.dumps(flat.get(key)) for flat in flats}) > 1]
+    return [" ".join(f"{key.rsplit('.', 1)[-1]}={flat.get(key)}" for key in varying) for flat in flats]
+
+
+@dataclass(frozen=True)
+class FrontierPoint:
+    """One point of the frontier: the best run (over learning rates) of one model in one panel.
+
+    ``budget`` is the KV budget of an eviction panel's point (None elsewhere), ``prefill_tokens`` the
+    mean prompt length when the evaluation reported it, ``runs`` how many runs the point is the best
+    of, and ``model`` the stored model config (its varying settings tag the point).
+    """
+
+    panel: str
+    label: str
+    d_model: int
+    state_size: int
+    accuracy: float
+    budget: float | None
+    prefill_tokens: float | None
+    lr: float | None
+    run_id: str
+    num_params: int | None
+    wall_time: float | None
+    runs: int
+    model: dict[str, Any]
