@@ -54,6 +54,12 @@ def held_numbers(state: Any, batch_size: int) -> int:
     return state_numel(state.layers) // batch_size
 
 
+def _positions(model: Any) -> int | None:
+    """Most tokens the model reads in one sequence: recallkit's learned ``max_position`` (0 = no limit),
+    a pretrained model's ``max_context``; None when unlimited."""
+    return getattr(model.config, "max_position", 0) or getattr(model, "max_context", None)
+
+
 def _diff(a: Tensor, b: Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
 
@@ -65,14 +71,18 @@ def check_model(model: Any, *, length: int = 24, batch_size: int = 3, seed: int 
 
     Args:
         model: a ``LanguageModel`` or an ``HFModel`` (anything with forward / prefill / step / state_size).
-        length: tokens per sequence (T >= 4).
+        length: tokens per sequence (T >= 4), capped at the positions the model can read (learned
+            absolute positions, a pretrained model's context): a model trained at T=16 with
+            ``max_position=16`` cannot read 24 tokens, and that is no contract violation.
         batch_size: sequences (>= 2 for the batch check).
         seed: the random tokens' seed (a local generator).
         vocab: draw tokens below this id (default: the model's vocabulary).
         rtol: tolerance relative to the largest |logit| (at least 1).
     """
+    length = min(length, _positions(model) or length)
     if length < 4 or batch_size < 2:
-        raise ValueError(f"check_model needs length >= 4 and batch_size >= 2; got {length}, {batch_size}")
+        raise ValueError(f"check_model needs length >= 4 (within the model's positions) and batch_size >= 2; "
+                         f"got {length}, {batch_size}")
     was_training = model.training
     model.eval()
     try:

@@ -118,8 +118,11 @@ class HFModel(nn.Module):
         """Read (B, T) tokens from ``state`` (None = empty; it is mutated): logits (B, T, V), state."""
         state = self.init_state(input_ids.shape[0]) if state is None else state
         if state.position and input_ids.shape[1] > 1 and self.config.architecture in RESTARTS_FROM_ZERO:
-            steps = [self.step(token, state) for token in input_ids.unbind(1)]
-            return torch.stack([logits for logits, _ in steps], dim=1), steps[-1][1]
+            stepped = []
+            for token in input_ids.unbind(1):  # each step from the state the previous one returned (position)
+                logits, state = self.step(token, state)
+                stepped.append(logits)
+            return torch.stack(stepped, dim=1), state
         logits, cache = cached_forward(self.model, input_ids, state.cache)
         return logits, HFState(cache, state.position + input_ids.shape[1])
 

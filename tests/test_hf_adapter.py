@@ -1,0 +1,191 @@
+"""HFModel behind recallkit's model contract: the checker on every tiny architecture (and failing without
+the Mamba workaround), state sizes against the real cache, independent state copies, `check-model`,
+lazy imports, and task tokens mapped onto real words."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the hub
+pytest.importorskip("transformers", minversion="5")
+
+import torch
+from typer.testing import CliRunner
+
+import recallkit as rk
+from recallkit.cli import app
+from recallkit.contract import check_model
+from recallkit.errors import RecallkitError
+from recallkit.hf import TINY_ARCHS, HFModel, load_model
+from recallkit.hf.cache_state import cache_numel, cache_numel_parts
+from recallkit.hf.token_map import map_batch, token_map
+from recallkit.sweep import run_sweep
+from recallkit.tasks.base import IGNORE_INDEX, Batch
+from tests.conftest import tiny_run
+
+runner = CliRunner()
+_CHECK_LINE = re.compile(r"^\s*(ok|FAIL)\s+(\S.*?)\s+max \|diff\| ")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a loaded 2-core machine their spinning
+    multiplies the CPU time (8x measured): these tests run single-threaded."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, HFModel]:
+    return {arch: load_model(f"tiny:{arch}") for arch in TINY_ARCHS}
+
+
+def _ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(3, 512, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_check_model_passes_on_every_tiny_arch(models, arch):
+    checks = check_model(models[arch])
+    names = [c.name for c in checks]
+    assert {"prefill", "state size", "step loop", "batch independence"} <= set(names)
+    assert sum(name.startswith("split at ") for name in names) >= 3
+    assert [c.line() for c in checks if not c.passed] == []
+
+
+def test_checker_fails_without_the_mamba_restart_workaround(models, monkeypatch):
+    """transformers 5.24's Mamba-1 multi-token scan restarts from a zero SSM state: a split prefill is
+    wrong unless the adapter reads the continuation token by token. The checker must catch it."""
+    monkeypatch.setattr("recallkit.hf.adapter.RESTARTS_FROM_ZERO", ())
+    checks = {c.name: c for c in check_model(models["mamba"])}
+    failed = [name for name, c in checks.items() if not c.passed]
+    assert failed and all(name.startswith("split at ") for name in failed)
+    assert checks["prefill"].passed and checks["step loop"].passed
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_state_size_is_the_real_cache_numel_and_kv_state_size_its_attention_part(models, arch):
+    model = models[arch]
+    for length in (1, 6, 19):
+        with torch.no_grad():
+            _, state = model.prefill(_ids(2, length, seed=length))
+        assert state.position == length
+        assert model.state_size(length) == cache_numel(state.cache)
+        assert model.kv_state_size(length) == cache_numel_parts(state.cache)["kv"]
+    has_kv = arch not in ("mamba", "mamba2")
+    assert (model.kv_state_size(19) > model.kv_state_size(6)) == has_kv
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_state_copy_continues_independently(models, arch):
+    model, ids = models[arch], _ids(2, 14, seed=3)
+    head, first, second = ids[:, :8], ids[:, 8:], ids.flip(1)[:, :6]
+    with torch.no_grad():
+        _, state = model.prefill(head)
+        copied = state.copy()
+        numel = cache_numel(state.cache)
+        from_copy, after_copy = model.prefill(second, state=copied)
+        assert cache_numel(state.cache) == numel and state.position == 8  # the original is untouched
+        from_original, _ = model.prefill(first, state=state)
+        fresh_first, _ = model.prefill(first, state=model.prefill(head)[1])  # as if no copy existed
+        fresh_second, _ = model.prefill(second, state=model.prefill(head)[1])
+    assert after_copy.position == 14
+    torch.testing.assert_close(from_original, fresh_first, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(from_copy, fresh_second, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(from_original[:, -1], from_copy[:, -1])
+
+
+def _check_lines(output: str) -> list[str]:
+    return [m.group(2) for line in output.splitlines() if (m := _CHECK_LINE.match(line))]
+
+
+def test_check_model_cli_prints_one_line_per_check_and_exits_0(models):
+    result = runner.invoke(app, ["check-model", "tiny:llama"])
+    assert result.exit_code == 0, result.output
+    expected = [c.name for c in check_model(models["llama"])]
+    assert _check_lines(result.stdout) == expected
+    assert "tiny:llama" in result.stdout.splitlines()[0]
+
+
+def _snapshot(directory):
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(directory.iterdir())}
+
+
+def test_check_model_on_a_results_directory(tmp_path):
+    """Each run's architecture is checked; its runs have learned positions (max_position=16), so the
+    check reads at most 16 tokens; nothing in the directory is written."""
+    out = tmp_path / "results"
+    rows = run_sweep([tiny_run(max_steps=2, eval_every=2)], out, quiet=True)
+    assert [r["status"] for r in rows] == ["done"]
+    before = _snapshot(out)
+    result = runner.invoke(app, ["check-model", str(out)])
+    assert result.exit_code == 0, result.output + result.stderr
+    names = _check_lines(result.stdout)
+    assert len(names) >= 7 and names[:3] == ["prefill", "state size", "step loop"]
+    assert all(line.lstrip().startswith("ok") for line in result.stdout.splitlines()[1:])
+    assert _snapshot(out) == before
+
+
+def test_importing_recallkit_does_not_import_transformers():
+    code = ("import sys, recallkit, recallkit.report, recallkit.contract; "
+            "print(sorted(m for m in ('transformers', 'recallkit.hf') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_token_map_picks_distinct_round_tripping_words_per_seed(models):
+    tokenizer = models["llama"].tokenizer
+    mapping = token_map(tokenizer, 40, seed=0)
+    ids = mapping.tolist()
+    assert mapping.dtype == torch.long and len(ids) == 40 == len(set(ids))
+    for token_id in ids:
+        text = tokenizer.decode([token_id])
+        assert re.fullmatch(r" [A-Za-z]{3,12}", text), text
+        assert tokenizer.encode(text, add_special_tokens=False) == [token_id]
+    assert not set(ids) & set(tokenizer.all_special_ids)
+    assert torch.equal(token_map(tokenizer, 40, seed=0), mapping)
+    assert not torch.equal(token_map(tokenizer, 40, seed=1), mapping)
+    words = sum(bool(re.fullmatch(r" [A-Za-z]{3,12}", tokenizer.decode([i]))) for i in range(len(tokenizer)))
+    assert len(token_map(tokenizer, words, seed=2).unique()) == words  # every ordinary word, once
+    for too_many in (words + 1, len(tokenizer)):
+        with pytest.raises(RecallkitError, match="vocab_size") as error:
+            token_map(tokenizer, too_many)
+        assert "\n" not in str(error.value)
+
+
+def test_map_batch_maps_inputs_and_labels_and_keeps_ignored():
+    mapping = torch.tensor([100, 205, 317, 42, 9])
+    inputs = torch.tensor([[0, 1, 2, 3], [4, 3, 2, 1]])
+    labels = torch.tensor([[IGNORE_INDEX, 2, IGNORE_INDEX, 4], [0, IGNORE_INDEX, IGNORE_INDEX, 3]])
+    batch = Batch(inputs, labels, torch.tensor([2, 3]), {"pairs": torch.tensor([1, 2])})
+    mapped = map_batch(batch, mapping)
+    assert mapped.inputs.tolist() == [[100, 205, 317, 42], [9, 42, 317, 205]]
+    ignored = IGNORE_INDEX
+    assert mapped.labels.tolist() == [[ignored, 317, ignored, 9], [100, ignored, ignored, 42]]
+    assert torch.equal(mapped.prefix_len, batch.prefix_len)
+    assert torch.equal(mapped.slices["pairs"], torch.tensor([1, 2]))
+    assert batch.inputs.tolist()[0] == [0, 1, 2, 3]  # the original batch is unchanged
+
+
+def test_evaluate_a_mapped_task_on_a_pretrained_model(models):
+    model = models["llama"]
+    batch = rk.make_task("mqar", vocab_size=48, seq_len=24, num_kv_pairs=3).generate(6, seed=0)
+    mapping = token_map(model.tokenizer, 48, seed=0)
+    mapped = map_batch(batch, mapping)
+    scored = batch.labels != IGNORE_INDEX
+    assert set(mapped.labels[scored].tolist()) <= set(mapping.tolist())
+    plain = rk.evaluate(model, mapped)
+    assert 0.0 <= plain["accuracy"] <= 1.0 and plain["num_examples"] == 6
+    evicted = rk.evaluate(model, mapped, policy="window", budget=0.5, mode="prefill")
+    assert 0.0 <= evicted["accuracy"] <= 1.0 and evicted["num_examples"] == 6
+    assert evicted["policy"] == "window" and evicted["mode"] == "prefill" and evicted["budget"] == 0.5
+    full = rk.evaluate(model, mapped, policy="full", budget=1.0)
+    assert full["accuracy"] == plain["accuracy"]
+    assert 0 < evicted["state_size"] < full["state_size"] == model.state_size(24)

