@@ -65,6 +65,20 @@ class MixerConfig(ConfigFamily):
     family: ClassVar[str] = "mixer"
     short_conv: int = Field(default=0, ge=0)
 
+    def check_width(self, d_model: int) -> None:
+        """Raise ValueError if the mixer cannot run at model width ``d_model`` (checked by ``ModelConfig``
+        so a bad width fails at config time, not at build time); by default every width works."""
+
+    def describe(self) -> str:
+        """Short human label in tables and plots (without the short conv, which ``describe_mixer`` adds)."""
+        return self.name
+
+    def _require_divisible(self, width: int, heads: int, what: str = "num_heads") -> None:
+        """The width check most mixers share: ``width`` (d_model, or a width derived from it) splits
+        into ``heads`` equal heads."""
+        if width % heads:
+            raise ValueError(f"d_model={width} is not divisible by {self.name} {what}={heads}")
+
     @field_validator("short_conv")
     @classmethod
     def _kernel(cls, value: int) -> int:
@@ -76,18 +90,65 @@ class MixerConfig(ConfigFamily):
 class TaskConfig(ConfigFamily):
     """Base of every task's config. ``name`` is the registry key in ``recallkit.TASKS``.
 
-    Subclasses implement ``generate(num_examples, seed) -> Batch``.
+    Subclasses implement ``generate(num_examples, seed) -> Batch``. Capabilities are declared here
+    with their defaults, so callers read them instead of probing for them; a task overrides the
+    ones it has (as a class attribute, a property or a config field).
+
+    Attributes:
+        generative: the answer is one span that greedy generation is scored on (``rk.evaluate``
+            with ``greedy=True``); False scores teacher-forced next-token predictions.
+        filler_token: the padding id, None when the task does not say (``read_twice`` needs one).
+            Several tasks make it a config field, so the None default is set on each subclass
+            without one (:meth:`__pydantic_init_subclass__`) rather than here: a value here would
+            make pydantic warn that each such field shadows it.
+        length_unit: the unit of the task's length axis (``"characters"``, ``"entries"``), None
+            when it has none; a task with one implements ``length_range``, ``at_length`` and
+            ``bits_per_unit`` (:mod:`recallkit.tasks.lengths`).
     """
 
     family: ClassVar[str] = "task"
+    generative: ClassVar[bool] = False
+    filler_token: ClassVar[int | None]
+    length_unit: ClassVar[str | None] = None
     vocab_size: int = Field(gt=1)
     seq_len: int = Field(gt=1)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if "filler_token" not in cls.model_fields and not hasattr(cls, "filler_token"):
+            cls.filler_token = None
 
     @property
     def setting(self) -> str:
         """The report panel of this task: tasks differing only in how the prompt is presented (read
         twice) share one, so their models land on one frontier."""
         return f"{self.name} T={self.seq_len}"
+
+    @property
+    def has_length_axis(self) -> bool:
+        """Whether the task can be rebuilt at other lengths (length generalisation evaluations)."""
+        return self.length_unit is not None
+
+    def max_prefix_len(self) -> int | None:
+        """Exact upper bound of ``prefix_len`` over every example the task generates, None when the
+        task does not declare one (``read_twice`` needs it to size the repeated prompt)."""
+        return None
+
+    def length_range(self) -> tuple[int, int]:
+        """Lowest and highest length the task draws (inclusive); only on a task with a length axis."""
+        raise self._no_length_axis()
+
+    def at_length(self, length: int) -> TaskConfig:
+        """The same task with every example at ``length``; only on a task with a length axis."""
+        raise self._no_length_axis()
+
+    def bits_per_unit(self) -> float:
+        """Bits of information per unit of length; only on a task with a length axis."""
+        raise self._no_length_axis()
+
+    def _no_length_axis(self) -> ValueError:
+        return ValueError(f"task {self.name!r} has no length axis (it declares no length_unit)")
 
     def generate(self, num_examples: int, seed: int):  # pragma: no cover - abstract
         raise NotImplementedError

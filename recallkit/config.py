@@ -53,9 +53,7 @@ class ModelConfig(StrictModel):
     @model_validator(mode="after")
     def _check_widths(self) -> ModelConfig:
         for mixer in self.layer_mixers:
-            check = getattr(mixer, "check_width", None)
-            if check is not None:
-                check(self.d_model)
+            mixer.check_width(self.d_model)
         return self
 
 
@@ -156,7 +154,7 @@ class RunConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_lengths(self) -> RunConfig:
-        if self.eval_lengths and not callable(getattr(self.test_tasks[0], "at_length", None)):
+        if self.eval_lengths and not self.test_tasks[0].has_length_axis:
             raise ValueError(f"eval_lengths needs a task with a length axis (copy, ngram_lookup, phonebook); "
                              f"task {self.test_tasks[0].name!r} has none")
         if any(length < 1 for length in self.eval_lengths):
@@ -226,8 +224,7 @@ class RunConfig(StrictModel):
 
 def describe_mixer(mixer: MixerConfig) -> str:
     """Short human label of a mixer config, e.g. ``linear_attention(taylor)``."""
-    describe = getattr(mixer, "describe", None)
-    label = describe() if describe is not None else mixer.name
+    label = mixer.describe()
     return f"{label}+conv{mixer.short_conv}" if mixer.short_conv else label
 
 

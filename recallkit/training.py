@@ -70,11 +70,6 @@ def _optimizer(model: LanguageModel, config: RunConfig) -> torch.optim.AdamW:
     )
 
 
-def _generative(task) -> bool:
-    """Whether the task's answer is one span that greedy generation is scored on."""
-    return bool(getattr(task, "generative", False))
-
-
 def train(config: RunConfig, on_step: StepCallback | None = None, device: str | None = None,
           checkpoint: Path | None = None, checkpoint_seconds: float | None = None) -> RunResult:
     """Train the run's model on its task and evaluate it on every eval task.
@@ -101,7 +96,7 @@ def train(config: RunConfig, on_step: StepCallback | None = None, device: str | 
     metrics, evals = _final_evaluations(config, model, test_sets, fit.metrics)
     metrics = {**metrics, "device": device.type, "steps": fit.step, "curve": fit.curve, "evals": evals,
                "best_accuracy": max([c.get("accuracy", 0.0) for c in fit.curve] + [metrics["accuracy"]])}
-    if callable(getattr(config.task, "length_range", None)):
+    if config.task.has_length_axis:
         metrics["train_length_range"] = list(config.task.length_range())
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)  # the run is over: nothing left to resume
@@ -219,9 +214,9 @@ def _final_evaluations(config: RunConfig, model: LanguageModel, test_sets: list[
     """
     tc, headline = config.train, config.test_tasks[0]
     metrics = last
-    if metrics is None or _generative(headline):
-        metrics = evaluate(model, test_sets[0], greedy=_generative(headline))
-    finals = [metrics] + [evaluate(model, data, greedy=_generative(task))
+    if metrics is None or headline.generative:
+        metrics = evaluate(model, test_sets[0], greedy=headline.generative)
+    finals = [metrics] + [evaluate(model, data, greedy=task.generative)
                           for task, data in zip(config.test_tasks[1:], test_sets[1:])]
     evals = [
         {"task": task.name, "seq_len": task.seq_len, "setting": task.setting,
@@ -230,7 +225,7 @@ def _final_evaluations(config: RunConfig, model: LanguageModel, test_sets: list[
     ]
     for length, task in config.length_tasks.items():  # length generalisation: the headline at other lengths
         data = task.generate(tc.num_test_examples, eval_seed(tc.seed))
-        final = evaluate(model, data, greedy=_generative(task))
+        final = evaluate(model, data, greedy=task.generative)
         axis = {"length": length, "length_unit": task.length_unit, "bits_per_unit": task.bits_per_unit()}
         evals.append({"task": task.name, "seq_len": task.seq_len, "setting": headline.setting, **axis,
                       "state_size": model.state_size(task.seq_len), **final})

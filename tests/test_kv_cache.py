@@ -10,6 +10,7 @@ from recallkit.inference import KVCache, evaluate_with_policy, evicting_state, m
 from recallkit.ops.rotary import rotate_at
 from recallkit.report import frontier_points, write_report
 from recallkit.sweep import Store, run_sweep
+from tests.cases import POLICY_CASES, policy_id
 
 ATTENTION = {"name": "attention", "num_heads": 4, "num_kv_heads": 2, "position": "rope"}
 T = 24
@@ -63,7 +64,11 @@ def test_full_policy_equals_the_parallel_form(mixer, tokens):
     torch.testing.assert_close(step_logits(model, tokens, "full", None), expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("policy", sorted(rk.POLICIES))
+def test_every_registered_policy_has_a_case():
+    assert {p if isinstance(p, str) else p["name"] for p in POLICY_CASES} == set(rk.POLICIES)
+
+
+@pytest.mark.parametrize("policy", POLICY_CASES, ids=policy_id)
 @pytest.mark.parametrize("mode", ["continuous", "prefill"])
 def test_every_policy_with_budget_at_least_T_equals_full(policy, mode, tokens):
     model = tiny_model()
@@ -71,7 +76,7 @@ def test_every_policy_with_budget_at_least_T_equals_full(policy, mode, tokens):
     torch.testing.assert_close(step_logits(model, tokens, policy, T, mode, context_len=10), full)
 
 
-@pytest.mark.parametrize("policy", [p for p in rk.POLICIES if p != "full"])
+@pytest.mark.parametrize("policy", [p for p in POLICY_CASES if p != "full"], ids=policy_id)
 def test_continuous_budget_is_never_exceeded(policy):
     model = tiny_model()
     for trial in range(3):  # random sequences and budgets
@@ -273,7 +278,7 @@ def test_eval_policies_become_evaluation_rows_in_the_store(tmp_path):
     assert "KV budget" in page and "<td>0.5</td>" in page and "<td>2</td>" in page
 
 
-@pytest.mark.parametrize("policy", sorted(rk.POLICIES))
+@pytest.mark.parametrize("policy", POLICY_CASES, ids=policy_id)
 def test_prefill_mode_reads_the_context_in_one_block_as_token_by_token(policy, tokens):
     """One prefill block over the context gives the same statistics, kept tokens and logits as
     reading it token by token (the statistics are sums over the same queries)."""

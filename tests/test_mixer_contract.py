@@ -9,61 +9,11 @@ import torch
 
 import recallkit as rk
 from recallkit.mixers import build_mixer, state_numel
+from tests.cases import CASES
 
 D_MODEL = 16
 FLOAT64_T = 7  # > 5: the chunk_size=5 cases cross a chunk boundary in the float64 checks
 
-# One row per mixer configuration under test. Every registry key must appear here.
-CASES: list[tuple[str, dict]] = [
-    ("attention", {}),
-    ("attention", {"num_heads": 4}),
-    ("attention", {"num_heads": 2, "position": "rope", "rope_base": 100.0}),
-    ("attention", {"num_heads": 4, "num_kv_heads": 2, "position": "rope", "rope_base": 100.0}),
-    ("attention", {"num_heads": 4, "num_kv_heads": 1, "window": 5}),
-    ("attention", {"num_heads": 4, "position": "alibi"}),
-    ("attention", {"num_heads": 4, "position": "hard_alibi"}),
-    ("attention", {"num_heads": 2, "num_kv_heads": 1, "position": "alibi", "window": 7, "short_conv": 3}),
-    ("linear_attention", {"feature_map": "identity", "normalize": False, "chunk_size": 8}),
-    ("linear_attention", {"feature_map": "elu", "num_heads": 2, "chunk_size": 8}),
-    ("linear_attention", {"feature_map": "relu", "feature_dim": 8, "chunk_size": 5}),
-    ("linear_attention", {"feature_map": "taylor", "feature_dim": 4, "num_heads": 2, "chunk_size": 8}),
-    ("linear_attention", {"feature_map": "taylor", "feature_dim": 4, "normalize": True, "chunk_size": 64}),
-    ("attention", {"num_heads": 2, "position": "rope", "rope_base": 100.0, "short_conv": 4}),
-    ("linear_attention", {"feature_map": "taylor", "feature_dim": 4, "chunk_size": 8, "short_conv": 3}),
-    ("mla", {}),
-    ("mla", {"num_heads": 2, "kv_latent_dim": 6, "rope_dim": 4, "q_latent_dim": 8, "rope_base": 100.0}),
-    ("mla", {"num_heads": 4, "kv_latent_dim": 4, "rope_dim": 2, "short_conv": 3}),
-    ("mamba", {"chunk_size": 5}),
-    ("mamba", {"d_state": 4, "d_conv": 2, "expand": 1, "dt_rank": 3, "chunk_size": 8}),
-    ("mamba", {"d_state": 8, "chunk_size": 8, "short_conv": 3}),
-    ("base_conv", {"kernel_size": 3}),
-    ("base_conv", {"kernel_size": "long", "max_len": 32}),
-    ("base_conv", {"kernel_size": "long", "out_proj": True, "short_conv": 3}),
-    ("h3", {"chunk_size": 8}),
-    ("h3", {"num_heads": 2, "d_state": 4, "shift_len": 2, "chunk_size": 5, "input_scale": "zoh"}),
-    ("h3", {"num_heads": 8, "short_conv": 3}),
-    ("hyena", {}),
-    ("hyena", {"order": 3, "filter_dim": 8, "filter_emb_dim": 5, "max_len": 64}),
-    ("hyena", {"order": 1, "short_conv": 3}),
-    ("retnet", {"chunk_size": 5}),
-    ("retnet", {"num_heads": 2, "chunk_size": 8}),
-    ("retnet", {"num_heads": 8, "chunk_size": 8, "short_conv": 3}),
-    ("gla", {"chunk_size": 8}),
-    ("gla", {"num_heads": 2, "expand_k": 1.0, "gate_rank": 4, "chunk_size": 5}),
-    ("gla", {"num_heads": 1, "chunk_size": 16, "short_conv": 3}),
-    ("mamba2", {"chunk_size": 5}),
-    ("mamba2", {"d_state": 4, "head_dim": 8, "expand": 1, "d_conv": 2, "chunk_size": 8}),
-    ("mamba2", {"d_state": 8, "head_dim": 4, "chunk_size": 8, "short_conv": 3}),
-    ("deltanet", {"chunk_size": 5}),
-    ("deltanet", {"num_heads": 2, "chunk_size": 8}),
-    ("deltanet", {"num_heads": 1, "chunk_size": 8, "short_conv": 3}),
-    ("gated_deltanet", {"chunk_size": 5}),
-    ("gated_deltanet", {"num_heads": 2, "chunk_size": 8}),
-    ("gated_deltanet", {"num_heads": 8, "chunk_size": 16, "short_conv": 3}),
-    ("pla", {}),
-    ("pla", {"feature_map": "elu", "num_heads": 2, "chunk_size": 5}),
-    ("pla", {"feature_map": "identity", "normalize": False, "feature_dim": 4, "chunk_size": 8, "short_conv": 3}),
-]
 IDS = [f"{key}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'default'}" for key, kw in CASES]
 PREFIX_AWARE = [(case, case_id) for case, case_id in zip(CASES, IDS) if rk.MIXERS[case[0]].prefix_aware]
 
@@ -228,3 +178,16 @@ def _tensors(state) -> list[torch.Tensor]:
     if isinstance(state, (list, tuple)):
         return [t for value in state for t in _tensors(value)]
     return []
+
+
+@pytest.mark.parametrize("key", ["attention", "linear_attention", "h3", "retnet", "gla", "mla", "deltanet", "pla"])
+def test_the_shared_width_check_names_the_mixer(key):
+    config = rk.MIXERS[key].Config(name=key, num_heads=4)
+    config.check_width(16)
+    with pytest.raises(ValueError, match=f"d_model=10 is not divisible by {key} num_heads=4"):
+        config.check_width(10)
+
+
+def test_describe_defaults_to_the_name():
+    assert [rk.MIXERS[k].Config(name=k).describe() for k in ("deltanet", "gated_deltanet")] == [
+        "deltanet", "gated_deltanet"]

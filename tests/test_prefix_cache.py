@@ -15,7 +15,7 @@ from recallkit.inference.prefix_cache import (
     prefix_state_bytes,
     save_prefix_state,
 )
-from tests.test_mixer_contract import CASES
+from tests.cases import CASES
 
 VOCAB, T, PREFIX, BATCH, STEPS = 32, 24, 13, 2, 4
 

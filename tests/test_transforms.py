@@ -12,52 +12,8 @@ from pydantic import ValidationError
 import recallkit as rk
 from recallkit.base_config import TaskConfig
 from recallkit.tasks import IGNORE_INDEX, Batch, MQARConfig, ReadTwiceConfig, read_twice
-from tests.test_copy_lookup_tasks import copy_oracle, ngram_oracle, phonebook_oracle
-from tests.test_mqar import oracle as mqar_oracle
-from tests.test_set_disjointness import oracle as set_disjointness_oracle
+from tests.cases import TASK_CASES as INNER
 
-
-def reversal_oracle(batch: Batch) -> torch.Tensor:
-    """The object (or subject, after r^-1) of a fact stated earlier in the sequence, else of the fixed
-    fact table of ``num_facts=20, facts_seed=0``."""
-    objects, _ = rk.make_task("reversal", vocab_size=48, seq_len=33, num_facts=20).facts()
-    known = {(5 + i, 3): int(o) for i, o in enumerate(objects)} | {(int(o), 4): 5 + i for i, o in enumerate(objects)}
-    predictions = torch.full_like(batch.inputs, -1)
-    for i, row in enumerate(batch.inputs.tolist()):
-        stated = dict(known)
-        for t in range(1, len(row) - 1):
-            if row[t] in (3, 4):
-                predictions[i, t] = stated.get((row[t - 1], row[t]), -1)
-                if row[t] == 3 and row[t + 1] != 0:  # a stated fact, both ways
-                    stated[(row[t - 1], 3)], stated[(row[t + 1], 4)] = row[t + 1], row[t - 1]
-    return predictions
-
-
-INNER = {  # every registered task except the transform: a few small configs and an oracle
-    "mqar": (mqar_oracle, [
-        {"vocab_size": 64, "seq_len": 32, "num_kv_pairs": 4},
-        {"vocab_size": 64, "seq_len": 48, "num_kv_pairs": [1, 3, 6], "random_fillers": True},
-        {"vocab_size": 64, "seq_len": 32, "num_kv_pairs": 3, "num_passes": 2},
-    ]),
-    "set_disjointness": (set_disjointness_oracle, [
-        {"vocab_size": 48, "seq_len": 28, "set_sizes": [(3, 12), (12, 3), (5, 5)]},
-    ]),
-    "copy": (copy_oracle, [
-        {"vocab_size": 16, "seq_len": 23, "alphabet_size": 6, "min_len": 1, "max_len": 10},
-        {"vocab_size": 16, "seq_len": 40, "alphabet_size": 3, "min_len": 2, "max_len": 5, "examples_per_sequence": 3},
-    ]),
-    "ngram_lookup": (ngram_oracle, [
-        {"vocab_size": 32, "seq_len": 38, "min_len": 8, "max_len": 30, "key_position": "suffix"},
-        {"vocab_size": 32, "seq_len": 38, "min_len": 8, "max_len": 30, "key_position": "prefix"},
-    ]),
-    "phonebook": (lambda batch: phonebook_oracle(batch, 2), [
-        {"vocab_size": 48, "seq_len": 80, "min_entries": 3, "max_entries": 6},
-    ]),
-    "reversal": (reversal_oracle, [
-        {"vocab_size": 48, "seq_len": 8, "num_facts": 20, "mode": "in_context"},
-        {"vocab_size": 48, "seq_len": 17, "num_facts": 20, "mode": "train", "statements": 4},
-    ]),
-}
 CASES = [(name, fields) for name, (_, configs) in INNER.items() for fields in configs]
 
 

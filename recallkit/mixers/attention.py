@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from recallkit.base_config import MixerConfig
 from recallkit.kv.protocol import KVState, LayerCache
-from recallkit.mixers.base import Mixer
+from recallkit.mixers.base import Mixer, merge_heads
 from recallkit.ops.position_bias import alibi_slopes, attention_bias, hard_alibi_spans
 from recallkit.ops.rotary import apply_rotary, rotate_at
 
@@ -61,8 +61,7 @@ class AttentionConfig(MixerConfig):
         return self.num_heads // 2 if self.hard_alibi_heads is None else self.hard_alibi_heads
 
     def check_width(self, d_model: int) -> None:
-        if d_model % self.num_heads:
-            raise ValueError(f"d_model={d_model} is not divisible by attention num_heads={self.num_heads}")
+        self._require_divisible(d_model, self.num_heads)
         if self.position == "rope" and (d_model // self.num_heads) % 2:
             raise ValueError(f"RoPE needs an even head dim; got d_model/num_heads = {d_model // self.num_heads}")
 
@@ -134,9 +133,6 @@ class Attention(Mixer):
         empty = torch.zeros(batch_size, self.num_kv_heads, 0, self.head_dim, device=device, dtype=dtype)
         return AttentionState(empty, empty.clone(), 0, self.config.window)
 
-    def forward(self, x: Tensor, prefix_len: Tensor | None = None) -> Tensor:
-        return self.prefill(x)[0]
-
     def prefill(self, x: Tensor, prefix_len: Tensor | None = None, state: KVState | None = None):
         B, T, _ = x.shape
         state = self.init_state(B, x.device, x.dtype) if state is None else state
@@ -155,7 +151,7 @@ class Attention(Mixer):
         query_pos = torch.arange(start, start + T, device=x.device)
         y, attention = self._attend(q, state, query_pos)
         state = state.observe(attention)
-        return self.out(y.transpose(1, 2).reshape(B, T, self.d_model)), state
+        return self.out(merge_heads(y)), state
 
     def _attend(self, q: Tensor, state: KVState, query_pos: Tensor) -> tuple[Tensor, Tensor | None]:
         """q (B, H, T, d_h) against the cache: (y (B, H, T, d_h), attention (B, H_kv, T, S) averaged

@@ -8,6 +8,7 @@ dataclass of tensors whose total ``numel`` per sequence is exactly ``state_size(
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -16,24 +17,41 @@ from torch import Tensor, nn
 from recallkit.base_config import MixerConfig
 
 
+def state_tensors(state: Any) -> Iterator[Tensor]:
+    """Every tensor of a (nested) state of tensors, dataclasses, dicts, lists and tuples, in field
+    order: the one walk over the state shapes mixers use (other leaves, such as ints, are skipped)."""
+    if isinstance(state, Tensor):
+        yield state
+    elif dataclasses.is_dataclass(state):
+        for f in dataclasses.fields(state):
+            yield from state_tensors(getattr(state, f.name))
+    elif isinstance(state, dict):
+        for value in state.values():
+            yield from state_tensors(value)
+    elif isinstance(state, (list, tuple)):
+        for value in state:
+            yield from state_tensors(value)
+
+
 def state_numel(state: Any) -> int:
     """Total number of elements held in a (nested) state of tensors, dataclasses, dicts and lists."""
-    if isinstance(state, Tensor):
-        return state.numel()
-    if dataclasses.is_dataclass(state):
-        return sum(state_numel(getattr(state, f.name)) for f in dataclasses.fields(state))
-    if isinstance(state, dict):
-        return sum(state_numel(v) for v in state.values())
-    if isinstance(state, (list, tuple)):
-        return sum(state_numel(v) for v in state)
-    return 0
+    return sum(tensor.numel() for tensor in state_tensors(state))
+
+
+def merge_heads(y: Tensor) -> Tensor:
+    """(B, H, T, d) per-head outputs -> (B, T, H * d), heads side by side as the output projection reads them."""
+    B, H, T, d = y.shape
+    return y.transpose(1, 2).reshape(B, T, H * d)
 
 
 class Mixer(nn.Module):
     """Base class of every sequence mixer.
 
     Subclasses set ``Config`` (their pydantic config, a :class:`MixerConfig` with a ``name``
-    literal) and implement the five methods below. Capabilities are class attributes.
+    literal) and implement ``prefill``, ``init_state``, ``step`` and ``state_size``; ``forward``
+    defaults to ``prefill`` with the state dropped. Capabilities are class attributes, declared here
+    with their defaults (as the config declares ``check_width`` and ``describe``), so callers read
+    them instead of probing for them.
 
     Attributes:
         prefix_aware: outputs inside ``prefix_len`` may read the whole prefix (non-causal there).
@@ -52,8 +70,10 @@ class Mixer(nn.Module):
         self.config = config
 
     def forward(self, x: Tensor, prefix_len: Tensor | None = None) -> Tensor:
-        """Parallel form. x: (B, T, D) -> (B, T, D)."""
-        raise NotImplementedError
+        """Parallel form. x: (B, T, D) -> (B, T, D). By default ``prefill`` from the empty state with
+        its state dropped: most mixers' prefill is already their parallel form; a mixer overrides this
+        when building the state costs what training does not need."""
+        return self.prefill(x, prefix_len)[0]
 
     def prefill(
         self, x: Tensor, prefix_len: Tensor | None = None, state: Any = None

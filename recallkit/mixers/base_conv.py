@@ -95,9 +95,6 @@ class BaseConv(Mixer):
             conv, memory = short_conv(x, self.filter, self.conv_bias, state=memory)  # (B, T, D), (B, D, K-1)
         return self.out(self.proj(x) * conv), BaseConvState(memory)
 
-    def forward(self, x: Tensor, prefix_len: Tensor | None = None) -> Tensor:
-        return self.prefill(x)[0]
-
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> BaseConvState:
         width = 0 if self.long else self.config.kernel_size - 1
         return BaseConvState(torch.zeros(batch_size, self.d_model, width, device=device, dtype=dtype))

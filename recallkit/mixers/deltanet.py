@@ -35,11 +35,7 @@ class DeltaNetConfig(MixerConfig):
     chunk_size: int = Field(default=64, gt=0)
 
     def check_width(self, d_model: int) -> None:
-        if d_model % self.num_heads:
-            raise ValueError(f"d_model={d_model} is not divisible by {self.name} num_heads={self.num_heads}")
-
-    def describe(self) -> str:
-        return self.name
+        self._require_divisible(d_model, self.num_heads)
 
 
 class DeltaNet(Mixer):
@@ -78,9 +74,6 @@ class DeltaNet(Mixer):
         o, state = kernel(q, k, v, beta, self._log_decay(x), state=state)  # (B, H, T, dh)
         o = self.norm(o.transpose(1, 2)).reshape(B, T, D)  # RMSNorm per head
         return self.out(self._gate(x, o)), state
-
-    def forward(self, x: Tensor, prefix_len: Tensor | None = None) -> Tensor:
-        return self.prefill(x)[0]
 
     def prefill(self, x: Tensor, prefix_len: Tensor | None = None, state: Tensor | None = None):
         chunked = functools.partial(delta_rule_chunked, chunk_size=self.config.chunk_size)

@@ -44,8 +44,7 @@ class GLAConfig(MixerConfig):
         return round(d_model * self.expand_k)
 
     def check_width(self, d_model: int) -> None:
-        if d_model % self.num_heads:
-            raise ValueError(f"d_model={d_model} is not divisible by gla num_heads={self.num_heads}")
+        self._require_divisible(d_model, self.num_heads)
         key = d_model * self.expand_k
         if key != round(key) or round(key) % self.num_heads or key < self.num_heads:
             raise ValueError(
@@ -93,9 +92,6 @@ class GLA(Mixer):
         o, state = kernel(q / math.sqrt(dk), k, v, g, state=state)
         o = self.norm(o.transpose(1, 2).reshape(B * T, D)).view(B, T, D)  # GroupNorm_h per token
         return self.out(F.silu(self.out_gate(x)) * o), state
-
-    def forward(self, x: Tensor, prefix_len: Tensor | None = None) -> Tensor:
-        return self.prefill(x)[0]
 
     def prefill(self, x: Tensor, prefix_len: Tensor | None = None, state: Tensor | None = None):
         chunked = functools.partial(gated_linear_attention_chunked, chunk_size=self.config.chunk_size)

@@ -33,7 +33,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from recallkit.base_config import MixerConfig
-from recallkit.mixers.base import Mixer
+from recallkit.mixers.base import Mixer, merge_heads
 from recallkit.ops.diagonal_ssm import h3_ssm_chunked, h3_ssm_recurrent
 from recallkit.ops.short_conv import short_conv
 
@@ -53,8 +53,7 @@ class H3Config(MixerConfig):
     )
 
     def check_width(self, d_model: int) -> None:
-        if d_model % self.num_heads:
-            raise ValueError(f"d_model={d_model} is not divisible by h3 num_heads={self.num_heads}")
+        self._require_divisible(d_model, self.num_heads)
 
     def describe(self) -> str:
         return f"h3(d_state={self.d_state})"
@@ -108,8 +107,7 @@ class H3(Mixer):
         return q, k, v, tail
 
     def _merge(self, y: Tensor) -> Tensor:
-        B, H, T, d = y.shape
-        return self.out(y.transpose(1, 2).reshape(B, T, H * d))
+        return self.out(merge_heads(y))
 
     def prefill(self, x: Tensor, prefix_len: Tensor | None = None, state: H3State | None = None,
                 return_state: bool = True):

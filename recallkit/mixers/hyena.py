@@ -133,9 +133,6 @@ class Hyena(Mixer):
             history.append(inputs)
         return self.out(z.transpose(1, 2)), HyenaState(tail, history)
 
-    def forward(self, x: Tensor, prefix_len: Tensor | None = None) -> Tensor:
-        return self.prefill(x)[0]
-
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> HyenaState:
         N, D = self.config.order, self.d_model
         tail = torch.zeros(batch_size, (N + 1) * D, SHORT_TAPS - 1, device=device, dtype=dtype)

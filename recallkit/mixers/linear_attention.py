@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from recallkit.base_config import MixerConfig
-from recallkit.mixers.base import Mixer
+from recallkit.mixers.base import Mixer, merge_heads
 from recallkit.ops.feature_maps import FEATURE_MAPS, POSITIVE_FEATURE_MAPS, feature_dim
 from recallkit.ops.linear_attention import (
     init_linear_state,
@@ -45,10 +45,7 @@ class LinearAttentionConfig(MixerConfig):
         return self
 
     def check_width(self, d_model: int) -> None:
-        if d_model % self.num_heads:
-            raise ValueError(
-                f"d_model={d_model} is not divisible by linear_attention num_heads={self.num_heads}"
-            )
+        self._require_divisible(d_model, self.num_heads)
 
     def describe(self) -> str:
         return f"linear_attention({self.feature_map})"
@@ -77,8 +74,7 @@ class LinearAttention(Mixer):
         return self.phi(q), self.phi(k), v
 
     def _merge(self, y: Tensor) -> Tensor:
-        B, H, T, Dv = y.shape
-        return self.out(y.transpose(1, 2).reshape(B, T, H * Dv))
+        return self.out(merge_heads(y))
 
     def prefill(self, x: Tensor, prefix_len: Tensor | None = None, state: Tensor | None = None):
         q, k, v = self._project(x)
@@ -86,9 +82,6 @@ class LinearAttention(Mixer):
             q, k, v, state=state, normalize=self.config.normalize, chunk_size=self.config.chunk_size
         )
         return self._merge(y), state
-
-    def forward(self, x: Tensor, prefix_len: Tensor | None = None) -> Tensor:
-        return self.prefill(x)[0]
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         shape_q = torch.empty(batch_size, self.num_heads, 0, self.feature_width, device=device, dtype=dtype)

@@ -45,9 +45,6 @@ class MambaConfig(MixerConfig):
             raise ValueError(f"mamba dt_min={self.dt_min} exceeds dt_max={self.dt_max}")
         return self
 
-    def check_width(self, d_model: int) -> None:
-        """Every d_model works: d_inner = expand * d_model and dt_rank >= 1."""
-
     def inner_dim(self, d_model: int) -> int:
         return self.expand * d_model
 
@@ -110,9 +107,6 @@ class Mamba(Mixer):
         A = -torch.exp(self.A_log.to(compute_dtype(x)))  # (Dn, N), < 0
         y, h = scan(xc, dt, A, Bm, Cm, self.D, state=None if state is None else state.ssm)
         return self.out_proj(y * F.silu(z)), MambaState(tail, h)
-
-    def forward(self, x: Tensor, prefix_len: Tensor | None = None) -> Tensor:
-        return self.prefill(x)[0]
 
     def prefill(self, x: Tensor, prefix_len: Tensor | None = None, state: MambaState | None = None):
         chunked = functools.partial(selective_scan_chunked, chunk_size=self.config.chunk_size)

@@ -116,9 +116,6 @@ class Mamba2(Mixer):
         y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-5) * self.norm_weight
         return self.out_proj(y), Mamba2State(tail, h)
 
-    def forward(self, x: Tensor, prefix_len: Tensor | None = None) -> Tensor:
-        return self.prefill(x)[0]
-
     def prefill(self, x: Tensor, prefix_len: Tensor | None = None, state: Mamba2State | None = None):
         chunked = functools.partial(gated_linear_attention_chunked, chunk_size=self.config.chunk_size)
         return self._mix(x, state, chunked)

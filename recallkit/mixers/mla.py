@@ -19,7 +19,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from recallkit.base_config import MixerConfig
-from recallkit.mixers.base import Mixer
+from recallkit.mixers.base import Mixer, merge_heads
 from recallkit.ops.position_bias import attention_bias
 from recallkit.ops.rotary import apply_rotary
 
@@ -35,8 +35,7 @@ class MLAConfig(MixerConfig):
     rope_base: float = Field(default=10_000.0, gt=0)
 
     def check_width(self, d_model: int) -> None:
-        if d_model % self.num_heads:
-            raise ValueError(f"d_model={d_model} is not divisible by mla num_heads={self.num_heads}")
+        self._require_divisible(d_model, self.num_heads)
         if self.rope_dim % 2:
             raise ValueError(f"mla rope_dim must be even for RoPE; got {self.rope_dim}")
 
@@ -86,9 +85,6 @@ class MLA(Mixer):
         k_rope = rope_key.unsqueeze(1).expand(B, self.num_heads, S, self.rope_dim)
         return torch.cat([k_content, k_rope], dim=-1), v  # (B, H, S, d_h + d_R), (B, H, S, d_h)
 
-    def forward(self, x: Tensor, prefix_len: Tensor | None = None) -> Tensor:
-        return self.prefill(x)[0]
-
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> MLAState:
         latent = torch.zeros(batch_size, 0, self.config.kv_latent_dim, device=device, dtype=dtype)
         rope_key = torch.zeros(batch_size, 0, self.rope_dim, device=device, dtype=dtype)
@@ -96,7 +92,7 @@ class MLA(Mixer):
 
     def prefill(self, x: Tensor, prefix_len: Tensor | None = None, state: MLAState | None = None):
         past = 0 if state is None else state.seen
-        B, T, _ = x.shape
+        T = x.shape[1]
         latent, rope_key = self._compress(x, past)
         if state is not None:
             latent, rope_key = torch.cat([state.latent, latent], dim=1), torch.cat([state.rope_key, rope_key], dim=1)
@@ -108,7 +104,7 @@ class MLA(Mixer):
             query_pos = torch.arange(past, past + T, device=x.device)
             key_pos = torch.arange(past + T - k.shape[2], past + T, device=x.device)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_bias(query_pos, key_pos).to(q.dtype))
-        y = self.out(y.transpose(1, 2).reshape(B, T, self.d_model))
+        y = self.out(merge_heads(y))
         return y, MLAState(latent, rope_key, past + T)
 
     def step(self, x_t: Tensor, state: MLAState) -> tuple[Tensor, MLAState]:

@@ -34,8 +34,7 @@ class PLAConfig(LinearAttentionConfig):
     name: Literal["pla"] = "pla"  # type: ignore[assignment]
 
     def check_width(self, d_model: int) -> None:
-        if d_model % self.num_heads:
-            raise ValueError(f"d_model={d_model} is not divisible by pla num_heads={self.num_heads}")
+        self._require_divisible(d_model, self.num_heads)
 
     def describe(self) -> str:
         return f"pla({self.feature_map})"

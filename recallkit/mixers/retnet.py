@@ -37,8 +37,7 @@ class RetNetConfig(MixerConfig):
     chunk_size: int = Field(default=64, gt=0)
 
     def check_width(self, d_model: int) -> None:
-        if d_model % self.num_heads:
-            raise ValueError(f"d_model={d_model} is not divisible by retnet num_heads={self.num_heads}")
+        self._require_divisible(d_model, self.num_heads)
 
     def describe(self) -> str:
         return "retnet"
@@ -71,9 +70,6 @@ class RetNet(Mixer):
         o, state = kernel(q, k / math.sqrt(dh), v, g, state=state)
         o = self.norm(o.transpose(1, 2).reshape(B * T, D)).view(B, T, D)  # GroupNorm_h per token
         return self.out(F.silu(self.gate(x)) * o), state
-
-    def forward(self, x: Tensor, prefix_len: Tensor | None = None) -> Tensor:
-        return self.prefill(x)[0]
 
     def prefill(self, x: Tensor, prefix_len: Tensor | None = None, state: Tensor | None = None):
         chunked = functools.partial(gated_linear_attention_chunked, chunk_size=self.config.chunk_size)

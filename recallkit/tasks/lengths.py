@@ -10,14 +10,14 @@ uniformly random string), so ``L * bits_per_unit()`` bits is what a model must h
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from recallkit.base_config import TaskConfig
 
 
-@runtime_checkable
 class LengthAxis(Protocol):
-    """What a task with a length axis provides besides the task contract."""
+    """What a task with a length axis provides besides the task contract (for type checkers: every
+    :class:`TaskConfig` has these members, raising on a task without a ``length_unit``)."""
 
     length_unit: str  # e.g. "characters", "tokens", "entries"
 
@@ -36,5 +36,5 @@ class LengthAxis(Protocol):
 
 
 def has_length_axis(task: TaskConfig) -> bool:
-    """Whether ``task`` can be evaluated at other lengths (implements :class:`LengthAxis`)."""
-    return isinstance(task, LengthAxis)
+    """Whether ``task`` can be evaluated at other lengths (it declares a ``length_unit``)."""
+    return task.has_length_axis

@@ -13,19 +13,18 @@ from recallkit.tasks.base import IGNORE_INDEX, Batch
 
 def max_context_len(task: TaskConfig) -> int:
     """Exact upper bound of ``prefix_len`` over every example ``task`` can generate (its
-    ``max_prefix_len()``, which every task read twice must define)."""
-    bound = getattr(task, "max_prefix_len", None)
-    if not callable(bound):
+    ``max_prefix_len()``, which every task read twice must declare)."""
+    bound = task.max_prefix_len()
+    if bound is None:
         raise ValueError(f"read_twice needs task {task.name!r} to define max_prefix_len() (the longest context)")
-    return int(bound())
+    return int(bound)
 
 
 def filler_token(task: TaskConfig) -> int:
-    """The token ``task`` pads with (its ``filler_token``, which every task read twice must define)."""
-    token = getattr(task, "filler_token", None)
-    if token is None:
+    """The token ``task`` pads with (its ``filler_token``, which every task read twice must declare)."""
+    if task.filler_token is None:
         raise ValueError(f"read_twice needs task {task.name!r} to define filler_token (its padding id)")
-    return int(token)
+    return int(task.filler_token)
 
 
 class ReadTwiceConfig(TaskConfig):

@@ -1,0 +1,131 @@
+"""The test tables shared by several test files: mixer configurations, task configurations with
+their oracles, and KV eviction policies with their option variants.
+
+A new mixer, task or policy gets its rows here; the contract tests (tests/test_mixer_contract.py,
+tests/test_task_contract.py, tests/test_kv_cache.py) fail until every registered key has one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+import recallkit as rk
+from recallkit.tasks import Batch
+from tests.test_copy_lookup_tasks import copy_oracle, ngram_oracle, phonebook_oracle
+from tests.test_mqar import oracle as mqar_oracle
+from tests.test_set_disjointness import oracle as set_disjointness_oracle
+
+# One row per mixer configuration under test. Every registry key must appear here.
+CASES: list[tuple[str, dict]] = [
+    ("attention", {}),
+    ("attention", {"num_heads": 4}),
+    ("attention", {"num_heads": 2, "position": "rope", "rope_base": 100.0}),
+    ("attention", {"num_heads": 4, "num_kv_heads": 2, "position": "rope", "rope_base": 100.0}),
+    ("attention", {"num_heads": 4, "num_kv_heads": 1, "window": 5}),
+    ("attention", {"num_heads": 4, "position": "alibi"}),
+    ("attention", {"num_heads": 4, "position": "hard_alibi"}),
+    ("attention", {"num_heads": 2, "num_kv_heads": 1, "position": "alibi", "window": 7, "short_conv": 3}),
+    ("linear_attention", {"feature_map": "identity", "normalize": False, "chunk_size": 8}),
+    ("linear_attention", {"feature_map": "elu", "num_heads": 2, "chunk_size": 8}),
+    ("linear_attention", {"feature_map": "relu", "feature_dim": 8, "chunk_size": 5}),
+    ("linear_attention", {"feature_map": "taylor", "feature_dim": 4, "num_heads": 2, "chunk_size": 8}),
+    ("linear_attention", {"feature_map": "taylor", "feature_dim": 4, "normalize": True, "chunk_size": 64}),
+    ("attention", {"num_heads": 2, "position": "rope", "rope_base": 100.0, "short_conv": 4}),
+    ("linear_attention", {"feature_map": "taylor", "feature_dim": 4, "chunk_size": 8, "short_conv": 3}),
+    ("mla", {}),
+    ("mla", {"num_heads": 2, "kv_latent_dim": 6, "rope_dim": 4, "q_latent_dim": 8, "rope_base": 100.0}),
+    ("mla", {"num_heads": 4, "kv_latent_dim": 4, "rope_dim": 2, "short_conv": 3}),
+    ("mamba", {"chunk_size": 5}),
+    ("mamba", {"d_state": 4, "d_conv": 2, "expand": 1, "dt_rank": 3, "chunk_size": 8}),
+    ("mamba", {"d_state": 8, "chunk_size": 8, "short_conv": 3}),
+    ("base_conv", {"kernel_size": 3}),
+    ("base_conv", {"kernel_size": "long", "max_len": 32}),
+    ("base_conv", {"kernel_size": "long", "out_proj": True, "short_conv": 3}),
+    ("h3", {"chunk_size": 8}),
+    ("h3", {"num_heads": 2, "d_state": 4, "shift_len": 2, "chunk_size": 5, "input_scale": "zoh"}),
+    ("h3", {"num_heads": 8, "short_conv": 3}),
+    ("hyena", {}),
+    ("hyena", {"order": 3, "filter_dim": 8, "filter_emb_dim": 5, "max_len": 64}),
+    ("hyena", {"order": 1, "short_conv": 3}),
+    ("retnet", {"chunk_size": 5}),
+    ("retnet", {"num_heads": 2, "chunk_size": 8}),
+    ("retnet", {"num_heads": 8, "chunk_size": 8, "short_conv": 3}),
+    ("gla", {"chunk_size": 8}),
+    ("gla", {"num_heads": 2, "expand_k": 1.0, "gate_rank": 4, "chunk_size": 5}),
+    ("gla", {"num_heads": 1, "chunk_size": 16, "short_conv": 3}),
+    ("mamba2", {"chunk_size": 5}),
+    ("mamba2", {"d_state": 4, "head_dim": 8, "expand": 1, "d_conv": 2, "chunk_size": 8}),
+    ("mamba2", {"d_state": 8, "head_dim": 4, "chunk_size": 8, "short_conv": 3}),
+    ("deltanet", {"chunk_size": 5}),
+    ("deltanet", {"num_heads": 2, "chunk_size": 8}),
+    ("deltanet", {"num_heads": 1, "chunk_size": 8, "short_conv": 3}),
+    ("gated_deltanet", {"chunk_size": 5}),
+    ("gated_deltanet", {"num_heads": 2, "chunk_size": 8}),
+    ("gated_deltanet", {"num_heads": 8, "chunk_size": 16, "short_conv": 3}),
+    ("pla", {}),
+    ("pla", {"feature_map": "elu", "num_heads": 2, "chunk_size": 5}),
+    ("pla", {"feature_map": "identity", "normalize": False, "feature_dim": 4, "chunk_size": 8, "short_conv": 3}),
+]
+
+
+def reversal_oracle(batch: Batch) -> torch.Tensor:
+    """The object (or subject, after r^-1) of a fact stated earlier in the sequence, else of the fixed
+    fact table of ``num_facts=20, facts_seed=0``."""
+    objects, _ = rk.make_task("reversal", vocab_size=48, seq_len=33, num_facts=20).facts()
+    known = {(5 + i, 3): int(o) for i, o in enumerate(objects)} | {(int(o), 4): 5 + i for i, o in enumerate(objects)}
+    predictions = torch.full_like(batch.inputs, -1)
+    for i, row in enumerate(batch.inputs.tolist()):
+        stated = dict(known)
+        for t in range(1, len(row) - 1):
+            if row[t] in (3, 4):
+                predictions[i, t] = stated.get((row[t - 1], row[t]), -1)
+                if row[t] == 3 and row[t + 1] != 0:  # a stated fact, both ways
+                    stated[(row[t - 1], 3)], stated[(row[t + 1], 4)] = row[t + 1], row[t - 1]
+    return predictions
+
+
+# Every registered task except the read_twice transform (which wraps these): a few small configs and
+# an oracle that reads each scored answer from the inputs alone (-1 where it predicts nothing).
+TASK_CASES: dict[str, tuple[Callable[[Batch], torch.Tensor], list[dict]]] = {
+    "mqar": (mqar_oracle, [
+        {"vocab_size": 64, "seq_len": 32, "num_kv_pairs": 4},
+        {"vocab_size": 64, "seq_len": 48, "num_kv_pairs": [1, 3, 6], "random_fillers": True},
+        {"vocab_size": 64, "seq_len": 32, "num_kv_pairs": 3, "num_passes": 2},
+    ]),
+    "set_disjointness": (set_disjointness_oracle, [
+        {"vocab_size": 48, "seq_len": 28, "set_sizes": [(3, 12), (12, 3), (5, 5)]},
+    ]),
+    "copy": (copy_oracle, [
+        {"vocab_size": 16, "seq_len": 23, "alphabet_size": 6, "min_len": 1, "max_len": 10},
+        {"vocab_size": 16, "seq_len": 40, "alphabet_size": 3, "min_len": 2, "max_len": 5, "examples_per_sequence": 3},
+    ]),
+    "ngram_lookup": (ngram_oracle, [
+        {"vocab_size": 32, "seq_len": 38, "min_len": 8, "max_len": 30, "key_position": "suffix"},
+        {"vocab_size": 32, "seq_len": 38, "min_len": 8, "max_len": 30, "key_position": "prefix"},
+    ]),
+    "phonebook": (lambda batch: phonebook_oracle(batch, 2), [
+        {"vocab_size": 48, "seq_len": 80, "min_entries": 3, "max_entries": 6},
+    ]),
+    "reversal": (reversal_oracle, [
+        {"vocab_size": 48, "seq_len": 8, "num_facts": 20, "mode": "in_context"},
+        {"vocab_size": 48, "seq_len": 17, "num_facts": 20, "mode": "train", "statements": 4},
+    ]),
+}
+
+# Every registered policy, and the option variants whose code paths the defaults miss: sinks with
+# re-indexed positions, h2o without a recent window, snapkv with several windows and kernels.
+POLICY_CASES: list[str | dict] = sorted(rk.POLICIES) + [
+    {"name": "sinks", "num_sinks": 1, "reindex_positions": True},
+    {"name": "h2o", "recent_ratio": 0.0},
+    {"name": "snapkv", "window": 1, "kernel_size": 1},
+    {"name": "snapkv", "window": 4, "kernel_size": 3},
+]
+
+
+def policy_id(policy: str | dict) -> str:
+    """A readable pytest id of a policy case, e.g. ``snapkv-window=4-kernel_size=3``."""
+    if isinstance(policy, str):
+        return policy
+    return "-".join([policy["name"], *(f"{k}={v}" for k, v in policy.items() if k != "name")])
