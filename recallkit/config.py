@@ -11,10 +11,11 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import Field, SerializeAsAny, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, field_validator, model_serializer, model_validator
 
 from recallkit.base_config import MixerConfig, StrictModel, TaskConfig
 from recallkit.kv import Policy, make_policy, resolve_budget
+from recallkit.kv.budget import CompressionRatio
 from recallkit.mixers import mixer_config
 from recallkit.tasks import task_config
 from recallkit.text_tasks import TextTaskConfig, make_text_task
@@ -86,11 +87,22 @@ class TrainConfig(StrictModel):
 class EvalPolicy(StrictModel):
     """One extra evaluation of the trained model with every attention layer's KV cache under an
     eviction policy (``recallkit.inference``): a ``POLICIES`` key or ``{"name": key, **options}``,
-    a budget (tokens per sequence and KV head, or a fraction of the context length) and a mode."""
+    a budget and a mode.
+
+    The budget is given one of two ways, exactly one of them: ``budget``, tokens per sequence and KV
+    head or a fraction of the context length (``round(f * T)`` tokens), or ``compression_ratio``
+    r in [0, 1), the fraction evicted, as kvpress spells it: ``int(T * (1 - r))`` tokens, rounded
+    down like kvpress (at least 1; ``recallkit.kv.budget.budget_from_compression_ratio``). With a
+    ratio, ``budget`` reads as a :class:`~recallkit.kv.budget.CompressionRatio` (the float 1 - r
+    that resolves the kvpress way), and the serialized config holds ``compression_ratio`` alone; a
+    config without one serializes as before (its run id is unchanged).
+    """
 
     policy: SerializeAsAny[Policy]
-    budget: int | float
+    budget: int | float | None = None
     mode: Literal["continuous", "prefill"] = "continuous"
+    compression_ratio: float | None = Field(default=None, ge=0, lt=1,
+                                            description="kvpress's spelling of the budget: the fraction evicted")
 
     @field_validator("policy", mode="before")
     @classmethod
@@ -99,9 +111,27 @@ class EvalPolicy(StrictModel):
 
     @field_validator("budget")
     @classmethod
-    def _check_budget(cls, value: int | float) -> int | float:
-        resolve_budget(value, 1)
+    def _check_budget(cls, value: int | float | None) -> int | float | None:
+        if value is not None:
+            resolve_budget(value, 1)
         return value
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> EvalPolicy:
+        if (self.budget is None) == (self.compression_ratio is None):
+            raise ValueError("give exactly one of budget (tokens or a fraction of the context) and "
+                             "compression_ratio (the fraction evicted, as kvpress)")
+        if self.compression_ratio is not None:  # frozen model: set once, while validating
+            object.__setattr__(self, "budget", CompressionRatio(self.compression_ratio))
+        elif isinstance(self.budget, int):
+            self.policy.check_budget(self.budget)
+        return self
+
+    @model_serializer(mode="wrap")
+    def _one_budget_field(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        data.pop("budget" if self.compression_ratio is not None else "compression_ratio", None)
+        return data
 
 
 LATER_FIELDS: dict[str, Any] = {

@@ -24,11 +24,17 @@ VOCAB_SIZE = 256
 TASK = dict(name="mqar", vocab_size=VOCAB_SIZE, seq_len=64, num_kv_pairs=8)
 TRAIN = dict(lr=5e-3, max_steps=1000, seed=0)
 BUDGETS = [1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1.0]  # of the 16-token context: 1, 2, 4, 8, 12, 16 tokens
-POLICIES = ["window", "sinks", "h2o", "h2o_sinks", "tova", "snapkv", "knorm", "random", "scissorhands"]
+# h2o_sinks keeps budget - num_sinks - int(recent_ratio * budget) heavy hitters: with its defaults (4 sinks,
+# half the budget recent) none at every budget up to 8 tokens, where it is sinks + recent. So here it has
+# 1 sink and a quarter of the budget recent (at 2 tokens: 1 sink + 1 heavy hitter) and skips the 1-token
+# budget, which cannot hold a sink and a heavy hitter.
+H2O_SINKS = {"name": "h2o_sinks", "num_sinks": 1, "recent_ratio": 0.25}
+POLICIES = ["window", "sinks", "h2o", H2O_SINKS, "tova", "snapkv", "knorm", "random", "scissorhands"]
 MODES = ["prefill", "continuous"]
 
 eval_policies = [{"policy": "full", "budget": 1.0}] + [
     {"policy": policy, "budget": budget, "mode": mode} for mode in MODES for policy in POLICIES for budget in BUDGETS
+    if not (policy is H2O_SINKS and budget < 1 / 8)
 ]
 
 

@@ -9,7 +9,8 @@ keeps the same number of tokens, so the tensors stay dense. It follows the layer
 
 Modes: ``continuous`` evicts after every token once more than ``budget`` tokens are held (between
 tokens the cache never holds more than ``budget``; a query attends to the ``budget`` kept tokens
-plus itself, so the peak is budget + 1); ``prefill`` reads the context with the full cache (in one
+plus itself, so the peak is budget + 1 and the ``window`` policy at budget b is a sliding window of
+b + 1, the attention mixer's ``window=b + 1``); ``prefill`` reads the context with the full cache (in one
 block or token by token: the statistics are the same), compresses once to ``budget`` when
 :meth:`KVCache.compress` is called at the end of the context, and appends the decoded tokens after
 it without evicting (as kvpress does).
@@ -37,7 +38,8 @@ class KVCache:
 
     Args:
         policy: which tokens to keep when over budget (see :mod:`recallkit.kv.policies`).
-        budget: tokens kept per sequence and KV head (None = unbounded).
+        budget: tokens kept per sequence and KV head between tokens (None = unbounded); in
+            ``continuous`` mode a step attends to them plus its own token, budget + 1 at the peak.
         mode: ``continuous`` or ``prefill`` (see the module docstring).
         seed: seeds the cache's generator (used by the ``random`` policy).
         rotate: the layer's RoPE rotation by a position shift, for re-indexing policies; None when

@@ -4,6 +4,11 @@ A policy ranks the tokens of a :class:`~recallkit.inference.cache.KVCache` per s
 and the cache keeps the ``budget`` highest-ranked (``keep``); protected tokens (attention sinks,
 a recent window) rank above everything else. Attention statistics are averaged over the query
 heads that share a KV head.
+
+Ties are broken deterministically, the same way on every sequence and head (``Policy.tiebreak``):
+between equal scores the more recent token wins, and attention sinks win over every other
+protected token, the earliest sink first. So when the protected tokens outnumber the budget (e.g.
+``sinks`` at a budget below ``num_sinks``) the cache keeps the sinks first, then the most recent.
 """
 
 from __future__ import annotations
@@ -36,6 +41,12 @@ def sinks(cache: KVCache, count: int) -> Tensor:
     return cache.positions < count
 
 
+def sinks_first(cache: KVCache, count: int) -> Tensor:
+    """(B, H_kv, S) tie-break key: the first ``count`` tokens above every other, the earliest first,
+    then the others by recency."""
+    return torch.where(sinks(cache, count), cache.seen + count - cache.positions, cache.positions)
+
+
 class Policy(StrictModel):
     """Base class: subclasses set ``name`` and implement ``priority``."""
 
@@ -48,9 +59,22 @@ class Policy(StrictModel):
         """(B, H_kv, S) scores: higher is kept first; ``PROTECTED`` is always kept."""
         raise NotImplementedError
 
+    def tiebreak(self, cache: KVCache) -> Tensor:
+        """(B, H_kv, S) secondary key between equal priorities (higher is kept first): recency."""
+        return cache.positions
+
+    def check_budget(self, budget: int) -> None:
+        """Refuse, with a one-line ValueError, a token budget the policy cannot spend as it is meant
+        to (``EvalPolicy`` calls it on token budgets)."""
+
     def keep(self, cache: KVCache, budget: int) -> Tensor:
-        """(B, H_kv, budget) slots to keep, ascending (so the cache stays sorted by position)."""
-        return self.priority(cache, budget).topk(budget, dim=-1).indices.sort(dim=-1).values
+        """(B, H_kv, budget) slots to keep, ascending (so the cache stays sorted by position): the
+        ``budget`` highest priorities, ties broken by :meth:`tiebreak` (stable sorts, not ``topk``,
+        whose choice among equal values is arbitrary and may differ per head)."""
+        priority = self.priority(cache, budget)
+        order = self.tiebreak(cache).argsort(dim=-1, descending=True, stable=True)
+        order = order.gather(-1, priority.gather(-1, order).argsort(dim=-1, descending=True, stable=True))
+        return order[..., :budget].sort(dim=-1).values
 
 
 class Full(Policy):
@@ -72,7 +96,9 @@ class Window(Policy):
 class Sinks(Policy):
     """StreamingLLM (Xiao et al. 2023, arXiv 2309.17453): the first ``num_sinks`` tokens (attention
     sinks) plus the most recent ones. ``reindex_positions`` gives the kept tokens the positions of
-    their cache slots, as StreamingLLM does for RoPE models; otherwise they keep their original ones."""
+    their cache slots, as StreamingLLM does for RoPE models; otherwise they keep their original ones.
+    At a budget of ``num_sinks`` or less it keeps the first ``budget`` tokens (sinks first, earliest
+    first, the same on every head) and no recent one."""
 
     name: Literal["sinks"] = "sinks"
     num_sinks: int = Field(default=4, ge=0)
@@ -84,6 +110,9 @@ class Sinks(Policy):
 
     def priority(self, cache: KVCache, budget: int) -> Tensor:
         return cache.positions.float().masked_fill(sinks(cache, self.num_sinks), PROTECTED)
+
+    def tiebreak(self, cache: KVCache) -> Tensor:
+        return sinks_first(cache, self.num_sinks)
 
 
 class H2O(Policy):
@@ -99,15 +128,38 @@ class H2O(Policy):
 
 
 class H2OSinks(Policy):
-    """"StreamingH2O": attention sinks + heavy hitters + a recent window."""
+    """"StreamingH2O": ``num_sinks`` attention sinks + heavy hitters + a recent window of
+    ``int(recent_ratio * budget)`` tokens.
+
+    Only ``budget - num_sinks - int(recent_ratio * budget)`` slots (:meth:`heavy_hitter_slots`) go
+    to heavy hitters; with the defaults (4 sinks, half the budget recent) every budget up to 8
+    tokens leaves none. There the policy is sinks + recent, deterministically: the sinks first
+    (earliest first), then the most recent, the same tokens on every head. A token budget that
+    leaves no heavy-hitter slot is refused when a config (``EvalPolicy``) is built
+    (:meth:`check_budget`); a fractional one is only known in tokens at evaluation time and is
+    evaluated as sinks + recent there."""
 
     name: Literal["h2o_sinks"] = "h2o_sinks"
     num_sinks: int = Field(default=4, ge=0)
     recent_ratio: float = Field(default=0.5, ge=0, le=1)
 
+    def heavy_hitter_slots(self, budget: int) -> int:
+        """Slots left to heavy hitters at ``budget`` tokens (<= 0: none, sinks + recent fill it)."""
+        return budget - self.num_sinks - int(self.recent_ratio * budget)
+
+    def check_budget(self, budget: int) -> None:
+        if self.heavy_hitter_slots(budget) < 1:
+            raise ValueError(
+                f"h2o_sinks at a budget of {budget} tokens leaves no heavy-hitter slot ({self.num_sinks} sinks + "
+                f"{int(self.recent_ratio * budget)} recent, recent_ratio={self.recent_ratio}): it would be sinks + "
+                f"recent; give a larger budget, fewer num_sinks or a smaller recent_ratio, or use the sinks policy")
+
     def priority(self, cache: KVCache, budget: int) -> Tensor:
         protected = most_recent(cache, int(self.recent_ratio * budget)) | sinks(cache, self.num_sinks)
         return cache.accumulated.masked_fill(protected, PROTECTED)
+
+    def tiebreak(self, cache: KVCache) -> Tensor:
+        return sinks_first(cache, self.num_sinks)
 
 
 class TOVA(Policy):
@@ -122,8 +174,13 @@ class TOVA(Policy):
 
 class SnapKV(Policy):
     """SnapKV (Li et al. 2024, arXiv 2404.14469): the attention the last ``window`` queries pay to
-    each token, summed and max-pooled over ``kernel_size`` neighbours (keeps clusters), ranks the
-    tokens; the observation window itself is always kept. Meant for ``prefill`` mode."""
+    each token before the observation window (the prefix), summed and max-pooled over
+    ``kernel_size`` neighbours within the prefix (keeps clusters), ranks the prefix; the
+    observation window itself (the last ``window`` tokens) is always kept. As in SnapKV's code
+    (``attn_weights[..., :-window].sum(-2)``, pooled, top-k, then the window appended), the
+    window's own votes never pool into the prefix, so a prefix token is not kept for a window
+    neighbour's votes. A budget below ``window`` keeps the most recent tokens. Meant for
+    ``prefill`` mode."""
 
     name: Literal["snapkv"] = "snapkv"
     window: int = Field(default=8, gt=0)
@@ -136,9 +193,13 @@ class SnapKV(Policy):
     def priority(self, cache: KVCache, budget: int) -> Tensor:
         votes = cache.recent.sum(dim=-1)  # (B, H_kv, S)
         B, H, S = votes.shape
-        k = self.kernel_size | 1  # odd, so the pooled row keeps length S
-        pooled = F.max_pool1d(votes.reshape(B * H, 1, S), k, stride=1, padding=k // 2).reshape(B, H, S)
-        return pooled.masked_fill(most_recent(cache, min(self.window, budget)), PROTECTED)
+        P = max(0, S - self.window)  # the prefix: tokens before the observation window
+        priority = torch.full_like(votes, PROTECTED)
+        if P:
+            k = self.kernel_size | 1  # odd, so the pooled row keeps length P
+            prefix = votes[..., :P].reshape(B * H, 1, P)
+            priority[..., :P] = F.max_pool1d(prefix, k, stride=1, padding=k // 2).reshape(B, H, P)
+        return priority
 
 
 class KNorm(Policy):
