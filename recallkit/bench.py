@@ -151,7 +151,8 @@ def kernel_cases() -> list[KernelCase]:
     ]
 
 
-def bench_kernels(lengths: list[int], peak: float, repeats: int, progress: Callable[[str], None]) -> list[dict]:
+def bench_kernels(lengths: list[int], peak: float, repeats: int,
+                  progress: Callable[[str], None]) -> list[dict]:
     """Time every kernel at every length; speed-up vs SDPA at the same length."""
     rows, sdpa_time = [], {}
     for case in kernel_cases():
@@ -175,7 +176,8 @@ def _mixer(key: str, d_model: int):
     return build_mixer(d_model, MIXERS[key].Config(name=key)).eval()
 
 
-def bench_mixers(lengths: list[int], d_model: int, repeats: int, progress: Callable[[str], None]) -> list[dict]:
+def bench_mixers(lengths: list[int], d_model: int, repeats: int,
+                 progress: Callable[[str], None]) -> list[dict]:
     """Per registered mixer and length: chunked prefill vs the token loop of ``step`` (batch 1)."""
     from recallkit.mixers import MIXERS
 
@@ -246,7 +248,8 @@ def run_bench(quick: bool = False, progress: Callable[[str], None] = lambda _: N
         machine=dict(threads=torch.get_num_threads(), torch=torch.__version__, quick=quick),
         matmul_peak_gflops=peak,
         kernels=bench_kernels(kernel_lengths, peak, 1 if quick else 3, progress),
-        mixers=bench_mixers([256] if quick else [256, 1024], 32 if quick else 128, 1 if quick else 3, progress),
+        mixers=bench_mixers([256] if quick else [256, 1024], 32 if quick else 128, 1 if quick else 3,
+                            progress),
         training=bench_training(32 if quick else 256, 2 if quick else 8, 1 if quick else 3,
                                 32 if quick else 128, progress),
     )

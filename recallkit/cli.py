@@ -90,13 +90,15 @@ def run(
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda for every run (default: each run's "
                                                     "train.device); does not change run identities")] = None,
     ray_address: Annotated[str | None, typer.Option(help="ray: cluster to use (host:port, ray://host:port, "
-                                                         "auto); default: RAY_ADDRESS, else a local Ray")] = None,
+                                                         "auto); default: RAY_ADDRESS, "
+                                                         "else a local Ray")] = None,
     num_cpus: Annotated[float | None, typer.Option(help="ray: CPUs per run, also its torch threads",
                                                    show_default="1")] = None,
     num_gpus: Annotated[float | None, typer.Option(help="ray: GPUs per run", show_default="0")] = None,
     wandb: Annotated[str | None, typer.Option(help="log each finished run to this W&B project "
                                                    "(needs recallkit[wandb])")] = None,
-    wandb_mode: Annotated[str, typer.Option(help="offline (files in OUT/wandb, no network) | online")] = "offline",
+    wandb_mode: Annotated[str, typer.Option(help="offline (files in OUT/wandb, no network) "
+                                                 "| online")] = "offline",
 ) -> None:
     """Run (or resume) a sweep into OUT/results.sqlite and write the report."""
     ray_options = None
@@ -117,7 +119,8 @@ def _some(run_ids: list[str], shown: int = 5) -> str:
 @_one_line_errors
 def doctor(
     out: Annotated[Path, typer.Argument(help="results directory of a sweep")],
-    repair: Annotated[bool, typer.Option(help="reset stale `running` and corrupt rows so they rerun")] = False,
+    repair: Annotated[bool, typer.Option(help="reset stale `running` and corrupt rows "
+                                              "so they rerun")] = False,
 ) -> None:
     """Check OUT/results.sqlite for what a crash leaves behind (stale running rows, corrupt rows)."""
     found = diagnose(out, repair=repair)
@@ -140,8 +143,10 @@ def doctor(
 @_one_line_errors
 def report(
     dirs: Annotated[list[Path], typer.Argument(metavar="DIR",
-                                               help="results directory of a sweep; two or more: compare them")],
-    out: Annotated[Path | None, typer.Option(help="where to write the files (default: the first directory)")] = None,
+                                               help="results directory of a sweep; "
+                                                    "two or more: compare them")],
+    out: Annotated[Path | None, typer.Option(help="where to write the files "
+                                                  "(default: the first directory)")] = None,
 ) -> None:
     """Write DIR/frontier.png and DIR/report.html from DIR/results.sqlite; with several directories,
     compare.png and compare.html with all of them on one frontier (labels prefixed by directory)."""
@@ -230,7 +235,8 @@ def _bench_tables(result: dict) -> list[Table]:
     return [
         table(f"kernel prefill, batch 1, 8 heads (matmul peak {peak:.1f} GFLOP/s)", result["kernels"],
               [("kernel", "kernel", ""), ("N", "N", "d"), ("ms", "ms", ".2f"),
-               ("x SDPA", "speedup_vs_sdpa", ".2f"), ("GFLOP/s", "gflops", ".1f"), ("% peak", "pct_peak", ".0f")]),
+               ("x SDPA", "speedup_vs_sdpa", ".2f"), ("GFLOP/s", "gflops", ".1f"),
+               ("% peak", "pct_peak", ".0f")]),
         table("mixer prefill vs token loop (batch 1)", result["mixers"],
               [("mixer", "mixer", ""), ("N", "N", "d"), ("prefill ms", "prefill_ms", ".2f"),
                ("loop ms", "loop_ms", ".1f"), ("prefill speed-up", "prefill_speedup", ".1f")]),
@@ -276,9 +282,12 @@ def _bench_pretrained(source: str, batch: int, length: int, out: Path, quick: bo
     console.print(
         f"{source}: prefill {batch} x {length}: {result['prefill_tokens_per_s']:,.0f} tokens/s, "
         f"{result['prefill_gflops']:.1f} GFLOP/s = {result['prefill_pct_peak']:.0f}% of the "
-        f"{result['matmul_peak_gflops']:.0f} GFLOP/s matmul peak, {result['prefill_vs_plain_forward']:.2f}x a plain "
-        f"transformers forward\ndecode: {result['decode_tokens_per_s']:,.1f} tokens/s through the cache; under "
-        f"{result['policy']} at budget {result['budget']}: {result['evicting_decode_tokens_per_s']:,.1f} tokens/s "
+        f"{result['matmul_peak_gflops']:.0f} GFLOP/s matmul peak, "
+        f"{result['prefill_vs_plain_forward']:.2f}x a plain "
+        f"transformers forward\ndecode: {result['decode_tokens_per_s']:,.1f} tokens/s "
+        "through the cache; under "
+        f"{result['policy']} at budget {result['budget']}: "
+        f"{result['evicting_decode_tokens_per_s']:,.1f} tokens/s "
         f"({result['evicting_decode_cost']:.2f}x the plain decode time)", highlight=False, emoji=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

@@ -39,7 +39,8 @@ def predict(model: LanguageModel, batch: Batch, batch_size: int = 256) -> Tensor
     return torch.cat(predictions)
 
 
-def evaluate(model: LanguageModel, batch: Batch, batch_size: int = 256, policy: str | dict | Policy | None = None,
+def evaluate(model: LanguageModel, batch: Batch, batch_size: int = 256,
+             policy: str | dict | Policy | None = None,
              budget: Budget | None = None, mode: Mode = "continuous", greedy: bool = False) -> dict:
     """Score ``model`` on ``batch``, in parallel form, or token by token with every attention layer's
     KV cache under an eviction ``policy`` (see ``recallkit.inference``).

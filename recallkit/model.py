@@ -94,7 +94,8 @@ class LanguageModel(nn.Module):
             end = start + input_ids.shape[1]
             if end > self.config.max_position:
                 raise RecallkitError(
-                    f"position {end - 1} exceeds the learned positions (max_position={self.config.max_position})"
+                    f"position {end - 1} exceeds the learned positions "
+                    f"(max_position={self.config.max_position})"
                 )
             x = x + self.position(torch.arange(start, end, device=input_ids.device))
         return x
@@ -131,7 +132,8 @@ class LanguageModel(nn.Module):
         layers, attention_layers = [], 0
         for block in self.blocks:
             if cache is not None and block.mixer.kv_cache:
-                layers.append(block.mixer.init_state(batch_size, device, dtype, cache=cache(attention_layers)))
+                layers.append(block.mixer.init_state(batch_size, device, dtype,
+                                                     cache=cache(attention_layers)))
                 attention_layers += 1
             else:
                 layers.append(block.mixer.init_state(batch_size, device, dtype))

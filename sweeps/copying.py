@@ -31,7 +31,8 @@ MIXERS: dict[str, dict] = {
     "attention (NoPE)": {**ATTENTION, "position": "nope"},
     "attention (ALiBi)": {**ATTENTION, "position": "alibi"},
     "attention (Hard-ALiBi)": {**ATTENTION, "position": "hard_alibi"},
-    "linear attention": {"name": "linear_attention", "feature_map": "elu", "feature_dim": 16, "short_conv": 4},
+    "linear attention": {"name": "linear_attention", "feature_map": "elu", "feature_dim": 16,
+                         "short_conv": 4},
     "mamba": {"name": "mamba"},
     "deltanet": {"name": "deltanet", "num_heads": 2, "short_conv": 4},
 }

@@ -22,7 +22,8 @@ TASKS = [
 ]
 
 configs = [
-    PretrainedRunConfig(model=MODEL, task=task, read_twice=read_twice, num_examples=NUM_EXAMPLES, policy=policy)
+    PretrainedRunConfig(model=MODEL, task=task, read_twice=read_twice, num_examples=NUM_EXAMPLES,
+                        policy=policy)
     for task in TASKS
     for read_twice in (False, True)
     for policy in [None, *({"policy": p, "budget": b, "mode": "prefill"} for p in POLICIES for b in BUDGETS)]

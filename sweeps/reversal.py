@@ -35,4 +35,5 @@ def reversal_run(label: str, mixer: dict, in_context: bool) -> rk.RunConfig:
     )
 
 
-configs = [reversal_run(label, mixer, in_context) for in_context in (False, True) for label, mixer in MIXERS.items()]
+configs = [reversal_run(label, mixer, in_context)
+           for in_context in (False, True) for label, mixer in MIXERS.items()]

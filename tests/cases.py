@@ -66,7 +66,8 @@ CASES: list[tuple[str, dict]] = [
     ("gated_deltanet", {"num_heads": 8, "chunk_size": 16, "short_conv": 3}),
     ("pla", {}),
     ("pla", {"feature_map": "elu", "num_heads": 2, "chunk_size": 5}),
-    ("pla", {"feature_map": "identity", "normalize": False, "feature_dim": 4, "chunk_size": 8, "short_conv": 3}),
+    ("pla", {"feature_map": "identity", "normalize": False, "feature_dim": 4, "chunk_size": 8,
+             "short_conv": 3}),
 ]
 
 
@@ -74,7 +75,8 @@ def reversal_oracle(batch: Batch) -> torch.Tensor:
     """The object (or subject, after r^-1) of a fact stated earlier in the sequence, else of the fixed
     fact table of ``num_facts=20, facts_seed=0``."""
     objects, _ = rk.make_task("reversal", vocab_size=48, seq_len=33, num_facts=20).facts()
-    known = {(5 + i, 3): int(o) for i, o in enumerate(objects)} | {(int(o), 4): 5 + i for i, o in enumerate(objects)}
+    known = ({(5 + i, 3): int(o) for i, o in enumerate(objects)}
+             | {(int(o), 4): 5 + i for i, o in enumerate(objects)})
     predictions = torch.full_like(batch.inputs, -1)
     for i, row in enumerate(batch.inputs.tolist()):
         stated = dict(known)
@@ -99,7 +101,8 @@ TASK_CASES: dict[str, tuple[Callable[[Batch], torch.Tensor], list[dict]]] = {
     ]),
     "copy": (copy_oracle, [
         {"vocab_size": 16, "seq_len": 23, "alphabet_size": 6, "min_len": 1, "max_len": 10},
-        {"vocab_size": 16, "seq_len": 40, "alphabet_size": 3, "min_len": 2, "max_len": 5, "examples_per_sequence": 3},
+        {"vocab_size": 16, "seq_len": 40, "alphabet_size": 3, "min_len": 2, "max_len": 5,
+         "examples_per_sequence": 3},
     ]),
     "ngram_lookup": (ngram_oracle, [
         {"vocab_size": 32, "seq_len": 38, "min_len": 8, "max_len": 30, "key_position": "suffix"},

@@ -54,7 +54,8 @@ def test_hard_alibi_head_h_sees_its_last_h_plus_1_tokens_and_the_rest_see_all():
     pos = torch.arange(6)
     visible = attention_bias(pos, pos, spans=spans).isfinite()  # (H, T, T)
     assert visible[0].equal(torch.eye(6, dtype=torch.bool))
-    assert visible[1].equal(torch.ones(6, 6, dtype=torch.bool).tril() & ~torch.ones(6, 6, dtype=torch.bool).tril(-2))
+    assert visible[1].equal(torch.ones(6, 6, dtype=torch.bool).tril()
+                            & ~torch.ones(6, 6, dtype=torch.bool).tril(-2))
     assert visible[2].equal(torch.ones(6, 6, dtype=torch.bool).tril()) and visible[3].equal(visible[2])
 
 
@@ -115,7 +116,8 @@ def test_bad_attention_configs_are_one_line_errors(kwargs, message):
 def test_describe_names_the_variant():
     config = rk.MIXERS["attention"].Config
     assert config().describe() == "attention"
-    assert config(num_heads=4, num_kv_heads=1, position="rope", window=8).describe() == "attention(rope, mqa, window 8)"
+    assert (config(num_heads=4, num_kv_heads=1, position="rope", window=8).describe()
+            == "attention(rope, mqa, window 8)")
 
 
 def test_mla_caches_latents_not_per_head_keys():

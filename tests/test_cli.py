@@ -41,7 +41,8 @@ def test_errors_are_one_line_with_nonzero_exit(tmp_path):
         "configs = [dict(model=dict(vocab_size=64, mixer=dict(name='attention')),"
         " task=dict(name='mqar', vocab_size=64, seq_len=16, num_kv_pairs=8))]\n"
     )
-    result = subprocess.run([sys.executable, "-m", "recallkit", "run", str(bad), "--out", str(tmp_path / "o")],
+    result = subprocess.run([sys.executable, "-m", "recallkit", "run", str(bad),
+                             "--out", str(tmp_path / "o")],
                             capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")

@@ -12,7 +12,8 @@ from tests.conftest import tiny_run
 @pytest.mark.parametrize(
     ("model", "message"),
     [
-        (dict(d_model=30, mixer=dict(name="attention", num_heads=4)), "not divisible by attention num_heads=4"),
+        (dict(d_model=30, mixer=dict(name="attention", num_heads=4)),
+         "not divisible by attention num_heads=4"),
         (dict(mixer=dict(name="linear_attention", feature_map="identity")), "cannot be normalised"),
         (dict(mixer=dict(name="mamba_9000")), "unknown mixer 'mamba_9000'"),
         (dict(mixer=dict(name="attention", heads=2)), "Extra inputs are not permitted"),
@@ -52,7 +53,8 @@ def test_run_id_is_stable_and_round_trips_through_json():
 
 def test_display_label_names_the_mixers():
     config = rk.RunConfig(
-        model=dict(vocab_size=64, mixer=[dict(name="linear_attention", feature_map="elu"), dict(name="attention")]),
+        model=dict(vocab_size=64,
+                   mixer=[dict(name="linear_attention", feature_map="elu"), dict(name="attention")]),
         task=dict(name="mqar", vocab_size=64, seq_len=32, num_kv_pairs=4),
     )
     assert config.display_label == "linear_attention(elu)+attention"

@@ -76,10 +76,12 @@ def phonebook_oracle(batch: Batch, name_len: int) -> torch.Tensor:
 
 COPY_CASES = [
     {"vocab_size": 32, "seq_len": 43, "min_len": 1, "max_len": 20},
-    {"vocab_size": 12, "seq_len": 40, "alphabet_size": 2, "min_len": 3, "max_len": 5, "examples_per_sequence": 3},
+    {"vocab_size": 12, "seq_len": 40, "alphabet_size": 2, "min_len": 3, "max_len": 5,
+     "examples_per_sequence": 3},
 ]
 NGRAM_CASES = [
-    {"vocab_size": 32, "seq_len": 40, "key_position": key, "min_len": 8, "max_len": 30, "ngram": n, "answer_len": k}
+    {"vocab_size": 32, "seq_len": 40, "key_position": key, "min_len": 8, "max_len": 30, "ngram": n,
+     "answer_len": k}
     for key in ("suffix", "prefix") for n, k in ((3, 2), (2, 1))
 ]
 PHONEBOOK_CASES = [
@@ -189,10 +191,12 @@ def test_phonebook_names_are_distinct_and_lookups_differ():
         ("copy", {"vocab_size": 20, "seq_len": 43}, "needs vocab_size >= 30"),
         ("copy", {"vocab_size": 30, "seq_len": 42}, "needs seq_len >= 43"),
         ("copy", {"vocab_size": 30, "seq_len": 99, "min_len": 5, "max_len": 4}, "min_len <= max_len"),
-        ("ngram_lookup", {"vocab_size": 30, "seq_len": 99, "min_len": 4}, "min_len >= ngram + answer_len = 5"),
+        ("ngram_lookup", {"vocab_size": 30, "seq_len": 99, "min_len": 4},
+         "min_len >= ngram + answer_len = 5"),
         ("ngram_lookup", {"vocab_size": 30, "seq_len": 37}, "needs seq_len >= 38"),
         ("phonebook", {"vocab_size": 48, "seq_len": 999, "min_entries": 2}, "min_entries >= 3"),
-        ("phonebook", {"vocab_size": 48, "seq_len": 999, "max_entries": 5, "name_alphabet": 2}, "only 4 distinct"),
+        ("phonebook", {"vocab_size": 48, "seq_len": 999, "max_entries": 5, "name_alphabet": 2},
+         "only 4 distinct"),
         ("phonebook", {"vocab_size": 40, "seq_len": 999}, "needs vocab_size >= 41"),
         ("phonebook", {"vocab_size": 48, "seq_len": 100}, "needs seq_len >= 153"),
     ],

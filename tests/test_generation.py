@@ -26,7 +26,8 @@ def model_for(mixer: dict) -> rk.model.LanguageModel:
 
 
 def copy_batch(n: int = 24) -> Batch:
-    return rk.make_task("copy", vocab_size=32, seq_len=23, alphabet_size=8, min_len=2, max_len=10).generate(n, 0)
+    return rk.make_task("copy", vocab_size=32, seq_len=23, alphabet_size=8, min_len=2,
+                        max_len=10).generate(n, 0)
 
 
 def self_fed(batch: Batch, generated: torch.Tensor) -> Batch:

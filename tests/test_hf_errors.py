@@ -103,7 +103,8 @@ def test_truncated_gguf(tmp_path):
 
 
 def test_directory_without_config(sources):
-    assert_one_line_error(str(sources["no_config"]), r"no_config: not a Hugging Face model directory .*config")
+    assert_one_line_error(str(sources["no_config"]),
+                          r"no_config: not a Hugging Face model directory .*config")
 
 
 def test_directory_without_tokenizer(sources):

@@ -86,7 +86,8 @@ def test_continuous_budget_is_never_exceeded(policy):
         sizes: list[list[tuple[int, ...]]] = []
 
         def record(t, caches, sizes=sizes):
-            sizes.append([(len(c), c.key.shape[2], c.positions.shape[2], c.accumulated.shape[2]) for c in caches])
+            sizes.append([(len(c), c.key.shape[2], c.positions.shape[2], c.accumulated.shape[2])
+                          for c in caches])
 
         step_logits(model, tokens, policy, budget, after_step=record)
         assert all(max(s) <= budget for step in sizes for s in step)
@@ -261,7 +262,8 @@ def test_eval_policies_become_evaluation_rows_in_the_store(tmp_path):
         model=dict(vocab_size=32, d_model=16, num_layers=1, mixer={"name": "attention", "position": "rope"}),
         task=dict(name="mqar", vocab_size=32, seq_len=16, num_kv_pairs=2),
         train=dict(max_steps=5, batch_size=8, num_train_examples=64, num_test_examples=16, device="cpu"),
-        eval_policies=[{"policy": "window", "budget": 2}, {"policy": "h2o", "budget": 0.5, "mode": "prefill"}],
+        eval_policies=[{"policy": "window", "budget": 2},
+                       {"policy": "h2o", "budget": 0.5, "mode": "prefill"}],
     )
     run_sweep([config], tmp_path, quiet=True)
     with Store(tmp_path / "results.sqlite") as store:

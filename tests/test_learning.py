@@ -23,7 +23,8 @@ def test_attention_solves_mqar(seed):
     """2-layer attention, d=64: >= 0.99 on MQAR (V=256, T=64, 8 pairs) within the step budget."""
     config = mqar_run(ATTENTION, d_model=64, task=EIGHT_PAIRS, train={**LEARNING_TRAIN, "seed": seed})
     result = rk.train(config)
-    print(f"attention seed={seed}: acc={result.metrics['accuracy']:.3f} after {result.metrics['steps']} steps "
+    print(f"attention seed={seed}: acc={result.metrics['accuracy']:.3f} "
+          f"after {result.metrics['steps']} steps "
           f"({result.wall_time:.0f} s)")
     assert result.status == "done"
     assert result.metrics["accuracy"] >= 0.99

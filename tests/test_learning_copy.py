@@ -31,7 +31,8 @@ def test_attention_copies_length_10_strings():
     m = result.metrics
     by_length = {e["length"]: e["exact_match"] for e in m["evals"] if "length" in e}
     print(f"copy L=10: char acc {m['token_accuracy']:.3f}, string exact {m['exact_match']:.3f}, greedy exact "
-          f"{m['greedy_exact_match']:.3f} after {m['steps']} steps ({result.wall_time:.0f} s); exact match by "
+          f"{m['greedy_exact_match']:.3f} after {m['steps']} steps ({result.wall_time:.0f} s); "
+          "exact match by "
           f"length {by_length}")
     assert result.status == "done"
     assert m["token_accuracy"] >= 0.97

@@ -28,8 +28,10 @@ CONV = 4
 CASES: list[tuple[str, dict | list[dict], float]] = [
     ("attention", {"name": "attention", "position": "rope", "short_conv": CONV}, 0.9),  # 0.997 / 400
     ("mla", {"name": "mla", "short_conv": CONV}, 0.9),  # 0.994 / 450
-    ("linear_attention", {"name": "linear_attention", "feature_dim": 8, "short_conv": CONV}, 0.9),  # 0.994 / 550
-    ("pla", {"name": "pla", "feature_dim": 8, "short_conv": CONV}, 0.9),  # 0.991 / 350 (MQAR's context as prefix)
+    # 0.994 / 550
+    ("linear_attention", {"name": "linear_attention", "feature_dim": 8, "short_conv": CONV}, 0.9),
+    # 0.991 / 350 (MQAR's context as prefix)
+    ("pla", {"name": "pla", "feature_dim": 8, "short_conv": CONV}, 0.9),
     ("based", based(feature_dim=8, window=8), 0.9),  # 0.986 at step 600
     ("retnet", {"name": "retnet", "short_conv": CONV}, 0.9),  # 0.990 / 550
     ("gla", {"name": "gla", "short_conv": CONV}, 0.9),  # 0.990 / 850

@@ -42,7 +42,8 @@ def test_eval_lengths_leave_the_run_id_alone_when_unused_and_are_validated():
     assert copy_run({"name": "attention"}, eval_lengths=[40]).run_id != plain.run_id
     mqar = dict(name="mqar", vocab_size=32, seq_len=16, num_kv_pairs=2)
     with pytest.raises(ValidationError, match="eval_lengths needs a task with a length axis"):
-        rk.RunConfig(model=dict(vocab_size=32, d_model=16, mixer={"name": "attention"}), task=mqar, eval_lengths=[4])
+        rk.RunConfig(model=dict(vocab_size=32, d_model=16, mixer={"name": "attention"}), task=mqar,
+                     eval_lengths=[4])
     with pytest.raises(ValidationError, match="must be >= 1"):
         copy_run({"name": "attention"}, eval_lengths=[0])
     learned = dict(vocab_size=32, d_model=16, mixer={"name": "attention"}, max_position=32)

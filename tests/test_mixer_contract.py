@@ -180,7 +180,8 @@ def _tensors(state) -> list[torch.Tensor]:
     return []
 
 
-@pytest.mark.parametrize("key", ["attention", "linear_attention", "h3", "retnet", "gla", "mla", "deltanet", "pla"])
+@pytest.mark.parametrize("key", ["attention", "linear_attention", "h3", "retnet", "gla", "mla", "deltanet",
+                                 "pla"])
 def test_the_shared_width_check_names_the_mixer(key):
     config = rk.MIXERS[key].Config(name=key, num_heads=4)
     config.check_width(16)

@@ -48,7 +48,8 @@ def _config(**train) -> rk.RunConfig:
     return rk.RunConfig(
         model=dict(vocab_size=33, d_model=16, num_layers=1, mixer={"name": "attention"}),
         task=dict(name="mqar", vocab_size=32, seq_len=16, num_kv_pairs=2),
-        train=dict(max_steps=3, batch_size=8, num_train_examples=32, num_test_examples=8, device="cpu", **train),
+        train=dict(max_steps=3, batch_size=8, num_train_examples=32, num_test_examples=8, device="cpu",
+                   **train),
     )
 
 

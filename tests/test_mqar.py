@@ -44,7 +44,8 @@ def test_oracle_solves_every_query(fields):
 
 
 def test_api_example_from_design_works_as_written():
-    batch = rk.make_task("mqar", vocab_size=256, seq_len=64, num_kv_pairs=8).generate(num_examples=100, seed=0)
+    batch = rk.make_task("mqar", vocab_size=256, seq_len=64, num_kv_pairs=8).generate(num_examples=100,
+                                                                                       seed=0)
     assert batch.inputs.shape == batch.labels.shape == (100, 64)
     assert (batch.prefix_len == 16).all()
     assert set(batch.slices) == {"num_kv_pairs"}
@@ -64,7 +65,8 @@ def test_keys_values_ranges_and_distinctness():
 
 def test_random_fillers_never_collide_with_the_examples_keys_or_values():
     n = 8
-    batch = rk.make_task("mqar", vocab_size=32, seq_len=64, num_kv_pairs=n, random_fillers=True).generate(400, seed=2)
+    batch = rk.make_task("mqar", vocab_size=32, seq_len=64, num_kv_pairs=n,
+                         random_fillers=True).generate(400, seed=2)
     for row in range(len(batch)):
         pairs = set(batch.inputs[row, : 2 * n].tolist())
         after = batch.inputs[row, 2 * n :]
@@ -104,7 +106,8 @@ def test_train_and_test_seed_ranges_are_disjoint():
 
 def test_query_slots_follow_the_power_law():
     n, T, a = 4, 72, 0.01
-    batch = rk.make_task("mqar", vocab_size=256, seq_len=T, num_kv_pairs=n, power_a=a).generate(20_000, seed=0)
+    batch = rk.make_task("mqar", vocab_size=256, seq_len=T, num_kv_pairs=n,
+                         power_a=a).generate(20_000, seed=0)
     positions = (batch.labels != IGNORE_INDEX).nonzero()[:, 1]
     slots = ((positions - 2 * n) // 2).numpy()
     num_slots = (T - 2 * n) // 2
@@ -115,7 +118,8 @@ def test_query_slots_follow_the_power_law():
     head, tail = counts[: num_slots // 4].mean(), counts[-num_slots // 4 :].mean()
     assert head > 2.5 * tail
     # exact check on single-query examples: slot frequencies match p (chi-square, 0.1% level)
-    single = rk.make_task("mqar", vocab_size=256, seq_len=T, num_kv_pairs=1, power_a=a).generate(20_000, seed=1)
+    single = rk.make_task("mqar", vocab_size=256, seq_len=T, num_kv_pairs=1,
+                          power_a=a).generate(20_000, seed=1)
     s = (((single.labels != IGNORE_INDEX).nonzero()[:, 1] - 2) // 2).numpy()
     num_slots = (T - 2) // 2
     observed = np.bincount(s, minlength=num_slots)

@@ -1,4 +1,5 @@
-"""Chunked (WY / UT transform) delta rule == token recurrence, with and without the gate, forward and backward."""
+"""Chunked (WY / UT transform) delta rule == token recurrence, with and without the gate, forward and
+backward."""
 
 from __future__ import annotations
 

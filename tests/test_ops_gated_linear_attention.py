@@ -21,7 +21,8 @@ def qkvg(gate: str, B=2, H=2, T=23, Dk=5, Dv=3, seed=0, dtype=torch.float64, str
 
 
 @pytest.mark.parametrize("gate", GATES)
-@pytest.mark.parametrize(("chunk_size", "sub_chunk_size"), [(1, 8), (4, 2), (7, 8), (12, 4), (23, 8), (64, 16), (64, 8)])
+@pytest.mark.parametrize(("chunk_size", "sub_chunk_size"),
+                         [(1, 8), (4, 2), (7, 8), (12, 4), (23, 8), (64, 16), (64, 8)])
 def test_chunked_equals_recurrent_and_quadratic(gate, chunk_size, sub_chunk_size):
     q, k, v, g = qkvg(gate)
     y_rec, s_rec = ops.gated_linear_attention_recurrent(q, k, v, g)
@@ -112,7 +113,8 @@ def test_gradcheck_chunked(gate):
     s0 = torch.randn(1, 1, 3, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     inputs = tuple(t.requires_grad_() for t in (q, k, v, g, s0))
     torch.autograd.gradcheck(
-        lambda q, k, v, g, s: ops.gated_linear_attention_chunked(q, k, v, g, chunk_size=4, state=s, sub_chunk_size=2),
+        lambda q, k, v, g, s: ops.gated_linear_attention_chunked(q, k, v, g, chunk_size=4, state=s,
+                                                                 sub_chunk_size=2),
         inputs,
     )
 

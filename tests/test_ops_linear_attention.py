@@ -37,7 +37,8 @@ def test_chunked_equals_recurrent_and_quadratic(normalize, chunk_size):
 def test_chunked_resumes_from_a_state(normalize):
     q, k, v = qkv(positive=normalize)
     y_full, s_full = ops.linear_attention_recurrent(q, k, v, normalize=normalize)
-    _, s_head = ops.linear_attention_chunked(q[:, :, :9], k[:, :, :9], v[:, :, :9], normalize=normalize, chunk_size=4)
+    _, s_head = ops.linear_attention_chunked(q[:, :, :9], k[:, :, :9], v[:, :, :9], normalize=normalize,
+                                             chunk_size=4)
     y_tail, s_tail = ops.linear_attention_chunked(
         q[:, :, 9:], k[:, :, 9:], v[:, :, 9:], state=s_head, normalize=normalize, chunk_size=4
     )

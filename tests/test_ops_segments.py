@@ -23,7 +23,8 @@ def _inputs(kind: str, seed: int = 0) -> dict[str, torch.Tensor | None]:
         shape = (B, H, T) if kind == "scalar" else (B, H, T, D)
         return dict(q=q, k=k, v=v, g=-F.softplus(torch.randn(shape, generator=g, dtype=torch.float64)))
     beta = torch.rand(B, H, T, generator=g, dtype=torch.float64)
-    decay = -F.softplus(torch.randn(B, H, T, generator=g, dtype=torch.float64)) if kind == "gated_delta" else None
+    decay = (-F.softplus(torch.randn(B, H, T, generator=g, dtype=torch.float64))
+             if kind == "gated_delta" else None)
     return dict(q=q, k=F.normalize(k, dim=-1), v=v, beta=beta, g=decay)
 
 

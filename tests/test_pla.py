@@ -51,10 +51,12 @@ def reference(mixer, x: torch.Tensor, prefix_len: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("chunk_size", [3, 8, 64])
 @pytest.mark.parametrize("feature_map", ["taylor", "elu"])
 def test_chunked_matches_the_formula_in_float64(chunk_size, feature_map):
-    mixer = make(dtype=torch.float64, feature_map=feature_map, feature_dim=4, num_heads=2, chunk_size=chunk_size)
+    mixer = make(dtype=torch.float64, feature_map=feature_map, feature_dim=4, num_heads=2,
+                 chunk_size=chunk_size)
     x, prefix_len = inputs(dtype=torch.float64), torch.tensor([0, 7, T])
     with torch.no_grad():
-        torch.testing.assert_close(mixer(x, prefix_len), reference(mixer, x, prefix_len), atol=1e-10, rtol=1e-10)
+        torch.testing.assert_close(mixer(x, prefix_len), reference(mixer, x, prefix_len),
+                                   atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("kwargs", CONFIGS)

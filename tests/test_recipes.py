@@ -52,11 +52,13 @@ def test_based_rejects_an_empty_window():
 def test_jrt_rnn_has_based_state_and_decodes_after_the_prefix():
     torch.manual_seed(0)
     config = rk.ModelConfig(vocab_size=32, d_model=16, num_layers=3, mlp="none",
-                            mixer=jrt_rnn(feature_dim=4, window=5, short_conv=3, conv_layers=1, conv_kernel=3))
+                            mixer=jrt_rnn(feature_dim=4, window=5, short_conv=3, conv_layers=1,
+                                          conv_kernel=3))
     model = rk.build_model(config).eval()
     assert [m.name for m in config.layer_mixers] == ["pla", "attention", "base_conv"]
     d, f, w, k = 16, 4, 5, 3
-    assert model.state_size(1000) == based_model(feature_dim=4, window=5, short_conv=3).state_size(1000) + d * (k - 1)
+    assert model.state_size(1000) == (based_model(feature_dim=4, window=5, short_conv=3).state_size(1000)
+                                      + d * (k - 1))
     assert model.state_size(1000) == (1 + f + f * f) * (d + 1) + 2 * d * w + 2 * d * (k - 1) + d * (k - 1)
     assert_prefill_then_steps_match_the_parallel_form(model, prefix_len=torch.tensor([7, 11]))
 

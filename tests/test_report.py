@@ -28,21 +28,26 @@ def synthetic_sweep(directory: Path, failed: bool = True) -> list[rk.RunConfig]:
             accuracy = 0.5 + 0.1 * i
             lengths = {str(n): {"accuracy": accuracy * 8 / n, "token_accuracy": 0.5, "num_examples": 8}
                        for n in (8, 16)}
-            beyond = [{"task": "mqar", "seq_len": 2 * n, "setting": "mqar T=16", "length": n, "state_size": 100,
-                       "accuracy": accuracy * 8 / n, "token_accuracy": 0.5, "num_examples": 8} for n in (32, 64)]
+            beyond = [{"task": "mqar", "seq_len": 2 * n, "setting": "mqar T=16", "length": n,
+                       "state_size": 100,
+                       "accuracy": accuracy * 8 / n, "token_accuracy": 0.5, "num_examples": 8}
+                      for n in (32, 64)]
             pairs = {str(n): {"accuracy": accuracy - 0.1 * j, "token_accuracy": 0.5, "num_examples": 16}
                      for j, n in enumerate((2, 4))}
             slices = {"num_kv_pairs": pairs, "length": lengths}
-            headline = {"accuracy": accuracy, "token_accuracy": accuracy, "num_examples": 32, "slices": slices}
+            headline = {"accuracy": accuracy, "token_accuracy": accuracy, "num_examples": 32,
+                        "slices": slices}
             metrics = {**headline, "steps": 20, "train_length_range": [8, 16],
                        "curve": [{"step": 10, "loss": 3.0 - i * 0.1, "accuracy": 0.2},
                                  {"step": 20, "loss": 1.0 - i * 0.1, "accuracy": accuracy}],
-                       "evals": [{"task": "mqar", "seq_len": 16, "setting": "mqar T=16", "state_size": 100 * (i + 1),
+                       "evals": [{"task": "mqar", "seq_len": 16, "setting": "mqar T=16",
+                                  "state_size": 100 * (i + 1),
                                   **headline}, *beyond]}
             store.record(config.run_id, {"status": "done", "metrics": metrics, "state_size": 100 * (i + 1),
                                          "num_params": 9, "wall_time": 1.5})
         if broken:
-            store.record(broken[0].run_id, {"status": "failed", "error": "RuntimeError: out of <memory>\ntrace"})
+            store.record(broken[0].run_id,
+                         {"status": "failed", "error": "RuntimeError: out of <memory>\ntrace"})
     return configs + broken
 
 
@@ -81,7 +86,8 @@ def test_report_on_a_partially_failed_sweep_says_so_and_plots_the_rest(tmp_path)
     synthetic_sweep(tmp_path)
     _, page = write_report(tmp_path)
     html = page.read_text()
-    assert "Failed runs: 1 of 6, left out of the figures" in html and "RuntimeError: out of &lt;memory&gt;" in html
+    assert "Failed runs: 1 of 6, left out of the figures" in html
+    assert "RuntimeError: out of &lt;memory&gt;" in html
     assert "Unfinished runs: 1 of 6" in html
     assert 'id="frontier-plot"' in html and 'data-status="failed"' in html
     assert '<input type="checkbox" value="failed" checked> failed (1)' in html
@@ -200,7 +206,8 @@ def test_report_command_compares_and_errors_in_one_line(tmp_path):
                           ([str(first), str(empty)], "no results database"),
                           ([str(first), str(first)], "given twice")):
         result = runner.invoke(app, ["report", *args])
-        assert result.exit_code == 1 and result.output.count("\n") == 1 and message in result.output, result.output
+        assert (result.exit_code == 1 and result.output.count("\n") == 1
+                and message in result.output), result.output
 
 
 def test_report_embeds_the_figure_and_lists_runs(tmp_path):
@@ -230,11 +237,15 @@ def test_varying_settings_names_only_what_differs():
     from recallkit.report.common import varying_settings
 
     models = [
-        {"d_model": 64, "mixer": [{"name": "attention", "window": 8}, {"name": "linear_attention", "feature_dim": 4}]},
-        {"d_model": 64, "mixer": [{"name": "attention", "window": 32}, {"name": "linear_attention", "feature_dim": 4}]},
-        {"d_model": 64, "mixer": [{"name": "attention", "window": 8}, {"name": "linear_attention", "feature_dim": 16}]},
+        {"d_model": 64,
+         "mixer": [{"name": "attention", "window": 8}, {"name": "linear_attention", "feature_dim": 4}]},
+        {"d_model": 64,
+         "mixer": [{"name": "attention", "window": 32}, {"name": "linear_attention", "feature_dim": 4}]},
+        {"d_model": 64,
+         "mixer": [{"name": "attention", "window": 8}, {"name": "linear_attention", "feature_dim": 16}]},
     ]
-    assert varying_settings(models) == ["window=8 feature_dim=4", "window=32 feature_dim=4", "window=8 feature_dim=16"]
+    assert varying_settings(models) == ["window=8 feature_dim=4", "window=32 feature_dim=4",
+                                        "window=8 feature_dim=16"]
     assert varying_settings([{"d_model": 64}, {"d_model": 128}]) == ["d_model=64", "d_model=128"]
 
 

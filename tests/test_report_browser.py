@@ -43,7 +43,8 @@ def browser(tmp_path):
     path = chromium_path()
     if path is None:
         if os.environ.get("RECALLKIT_REQUIRE_BROWSER") == "1":
-            pytest.fail("chromium is not installed and RECALLKIT_REQUIRE_BROWSER=1 (apt-get install chromium)")
+            pytest.fail("chromium is not installed and RECALLKIT_REQUIRE_BROWSER=1 "
+                        "(apt-get install chromium)")
         pytest.skip("chromium is not installed (apt-get install chromium)")
     chrome = Chromium(path, tmp_path / "profile")
     try:
@@ -166,7 +167,8 @@ class Chromium:
 
     def requests(self) -> list[str]:
         """URLs the page requested: a self-contained report requests only itself and its data: URLs."""
-        return [e["params"]["request"]["url"] for e in self.events if e.get("method") == "Network.requestWillBeSent"]
+        return [e["params"]["request"]["url"] for e in self.events
+                if e.get("method") == "Network.requestWillBeSent"]
 
     def close(self) -> None:
         try:
@@ -191,7 +193,8 @@ def assert_clean(chrome: Chromium, page: Path) -> None:
 
 
 PLOT_TRACES = ("(id) => { const plot = document.getElementById(id); if (!plot) throw new Error('no #' + id); "
-               "return plot.querySelector('.main-svg') ? plot.querySelectorAll('.scatterlayer .trace').length : 0; }")
+               "return plot.querySelector('.main-svg') ? "
+               "plot.querySelectorAll('.scatterlayer .trace').length : 0; }")
 """Traces drawn in the plot ``id`` (0 while plotly has not drawn it; an error when it is not on the page)."""
 
 

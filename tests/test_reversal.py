@@ -64,7 +64,8 @@ def test_test_split_asks_both_directions_with_the_right_probe_slice():
     batch = task.generate(400, seed=0)
     assert (batch.prefix_len == 0).all()
     for row, label, direction, probe in zip(batch.inputs.tolist(), batch.labels.tolist(),
-                                            batch.slices["direction"].tolist(), batch.slices["probe"].tolist()):
+                                            batch.slices["direction"].tolist(),
+                                            batch.slices["probe"].tolist()):
         subject, relation = row[1], row[2]
         assert (relation == INV) == bool(direction)
         if relation == REL:

@@ -89,7 +89,8 @@ def test_no_import_cycle_among_recallkit_modules():
 
 def test_lower_layers_never_import_higher_ones():
     lower = ("recallkit.ops", "recallkit.kv", "recallkit.mixers", "recallkit.tasks", "recallkit.base_config")
-    higher = ("recallkit.inference", "recallkit.training", "recallkit.sweep", "recallkit.report", "recallkit.config",
+    higher = ("recallkit.inference", "recallkit.training", "recallkit.sweep", "recallkit.report",
+              "recallkit.config",
               "recallkit.model", "recallkit.cli", "recallkit.hf")
     for module, targets in import_graph().items():
         if module.startswith(lower):

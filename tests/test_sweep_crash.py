@@ -144,7 +144,8 @@ def test_doctor_finds_and_repairs_stale_and_corrupt_rows_and_never_touches_finis
         store.db.commit()
     found = diagnose(tmp_path)
     assert found.integrity == "ok" and not found.healthy
-    assert sorted(found.stale) == sorted(c.run_id for c in configs[1:3]) and found.corrupt == [configs[3].run_id]
+    assert sorted(found.stale) == sorted(c.run_id for c in configs[1:3])
+    assert found.corrupt == [configs[3].run_id]
     with writer_lock(tmp_path):  # a live sweep: its running rows are not stale, and no repair
         assert diagnose(tmp_path).stale == []
         with pytest.raises(RecallkitError, match="repair it after"):

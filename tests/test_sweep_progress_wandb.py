@@ -42,7 +42,8 @@ def test_wandb_offline_logs_each_finished_run_once_with_curve_and_summary(tmp_pa
 
 
 def test_cli_wandb_option_and_errors(tmp_path, sweep_file, monkeypatch):
-    result = CliRunner().invoke(app, ["run", str(sweep_file(steps=2)), "--out", str(tmp_path / "out"), "--quiet",
+    result = CliRunner().invoke(app, ["run", str(sweep_file(steps=2)), "--out", str(tmp_path / "out"),
+                                      "--quiet",
                                       "--wandb", "recallkit-test"])
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "out" / "wandb").glob("offline-run-*"))) == 8
@@ -53,5 +54,6 @@ def test_cli_wandb_option_and_errors(tmp_path, sweep_file, monkeypatch):
         raise RecallkitError(wandb_log.INSTALL_HINT)
 
     monkeypatch.setattr(wandb_log, "_wandb", missing)
-    result = CliRunner().invoke(app, ["run", str(sweep_file(steps=2)), "--out", str(tmp_path / "b"), "--wandb", "p"])
+    result = CliRunner().invoke(app, ["run", str(sweep_file(steps=2)), "--out", str(tmp_path / "b"),
+                                      "--wandb", "p"])
     assert result.exit_code == 1 and "needs `pip install recallkit[wandb]`" in result.output

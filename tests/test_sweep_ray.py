@@ -70,7 +70,8 @@ def test_ray_matches_serial_records_failures_and_never_runs_more_than_the_cluste
         c.run_id: by_id[c.run_id]["updated_at"] for c in configs}  # finished runs are not rerun
 
 
-def test_each_run_reserves_num_cpus_and_uses_them_as_torch_threads(local_ray, tmp_path, monkeypatch, in_flight):
+def test_each_run_reserves_num_cpus_and_uses_them_as_torch_threads(local_ray, tmp_path, monkeypatch,
+                                                                    in_flight):
     real = ray_executor.run_in_worker
 
     def reporting_threads(*args):  # a closure: Ray ships it by value to the workers
@@ -87,7 +88,8 @@ def test_each_run_reserves_num_cpus_and_uses_them_as_torch_threads(local_ray, tm
     assert max(in_flight) == 1  # one run of 2 CPUs fills the 2-CPU Ray
 
 
-def test_a_crashed_worker_is_retried_a_bounded_number_of_times_then_recorded(local_ray, tmp_path, monkeypatch):
+def test_a_crashed_worker_is_retried_a_bounded_number_of_times_then_recorded(local_ray, tmp_path,
+                                                                              monkeypatch):
     attempts = tmp_path / "attempts"
     attempts.mkdir()
     real = ray_executor.run_in_worker
@@ -134,10 +136,12 @@ def test_without_ray_installed_the_executor_is_one_clear_error(tmp_path, monkeyp
     (["--num-cpus", "2"], "--ray-address, --num-cpus and --num-gpus need --executor ray"),
     (["--executor", "ray", "--num-cpus", "0"], "num_cpus per run must be > 0, got 0.0"),
     (["--executor", "ray", "--num-gpus", "-1"], "num_gpus per run must be >= 0, got -1.0"),
-    (["--executor", "ray", "--device", "cuda"], "device cuda with the ray executor needs num_gpus > 0 per run"),
+    (["--executor", "ray", "--device", "cuda"],
+     "device cuda with the ray executor needs num_gpus > 0 per run"),
 ])
 def test_bad_ray_options_are_one_line_errors(tmp_path, sweep_file, args, message):
-    result = CliRunner().invoke(app, ["run", str(sweep_file()), "--out", str(tmp_path / "out"), "--quiet", *args])
+    result = CliRunner().invoke(app, ["run", str(sweep_file()), "--out", str(tmp_path / "out"), "--quiet",
+                                      *args])
     assert result.exit_code == 1 and result.output == f"error: {message}\n"
     assert not (tmp_path / "out").exists()
 

@@ -86,7 +86,8 @@ def test_per_sequence_and_token_pooled_accuracy_differ_as_defined():
 def test_every_eval_task_is_scored_with_the_state_size_at_its_length():
     task = dict(name="mqar", vocab_size=32, seq_len=16, num_kv_pairs=2)
     config = rk.RunConfig(
-        model=dict(vocab_size=32, d_model=16, num_layers=1, mixer=dict(name="attention", position="rope", rope_base=100.0)),
+        model=dict(vocab_size=32, d_model=16, num_layers=1,
+                   mixer=dict(name="attention", position="rope", rope_base=100.0)),
         task=task, eval_tasks=[task, {**task, "seq_len": 32, "num_kv_pairs": 4}],
         train=dict(max_steps=10, eval_every=5, batch_size=8, num_train_examples=64, num_test_examples=16),
     )

@@ -45,7 +45,8 @@ def attention_layers(model: nn.Module) -> list[int]:
     layers = DynamicCache(config=model.config).layers
     if not layers:  # no config-driven layout: every layer is attention (lazily created DynamicLayers)
         return list(range(model.config.num_hidden_layers))
-    return [i for i, layer in enumerate(layers) if isinstance(layer, attention) and not isinstance(layer, linear)]
+    return [i for i, layer in enumerate(layers)
+            if isinstance(layer, attention) and not isinstance(layer, linear)]
 
 
 def _evicting_layer_class():
@@ -131,7 +132,8 @@ def evicting_cache(model: nn.Module, factory: CacheFactory) -> Any:
     attention, linear = _layer_classes()
     cache = DynamicCache(config=model.config)
     if any(isinstance(layer, attention) and isinstance(layer, linear) for layer in cache.layers):
-        raise RecallkitError(f"eviction on {model.config.model_type}'s layers that hold attention and a recurrent "
+        raise RecallkitError(f"eviction on {model.config.model_type}'s layers that hold attention "
+                             "and a recurrent "
                              "state together is not supported")
     indices = attention_layers(model)
     if not cache.layers:
@@ -144,7 +146,8 @@ def evicting_cache(model: nn.Module, factory: CacheFactory) -> Any:
 
 
 def _evicting_layers(cache: Any) -> list[Any]:
-    return [layer for layer in getattr(cache, "layers", []) if isinstance(getattr(layer, "kv", None), KVCache)]
+    return [layer for layer in getattr(cache, "layers", [])
+            if isinstance(getattr(layer, "kv", None), KVCache)]
 
 
 @contextlib.contextmanager
@@ -185,7 +188,8 @@ def cached_forward(model: nn.Module, input_ids: Tensor, cache: Any) -> tuple[Ten
 
 
 def evicting_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Any,
-                       scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> tuple[Tensor, None]:
+                       scaling: float | None = None, dropout: float = 0.0,
+                       **kwargs: Any) -> tuple[Tensor, None]:
     """Attention of the new queries (B, H, T, d) to an evicting layer's keys and values (B, H_kv, S, d):
     output (B, T, H, d); the layer's cache observes the attention (and evicts)."""
     if not _pending:

@@ -33,7 +33,8 @@ SUPPORTED_ARCHS = (*TINY_ARCHS, "mistral", "qwen2", "qwen3")
 
 def default_model_available() -> bool:
     """Whether the hf extra and the embedded default model's package are installed (nothing imported)."""
-    return all(importlib.util.find_spec(name) is not None for name in ("transformers", "gguf", SMOLLM2_PACKAGE))
+    return all(importlib.util.find_spec(name) is not None
+               for name in ("transformers", "gguf", SMOLLM2_PACKAGE))
 
 
 def smollm2_path() -> Path:

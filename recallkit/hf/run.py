@@ -39,7 +39,8 @@ def run_pretrained(config: PretrainedRunConfig, on_step: Any = None) -> dict[str
                 on_step({"step": done, "max_steps": total, "loss": float("nan"), "accuracy": float("nan")})
 
         metrics = evaluate_text(
-            model, config.task, num_examples=config.num_examples, seed=config.seed, read_twice=config.read_twice,
+            model, config.task, num_examples=config.num_examples, seed=config.seed,
+            read_twice=config.read_twice,
             policy=None if spec is None else spec.policy, budget=None if spec is None else spec.budget,
             mode="prefill" if spec is None else spec.mode, on_example=progress,
         )
@@ -52,5 +53,6 @@ def run_pretrained(config: PretrainedRunConfig, on_step: Any = None) -> dict[str
     if spec is not None:
         evaluation |= {"policy": spec.policy.name, "budget": spec.budget, "mode": spec.mode,
                        "budget_tokens": metrics.get("budget_tokens")}
-    return {"status": "done", "metrics": {**metrics, "evals": [evaluation]}, "state_size": metrics["state_size"],
+    return {"status": "done", "metrics": {**metrics, "evals": [evaluation]},
+            "state_size": metrics["state_size"],
             "num_params": model.num_params(), "wall_time": time.perf_counter() - start}

@@ -61,7 +61,8 @@ def predict_with_policy(model: LanguageModel, inputs: Tensor, context_len: int, 
 
 
 def evaluate_with_policy(model: LanguageModel, batch: Batch, policy: str | dict | Policy, budget: Budget,
-                         mode: Mode = "continuous", batch_size: int = 256, seed: int = 0) -> tuple[Tensor, dict]:
+                         mode: Mode = "continuous", batch_size: int = 256,
+                         seed: int = 0) -> tuple[Tensor, dict]:
     """Predictions (N, T) under an eviction policy, and what it held: ``{"policy", "budget",
     "mode", "budget_tokens", "state_size"}`` (state per sequence at the end, the mean over groups
     of sequences that share a context length)."""
@@ -74,7 +75,8 @@ def evaluate_with_policy(model: LanguageModel, batch: Batch, policy: str | dict 
         for start in range(0, len(rows), batch_size):
             part = rows[start : start + batch_size]
             budget_tokens = resolve_budget(budget, int(context_len))
-            out, state_size = predict_with_policy(model, batch.inputs[part].to(device), int(context_len), policy,
+            out, state_size = predict_with_policy(model, batch.inputs[part].to(device), int(context_len),
+                                                  policy,
                                                   budget_tokens, mode, seed)
             predictions[part] = out.cpu()
             held.append(state_size)

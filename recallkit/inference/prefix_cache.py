@@ -246,8 +246,10 @@ def _fill_hf_cache(cache: Any, prefix: str, stored: dict[str, Any], used: set[st
         if _join(name, "keys") in stored:
             keys, values = take(_join(name, "keys"), Tensor), take(_join(name, "values"), Tensor)
             if keys.ndim != 4 or values.ndim != 4:
-                raise RecallkitError(f"the prefix state file does not fit this model's state layout at {name!r}")
-            layer.lazy_initialization(keys, values)  # two positional args: the attention part of a hybrid layer
+                raise RecallkitError(f"the prefix state file does not fit this model's state layout "
+                                     f"at {name!r}")
+            # two positional args: the attention part of a hybrid layer
+            layer.lazy_initialization(keys, values)
             layer.keys, layer.values = keys, values
         if hasattr(layer, "cumulative_length"):
             layer.cumulative_length = take(_join(name, "cumulative_length"), int)
@@ -256,7 +258,8 @@ def _fill_hf_cache(cache: Any, prefix: str, stored: dict[str, Any], used: set[st
                 conv = take(_join(name, f"conv_states.{i}"), Tensor)
                 kernel = take(_join(name, f"conv_kernel_size.{i}"), int)
                 if conv.ndim < 1 or conv.shape[-1] != kernel:
-                    raise RecallkitError(f"the prefix state file does not fit this model's state layout at {name!r}")
+                    raise RecallkitError(f"the prefix state file does not fit this model's state layout "
+                                         f"at {name!r}")
                 layer.lazy_initialization(conv_states=conv, state_idx=i, conv_kernel_size=kernel)
                 layer.conv_states[i].copy_(conv)
             if _join(name, f"recurrent_states.{i}") in stored:

@@ -63,7 +63,8 @@ class AttentionConfig(MixerConfig):
     def check_width(self, d_model: int) -> None:
         self._require_divisible(d_model, self.num_heads)
         if self.position == "rope" and (d_model // self.num_heads) % 2:
-            raise ValueError(f"RoPE needs an even head dim; got d_model/num_heads = {d_model // self.num_heads}")
+            raise ValueError(f"RoPE needs an even head dim; "
+                             f"got d_model/num_heads = {d_model // self.num_heads}")
 
     def describe(self) -> str:
         parts = [] if self.position == "nope" else [self.position]
@@ -119,7 +120,8 @@ class Attention(Mixer):
         self.qkv = nn.Linear(d_model, (self.num_heads + 2 * self.num_kv_heads) * self.head_dim)
         self.out = nn.Linear(d_model, d_model)
         slopes = alibi_slopes(self.num_heads) if config.position == "alibi" else None
-        spans = hard_alibi_spans(self.num_heads, config.hard_heads) if config.position == "hard_alibi" else None
+        spans = (hard_alibi_spans(self.num_heads, config.hard_heads)
+                 if config.position == "hard_alibi" else None)
         self.slopes, self.spans = slopes, spans
 
     def _rotate(self, x: Tensor, shift: Tensor) -> Tensor:
@@ -143,7 +145,8 @@ class Attention(Mixer):
                 outputs.append(y)
             return torch.cat(outputs, dim=1), state
         qkv = self.qkv(x).view(B, T, self.num_heads + 2 * self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)  # (B, H|H_kv, T, d_h)
+        # (B, H|H_kv, T, d_h)
+        q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
         start = state.next_position
         if self.config.position == "rope":
             q, k = (apply_rotary(t, start, self.config.rope_base) for t in (q, k))
@@ -166,7 +169,8 @@ class Attention(Mixer):
                                   spans=self.spans).to(q.dtype)  # (T, S), (H, T, S) or (B, H, T, S)
         gqa = self.num_kv_heads != self.num_heads
         if not state.needs_attention:
-            y = F.scaled_dot_product_attention(q, state.key, state.value, attn_mask=bias, is_causal=bias is None,
+            y = F.scaled_dot_product_attention(q, state.key, state.value, attn_mask=bias,
+                                               is_causal=bias is None,
                                                enable_gqa=gqa)
             return y, None
         group = self.num_heads // self.num_kv_heads

@@ -39,7 +39,8 @@ def state_numel(state: Any) -> int:
 
 
 def merge_heads(y: Tensor) -> Tensor:
-    """(B, H, T, d) per-head outputs -> (B, T, H * d), heads side by side as the output projection reads them."""
+    """(B, H, T, d) per-head outputs -> (B, T, H * d), heads side by side as the output projection
+    reads them."""
     B, H, T, d = y.shape
     return y.transpose(1, 2).reshape(B, T, H * d)
 

@@ -1,4 +1,5 @@
-"""GLA (Yang et al. 2023, "Gated Linear Attention Transformers with Hardware-Efficient Training", arXiv 2312.06635).
+"""GLA (Yang et al. 2023, "Gated Linear Attention Transformers with Hardware-Efficient Training",
+arXiv 2312.06635).
 
 Per head, with a data-dependent decay per key channel alpha_t in (0, 1)^{d_k}:
 S_t = diag(alpha_t) S_{t-1} + k_t^T v_t, o_t = q_t S_t, where
@@ -82,7 +83,8 @@ class GLA(Mixer):
         self.out = nn.Linear(d_model, d_model, bias=False)
 
     def _mix(self, x: Tensor, state: Tensor | None, kernel) -> tuple[Tensor, Tensor]:
-        """x (B, T, D) -> y (B, T, D) and the state after it, with ``kernel`` a gated-linear-attention form."""
+        """x (B, T, D) -> y (B, T, D) and the state after it, with ``kernel`` a gated-linear-attention
+        form."""
         B, T, D = x.shape
         H, dk, dv = self.num_heads, self.key_dim, self.value_dim
         q, k = self.qk(x).view(B, T, 2, H, dk).permute(2, 0, 3, 1, 4)  # each (B, H, T, d_k)

@@ -13,7 +13,8 @@ The paper discretises B with ZOH, B̄ = B (exp(dt A) - 1) / A ≈ dt B, which wr
 strength ~dt; at CPU scale that does not learn MQAR (V=128, T=32, 4 pairs, d=64: 0.05 after 1000
 steps), so by default ``input_scale="unit"`` writes with B̄ = B (0.996 after 400 steps) and
 ``input_scale="zoh"`` keeps the paper's form. Our choice: the diagonal SSM's parameters
-(A, B, C, D, dt) are per head, shared by the d_h^2 entries of that head (each entry still has its own N states); this
+(A, B, C, D, dt) are per head, shared by the d_h^2 entries of that head (each entry still has its own
+N states); this
 keeps the parameters few and gives a masked-attention form. Unrolled,
 y_t = sum_{s<=t} K[t - s] (q_t . k̄_s) v_s with K the materialised SSM kernel (plus D at lag 0), so
 the parallel form (ops.h3_ssm_chunked) is a linear attention masked by K's Toeplitz matrix inside
@@ -87,7 +88,8 @@ class H3(Mixer):
         self.C = nn.Parameter(torch.randn(H, N) * N**-0.5)
         self.D = nn.Parameter(torch.ones(H))
         for p in (self.log_neg_a, self.B, self.C):
-            p._no_weight_decay = True  # S4 practice: no decay on SSM parameters; recallkit.training honours it
+            # S4 practice: no decay on SSM parameters; recallkit.training honours it
+            p._no_weight_decay = True
 
     def _ssm_params(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         A = -torch.exp(self.log_neg_a)  # (H, N), < 0

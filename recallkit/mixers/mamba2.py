@@ -97,7 +97,8 @@ class Mamba2(Mixer):
         self.out_proj = nn.Linear(Dn, d_model, bias=False)
 
     def _mix(self, x: Tensor, state: Mamba2State | None, kernel) -> tuple[Tensor, Mamba2State]:
-        """x (B, T, D) -> y (B, T, D) and the state after it, with ``kernel`` a gated-linear-attention form."""
+        """x (B, T, D) -> y (B, T, D) and the state after it, with ``kernel`` a gated-linear-attention
+        form."""
         Bsz, T, _ = x.shape
         Dn, N, P, H = self.d_inner, self.d_state, self.head_dim, self.num_heads
         z, xbc, dt = self.in_proj(x).split([Dn, self.conv_dim, H], dim=-1)

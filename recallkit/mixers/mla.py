@@ -95,7 +95,8 @@ class MLA(Mixer):
         T = x.shape[1]
         latent, rope_key = self._compress(x, past)
         if state is not None:
-            latent, rope_key = torch.cat([state.latent, latent], dim=1), torch.cat([state.rope_key, rope_key], dim=1)
+            latent = torch.cat([state.latent, latent], dim=1)
+            rope_key = torch.cat([state.rope_key, rope_key], dim=1)
         k, v = self._keys_values(latent, rope_key)
         q = self._queries(x, past)
         if k.shape[2] == T:
@@ -103,7 +104,8 @@ class MLA(Mixer):
         else:
             query_pos = torch.arange(past, past + T, device=x.device)
             key_pos = torch.arange(past + T - k.shape[2], past + T, device=x.device)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_bias(query_pos, key_pos).to(q.dtype))
+            y = F.scaled_dot_product_attention(q, k, v,
+                                               attn_mask=attention_bias(query_pos, key_pos).to(q.dtype))
         y = self.out(merge_heads(y))
         return y, MLAState(latent, rope_key, past + T)
 

@@ -1,4 +1,5 @@
-"""RetNet (Sun et al. 2023, "Retentive Network: A Successor to Transformer for Large Language Models", arXiv 2307.08621).
+"""RetNet (Sun et al. 2023, "Retentive Network: A Successor to Transformer for Large Language Models",
+arXiv 2307.08621).
 
 Multi-scale retention, per head h with a fixed decay gamma_h = 1 - 2^(-5-h):
 S_t = gamma_h S_{t-1} + k_t^T v_t, o_t = q_t S_t (the paper's recurrent form, eq. 6). The heads are
@@ -62,7 +63,8 @@ class RetNet(Mixer):
         self.register_buffer("log_gamma", torch.log(gamma).float(), persistent=False)  # (H,)
 
     def _mix(self, x: Tensor, state: Tensor | None, kernel) -> tuple[Tensor, Tensor]:
-        """x (B, T, D) -> y (B, T, D) and the state after it, with ``kernel`` a gated-linear-attention form."""
+        """x (B, T, D) -> y (B, T, D) and the state after it, with ``kernel`` a gated-linear-attention
+        form."""
         B, T, D = x.shape
         H, dh = self.num_heads, self.head_dim
         q, k, v = self.qkv(x).view(B, T, 3, H, dh).permute(2, 0, 3, 1, 4)  # each (B, H, T, d_h)

@@ -125,7 +125,8 @@ def _intra_vector(q: Tensor, k: Tensor, cum: Tensor, sub: int) -> tuple[Tensor, 
     a_diag = (qs[..., :, None, :] * ks[..., None, :, :] * decay).sum(-1)  # (..., N, n, sub, sub)
     if n == 1:
         return q.new_zeros(*lead, C, C), a_diag
-    ref = torch.cat([torch.zeros_like(cs[..., :1, -1, :]), cs[..., :-1, -1, :]], dim=-2)  # b_I (..., N, n, Dk)
+    # b_I (..., N, n, Dk)
+    ref = torch.cat([torch.zeros_like(cs[..., :1, -1, :]), cs[..., :-1, -1, :]], dim=-2)
     q_ref = qs * torch.exp(cs - ref[..., None, :])  # (..., N, n, sub, Dk), exponent <= 0
     before = torch.arange(C, device=q.device)[None, :] < (torch.arange(n, device=q.device) * sub)[:, None]
     k_ref = k[..., None, :, :] * masked_exp(ref[..., None, :] - cum[..., None, :, :], before[..., None])

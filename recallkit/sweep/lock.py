@@ -28,7 +28,8 @@ def writer_lock(out_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "?"
-            raise RecallkitError(f"another sweep (pid {holder}) is writing {out_dir}; wait for it or stop it") from None
+            raise RecallkitError(f"another sweep (pid {holder}) is writing {out_dir}; "
+                                 "wait for it or stop it") from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))

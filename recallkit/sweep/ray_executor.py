@@ -119,7 +119,8 @@ def run_ray(
                 while queue and len(running) < limit:
                     config = queue.pop(0)
                     store.mark_running(config.run_id)
-                    ref = task.remote(config.canonical_json(), device, options.num_cpus, options.num_gpus == 0)
+                    ref = task.remote(config.canonical_json(), device, options.num_cpus,
+                                      options.num_gpus == 0)
                     running[ref] = config
                 done, _ = ray.wait(list(running), num_returns=1)
                 for ref in done:

@@ -38,14 +38,16 @@ CHECKPOINT_DIR = "checkpoints"
 
 def _progress(quiet: bool) -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), TimeRemainingColumn(), disable=quiet, transient=False,
     )
 
 
 def run_sweep(
     configs: list[RunConfig], out_dir: str | Path, executor: Executor = "serial", workers: int = 1,
-    quiet: bool = False, on_outcome: Callable[[RunConfig, dict], None] | None = None, device: str | None = None,
+    quiet: bool = False, on_outcome: Callable[[RunConfig, dict], None] | None = None,
+    device: str | None = None,
     ray_options: RayOptions | None = None, on_step: Callable[[RunConfig, dict], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every unfinished config and record it in ``out_dir/results.sqlite``.
@@ -95,7 +97,8 @@ def run_sweep(
                 store.record(config.run_id, outcome)
                 accuracy = (outcome.get("metrics") or {}).get("accuracy")
                 info = f"last: {config.progress_label} {outcome['status']}"
-                progress.update(sweep_task, advance=1, info=info + (f" acc={accuracy:.3f}" if accuracy is not None else ""))
+                progress.update(sweep_task, advance=1,
+                                info=info + (f" acc={accuracy:.3f}" if accuracy is not None else ""))
                 if on_outcome is not None:
                     on_outcome(config, outcome)
 

@@ -71,9 +71,11 @@ class Store:
                 self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
                 self.db.commit()
             elif version[0] != SCHEMA_VERSION:
-                raise RecallkitError(f"{self.path} has results schema v{version[0]}, expected v{SCHEMA_VERSION}")
+                raise RecallkitError(f"{self.path} has results schema v{version[0]}, "
+                                     f"expected v{SCHEMA_VERSION}")
         except sqlite3.DatabaseError as error:
-            raise RecallkitError(f"{self.path} is not a readable recallkit results database ({error})") from None
+            raise RecallkitError(f"{self.path} is not a readable recallkit results database "
+                                 f"({error})") from None
 
     def close(self) -> None:
         self.db.close()
@@ -133,7 +135,8 @@ class Store:
             "error = ?, updated_at = ? WHERE run_id = ?",
             (
                 outcome["status"], json.dumps(outcome.get("metrics")), outcome.get("state_size"),
-                outcome.get("num_params"), outcome.get("wall_time"), outcome.get("error"), time.time(), run_id,
+                outcome.get("num_params"), outcome.get("wall_time"), outcome.get("error"), time.time(),
+                run_id,
             ),
         )
         evals = (outcome.get("metrics") or {}).get("evals") or []

@@ -29,13 +29,15 @@ def _wandb() -> Any:
 def _summary(outcome: dict[str, Any]) -> dict[str, Any]:
     """Scalar results: status, state size, params, wall time, headline metrics, each evaluation's accuracy."""
     metrics = outcome.get("metrics") or {}
-    summary = {k: v for k, v in metrics.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
+    summary = {k: v for k, v in metrics.items()
+               if isinstance(v, int | float | str) and not isinstance(v, bool)}
     for e in metrics.get("evals") or []:
         name = e.get("setting", e["task"]) + (f" L={e['length']}" if "length" in e else "")
         if e.get("policy"):
             name += f" [{e['policy']} {e['budget']} {e['mode']}]"
         summary[f"eval/{name}/accuracy"] = e["accuracy"]
-    summary |= {k: outcome.get(k) for k in ("status", "state_size", "num_params", "wall_time") if k in outcome}
+    summary |= {k: outcome.get(k) for k in ("status", "state_size", "num_params", "wall_time")
+                if k in outcome}
     if outcome.get("error"):
         summary["error"] = outcome["error"].splitlines()[0]
     return summary

@@ -77,7 +77,8 @@ class CopyConfig(TaskConfig):
         return self.min_len, self.max_len
 
     def at_length(self, length: int) -> CopyConfig:
-        return self.model_validate(self.model_dump() | {"min_len": length, "max_len": length, "examples_per_sequence": 1,
+        return self.model_validate(self.model_dump() | {"min_len": length, "max_len": length,
+                                                        "examples_per_sequence": 1,
                                        "seq_len": 2 * length + 3})
 
     def bits_per_unit(self) -> float:

@@ -1,4 +1,5 @@
-"""n-gram lookup (Repeat After Me, Jelassi et al. 2024, arXiv 2402.01032): find an n-gram, say what follows."""
+"""n-gram lookup (Repeat After Me, Jelassi et al. 2024, arXiv 2402.01032): find an n-gram,
+say what follows."""
 
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ class NgramLookupConfig(TaskConfig):
         if self.min_len > self.max_len:
             raise ValueError(f"ngram_lookup needs min_len <= max_len; got {self.min_len} > {self.max_len}")
         if self.min_len < n + k:
-            raise ValueError(f"ngram_lookup needs min_len >= ngram + answer_len = {n + k}; got {self.min_len}")
+            raise ValueError(f"ngram_lookup needs min_len >= ngram + answer_len = {n + k}; "
+                             f"got {self.min_len}")
         if self.vocab_size < self.alphabet_size + 4:
             raise ValueError(f"ngram_lookup with alphabet_size={self.alphabet_size} needs vocab_size >= "
                              f"{self.alphabet_size + 4} (4 special tokens); got {self.vocab_size}")
@@ -83,7 +85,8 @@ class NgramLookupConfig(TaskConfig):
 
     def at_length(self, length: int) -> NgramLookupConfig:
         needed = length + self.ngram + self.answer_len + 3
-        return self.model_validate(self.model_dump() | {"min_len": length, "max_len": length, "seq_len": needed})
+        return self.model_validate(self.model_dump() | {"min_len": length, "max_len": length,
+                                                        "seq_len": needed})
 
     def bits_per_unit(self) -> float:
         return math.log2(self.alphabet_size)

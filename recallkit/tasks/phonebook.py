@@ -64,7 +64,8 @@ class PhonebookConfig(TaskConfig):
     @model_validator(mode="after")
     def _check_sizes(self) -> PhonebookConfig:
         if self.min_entries > self.max_entries:
-            raise ValueError(f"phonebook needs min_entries <= max_entries; got {self.min_entries} > {self.max_entries}")
+            raise ValueError(f"phonebook needs min_entries <= max_entries; "
+                             f"got {self.min_entries} > {self.max_entries}")
         if self.min_entries < self.shots + 1:
             raise ValueError(f"phonebook with {self.shots} shots needs min_entries >= {self.shots + 1} "
                              f"(distinct entries for the shots and the query); got {self.min_entries}")
@@ -74,7 +75,8 @@ class PhonebookConfig(TaskConfig):
                              f"name_len={self.name_len}) for max_entries={self.max_entries}")
         if self.vocab_size < FIRST_DIGIT + DIGITS + self.name_alphabet:
             raise ValueError(f"phonebook needs vocab_size >= {FIRST_DIGIT + DIGITS + self.name_alphabet} "
-                             f"(5 special tokens, 10 digits, {self.name_alphabet} letters); got {self.vocab_size}")
+                             f"(5 special tokens, 10 digits, {self.name_alphabet} letters); "
+                             f"got {self.vocab_size}")
         if self.seq_len < self.needed_len(self.max_entries):
             raise ValueError(f"phonebook with max_entries={self.max_entries} needs seq_len >= "
                              f"{self.needed_len(self.max_entries)}; got {self.seq_len}")
@@ -109,7 +111,8 @@ class PhonebookConfig(TaskConfig):
         for _ in range(num_examples):
             N = int(rng.integers(self.min_entries, self.max_entries + 1))
             codes = rng.choice(names_total, N, replace=False)  # distinct names as integers
-            names = [[letters + int(c) // self.name_alphabet**j % self.name_alphabet for j in range(self.name_len)]
+            names = [[letters + int(c) // self.name_alphabet**j % self.name_alphabet
+                      for j in range(self.name_len)]
                      for c in codes]
             numbers = (rng.integers(0, DIGITS, (N, self.number_len)) + FIRST_DIGIT).tolist()
             row = [self.bos_token]

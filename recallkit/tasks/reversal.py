@@ -67,12 +67,14 @@ class ReversalConfig(TaskConfig):
                              f"{self.first_entity + 2 * self.num_facts} (5 special tokens, 2 entities per "
                              f"fact); got {self.vocab_size}")
         if self.seq_len < self.needed_len:
-            raise ValueError(f"reversal in mode {self.mode!r} needs seq_len >= {self.needed_len}; got {self.seq_len}")
+            raise ValueError(f"reversal in mode {self.mode!r} needs seq_len >= {self.needed_len}; "
+                             f"got {self.seq_len}")
         return self
 
     @property
     def setting(self) -> str:
-        return f"reversal {'in context' if self.mode == 'in_context' else 'in weights'} facts={self.num_facts}"
+        return (f"reversal {'in context' if self.mode == 'in_context' else 'in weights'} "
+                f"facts={self.num_facts}")
 
     def max_prefix_len(self) -> int:
         return 5 if self.mode == "in_context" else 0
@@ -99,7 +101,8 @@ class ReversalConfig(TaskConfig):
         if num_examples < 1:
             raise ValueError(f"num_examples must be >= 1, got {num_examples}")
         rng = np.random.default_rng(seed)
-        return {"train": self._train, "test": self._test, "in_context": self._in_context}[self.mode](rng, num_examples)
+        return {"train": self._train, "test": self._test,
+                "in_context": self._in_context}[self.mode](rng, num_examples)
 
     def _sequences(self, N: int, body: np.ndarray, answers: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """bos + body (N, L) padded to seq_len; ``answers`` (N, L) bool marks tokens to predict."""
@@ -133,7 +136,8 @@ class ReversalConfig(TaskConfig):
         inputs, labels = self._sequences(N, body, answers)
         probe = np.where(reverse, np.where(paired[fact], REVERSE_TRAINED, REVERSE_HELD_OUT), FORWARD)
         return Batch(inputs, labels, torch.zeros(N, dtype=torch.long),
-                     {"direction": torch.from_numpy(reverse.astype(np.int64)), "probe": torch.from_numpy(probe)})
+                     {"direction": torch.from_numpy(reverse.astype(np.int64)),
+                      "probe": torch.from_numpy(probe)})
 
     def _in_context(self, rng: np.random.Generator, N: int) -> Batch:
         subject = self.first_entity + rng.integers(0, self.num_facts, N)

@@ -16,7 +16,8 @@ def max_context_len(task: TaskConfig) -> int:
     ``max_prefix_len()``, which every task read twice must declare)."""
     bound = task.max_prefix_len()
     if bound is None:
-        raise ValueError(f"read_twice needs task {task.name!r} to define max_prefix_len() (the longest context)")
+        raise ValueError(f"read_twice needs task {task.name!r} to define max_prefix_len() "
+                         "(the longest context)")
     return int(bound)
 
 
@@ -35,7 +36,8 @@ class ReadTwiceConfig(TaskConfig):
     context labels (a label at P - 1 predicts the first token of the rest and stays aligned); earlier
     copies are unscored. Labels after the context move by ``(repeats - 1) * P``; ``prefix_len`` becomes
     ``repeats * P``, which is also the number of prefill tokens per example (the compute cost of the
-    longer prompt; ``rk.evaluate`` reports its mean as ``prefill_tokens``); slices are unchanged. ``vocab_size`` is the inner one and ``seq_len`` = inner
+    longer prompt; ``rk.evaluate`` reports its mean as ``prefill_tokens``); slices are unchanged.
+    ``vocab_size`` is the inner one and ``seq_len`` = inner
     ``seq_len + (repeats - 1) * max_context_len(inner)``, exact, so a model's ``state_size(seq_len)``
     is the state after the longest repeated prompt. Both are derived; passing them (as a dumped
     config does) is allowed only with the derived values.
