@@ -29,8 +29,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/recallkit demo --out runs/quickstart
 
-# The fast suite, then the slow learning tests (both run in CI).
+# Lint, the fast suite, then the slow learning and real-model tests (all run in CI).
 test: $(TEST_STAMP)
+	$(BIN)/ruff check recallkit tests sweeps
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q -s -m slow
 

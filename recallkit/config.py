@@ -101,8 +101,8 @@ class EvalPolicy(StrictModel):
     policy: SerializeAsAny[Policy]
     budget: int | float | None = None
     mode: Literal["continuous", "prefill"] = "continuous"
-    compression_ratio: float | None = Field(default=None, ge=0, lt=1,
-                                            description="kvpress's spelling of the budget: the fraction evicted")
+    compression_ratio: float | None = Field(
+        default=None, ge=0, lt=1, description="kvpress's spelling of the budget: the fraction evicted")
 
     @field_validator("policy", mode="before")
     @classmethod
@@ -175,7 +175,8 @@ class RunConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_mlm(self) -> RunConfig:
-        if self.train.mlm and max(t.vocab_size for t in (self.task, *self.eval_tasks)) >= self.model.vocab_size:
+        largest_vocab = max(t.vocab_size for t in (self.task, *self.eval_tasks))
+        if self.train.mlm and largest_vocab >= self.model.vocab_size:
             raise ValueError(
                 f"train.mlm needs a reserved mask token: set model.vocab_size above the task's vocab_size "
                 f"(the mask is token {self.model.vocab_size - 1}, which the task must not use)"
@@ -276,7 +277,8 @@ class PretrainedRunConfig(StrictModel):
 
     model: PretrainedModel
     task: SerializeAsAny[TextTaskConfig]
-    read_twice: bool = Field(default=False, description="JRT-Prompt: the context repeated before the question")
+    read_twice: bool = Field(default=False,
+                             description="JRT-Prompt: the context repeated before the question")
     policy: EvalPolicy | None = Field(default=None, description="KV-cache eviction during the evaluation")
     num_examples: int = Field(default=50, gt=0)
     seed: int = Field(default=0, ge=0, lt=2**31)
@@ -320,6 +322,6 @@ def run_config(data: dict[str, Any] | AnyRunConfig) -> AnyRunConfig:
     if isinstance(data, (RunConfig, PretrainedRunConfig)):
         return data
     model = data.get("model") if isinstance(data, dict) else None
-    if isinstance(model, (dict, PretrainedModel)) and (isinstance(model, PretrainedModel) or "pretrained" in model):
+    if isinstance(model, PretrainedModel) or (isinstance(model, dict) and "pretrained" in model):
         return PretrainedRunConfig.model_validate(data)
     return RunConfig.model_validate(data)

@@ -33,7 +33,8 @@ POLICIES = ["window", "sinks", "h2o", H2O_SINKS, "tova", "snapkv", "knorm", "ran
 MODES = ["prefill", "continuous"]
 
 eval_policies = [{"policy": "full", "budget": 1.0}] + [
-    {"policy": policy, "budget": budget, "mode": mode} for mode in MODES for policy in POLICIES for budget in BUDGETS
+    {"policy": policy, "budget": budget, "mode": mode}
+    for mode in MODES for policy in POLICIES for budget in BUDGETS
     if not (policy is H2O_SINKS and budget < 1 / 8)
 ]
 

@@ -136,8 +136,10 @@ def test_h2o_sinks_with_heavy_hitter_slots_keeps_sinks_heavy_hitters_and_recent(
 def test_the_sweep_gives_h2o_sinks_a_heavy_hitter_slot_at_every_budget():
     sweep = runpy.run_path(str(ROOT / "sweeps" / "kv_eviction.py"))
     task = sweep["configs"][0].test_tasks[0]
-    context = set(rk.make_task(task.name, **task.model_dump(exclude={"name"})).generate(8, seed=0).prefix_len.tolist())
-    specs = [spec for config in sweep["configs"] for spec in config.eval_policies if spec.policy.name == "h2o_sinks"]
+    generated = rk.make_task(task.name, **task.model_dump(exclude={"name"})).generate(8, seed=0)
+    context = set(generated.prefix_len.tolist())
+    specs = [spec for config in sweep["configs"] for spec in config.eval_policies
+             if spec.policy.name == "h2o_sinks"]
     assert specs
     for spec in specs:
         for length in context:

@@ -19,7 +19,8 @@ a :class:`CompressionRatio` is a float too."""
 
 def _check_ratio(ratio: Any) -> float:
     if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio < 1:
-        raise ValueError(f"a compression ratio must be a number in [0, 1) (the fraction evicted), got {ratio!r}")
+        raise ValueError(f"a compression ratio must be a number in [0, 1) (the fraction evicted), "
+                         f"got {ratio!r}")
     return float(ratio)
 
 

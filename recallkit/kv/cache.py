@@ -128,7 +128,8 @@ class KVCache:
 
     def compress(self) -> None:
         """End of the context: in ``prefill`` mode, evict down to the budget once."""
-        if self.mode == "prefill" and not self.compressed and self.budget is not None and len(self) > self.budget:
+        over_budget = self.budget is not None and len(self) > self.budget
+        if self.mode == "prefill" and not self.compressed and over_budget:
             self.evict(self.budget)
         self.compressed = True
 

@@ -150,9 +150,10 @@ class H2OSinks(Policy):
     def check_budget(self, budget: int) -> None:
         if self.heavy_hitter_slots(budget) < 1:
             raise ValueError(
-                f"h2o_sinks at a budget of {budget} tokens leaves no heavy-hitter slot ({self.num_sinks} sinks + "
-                f"{int(self.recent_ratio * budget)} recent, recent_ratio={self.recent_ratio}): it would be sinks + "
-                f"recent; give a larger budget, fewer num_sinks or a smaller recent_ratio, or use the sinks policy")
+                f"h2o_sinks at a budget of {budget} tokens leaves no heavy-hitter slot ({self.num_sinks} "
+                f"sinks + {int(self.recent_ratio * budget)} recent, recent_ratio={self.recent_ratio}): it "
+                f"would be sinks + recent; give a larger budget, fewer num_sinks or a smaller recent_ratio, "
+                f"or use the sinks policy")
 
     def priority(self, cache: KVCache, budget: int) -> Tensor:
         protected = most_recent(cache, int(self.recent_ratio * budget)) | sinks(cache, self.num_sinks)
