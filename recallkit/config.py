@@ -280,6 +280,8 @@ class PretrainedRunConfig(StrictModel):
     read_twice: bool = Field(default=False,
                              description="JRT-Prompt: the context repeated before the question")
     policy: EvalPolicy | None = Field(default=None, description="KV-cache eviction during the evaluation")
+    chat: bool | None = Field(default=None, description="prompt as a chat turn (instruct models); "
+                              "None = when the tokenizer has a chat template")
     num_examples: int = Field(default=50, gt=0)
     seed: int = Field(default=0, ge=0, lt=2**31)
     label: str | None = Field(default=None, description="name in tables and plots; default: the source")

