@@ -52,7 +52,7 @@ def _frontier_table(rows: list[dict]) -> Table:
         left = column in ("setting", "model")
         table.add_column(column, justify="left" if left else "right", overflow="fold", no_wrap=not left)
     for p in frontier_points(rows):
-        table.add_row(p.panel, p.label, str(p.d_model), f"{p.state_size:,}",
+        table.add_row(p.panel, p.label, str(p.d_model or "-"), f"{p.state_size:,}",
                       f"{p.accuracy:.3f}", f"{p.wall_time:.1f}" if p.wall_time else "")
     return table
 

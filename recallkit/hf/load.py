@@ -82,10 +82,15 @@ def _load_pretrained(directory: Path, gguf_file: str | None, source: str, dtype:
         tokenizer = transformers.AutoTokenizer.from_pretrained(directory, **kwargs)
     except Exception as error:  # noqa: BLE001
         raise RecallkitError(f"{source}: no usable tokenizer ({_first_line(error)})") from None
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()  # a sweep's log is no place for GGUF progress bars
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs)
     except Exception as error:  # noqa: BLE001
         raise RecallkitError(f"{source}: cannot load the weights ({_first_line(error)})") from None
+    finally:
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
     return HFModel(model.eval(), tokenizer, source)
 
 

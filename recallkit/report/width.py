@@ -28,14 +28,20 @@ def width_curves(points: list[FrontierPoint]) -> dict[str, dict[str, list[tuple[
     return curves
 
 
+def _trained(points: list[FrontierPoint]) -> list[FrontierPoint]:
+    """The points of trained models: a pretrained model's point has no width (``d_model`` 0)."""
+    return [p for p in points if p.d_model]
+
+
 def has_width_axis(points: list[FrontierPoint]) -> bool:
-    """Whether the sweep varied the width (then the width figure is worth drawing)."""
-    return len({p.d_model for p in points}) > 1
+    """Whether the sweep varied the width of trained models (then the width figure is worth drawing)."""
+    return len({p.d_model for p in _trained(points)}) > 1
 
 
 def plot_width_curves(points: list[FrontierPoint], path: str | Path) -> Path:
     """Draw accuracy (y) against d_model (x, log 2) per label, one panel per evaluation setting."""
     path = Path(path)
+    points = _trained(points)
     curves = width_curves(points)
     panels = list(dict.fromkeys(p.panel for p in points))  # frontier order: task, then length
     colors = palette([p.label for p in points])
