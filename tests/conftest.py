@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 import recallkit as rk
 
@@ -44,3 +45,13 @@ def sweep_file(tmp_path: Path):
         path.write_text(textwrap.dedent(TINY_SWEEP.format(steps=steps)))
         return path
     return write
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a loaded 2-core machine their spinning
+    multiplies the CPU time (8x measured): a module that asks for this runs single-threaded."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

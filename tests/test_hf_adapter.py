@@ -32,14 +32,7 @@ runner = CliRunner()
 _CHECK_LINE = re.compile(r"^\s*(ok|FAIL)\s+(\S.*?)\s+max \|diff\| ")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a loaded 2-core machine their spinning
-    multiplies the CPU time (8x measured): these tests run single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

