@@ -21,6 +21,7 @@ from recallkit.kv import POLICIES
 from recallkit.mixers import MIXERS
 from recallkit.report import frontier_points, write_compare, write_report
 from recallkit.sweep import load_sweep, run_sweep
+from recallkit.sweep.directory import describe
 from recallkit.sweep.doctor import diagnose
 from recallkit.sweep.load import one_line
 from recallkit.sweep.ray_executor import RayOptions
@@ -39,8 +40,10 @@ def _one_line_errors(command):
             return command(*args, **kwargs)
         except ValidationError as error:
             message = one_line(error)
-        except (RecallkitError, ValueError, FileNotFoundError) as error:
+        except (RecallkitError, ValueError) as error:
             message = str(error)
+        except OSError as error:  # e.g. a file the OS refuses to write: the reason and the path
+            message = describe(error)
         print(f"error: {message.splitlines()[0] if message else 'unknown error'}", file=sys.stderr)
         raise typer.Exit(1)
     return wrapper

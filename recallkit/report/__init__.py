@@ -12,6 +12,7 @@ from recallkit.report.html import write_html
 from recallkit.report.length_curves import length_curves, plot_length_curves
 from recallkit.report.load import read_rows
 from recallkit.report.width import has_width_axis, plot_width_curves
+from recallkit.sweep.directory import make_directory
 
 
 def write_report(out_dir: str | Path, title: str | None = None,
@@ -28,7 +29,7 @@ def write_report(out_dir: str | Path, title: str | None = None,
     out_dir = Path(out_dir)
     rows = read_rows(out_dir)
     dest = Path(dest) if dest is not None else out_dir
-    dest.mkdir(parents=True, exist_ok=True)
+    make_directory(dest, "report directory")
     title = title or f"recallkit: {out_dir.resolve().name}"
     points = frontier_points(rows)
     png = plot_frontier(points, dest / "frontier.png", title="Recall vs inference state")

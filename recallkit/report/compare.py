@@ -9,6 +9,7 @@ from recallkit.errors import RecallkitError
 from recallkit.report.frontier import frontier_points, plot_frontier
 from recallkit.report.html import write_html
 from recallkit.report.load import read_rows
+from recallkit.sweep.directory import make_directory
 
 PAGE, FIGURE = "compare.html", "compare.png"
 """File names of a comparison, distinct from a directory's own report.html and frontier.png."""
@@ -54,7 +55,7 @@ def write_compare(directories: list[str | Path], out: str | Path | None = None) 
     tables = [read_rows(d) for d in directories]
     rows = [row for name, table in zip(names, tables) for row in prefixed(table, name)]
     out = Path(out) if out is not None else directories[0]
-    out.mkdir(parents=True, exist_ok=True)
+    make_directory(out, "report directory")
     points = frontier_points(rows)
     title = " vs ".join(names)
     png = plot_frontier(points, out / FIGURE, title=f"Recall vs inference state: {title}")

@@ -18,5 +18,5 @@ def read_rows(directory: str | Path) -> list[dict[str, Any]]:
     directory = Path(directory)
     if not directory.is_dir():
         raise RecallkitError(f"{directory} is not a directory (expected a sweep's results directory)")
-    with Store(directory / RESULTS_FILE, create=False) as store:
+    with Store(directory / RESULTS_FILE, readonly=True) as store:
         return store.rows()

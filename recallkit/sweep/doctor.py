@@ -43,7 +43,7 @@ def diagnose(out_dir: str | Path, repair: bool = False) -> Diagnosis:
     """
     out_dir = Path(out_dir)
     live = is_locked(out_dir)
-    with Store(out_dir / RESULTS_FILE, create=False) as store:
+    with Store(out_dir / RESULTS_FILE, create=False, readonly=not repair) as store:
         try:
             integrity = "; ".join(row[0] for row in store.db.execute("PRAGMA integrity_check"))
             rows = store.db.execute("SELECT run_id, status, config, metrics FROM runs").fetchall()

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from recallkit.errors import RecallkitError
+from recallkit.sweep.directory import describe, make_directory
 
 LOCK_FILE = "results.lock"
 
@@ -20,9 +21,13 @@ LOCK_FILE = "results.lock"
 @contextmanager
 def writer_lock(out_dir: Path) -> Iterator[None]:
     """Hold the directory's writer lock, or fail at once with who holds it."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_directory(out_dir, "results directory")
     path = out_dir / LOCK_FILE
-    with open(path, "a+") as handle:
+    try:
+        handle = open(path, "a+")
+    except OSError as error:
+        raise RecallkitError(f"cannot write to the results directory {out_dir}: {describe(error)}") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -46,7 +51,7 @@ def is_locked(out_dir: Path) -> bool:
     path = out_dir / LOCK_FILE
     if not path.exists():
         return False
-    with open(path, "a+") as handle:
+    with open(path) as handle:  # read-only: a reader of a read-only directory can ask too
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

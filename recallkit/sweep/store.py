@@ -7,14 +7,18 @@ killed at any point keeps every finished run, and a rerun skips them and never d
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from recallkit.config import RunConfig
 from recallkit.errors import RecallkitError
+from recallkit.sweep.directory import make_directory
 
 RESULTS_FILE = "results.sqlite"
 """The store's file name inside a sweep's output directory."""
@@ -52,30 +56,94 @@ CREATE TABLE IF NOT EXISTS evaluations (
     PRIMARY KEY (run_id, idx)
 );
 """
+COLUMNS = {
+    "meta": ["key", "value"],
+    "runs": ["run_id", "label", "config", "status", "metrics", "state_size", "num_params", "wall_time",
+             "error", "created_at", "updated_at"],
+    "evaluations": ["run_id", "idx", "task", "seq_len", "policy", "budget", "mode", "state_size",
+                    "accuracy"],
+}
+"""The columns of each table of ``SCHEMA``: a database with any other table is not a results store."""
+
+
+def _immutable(directory: Path) -> bool:
+    """Whether no file can be created in ``directory`` (also for root, e.g. ``chattr +i``)."""
+    try:
+        probe = tempfile.NamedTemporaryFile(dir=directory, prefix=".recallkit-probe-")
+    except OSError:
+        return True
+    probe.close()
+    return False
 
 
 class Store:
     """Results database of one sweep directory (``DIR/results.sqlite``)."""
 
-    def __init__(self, path: str | Path, create: bool = True) -> None:
+    def __init__(self, path: str | Path, create: bool = True, readonly: bool = False) -> None:
+        """Open (with ``create``, create) the database; ``readonly`` (reports, doctor) never writes.
+
+        A database of another schema, or an SQLite file of another program, is refused before
+        anything is written to it.
+
+        Raises:
+            RecallkitError: no database (and not ``create``), a foreign or unreadable file.
+        """
         self.path = Path(path)
-        if not create and not self.path.exists():
+        exists = self.path.exists()
+        if not exists and (readonly or not create):
             raise RecallkitError(f"no results database at {self.path}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            if exists:
+                with contextlib.closing(self._inspector()) as inspector:
+                    self._check_schema(inspector)
+                if readonly:
+                    self.db = self._open_readonly()
+                    return
+            make_directory(self.path.parent, "results directory")
             self.db = sqlite3.connect(self.path, timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.executescript(SCHEMA)
-            version = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if version is None:
-                self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-                self.db.commit()
-            elif version[0] != SCHEMA_VERSION:
-                raise RecallkitError(f"{self.path} has results schema v{version[0]}, "
-                                     f"expected v{SCHEMA_VERSION}")
+            # one transaction: a database is either a whole recallkit store or untouched
+            self.db.executescript(f"BEGIN; {SCHEMA} INSERT OR IGNORE INTO meta VALUES "
+                                  f"('schema_version', '{SCHEMA_VERSION}'); COMMIT;")
+            self._check_schema(self.db)
         except sqlite3.DatabaseError as error:
             raise RecallkitError(f"{self.path} is not a readable recallkit results database "
                                  f"({error})") from None
+
+    def _inspector(self) -> sqlite3.Connection:
+        """A connection that changes nothing, not even side files: without a ``-wal`` file the
+        database file holds all its data and is read as immutable."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        return self._open_readonly() if wal.exists() else self._connect("immutable=1")
+
+    def _open_readonly(self) -> sqlite3.Connection:
+        """A connection that cannot write; in a directory where SQLite can create no side files (a
+        WAL database needs them to read), the file is read as immutable."""
+        try:
+            db = self._connect("mode=ro")
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            if os.access(self.path.parent, os.W_OK | os.X_OK) and not _immutable(self.path.parent):
+                raise
+        return self._connect("immutable=1")
+
+    def _connect(self, parameter: str) -> sqlite3.Connection:
+        return sqlite3.connect(f"{self.path.resolve().as_uri()}?{parameter}", uri=True, timeout=30)
+
+    def _check_schema(self, db: sqlite3.Connection) -> None:
+        """Refuse a database whose tables are not (a subset of) this schema's, or of another version."""
+        tables = {name: [column[1] for column in db.execute(f"PRAGMA table_info('{name}')")]
+                  for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        foreign = sorted(name for name, columns in tables.items() if COLUMNS.get(name) != columns)
+        if foreign:
+            raise RecallkitError(f"{self.path} is not a recallkit results database (it has tables "
+                                 f"{', '.join(foreign)}); refusing to touch it: use another --out")
+        if "meta" in tables:
+            version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if version is not None and version[0] != SCHEMA_VERSION:
+                raise RecallkitError(f"{self.path} has results schema v{version[0]}, "
+                                     f"expected v{SCHEMA_VERSION}")
 
     def close(self) -> None:
         self.db.close()
