@@ -6,13 +6,9 @@ plain dict; an exception becomes a ``failed`` outcome and never stops the sweep.
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import time
+import sys
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
-from queue import Empty
 from typing import Any, Literal
 
 from rich.progress import (
@@ -25,15 +21,16 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from recallkit.checkpoint import CHECKPOINT_DIR
 from recallkit.config import AnyRunConfig as RunConfig
 from recallkit.sweep.lock import writer_lock
 from recallkit.sweep.ray_executor import RayOptions, import_ray, run_ray
 from recallkit.sweep.store import RESULTS_FILE, Store
-from recallkit.sweep.worker import execute, init_worker, threads_per_worker
+from recallkit.sweep.process_pool import run_processes
+from recallkit.sweep.worker import execute
 from recallkit.training import resolve_device
 
 Executor = Literal["serial", "process", "ray"]
-CHECKPOINT_DIR = "checkpoints"
 
 
 def _progress(quiet: bool) -> Progress:
@@ -95,6 +92,8 @@ def run_sweep(
 
             def finish(config: RunConfig, outcome: dict) -> None:
                 store.record(config.run_id, outcome)
+                for note in (outcome.get("metrics") or {}).get("warnings", []):
+                    print(f"warning: {config.progress_label}: {note}", file=sys.stderr)
                 accuracy = (outcome.get("metrics") or {}).get("accuracy")
                 info = f"last: {config.progress_label} {outcome['status']}"
                 progress.update(sweep_task, advance=1,
@@ -109,7 +108,7 @@ def run_sweep(
             elif executor == "serial" or len(todo) <= 1:
                 _run_serial(todo, store, progress, finish, device, on_step, checkpoints)
             else:
-                _run_processes(todo, store, workers, finish, device, progress, on_step, checkpoints)
+                _run_processes(todo, store, workers, finish, device, progress, on_step, checkpoints, quiet)
         return store.rows()
 
 
@@ -141,65 +140,25 @@ def _run_serial(todo: list[RunConfig], store: Store, progress: Progress, finish,
 STEP_REPORT_SECONDS = 1.0
 """How often a process worker sends its run's training progress to the driver."""
 
-_steps_queue: Any = None
-"""In a process worker: the queue its progress goes to (None: not reported)."""
-
-
-def _init_process_worker(threads: int, driver: int, steps: Any) -> None:
-    global _steps_queue
-    _steps_queue = steps
-    init_worker(threads, driver)
-
-
-def _execute_reporting(config_json: str, run_id: str, device: str | None, checkpoints: str) -> dict[str, Any]:
-    """``execute`` in a process worker, sending ``(run_id, step)`` to the driver now and then."""
-    last = [0.0]
-
-    def report(s: dict) -> None:
-        now = time.monotonic()
-        if _steps_queue is not None and (now - last[0] >= STEP_REPORT_SECONDS or s["step"] == s["max_steps"]):
-            last[0] = now
-            _steps_queue.put((run_id, s))
-
-    return execute(config_json, report, device, checkpoints)
-
 
 def _run_processes(todo: list[RunConfig], store: Store, workers: int, finish, device: str | None,
                    progress: Progress, on_step: Callable[[RunConfig, dict], None] | None,
-                   checkpoints: str) -> None:
-    context = multiprocessing.get_context("spawn")  # no forked torch thread pools
-    steps = context.Queue()
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_process_worker,
-                             initargs=(threads_per_worker(workers), os.getpid(), steps)) as pool:
-        queue, running, tasks = list(todo), {}, {}
+                   checkpoints: str, quiet: bool) -> None:
+    tasks: dict[str, TaskID] = {}
 
-        def submit() -> None:  # keep one run per worker in flight, so `running` means running
-            while queue and len(running) < workers:
-                config = queue.pop(0)
-                store.mark_running(config.run_id)
-                future = pool.submit(_execute_reporting, config.canonical_json(), config.run_id, device,
-                                     checkpoints)
-                running[future] = config
-                tasks[config.run_id] = (config, _run_task(progress, config))
+    def start(config: RunConfig) -> None:
+        store.mark_running(config.run_id)
+        if config.run_id not in tasks:  # a retried run keeps its bar
+            tasks[config.run_id] = _run_task(progress, config)
 
-        def drain() -> None:  # progress of the runs in flight (late reports of finished runs are dropped)
-            while True:
-                try:
-                    run_id, s = steps.get_nowait()
-                except Empty:
-                    return
-                if run_id in tasks:
-                    config, task = tasks[run_id]
-                    _show_step(progress, task, s)
-                    if on_step is not None:
-                        on_step(config, s)
+    def step(config: RunConfig, s: dict) -> None:
+        _show_step(progress, tasks[config.run_id], s)
+        if on_step is not None:
+            on_step(config, s)
 
-        submit()
-        while running:
-            done, _ = wait(running, timeout=STEP_REPORT_SECONDS / 2, return_when=FIRST_COMPLETED)
-            drain()
-            for future in done:
-                config = running.pop(future)
-                progress.remove_task(tasks.pop(config.run_id)[1])
-                finish(config, future.result())
-            submit()
+    def done(config: RunConfig, outcome: dict) -> None:
+        progress.remove_task(tasks.pop(config.run_id))
+        finish(config, outcome)
+
+    say = progress.console.print if not quiet else lambda _: None
+    run_processes(todo, workers, start, done, step, device, checkpoints, STEP_REPORT_SECONDS, say=say)

@@ -1,0 +1,173 @@
+"""The process executor: spawned worker processes, each with its own pipe, one run at a time each.
+
+A worker that dies (the OOM killer, a segfault, SIGKILL) is noticed through its process sentinel,
+and only the run it held is affected: that run is retried on a fresh worker (resuming from its
+checkpoint) up to ``retries`` times, then recorded ``failed`` with the reason; the other workers
+and the pending runs go on. Each worker reports over its own pipe (no queue or lock shared between
+workers), so a killed worker cannot leave anything half-written that blocks the others.
+
+Workers ignore Ctrl-C: the driver handles it, ends its workers and leaves their runs to resume.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from multiprocessing.connection import wait
+from typing import Any
+
+from recallkit.config import AnyRunConfig as RunConfig
+from recallkit.sweep.worker import execute, init_worker, threads_per_worker
+
+WORKER_RETRIES = 2
+"""How often a run whose worker process died is retried before it is recorded ``failed``."""
+
+Execute = Callable[..., dict[str, Any]]
+"""``execute(config_json, on_step, device, checkpoints) -> outcome``, importable by name (it is sent
+to the spawned workers)."""
+
+
+def _worker_main(conn: Any, threads: int, driver: int, report_seconds: float, run: Execute) -> None:
+    """A worker's loop: receive a run, train it, send its progress now and then and its outcome."""
+    init_worker(threads, driver)
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:  # the driver is gone
+            return
+        if job is None:
+            return
+        config_json, device, checkpoints = job
+        last = [0.0]
+
+        def report(s: dict) -> None:
+            now = time.monotonic()
+            if now - last[0] >= report_seconds or s["step"] == s["max_steps"]:
+                last[0] = now
+                conn.send(("step", s))
+
+        conn.send(("outcome", run(config_json, report, device, checkpoints)))
+
+
+def exit_reason(exitcode: int | None) -> str:
+    """How a worker process ended, in words (``killed by SIGKILL``, ``exited with code 1``)."""
+    if exitcode is None:
+        return "vanished"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exited with code {exitcode}"
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Start children with Ctrl-C ignored (inherited through exec; Python keeps an ignored SIGINT)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class _Worker:
+    """One spawned worker process and the driver's end of its pipe."""
+
+    def __init__(self, context: Any, threads: int, report_seconds: float, run: Execute) -> None:
+        self.conn, child = context.Pipe()
+        with _sigint_ignored():
+            self.process = context.Process(target=_worker_main, daemon=True,
+                                           args=(child, threads, os.getpid(), report_seconds, run))
+            self.process.start()
+        child.close()
+        self.config: RunConfig | None = None
+
+    def stop(self) -> None:
+        """End the process now (its run, if any, resumes later from its checkpoint)."""
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+        self.conn.close()
+
+
+def run_processes(
+    todo: list[RunConfig], workers: int, start: Callable[[RunConfig], None],
+    finish: Callable[[RunConfig, dict], None], on_step: Callable[[RunConfig, dict], None],
+    device: str | None, checkpoints: str, report_seconds: float, retries: int = WORKER_RETRIES,
+    say: Callable[[str], None] = lambda _: None, run: Execute | None = None,
+) -> None:
+    """Train ``todo`` on ``workers`` processes; ``start(config)`` when a run (or its retry) starts,
+    ``on_step`` with its progress, ``finish(config, outcome)`` once per run, in completion order.
+    ``run`` replaces ``recallkit.sweep.worker.execute`` in the workers (fault-injection tests)."""
+    run = execute if run is None else run
+    context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+    threads = threads_per_worker(workers)
+    slots: list[_Worker | None] = [None] * min(workers, len(todo))
+    queue, deaths = list(todo), {}
+    try:
+        while queue or any(w is not None and w.config is not None for w in slots):
+            for i, worker in enumerate(slots):  # keep one run per worker in flight
+                if queue and (worker is None or worker.config is None):
+                    if worker is None:
+                        worker = slots[i] = _Worker(context, threads, report_seconds, run)
+                    worker.config = queue.pop(0)
+                    start(worker.config)
+                    worker.conn.send((worker.config.canonical_json(), device, checkpoints))
+            busy = [w for w in slots if w is not None and w.config is not None]
+            ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=0.5))
+            for i, worker in enumerate(slots):
+                if worker is None or worker.config is None:
+                    continue
+                if not ready & {worker.conn, worker.process.sentinel}:
+                    continue
+                if _receive(worker, finish, on_step):  # what it sent before it ended counts
+                    continue
+                if worker.process.sentinel in ready or not worker.process.is_alive():
+                    config, reason = worker.config, _died(worker)
+                    slots[i] = None
+                    deaths[config.run_id] = deaths.get(config.run_id, 0) + 1
+                    if deaths[config.run_id] <= retries:
+                        say(f"the worker of {config.progress_label} died ({reason}); retrying "
+                            f"({deaths[config.run_id]} of {retries})")
+                        queue.insert(0, config)
+                    else:
+                        finish(config, {"status": "failed", "error": (
+                            f"worker process died on all {retries + 1} attempts (last: {reason}); "
+                            "out of memory? the OOM killer sends SIGKILL")})
+    finally:
+        for worker in slots:
+            if worker is not None:
+                worker.stop()
+
+
+def _receive(worker: _Worker, finish: Callable[[RunConfig, dict], None],
+             on_step: Callable[[RunConfig, dict], None]) -> bool:
+    """Read what the worker sent; True when its run finished (or the worker died: False)."""
+    while worker.config is not None and worker.conn.poll():
+        try:
+            kind, payload = worker.conn.recv()
+        except (EOFError, OSError):
+            return False
+        if kind == "step":
+            on_step(worker.config, payload)
+        else:
+            config, worker.config = worker.config, None
+            finish(config, payload)
+            return True
+    return False
+
+
+def _died(worker: _Worker) -> str:
+    worker.process.join(timeout=5)
+    reason = exit_reason(worker.process.exitcode)
+    worker.stop()
+    return reason
