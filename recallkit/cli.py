@@ -1,4 +1,9 @@
-"""Command line: thin typer wrappers around library functions; errors are one line and exit 1."""
+"""Command line: thin typer wrappers around library functions; errors are one line and exit 1.
+
+Exit codes (README, "Exit codes"): 0 success; 1 an error (one line on stderr); 2 a usage error;
+3 ``run``/``demo`` finished but some runs failed; 4 ``doctor`` found problems it did not repair;
+130 interrupted (Ctrl-C).
+"""
 
 from __future__ import annotations
 
@@ -27,17 +32,32 @@ from recallkit.sweep.load import one_line
 from recallkit.sweep.ray_executor import RayOptions
 from recallkit.tasks import TASKS
 
+EXIT_ERROR = 1
+EXIT_RUNS_FAILED = 3
+"""``run`` / ``demo``: the sweep finished and its report was written, but some runs are ``failed``."""
+EXIT_PROBLEMS = 4
+"""``doctor``: it found stale or corrupt rows, corrupt checkpoints or leftover files, left unrepaired."""
+EXIT_INTERRUPTED = 130
+"""Ctrl-C (128 + SIGINT, the shell's convention)."""
+
 app = typer.Typer(help="recallkit: in-context recall vs inference state of sequence models.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
 
 
 def _one_line_errors(command):
-    """Turn user-facing errors into ``error: ...`` on stderr and exit code 1."""
+    """Turn user-facing errors into ``error: ...`` on stderr and exit code 1, Ctrl-C into one line
+    and exit code 130."""
     @wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            resumes = command.__name__ in ("run", "demo")
+            print("interrupted" + (": the runs in flight stopped; they resume from their last checkpoint "
+                                   "on the next `recallkit run` (finished runs are kept)" if resumes else ""),
+                  file=sys.stderr)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         except ValidationError as error:
             message = one_line(error)
         except (RecallkitError, ValueError) as error:
@@ -45,7 +65,7 @@ def _one_line_errors(command):
         except OSError as error:  # e.g. a file the OS refuses to write: the reason and the path
             message = describe(error)
         print(f"error: {message.splitlines()[0] if message else 'unknown error'}", file=sys.stderr)
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_ERROR)
     return wrapper
 
 
@@ -79,6 +99,10 @@ def _run_and_report(sweep: Path, out: Path, executor: str, workers: int, quiet: 
         console.print(f"[red]failed[/red] {row['run_id']} {row['label']}: {row['error'].splitlines()[0]}")
     png, page = write_report(out)
     console.print(f"results: {out / 'results.sqlite'}\nfigure:  {png}\nreport:  {page}")
+    if failed:
+        console.print(f"{len(failed)} of {len(rows)} runs failed (exit code {EXIT_RUNS_FAILED}); "
+                      "`recallkit run` retries them")
+        raise typer.Exit(EXIT_RUNS_FAILED)
 
 
 @app.command()
@@ -122,10 +146,12 @@ def _some(run_ids: list[str], shown: int = 5) -> str:
 @_one_line_errors
 def doctor(
     out: Annotated[Path, typer.Argument(help="results directory of a sweep")],
-    repair: Annotated[bool, typer.Option(help="reset stale `running` and corrupt rows "
-                                              "so they rerun")] = False,
+    repair: Annotated[bool, typer.Option(help="reset stale `running` and corrupt rows so they rerun; "
+                                              "delete bad checkpoints and leftover files")] = False,
 ) -> None:
-    """Check OUT/results.sqlite for what a crash leaves behind (stale running rows, corrupt rows)."""
+    """Check OUT/results.sqlite and OUT/checkpoints for what a crash leaves behind (stale running rows,
+    corrupt rows, corrupt checkpoints, leftover partial files). Exits 4 when it found problems it did
+    not repair."""
     found = diagnose(out, repair=repair)
     counts = ", ".join(f"{n} {status}" for status, n in found.counts.items() if n) or "no runs"
     console.print(f"{found.path}: {counts}; integrity {found.integrity}"
@@ -134,12 +160,19 @@ def doctor(
         console.print(f"{len(found.stale)} stale running rows (their driver is gone): {_some(found.stale)}")
     if found.corrupt:
         console.print(f"{len(found.corrupt)} rows with corrupt JSON: {_some(found.corrupt)}")
+    for path, problem in found.bad_checkpoints.items():
+        console.print(f"bad checkpoint: {problem}", highlight=False, soft_wrap=True)
+    if found.leftovers:
+        console.print(f"{len(found.leftovers)} leftover files (partial writes, set-aside checkpoints): "
+                      f"{_some([p.name for p in found.leftovers])}", highlight=False, soft_wrap=True)
     if found.repaired:
-        console.print(f"repaired {found.repaired} rows: they rerun on the next `recallkit run`")
-    elif (found.stale or found.corrupt) and not repair:
-        console.print("run `recallkit doctor OUT --repair` to reset them")
-    if found.healthy or found.repaired:
+        console.print(f"repaired {found.repaired} problems: their runs rerun on the next `recallkit run`")
+    elif not found.healthy and not repair:
+        console.print("run `recallkit doctor OUT --repair` to fix them")
+    if found.healthy or (repair and found.integrity == "ok"):
         console.print("ok")
+    else:
+        raise typer.Exit(EXIT_PROBLEMS)
 
 
 @app.command()

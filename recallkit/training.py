@@ -11,7 +11,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from recallkit.checkpoint import LoopState, load_checkpoint, save_checkpoint
+from recallkit.checkpoint import (
+    CorruptCheckpoint,
+    LoopState,
+    load_checkpoint,
+    save_checkpoint,
+    set_aside,
+)
 from recallkit.config import RunConfig
 from recallkit.evaluate import evaluate
 from recallkit.mlm import labels_after_prefix, mask_prefix, mlm_loss
@@ -83,19 +89,28 @@ def train(config: RunConfig, on_step: StepCallback | None = None, device: str | 
     With ``checkpoint`` (a file path), the loop state is saved there at most every
     ``checkpoint_seconds`` (default ``CHECKPOINT_SECONDS``) and a run that finds the file resumes
     from it (``recallkit.checkpoint``): on CPU the resumed run ends exactly as an uninterrupted one.
-    The file is removed when the run ends.
+    The file is removed when the run ends. A checkpoint that must not be resumed (corrupt,
+    truncated, another run's) is renamed ``*.corrupt`` and the run starts over from step 0; the
+    note is kept in ``metrics["warnings"]``.
     """
     start_time = time.perf_counter()
     tc = config.train
     device = resolve_device(device or tc.device)  # an override is an execution detail, not the run's identity
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(tc.seed)
-        model = build_model(config.model).to(device)
+    model = _initial_model(config, device)
     test_sets = [task.generate(tc.num_test_examples, eval_seed(tc.seed)) for task in config.test_tasks]
-    fit = _fit(config, model, test_sets[0], start_time, on_step, checkpoint, checkpoint_seconds)
+    notes = []
+    try:
+        fit = _fit(config, model, test_sets[0], start_time, on_step, checkpoint, checkpoint_seconds)
+    except CorruptCheckpoint as error:  # never resumed: set aside, and the run starts over
+        moved = set_aside(checkpoint)
+        notes.append(f"{error}: moved to {moved.name}; the run restarted from step 0")
+        model = _initial_model(config, device)  # the failed load may have overwritten some weights
+        fit = _fit(config, model, test_sets[0], start_time, on_step, checkpoint, checkpoint_seconds)
     metrics, evals = _final_evaluations(config, model, test_sets, fit.metrics)
     metrics = {**metrics, "device": device.type, "steps": fit.step, "curve": fit.curve, "evals": evals,
                "best_accuracy": max([c.get("accuracy", 0.0) for c in fit.curve] + [metrics["accuracy"]])}
+    if notes:
+        metrics["warnings"] = notes
     if config.task.has_length_axis:
         metrics["train_length_range"] = list(config.task.length_range())
     if checkpoint is not None:
@@ -105,6 +120,13 @@ def train(config: RunConfig, on_step: StepCallback | None = None, device: str | 
         num_params=model.num_params(), wall_time=time.perf_counter() - fit.start_time, model=model,
         curve=fit.curve,
     )
+
+
+def _initial_model(config: RunConfig, device: torch.device) -> LanguageModel:
+    """The run's model at step 0 (its init drawn from ``config.train.seed``)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.train.seed)
+        return build_model(config.model).to(device)
 
 
 @dataclass

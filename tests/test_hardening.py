@@ -5,20 +5,27 @@ code; every finished run and every byte of a foreign file stay as they were."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
+import random
 import shutil
 import sqlite3
 import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
+import recallkit as rk
+from recallkit.checkpoint import CHECKPOINT_DIR, MAGIC, CorruptCheckpoint, read_checkpoint
 from recallkit.cli import app
 from recallkit.errors import RecallkitError
 from recallkit.sweep import Store, run_sweep
 from tests.conftest import tiny_run
 
 runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only spin
 SWEEP = "import recallkit as rk\nfrom tests.conftest import tiny_run\nconfigs = [tiny_run(max_steps=4)]\n"
 
 
@@ -169,3 +176,134 @@ def test_an_out_path_that_cannot_be_a_directory_is_one_line_with_exit_1(finished
             output = _one_line(runner.invoke(app, args))
             assert str(locked) in output and ("not permitted" in output or "denied" in output), output
     assert list(locked.iterdir()) == []
+
+
+# ---- a dead process worker (item 1) ----------------------------------------------------------------
+
+def test_a_killed_worker_is_retried_then_failed_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    """One run kills its worker on every attempt, one on its first attempt only: the first ends
+    ``failed`` after 1 + WORKER_RETRIES attempts with the reason, the second and every sibling ``done``."""
+    from recallkit.sweep import process_pool
+    from tests import faults
+
+    monkeypatch.setattr(process_pool, "execute", faults.die_if_lr_half_or_once)
+    monkeypatch.setenv(faults.MARKERS, str(tmp_path))
+    configs = [tiny_run(lr=0.5), tiny_run(seed=1), tiny_run(seed=2), tiny_run(seed=3), tiny_run(seed=4)]
+    rows = {r["run_id"]: r for r in run_sweep(configs, tmp_path / "out", executor="process", workers=2,
+                                             quiet=True)}
+    assert len(rows) == 5
+    failed = rows[configs[0].run_id]
+    assert failed["status"] == "failed"
+    assert failed["error"] == (f"worker process died on all {process_pool.WORKER_RETRIES + 1} attempts "
+                               "(last: killed by SIGKILL); out of memory? the OOM killer sends SIGKILL")
+    assert all(rows[c.run_id]["status"] == "done" for c in configs[1:])
+    assert (tmp_path / "killed-once").exists()  # the retried run did die once
+
+
+# ---- checkpoints: flipped bytes, truncation, foreign files (item 2) --------------------------------
+
+class Interrupt(BaseException):
+    """Stands for a kill mid-run (not an Exception: nothing records it as a failed run)."""
+
+
+def _checkpointed(config, path: Path, step: int = 3) -> bytes:
+    def stop(s: dict) -> None:
+        if s["step"] == step:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        rk.train(config, on_step=stop, checkpoint=path, checkpoint_seconds=0)
+    return path.read_bytes()
+
+
+def _bad_checkpoints(good: bytes, other_run: bytes) -> dict[str, bytes]:
+    """Every way a checkpoint file can be wrong, from one good file."""
+    header_end = good.index(b"\n") + 1
+
+    def flip(position: int, bit: int = 0) -> bytes:
+        data = bytearray(good)
+        data[position] ^= 1 << bit
+        return bytes(data)
+
+    missing = _torch_bytes({"format": 2, "run_id": "x"})  # checksummed, but keys are missing
+    return {
+        "flip in the header": flip(3),
+        "flip in the checksum": flip(header_end - 5),
+        "flip in the first payload byte": flip(header_end),
+        "flip in the middle (a mantissa bit)": flip((header_end + len(good)) // 2),
+        "flip of a high bit near the end (an exponent)": flip(len(good) - 200, 6),
+        "flip in the last byte": flip(len(good) - 1, 7),
+        "truncated to half": good[: len(good) // 2],
+        "truncated by one byte": good[:-1],
+        "truncated to the header": good[:header_end],
+        "empty": b"",
+        "random bytes": bytes(random.Random(0).randrange(256) for _ in range(4096)),
+        "a format 1 (unchecksummed) torch file": _torch_bytes({"format": 1, "run_id": "x"}),
+        "checksummed but missing keys": MAGIC + hashlib.sha256(missing).hexdigest().encode() + b"\n"
+        + missing,
+        "another run's checkpoint": other_run,
+    }
+
+
+def _torch_bytes(payload) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+CKPT_RUN = dict(max_steps=8, eval_every=4, num_train_examples=64, early_stop_accuracy=None)
+
+
+def test_a_damaged_or_foreign_checkpoint_is_never_resumed_and_the_run_ends_as_a_fresh_one(tmp_path):
+    config, other = tiny_run(**CKPT_RUN), tiny_run(seed=9, **CKPT_RUN)
+    fresh = rk.train(config).metrics
+    good = _checkpointed(config, tmp_path / "good.pt")
+    assert read_checkpoint(tmp_path / "good.pt", config.run_id)["step"] == 2
+    bad = _bad_checkpoints(good, _checkpointed(other, tmp_path / "other.pt"))
+    for name, data in bad.items():
+        path = tmp_path / "run.pt"
+        path.write_bytes(data)
+        with pytest.raises(CorruptCheckpoint) as error:
+            read_checkpoint(path, config.run_id)
+        assert "\n" not in str(error.value), name
+        result = rk.train(config, checkpoint=path, checkpoint_seconds=0)
+        warnings = result.metrics.pop("warnings")
+        assert len(warnings) == 1 and "restarted from step 0" in warnings[0], name
+        assert {k: v for k, v in result.metrics.items() if k != "wall_time"} == {
+            k: v for k, v in fresh.items() if k != "wall_time"}, name
+        assert (tmp_path / "run.pt.corrupt").read_bytes() == data, name  # kept aside, not resumed
+        (tmp_path / "run.pt.corrupt").unlink()
+    assert len(bad) == 14
+
+
+def test_a_sweep_restarts_a_run_with_a_corrupt_checkpoint_and_doctor_finds_and_repairs_them(tmp_path, capsys):
+    config = tiny_run(**CKPT_RUN)
+    out = tmp_path / "out"
+    checkpoints = out / CHECKPOINT_DIR
+    checkpoints.mkdir(parents=True)
+    good = _checkpointed(config, checkpoints / f"{config.run_id}.pt")
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 1
+    (checkpoints / f"{config.run_id}.pt").write_bytes(bytes(flipped))
+    (checkpoints / f"{config.run_id}.pt.123.partial").write_bytes(good[:100])  # a write that was killed
+    with Store(out / "results.sqlite") as store:
+        store.add([config])
+    result = runner.invoke(app, ["doctor", str(out)])
+    assert result.exit_code == 4, result.output
+    assert "bad checkpoint" in result.output and "checksum mismatch" in result.output
+    assert "1 leftover files" in result.output and ".partial" in result.output
+    assert (checkpoints / f"{config.run_id}.pt").read_bytes() == bytes(flipped)  # doctor alone: unchanged
+    result = runner.invoke(app, ["doctor", str(out), "--repair"])
+    assert result.exit_code == 0 and "repaired 2 problems" in result.output, result.output
+    assert list(checkpoints.iterdir()) == []
+    assert runner.invoke(app, ["doctor", str(out)]).exit_code == 0
+    # without doctor: the run itself sets the corrupt checkpoint aside, warns and starts over
+    (checkpoints / f"{config.run_id}.pt").write_bytes(bytes(flipped))
+    capsys.readouterr()
+    rows = run_sweep([config], out, quiet=True)
+    assert rows[0]["status"] == "done"
+    assert rows[0]["metrics"]["curve"] == rk.train(config).metrics["curve"]
+    assert "restarted from step 0" in capsys.readouterr().err
+    assert [p.name for p in checkpoints.iterdir()] == [f"{config.run_id}.pt.corrupt"]
+    result = runner.invoke(app, ["doctor", str(out)])
+    assert result.exit_code == 4 and "1 leftover files" in result.output
