@@ -55,3 +55,35 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# What a plain `make test` skips for lack of an optional tool (CI sets RECALLKIT_REQUIRE_BROWSER / _RAY /
+# _MODEL = 1 and fails instead): named at the end of the run, so that a green run says what it did not test.
+OPTIONAL_TOOLS = [
+    ("Chromium", ("chromium",), "RECALLKIT_REQUIRE_BROWSER", "apt-get install chromium"),
+    ("Ray", ("'ray'", "recallkit[ray]"), "RECALLKIT_REQUIRE_RAY", "pip install 'recallkit[ray]'"),
+    ("SmolLM2-135M", ("smollm2",), "RECALLKIT_REQUIRE_MODEL", "make install"),
+]
+
+
+def skip_reason(report) -> str:
+    """The reason a skipped test report gives ('' when there is none)."""
+    longrepr = report.longrepr
+    return longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr or "")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """A visible notice naming the tests skipped because Chromium, Ray or the real model is missing."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    lines = []
+    for tool, markers, variable, install in OPTIONAL_TOOLS:
+        names = sorted({report.nodeid for report in skipped
+                        if any(marker in skip_reason(report).lower() for marker in markers)})
+        if names:
+            lines.append(f"{len(names)} test(s) NOT RUN: {tool} is not installed ({install}; "
+                         f"{variable}=1 makes this a failure, as in CI):")
+            lines.extend(f"    {name}" for name in names)
+    if lines:
+        terminalreporter.write_sep("=", "skipped for missing optional tools", yellow=True, bold=True)
+        for line in lines:
+            terminalreporter.write_line(line, yellow=True)
