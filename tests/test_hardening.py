@@ -7,10 +7,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import os
 import random
 import shutil
+import signal
 import sqlite3
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,8 +25,9 @@ import recallkit as rk
 from recallkit.checkpoint import CHECKPOINT_DIR, MAGIC, CorruptCheckpoint, read_checkpoint
 from recallkit.cli import app
 from recallkit.errors import RecallkitError
-from recallkit.sweep import Store, run_sweep
+from recallkit.sweep import Store, load_sweep, run_sweep
 from tests.conftest import tiny_run
+from tests.test_sweep_crash import _descendants, _rows, _survivors
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only spin
@@ -307,3 +312,56 @@ def test_a_sweep_restarts_a_run_with_a_corrupt_checkpoint_and_doctor_finds_and_r
     assert [p.name for p in checkpoints.iterdir()] == [f"{config.run_id}.pt.corrupt"]
     result = runner.invoke(app, ["doctor", str(out)])
     assert result.exit_code == 4 and "1 leftover files" in result.output
+
+
+# ---- exit codes and Ctrl-C (item 6) ----------------------------------------------------------------
+
+def test_run_exits_3_when_runs_failed_and_doctor_4_when_it_found_problems(tmp_path, sweep, monkeypatch):
+    import recallkit.sweep.worker as worker
+
+    def failing(config, on_step=None, device=None, **checkpointing):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(worker, "train", failing)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(sweep), "--out", str(out), "--quiet"])
+    assert result.exit_code == 3, result.output
+    assert "1 of 1 runs failed (exit code 3)" in result.output and "RuntimeError: boom" in result.output
+    assert (out / "report.html").exists()  # the report is still written
+    monkeypatch.undo()
+    assert runner.invoke(app, ["run", str(sweep), "--out", str(out), "--quiet"]).exit_code == 0  # retried
+    with Store(out / "results.sqlite") as store:
+        store.mark_running(store.rows()[0]["run_id"])  # as a killed driver leaves it
+    result = runner.invoke(app, ["doctor", str(out)])
+    assert result.exit_code == 4 and "1 stale running rows" in result.output, result.output
+    assert runner.invoke(app, ["doctor", str(out), "--repair"]).exit_code == 0
+    assert runner.invoke(app, ["doctor", str(out)]).exit_code == 0
+
+
+CTRL_C_SWEEP = """
+from tests.conftest import tiny_run
+configs = [tiny_run(seed=s, max_steps=400, eval_every=100, early_stop_accuracy=None) for s in range(3)]
+"""
+
+
+@pytest.mark.parametrize("executor", ["serial", "process"])
+def test_ctrl_c_is_one_line_exit_130_and_the_runs_resume(tmp_path, executor):
+    sweep, out = tmp_path / "sweep.py", tmp_path / "out"
+    sweep.write_text(CTRL_C_SWEEP)
+    command = [sys.executable, "-m", "recallkit", "run", str(sweep), "--out", str(out), "--quiet",
+               "--executor", executor, "--workers", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, cwd=Path(__file__).parent.parent)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(s == "running" for _, s, _ in _rows(out / "results.sqlite")):
+        time.sleep(0.1)
+    time.sleep(2)  # inside training
+    below = _descendants(process.pid)
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr.count("\n") == 1 and stderr.startswith("interrupted: "), stderr
+    assert "resume" in stderr and "Traceback" not in stdout + stderr
+    assert _survivors(below, timeout=20) == []
+    rows = run_sweep(load_sweep(sweep), out, executor=executor, workers=2, quiet=True)
+    assert [r["status"] for r in rows] == ["done"] * 3

@@ -101,6 +101,7 @@ def test_repeated_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, swe
                "--executor", executor, "--workers", "2"]
     rng = random.Random(0)
     finished: dict[str, float] = {}  # run_id -> updated_at when first seen done: must never change
+    worker_kills = 0
     for kill in range(3):
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if kill == 0:  # the first kill lands mid-sweep for sure: after two runs finished
@@ -109,6 +110,14 @@ def test_repeated_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, swe
                 time.sleep(0.05)
         else:  # later kills at random points (torch import, Ray start, between or inside runs)
             time.sleep(rng.uniform(1.0, 5.0))
+        if executor == "process":  # first a worker dies (OOM killer, segfault): the driver goes on
+            deadline = time.time() + 60
+            while not (workers := _workers(process.pid)) and time.time() < deadline:
+                time.sleep(0.05)
+            os.kill(rng.choice(workers), signal.SIGKILL)
+            worker_kills += 1
+            time.sleep(rng.uniform(0.5, 2.0))
+            assert process.poll() is None, "a dead worker must not end the sweep"
         below = _descendants(process.pid)  # process workers; a local Ray and its workers
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
@@ -119,10 +128,44 @@ def test_repeated_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, swe
             if status == "done":
                 assert finished.setdefault(run_id, updated_at) == updated_at
     assert not is_locked(out)  # the lock died with the driver
+    assert worker_kills == (3 if executor == "process" else 0)
     rows = run_sweep(load_sweep(sweep), out, executor=executor, workers=2, quiet=True)
     assert len(rows) == len({r["run_id"] for r in rows}) == 8
     assert all(r["status"] == "done" for r in rows)
     assert all(r["updated_at"] == finished[r["run_id"]] for r in rows if r["run_id"] in finished)
+
+
+def _workers(driver: int) -> list[int]:
+    """The driver's process workers (spawned Python processes, not multiprocessing's helpers)."""
+    return [pid for pid in _descendants(driver)
+            if "spawn_main" in (_command(pid) or "") and "resource_tracker" not in (_command(pid) or "")]
+
+
+def test_killed_workers_are_retried_and_the_sweep_finishes_by_itself(tmp_path, sweep_file):
+    """Random SIGKILLs of process workers (never more than the retries of one run): the sweep goes on,
+    exits 0 with every run done once, and no finished run changes afterwards."""
+    sweep, out = sweep_file(steps=60), tmp_path / "out"
+    db = out / "results.sqlite"
+    process = subprocess.Popen([sys.executable, "-m", "recallkit", "run", str(sweep), "--out", str(out),
+                                "--quiet", "--executor", "process", "--workers", "2"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    rng, kills, finished = random.Random(1), 0, {}
+    while kills < 2 and process.poll() is None:
+        time.sleep(rng.uniform(0.5, 3.0))
+        workers = _workers(process.pid)
+        if workers and any(status == "running" for _, status, _ in _rows(db)):
+            os.kill(rng.choice(workers), signal.SIGKILL)
+            kills += 1
+        for run_id, status, updated_at in _rows(db):
+            if status == "done":
+                assert finished.setdefault(run_id, updated_at) == updated_at
+    _, stderr = process.communicate(timeout=300)
+    assert kills == 2 and process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    rows = _rows(db)
+    assert len(rows) == len({run_id for run_id, _, _ in rows}) == 8
+    assert all(status == "done" for _, status, _ in rows)
+    assert all(finished.get(run_id, updated_at) == updated_at for run_id, _, updated_at in rows)
 
 
 def test_a_second_writer_is_refused_while_the_first_runs(tmp_path):
