@@ -69,6 +69,11 @@ class MixerConfig(ConfigFamily):
         """Raise ValueError if the mixer cannot run at model width ``d_model`` (checked by ``ModelConfig``
         so a bad width fails at config time, not at build time); by default every width works."""
 
+    def check_length(self, seq_len: int) -> None:
+        """Raise ValueError if the mixer cannot read sequences of ``seq_len`` tokens (checked by
+        ``RunConfig`` against every task, so it fails when the sweep loads, not mid-run); by default
+        any length works."""
+
     def describe(self) -> str:
         """Short human label in tables and plots (without the short conv, which ``describe_mixer`` adds)."""
         return self.name

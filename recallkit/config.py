@@ -16,7 +16,7 @@ from pydantic import Field, SerializeAsAny, field_validator, model_serializer, m
 from recallkit.base_config import MixerConfig, StrictModel, TaskConfig
 from recallkit.kv import Policy, make_policy, resolve_budget
 from recallkit.kv.budget import CompressionRatio
-from recallkit.mixers import mixer_config
+from recallkit.mixers import MIXERS, mixer_config
 from recallkit.tasks import task_config
 from recallkit.text_tasks import TextTaskConfig, make_text_task
 
@@ -65,14 +65,14 @@ class TrainConfig(StrictModel):
     attention (RoPE + short conv, d=64) in 500-700 steps on a 2-core CPU (see sweeps/quickstart.py).
     """
 
-    lr: float = Field(default=5e-3, gt=0)
-    weight_decay: float = Field(default=0.1, ge=0)
+    lr: float = Field(default=5e-3, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(default=0.1, ge=0, allow_inf_nan=False)
     betas: tuple[float, float] = (0.9, 0.98)
     batch_size: int = Field(default=32, gt=0)
     max_steps: int = Field(default=1000, gt=0)
     warmup_steps: int = Field(default=50, ge=0)
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
-    grad_clip: float = Field(default=1.0, gt=0)
+    grad_clip: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     num_train_examples: int = Field(default=32_000, gt=0)
     num_test_examples: int = Field(default=256, gt=0)
     eval_every: int = Field(default=100, gt=0)
@@ -81,7 +81,8 @@ class TrainConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mlm: bool = Field(default=False, description="add JRT's masked-language-model loss on the prefix")
     mlm_prob: float = Field(default=0.15, gt=0, lt=1, description="fraction of prefix tokens masked")
-    mlm_weight: float = Field(default=0.25, gt=0, description="weight of the MLM loss beside next-token")
+    mlm_weight: float = Field(default=0.25, gt=0, allow_inf_nan=False,
+                              description="weight of the MLM loss beside next-token")
 
 
 class EvalPolicy(StrictModel):
@@ -204,6 +205,16 @@ class RunConfig(StrictModel):
                 raise ValueError(
                     f"task seq_len={task.seq_len} exceeds model.max_position={self.model.max_position}"
                 )
+            for mixer in self.model.layer_mixers:
+                mixer.check_length(task.seq_len)
+        return self
+
+    @model_validator(mode="after")
+    def _check_policies(self) -> RunConfig:
+        if self.eval_policies and not any(MIXERS[m.name].kv_cache for m in self.model.layer_mixers):
+            names = ", ".join(dict.fromkeys(m.name for m in self.model.layer_mixers))
+            raise ValueError(f"eval_policies evict KV-cache entries, but no layer of this model keeps a "
+                             f"KV cache (mixers: {names}); add an attention layer or drop eval_policies")
         return self
 
     @property
@@ -268,18 +279,21 @@ class PretrainedModel(StrictModel):
 
 
 class PretrainedRunConfig(StrictModel):
-    """An evaluation-only run of a pretrained model on a text task (no training): one prompt mode
-    and at most one eviction policy and budget, so every point of a grid is its own resumable row.
+    """An evaluation-only run of a pretrained model on a text task (no training) in one prompt mode:
+    with the full cache, then under each of ``eval_policies`` (one evaluation row each, as a trained
+    run's ``eval_policies``). The examples are the same for every row, and each prompt is read once
+    for the full cache and every prefill-mode policy (:mod:`recallkit.hf.prompt_read`).
 
     Example: ``PretrainedRunConfig(model={"pretrained": "smollm2-135m"}, task={"name": "phonebook_text",
-    "num_entries": 20}, read_twice=True, policy={"policy": "h2o", "budget": 0.25, "mode": "prefill"})``.
+    "num_entries": 20}, read_twice=True, eval_policies=[{"policy": "h2o", "budget": 0.25}])``.
     """
 
     model: PretrainedModel
     task: SerializeAsAny[TextTaskConfig]
     read_twice: bool = Field(default=False,
                              description="JRT-Prompt: the context repeated before the question")
-    policy: EvalPolicy | None = Field(default=None, description="KV-cache eviction during the evaluation")
+    eval_policies: list[EvalPolicy] = Field(
+        default_factory=list, description="also evaluate under each KV-cache eviction policy and budget")
     chat: bool | None = Field(default=None, description="prompt as a chat turn (instruct models); "
                               "None = when the tokenizer has a chat template")
     num_examples: int = Field(default=50, gt=0)
@@ -297,8 +311,8 @@ class PretrainedRunConfig(StrictModel):
 
     @property
     def progress_label(self) -> str:
-        spec = self.policy
-        return self.display_label + (f" [{spec.policy.name} {spec.budget}]" if spec else "")
+        policies = len(self.eval_policies)
+        return self.display_label + (f" [+{policies} policies]" if policies else "")
 
     @property
     def progress_total(self) -> int:

@@ -365,3 +365,46 @@ def test_ctrl_c_is_one_line_exit_130_and_the_runs_resume(tmp_path, executor):
     assert _survivors(below, timeout=20) == []
     rows = run_sweep(load_sweep(sweep), out, executor=executor, workers=2, quiet=True)
     assert [r["status"] for r in rows] == ["done"] * 3
+
+
+# ---- validation when the sweep loads, not mid-run (item 7) -----------------------------------------
+
+ATTENTION = "model=dict(vocab_size=32, mixer=dict(name='attention'))"
+LOAD_TIME_ERRORS = {
+    "hyena max_len below the task": ("model=dict(vocab_size=32, mixer=dict(name='hyena', max_len=8))",
+                                     "task seq_len=16 exceeds hyena max_len=8"),
+    "base_conv max_len below an eval task": (
+        "model=dict(vocab_size=32, mixer=dict(name='base_conv', max_len=16)), "
+        "eval_tasks=[dict(name='mqar', vocab_size=32, seq_len=32, num_kv_pairs=2)]",
+        "task seq_len=32 exceeds base_conv max_len=16"),
+    "eval_policies without attention": (
+        "model=dict(vocab_size=32, mixer=dict(name='linear_attention')), "
+        "eval_policies=[dict(policy='h2o', budget=4)]", "no layer of this model keeps a KV cache"),
+    "lr=inf": (f"{ATTENTION}, train=dict(lr=float('inf'))", "train.lr: Input should be a finite number"),
+    "lr=nan": (f"{ATTENTION}, train=dict(lr=float('nan'))", "train.lr: Input should be a finite number"),
+    "grad_clip=inf": (f"{ATTENTION}, train=dict(grad_clip=float('inf'))",
+                      "train.grad_clip: Input should be a finite number"),
+}
+
+
+@pytest.mark.parametrize("case", list(LOAD_TIME_ERRORS))
+def test_configs_that_would_fail_mid_run_are_refused_when_the_sweep_loads(tmp_path, case):
+    fields, message = LOAD_TIME_ERRORS[case]
+    sweep = tmp_path / "sweep.py"
+    sweep.write_text("import recallkit as rk\nconfigs = [rk.RunConfig(task=dict(name='mqar', vocab_size=32, "
+                     f"seq_len=16, num_kv_pairs=2), {fields})]\n")
+    output = _one_line(runner.invoke(app, ["run", str(sweep), "--out", str(tmp_path / "out"), "--quiet"]))
+    assert message in output, output
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_run_on_cuda_without_cuda_is_refused_before_the_sweep_starts(tmp_path):
+    sweep = tmp_path / "sweep.py"
+    sweep.write_text("from tests.conftest import tiny_run\nconfigs = [tiny_run(), tiny_run(device='cuda')]\n")
+    output = _one_line(runner.invoke(app, ["run", str(sweep), "--out", str(tmp_path / "out"), "--quiet"]))
+    assert "has train.device='cuda' but CUDA is not available here" in output
+    assert not (tmp_path / "out").exists()
+    result = runner.invoke(app, ["run", str(sweep), "--out", str(tmp_path / "out"), "--quiet",
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output  # the override runs it here

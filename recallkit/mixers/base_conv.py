@@ -45,6 +45,10 @@ class BaseConvConfig(MixerConfig):
             raise ValueError(f"kernel_size={value} must be >= 2 taps, or 'long'")
         return value
 
+    def check_length(self, seq_len: int) -> None:
+        if self.kernel_size == "long" and seq_len > self.max_len:
+            raise ValueError(f"task seq_len={seq_len} exceeds base_conv max_len={self.max_len}")
+
     def describe(self) -> str:
         return f"base_conv({self.kernel_size})"
 

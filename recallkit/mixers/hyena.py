@@ -45,6 +45,10 @@ class HyenaConfig(MixerConfig):
     filter_emb_dim: int = Field(default=9, ge=3, description="positional features: 1 + 2 * bands")
     max_len: int = Field(default=2048, gt=1, description="longest sequence (filters are generated up to it)")
 
+    def check_length(self, seq_len: int) -> None:
+        if seq_len > self.max_len:
+            raise ValueError(f"task seq_len={seq_len} exceeds hyena max_len={self.max_len}")
+
     def describe(self) -> str:
         return f"hyena(order={self.order})"
 

@@ -23,6 +23,7 @@ from rich.progress import (
 
 from recallkit.checkpoint import CHECKPOINT_DIR
 from recallkit.config import AnyRunConfig as RunConfig
+from recallkit.errors import RecallkitError
 from recallkit.sweep.lock import writer_lock
 from recallkit.sweep.ray_executor import RayOptions, import_ray, run_ray
 from recallkit.sweep.store import RESULTS_FILE, Store
@@ -81,6 +82,16 @@ def run_sweep(
         import_ray()  # fail before any run starts
     elif device is not None:
         resolve_device(device)  # fail before any run starts
+    else:
+        for config in configs:  # each run's own device (ray: the workers', not this machine's)
+            wanted = getattr(getattr(config, "train", None), "device", None)
+            if wanted == "cuda":
+                try:
+                    resolve_device(wanted)
+                except ValueError:
+                    raise RecallkitError(f"run {config.progress_label} ({config.run_id}) has train.device="
+                                         "'cuda' but CUDA is not available here; pass --device cpu "
+                                         "or auto") from None
     checkpoints = str(Path(out_dir) / CHECKPOINT_DIR)  # serial and process runs resume mid-run
     with writer_lock(Path(out_dir)), Store(Path(out_dir) / RESULTS_FILE) as store:
         store.reset_running()  # we hold the lock: any `running` row is a killed driver's
