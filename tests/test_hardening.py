@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import random
 import shutil
@@ -19,12 +20,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 import recallkit as rk
 from recallkit.checkpoint import CHECKPOINT_DIR, MAGIC, CorruptCheckpoint, read_checkpoint
 from recallkit.cli import app
 from recallkit.errors import RecallkitError
+from recallkit.inference import prefix_cache
+from recallkit.inference.prefix_cache import load_prefix_state, save_prefix_state
 from recallkit.sweep import Store, load_sweep, run_sweep
 from tests.conftest import tiny_run
 from tests.test_sweep_crash import _descendants, _rows, _survivors
@@ -408,3 +413,76 @@ def test_a_run_on_cuda_without_cuda_is_refused_before_the_sweep_starts(tmp_path)
     result = runner.invoke(app, ["run", str(sweep), "--out", str(tmp_path / "out"), "--quiet",
                                  "--device", "cpu"])
     assert result.exit_code == 0, result.output  # the override runs it here
+
+
+# ---- prefix state files edited with their checksum recomputed (item 8) -----------------------------
+
+def _edited(model, path: Path, edit) -> Path:
+    """Rewrite the prefix state file at ``path`` with ``edit(metadata, tensors)`` applied and a fresh
+    checksum: a file that passes the checksum but is not what the model saved."""
+    with safe_open(path, framework="pt") as file:
+        metadata, tensors = dict(file.metadata()), {name: file.get_tensor(name) for name in file.keys()}
+    edit(metadata, tensors)
+    metadata["checksum"] = prefix_cache._checksum(metadata, tensors)
+    out = path.with_name("edited.safetensors")
+    save_file(tensors, out, metadata=metadata)
+    return out
+
+
+def _halve(name):
+    def edit(metadata, tensors):
+        tensors[name] = tensors[name][..., : tensors[name].shape[-1] // 2].contiguous()
+    return edit
+
+
+def _set(key, value):
+    def edit(metadata, tensors):
+        metadata[key] = value
+    return edit
+
+
+def _leaf(name, value):
+    def edit(metadata, tensors):
+        leaves = json.loads(metadata["leaves"])
+        leaves[name] = value
+        metadata["leaves"] = json.dumps(leaves, sort_keys=True)
+    return edit
+
+
+def _retype(name, dtype):
+    def edit(metadata, tensors):
+        tensors[name] = tensors[name].to(dtype)
+    return edit
+
+
+def _longer_cache(metadata, tensors):  # a KV cache with more tokens than the prefix
+    for name in ("layers.0.key", "layers.0.value"):
+        tensors[name] = torch.cat([tensors[name], tensors[name]], dim=2)
+
+
+PREFIX_EDITS = {
+    ("linear_attention", "half-size state"): (_halve("layers.0"), "does not fit this model's state"),
+    ("mamba", "half-size ssm"): (_halve("layers.0.ssm"), "does not fit this model's state"),
+    ("attention", "half-width keys"): (_halve("layers.0.key"), "does not fit this model's state"),
+    ("attention", "more cached tokens than the prefix"): (_longer_cache, "does not fit this model's state"),
+    ("attention", "prefix_len above the position"): (_set("prefix_len", "9"), "inconsistent: position=6"),
+    ("attention", "prefix_len below the cache"): (_set("prefix_len", "3"), "does not fit"),
+    ("retnet", "position edited"): (_leaf("position", 2), "inconsistent: position=2 but prefix_len=6"),
+    ("attention", "seen edited"): (_leaf("layers.0.seen", 4), "inconsistent: layers.0.seen=4"),
+    ("gla", "float64 state"): (_retype("layers.0", torch.float64), "does not fit this model's state"),
+}
+
+
+@pytest.mark.parametrize("case", list(PREFIX_EDITS), ids=lambda c: f"{c[0]}: {c[1]}")
+def test_an_edited_prefix_state_with_a_recomputed_checksum_is_refused_at_load(tmp_path, case):
+    mixer, _ = case
+    edit, message = PREFIX_EDITS[case]
+    torch.manual_seed(0)
+    model = rk.build_model(rk.ModelConfig(vocab_size=32, d_model=16, num_layers=1, mixer={"name": mixer}))
+    ids = torch.randint(0, 32, (2, 7))
+    _, state = model.prefill(ids[:, :6])
+    path = save_prefix_state(model, state, tmp_path / "prefix.safetensors")
+    load_prefix_state(model, path)  # the file as saved loads
+    with pytest.raises(RecallkitError, match=message) as error:
+        load_prefix_state(model, _edited(model, path, edit))
+    assert "\n" not in str(error.value)

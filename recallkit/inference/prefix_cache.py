@@ -128,12 +128,40 @@ def load_prefix_state(model: nn.Module, path: str | Path) -> tuple[ModelState, i
     device = next(model.parameters()).device
     batch_size = next(iter(tensors.values())).shape[0]  # every state tensor is batch-first
     template = model.init_state(batch_size)
+    _check_against_template(path, template, tensors, leaves, prefix_len)
     stored = {name: t.to(device) for name, t in tensors.items()} | leaves
     used: set[str] = set()
     state = _rebuild(template, "", stored, used)
     if unused := sorted(set(stored) - used):
         raise RecallkitError(f"{path} does not fit this model's state layout: unexpected entry {unused[0]!r}")
     return state, prefix_len
+
+
+def _check_against_template(path: Path, template: Any, tensors: dict[str, Tensor], leaves: dict[str, Any],
+                            prefix_len: int) -> None:
+    """Refuse a file whose checksum is right but whose content cannot be the state after
+    ``prefix_len`` tokens of this model (an edited file with its checksum recomputed): every tensor's
+    dtype and shape against the model's own ``init_state`` (a dimension that is empty there grows
+    with the prefix: at most ``prefix_len``), and the positions against ``prefix_len``."""
+    expected: dict[str, Tensor] = {}
+    try:
+        _flatten(template, "", expected, {})
+    except RecallkitError:  # a state that only ``_rebuild`` can walk (pretrained caches check themselves)
+        return
+    for name, want in expected.items():
+        got = tensors.get(name)
+        if got is None:
+            continue  # reported by _rebuild with the layout message
+        grows = [w == 0 for w in want.shape]
+        fits = got.ndim == want.ndim and all(
+            g <= prefix_len if grow else g == w for g, w, grow in zip(got.shape, want.shape, grows))
+        if not fits or got.dtype != want.dtype:
+            raise RecallkitError(f"{path} does not fit this model's state: {name} is {got.dtype} "
+                                 f"{tuple(got.shape)}, the model's is {want.dtype} {tuple(want.shape)} "
+                                 f"(empty dimensions grow to at most prefix_len={prefix_len})")
+    for name, value in sorted(leaves.items(), key=lambda item: item[0] != "position"):  # position first
+        if (name == "position" or name.endswith(".seen")) and value != prefix_len:
+            raise RecallkitError(f"{path} is inconsistent: {name}={value!r} but prefix_len={prefix_len}")
 
 
 def prefix_state_bytes(path: str | Path) -> int:
