@@ -74,9 +74,11 @@ def _frontier_table(rows: list[dict]) -> Table:
     for column in ("setting", "model", "width", "state size", "accuracy", "time (s)"):
         left = column in ("setting", "model")
         table.add_column(column, justify="left" if left else "right", overflow="fold", no_wrap=not left)
-    for p in frontier_points(rows):
+    status = {r["run_id"]: r["status"] for r in rows}
+    for p in frontier_points(rows):  # a point's best run diverged: every run of it did (or scored 0)
+        accuracy = "diverged" if status.get(p.run_id) == "diverged" else f"{p.accuracy:.3f}"
         table.add_row(p.panel, p.label, str(p.d_model or "-"), f"{p.state_size:,}",
-                      f"{p.accuracy:.3f}", f"{p.wall_time:.1f}" if p.wall_time else "")
+                      accuracy, f"{p.wall_time:.1f}" if p.wall_time else "")
     return table
 
 

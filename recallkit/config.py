@@ -21,6 +21,17 @@ from recallkit.tasks import task_config
 from recallkit.text_tasks import TextTaskConfig, make_text_task
 
 
+def storable_text(value: str | None) -> str | None:
+    """A free-text field (a label) as SQLite and JSON files store it: valid Unicode, no lone surrogates."""
+    if value is not None:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(f"{value!r} is not valid text: a lone surrogate "
+                             f"{value[error.start]!r} at position {error.start}") from None
+    return value
+
+
 class ModelConfig(StrictModel):
     """A decoder-only language model: embed -> [norm -> mixer -> norm -> MLP] x L -> norm -> head.
 
@@ -164,6 +175,8 @@ class RunConfig(StrictModel):
         "string length, phone-book entries: its length axis), e.g. beyond the training range",
     )
 
+    _label = field_validator("label")(storable_text)
+
     @field_validator("task", mode="before")
     @classmethod
     def _resolve_task(cls, value: Any) -> Any:
@@ -299,6 +312,8 @@ class PretrainedRunConfig(StrictModel):
     num_examples: int = Field(default=50, gt=0)
     seed: int = Field(default=0, ge=0, lt=2**31)
     label: str | None = Field(default=None, description="name in tables and plots; default: the source")
+
+    _label = field_validator("label")(storable_text)
 
     @field_validator("task", mode="before")
     @classmethod

@@ -31,6 +31,8 @@ from recallkit.errors import RecallkitError
 from recallkit.inference import prefix_cache
 from recallkit.inference.prefix_cache import load_prefix_state, save_prefix_state
 from recallkit.sweep import Store, load_sweep, run_sweep
+from recallkit.sweep.lock import LOCK_FILE, is_locked, writer_lock
+from recallkit.sweep.runner import step_info
 from tests.conftest import tiny_run
 from tests.test_sweep_crash import _descendants, _rows, _survivors
 
@@ -486,3 +488,43 @@ def test_an_edited_prefix_state_with_a_recomputed_checksum_is_refused_at_load(tm
     with pytest.raises(RecallkitError, match=message) as error:
         load_prefix_state(model, _edited(model, path, edit))
     assert "\n" not in str(error.value)
+
+
+# ---- small things (item 9) -------------------------------------------------------------------------
+
+def test_a_lone_surrogate_in_a_label_is_refused_at_load_with_context(tmp_path):
+    sweep = tmp_path / "sweep.py"
+    sweep.write_text("from tests.conftest import tiny_run\nconfigs = [tiny_run().model_copy()]\n"
+                     "import recallkit as rk\nconfigs.append(rk.RunConfig(**{**configs[0].model_dump(), "
+                     "'label': 'width \\ud800'}))\n")
+    output = _one_line(runner.invoke(app, ["run", str(sweep), "--out", str(tmp_path / "out"), "--quiet"]))
+    assert "label" in output and "lone surrogate" in output and "position 6" in output, output
+    assert not (tmp_path / "out").exists()  # no empty results file left behind
+
+
+def test_deleting_the_lock_file_mid_sweep_does_not_let_a_second_writer_in(tmp_path):
+    with writer_lock(tmp_path):
+        (tmp_path / LOCK_FILE).unlink()
+        assert is_locked(tmp_path)
+        with pytest.raises(RecallkitError, match="another sweep"):
+            run_sweep([tiny_run()], tmp_path, quiet=True)
+    assert not is_locked(tmp_path)
+    assert run_sweep([tiny_run(max_steps=2)], tmp_path, quiet=True)[0]["status"] == "done"
+
+
+def test_progress_shows_no_accuracy_before_the_first_evaluation():
+    assert step_info({"step": 3, "max_steps": 20, "loss": 2.5, "accuracy": float("nan")}) == "loss 2.500"
+    assert step_info({"step": 10, "max_steps": 20, "loss": 2.5, "accuracy": 0.25}) == "loss 2.500 acc 0.250"
+
+
+def test_the_console_table_says_diverged_instead_of_a_zero_accuracy(tmp_path):
+    configs = [tiny_run(lr=1e9, max_steps=3).model_copy(update={"label": "exploding"}), tiny_run(max_steps=4)]
+    out = tmp_path / "out"
+    sweep = tmp_path / "sweep.py"
+    sweep.write_text("from tests.conftest import tiny_run\nconfigs = [tiny_run(lr=1e9, max_steps=3)"
+                     ".model_copy(update={'label': 'exploding'}), tiny_run(max_steps=4)]\n")
+    result = runner.invoke(app, ["run", str(sweep), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert [r["status"] for r in run_sweep(configs, out, quiet=True)] == ["diverged", "done"]
+    (line,) = [line for line in result.output.splitlines() if "exploding" in line]
+    assert "diverged" in line and "0.000" not in line, line

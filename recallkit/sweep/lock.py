@@ -1,7 +1,10 @@
 """One writer per results directory: an advisory lock held while a sweep runs.
 
-The lock (``DIR/results.lock``, ``fcntl.flock``) dies with its process, so a SIGKILLed sweep never
-leaves it behind; the next driver takes it and knows that every ``running`` row is stale.
+The lock is ``fcntl.flock`` on the directory itself, and on ``DIR/results.lock``, which also holds
+the writer's pid for the message a second writer gets. Locking the directory means that deleting
+``results.lock`` mid-sweep does not let a second writer in. Both locks die with their process, so
+a SIGKILLed sweep never leaves them behind; the next driver takes them and knows that every
+``running`` row is stale.
 """
 
 from __future__ import annotations
@@ -24,37 +27,50 @@ def writer_lock(out_dir: Path) -> Iterator[None]:
     make_directory(out_dir, "results directory")
     path = out_dir / LOCK_FILE
     try:
-        handle = open(path, "a+")
+        directory = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as error:
-        raise RecallkitError(f"cannot write to the results directory {out_dir}: {describe(error)}") from None
-    with handle:
+        raise RecallkitError(f"cannot open the results directory {out_dir}: {describe(error)}") from None
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            handle = open(path, "a+")
+        except OSError as error:
+            raise RecallkitError(f"cannot write to the results directory {out_dir}: "
+                                 f"{describe(error)}") from None
+        with handle:
+            try:
+                fcntl.flock(directory, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "?"
+                raise RecallkitError(f"another sweep (pid {holder}) is writing {out_dir}; "
+                                     "wait for it or stop it") from None
             handle.seek(0)
-            holder = handle.read().strip() or "?"
-            raise RecallkitError(f"another sweep (pid {holder}) is writing {out_dir}; "
-                                 "wait for it or stop it") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.truncate(0)
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+            try:
+                yield
+            finally:
+                handle.truncate(0)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        os.close(directory)  # releases the directory's lock
 
 
 def is_locked(out_dir: Path) -> bool:
-    """Whether a live sweep holds the directory's writer lock."""
-    path = out_dir / LOCK_FILE
-    if not path.exists():
+    """Whether a live sweep holds the directory's writer lock (read-only: any reader may ask)."""
+    if not out_dir.is_dir():
         return False
-    with open(path) as handle:  # read-only: a reader of a read-only directory can ask too
+    for path in (out_dir, out_dir / LOCK_FILE):  # the file too: a driver of an earlier version locks only it
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
+        finally:
+            os.close(fd)  # closing releases a lock this check took
+    return False

@@ -6,6 +6,7 @@ plain dict; an exception becomes a ``failed`` outcome and never stops the sweep.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -128,8 +129,15 @@ def _run_task(progress: Progress, config: RunConfig) -> TaskID:
     return progress.add_task(f"  {config.progress_label}", total=config.progress_total, info="")
 
 
+def step_info(s: dict) -> str:
+    """A run's progress line: loss, and accuracy once the run has been evaluated."""
+    accuracy = s.get("accuracy")
+    evaluated = accuracy is not None and not math.isnan(accuracy)
+    return f"loss {s['loss']:.3f}" + (f" acc {accuracy:.3f}" if evaluated else "")
+
+
 def _show_step(progress: Progress, task: TaskID, s: dict) -> None:
-    progress.update(task, completed=s["step"], info=f"loss {s['loss']:.3f} acc {s['accuracy']:.3f}")
+    progress.update(task, completed=s["step"], info=step_info(s))
 
 
 def _run_serial(todo: list[RunConfig], store: Store, progress: Progress, finish, device: str | None,
