@@ -136,7 +136,7 @@ def test_a_half_created_store_and_an_empty_file_are_completed_not_refused(tmp_pa
 
 # ---- read-only use (item 5) ------------------------------------------------------------------------
 
-def test_report_and_doctor_work_on_a_read_only_directory(finished, tmp_path):
+def test_report_and_doctor_work_on_a_read_only_directory(finished, tmp_path, sweep):
     out = tmp_path / "out"
     shutil.copytree(finished, out)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
@@ -149,6 +149,9 @@ def test_report_and_doctor_work_on_a_read_only_directory(finished, tmp_path):
         # writing the report into the read-only directory: one line that names the directory
         output = _one_line(runner.invoke(app, ["report", str(out)]))
         assert str(out) in output and "unreadable" not in output
+        for args in (["doctor", str(out), "--repair"], ["run", str(sweep), "--out", str(out), "--quiet"]):
+            output = _one_line(runner.invoke(app, args))  # writers: one line that says read-only
+            assert "cannot write" in output and "read-only" in output, output
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 

@@ -66,6 +66,11 @@ COLUMNS = {
 """The columns of each table of ``SCHEMA``: a database with any other table is not a results store."""
 
 
+def _cannot_write(error: sqlite3.OperationalError) -> bool:
+    """Whether SQLite failed for want of write access (not because the file is damaged)."""
+    return any(text in str(error) for text in ("readonly", "read-only", "unable to open", "disk I/O error"))
+
+
 def _immutable(directory: Path) -> bool:
     """Whether no file can be created in ``directory`` (also for root, e.g. ``chattr +i``)."""
     try:
@@ -106,6 +111,12 @@ class Store:
             self.db.executescript(f"BEGIN; {SCHEMA} INSERT OR IGNORE INTO meta VALUES "
                                   f"('schema_version', '{SCHEMA_VERSION}'); COMMIT;")
             self._check_schema(self.db)
+        except sqlite3.OperationalError as error:
+            if not _cannot_write(error):
+                raise RecallkitError(f"{self.path} is not a readable recallkit results database "
+                                     f"({error})") from None
+            raise RecallkitError(f"cannot write to {self.path} ({error}): the file or its directory is "
+                                 "read-only; `recallkit report` and `doctor` only read it") from None
         except sqlite3.DatabaseError as error:
             raise RecallkitError(f"{self.path} is not a readable recallkit results database "
                                  f"({error})") from None
