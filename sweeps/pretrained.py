@@ -21,10 +21,11 @@ TASKS = [
     *({"name": "niah_text", "context_words": n, "num_distractors": 3} for n in (160, 360, 760)),
 ]
 
+EVAL_POLICIES = [{"policy": p, "budget": b, "mode": "prefill"} for p in POLICIES for b in BUDGETS]
+
 configs = [
     PretrainedRunConfig(model=MODEL, task=task, read_twice=read_twice, num_examples=NUM_EXAMPLES,
-                        policy=policy)
+                        eval_policies=EVAL_POLICIES)
     for task in TASKS
     for read_twice in (False, True)
-    for policy in [None, *({"policy": p, "budget": b, "mode": "prefill"} for p in POLICIES for b in BUDGETS)]
 ]

@@ -51,9 +51,8 @@ def mqar_run(mixer: dict, d_model: int, task: dict = TRAIN_TASK, train: dict = T
 PHONEBOOK = {"name": "phonebook_text", "num_entries": 5}
 PRETRAINED = [
     PretrainedRunConfig(model={"pretrained": "smollm2-135m"}, task=PHONEBOOK, read_twice=read_twice,
-                        num_examples=20, policy=policy)
+                        num_examples=20, eval_policies=[{"policy": "window", "budget": 0.25, "mode": "prefill"}])
     for read_twice in (False, True)
-    for policy in (None, {"policy": "window", "budget": 0.25, "mode": "prefill"})
 ]
 
 configs = [mqar_run(mixer, d_model, eval_tasks=EVAL_TASKS) for d_model in WIDTHS for mixer in MIXERS]

@@ -18,7 +18,7 @@ def tiny_eval(**fields) -> PretrainedRunConfig:
 
 
 def test_run_config_tells_pretrained_evaluations_from_training_runs():
-    config = tiny_eval(read_twice=True, policy={"policy": "h2o", "budget": 0.5, "mode": "prefill"})
+    config = tiny_eval(read_twice=True, eval_policies=[{"policy": "h2o", "budget": 0.5, "mode": "prefill"}])
     assert isinstance(run_config(config.model_dump(mode="json")), PretrainedRunConfig)
     assert run_config(config.model_dump(mode="json")).run_id == config.run_id
     trained = {"model": {"vocab_size": 16, "mixer": {"name": "attention"}},
@@ -30,8 +30,9 @@ def test_run_config_tells_pretrained_evaluations_from_training_runs():
 
 
 def test_pretrained_runs_are_stored_resumed_and_reported(tmp_path):
-    configs = [tiny_eval(), tiny_eval(read_twice=True),
-               tiny_eval(policy={"policy": "window", "budget": 0.25, "mode": "prefill"}),
+    policies = [{"policy": "window", "budget": 0.25, "mode": "prefill"},
+                {"policy": "h2o", "budget": 0.5, "mode": "continuous"}]
+    configs = [tiny_eval(), tiny_eval(read_twice=True), tiny_eval(eval_policies=policies),
                PretrainedRunConfig(model={"pretrained": "tiny:nope"}, task=TASK, num_examples=2)]
     rows = run_sweep(configs, tmp_path, quiet=True)
     by_id = {r["run_id"]: r for r in rows}
@@ -39,8 +40,10 @@ def test_pretrained_runs_are_stored_resumed_and_reported(tmp_path):
     assert "unknown tiny architecture" in by_id[configs[3].run_id]["error"]
     plain, twice, evicted = (by_id[c.run_id] for c in configs[:3])
     assert twice["metrics"]["prefill_tokens"] > plain["metrics"]["prefill_tokens"]
-    assert evicted["state_size"] < plain["state_size"]  # a quarter of the prompt's KV is kept
-    assert evicted["metrics"]["evals"][0]["policy"] == "window"
+    full, window, h2o = evicted["metrics"]["evals"]
+    assert "policy" not in full and full["state_size"] == evicted["state_size"] == plain["state_size"]
+    assert (window["policy"], window["budget"], h2o["policy"], h2o["mode"]) == ("window", 0.25, "h2o", "continuous")
+    assert window["state_size"] < h2o["state_size"] < full["state_size"]  # a quarter, a half of the prompt's KV
     again = run_sweep(configs[:3], tmp_path, quiet=True)  # finished runs are not run again
     assert {r["run_id"]: r["updated_at"] for r in again if r["status"] == "done"} == {
         r["run_id"]: r["updated_at"] for r in rows if r["status"] == "done"}
@@ -53,9 +56,12 @@ def test_pretrained_runs_are_stored_resumed_and_reported(tmp_path):
 
 def test_the_pretrained_sweep_file_is_the_documented_grid():
     configs = load_sweep("sweeps/pretrained.py")
-    assert len(configs) == 2 * 3 * 2 * (1 + 6 * 3)
+    assert len(configs) == 2 * 3 * 2  # task, length, prompt mode; each with the full cache and 6 x 3 policies
     assert all(c.num_examples >= 50 and c.model.pretrained == "smollm2-135m" for c in configs)
-    assert {c.policy.budget for c in configs if c.policy} == {0.125, 0.25, 0.5}
+    for config in configs:
+        assert {(p.policy.name, p.budget, p.mode) for p in config.eval_policies} == {
+            (name, budget, "prefill") for name in ("window", "sinks", "h2o", "snapkv", "tova", "knorm")
+            for budget in (0.125, 0.25, 0.5)}
 
 
 def test_bench_pretrained_measures_prefill_and_decode(tmp_path):

@@ -145,7 +145,7 @@ def evicting_cache(model: nn.Module, factory: CacheFactory) -> Any:
     return cache
 
 
-def _evicting_layers(cache: Any) -> list[Any]:
+def evicting_layers(cache: Any) -> list[Any]:
     return [layer for layer in getattr(cache, "layers", [])
             if isinstance(getattr(layer, "kv", None), KVCache)]
 
@@ -172,7 +172,7 @@ def cached_forward(model: nn.Module, input_ids: Tensor, cache: Any) -> tuple[Ten
     """``model(input_ids, cache=cache)``: (logits (B, T, V), cache). Through :func:`evicting_attention`
     when the cache evicts, the new tokens at the positions the evicting caches give them, one token at a
     time when they evict after every token."""
-    layers = _evicting_layers(cache)
+    layers = evicting_layers(cache)
     if not layers:
         out = model(input_ids=input_ids, cache=cache, use_cache=True)
         return out.logits, out.cache

@@ -1,12 +1,16 @@
 """Text recall tasks (:mod:`recallkit.text_tasks`) answered by a pretrained model's greedy generation.
 
 ``evaluate_text`` renders each example's prompt, reads it through the model's own cache once
-(``prefill``), then feeds back argmax tokens one at a time (``step``) until the answer's line ends, and
-scores the text by the task's exact match. Under an eviction policy every attention layer holds a
-:class:`~recallkit.kv.KVCache`: in ``prefill`` mode it is compressed once after the prompt (so the
-answer is generated from what survived), in ``continuous`` mode the adapter reads the prompt token by
-token and the caches evict after every token. The metrics mirror ``rk.evaluate`` so text results sit
-on the same recall-vs-state frontier as the synthetic tasks.
+(``prefill``), and scores the greedy answer by the task's exact match (:mod:`recallkit.hf.greedy`:
+the answer is generated token by token, or scored from one teacher-forced pass when that decides
+it). Under an eviction policy every attention layer holds a :class:`~recallkit.kv.KVCache`: in
+``prefill`` mode it is compressed once after the prompt (so the answer comes from what survived),
+in ``continuous`` mode the adapter reads the prompt token by token and the caches evict after every
+token. ``evaluate_text_grid`` evaluates one task under several settings (no policy, or policy,
+budget and mode) and reads each prompt once for all of them in prefill mode
+(:mod:`recallkit.hf.prompt_read`). The metrics mirror ``rk.evaluate`` so text results sit on the
+same recall-vs-state frontier as the synthetic tasks; ``state_size`` is what the state holds when
+the answer begins (after the prompt, compressed).
 
 Prompts are tokenised as the tokenizer does by default: it adds a BOS token exactly when its model
 was trained with one (Llama-2 style); SmolLM2's BOS is the chat marker ``<|im_start|>``, which its
@@ -16,16 +20,18 @@ instruct model needs it: given the plain prompt, SmolLM2-135M-Instruct ends its 
 at once, for accuracy 0.
 """
 
+
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from recallkit.errors import RecallkitError
 from recallkit.hf.adapter import HFModel
+from recallkit.hf.greedy import generate, greedy_match
+from recallkit.hf.prompt_read import RECORDED_HISTORY, ReadPrompt, fork_state, read_prompt
 from recallkit.inference.decode import evicting_state
 from recallkit.kv import Budget, Mode, Policy, make_policy, resolve_budget
 from recallkit.text_tasks import TextExample, TextTaskConfig
@@ -35,69 +41,173 @@ ANSWER_SLACK = 4
 SHOWN_EXAMPLES, PROMPT_TAIL = 3, 200
 """How many examples the result shows for inspection, and how much of each prompt's end (characters)."""
 
+Setting = tuple[Any, Budget, Mode] | None
+"""No eviction (None), or an eviction policy (name, dict or Policy), its budget and its mode."""
+
 
 def evaluate_text(model: HFModel, task: TextTaskConfig, *, num_examples: int = 50, seed: int = 0,
                   read_twice: bool = False, policy: str | dict | Policy | None = None,
                   budget: Budget | None = None, mode: Mode = "prefill", max_new_tokens: int | None = None,
-                  batch_size: int = 8, chat: bool = False,
+                  batch_size: int = 8, chat: bool = False, generate_all: bool = False,
                   on_example: Callable[[int, int], None] | None = None) -> dict:
     """Greedy-generation accuracy of ``model`` on ``num_examples`` examples of ``task`` (seeded).
 
     Without a policy, examples whose prompts have the same number of tokens are read together, up to
-    ``batch_size`` (no padding, so the batch changes nothing); with one, one example at a time.
-    ``chat`` renders the prompt as a chat turn (see the module docstring). Every check (tokenizer,
-    policy, budget, mode, prompt lengths) runs before any model call: a run can take minutes.
-    ``on_example(done, total)`` is called after each example is scored.
+    ``batch_size`` (no padding, so the batch changes nothing), and every answer is generated; with
+    one, one example at a time, scored as :func:`evaluate_text_grid` does. ``chat`` renders the
+    prompt as a chat turn (see the module docstring). Every check (tokenizer, policy, budget, mode,
+    prompt lengths) runs before any model call: a run can take minutes. ``on_example(done, total)``
+    is called after each example is scored.
 
     Returns:
         ``accuracy`` (mean exact match), ``num_examples``, ``prefill_tokens`` (mean prompt tokens),
-        ``state_size`` (mean numbers held per sequence at the end: ``model.state_size`` of the tokens
-        read, or with a policy the evicting caches' keys and values plus every other layer's state),
-        ``policy``, ``policy_config``, ``budget``, ``mode``, ``budget_tokens`` (the largest, as
-        ``rk.evaluate``), ``read_twice``, ``chat``, ``task``, ``setting``, ``max_new_tokens``, ``slices``
-        (``{name: {str(value): {"accuracy", "num_examples"}}}``) and ``examples`` (the first three:
-        prompt tail, answer, generation, correct).
+        ``state_size`` (mean numbers held per sequence when the answer begins: ``model.state_size``
+        of the prompt, or with a policy the evicting caches' keys and values after the prompt plus
+        every other layer's state), ``policy``, ``policy_config``, ``budget``, ``mode``,
+        ``budget_tokens`` (the largest, as ``rk.evaluate``), ``read_twice``, ``chat``, ``task``,
+        ``setting``, ``max_new_tokens``, ``slices`` (``{name: {str(value): {"accuracy",
+        "num_examples"}}}``) and ``examples`` (the first three: prompt tail, answer, generation,
+        correct).
     """
-    policy = _check_run(model, policy, budget, mode, num_examples, batch_size, chat)
-    examples = task.generate(num_examples, seed)
-    prompts = [render(model, task, e, read_twice, chat) for e in examples]
-    ids = [model.tokenizer(p, add_special_tokens=not chat).input_ids for p in prompts]
-    if max_new_tokens is None:
-        max_new_tokens = max(len(_answer_ids(model, e.answer)) for e in examples) + ANSWER_SLACK
-    budgets = _check_lengths(model, ids, max_new_tokens, policy, budget)
-    generated, held = _generate_all(model, ids, max_new_tokens, policy, budgets, mode, batch_size, on_example)
-    correct = [task.score(g, e.answer) for g, e in zip(generated, examples, strict=True)]
-    shown = list(zip(prompts, examples, generated, correct, strict=True))[:SHOWN_EXAMPLES]
-    return {
-        **_scores(correct), "prefill_tokens": sum(map(len, ids)) / len(ids),
-        "state_size": round(sum(held) / len(held)),
-        "policy": policy.name if policy else None, "policy_config": policy.model_dump() if policy else None,
-        "budget": budget, "mode": mode if policy else None, "budget_tokens": max(budgets) if policy else None,
-        "read_twice": read_twice, "chat": chat, "task": task.name, "setting": task.setting,
-        "max_new_tokens": max_new_tokens, "slices": _slices(examples, correct),
-        "examples": [{"prompt_tail": p[-PROMPT_TAIL:], "answer": e.answer, "generated": g, "correct": c}
-                     for p, e, g, c in shown],
-    }
+    if policy is None:
+        _check_run(model, None, budget, mode, num_examples, batch_size, chat)
+        run = _Run(model, task, num_examples, seed, read_twice, chat, max_new_tokens)
+        texts = _generate_batched(model, run.ids, run.max_new_tokens, batch_size, on_example)
+        correct = [task.score(t, e.answer) for t, e in zip(texts, run.examples, strict=True)]
+        return run.metrics(None, None, mode, [], correct, texts, [model.state_size(len(r)) for r in run.ids])
+    return evaluate_text_grid(model, task, [(policy, budget, mode)], num_examples=num_examples, seed=seed,
+                              read_twice=read_twice, max_new_tokens=max_new_tokens, chat=chat,
+                              generate_all=generate_all, on_example=on_example)[0]
+
+
+def evaluate_text_grid(model: HFModel, task: TextTaskConfig, settings: Sequence[Setting], *,
+                       num_examples: int = 50, seed: int = 0, read_twice: bool = False,
+                       max_new_tokens: int | None = None, chat: bool = False, generate_all: bool = False,
+                       on_example: Callable[[int, int], None] | None = None) -> list[dict]:
+    """:func:`evaluate_text`'s metrics for each of ``settings`` on the same examples, in order.
+
+    Each prompt is read once for every setting without eviction or in ``prefill`` mode (each forks
+    the read, :mod:`recallkit.hf.prompt_read`); a ``continuous`` setting reads it again, token by
+    token. An answer is scored from one teacher-forced pass where that decides it
+    (:func:`~recallkit.hf.greedy.greedy_match`); the shown examples, and every example with
+    ``generate_all``, are generated token by token. All checks run before any model call.
+    """
+    if not settings:
+        raise RecallkitError("evaluate_text_grid needs at least one setting")
+    resolved = [_check_run(model, *(s or (None, None, "prefill")), num_examples, 1, chat) for s in settings]
+    run = _Run(model, task, num_examples, seed, read_twice, chat, max_new_tokens)
+    budgets = [_check_lengths(run.ids, s and s[1]) if p else [] for p, s in zip(resolved, settings)]
+    modes = [s[2] if s else "prefill" for s in settings]
+    history = max([RECORDED_HISTORY, *(p.history for p in resolved if p)])
+    shared = any(p is None or m == "prefill" for p, m in zip(resolved, modes))
+    if shared and not model.has_attention:
+        shared = False
+        if any(p is not None for p in resolved):
+            raise RecallkitError("eviction policies apply to softmax attention layers, and "
+                                 f"{model.config.source} has none")
+    outcomes = [[] for _ in settings]  # per setting: (correct, text, held) per example
+    for i, (ids, example) in enumerate(zip(run.ids, run.examples, strict=True)):
+        read = read_prompt(model, ids, history) if shared else None
+        full = generate_all or i < SHOWN_EXAMPLES
+        for s, (policy, mode) in enumerate(zip(resolved, modes)):
+            budget = budgets[s][i] if policy else None
+            outcomes[s].append(_answer(model, task, ids, example, read, policy, budget, mode,
+                                       run.max_new_tokens, full))
+        if on_example is not None:
+            on_example(i + 1, len(run.ids))
+    return [run.metrics(policy, s and s[1], modes[n], budgets[n], *map(list, zip(*outcomes[n])))
+            for n, (policy, s) in enumerate(zip(resolved, settings))]
 
 
 @torch.no_grad()
-def _generate_all(model: HFModel, ids: list[list[int]], max_new_tokens: int, policy: Policy | None,
-                  budgets: list[int], mode: Mode, batch_size: int,
-                  on_example: Callable[[int, int], None] | None) -> tuple[list[str], list[int]]:
-    """Every prompt's generation and final state size, in the prompts' order: equal-length prompts
-    together (one at a time under a policy, whose state is built for one sequence)."""
-    generated, held = [""] * len(ids), [0] * len(ids)
+def _answer(model: HFModel, task: TextTaskConfig, ids: list[int], example: TextExample,
+            read: ReadPrompt | None, policy: Policy | None, budget: int | None, mode: Mode,
+            max_new_tokens: int, full: bool) -> tuple[bool, str, int]:
+    """One example under one setting: (correct, greedy text, numbers held when the answer begins)."""
+    if read is None or mode == "continuous":
+        if policy is None:  # a model without attention layers
+            logits, state = model.prefill(torch.tensor([ids], device=model.embed.weight.device))
+            held = model.state_size(len(ids))
+        else:
+            state, caches = evicting_state(model, 1, policy, budget, mode)
+            logits, state = model.prefill(torch.tensor([ids], device=model.embed.weight.device), state=state)
+            held = _held(model, state.position, caches)
+        text = generate(model, logits[:, -1], state, max_new_tokens)[0]
+        return task.score(text, example.answer), text, held
+    state, caches = fork_state(read, policy, budget)
+    held = _held(model, read.num_tokens, caches)
+    if full:
+        text = generate(model, read.logits, state, max_new_tokens)[0]
+        return task.score(text, example.answer), text, held
+    unused = [state]  # this fork serves the teacher-forced block; another is made only if needed
+
+    def fresh_state():
+        return unused.pop() if unused else fork_state(read, policy, budget)[0]
+
+    correct, text = greedy_match(model, read.logits, fresh_state, example.answer, task.score, max_new_tokens)
+    return correct, text, held
+
+
+def _held(model: HFModel, tokens: int, caches: list) -> int:
+    """Numbers one sequence holds: its evicting caches' keys and values plus every other layer's state
+    after ``tokens`` tokens (the recurrent layers of a hybrid)."""
+    others = model.state_size(tokens) - model.kv_state_size(tokens)
+    return others + sum(cache.numel() for cache in caches)  # one sequence
+
+
+class _Run:
+    """The examples, prompts and token ids of one evaluation, and its metrics."""
+
+    def __init__(self, model: HFModel, task: TextTaskConfig, num_examples: int, seed: int, read_twice: bool,
+                 chat: bool, max_new_tokens: int | None) -> None:
+        self.task, self.read_twice, self.chat = task, read_twice, chat
+        self.examples = task.generate(num_examples, seed)
+        self.prompts = [render(model, task, e, read_twice, chat) for e in self.examples]
+        self.ids = [model.tokenizer(p, add_special_tokens=not chat).input_ids for p in self.prompts]
+        if max_new_tokens is None:
+            max_new_tokens = max(len(_answer_ids(model, e.answer)) for e in self.examples) + ANSWER_SLACK
+        if max_new_tokens < 1:
+            raise RecallkitError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        longest = max(map(len, self.ids))
+        if model.max_context is not None and longest + max_new_tokens > model.max_context:
+            raise RecallkitError(f"the longest prompt has {longest} tokens; with {max_new_tokens} new "
+                                 f"tokens that is over {model.config.source}'s context of "
+                                 f"{model.max_context} tokens")
+        self.max_new_tokens = max_new_tokens
+
+    def metrics(self, policy: Policy | None, budget: Budget | None, mode: Mode, budgets: list[int],
+                correct: list[bool], texts: list[str], held: list[int]) -> dict:
+        shown = list(zip(self.prompts, self.examples, texts, correct, strict=True))[:SHOWN_EXAMPLES]
+        return {
+            **_scores(correct), "prefill_tokens": sum(map(len, self.ids)) / len(self.ids),
+            "state_size": round(sum(held) / len(held)),
+            "policy": policy.name if policy else None,
+            "policy_config": policy.model_dump() if policy else None,
+            "budget": budget, "mode": mode if policy else None,
+            "budget_tokens": max(budgets) if policy else None,
+            "read_twice": self.read_twice, "chat": self.chat, "task": self.task.name,
+            "setting": self.task.setting, "max_new_tokens": self.max_new_tokens,
+            "slices": _slices(self.examples, correct),
+            "examples": [{"prompt_tail": p[-PROMPT_TAIL:], "answer": e.answer, "generated": g, "correct": c}
+                         for p, e, g, c in shown],
+        }
+
+
+@torch.no_grad()
+def _generate_batched(model: HFModel, ids: list[list[int]], max_new_tokens: int, batch_size: int,
+                      on_example: Callable[[int, int], None] | None) -> list[str]:
+    """Every prompt's greedy answer, in the prompts' order: equal-length prompts read together."""
+    generated = [""] * len(ids)
     done = 0
-    for rows in _groups(ids, 1 if policy else batch_size):
+    for rows in _groups(ids, batch_size):
         batch = torch.tensor([ids[i] for i in rows], device=model.embed.weight.device)
-        budget_tokens = budgets[rows[0]] if policy else None
-        texts, sizes = generate(model, batch, max_new_tokens, policy, budget_tokens, mode)
-        for i, text, size in zip(rows, texts, sizes, strict=True):
-            generated[i], held[i] = text, size
+        logits, state = model.prefill(batch)
+        for i, text in zip(rows, generate(model, logits[:, -1], state, max_new_tokens), strict=True):
+            generated[i] = text
         done += len(rows)
         if on_example is not None:
             on_example(done, len(ids))
-    return generated, held
+    return generated
 
 
 def render(model: HFModel, task: TextTaskConfig, example: TextExample, read_twice: bool, chat: bool) -> str:
@@ -138,17 +248,9 @@ def _check_run(model: HFModel, policy: Any, budget: Budget | None, mode: str, nu
         raise RecallkitError(str(error).splitlines()[0]) from None
 
 
-def _check_lengths(model: HFModel, ids: list[list[int]], max_new_tokens: int, policy: Policy | None,
-                   budget: Budget | None) -> list[int]:
-    """Each prompt's budget in tokens (empty without a policy), after refusing a prompt that leaves no
-    room for the answer in the model's context."""
-    if max_new_tokens < 1:
-        raise RecallkitError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    longest = max(map(len, ids))
-    if model.max_context is not None and longest + max_new_tokens > model.max_context:
-        raise RecallkitError(f"the longest prompt has {longest} tokens; with {max_new_tokens} new tokens "
-                             f"that is over {model.config.source}'s context of {model.max_context} tokens")
-    return [resolve_budget(budget, len(row)) for row in ids] if policy else []
+def _check_lengths(ids: list[list[int]], budget: Budget) -> list[int]:
+    """Each prompt's budget in tokens."""
+    return [resolve_budget(budget, len(row)) for row in ids]
 
 
 def _answer_ids(model: HFModel, answer: str) -> list[int]:
@@ -163,79 +265,6 @@ def _groups(ids: list[list[int]], batch_size: int) -> list[list[int]]:
     for i, row in enumerate(ids):
         by_length.setdefault(len(row), []).append(i)
     return [rows[s : s + batch_size] for rows in by_length.values() for s in range(0, len(rows), batch_size)]
-
-
-def generate(model: HFModel, prompts: Tensor, max_new_tokens: int, policy: Policy | None = None,
-             budget_tokens: int | None = None, mode: Mode = "prefill") -> tuple[list[str], list[int]]:
-    """Greedy answers to ``prompts`` (B, T) and the numbers each sequence's state holds at the end.
-
-    The prompt is read once; each new token is fed back through ``step`` (the cache is never re-read),
-    until every sequence has ended its first non-blank line or emitted an end-of-sequence token. With
-    ``policy`` the caches evict: after the prompt in ``prefill`` mode, after every token in
-    ``continuous`` mode; every sequence keeps as many tokens, so each holds the caches' numel / B.
-    """
-    B, T = prompts.shape
-    caches = []
-    state = None
-    if policy is not None:
-        state, caches = evicting_state(model, B, policy, budget_tokens, mode)
-    logits, state = model.prefill(prompts, state=state)
-    for cache in caches:  # the end of the prompt: a prefill-mode cache compresses once
-        cache.compress()
-    stop = _StopRule(model, B)
-    token = logits[:, -1].argmax(-1)
-    while not stop.update(token) and len(stop.tokens[0]) < max_new_tokens:
-        logits, state = model.step(token, state)
-        token = logits.argmax(-1)
-    texts = [model.tokenizer.decode(row, skip_special_tokens=True) for row in stop.answers()]
-    if policy is None:
-        return texts, [model.state_size(T + len(row) - 1) for row in stop.answers(keep_stop=True)]
-    read = state.position  # tokens read: every sequence of the group read as many
-    others = model.state_size(read) - model.kv_state_size(read)  # recurrent layers of a hybrid
-    return texts, [others + sum(cache.numel() for cache in caches) // B] * B
-
-
-class _StopRule:
-    """Tracks generated tokens per sequence and when each one ended: at an end-of-sequence token, or at
-    the token that completes the first non-blank line (the scorer strips leading blank lines, so a
-    model that opens with a newline is still answering)."""
-
-    def __init__(self, model: HFModel, batch_size: int) -> None:
-        self.tokenizer = model.tokenizer
-        self.eos = _eos_ids(model)
-        self.tokens: list[list[int]] = [[] for _ in range(batch_size)]
-        self.ended: list[int | None] = [None] * batch_size  # index of the stopping token
-
-    def update(self, token: Tensor) -> bool:
-        """Record one new token per sequence; True when every sequence has ended."""
-        for row, t in enumerate(token.tolist()):
-            self.tokens[row].append(t)
-            if self.ended[row] is None and (t in self.eos or self._line_ended(row)):
-                self.ended[row] = len(self.tokens[row]) - 1
-        return all(end is not None for end in self.ended)
-
-    def _line_ended(self, row: int) -> bool:
-        return "\n" in self.tokenizer.decode(self.tokens[row], skip_special_tokens=True).lstrip()
-
-    def answers(self, keep_stop: bool = False) -> list[list[int]]:
-        """Each sequence's tokens up to its stop (the stop token itself with ``keep_stop``; a newline
-        token is kept either way, the scorer reads the first line)."""
-        out = []
-        for row, end in zip(self.tokens, self.ended):
-            if end is None:
-                out.append(row)
-            else:
-                keep = keep_stop or row[end] not in self.eos
-                out.append(row[: end + keep])
-        return out
-
-
-def _eos_ids(model: HFModel) -> set[int]:
-    """End-of-sequence ids of the tokenizer and the model config (which may list several)."""
-    ids = {model.tokenizer.eos_token_id}
-    configured = getattr(model.hf_config, "eos_token_id", None)
-    ids |= set(configured) if isinstance(configured, list | tuple) else {configured}
-    return {i for i in ids if i is not None}
 
 
 def _scores(correct: list[bool]) -> dict:

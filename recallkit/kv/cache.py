@@ -44,15 +44,18 @@ class KVCache:
         seed: seeds the cache's generator (used by the ``random`` policy).
         rotate: the layer's RoPE rotation by a position shift, for re-indexing policies; None when
             the keys carry no rotation.
+        history: record at least this many of the last queries' attention (the policy's own
+            ``history`` when larger), so that :meth:`fork` can serve policies that rank by more.
     """
 
     def __init__(self, policy: Policy, budget: int | None, mode: Mode = "continuous", seed: int = 0,
-                 rotate: Rotate | None = None) -> None:
+                 rotate: Rotate | None = None, history: int = 0) -> None:
         if budget is not None and budget < 1:
             raise ValueError(f"KV cache budget must be >= 1 token, got {budget}")
         if mode not in ("continuous", "prefill"):
             raise ValueError(f"unknown eviction mode {mode!r}; use continuous or prefill")
         self.policy, self.budget, self.mode, self.rotate = policy, budget, mode, rotate
+        self.history = max(policy.history, history)  # queries in the ``recent`` ring
         self.generator = torch.Generator().manual_seed(seed)
         self.key = self.value = None  # (B, H_kv, S, d_h), keys rotated at their key_positions
         self.positions: Tensor | None = None  # (B, H_kv, S) original positions, ascending
@@ -95,7 +98,7 @@ class KVCache:
         B, H, T, _ = key.shape
         zeros = key.new_zeros(B, H, T)
         positions = torch.arange(self.seen, self.seen + T, device=key.device).expand(B, H, T)
-        recent = key.new_zeros(B, H, T, self.policy.history) if self.policy.history else None
+        recent = key.new_zeros(B, H, T, self.history) if self.history else None
         if self.key is None:
             self.key, self.value, self.positions = key, value, positions
             self.accumulated, self.last, self.recent = zeros, zeros.clone(), recent
@@ -119,12 +122,34 @@ class KVCache:
         self.last = attention[:, :, -1]
         if self.recent is not None:
             first = self.seen - T  # index of the block's first query
-            for i in range(max(0, T - self.policy.history), T):
-                self.recent[..., (first + i) % self.policy.history] = attention[:, :, i]
+            for i in range(max(0, T - self.history), T):
+                self.recent[..., (first + i) % self.history] = attention[:, :, i]
         if self.stepwise and len(self) > self.budget:
             self.evict(self.budget)
         self.peak = max(self.peak, len(self))
         return self
+
+    def fork(self, policy: Policy, budget: int | None, seed: int = 0) -> KVCache:
+        """This prefill-mode cache, after its context and before compressing, under another policy and
+        budget: exactly what a fresh cache with them holds after reading the same context, since a
+        prefill-mode cache reads the context with every token and only its statistics decide what
+        :meth:`compress` keeps. So one reading of a prompt serves every policy and budget.
+
+        The tensors are shared (every method replaces them rather than writing into them) except
+        the ``recent`` ring, rebuilt for the policy's history, which must not exceed this cache's."""
+        if self.mode != "prefill" or self.compressed:
+            raise ValueError("only a prefill-mode cache that has not compressed yet can be forked")
+        if policy.history > self.history:
+            raise ValueError(f"policy {policy.name} ranks by the last {policy.history} queries, this cache "
+                             f"recorded {self.history}")
+        twin = KVCache(policy, budget, "prefill", seed, rotate=self.rotate)
+        twin.key, twin.value, twin.positions = self.key, self.value, self.positions
+        twin.accumulated, twin.last, twin.seen, twin.peak = self.accumulated, self.last, self.seen, self.peak
+        if twin.history and self.key is not None:  # query i sits in slot i % history of each ring
+            queries = torch.arange(max(0, self.seen - twin.history), self.seen, device=self.key.device)
+            twin.recent = self.recent.new_zeros(*self.recent.shape[:3], twin.history)
+            twin.recent[..., queries % twin.history] = self.recent[..., queries % self.history]
+        return twin
 
     def compress(self) -> None:
         """End of the context: in ``prefill`` mode, evict down to the budget once."""

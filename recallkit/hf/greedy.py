@@ -1,0 +1,113 @@
+"""Greedy answers of a pretrained model, and their exact-match score in one forward pass.
+
+:func:`generate` feeds argmax tokens back one at a time through the model's cache until every
+sequence has ended its first non-blank line or emitted an end-of-sequence token.
+
+:func:`greedy_match` scores the same greedy answer against the expected one without generating it
+token by token: it reads the expected answer's tokens in one block (teacher forcing) and compares
+the argmax at each position with the next expected token. Greedy decoding writes the expected
+tokens exactly as long as those argmaxes agree, so the first disagreement (or the token after the
+whole answer) is the first greedy token that differs, known from the same pass. From that text the
+score is decided whenever it is already settled: the line has ended, or the text can no longer
+become the answer. Only when it is not (the model spells the answer with other tokens, or opens
+with blank space) is the answer generated token by token from a fresh copy of the state. Either
+way the score equals scoring :func:`generate`'s text (tested on every example of a run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from recallkit.hf.adapter import HFModel, HFState
+
+
+@torch.no_grad()
+def generate(model: HFModel, logits: Tensor, state: HFState, max_new_tokens: int) -> list[str]:
+    """Greedy continuations (one text per sequence) from the next-token ``logits`` (B, V) after the
+    prompt and the ``state`` after it (continued in place), at most ``max_new_tokens`` tokens."""
+    stop = StopRule(model, logits.shape[0])
+    token = logits.argmax(-1)
+    while not stop.update(token) and len(stop.tokens[0]) < max_new_tokens:
+        logits, state = model.step(token, state)
+        token = logits.argmax(-1)
+    return [model.tokenizer.decode(row, skip_special_tokens=True) for row in stop.answers()]
+
+
+@torch.no_grad()
+def greedy_match(model: HFModel, logits: Tensor, fresh_state: Callable[[], HFState], answer: str,
+                 score: Callable[[str, str], bool], max_new_tokens: int) -> tuple[bool, str]:
+    """Whether the greedy answer of one sequence (``logits`` (1, V) after its prompt) scores against
+    ``answer``, and the greedy text as far as it was needed to decide. ``fresh_state()`` returns a
+    new state after the prompt each time it is called (one for the block, one more if the text must
+    be generated after all)."""
+    expected = model.tokenizer(" " + answer, add_special_tokens=False).input_ids
+    if len(expected) + 1 > max_new_tokens:
+        text = generate(model, logits, fresh_state(), max_new_tokens)[0]
+        return score(text, answer), text
+    block = torch.tensor([expected], device=logits.device)
+    block_logits, _ = model.prefill(block, state=fresh_state())
+    greedy = torch.cat([logits.argmax(-1), block_logits[0].argmax(-1)]).tolist()  # (n + 1,)
+    first = next((i for i, (g, e) in enumerate(zip(greedy, expected)) if g != e), len(expected))
+    tokens = expected[:first] + [greedy[first]]  # greedy's first tokens, up to the first new one
+    eos = eos_ids(model)
+    text = model.tokenizer.decode(tokens[:-1] if tokens[-1] in eos else tokens, skip_special_tokens=True)
+    if tokens[-1] in eos or line_ended(text) or not could_become(text, answer):
+        return score(text, answer), text
+    text = generate(model, logits, fresh_state(), max_new_tokens)[0]
+    return score(text, answer), text
+
+
+def line_ended(text: str) -> bool:
+    """Whether the generation has completed its first non-blank line (the stop rule)."""
+    return "\n" in text.lstrip()
+
+
+def could_become(text: str, answer: str) -> bool:
+    """Whether more tokens after ``text`` (whose first line is still open) can still make the line,
+    stripped, equal ``answer``: its content so far is the start of the answer, or the answer followed
+    only by blanks. Undecodable bytes (a split character) keep it open."""
+    content = text.lstrip()
+    return "\ufffd" in text or answer.startswith(content) or (
+        content.startswith(answer) and not content[len(answer):].strip())
+
+
+class StopRule:
+    """Tracks generated tokens per sequence and when each one ended: at an end-of-sequence token, or at
+    the token that completes the first non-blank line (the scorer strips leading blank lines, so a
+    model that opens with a newline is still answering)."""
+
+    def __init__(self, model: HFModel, batch_size: int) -> None:
+        self.tokenizer = model.tokenizer
+        self.eos = eos_ids(model)
+        self.tokens: list[list[int]] = [[] for _ in range(batch_size)]
+        self.ended: list[int | None] = [None] * batch_size  # index of the stopping token
+
+    def update(self, token: Tensor) -> bool:
+        """Record one new token per sequence; True when every sequence has ended."""
+        for row, t in enumerate(token.tolist()):
+            self.tokens[row].append(t)
+            if self.ended[row] is None and (t in self.eos or self._line_ended(row)):
+                self.ended[row] = len(self.tokens[row]) - 1
+        return all(end is not None for end in self.ended)
+
+    def _line_ended(self, row: int) -> bool:
+        return line_ended(self.tokenizer.decode(self.tokens[row], skip_special_tokens=True))
+
+    def answers(self) -> list[list[int]]:
+        """Each sequence's tokens up to its stop (an end-of-sequence token dropped, a newline token
+        kept: the scorer reads the first line)."""
+        out = []
+        for row, end in zip(self.tokens, self.ended):
+            out.append(row if end is None else row[: end + (row[end] not in self.eos)])
+        return out
+
+
+def eos_ids(model: HFModel) -> set[int]:
+    """End-of-sequence ids of the tokenizer and the model config (which may list several)."""
+    ids = {model.tokenizer.eos_token_id}
+    configured = getattr(model.hf_config, "eos_token_id", None)
+    ids |= set(configured) if isinstance(configured, list | tuple) else {configured}
+    return {i for i in ids if i is not None}

@@ -1,0 +1,86 @@
+"""Read a prompt once, answer it under many eviction policies and budgets.
+
+In ``prefill`` mode an evicting cache reads the whole prompt with every token and compresses once at
+its end, from the attention statistics it gathered (:mod:`recallkit.kv.cache`). The reading is the
+same for every policy and budget; only the compression differs. So :func:`read_prompt` reads a
+prompt once into full, recording caches (keeping the last ``history`` queries' attention, enough for
+every policy that ranks by recent queries), and :func:`fork_state` gives, per policy and budget, the
+state a run with that policy alone would hold after the prompt: bit-identical, at the cost of one
+compression instead of one reading (tested against the unshared run).
+
+The unbounded setting (no policy) forks the full cache as it is: every row of one evaluation reads
+the prompt through the same attention.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from recallkit.hf.adapter import HFModel, HFState
+from recallkit.hf.evicting import evicting_layers
+from recallkit.kv import KVCache, Policy, make_policy
+
+RECORDED_HISTORY = 64
+"""Queries whose attention a read records at least: SnapKV's window and Scissorhands' history (8
+and 16 by default) fit; a policy asking for more is read again with its own history."""
+
+
+@dataclass
+class ReadPrompt:
+    """A prompt (1, T) read with full caches that have not compressed.
+
+    Attributes:
+        logits: (1, V) next-token logits after the prompt's last token.
+        state: the model's state after the prompt (do not continue it: fork it).
+        caches: the attention layers' recording caches, in layer order.
+        num_tokens: T.
+    """
+
+    logits: Tensor
+    state: HFState
+    caches: list[KVCache]
+    num_tokens: int
+
+    @property
+    def history(self) -> int:
+        return self.caches[0].history
+
+
+@torch.no_grad()
+def read_prompt(model: HFModel, ids: list[int], history: int = RECORDED_HISTORY) -> ReadPrompt:
+    """Read ``ids`` through the model with a full, prefill-mode recording cache in every attention
+    layer (a ValueError for a model without attention layers)."""
+    caches: list[KVCache] = []
+    full = make_policy("full")
+
+    def factory(layer: int):
+        def make(rotate):
+            caches.append(KVCache(full, None, "prefill", layer, rotate=rotate, history=history))
+            return caches[-1]
+        return make
+
+    state = model.init_state(1, cache=factory)
+    if not caches:
+        raise ValueError("eviction policies apply to softmax attention layers, and this model has none")
+    inputs = torch.tensor([ids], device=model.embed.weight.device)
+    logits, state = model.prefill(inputs, state=state)
+    return ReadPrompt(logits[:, -1], state, caches, len(ids))
+
+
+def fork_state(read: ReadPrompt, policy: Policy | None, budget_tokens: int | None,
+               seed: int = 0) -> tuple[HFState, list[KVCache]]:
+    """The state after ``read``'s prompt under ``policy`` at ``budget_tokens``, compressed (prefill
+    mode; seeded per layer as a fresh run's caches are), and its attention caches. ``policy=None``
+    keeps everything. ``read`` stays as it was, so it can be forked again."""
+    policy = make_policy("full") if policy is None else policy
+    forks = [kv.fork(policy, budget_tokens, seed + n) for n, kv in enumerate(read.caches)]
+    shared = {id(kv): kv for kv in read.caches}  # copied by reference: replaced just below
+    cache = copy.deepcopy(read.state.cache, shared)  # the recurrent layers of a hybrid are copied
+    for layer, kv in zip(evicting_layers(cache), forks, strict=True):
+        layer.kv = kv
+        kv.compress()
+    return HFState(cache, read.state.position), forks
