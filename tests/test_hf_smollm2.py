@@ -110,3 +110,25 @@ def test_window_eviction_forgets_early_entries(model, task, plain):
     assert window["state_size"] < 0.4 * plain["state_size"]
     assert early <= WINDOW_EARLY_AT_MOST
     assert early <= plain_early - EARLY_LOSS_AT_LEAST
+
+
+def test_scoring_from_one_pass_equals_generating_every_answer(model, task):
+    from recallkit.hf.text_eval import evaluate_text_grid
+
+    settings = [None, ("h2o", 0.25, "prefill"), ("snapkv", 0.5, "prefill")]
+    kwargs = {"num_examples": 20, "seed": 1, "chat": True}
+    generated = evaluate_text_grid(model, task, settings, generate_all=True, **kwargs)
+    scored = evaluate_text_grid(model, task, settings, **kwargs)
+    for a, b in zip(generated, scored, strict=True):
+        print(f"    {a['policy']}: accuracy {a['accuracy']:.3f} generated, {b['accuracy']:.3f} one pass")
+        assert a["slices"] == b["slices"] and a["accuracy"] == b["accuracy"]
+    assert any(a["accuracy"] > 0 for a in generated)  # some answers right: both outcomes compared
+
+
+def test_loading_prints_no_progress_bars(one_thread, capfd):
+    _require_model()
+    from recallkit.hf import load_model
+
+    load_model("smollm2-135m")
+    captured = capfd.readouterr()
+    assert "GGUF" not in captured.err + captured.out

@@ -14,8 +14,11 @@ estimated from its config before any weight is read, and a model that cannot fit
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -82,16 +85,33 @@ def _load_pretrained(directory: Path, gguf_file: str | None, source: str, dtype:
         tokenizer = transformers.AutoTokenizer.from_pretrained(directory, **kwargs)
     except Exception as error:  # noqa: BLE001
         raise RecallkitError(f"{source}: no usable tokenizer ({_first_line(error)})") from None
-    bars = transformers.utils.logging.is_progress_bar_enabled()
-    transformers.utils.logging.disable_progress_bar()  # a sweep's log is no place for GGUF progress bars
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs)
+        with _no_progress_bars():
+            model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs)
     except Exception as error:  # noqa: BLE001
         raise RecallkitError(f"{source}: cannot load the weights ({_first_line(error)})") from None
+    return HFModel(model.eval(), tokenizer, source)
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Silence transformers' loading bars: a sweep's log is no place for them. The GGUF dequantising
+    loop calls ``tqdm`` directly, not through transformers' switch, so its module's name is rebound."""
+    import transformers
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
     finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
         if bars:
             transformers.utils.logging.enable_progress_bar()
-    return HFModel(model.eval(), tokenizer, source)
 
 
 def _first_line(error: Exception) -> str:
