@@ -531,3 +531,26 @@ def test_the_console_table_says_diverged_instead_of_a_zero_accuracy(tmp_path):
     assert [r["status"] for r in run_sweep(configs, out, quiet=True)] == ["diverged", "done"]
     (line,) = [line for line in result.output.splitlines() if "exploding" in line]
     assert "diverged" in line and "0.000" not in line, line
+
+
+def test_a_worker_that_dies_while_idle_is_replaced_without_costing_a_run_an_attempt(tmp_path):
+    from recallkit.sweep import process_pool
+    from tests.test_sweep_crash import _command
+
+    configs, started, outcomes = [tiny_run(seed=0, max_steps=2), tiny_run(seed=1, max_steps=2)], [], {}
+
+    def start(config) -> None:
+        started.append(config.run_id)
+        if len(started) == 2:  # the only worker finished the first run and waits: kill it now
+            (worker,) = [pid for pid in _descendants(os.getpid()) if "spawn_main" in (_command(pid) or "")
+                         and "resource_tracker" not in (_command(pid) or "")]
+            os.kill(worker, signal.SIGKILL)
+            while _command(worker) is not None:
+                time.sleep(0.01)
+
+    said: list[str] = []
+    process_pool.run_processes(configs, 1, start, lambda c, o: outcomes.setdefault(c.run_id, o),
+                               lambda c, s: None, "cpu", str(tmp_path), 1.0, say=said.append)
+    assert started == [configs[0].run_id, configs[1].run_id, configs[1].run_id]
+    assert said == []  # no run's worker died: nothing was retried
+    assert [outcomes[c.run_id]["status"] for c in configs] == ["done", "done"]

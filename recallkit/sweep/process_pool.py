@@ -6,7 +6,9 @@ checkpoint) up to ``retries`` times, then recorded ``failed`` with the reason; t
 and the pending runs go on. Each worker reports over its own pipe (no queue or lock shared between
 workers), so a killed worker cannot leave anything half-written that blocks the others.
 
-Workers ignore Ctrl-C: the driver handles it, ends its workers and leaves their runs to resume.
+A worker acknowledges each run it takes; one that dies before that (while it starts, or idle) is
+replaced without costing the run an attempt. Workers ignore Ctrl-C: the driver handles it, ends
+its workers and leaves their runs to resume.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from recallkit.config import AnyRunConfig as RunConfig
+from recallkit.errors import RecallkitError
 from recallkit.sweep.worker import execute, init_worker, threads_per_worker
 
 WORKER_RETRIES = 2
 """How often a run whose worker process died is retried before it is recorded ``failed``."""
+STARTUP_DEATHS = 3
+"""Per worker: how many deaths before any run started the sweep tolerates (then a broken setup)."""
 
 Execute = Callable[..., dict[str, Any]]
 """``execute(config_json, on_step, device, checkpoints) -> outcome``, importable by name (it is sent
@@ -43,6 +48,7 @@ def _worker_main(conn: Any, threads: int, driver: int, report_seconds: float, ru
         if job is None:
             return
         config_json, device, checkpoints = job
+        conn.send(("started", None))  # from here on, a death is the run's
         last = [0.0]
 
         def report(s: dict) -> None:
@@ -90,6 +96,7 @@ class _Worker:
             self.process.start()
         child.close()
         self.config: RunConfig | None = None
+        self.started = False  # whether it acknowledged its run (a death before that is not the run's)
 
     def stop(self) -> None:
         """End the process now (its run, if any, resumes later from its checkpoint)."""
@@ -112,16 +119,27 @@ def run_processes(
     context = multiprocessing.get_context("spawn")  # no forked torch thread pools
     threads = threads_per_worker(workers)
     slots: list[_Worker | None] = [None] * min(workers, len(todo))
-    queue, deaths = list(todo), {}
+    queue, deaths, early_deaths = list(todo), {}, 0
     try:
         while queue or any(w is not None and w.config is not None for w in slots):
             for i, worker in enumerate(slots):  # keep one run per worker in flight
-                if queue and (worker is None or worker.config is None):
-                    if worker is None:
-                        worker = slots[i] = _Worker(context, threads, report_seconds, run)
-                    worker.config = queue.pop(0)
-                    start(worker.config)
-                    worker.conn.send((worker.config.canonical_json(), device, checkpoints))
+                if not queue or (worker is not None and worker.config is not None):
+                    continue
+                if worker is not None and not worker.process.is_alive():  # died while idle
+                    worker.stop()
+                    worker = None
+                if worker is None:
+                    worker = slots[i] = _Worker(context, threads, report_seconds, run)
+                config = queue.pop(0)
+                start(config)
+                try:
+                    worker.conn.send((config.canonical_json(), device, checkpoints))
+                except OSError:  # it died just now, before taking the run: not the run's fault
+                    worker.stop()
+                    slots[i] = None
+                    queue.insert(0, config)
+                    continue
+                worker.config, worker.started = config, False
             busy = [w for w in slots if w is not None and w.config is not None]
             ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=0.5))
             for i, worker in enumerate(slots):
@@ -134,6 +152,14 @@ def run_processes(
                 if worker.process.sentinel in ready or not worker.process.is_alive():
                     config, reason = worker.config, _died(worker)
                     slots[i] = None
+                    if not worker.started:  # it died before it took the run (e.g. while it started)
+                        queue.insert(0, config)
+                        early_deaths += 1
+                        if early_deaths > STARTUP_DEATHS * len(slots):
+                            raise RecallkitError(f"process workers keep dying before they start a run "
+                                                 f"(last: {reason}); try --executor serial")
+                        continue
+                    early_deaths = 0
                     deaths[config.run_id] = deaths.get(config.run_id, 0) + 1
                     if deaths[config.run_id] <= retries:
                         say(f"the worker of {config.progress_label} died ({reason}); retrying "
@@ -157,7 +183,9 @@ def _receive(worker: _Worker, finish: Callable[[RunConfig, dict], None],
             kind, payload = worker.conn.recv()
         except (EOFError, OSError):
             return False
-        if kind == "step":
+        if kind == "started":
+            worker.started = True
+        elif kind == "step":
             on_step(worker.config, payload)
         else:
             config, worker.config = worker.config, None
