@@ -94,6 +94,8 @@ def run_sweep(
                                          "'cuda' but CUDA is not available here; pass --device cpu "
                                          "or auto") from None
     checkpoints = str(Path(out_dir) / CHECKPOINT_DIR)  # serial and process runs resume mid-run
+    if (Path(out_dir) / RESULTS_FILE).exists():  # a foreign database: refused before even the lock file
+        Store(Path(out_dir) / RESULTS_FILE, readonly=True).close()
     with writer_lock(Path(out_dir)), Store(Path(out_dir) / RESULTS_FILE) as store:
         store.reset_running()  # we hold the lock: any `running` row is a killed driver's
         store.add(configs)
