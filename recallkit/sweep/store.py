@@ -145,7 +145,8 @@ class Store:
     def _check_schema(self, db: sqlite3.Connection) -> None:
         """Refuse a database whose tables are not (a subset of) this schema's, or of another version."""
         tables = {name: [column[1] for column in db.execute(f"PRAGMA table_info('{name}')")]
-                  for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                  for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                            "AND name NOT LIKE 'sqlite_%'")}  # not SQLite's own (ANALYZE)
         foreign = sorted(name for name, columns in tables.items() if COLUMNS.get(name) != columns)
         if foreign:
             raise RecallkitError(f"{self.path} is not a recallkit results database (it has tables "
