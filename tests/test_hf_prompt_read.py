@@ -40,7 +40,7 @@ def test_a_forked_state_continues_exactly_as_the_policys_own_run(arch):
                 for cache in caches:
                     cache.compress()
                 forked, forks = fork_state(read, policy, budget)
-                assert torch.equal(read.logits, logits[:, -1])
+                torch.testing.assert_close(read.logits, logits[:, -1])  # the last row only: other blocking
                 assert [len(c) for c in forks] == [len(c) for c in caches] == [budget] * len(caches)
                 for token in after:
                     expected, state = model.step(token[None], state)

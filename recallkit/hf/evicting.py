@@ -168,22 +168,25 @@ def _attention_implementation(model: nn.Module, name: str) -> Iterator[None]:
                 config._attn_implementation = previous
 
 
-def cached_forward(model: nn.Module, input_ids: Tensor, cache: Any) -> tuple[Tensor, Any]:
-    """``model(input_ids, cache=cache)``: (logits (B, T, V), cache). Through :func:`evicting_attention`
-    when the cache evicts, the new tokens at the positions the evicting caches give them, one token at a
-    time when they evict after every token."""
+def cached_forward(model: nn.Module, input_ids: Tensor, cache: Any,
+                   logits_to_keep: int = 0) -> tuple[Tensor, Any]:
+    """``model(input_ids, cache=cache)``: (logits (B, T, V), cache), or the last ``logits_to_keep``
+    positions' logits (0 = all; transformers' convention). Through :func:`evicting_attention` when the
+    cache evicts, the new tokens at the positions the evicting caches give them, one token at a time
+    when they evict after every token."""
     layers = evicting_layers(cache)
     if not layers:
-        out = model(input_ids=input_ids, cache=cache, use_cache=True)
+        out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=logits_to_keep)
         return out.logits, out.cache
     B, T = input_ids.shape
     if layers[0].kv.stepwise and T > 1:
         logits = [cached_forward(model, input_ids[:, t : t + 1], cache)[0] for t in range(T)]
-        return torch.cat(logits, dim=1), cache
+        return torch.cat(logits, dim=1)[:, -logits_to_keep:], cache
     start = layers[0].kv.next_position
     position_ids = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
     with _attention_implementation(model, ATTENTION_NAME):
-        out = model(input_ids=input_ids, cache=cache, use_cache=True, position_ids=position_ids)
+        out = model(input_ids=input_ids, cache=cache, use_cache=True, position_ids=position_ids,
+                    logits_to_keep=logits_to_keep)
     return out.logits, cache
 
 

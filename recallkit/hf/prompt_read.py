@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from recallkit.hf.adapter import HFModel, HFState
-from recallkit.hf.evicting import evicting_layers
+from recallkit.hf.evicting import cached_forward, evicting_layers
 from recallkit.kv import KVCache, Policy, make_policy
 
 RECORDED_HISTORY = 64
@@ -67,8 +67,8 @@ def read_prompt(model: HFModel, ids: list[int], history: int = RECORDED_HISTORY)
     if not caches:
         raise ValueError("eviction policies apply to softmax attention layers, and this model has none")
     inputs = torch.tensor([ids], device=model.embed.weight.device)
-    logits, state = model.prefill(inputs, state=state)
-    return ReadPrompt(logits[:, -1], state, caches, len(ids))
+    logits, cache = cached_forward(model.model, inputs, state.cache, logits_to_keep=1)  # the last only
+    return ReadPrompt(logits[:, -1], HFState(cache, len(ids)), caches, len(ids))
 
 
 def fork_state(read: ReadPrompt, policy: Policy | None, budget_tokens: int | None,
