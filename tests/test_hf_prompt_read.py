@@ -14,7 +14,7 @@ import torch
 import recallkit.hf.text_eval as text_eval
 from recallkit.hf import load_model
 from recallkit.hf.greedy import generate, greedy_match
-from recallkit.hf.prompt_read import fork_state, read_prompt
+from recallkit.hf.prompt_read import fork_state, read_prompt, stack_states
 from recallkit.hf.text_eval import evaluate_text, evaluate_text_grid
 from recallkit.hf.tiny import tiny_tokenizer
 from recallkit.inference.decode import evicting_state
@@ -155,3 +155,37 @@ def test_the_grid_equals_each_setting_alone_and_reads_each_prompt_once(monkeypat
         assert {k: v for k, v in fast.items() if k != "examples"} == {
             k: v for k, v in together.items() if k != "examples"}
         assert fast["examples"] == together["examples"]  # the shown examples are always generated
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3_next"])
+def test_forks_of_one_size_continue_together_as_each_alone(arch):
+    model = load_model(f"tiny:{arch}")
+    ids = torch.randint(3, 500, (30,), generator=torch.Generator().manual_seed(3)).tolist()
+    block = torch.randint(3, 500, (1, 5), generator=torch.Generator().manual_seed(4))
+    read = read_prompt(model, ids)
+    policies = ["window", "h2o", "snapkv", {"name": "sinks", "num_sinks": 2, "reindex_positions": True}]
+    forks = [fork_state(read, make_policy(p), 9) for p in policies]
+    if arch == "qwen3_next":  # its recurrent layers are not evicting caches: no stack
+        assert stack_states([f[0] for f in forks[:3]], [f[1] for f in forks[:3]]) is None
+        return
+    assert stack_states([f[0] for f in forks], [f[1] for f in forks]) is None  # sinks places tokens at 9
+    stacked = stack_states([f[0] for f in forks[:3]], [f[1] for f in forks[:3]])
+    with torch.no_grad():
+        together, _ = model.prefill(block.expand(3, -1), state=stacked)
+        for row, (state, _) in enumerate(forks[:3]):
+            alone, _ = model.prefill(block, state=state)
+            torch.testing.assert_close(together[row], alone[0])
+    assert not torch.equal(together[0], together[1])  # the rows did hold different tokens
+
+
+def test_the_grid_batches_forks_of_one_budget_and_scores_as_generating(monkeypatch):
+    model = load_model("tiny:llama")
+    stacks = []
+    original = text_eval.stack_states
+    monkeypatch.setattr(text_eval, "stack_states", lambda *a: stacks.append(original(*a)) or stacks[-1])
+    settings = [None, *((p, 0.25, "prefill") for p in ("window", "h2o", "tova", "knorm", "snapkv", "sinks"))]
+    quick = evaluate_text_grid(model, TASK, settings, num_examples=6)
+    assert any(s is not None for s in stacks)
+    generated = evaluate_text_grid(model, TASK, settings, num_examples=6, generate_all=True)
+    assert [q["accuracy"] for q in quick] == [g["accuracy"] for g in generated]
+    assert all(q["slices"] == g["slices"] for q, g in zip(quick, generated, strict=True))

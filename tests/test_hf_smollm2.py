@@ -115,7 +115,7 @@ def test_window_eviction_forgets_early_entries(model, task, plain):
 def test_scoring_from_one_pass_equals_generating_every_answer(model, task):
     from recallkit.hf.text_eval import evaluate_text_grid
 
-    settings = [None, ("h2o", 0.25, "prefill"), ("snapkv", 0.5, "prefill")]
+    settings = [None, *((p, 0.25, "prefill") for p in ("h2o", "snapkv", "window", "tova"))]  # batched: 1/4
     kwargs = {"num_examples": 20, "seed": 1, "chat": True}
     generated = evaluate_text_grid(model, task, settings, generate_all=True, **kwargs)
     scored = evaluate_text_grid(model, task, settings, **kwargs)

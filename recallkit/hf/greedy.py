@@ -43,21 +43,42 @@ def greedy_match(model: HFModel, logits: Tensor, fresh_state: Callable[[], HFSta
     ``answer``, and the greedy text as far as it was needed to decide. ``fresh_state()`` returns a
     new state after the prompt each time it is called (one for the block, one more if the text must
     be generated after all)."""
-    expected = model.tokenizer(" " + answer, add_special_tokens=False).input_ids
-    if len(expected) + 1 > max_new_tokens:
-        text = generate(model, logits, fresh_state(), max_new_tokens)[0]
-        return score(text, answer), text
-    block = torch.tensor([expected], device=logits.device)
-    block_logits, _ = model.prefill(block, state=fresh_state())
-    greedy = torch.cat([logits.argmax(-1), block_logits[0].argmax(-1)]).tolist()  # (n + 1,)
-    first = next((i for i, (g, e) in enumerate(zip(greedy, expected)) if g != e), len(expected))
-    tokens = expected[:first] + [greedy[first]]  # greedy's first tokens, up to the first new one
-    eos = eos_ids(model)
-    text = model.tokenizer.decode(tokens[:-1] if tokens[-1] in eos else tokens, skip_special_tokens=True)
-    if tokens[-1] in eos or line_ended(text) or not could_become(text, answer):
-        return score(text, answer), text
+    expected = answer_ids(model, answer)
+    if len(expected) + 1 <= max_new_tokens:
+        greedy = teacher_forced_argmax(model, logits, fresh_state(), expected)[0]
+        outcome = decide(model, greedy, expected, answer, score)
+        if outcome is not None:
+            return outcome
     text = generate(model, logits, fresh_state(), max_new_tokens)[0]
     return score(text, answer), text
+
+
+def answer_ids(model: HFModel, answer: str) -> list[int]:
+    """The answer's tokens as the model would write it after the cue ``Answer:`` (a leading space)."""
+    return model.tokenizer(" " + answer, add_special_tokens=False).input_ids
+
+
+@torch.no_grad()
+def teacher_forced_argmax(model: HFModel, logits: Tensor, state: HFState,
+                          expected: list[int]) -> list[list[int]]:
+    """Per sequence, the argmax after the prompt (``logits`` (B, V)) and after each of the ``expected``
+    tokens read in one block from ``state`` (continued in place): B lists of n + 1 tokens."""
+    block = torch.tensor([expected], device=logits.device).expand(logits.shape[0], -1)
+    block_logits, _ = model.prefill(block, state=state)
+    return torch.cat([logits.argmax(-1)[:, None], block_logits.argmax(-1)], dim=1).tolist()
+
+
+def decide(model: HFModel, greedy: list[int], expected: list[int], answer: str,
+           score: Callable[[str, str], bool]) -> tuple[bool, str] | None:
+    """The score and text of the greedy answer whose teacher-forced argmaxes are ``greedy`` (n + 1),
+    or None when they do not settle it (generate it then)."""
+    first = next((i for i, (g, e) in enumerate(zip(greedy, expected)) if g != e), len(expected))
+    tokens = expected[:first] + [greedy[first]]  # greedy's first tokens, up to the first new one
+    ended = tokens[-1] in eos_ids(model)
+    text = model.tokenizer.decode(tokens[:-1] if ended else tokens, skip_special_tokens=True)
+    if ended or line_ended(text) or not could_become(text, answer):
+        return score(text, answer), text
+    return None
 
 
 def line_ended(text: str) -> bool:

@@ -84,3 +84,29 @@ def fork_state(read: ReadPrompt, policy: Policy | None, budget_tokens: int | Non
         layer.kv = kv
         kv.compress()
     return HFState(cache, read.state.position), forks
+
+
+def stack_states(states: list[HFState], caches: list[list[KVCache]]) -> HFState | None:
+    """One state of batch k holding ``k`` forks of one read (each (1, ...), with its ``caches``) side by
+    side, so one forward pass continues all of them; None when they cannot share one: a layer that is
+    not an evicting cache (a hybrid's recurrent layer), or forks that hold different numbers of tokens
+    or place the next token at different positions (a re-indexing policy). No policy evicts after a
+    fork has compressed, so the stack keeps every token, at the positions each fork attends with."""
+    layers = [getattr(state.cache, "layers", None) for state in states]
+    if any(not rows or len(evicting_layers(state.cache)) != len(rows) for state, rows in zip(states, layers)):
+        return None
+    if len({(len(c[0]), c[0].next_position) for c in caches}) != 1:
+        return None
+    full = make_policy("full")
+    shared = {id(layer.kv): layer.kv for layer in evicting_layers(states[0].cache)}  # replaced below
+    stacked = copy.deepcopy(states[0].cache, shared)
+    for n, layer in enumerate(evicting_layers(stacked)):
+        rows = [fork[n] for fork in caches]
+        kv = KVCache(full, None, "prefill", rotate=rows[0].rotate)
+        kv.key, kv.value = torch.cat([r.key for r in rows]), torch.cat([r.value for r in rows])
+        kv.positions = torch.cat([r.key_positions for r in rows])  # where each fork's keys sit
+        kv.accumulated = torch.cat([r.accumulated for r in rows])
+        kv.last = torch.cat([r.last for r in rows])
+        kv.seen, kv.compressed = rows[0].next_position, True
+        layer.kv = kv
+    return HFState(stacked, states[0].position)

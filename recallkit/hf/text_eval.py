@@ -30,8 +30,8 @@ import torch
 
 from recallkit.errors import RecallkitError
 from recallkit.hf.adapter import HFModel
-from recallkit.hf.greedy import generate, greedy_match
-from recallkit.hf.prompt_read import RECORDED_HISTORY, ReadPrompt, fork_state, read_prompt
+from recallkit.hf.greedy import answer_ids, decide, generate, teacher_forced_argmax
+from recallkit.hf.prompt_read import RECORDED_HISTORY, ReadPrompt, fork_state, read_prompt, stack_states
 from recallkit.inference.decode import evicting_state
 from recallkit.kv import Budget, Mode, Policy, make_policy, resolve_budget
 from recallkit.text_tasks import TextExample, TextTaskConfig
@@ -109,10 +109,17 @@ def evaluate_text_grid(model: HFModel, task: TextTaskConfig, settings: Sequence[
     for i, (ids, example) in enumerate(zip(run.ids, run.examples, strict=True)):
         read = read_prompt(model, ids, history) if shared else None
         full = generate_all or i < SHOWN_EXAMPLES
-        for s, (policy, mode) in enumerate(zip(resolved, modes)):
-            budget = budgets[s][i] if policy else None
-            outcomes[s].append(_answer(model, task, ids, example, read, policy, budget, mode,
-                                       run.max_new_tokens, full))
+        unshared = [s for s, mode in enumerate(modes) if read is None or mode == "continuous"]
+        for s in unshared:
+            policy, budget = resolved[s], budgets[s][i] if resolved[s] else None
+            outcomes[s].append(_answer_alone(model, task, ids, example, policy, budget, modes[s],
+                                             run.max_new_tokens))
+        if read is not None:
+            forked = [s for s in range(len(settings)) if s not in unshared]
+            specs = [(resolved[s], budgets[s][i] if resolved[s] else None) for s in forked]
+            for s, outcome in zip(forked, _answers_from(model, task, example, read, specs, run.max_new_tokens,
+                                                        full), strict=True):
+                outcomes[s].append(outcome)
         if on_example is not None:
             on_example(i + 1, len(run.ids))
     return [run.metrics(policy, s and s[1], modes[n], budgets[n], *map(list, zip(*outcomes[n])))
@@ -120,32 +127,55 @@ def evaluate_text_grid(model: HFModel, task: TextTaskConfig, settings: Sequence[
 
 
 @torch.no_grad()
-def _answer(model: HFModel, task: TextTaskConfig, ids: list[int], example: TextExample,
-            read: ReadPrompt | None, policy: Policy | None, budget: int | None, mode: Mode,
-            max_new_tokens: int, full: bool) -> tuple[bool, str, int]:
-    """One example under one setting: (correct, greedy text, numbers held when the answer begins)."""
-    if read is None or mode == "continuous":
-        if policy is None:  # a model without attention layers
-            logits, state = model.prefill(torch.tensor([ids], device=model.embed.weight.device))
-            held = model.state_size(len(ids))
-        else:
-            state, caches = evicting_state(model, 1, policy, budget, mode)
-            logits, state = model.prefill(torch.tensor([ids], device=model.embed.weight.device), state=state)
-            held = _held(model, state.position, caches)
-        text = generate(model, logits[:, -1], state, max_new_tokens)[0]
-        return task.score(text, example.answer), text, held
-    state, caches = fork_state(read, policy, budget)
-    held = _held(model, read.num_tokens, caches)
-    if full:
-        text = generate(model, read.logits, state, max_new_tokens)[0]
-        return task.score(text, example.answer), text, held
-    unused = [state]  # this fork serves the teacher-forced block; another is made only if needed
+def _answer_alone(model: HFModel, task: TextTaskConfig, ids: list[int], example: TextExample,
+                  policy: Policy | None, budget: int | None, mode: Mode,
+                  max_new_tokens: int) -> tuple[bool, str, int]:
+    """One example under one setting that reads the prompt itself (continuous mode, or a model
+    without attention layers): (correct, greedy text, numbers held when the answer begins)."""
+    inputs = torch.tensor([ids], device=model.embed.weight.device)
+    if policy is None:
+        logits, state = model.prefill(inputs)
+        held = model.state_size(len(ids))
+    else:
+        state, caches = evicting_state(model, 1, policy, budget, mode)
+        logits, state = model.prefill(inputs, state=state)
+        held = _held(model, state.position, caches)
+    text = generate(model, logits[:, -1], state, max_new_tokens)[0]
+    return task.score(text, example.answer), text, held
 
-    def fresh_state():
-        return unused.pop() if unused else fork_state(read, policy, budget)[0]
 
-    correct, text = greedy_match(model, read.logits, fresh_state, example.answer, task.score, max_new_tokens)
-    return correct, text, held
+@torch.no_grad()
+def _answers_from(model: HFModel, task: TextTaskConfig, example: TextExample, read: ReadPrompt,
+                  specs: list[tuple[Policy | None, int | None]], max_new_tokens: int,
+                  full: bool) -> list[tuple[bool, str, int]]:
+    """One example under each (policy, budget tokens) of ``specs``, forked from its prompt's ``read``:
+    (correct, greedy text, numbers held when the answer begins) each. With ``full`` every answer is
+    generated; otherwise forks that hold as many tokens read the expected answer in one batch
+    (:func:`~recallkit.hf.prompt_read.stack_states`) and only the undecided are generated."""
+    forks = [fork_state(read, policy, budget) for policy, budget in specs]
+    held = [_held(model, read.num_tokens, caches) for _, caches in forks]
+    texts: list[tuple[bool, str] | None] = [None] * len(specs)
+    expected = answer_ids(model, example.answer)
+    if not full and len(expected) + 1 <= max_new_tokens:
+        groups: dict[tuple[int, int], list[int]] = {}
+        for n, (_, caches) in enumerate(forks):
+            groups.setdefault((len(caches[0]), caches[0].next_position), []).append(n)
+        for rows in groups.values():
+            stacked = stack_states([forks[n][0] for n in rows], [forks[n][1] for n in rows])
+            if stacked is None:
+                greedy = [teacher_forced_argmax(model, read.logits, forks[n][0], expected)[0] for n in rows]
+            else:
+                greedy = teacher_forced_argmax(model, read.logits.expand(len(rows), -1), stacked, expected)
+            for n, tokens in zip(rows, greedy, strict=True):
+                texts[n] = decide(model, tokens, expected, example.answer, task.score)
+    out = []
+    for n, (policy, budget) in enumerate(specs):
+        if texts[n] is None:
+            state = forks[n][0] if full else fork_state(read, policy, budget)[0]  # the first may be spent
+            text = generate(model, read.logits, state, max_new_tokens)[0]
+            texts[n] = (task.score(text, example.answer), text)
+        out.append((*texts[n], held[n]))
+    return out
 
 
 def _held(model: HFModel, tokens: int, caches: list) -> int:
@@ -165,7 +195,7 @@ class _Run:
         self.prompts = [render(model, task, e, read_twice, chat) for e in self.examples]
         self.ids = [model.tokenizer(p, add_special_tokens=not chat).input_ids for p in self.prompts]
         if max_new_tokens is None:
-            max_new_tokens = max(len(_answer_ids(model, e.answer)) for e in self.examples) + ANSWER_SLACK
+            max_new_tokens = max(len(answer_ids(model, e.answer)) for e in self.examples) + ANSWER_SLACK
         if max_new_tokens < 1:
             raise RecallkitError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         longest = max(map(len, self.ids))
@@ -251,11 +281,6 @@ def _check_run(model: HFModel, policy: Any, budget: Budget | None, mode: str, nu
 def _check_lengths(ids: list[list[int]], budget: Budget) -> list[int]:
     """Each prompt's budget in tokens."""
     return [resolve_budget(budget, len(row)) for row in ids]
-
-
-def _answer_ids(model: HFModel, answer: str) -> list[int]:
-    """The answer's tokens as the model would write it after the cue ``Answer:`` (a leading space)."""
-    return model.tokenizer(" " + answer, add_special_tokens=False).input_ids
 
 
 def _groups(ids: list[list[int]], batch_size: int) -> list[list[int]]:
