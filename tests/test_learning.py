@@ -32,10 +32,11 @@ def test_attention_solves_mqar(seed):
 
 
 def test_linear_attention_on_the_same_budget_is_recorded():
-    """The record: Taylor linear attention at d=64 on the same task and budget (printed with -s)."""
+    """Taylor linear attention at d=64 on the same task and budget learns it too (printed with -s)."""
     config = mqar_run(TAYLOR, d_model=64, task=EIGHT_PAIRS, train=LEARNING_TRAIN)
     result = rk.train(config)
     print(f"linear_attention(taylor): acc={result.metrics['accuracy']:.3f} after {result.metrics['steps']} "
           f"steps ({result.wall_time:.0f} s), state={result.state_size}")
     assert result.status == "done"
-    assert result.metrics["accuracy"] > 4 / 128  # well above chance over the 128 values
+    # measured 0.987 after 1500 steps (1 thread, 227 s); trivial baseline 1/8: one of the 8 values in context
+    assert result.metrics["accuracy"] >= 0.9

@@ -2,8 +2,13 @@
 
 Task: MQAR with V=128, T=32 and 4 key-value pairs; 2 layers, d=64, no MLP, the same short conv in
 front of every mixer that lacks one of its own, AdamW lr 5e-3, batch 32, at most MAX_STEPS steps
-(early stop at 0.99). Each threshold sits below the accuracy measured on 2 CPU threads (noted
-beside it) and above chance (1/64), so a broken mixer or kernel fails it.
+(early stop at 0.99). Each threshold sits below the accuracy measured (noted beside it) and above
+the trivial baseline: answering one of the 4 values in context scores 0.25 (the recency solution;
+uniform over the values, 1/64, is far below), so a mixer that learns no recall fails it.
+
+The input-independent long convolutions (BaseConv, Hyena) and the SSMs (Mamba, Mamba-2) sit on that
+0.25 plateau at T=32 for 1000 steps; they are tested where they are measured to leave it: T=16, V=64
+(V=32 for Mamba), 4 pairs, with a longer budget (SHORT below).
 """
 
 from __future__ import annotations
@@ -20,12 +25,17 @@ MAX_STEPS = 1000
 TASK = dict(name="mqar", vocab_size=128, seq_len=32, num_kv_pairs=4)
 CONV = 4
 
-# (label, mixer, minimum accuracy), measured accuracy / step it stopped at in the comment. The
-# fixed-filter and input-selective SSM-like models (BaseConv, Hyena, Mamba, Mamba-2) settle at about
-# 1/4 here, one query in four (the recency solution), as Zoology reports for them at small width.
-# It is a plateau, not a ceiling: Mamba at lr 5e-3 stays at 0.25-0.29 for 3250 steps, then leaves
-# it (0.38 at step 3500, 0.47 at 4000; measured on 1 thread).
-CASES: list[tuple[str, dict | list[dict], float]] = [
+# Where the plateau mixers learn: MQAR V=64, T=16, 4 pairs (trivial baseline still 0.25), more steps.
+SHORT = {"task": dict(name="mqar", vocab_size=64, seq_len=16, num_kv_pairs=4), "max_steps": 3000}
+
+# (label, mixer, minimum accuracy[, setting]), measured accuracy / step it stopped at in the comment;
+# every minimum is above the trivial baseline 0.25. The fixed-filter and input-selective SSM-like
+# models (BaseConv, Hyena, Mamba, Mamba-2) settle at about 1/4 at T=32, one query in four (the
+# recency solution), as Zoology reports for them at small width. It is a plateau, not a ceiling:
+# Mamba at lr 5e-3 stays at 0.25-0.29 for 3250 steps, then leaves it (0.38 at step 3500, 0.47 at
+# 4000; measured on 1 thread); at T=16 BaseConv leaves it at step ~800, Mamba-2 at ~750, Hyena at ~900,
+# Mamba (V=32) at ~1300.
+CASES: list[tuple] = [
     ("attention", {"name": "attention", "position": "rope", "short_conv": CONV}, 0.9),  # 0.997 / 400
     ("mla", {"name": "mla", "short_conv": CONV}, 0.9),  # 0.994 / 450
     # 0.994 / 550
@@ -37,10 +47,14 @@ CASES: list[tuple[str, dict | list[dict], float]] = [
     ("gla", {"name": "gla", "short_conv": CONV}, 0.9),  # 0.990 / 850
     ("deltanet", {"name": "deltanet", "short_conv": CONV}, 0.9),  # 0.998 / 450
     ("gated_deltanet", {"name": "gated_deltanet", "short_conv": CONV}, 0.9),  # 0.990 / 650
-    ("mamba2", {"name": "mamba2"}, 0.2),  # 0.266 / 1000
-    ("mamba", {"name": "mamba"}, 0.2),  # 0.261 / 1000
-    ("base_conv", {"name": "base_conv", "kernel_size": "long", "max_len": 32}, 0.2),  # 0.280 / 1000
-    ("hyena", {"name": "hyena", "max_len": 32}, 0.2),  # 0.270 / 1000
+    # T=32: 0.266 / 1000 (the plateau); T=16: 0.995 / 1900 (0.82 at step 1000), 1 thread
+    ("mamba2", {"name": "mamba2"}, 0.9, {**SHORT, "max_steps": 2000}),
+    # T=32: 0.261 / 1000; T=16, V=64: 0.326 / 1000 (0.34 at 1650 of 2000); T=16, V=32: 0.565 / 2000,
+    # 0.992 / 2500 of 3000 (1 thread): with 16 keys its 16 states tell them apart
+    ("mamba", {"name": "mamba"}, 0.9, {**SHORT, "task": {**SHORT["task"], "vocab_size": 32}}),
+    # T=32: 0.280 / 1000; T=16: 0.969 / 3000 (1 thread)
+    ("base_conv", {"name": "base_conv", "kernel_size": "long", "max_len": 16}, 0.9, SHORT),
+    ("hyena", {"name": "hyena", "max_len": 16}, 0.7, SHORT),  # T=32: 0.270 / 1000; T=16: 0.850 / 3000
     ("h3", {"name": "h3"}, 0.9),  # 0.996 / 400 (input_scale="zoh", the paper's: 0.05 / 1000)
 ]
 
@@ -50,24 +64,31 @@ def _threads():
     torch.set_num_threads(2)
 
 
-def zoo_run(mixer: dict | list[dict], seed: int = 0) -> rk.RunConfig:
+def zoo_run(mixer: dict | list[dict], seed: int = 0, setting: dict | None = None) -> rk.RunConfig:
+    task = (setting or {}).get("task", TASK)
     return rk.RunConfig(
-        model=dict(vocab_size=128, d_model=64, num_layers=2, mixer=mixer, mlp="none"),
-        task=TASK,
-        train=dict(lr=5e-3, max_steps=MAX_STEPS, batch_size=32, eval_every=50, seed=seed),
+        model=dict(vocab_size=task["vocab_size"], d_model=64, num_layers=2, mixer=mixer, mlp="none"),
+        task=task,
+        train=dict(lr=5e-3, max_steps=(setting or {}).get("max_steps", MAX_STEPS), batch_size=32,
+                   eval_every=50, seed=seed),
     )
 
 
 def test_every_registry_key_has_a_learning_case():
     keys = set()
-    for _, mixer, _ in CASES:
+    for _, mixer, *_ in CASES:
         keys.update(m["name"] for m in (mixer if isinstance(mixer, list) else [mixer]))
     assert keys == set(rk.MIXERS)
 
 
-@pytest.mark.parametrize(("label", "mixer", "minimum"), CASES, ids=[label for label, _, _ in CASES])
-def test_mixer_learns_short_mqar(label, mixer, minimum):
-    result = rk.train(zoo_run(mixer))
+def test_every_minimum_is_above_the_trivial_baseline():
+    assert all(minimum > 0.25 for _, _, minimum, *_ in CASES)  # one of the 4 values in context
+
+
+@pytest.mark.parametrize(("label", "mixer", "minimum", "setting"), [(*case, None)[:4] for case in CASES],
+                         ids=[case[0] for case in CASES])
+def test_mixer_learns_short_mqar(label, mixer, minimum, setting):
+    result = rk.train(zoo_run(mixer, setting=setting))
     print(f"{label}: acc={result.metrics['accuracy']:.3f} after {result.metrics['steps']} steps "
           f"({result.wall_time:.0f} s), state={result.state_size}")
     assert result.status == "done"
