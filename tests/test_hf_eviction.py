@@ -18,7 +18,6 @@ pytest.importorskip("transformers", minversion="5")
 import torch
 
 import recallkit as rk
-from recallkit.errors import RecallkitError
 from recallkit.hf import load_model
 from recallkit.hf.cache_state import cache_numel_parts
 from recallkit.inference import evaluate_with_policy, evicting_state, make_policy
@@ -290,8 +289,21 @@ def test_eviction_on_a_model_without_attention_is_a_clear_value_error():
         rk.evaluate(model, _batch(8, 4), policy="h2o", budget=2)
 
 
-def test_eviction_on_hybrid_attention_plus_ssm_layers_is_refused():
-    model = load_model("tiny:falcon_h1")
-    with pytest.raises(RecallkitError, match="falcon_h1.*not supported") as error:
-        evicting_state(model, 1, make_policy("window"), 4, "continuous")
-    assert "\n" not in str(error.value)
+def test_eviction_on_layers_holding_attention_and_ssm_state_keeps_the_ssm_state():
+    model = load_model("tiny:falcon_h1")  # every layer: attention and Mamba-2 side by side
+    ids = torch.randint(3, 512, (2, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        _, plain = model.prefill(ids)
+        state, caches = evicting_state(model, 2, make_policy("window"), 12, "continuous")
+        logits, state = model.prefill(ids, state=state)
+    assert len(caches) == model.hf_config.num_hidden_layers
+    torch.testing.assert_close(logits, model(ids), atol=ATOL, rtol=ATOL)  # budget = length: no change
+    held, full = cache_numel_parts(state.cache), cache_numel_parts(plain.cache)
+    assert held == full and held["recurrent"] > 0 and held["conv"] > 0
+    budget = 4
+    _, info = evaluate_with_policy(model, _batch(12, 8), "window", budget)
+    kv_per_token = full["kv"] // 12  # the parts are per sequence
+    assert info["state_size"] == full["conv"] + full["recurrent"] + kv_per_token * budget
+    kept = []
+    run_policy(model, ids, "window", budget, after_step=lambda t, c: kept.append([x.positions for x in c]))
+    assert all((p == torch.arange(8, 12)).all() for p in kept[-1])

@@ -26,7 +26,7 @@ POLICIES = ["window", {"name": "sinks", "num_sinks": 2, "reindex_positions": Tru
             "knorm", "random", "scissorhands"]
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3_next", "lfm2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3_next", "lfm2", "falcon_h1"])
 def test_a_forked_state_continues_exactly_as_the_policys_own_run(arch):
     model = load_model(f"tiny:{arch}")
     ids = torch.randint(3, 500, (1, 40), generator=torch.Generator().manual_seed(0))
@@ -157,7 +157,7 @@ def test_the_grid_equals_each_setting_alone_and_reads_each_prompt_once(monkeypat
         assert fast["examples"] == together["examples"]  # the shown examples are always generated
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3_next"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3_next", "falcon_h1"])
 def test_forks_of_one_size_continue_together_as_each_alone(arch):
     model = load_model(f"tiny:{arch}")
     ids = torch.randint(3, 500, (30,), generator=torch.Generator().manual_seed(3)).tolist()
@@ -165,7 +165,7 @@ def test_forks_of_one_size_continue_together_as_each_alone(arch):
     read = read_prompt(model, ids)
     policies = ["window", "h2o", "snapkv", {"name": "sinks", "num_sinks": 2, "reindex_positions": True}]
     forks = [fork_state(read, make_policy(p), 9) for p in policies]
-    if arch == "qwen3_next":  # its recurrent layers are not evicting caches: no stack
+    if arch != "llama":  # recurrent layers, or a recurrent state in every layer: no stack
         assert stack_states([f[0] for f in forks[:3]], [f[1] for f in forks[:3]]) is None
         return
     assert stack_states([f[0] for f in forks], [f[1] for f in forks]) is None  # sinks places tokens at 9

@@ -38,68 +38,91 @@ def _layer_classes():
 
 
 def attention_layers(model: nn.Module) -> list[int]:
-    """Indices of the model's layers whose cache is a plain attention KV cache."""
+    """Indices of the model's layers whose cache holds attention keys and values (alone, or beside a
+    recurrent state in a hybrid layer)."""
     from transformers import DynamicCache
 
-    attention, linear = _layer_classes()
+    attention, _ = _layer_classes()
     layers = DynamicCache(config=model.config).layers
     if not layers:  # no config-driven layout: every layer is attention (lazily created DynamicLayers)
         return list(range(model.config.num_hidden_layers))
-    return [i for i, layer in enumerate(layers)
-            if isinstance(layer, attention) and not isinstance(layer, linear)]
+    return [i for i, layer in enumerate(layers) if isinstance(layer, attention)]
+
+
+class _Evicting:
+    """The KV part of a transformers cache layer, backed by a recallkit :class:`~recallkit.kv.KVCache`
+    (``self.kv``): mixed into a plain attention layer class, or into a hybrid layer's own class
+    (Falcon-H1: attention and Mamba-2 state in one layer), whose recurrent part stays as it is."""
+
+    is_sliding = False
+    is_croppable = False
+    kv: KVCache
+
+    @property
+    def keys(self) -> Tensor | None:
+        return self.kv.key
+
+    @keys.setter
+    def keys(self, value: Tensor | None) -> None:  # the base class sets None; the cache owns the keys
+        pass
+
+    @property
+    def values(self) -> Tensor | None:
+        return self.kv.value
+
+    @values.setter
+    def values(self, value: Tensor | None) -> None:
+        pass
+
+    def lazy_initialization(self, *args: Any, **kwargs: Any) -> None:
+        if not args:  # a hybrid layer's conv or SSM state (keyword arguments): its own
+            super().lazy_initialization(*args, **kwargs)
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any):
+        self.kv.append(key_states, value_states)
+        _pending[:] = [self]
+        return self.kv.key, self.kv.value
+
+    def get_seq_length(self) -> int:
+        return self.kv.seen
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return len(self.kv) + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        raise RecallkitError("an evicting cache cannot be reset; build a new state")
 
 
 def _evicting_layer_class():
     attention, _ = _layer_classes()
 
-    class _EvictingLayer(attention):
-        """A transformers cache layer backed by a recallkit :class:`~recallkit.kv.KVCache`."""
-
-        is_sliding = False
-        is_croppable = False
+    class _EvictingLayer(_Evicting, attention):
+        """A transformers attention cache layer backed by a recallkit :class:`~recallkit.kv.KVCache`."""
 
         def __init__(self, kv: KVCache) -> None:
             self.kv = kv
             super().__init__()
             self.is_initialized = True
 
-        @property
-        def keys(self) -> Tensor | None:
-            return self.kv.key
-
-        @keys.setter
-        def keys(self, value: Tensor | None) -> None:  # the base class sets None; the cache owns the keys
-            pass
-
-        @property
-        def values(self) -> Tensor | None:
-            return self.kv.value
-
-        @values.setter
-        def values(self, value: Tensor | None) -> None:
-            pass
-
-        def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
-            pass
-
-        def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any):
-            self.kv.append(key_states, value_states)
-            _pending[:] = [self]
-            return self.kv.key, self.kv.value
-
-        def get_seq_length(self) -> int:
-            return self.kv.seen
-
-        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-            return len(self.kv) + query_length, 0
-
-        def get_max_length(self) -> int:
-            return -1
-
-        def reset(self) -> None:
-            raise RecallkitError("an evicting cache cannot be reset; build a new state")
-
     return _EvictingLayer
+
+
+_hybrid_classes: dict[type, type] = {}
+
+
+def _make_evicting(layer: Any, kv: KVCache) -> Any:
+    """An evicting twin of a hybrid layer (attention and a recurrent state in one): its class with
+    :class:`_Evicting`'s KV part, and the layer's attributes (its recurrent part, still empty)."""
+    base = type(layer)
+    if base not in _hybrid_classes:
+        _hybrid_classes[base] = type(f"Evicting{base.__name__}", (_Evicting, base), {})
+    twin = object.__new__(_hybrid_classes[base])
+    twin.__dict__.update(vars(layer))
+    twin.kv, twin.is_initialized = kv, True
+    return twin
 
 
 EvictingLayer = Any  # the class is built on first use, when transformers is imported
@@ -129,20 +152,27 @@ def evicting_cache(model: nn.Module, factory: CacheFactory) -> Any:
     from transformers import DynamicCache
 
     _register()
-    attention, linear = _layer_classes()
+    _, linear = _layer_classes()
     cache = DynamicCache(config=model.config)
-    if any(isinstance(layer, attention) and isinstance(layer, linear) for layer in cache.layers):
-        raise RecallkitError(f"eviction on {model.config.model_type}'s layers that hold attention "
-                             "and a recurrent "
-                             "state together is not supported")
     indices = attention_layers(model)
     if not cache.layers:
         cache.layers = [None] * model.config.num_hidden_layers
         cache.layer_class_to_replicate = None
     layer_class, rotate = _evicting_layer_class(), _rotation(model)
     for n, i in enumerate(indices):
-        cache.layers[i] = layer_class(factory(n)(rotate))
+        kv = factory(n)(rotate)
+        hybrid = isinstance(cache.layers[i], linear)
+        cache.layers[i] = _make_evicting(cache.layers[i], kv) if hybrid else layer_class(kv)
     return cache
+
+
+def evicting_kv_only(cache: Any) -> bool:
+    """Whether every layer of ``cache`` is an evicting KV cache holding nothing else (no recurrent
+    layer, no hybrid layer's recurrent state)."""
+    _, linear = _layer_classes()
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(
+        isinstance(getattr(layer, "kv", None), KVCache) and not isinstance(layer, linear) for layer in layers)
 
 
 def evicting_layers(cache: Any) -> list[Any]:

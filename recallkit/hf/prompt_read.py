@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from recallkit.hf.adapter import HFModel, HFState
-from recallkit.hf.evicting import cached_forward, evicting_layers
+from recallkit.hf.evicting import cached_forward, evicting_kv_only, evicting_layers
 from recallkit.kv import KVCache, Policy, make_policy
 
 RECORDED_HISTORY = 64
@@ -92,8 +92,7 @@ def stack_states(states: list[HFState], caches: list[list[KVCache]]) -> HFState 
     not an evicting cache (a hybrid's recurrent layer), or forks that hold different numbers of tokens
     or place the next token at different positions (a re-indexing policy). No policy evicts after a
     fork has compressed, so the stack keeps every token, at the positions each fork attends with."""
-    layers = [getattr(state.cache, "layers", None) for state in states]
-    if any(not rows or len(evicting_layers(state.cache)) != len(rows) for state, rows in zip(states, layers)):
+    if not all(evicting_kv_only(state.cache) for state in states):
         return None
     if len({(len(c[0]), c[0].next_position) for c in caches}) != 1:
         return None
