@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
+import threading
 from functools import wraps
 from pathlib import Path
 from typing import Annotated
@@ -53,6 +55,8 @@ def _one_line_errors(command):
         try:
             return command(*args, **kwargs)
         except KeyboardInterrupt:
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while exiting: still one line
             resumes = command.__name__ in ("run", "demo")
             print("interrupted" + (": the runs in flight stopped; they resume from their last checkpoint "
                                    "on the next `recallkit run` (finished runs are kept)" if resumes else ""),

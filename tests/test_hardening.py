@@ -370,6 +370,9 @@ def test_ctrl_c_is_one_line_exit_130_and_the_runs_resume(tmp_path, executor):
     time.sleep(2)  # inside training
     below = _descendants(process.pid)
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):  # an impatient user presses it twice
+        os.killpg(process.pid, signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert stderr.count("\n") == 1 and stderr.startswith("interrupted: "), stderr
