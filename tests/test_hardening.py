@@ -157,6 +157,15 @@ def test_report_and_doctor_work_on_a_read_only_directory(finished, tmp_path, swe
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
+def test_readers_leave_a_results_directory_exactly_as_it_was(finished, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "report")]).exit_code == 0
+    assert runner.invoke(app, ["doctor", str(out)]).exit_code == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no -shm or -wal left behind
+
+
 def test_a_reader_never_writes_to_the_database(finished, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(finished, out)

@@ -7,7 +7,6 @@ killed at any point keeps every finished run, and a rerun skips them and never d
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sqlite3
@@ -99,11 +98,16 @@ class Store:
             raise RecallkitError(f"no results database at {self.path}")
         try:
             if exists:
-                with contextlib.closing(self._inspector()) as inspector:
+                inspector = self._inspector()
+                try:
                     self._check_schema(inspector)
-                if readonly:
-                    self.db = self._open_readonly()
+                except BaseException:
+                    inspector.close()
+                    raise
+                if readonly:  # a reader leaves no side files behind
+                    self.db = inspector
                     return
+                inspector.close()
             make_directory(self.path.parent, "results directory")
             self.db = sqlite3.connect(self.path, timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -122,8 +126,9 @@ class Store:
                                  f"({error})") from None
 
     def _inspector(self) -> sqlite3.Connection:
-        """A connection that changes nothing, not even side files: without a ``-wal`` file the
-        database file holds all its data and is read as immutable."""
+        """A connection that changes nothing, not even side files: without a ``-wal`` file (no
+        writer is connected, nothing is left to checkpoint) the database file holds all its data and
+        is read as immutable; with one, read-only (SQLite then needs the WAL's shared memory)."""
         wal = self.path.with_name(self.path.name + "-wal")
         return self._open_readonly() if wal.exists() else self._connect("immutable=1")
 
