@@ -49,9 +49,10 @@ def mqar_run(mixer: dict, d_model: int, task: dict = TRAIN_TASK, train: dict = T
 
 
 PHONEBOOK = {"name": "phonebook_text", "num_entries": 5}
+WINDOW_QUARTER = {"policy": "window", "budget": 0.25, "mode": "prefill"}
 PRETRAINED = [
     PretrainedRunConfig(model={"pretrained": "smollm2-135m"}, task=PHONEBOOK, read_twice=read_twice,
-                        num_examples=20, eval_policies=[{"policy": "window", "budget": 0.25, "mode": "prefill"}])
+                        num_examples=20, eval_policies=[WINDOW_QUARTER])
     for read_twice in (False, True)
 ]
 

@@ -235,8 +235,8 @@ def test_run_ids_of_existing_configs_are_unchanged():
     assert rk.RunConfig(**PINNED_RUN).run_id == "d6f9c31e4f9afb41"
     pretrained = PretrainedRunConfig(model={"pretrained": "tiny:llama"},
                                      task={"name": "phonebook_text", "num_entries": 20}, read_twice=True,
-                                     policy={"policy": "h2o", "budget": 0.25, "mode": "prefill"})
-    assert pretrained.run_id == "253d774ce20a9899"  # pinned after PretrainedRunConfig gained `chat`
+                                     eval_policies=[{"policy": "h2o", "budget": 0.25, "mode": "prefill"}])
+    assert pretrained.run_id == "700d3ead8f790ffa"  # pinned after `policy` became `eval_policies` (runs hold a grid)
     assert "compression_ratio" not in rk.RunConfig(**PINNED_RUN).canonical_json()
 
 
