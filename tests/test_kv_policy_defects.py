@@ -236,7 +236,7 @@ def test_run_ids_of_existing_configs_are_unchanged():
     pretrained = PretrainedRunConfig(model={"pretrained": "tiny:llama"},
                                      task={"name": "phonebook_text", "num_entries": 20}, read_twice=True,
                                      eval_policies=[{"policy": "h2o", "budget": 0.25, "mode": "prefill"}])
-    assert pretrained.run_id == "700d3ead8f790ffa"  # pinned after `policy` became `eval_policies` (runs hold a grid)
+    assert pretrained.run_id == "700d3ead8f790ffa"  # pinned after policy became eval_policies
     assert "compression_ratio" not in rk.RunConfig(**PINNED_RUN).canonical_json()
 
 
