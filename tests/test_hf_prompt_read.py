@@ -154,7 +154,9 @@ def test_the_grid_equals_each_setting_alone_and_reads_each_prompt_once(monkeypat
         assert together == alone
         assert {k: v for k, v in fast.items() if k != "examples"} == {
             k: v for k, v in together.items() if k != "examples"}
-        assert fast["examples"] == together["examples"]  # the shown examples are always generated
+        for shown, full in zip(fast["examples"], together["examples"], strict=True):
+            assert shown["correct"] == full["correct"] and full["generated"].startswith(shown["generated"])
+    assert quick[0]["examples"] == grid[0]["examples"]  # the first setting's shown answers: generated
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3_next", "falcon_h1"])
@@ -200,3 +202,17 @@ def test_a_model_without_attention_runs_the_grid_unevicted_and_refuses_policies(
     for mode in ("prefill", "continuous"):
         with pytest.raises(RecallkitError, match="tiny:mamba2 has none"):
             evaluate_text_grid(model, TASK, [None, ("window", 0.5, mode)], num_examples=2)
+
+
+def test_an_answer_after_a_blank_line_is_settled_by_a_second_block_not_generated(monkeypatch):
+    import recallkit.hf.greedy as greedy
+
+    monkeypatch.setattr(greedy, "generate", lambda *a, **k: pytest.fail("generated token by token"))
+    for script, right in [(_encode(" \n" + ANSWER) + _encode("\n"), True), (_encode(" \n417-20"), False)]:
+        model = ScriptModel(script, _encode("5")[0])
+        logits, _ = model.prefill(torch.tensor([[7, 8, 9]]), [])
+        model.calls = 0
+        correct, text = greedy.greedy_match(model, logits[:, -1], lambda: [7, 8, 9], ANSWER,
+                                            lambda g, a: g.strip().splitlines()[0].strip() == a, 30)
+        assert correct == right and 2 <= model.calls <= greedy.ROUNDS
+        assert text.strip().startswith(ANSWER if right else "417-20")

@@ -9,9 +9,11 @@ the argmax at each position with the next expected token. Greedy decoding writes
 tokens exactly as long as those argmaxes agree, so the first disagreement (or the token after the
 whole answer) is the first greedy token that differs, known from the same pass. From that text the
 score is decided whenever it is already settled: the line has ended, or the text can no longer
-become the answer. Only when it is not (the model spells the answer with other tokens, or opens
-with blank space) is the answer generated token by token from a fresh copy of the state. Either
-way the score equals scoring :func:`generate`'s text (tested on every example of a run).
+become the answer. When it is not (the model opens with a blank line, or spells the answer with
+other tokens), the greedy tokens known so far plus the rest of the answer are read as the next
+block, up to ``ROUNDS`` times, and only then is the answer generated token by token from a fresh
+copy of the state. Either way the score equals scoring :func:`generate`'s text (tested on every
+example of a run).
 """
 
 from __future__ import annotations
@@ -36,21 +38,39 @@ def generate(model: HFModel, logits: Tensor, state: HFState, max_new_tokens: int
     return [model.tokenizer.decode(row, skip_special_tokens=True) for row in stop.answers()]
 
 
+ROUNDS = 4
+"""Teacher-forced blocks tried per answer before generating it token by token."""
+
+
 @torch.no_grad()
 def greedy_match(model: HFModel, logits: Tensor, fresh_state: Callable[[], HFState], answer: str,
-                 score: Callable[[str, str], bool], max_new_tokens: int) -> tuple[bool, str]:
+                 score: Callable[[str, str], bool], max_new_tokens: int, *,
+                 expected: list[int] | None = None, greedy: list[int] | None = None) -> tuple[bool, str]:
     """Whether the greedy answer of one sequence (``logits`` (1, V) after its prompt) scores against
     ``answer``, and the greedy text as far as it was needed to decide. ``fresh_state()`` returns a
-    new state after the prompt each time it is called (one for the block, one more if the text must
-    be generated after all)."""
-    expected = answer_ids(model, answer)
-    if len(expected) + 1 <= max_new_tokens:
-        greedy = teacher_forced_argmax(model, logits, fresh_state(), expected)[0]
-        outcome = decide(model, greedy, expected, answer, score)
+    new state after the prompt each time it is called (one per block, one more if the text must be
+    generated after all). ``expected`` and ``greedy`` continue from a block already read (the
+    tokens it read and its argmaxes)."""
+    expected = answer_ids(model, answer) if expected is None else expected
+    for _ in range(ROUNDS):
+        if len(expected) + 1 > max_new_tokens:  # generation would stop before the block's end
+            break
+        if greedy is None:
+            greedy = teacher_forced_argmax(model, logits, fresh_state(), expected)[0]
+        known, outcome = decide(model, greedy, expected, answer, score)
         if outcome is not None:
             return outcome
+        expected, greedy = known + rest_of_answer(model, known, answer), None
     text = generate(model, logits, fresh_state(), max_new_tokens)[0]
     return score(text, answer), text
+
+
+def rest_of_answer(model: HFModel, known: list[int], answer: str) -> list[int]:
+    """The tokens of what the answer still lacks after the greedy tokens ``known`` (the next block
+    reads ``known`` and these); none when the text already holds the whole answer."""
+    content = model.tokenizer.decode(known, skip_special_tokens=True).lstrip()
+    rest = answer[len(content):] if answer.startswith(content) else ""
+    return model.tokenizer(rest, add_special_tokens=False).input_ids if rest else []
 
 
 def answer_ids(model: HFModel, answer: str) -> list[int]:
@@ -69,16 +89,16 @@ def teacher_forced_argmax(model: HFModel, logits: Tensor, state: HFState,
 
 
 def decide(model: HFModel, greedy: list[int], expected: list[int], answer: str,
-           score: Callable[[str, str], bool]) -> tuple[bool, str] | None:
-    """The score and text of the greedy answer whose teacher-forced argmaxes are ``greedy`` (n + 1),
-    or None when they do not settle it (generate it then)."""
+           score: Callable[[str, str], bool]) -> tuple[list[int], tuple[bool, str] | None]:
+    """The greedy tokens that the teacher-forced argmaxes ``greedy`` (n + 1) after ``expected`` (n)
+    reveal, and the score and text of the greedy answer, or None when they do not settle it."""
     first = next((i for i, (g, e) in enumerate(zip(greedy, expected)) if g != e), len(expected))
     tokens = expected[:first] + [greedy[first]]  # greedy's first tokens, up to the first new one
     ended = tokens[-1] in eos_ids(model)
     text = model.tokenizer.decode(tokens[:-1] if ended else tokens, skip_special_tokens=True)
     if ended or line_ended(text) or not could_become(text, answer):
-        return score(text, answer), text
-    return None
+        return tokens, (score(text, answer), text)
+    return tokens, None
 
 
 def line_ended(text: str) -> bool:

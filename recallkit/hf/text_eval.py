@@ -30,7 +30,7 @@ import torch
 
 from recallkit.errors import RecallkitError
 from recallkit.hf.adapter import HFModel
-from recallkit.hf.greedy import answer_ids, decide, generate, teacher_forced_argmax
+from recallkit.hf.greedy import answer_ids, generate, greedy_match, teacher_forced_argmax
 from recallkit.hf.prompt_read import RECORDED_HISTORY, ReadPrompt, fork_state, read_prompt, stack_states
 from recallkit.inference.decode import evicting_state
 from recallkit.kv import Budget, Mode, Policy, make_policy, resolve_budget
@@ -88,9 +88,10 @@ def evaluate_text_grid(model: HFModel, task: TextTaskConfig, settings: Sequence[
 
     Each prompt is read once for every setting without eviction or in ``prefill`` mode (each forks
     the read, :mod:`recallkit.hf.prompt_read`); a ``continuous`` setting reads it again, token by
-    token. An answer is scored from one teacher-forced pass where that decides it
-    (:func:`~recallkit.hf.greedy.greedy_match`); the shown examples, and every example with
-    ``generate_all``, are generated token by token. All checks run before any model call.
+    token. An answer is scored from teacher-forced passes where they decide it
+    (:func:`~recallkit.hf.greedy.greedy_match`); the first setting's shown examples, and every
+    answer with ``generate_all``, are generated token by token (the other settings' shown
+    ``generated`` texts end where their score was decided). All checks run before any model call.
     """
     if not settings:
         raise RecallkitError("evaluate_text_grid needs at least one setting")
@@ -106,7 +107,7 @@ def evaluate_text_grid(model: HFModel, task: TextTaskConfig, settings: Sequence[
     outcomes = [[] for _ in settings]  # per setting: (correct, text, held) per example
     for i, (ids, example) in enumerate(zip(run.ids, run.examples, strict=True)):
         read = read_prompt(model, ids, history) if shared else None
-        full = generate_all or i < SHOWN_EXAMPLES
+        shown = i < SHOWN_EXAMPLES  # the first setting's shown answers are generated in full
         unshared = [s for s, mode in enumerate(modes) if read is None or mode == "continuous"]
         for s in unshared:
             policy, budget = resolved[s], budgets[s][i] if resolved[s] else None
@@ -115,8 +116,9 @@ def evaluate_text_grid(model: HFModel, task: TextTaskConfig, settings: Sequence[
         if read is not None:
             forked = [s for s in range(len(settings)) if s not in unshared]
             specs = [(resolved[s], budgets[s][i] if resolved[s] else None) for s in forked]
-            for s, outcome in zip(forked, _answers_from(model, task, example, read, specs, run.max_new_tokens,
-                                                        full), strict=True):
+            generated = [generate_all or (shown and s == 0) for s in forked]
+            answers = _answers_from(model, task, example, read, specs, run.max_new_tokens, generated)
+            for s, outcome in zip(forked, answers, strict=True):
                 outcomes[s].append(outcome)
         if on_example is not None:
             on_example(i + 1, len(run.ids))
@@ -145,34 +147,40 @@ def _answer_alone(model: HFModel, task: TextTaskConfig, ids: list[int], example:
 @torch.no_grad()
 def _answers_from(model: HFModel, task: TextTaskConfig, example: TextExample, read: ReadPrompt,
                   specs: list[tuple[Policy | None, int | None]], max_new_tokens: int,
-                  full: bool) -> list[tuple[bool, str, int]]:
+                  generated: list[bool]) -> list[tuple[bool, str, int]]:
     """One example under each (policy, budget tokens) of ``specs``, forked from its prompt's ``read``:
-    (correct, greedy text, numbers held when the answer begins) each. With ``full`` every answer is
-    generated; otherwise forks that hold as many tokens read the expected answer in one batch
-    (:func:`~recallkit.hf.prompt_read.stack_states`) and only the undecided are generated."""
+    (correct, greedy text, numbers held when the answer begins) each. The answers flagged in
+    ``generated`` are generated token by token; the others are scored by
+    :func:`~recallkit.hf.greedy.greedy_match`, whose first block forks that hold as many tokens read
+    in one batch (:func:`~recallkit.hf.prompt_read.stack_states`)."""
     forks = [fork_state(read, policy, budget) for policy, budget in specs]
     held = [_held(model, read.num_tokens, caches) for _, caches in forks]
-    texts: list[tuple[bool, str] | None] = [None] * len(specs)
     expected = answer_ids(model, example.answer)
-    if not full and len(expected) + 1 <= max_new_tokens:
-        groups: dict[tuple[int, int], list[int]] = {}
-        for n, (_, caches) in enumerate(forks):
+    greedy: list[list[int] | None] = [None] * len(specs)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for n, (_, caches) in enumerate(forks):
+        if not generated[n] and len(expected) + 1 <= max_new_tokens:
             groups.setdefault((len(caches[0]), caches[0].next_position), []).append(n)
-        for rows in groups.values():
-            stacked = stack_states([forks[n][0] for n in rows], [forks[n][1] for n in rows])
-            if stacked is None:
-                greedy = [teacher_forced_argmax(model, read.logits, forks[n][0], expected)[0] for n in rows]
-            else:
-                greedy = teacher_forced_argmax(model, read.logits.expand(len(rows), -1), stacked, expected)
-            for n, tokens in zip(rows, greedy, strict=True):
-                texts[n] = decide(model, tokens, expected, example.answer, task.score)
+    for rows in groups.values():
+        stacked = stack_states([forks[n][0] for n in rows], [forks[n][1] for n in rows])
+        if stacked is not None:  # else each reads its own first block in greedy_match
+            batch = teacher_forced_argmax(model, read.logits.expand(len(rows), -1), stacked, expected)
+            for n, tokens in zip(rows, batch, strict=True):
+                greedy[n] = tokens
     out = []
     for n, (policy, budget) in enumerate(specs):
-        if texts[n] is None:
-            state = forks[n][0] if full else fork_state(read, policy, budget)[0]  # the first may be spent
-            text = generate(model, read.logits, state, max_new_tokens)[0]
-            texts[n] = (task.score(text, example.answer), text)
-        out.append((*texts[n], held[n]))
+        if generated[n]:
+            text = generate(model, read.logits, forks[n][0], max_new_tokens)[0]
+            correct = task.score(text, example.answer)
+        else:
+            unused = [forks[n][0]]  # not continued yet: a stack reads copies
+
+            def fresh_state(policy=policy, budget=budget, unused=unused):
+                return unused.pop() if unused else fork_state(read, policy, budget)[0]
+
+            correct, text = greedy_match(model, read.logits, fresh_state, example.answer, task.score,
+                                         max_new_tokens, expected=expected, greedy=greedy[n])
+        out.append((correct, text, held[n]))
     return out
 
 
