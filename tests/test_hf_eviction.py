@@ -18,7 +18,7 @@ pytest.importorskip("transformers", minversion="5")
 import torch
 
 import recallkit as rk
-from recallkit.hf import load_model
+from recallkit.hf import evicting, load_model
 from recallkit.hf.cache_state import cache_numel_parts
 from recallkit.inference import evaluate_with_policy, evicting_state, make_policy
 from recallkit.tasks.base import Batch
@@ -202,9 +202,13 @@ def test_reindexed_sinks_store_keys_rotated_at_their_slot(llama, tokens):
     assert max(shifts) == T - budget  # the newest token moved furthest: from T - 1 to budget - 1
 
 
-def test_caches_observe_the_attention_averaged_over_each_kv_heads_query_heads(llama, tokens):
+@pytest.mark.parametrize("chunk", [3, 256])
+def test_caches_observe_the_attention_averaged_over_each_kv_heads_query_heads(llama, tokens, chunk,
+                                                                              monkeypatch):
     """What H2O / TOVA rank by, against layer 0's attention computed by hand: softmax(q k / sqrt(d))
-    with a causal mask, the query heads 2j, 2j + 1 averaged for KV head j."""
+    with a causal mask, the query heads 2j, 2j + 1 averaged for KV head j; the block read in query
+    chunks of 3 (each seeing only the keys up to its last query) or in one."""
+    monkeypatch.setattr(evicting, "QUERY_CHUNK", chunk)
     config, layer = llama.hf_config, llama.model.model.layers[0]
     heads, kv_heads, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
     base, positions = config.rope_parameters["rope_theta"], torch.arange(T)
@@ -219,6 +223,11 @@ def test_caches_observe_the_attention_averaged_over_each_kv_heads_query_heads(ll
     _, caches = run_policy(llama, tokens, "h2o", T, "prefill", block=CONTEXT)
     torch.testing.assert_close(caches[0].accumulated.double(), per_kv_head.sum(2), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(caches[0].last.double(), per_kv_head[:, :, -1], atol=1e-5, rtol=1e-5)
+    monkeypatch.setattr(evicting, "QUERY_CHUNK", 256)
+    whole, _ = run_policy(llama, tokens, "full", T, "prefill", block=T)
+    monkeypatch.setattr(evicting, "QUERY_CHUNK", chunk)
+    chunked, _ = run_policy(llama, tokens, "full", T, "prefill", block=T)
+    torch.testing.assert_close(chunked, whole, atol=ATOL, rtol=ATOL)
 
 
 @pytest.mark.parametrize("policy", ["h2o", {"name": "snapkv", "window": 2, "kernel_size": 3}, "tova"],

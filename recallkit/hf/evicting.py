@@ -220,30 +220,44 @@ def cached_forward(model: nn.Module, input_ids: Tensor, cache: Any,
     return out.logits, cache
 
 
+QUERY_CHUNK = 256
+"""Queries attended at a time: a chunk's scores stay small, and it skips the keys after its last query."""
+
+
 def evicting_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Any,
                        scaling: float | None = None, dropout: float = 0.0,
                        **kwargs: Any) -> tuple[Tensor, None]:
     """Attention of the new queries (B, H, T, d) to an evicting layer's keys and values (B, H_kv, S, d):
-    output (B, T, H, d); the layer's cache observes the attention (and evicts)."""
+    output (B, T, H, d); the layer's cache observes the attention, averaged over each KV head's query
+    heads (and evicts). Query heads are grouped by the KV head they share (GQA: query head h reads
+    KV head h // group), so keys are never repeated."""
     if not _pending:
         raise RecallkitError("evicting attention ran without an evicting cache layer")
     kv = _pending.pop().kv
     B, H, T, d = query.shape
-    group = H // key.shape[1]
-    key_pos = kv.key_positions.repeat_interleave(group, dim=1)  # (B, H, S)
-    query_pos = key_pos[..., -T:]  # the new tokens are the last T held
-    distance = query_pos[..., :, None] - key_pos[..., None, :]  # (B, H, T, S)
-    allowed = distance >= 0
+    H_kv, S = key.shape[1], key.shape[2]
+    group = H // H_kv
     window = getattr(module, "sliding_window", None)
-    if window is not None:
-        allowed = allowed & (distance < window)
-    keys, values = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
     scale = d**-0.5 if scaling is None else scaling
-    scores = (query.float() @ keys.float().transpose(-1, -2)) * scale
-    attention = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)  # (B, H, T, S)
-    out = (attention.to(values.dtype) @ values).transpose(1, 2).contiguous()  # (B, T, H, d)
-    kv.observe(attention.view(B, H // group, group, T, -1).mean(dim=2))
-    return out, None
+    queries = query.float().view(B, H_kv, group, T, d)
+    keys = key.float()[:, :, None]  # (B, H_kv, 1, S, d)
+    values = value[:, :, None]
+    key_pos = kv.key_positions  # (B, H_kv, S), ascending: the new tokens are the last T held
+    out = value.new_empty(B, H_kv, group, T, d)
+    observed = query.new_zeros(B, H_kv, T, S, dtype=torch.float32)
+    for start in range(0, T, QUERY_CHUNK):
+        stop = min(T, start + QUERY_CHUNK)
+        seen = S - T + stop  # keys at later slots sit at later positions: no query of the chunk sees them
+        distance = key_pos[:, :, None, S - T + start : seen, None] - key_pos[:, :, None, None, :seen]
+        allowed = distance >= 0  # (B, H_kv, 1, chunk, seen)
+        if window is not None:
+            allowed = allowed & (distance < window)
+        scores = (queries[:, :, :, start:stop] @ keys[..., :seen, :].transpose(-1, -2)) * scale
+        attention = scores.masked_fill_(~allowed, float("-inf")).softmax(dim=-1)  # (B, H_kv, g, chunk, seen)
+        out[:, :, :, start:stop] = attention.to(values.dtype) @ values[..., :seen, :]
+        observed[:, :, start:stop, :seen] = attention.mean(dim=2)
+    kv.observe(observed)
+    return out.view(B, H, T, d).transpose(1, 2).contiguous(), None
 
 
 def _register() -> None:
