@@ -154,7 +154,8 @@ def _answers_from(model: HFModel, task: TextTaskConfig, example: TextExample, re
     :func:`~recallkit.hf.greedy.greedy_match`, whose first block forks that hold as many tokens read
     in one batch (:func:`~recallkit.hf.prompt_read.stack_states`)."""
     forks = [fork_state(read, policy, budget) for policy, budget in specs]
-    held = [_held(model, read.num_tokens, caches) for _, caches in forks]
+    others = _held(model, read.num_tokens, [])  # the recurrent layers: the same for every fork
+    held = [others + sum(cache.numel() for cache in caches) for _, caches in forks]
     expected = answer_ids(model, example.answer)
     greedy: list[list[int] | None] = [None] * len(specs)
     groups: dict[tuple[int, int], list[int]] = {}
