@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import textwrap
 from pathlib import Path
 
@@ -35,6 +36,16 @@ def tiny_run(**train) -> rk.RunConfig:
         train={"max_steps": 20, "eval_every": 10, "batch_size": 16, "num_train_examples": 128,
                "num_test_examples": 32, "warmup_steps": 2, "device": "cpu", **train},
     )
+
+
+@pytest.fixture(autouse=True)
+def _sigint_restored():
+    """A CLI command interrupted in-process (CliRunner) ignores SIGINT on its way out, as the real
+    process does; restore the handler, or every later subprocess would inherit the ignore and shrug
+    off Ctrl-C."""
+    handler = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, handler)
 
 
 @pytest.fixture
