@@ -365,6 +365,12 @@ configs = [tiny_run(seed=s, max_steps=3000, eval_every=100, early_stop_accuracy=
 """
 
 
+def _default_sigint() -> None:
+    """Ctrl-C's default disposition in the child, as in a terminal: a test run started in the
+    background by a non-interactive shell ignores SIGINT, and children inherit the ignore."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("executor", ["serial", "process"])
 def test_ctrl_c_is_one_line_exit_130_and_the_runs_resume(tmp_path, executor):
     sweep, out = tmp_path / "sweep.py", tmp_path / "out"
@@ -372,7 +378,8 @@ def test_ctrl_c_is_one_line_exit_130_and_the_runs_resume(tmp_path, executor):
     command = [sys.executable, "-m", "recallkit", "run", str(sweep), "--out", str(out), "--quiet",
                "--executor", executor, "--workers", "2"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True, cwd=Path(__file__).parent.parent)
+                               start_new_session=True, cwd=Path(__file__).parent.parent,
+                               preexec_fn=_default_sigint)
     deadline = time.time() + 120
     while time.time() < deadline and not any(s == "running" for _, s, _ in _rows(out / "results.sqlite")):
         time.sleep(0.1)
