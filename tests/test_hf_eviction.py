@@ -107,15 +107,15 @@ def test_budget_of_the_whole_sequence_equals_no_policy(llama, tokens, plain_logi
 
 
 def _record_attended(caches, attended):
-    """Wrap each cache's observe: ``attended`` gets (keys attended, tokens held) during every step."""
+    """Wrap each cache's observe_summary: ``attended`` gets (keys attended, tokens held) during every step."""
     for cache in caches:
-        observe = cache.observe
+        observe = cache.observe_summary
 
-        def wrapped(attention, cache=cache, observe=observe):
-            attended.append((attention.shape[-1], len(cache)))
-            return observe(attention)
+        def wrapped(total, tail, num_queries, cache=cache, observe=observe):
+            attended.append((total.shape[-1], len(cache)))
+            return observe(total, tail, num_queries)
 
-        cache.observe = wrapped
+        cache.observe_summary = wrapped
 
 
 def test_window_keeps_the_last_budget_positions_and_never_exceeds_the_budget(llama, tokens):
@@ -223,6 +223,17 @@ def test_caches_observe_the_attention_averaged_over_each_kv_heads_query_heads(ll
     _, caches = run_policy(llama, tokens, "h2o", T, "prefill", block=CONTEXT)
     torch.testing.assert_close(caches[0].accumulated.double(), per_kv_head.sum(2), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(caches[0].last.double(), per_kv_head[:, :, -1], atol=1e-5, rtol=1e-5)
+    rings = {}  # SnapKV's last 5 queries after the context, spread over two chunks of 3
+
+    def keep_ring(t, caches):
+        if t == CONTEXT - 1:
+            rings[t] = caches[0].recent.clone()  # (B, H_kv, CONTEXT, 5): query i in slot i % 5
+
+    snapkv = {"name": "snapkv", "window": 5, "kernel_size": 1}
+    run_policy(llama, tokens, snapkv, T, "prefill", block=CONTEXT, after_step=keep_ring)
+    for i in range(CONTEXT - 5, CONTEXT):
+        torch.testing.assert_close(rings[CONTEXT - 1][..., i % 5].double(), per_kv_head[:, :, i, :CONTEXT],
+                                   atol=1e-5, rtol=1e-5)
     monkeypatch.setattr(evicting, "QUERY_CHUNK", 256)
     whole, _ = run_policy(llama, tokens, "full", T, "prefill", block=T)
     monkeypatch.setattr(evicting, "QUERY_CHUNK", chunk)

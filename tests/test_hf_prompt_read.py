@@ -13,7 +13,7 @@ import torch
 
 import recallkit.hf.text_eval as text_eval
 from recallkit.hf import load_model
-from recallkit.hf.greedy import generate, greedy_match
+from recallkit.hf.greedy import generate, greedy_match, teacher_forced_argmax
 from recallkit.hf.prompt_read import fork_state, read_prompt, stack_states
 from recallkit.hf.text_eval import evaluate_text, evaluate_text_grid
 from recallkit.hf.tiny import tiny_tokenizer
@@ -94,18 +94,19 @@ def _chars(text: str) -> list[int]:  # the same text in other tokens: one per ch
     return [i for ch in text for i in _encode(ch)]
 
 
-@pytest.mark.parametrize("script, filler, decided_in_one_pass", [
-    (_encode(" " + ANSWER) + _encode("\n"), 0, True),  # right, then a newline
-    (_encode(" " + ANSWER), "eos", True),  # right, then end of sequence
-    (_encode(" " + ANSWER) + _encode("(home)\n"), 0, True),  # right number, but the line goes on
-    (_encode(" 417-2"), "digit", True),  # wrong digit: no generation needed
-    (_encode(" 9"), "digit", True),  # wrong from the first token
-    (_chars(" " + ANSWER + "\n"), 0, False),  # right, spelled in other tokens: generated
-    (_encode("\n\n " + ANSWER + "\n"), 0, False),  # opens with blank lines: generated
-    (_encode(" " + ANSWER) + _encode(" \n"), 0, False),  # trailing blank: still open after the answer
-    (_chars(" 417-20"), "digit", False),  # other tokens, then wrong
+@pytest.mark.parametrize("script, filler, passes", [  # passes: forward passes when one round decides
+    (_encode(" " + ANSWER) + _encode("\n"), 0, 2),  # right, then a newline: the probe, then the rest
+    (_encode(" " + ANSWER), "eos", 2),  # right, then end of sequence
+    (_encode(" " + ANSWER) + _encode("(home)\n"), 0, 2),  # right number, but the line goes on
+    (_encode(" 417-2"), "digit", 2),  # wrong digit after the probe: no generation needed
+    (_encode(" 41"), "digit", 1),  # wrong digit within the probe: the rest is not read
+    (_encode(" 9"), "digit", 0),  # wrong from the first token: the prompt's logits decide
+    (_chars(" " + ANSWER + "\n"), 0, None),  # right, spelled in other tokens: generated
+    (_encode("\n\n " + ANSWER + "\n"), 0, None),  # opens with blank lines: generated
+    (_encode(" " + ANSWER) + _encode(" \n"), 0, None),  # trailing blank: still open after the answer
+    (_chars(" 417-20"), "digit", None),  # other tokens, then wrong
 ])
-def test_greedy_match_scores_exactly_as_generating(script, filler, decided_in_one_pass):
+def test_greedy_match_scores_exactly_as_generating(script, filler, passes):
     tokenizer = tiny_tokenizer()
     filler = {"eos": tokenizer.eos_token_id, "digit": _encode("5")[0]}.get(filler, filler)
     model = ScriptModel(script, filler)
@@ -126,9 +127,9 @@ def test_greedy_match_scores_exactly_as_generating(script, filler, decided_in_on
     correct, decided = greedy_match(model, logits[:, -1], fresh_state, ANSWER, score, 30)
     assert correct == expected
     assert text.startswith(decided)
-    assert (len(fresh) == 1) == decided_in_one_pass
-    if decided_in_one_pass:
-        assert model.calls == 1
+    assert (len(fresh) == 1) == (passes is not None)
+    if passes is not None:
+        assert model.calls == passes
 
 
 TASK = make_text_task({"name": "kv_retrieval_text", "num_pairs": 4, "id_hex_digits": 6})
@@ -160,24 +161,49 @@ def test_the_grid_equals_each_setting_alone_and_reads_each_prompt_once(monkeypat
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3_next", "falcon_h1"])
-def test_forks_of_one_size_continue_together_as_each_alone(arch):
+def test_forks_of_any_size_continue_together_as_each_alone(arch):
+    """Forks holding 9, 20, 24 and all 30 tokens, padded to 30 in one batch: each row's logits are its
+    fork's alone, and so are the probed argmaxes after some rows are dropped (the script of rows:
+    the argmax after the prompt, then after each block token, up to the first disagreement)."""
     model = load_model(f"tiny:{arch}")
     ids = torch.randint(3, 500, (30,), generator=torch.Generator().manual_seed(3)).tolist()
     block = torch.randint(3, 500, (1, 5), generator=torch.Generator().manual_seed(4))
     read = read_prompt(model, ids)
-    policies = ["window", "h2o", "snapkv", {"name": "sinks", "num_sinks": 2, "reindex_positions": True}]
-    forks = [fork_state(read, make_policy(p), 9) for p in policies]
+    specs = [("window", 9), ("h2o", 20), ("snapkv", 24), (None, None),
+             ({"name": "sinks", "num_sinks": 2, "reindex_positions": True}, 9)]
+    forks = [fork_state(read, p and make_policy(p), b) for p, b in specs]
     if arch != "llama":  # recurrent layers, or a recurrent state in every layer: no stack
         assert stack_states([f[0] for f in forks[:3]], [f[1] for f in forks[:3]]) is None
         return
     assert stack_states([f[0] for f in forks], [f[1] for f in forks]) is None  # sinks places tokens at 9
-    stacked = stack_states([f[0] for f in forks[:3]], [f[1] for f in forks[:3]])
+    stacked = stack_states([f[0] for f in forks[:4]], [f[1] for f in forks[:4]])
     with torch.no_grad():
-        together, _ = model.prefill(block.expand(3, -1), state=stacked)
-        for row, (state, _) in enumerate(forks[:3]):
-            alone, _ = model.prefill(block, state=state)
-            torch.testing.assert_close(together[row], alone[0])
+        together, _ = model.prefill(block.expand(4, -1), state=stacked)
+        for row, (p, b) in enumerate(specs[:4]):
+            alone, _ = model.prefill(block, state=fork_state(read, p and make_policy(p), b)[0])
+            torch.testing.assert_close(together[row], alone[0], atol=1e-5, rtol=1e-5)
     assert not torch.equal(together[0], together[1])  # the rows did hold different tokens
+    # The full fork's own greedy continuation as the expected answer: it agrees all the way, some
+    # other fork parts from it within the probe, so the rest is read by fewer rows.
+    expected = generate_ids(model, read.logits, fork_state(read, None, None)[0], 6)
+    stacked = stack_states([f[0] for f in forks[:4]], [f[1] for f in forks[:4]])
+    together = teacher_forced_argmax(model, read.logits.expand(4, -1), stacked, expected, probe=2)
+    for row, (p, b) in enumerate(specs[:4]):
+        alone = teacher_forced_argmax(model, read.logits, fork_state(read, p and make_policy(p), b)[0],
+                                      expected, probe=len(expected))[0]
+        assert together[row] == alone
+    assert together[3][:6] == expected and len(together[3]) == 7
+    assert min(len(row) for row in together) <= 3
+
+
+def generate_ids(model, logits, state, n):
+    """``n`` greedy tokens (ids) from ``logits`` after a prompt and the state after it."""
+    tokens = [int(logits.argmax(-1))]
+    with torch.no_grad():
+        for _ in range(n - 1):
+            logits, state = model.step(torch.tensor(tokens[-1:]), state)
+            tokens.append(int(logits.argmax(-1)))
+    return tokens
 
 
 def test_the_grid_batches_forks_of_one_budget_and_scores_as_generating(monkeypatch):
@@ -214,5 +240,5 @@ def test_an_answer_after_a_blank_line_is_settled_by_a_second_block_not_generated
         model.calls = 0
         correct, text = greedy.greedy_match(model, logits[:, -1], lambda: [7, 8, 9], ANSWER,
                                             lambda g, a: g.strip().splitlines()[0].strip() == a, 30)
-        assert correct == right and 2 <= model.calls <= greedy.ROUNDS
+        assert correct == right and 2 <= model.calls <= 2 * greedy.ROUNDS  # a probe and the rest per round
         assert text.strip().startswith(ANSWER if right else "417-20")

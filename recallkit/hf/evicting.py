@@ -239,24 +239,35 @@ def evicting_attention(module: nn.Module, query: Tensor, key: Tensor, value: Ten
     group = H // H_kv
     window = getattr(module, "sliding_window", None)
     scale = d**-0.5 if scaling is None else scaling
-    queries = query.float().view(B, H_kv, group, T, d)
-    keys = key.float()[:, :, None]  # (B, H_kv, 1, S, d)
-    values = value[:, :, None]
+    queries = (query.float() * scale).view(B, H_kv, group, T, d)
+    keys, values = key.float(), value  # (B, H_kv, S, d): one matmul per KV head, never repeated
     key_pos = kv.key_positions  # (B, H_kv, S), ascending: the new tokens are the last T held
     out = value.new_empty(B, H_kv, group, T, d)
-    observed = query.new_zeros(B, H_kv, T, S, dtype=torch.float32)
+    total = query.new_zeros(B, H_kv, S, dtype=torch.float32)  # attention received, summed over queries
+    tail_rows = kv.tail_rows(T)
+    tail = query.new_zeros(B, H_kv, tail_rows, S, dtype=torch.float32)  # the last queries' own
     for start in range(0, T, QUERY_CHUNK):
         stop = min(T, start + QUERY_CHUNK)
         seen = S - T + stop  # keys at later slots sit at later positions: no query of the chunk sees them
-        distance = key_pos[:, :, None, S - T + start : seen, None] - key_pos[:, :, None, None, :seen]
-        allowed = distance >= 0  # (B, H_kv, 1, chunk, seen)
+        # Without a window or padding, every key held before the chunk's first query is visible to all of it.
+        first_masked = 0 if window is not None or kv.padded else S - T + start
+        queried, masked = key_pos[:, :, None, S - T + start : seen], key_pos[:, :, None, first_masked:seen]
+        distance = queried[..., None] - masked[..., None, :]
+        allowed = distance >= 0  # (B, H_kv, 1, chunk, seen - first_masked)
         if window is not None:
             allowed = allowed & (distance < window)
-        scores = (queries[:, :, :, start:stop] @ keys[..., :seen, :].transpose(-1, -2)) * scale
-        attention = scores.masked_fill_(~allowed, float("-inf")).softmax(dim=-1)  # (B, H_kv, g, chunk, seen)
-        out[:, :, :, start:stop] = attention.to(values.dtype) @ values[..., :seen, :]
-        observed[:, :, start:stop, :seen] = attention.mean(dim=2)
-    kv.observe(observed)
+        chunk = queries[:, :, :, start:stop].reshape(B, H_kv, group * (stop - start), d)
+        scores = (chunk @ keys[:, :, :seen].transpose(-1, -2)).view(B, H_kv, group, stop - start, seen)
+        scores[..., first_masked:].masked_fill_(~allowed, float("-inf"))
+        attention = scores.softmax(dim=-1)  # (B, H_kv, g, chunk, seen)
+        mixed = attention.to(values.dtype).view(B, H_kv, -1, seen) @ values[:, :, :seen]
+        out[:, :, :, start:stop] = mixed.view(B, H_kv, group, stop - start, d)
+        total[..., :seen] += attention.sum(dim=(2, 3)) / group
+        first_tail = max(start, T - tail_rows)  # the chunk's first query that belongs to the tail
+        if first_tail < stop:
+            rows = slice(first_tail - (T - tail_rows), stop - (T - tail_rows))
+            tail[:, :, rows, :seen] = attention[:, :, :, first_tail - start :].mean(dim=2)
+    kv.observe_summary(total, tail, T)
     return out.view(B, H, T, d).transpose(1, 2).contiguous(), None
 
 

@@ -86,26 +86,53 @@ def fork_state(read: ReadPrompt, policy: Policy | None, budget_tokens: int | Non
     return HFState(cache, read.state.position), forks
 
 
+PAD_POSITION = torch.iinfo(torch.int64).max // 2
+"""Where a stack places the padding after a shorter fork's tokens: after every query, so none sees it."""
+
+
 def stack_states(states: list[HFState], caches: list[list[KVCache]]) -> HFState | None:
     """One state of batch k holding ``k`` forks of one read (each (1, ...), with its ``caches``) side by
     side, so one forward pass continues all of them; None when they cannot share one: a layer that is
-    not an evicting cache (a hybrid's recurrent layer), or forks that hold different numbers of tokens
-    or place the next token at different positions (a re-indexing policy). No policy evicts after a
-    fork has compressed, so the stack keeps every token, at the positions each fork attends with."""
+    not an evicting cache (a hybrid's recurrent layer), or forks that place the next token at
+    different positions (a re-indexing policy). A fork holding fewer tokens than the longest is
+    padded after its own with keys at ``PAD_POSITION``, which the attention masks (the cache is
+    marked ``padded``). No policy evicts after a fork has compressed, so the stack keeps every token,
+    at the positions each fork attends with."""
     if not all(evicting_kv_only(state.cache) for state in states):
         return None
-    if len({(len(c[0]), c[0].next_position) for c in caches}) != 1:
+    if len({c[0].next_position for c in caches}) != 1:
         return None
     full = make_policy("full")
     shared = {id(layer.kv): layer.kv for layer in evicting_layers(states[0].cache)}  # replaced below
     stacked = copy.deepcopy(states[0].cache, shared)
+    width = max(len(c[0]) for c in caches)
     for n, layer in enumerate(evicting_layers(stacked)):
         rows = [fork[n] for fork in caches]
         kv = KVCache(full, None, "prefill", rotate=rows[0].rotate)
-        kv.key, kv.value = torch.cat([r.key for r in rows]), torch.cat([r.value for r in rows])
-        kv.positions = torch.cat([r.key_positions for r in rows])  # where each fork's keys sit
-        kv.accumulated = torch.cat([r.accumulated for r in rows])
-        kv.last = torch.cat([r.last for r in rows])
-        kv.seen, kv.compressed = rows[0].next_position, True
+        kv.key = _padded([r.key for r in rows], width, 0.0)
+        kv.value = _padded([r.value for r in rows], width, 0.0)
+        kv.positions = _padded([r.key_positions for r in rows], width, PAD_POSITION)  # as each fork attends
+        kv.accumulated = _padded([r.accumulated for r in rows], width, 0.0)
+        kv.last = _padded([r.last for r in rows], width, 0.0)
+        kv.seen, kv.compressed, kv.padded = rows[0].next_position, True, width > min(map(len, rows))
         layer.kv = kv
     return HFState(stacked, states[0].position)
+
+
+def _padded(rows: list[Tensor], width: int, fill: float | int) -> Tensor:
+    """(1, H_kv, S_i, ...) each -> (k, H_kv, width, ...), ``fill`` after each row's own S_i slots."""
+    out = rows[0].new_full((len(rows), rows[0].shape[1], width, *rows[0].shape[3:]), fill)
+    for n, row in enumerate(rows):
+        out[n, :, : row.shape[2]] = row[0]
+    return out
+
+
+def select_rows(state: HFState, rows: list[int]) -> HFState:
+    """The sequences ``rows`` of a stacked state (:func:`stack_states`), in place."""
+    layers = evicting_layers(state.cache)
+    index = torch.tensor(rows, device=layers[0].kv.key.device)
+    for layer in layers:
+        kv = layer.kv
+        kv.key, kv.value, kv.positions = (t.index_select(0, index) for t in (kv.key, kv.value, kv.positions))
+        kv.accumulated, kv.last = kv.accumulated.index_select(0, index), kv.last.index_select(0, index)
+    return state

@@ -33,7 +33,7 @@ from recallkit.hf.adapter import HFModel
 from recallkit.hf.greedy import answer_ids, generate, greedy_match, teacher_forced_argmax
 from recallkit.hf.prompt_read import RECORDED_HISTORY, ReadPrompt, fork_state, read_prompt, stack_states
 from recallkit.inference.decode import evicting_state
-from recallkit.kv import Budget, Mode, Policy, make_policy, resolve_budget
+from recallkit.kv import Budget, KVCache, Mode, Policy, make_policy, resolve_budget
 from recallkit.text_tasks import TextExample, TextTaskConfig
 
 ANSWER_SLACK = 4
@@ -151,19 +151,16 @@ def _answers_from(model: HFModel, task: TextTaskConfig, example: TextExample, re
     """One example under each (policy, budget tokens) of ``specs``, forked from its prompt's ``read``:
     (correct, greedy text, numbers held when the answer begins) each. The answers flagged in
     ``generated`` are generated token by token; the others are scored by
-    :func:`~recallkit.hf.greedy.greedy_match`, whose first block forks that hold as many tokens read
-    in one batch (:func:`~recallkit.hf.prompt_read.stack_states`)."""
+    :func:`~recallkit.hf.greedy.greedy_match`, whose first block the forks read in few batches
+    (:func:`_batches`, :func:`~recallkit.hf.prompt_read.stack_states`)."""
     forks = [fork_state(read, policy, budget) for policy, budget in specs]
     others = _held(model, read.num_tokens, [])  # the recurrent layers: the same for every fork
     held = [others + sum(cache.numel() for cache in caches) for _, caches in forks]
     expected = answer_ids(model, example.answer)
     greedy: list[list[int] | None] = [None] * len(specs)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for n, (_, caches) in enumerate(forks):
-        if not generated[n] and len(expected) + 1 <= max_new_tokens:
-            groups.setdefault((len(caches[0]), caches[0].next_position), []).append(n)
-    for rows in groups.values():
-        stacked = stack_states([forks[n][0] for n in rows], [forks[n][1] for n in rows])
+    scored = [n for n in range(len(specs)) if not generated[n] and len(expected) + 1 <= max_new_tokens]
+    for rows in _batches([forks[n][1][0] for n in scored], scored):
+        stacked = stack_states([forks[n][0] for n in rows], [forks[n][1] for n in rows]) if rows[1:] else None
         if stacked is not None:  # else each reads its own first block in greedy_match
             batch = teacher_forced_argmax(model, read.logits.expand(len(rows), -1), stacked, expected)
             for n, tokens in zip(rows, batch, strict=True):
@@ -183,6 +180,31 @@ def _answers_from(model: HFModel, task: TextTaskConfig, example: TextExample, re
                                          max_new_tokens, expected=expected, greedy=greedy[n])
         out.append((correct, text, held[n]))
     return out
+
+
+PADDING = 1024
+"""Padded token slots that cost about one forward pass (on 2 cores: a pass of SmolLM2-135M is about
+80 ms; a slot is copied when stacked and at each block, 46 kB a time): forks are batched together
+while the padding they need stays under it."""
+
+
+def _batches(caches: list[KVCache], names: list[int]) -> list[list[int]]:
+    """``names`` in batches that read one block together: forks whose first attention layers'
+    ``caches`` place the next token at one position, longest first, a new batch whenever padding to
+    the batch's longest would exceed ``PADDING`` slots."""
+    by_position: dict[int, list[tuple[int, int]]] = {}
+    for name, kv in zip(names, caches, strict=True):
+        by_position.setdefault(kv.next_position, []).append((len(kv), name))
+    batches: list[list[int]] = []
+    for forks in by_position.values():
+        width = padding = None
+        for length, name in sorted(forks, key=lambda fork: -fork[0]):
+            if width is None or padding + width - length > PADDING:
+                batches.append([])
+                width, padding = length, 0
+            batches[-1].append(name)
+            padding += width - length
+    return batches
 
 
 def _held(model: HFModel, tokens: int, caches: list) -> int:

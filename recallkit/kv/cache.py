@@ -64,6 +64,7 @@ class KVCache:
         self.recent: Tensor | None = None  # (B, H_kv, S, history) ring of the last queries' attention
         self.seen = 0  # tokens appended so far = original position of the next token
         self.compressed = False
+        self.padded = False  # a stack of forks: slots after a row's own tokens are padding (masked)
         self.peak = 0  # most tokens held between tokens
 
     def __len__(self) -> int:
@@ -112,18 +113,29 @@ class KVCache:
         self.seen += T
         return self
 
-    def observe(self, attention: Tensor | None) -> KVCache:
+    def observe(self, attention: Tensor) -> KVCache:
         """Record the new queries' attention (B, H_kv, T, S), averaged over the query heads of each
         KV head, then evict if the mode says so."""
         T = attention.shape[2]
+        return self.observe_summary(attention.sum(dim=2), attention[:, :, -self.tail_rows(T):], T)
+
+    def tail_rows(self, num_queries: int) -> int:
+        """How many of a block's last queries :meth:`observe_summary` needs: the ring's, and the last."""
+        return min(num_queries, max(self.history, 1))
+
+    def observe_summary(self, total: Tensor, tail: Tensor, num_queries: int) -> KVCache:
+        """:meth:`observe` from what it reads of a block of ``num_queries`` queries: their attention
+        summed over the queries, ``total`` (B, H_kv, S), and the last :meth:`tail_rows` queries' own,
+        ``tail`` (B, H_kv, k, S); a reader that attends in chunks never holds the whole block's."""
+        T = num_queries
         if self.stepwise and T != 1:
             raise ValueError(f"a continuous evicting cache reads one token at a time, got a block of {T}")
-        self.accumulated = self.accumulated + attention.sum(dim=2)
-        self.last = attention[:, :, -1]
+        self.accumulated = self.accumulated + total
+        self.last = tail[:, :, -1]
         if self.recent is not None:
-            first = self.seen - T  # index of the block's first query
-            for i in range(max(0, T - self.history), T):
-                self.recent[..., (first + i) % self.history] = attention[:, :, i]
+            n = min(T, self.history)  # query i of the whole context sits in slot i % history
+            slots = torch.arange(self.seen - n, self.seen, device=tail.device) % self.history
+            self.recent[..., slots] = tail[:, :, -n:].transpose(-1, -2)
         if self.stepwise and len(self) > self.budget:
             self.evict(self.budget)
         self.peak = max(self.peak, len(self))
