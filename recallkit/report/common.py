@@ -69,9 +69,12 @@ def varying_settings(models: list[dict[str, Any]]) -> list[str]:
 class FrontierPoint:
     """One point of the frontier: the best run (over learning rates) of one model in one panel.
 
-    ``budget`` is the KV budget of an eviction panel's point (None elsewhere), ``prefill_tokens`` the
-    mean prompt length when the evaluation reported it, ``runs`` how many runs the point is the best
-    of, and ``model`` the stored model config (its varying settings tag the point).
+    ``accuracy`` is the mean over the seeds of the best training setting; ``seeds`` holds each seed's
+    accuracy and ``interval`` the 95% bootstrap interval of the mean when there are two or more
+    (else ``()`` and None). ``budget`` is the KV budget of an eviction panel's point (None
+    elsewhere), ``prefill_tokens`` the mean prompt length when the evaluation reported it, ``runs``
+    how many runs the point is the best of, and ``model`` the stored model config (its varying
+    settings tag the point). ``run_id`` is the best seed's run.
     """
 
     panel: str
@@ -87,3 +90,13 @@ class FrontierPoint:
     wall_time: float | None
     runs: int
     model: dict[str, Any]
+    seeds: tuple[float, ...] = ()
+    interval: tuple[float, float] | None = None
+
+
+def accuracy_text(point: FrontierPoint) -> str:
+    """``0.530``, or with seeds ``0.530 [0.410, 0.660] (3 seeds)``: the mean and its 95% interval."""
+    if point.interval is None:
+        return f"{point.accuracy:.3f}"
+    low, high = point.interval
+    return f"{point.accuracy:.3f} [{low:.3f}, {high:.3f}] ({len(point.seeds)} seeds)"

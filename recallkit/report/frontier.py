@@ -6,6 +6,7 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
+from statistics import mean
 from typing import Any
 
 import matplotlib
@@ -15,6 +16,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from recallkit.report.common import FrontierPoint, base_panel, palette, panel_name, varying_settings
+from recallkit.report.stats import bootstrap_interval
 
 
 def _compact(value: float, _position: int) -> str:
@@ -47,13 +49,26 @@ def evaluations(row: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def run_seed(config: dict[str, Any]) -> int:
+    """The seed of a stored run config: its training seed, or an evaluation-only run's own."""
+    return (config.get("train") or {}).get("seed", config.get("seed", 0))
+
+
+def _setting(config: dict[str, Any]) -> str:
+    """What a run was trained with apart from its seed (learning rate, steps, ...), as a key."""
+    return json.dumps({k: v for k, v in (config.get("train") or {}).items() if k != "seed"}, sort_keys=True)
+
+
 def frontier_points(rows: list[dict[str, Any]]) -> list[FrontierPoint]:
-    """One point per (panel, label, model): the best accuracy over training settings (learning rates).
+    """One point per (panel, label, model): the best training setting's mean accuracy over its seeds.
 
     A panel is one evaluation setting (task and length); a run evaluated at several lengths gives a
     point in each. Models differ by width or by any mixer setting (a state-size sweep of one family
     gives one point per setting); evaluations under an eviction policy form their own label, one
-    point per budget. Failed and unfinished runs are left out.
+    point per budget. Within a point, runs that differ only by seed are averaged, and the training
+    setting (learning rate, ...) with the best mean wins; with two or more seeds the point carries
+    every seed's accuracy and a 95% bootstrap interval of the mean (:mod:`recallkit.report.stats`).
+    Failed and unfinished runs are left out.
     """
     groups: dict[tuple, list[tuple[dict, dict]]] = defaultdict(list)
     for row in rows:
@@ -67,12 +82,24 @@ def frontier_points(rows: list[dict[str, Any]]) -> list[FrontierPoint]:
             groups[key].append((row, evaluation))
     points = []
     for (_, _, _, label, width, _, _), group in sorted(groups.items()):
-        row, best = max(group, key=lambda pair: pair[1]["accuracy"])
+        settings: dict[str, dict[int, tuple[dict, dict]]] = defaultdict(dict)
+        for row, evaluation in group:  # runs of one setting and seed that differ otherwise: the best
+            runs = settings[_setting(row["config"])]
+            seed = run_seed(row["config"])
+            if seed not in runs or evaluation["accuracy"] > runs[seed][1]["accuracy"]:
+                runs[seed] = (row, evaluation)
+        seeds = max(settings.values(), key=lambda runs: mean(e["accuracy"] for _, e in runs.values()))
+        ordered = [seeds[seed] for seed in sorted(seeds)]
+        row, best = max(ordered, key=lambda pair: pair[1]["accuracy"])  # the run the point links to
+        accuracies = [e["accuracy"] for _, e in ordered]
         points.append(FrontierPoint(
-            panel=best["panel"], label=label, d_model=width, state_size=best["state_size"],
-            accuracy=best["accuracy"], budget=best["budget"], prefill_tokens=best["prefill_tokens"],
+            panel=best["panel"], label=label, d_model=width,
+            state_size=round(mean(e["state_size"] for _, e in ordered)), accuracy=mean(accuracies),
+            budget=best["budget"], prefill_tokens=best["prefill_tokens"],
             lr=row["config"].get("train", {}).get("lr"), run_id=row["run_id"], num_params=row["num_params"],
             wall_time=row["wall_time"], runs=len(group), model=row["config"]["model"],
+            seeds=tuple(accuracies) if len(accuracies) > 1 else (),
+            interval=bootstrap_interval(accuracies),
         ))
     return points
 
@@ -128,6 +155,13 @@ def plot_frontier(points: list[FrontierPoint], path: str | Path,
             faint = reference is not None and line[0].panel == reference
             ax.plot(xs, ys, "s--" if faint else "o-", color=colors[label], label=label,
                     alpha=0.45 if faint else 1)
+            seeded = [p for p in line if p.interval is not None]
+            if seeded:  # the 95% bootstrap interval of each mean over seeds
+                below = [p.accuracy - p.interval[0] for p in seeded]
+                above = [p.interval[1] - p.accuracy for p in seeded]
+                ax.errorbar([p.state_size for p in seeded], [p.accuracy for p in seeded],
+                            yerr=[below, above], fmt="none", ecolor=colors[label], elinewidth=1, capsize=3,
+                            alpha=0.45 if faint else 1)
             tags.extend((p.state_size, p.accuracy, tag, colors[label])
                         for p, tag in zip(line, varying_settings([p.model for p in line])) if tag)
         tags_per_axis.append(tags)

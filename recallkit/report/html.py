@@ -8,7 +8,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from recallkit.report.common import FrontierPoint
+from recallkit.report.common import FrontierPoint, accuracy_text
 from recallkit.report.curves import curves_figure
 from recallkit.report.embed import figure_div, plotly_js
 from recallkit.report.interactive import frontier_figure
@@ -97,10 +97,11 @@ def _messages(rows: list[dict[str, Any]], points: list[FrontierPoint]) -> list[s
 def _frontier_tables(points: list[FrontierPoint]) -> str:
     return "".join(
         f"<h3>{html.escape(panel)}</h3>" + _table(
-            ["model", "d_model", "KV budget", "state size (numbers)", "prefill tokens", "accuracy", "best lr",
+            ["model", "d_model", "KV budget", "state size (numbers)", "prefill tokens",
+             "accuracy (mean [95% interval] over seeds)", "best lr",
              "params", "runs"],
             [[p.label, p.d_model, "" if p.budget is None else p.budget, f"{p.state_size:,}",
-              _fmt(p.prefill_tokens, 1), _fmt(p.accuracy), p.lr, f"{p.num_params:,}", p.runs]
+              _fmt(p.prefill_tokens, 1), accuracy_text(p), p.lr, f"{p.num_params:,}", p.runs]
              for p in points if p.panel == panel],
         )
         for panel in dict.fromkeys(p.panel for p in points)

@@ -10,7 +10,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from recallkit.report.common import FrontierPoint, base_panel, family_colors, varying_settings
+from recallkit.report.common import FrontierPoint, accuracy_text, base_panel, family_colors, varying_settings
 from recallkit.report.hover import config_lines
 from recallkit.report.slices import panel_evals
 
@@ -20,14 +20,16 @@ COLUMNS = 3
 
 def _hover(point: FrontierPoint, tag: str, row: dict[str, Any] | None) -> str:
     head = f"<b>{point.label}</b>" + (f"  {tag}" if tag else "")
-    facts = [f"accuracy {point.accuracy:.3f}", f"state {point.state_size:,}", f"d_model {point.d_model}",
+    facts = [f"accuracy {accuracy_text(point)}", f"state {point.state_size:,}", f"d_model {point.d_model}",
              *([f"lr {point.lr:g}"] if point.lr is not None else []), f"best of {point.runs}"]
     if point.budget is not None:
         facts.insert(2, f"KV budget {point.budget:g}")
     run = f"run {point.run_id}" + (f" · {point.wall_time:.1f} s" if point.wall_time else "")
     policy = _policy_line(point, row) if row and point.budget is not None else []
     config = config_lines(row["config"]) if row else []
-    return "<br>".join([head, " · ".join(facts), run, *policy, *config])
+    per_seed = ", ".join(f"{a:.3f}" for a in point.seeds)
+    seeds = [f"seeds: {per_seed} (the best one's run below)"] if point.seeds else []
+    return "<br>".join([head, " · ".join(facts), *seeds, run, *policy, *config])
 
 
 def _policy_line(point: FrontierPoint, row: dict[str, Any]) -> list[str]:
@@ -42,6 +44,15 @@ def _policy_line(point: FrontierPoint, row: dict[str, Any]) -> list[str]:
             return [html.escape(f"policy: {stored['policy']} budget={stored['budget']:g}{tokens} "
                                 f"mode={stored.get('mode')} {pairs}".strip())]
     return []
+
+
+def _error_bars(line: list[FrontierPoint]) -> dict[str, Any] | None:
+    """Plotly error bars of the points' seed intervals (zero where a point has one seed)."""
+    if not any(p.interval for p in line):
+        return None
+    return {"type": "data", "symmetric": False, "thickness": 1.2, "width": 3,
+            "array": [p.interval[1] - p.accuracy if p.interval else 0 for p in line],
+            "arrayminus": [p.accuracy - p.interval[0] if p.interval else 0 for p in line]}
 
 
 def _line(points: list[FrontierPoint], panel: str, label: str) -> list[FrontierPoint]:
@@ -85,6 +96,7 @@ def frontier_figure(points: list[FrontierPoint], rows: list[dict[str, Any]]) -> 
                     marker={"symbol": "square" if faint else "circle", "size": 8},
                     opacity=0.45 if faint else 1,
                     hovertext=[_hover(p, tag, by_id.get(p.run_id)) for p, tag in zip(line, tags)],
+                    error_y=_error_bars(line),
                     hoverinfo="text",
                 ),
                 row=i // columns + 1, col=i % columns + 1,

@@ -1,0 +1,88 @@
+"""Seeds as a sweep axis in the report: a point's mean over seeds, its 95% bootstrap interval (checked
+against the exact bootstrap distribution, enumerated), error bars in the PNG and the HTML page."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from recallkit.report import frontier_points, write_report
+from recallkit.report.common import accuracy_text
+from recallkit.report.interactive import frontier_figure
+from recallkit.report.stats import bootstrap_interval
+from recallkit.sweep import Store
+from tests.conftest import tiny_run
+from tests.test_report import row
+
+
+def seeded(run_id, lr, seed, accuracy, label="attention"):
+    out = row(run_id, label, 64, lr, accuracy)
+    out["config"]["train"]["seed"] = seed
+    return out
+
+
+def exact_quantile(values, q):
+    """The q-quantile of the exact bootstrap distribution of the mean: every one of the n^n ordered
+    resamples, equally likely (Efron's definition), enumerated."""
+    means = sorted(sum(draw) / len(values) for draw in itertools.product(values, repeat=len(values)))
+    return means[min(len(means) - 1, int(q * len(means)))]
+
+
+@pytest.mark.parametrize("values", [[0.0, 1.0], [0.2, 0.5, 0.9], [0.1, 0.1, 0.4, 0.8, 0.85]])
+def test_bootstrap_interval_matches_the_enumerated_bootstrap_distribution(values):
+    low, high = bootstrap_interval(values)
+    steps = sorted({abs(a - b) / len(values) for a in values for b in values} - {0.0})
+    tolerance = steps[0] + 1e-9  # Monte Carlo may land one grid step of the means away
+    assert abs(low - exact_quantile(values, 0.025)) <= tolerance
+    assert abs(high - exact_quantile(values, 0.975)) <= tolerance
+    assert bootstrap_interval(values) == (low, high)  # seeded
+    assert bootstrap_interval([0.5]) is None
+
+
+def test_a_point_averages_its_seeds_at_the_learning_rate_with_the_best_mean():
+    rows = [seeded("a", 1e-3, 0, 0.95), seeded("b", 1e-3, 1, 0.15), seeded("c", 1e-3, 2, 0.20),  # mean 0.43
+            seeded("d", 3e-3, 0, 0.60), seeded("e", 3e-3, 1, 0.50), seeded("f", 3e-3, 2, 0.70)]  # mean 0.60
+    (point,) = frontier_points(rows)
+    assert point.lr == 3e-3 and point.accuracy == pytest.approx(0.6)  # not the single best run's 0.95
+    assert point.seeds == (0.6, 0.5, 0.7) and point.run_id == "f" and point.runs == 6
+    low, high = point.interval
+    assert 0.5 <= low < 0.6 < high <= 0.7
+    assert accuracy_text(point) == f"0.600 [{low:.3f}, {high:.3f}] (3 seeds)"
+    (single,) = frontier_points(rows[:1] + rows[3:4])
+    assert single.interval is None and single.seeds == () and accuracy_text(single) == "0.950"
+
+
+def test_the_figures_and_tables_show_the_interval_and_every_seed(tmp_path):
+    rows = [seeded(str(i), 1e-3, i, a) for i, a in enumerate([0.3, 0.5, 0.7])]
+    rows.append(seeded("x", 1e-3, 0, 0.4, label="based"))  # one seed: no bar
+    figure = frontier_figure(frontier_points(rows), rows)
+    traces = {trace.name: trace for trace in figure.data}
+    hover = traces["attention"].hovertext[0]
+    assert "seeds: 0.300, 0.500, 0.700" in hover and "(3 seeds)" in hover
+    bars = traces["attention"].error_y
+    (point,) = [p for p in frontier_points(rows) if p.label == "attention"]
+    assert bars.array[0] == pytest.approx(point.interval[1] - 0.5)
+    assert bars.arrayminus[0] == pytest.approx(0.5 - point.interval[0])
+    assert traces["based"].error_y.array is None
+
+
+def test_a_seeded_sweep_reports_mean_and_interval_in_the_page_and_the_png(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    bars, errorbar = [], Axes.errorbar
+    monkeypatch.setattr(Axes, "errorbar", lambda ax, x, y, **kw: bars.append((x, y, kw["yerr"])) or
+                        errorbar(ax, x, y, **kw))
+    configs = [tiny_run(seed=seed) for seed in (0, 1, 2)] + [tiny_run(seed=0, lr=1e-2)]
+    with Store(tmp_path / "results.sqlite") as store:
+        store.add(configs)
+        for config, accuracy in zip(configs, [0.3, 0.5, 0.7, 0.2], strict=True):
+            store.record(config.run_id, {"status": "done", "metrics": {"accuracy": accuracy},
+                                         "state_size": 100, "num_params": 9, "wall_time": 1.0})
+    png, page = write_report(tmp_path)
+    with Store(tmp_path / "results.sqlite", readonly=True) as store:
+        (point,) = frontier_points(store.rows())
+    assert point.accuracy == pytest.approx(0.5) and point.runs == 4  # lr 1e-2's one seed is worse
+    low, high = point.interval
+    assert bars == [([100], [point.accuracy], [[point.accuracy - low], [high - point.accuracy]])]
+    assert accuracy_text(point) in page.read_text() and png.stat().st_size > 10_000
