@@ -6,6 +6,7 @@ from recallkit.base_config import TaskConfig
 from recallkit.errors import RecallkitError
 from recallkit.tasks.base import IGNORE_INDEX, Batch, eval_seed, train_seed
 from recallkit.tasks.copy import CopyConfig
+from recallkit.tasks.forgetting_mqar import ForgettingMQARConfig
 from recallkit.tasks.lengths import LengthAxis, has_length_axis
 from recallkit.tasks.mqar import MQARConfig
 from recallkit.tasks.ngram_lookup import NgramLookupConfig
@@ -15,7 +16,7 @@ from recallkit.tasks.set_disjointness import SetDisjointnessConfig
 from recallkit.tasks.transforms import ReadTwiceConfig, read_twice
 
 TaskConfig.register(MQARConfig, SetDisjointnessConfig, ReadTwiceConfig, CopyConfig, NgramLookupConfig,
-                    PhonebookConfig, ReversalConfig)
+                    PhonebookConfig, ReversalConfig, ForgettingMQARConfig)
 TASKS: dict[str, type[TaskConfig]] = TaskConfig.registry
 """Every task config class by its ``name`` literal (add one with ``TaskConfig.register``)."""
 
@@ -34,7 +35,7 @@ def make_task(key: str, **fields: Any) -> TaskConfig:
 
 
 __all__ = [
-    "IGNORE_INDEX", "TASKS", "Batch", "CopyConfig", "LengthAxis", "MQARConfig", "NgramLookupConfig",
-    "PhonebookConfig", "ReadTwiceConfig", "ReversalConfig", "SetDisjointnessConfig", "eval_seed",
-    "has_length_axis", "make_task", "read_twice", "task_config", "train_seed",
+    "IGNORE_INDEX", "TASKS", "Batch", "CopyConfig", "ForgettingMQARConfig", "LengthAxis", "MQARConfig",
+    "NgramLookupConfig", "PhonebookConfig", "ReadTwiceConfig", "ReversalConfig", "SetDisjointnessConfig",
+    "eval_seed", "has_length_axis", "make_task", "read_twice", "task_config", "train_seed",
 ]

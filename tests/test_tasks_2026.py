@@ -1,0 +1,114 @@
+"""The 2026 synthetic suite (issue 24): oracles written from each task's definition, worked examples,
+slices, task-specific invariants and one-line errors for impossible sizes."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+import recallkit as rk
+from recallkit.tasks import IGNORE_INDEX, read_twice
+
+
+def scored_equal(batch, predictions) -> bool:
+    scored = batch.labels != IGNORE_INDEX
+    return bool(scored.any(1).all() and (predictions[scored] == batch.labels[scored]).all())
+
+
+# forgetting_mqar ------------------------------------------------------------------------------------------
+
+
+def forgetting_oracle(batch) -> torch.Tensor:
+    """Read the context's ``key value`` statements left to right, a later one replacing an earlier one,
+    and answer every token after the context that is a key with that key's last value."""
+    predictions = torch.full_like(batch.inputs, -1)
+    for i, row in enumerate(batch.inputs.tolist()):
+        P = int(batch.prefix_len[i])
+        latest: dict[int, int] = {}
+        for j in range(0, P, 2):
+            latest[row[j]] = row[j + 1]
+        for t in range(P, len(row)):
+            predictions[i, t] = latest.get(row[t], -1)
+    return predictions
+
+
+FORGETTING = [
+    {"vocab_size": 64, "seq_len": 48, "num_kv_pairs": 6, "num_updates": 3},
+    {"vocab_size": 64, "seq_len": 64, "num_kv_pairs": 6, "num_updates": 6, "max_overwrites": 3},
+]
+
+
+@pytest.mark.parametrize("fields", FORGETTING)
+def test_forgetting_oracle_scores_one_and_reads_the_last_value(fields):
+    task = rk.make_task("forgetting_mqar", **fields)
+    batch = task.generate(200, seed=0)
+    assert scored_equal(batch, forgetting_oracle(batch))
+    # the label is the last value: the FIRST one is right on keys never overwritten, wrong on all others
+    stale_wrong = 0
+    for i, row in enumerate(batch.inputs.tolist()):
+        P = int(batch.prefix_len[i])
+        first = {}
+        for j in range(0, P, 2):
+            first.setdefault(row[j], row[j + 1])
+        for t in (batch.labels[i] != IGNORE_INDEX).nonzero().flatten().tolist():
+            if batch.slices["overwrites"][i] > 0:
+                stale_wrong += first[row[t]] != int(batch.labels[i, t])
+            else:
+                assert first[row[t]] == int(batch.labels[i, t])
+    assert stale_wrong == int((batch.labels[batch.slices["overwrites"] > 0] != IGNORE_INDEX).sum())
+
+
+@pytest.mark.parametrize("fields", FORGETTING)
+def test_forgetting_slice_counts_the_queried_keys_overwrites(fields):
+    task = rk.make_task("forgetting_mqar", **fields)
+    batch = task.generate(120, seed=1)
+    n, u, m = task.num_kv_pairs, task.num_updates, task.max_overwrites
+    overwrites = batch.slices["overwrites"]
+    # the classes 0..m split the examples evenly
+    assert torch.bincount(overwrites).tolist() == [120 // (m + 1)] * (m + 1)
+    for i, row in enumerate(batch.inputs.tolist()):
+        context = row[: 2 * (n + u)]
+        keys = context[0::2]
+        statements = {k: keys.count(k) for k in keys}
+        assert len(statements) == n and max(statements.values()) <= m + 1  # n keys, at most m overwrites
+        assert len(set(context[1::2])) == n + u  # every value distinct
+        queried = [row[t] for t in (batch.labels[i] != IGNORE_INDEX).nonzero().flatten().tolist()]
+        # every key overwritten exactly `overwrites` times is queried once, and no other key
+        assert sorted(queried) == sorted(k for k, c in statements.items() if c - 1 == overwrites[i])
+
+
+def test_forgetting_docstring_worked_example_is_true():
+    task = rk.make_task("forgetting_mqar", vocab_size=16, seq_len=12, num_kv_pairs=2, num_updates=1)
+    batch = task.generate(2, seed=0)
+    dot = IGNORE_INDEX
+    assert batch.inputs.tolist() == [[6, 10, 5, 8, 5, 9, 0, 0, 6, 0, 0, 0],
+                                     [5, 11, 7, 14, 5, 10, 0, 0, 5, 0, 0, 0]]
+    assert batch.labels.tolist() == [[dot] * 8 + [10, dot, dot, dot]] * 2
+    assert batch.prefix_len.tolist() == [6, 6] and batch.slices["overwrites"].tolist() == [0, 1]
+
+
+def test_forgetting_read_twice_repeats_the_context_with_its_updates():
+    task = rk.make_task("forgetting_mqar", vocab_size=64, seq_len=48, num_kv_pairs=6, num_updates=3)
+    inner, twice = task.generate(50, seed=2), read_twice(task).generate(50, seed=2)
+    C = 18
+    assert torch.equal(twice.inputs[:, :C], twice.inputs[:, C : 2 * C])
+    assert torch.equal(twice.inputs[:, C:], inner.inputs) and torch.equal(twice.labels[:, C:], inner.labels)
+    assert scored_equal(twice, forgetting_oracle(twice))
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"num_kv_pairs": 4, "num_updates": 4}, "needs max_overwrites <= num_updates <= "),
+        ({"num_kv_pairs": 4, "num_updates": 1, "max_overwrites": 2}, "= 2..6; got num_updates=1"),
+        ({"num_kv_pairs": 8, "num_updates": 4, "seq_len": 39}, "seq_len >= 2*(num_kv_pairs+num_updates)"),
+        ({"num_kv_pairs": 8, "num_updates": 4, "vocab_size": 20}, "use vocab_size >= 24"),
+        ({"num_kv_pairs": 1, "num_updates": 1}, "greater than or equal to 2"),
+    ],
+)
+def test_forgetting_impossible_sizes_are_one_line_errors(fields, message):
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        rk.make_task("forgetting_mqar", **{"vocab_size": 64, "seq_len": 64, **fields})
