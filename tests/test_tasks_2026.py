@@ -112,3 +112,87 @@ def test_forgetting_read_twice_repeats_the_context_with_its_updates():
 def test_forgetting_impossible_sizes_are_one_line_errors(fields, message):
     with pytest.raises(ValidationError, match=re.escape(message)):
         rk.make_task("forgetting_mqar", **{"vocab_size": 64, "seq_len": 64, **fields})
+
+
+# compositional_mqar ---------------------------------------------------------------------------------------
+
+
+def compositional_oracle(batch) -> torch.Tensor:
+    """Read the context's ``k1 k2 value`` triples and answer the second token of every later ``k1 k2``
+    pair found among them with its value."""
+    predictions = torch.full_like(batch.inputs, -1)
+    for i, row in enumerate(batch.inputs.tolist()):
+        P = int(batch.prefix_len[i])
+        value_of = {(row[j], row[j + 1]): row[j + 2] for j in range(0, P, 3)}
+        for t in range(P + 1, len(row)):
+            predictions[i, t] = value_of.get((row[t - 1], row[t]), -1)
+    return predictions
+
+
+COMPOSITIONAL = [
+    {"vocab_size": 48, "seq_len": 24, "num_kv_pairs": 4},
+    {"vocab_size": 64, "seq_len": 64, "num_kv_pairs": 9, "power_a": 1.0},
+]
+
+
+@pytest.mark.parametrize("fields", COMPOSITIONAL)
+def test_compositional_oracle_scores_one_and_every_pair_is_queried_once(fields):
+    task = rk.make_task("compositional_mqar", **fields)
+    batch = task.generate(200, seed=0)
+    assert scored_equal(batch, compositional_oracle(batch))
+    n = task.num_kv_pairs
+    assert ((batch.labels != IGNORE_INDEX).sum(1) == n).all() and (batch.slices["num_kv_pairs"] == n).all()
+    for i, row in enumerate(batch.inputs.tolist()):
+        triples = {(row[j], row[j + 1]) for j in range(0, 3 * n, 3)}
+        scored = (batch.labels[i] != IGNORE_INDEX).nonzero().flatten().tolist()
+        asked = {(row[t - 1], row[t]) for t in scored}
+        assert asked == triples and len(triples) == n
+
+
+@pytest.mark.parametrize("fields", COMPOSITIONAL)
+def test_compositional_no_single_half_determines_the_value(fields):
+    """Within every sequence each k1 goes with g values (one per k2) and each k2 with g values: a model
+    reading one half cannot do better than 1/g."""
+    task = rk.make_task("compositional_mqar", **fields)
+    batch = task.generate(100, seed=1)
+    g, V = task.grid_size, task.vocab_size
+    for row in batch.inputs.tolist():
+        triples = [row[j : j + 3] for j in range(0, 3 * g * g, 3)]
+        by_k1, by_k2 = {}, {}
+        for k1, k2, v in triples:
+            assert 1 <= k1 < V // 3 <= k2 < 2 * (V // 3) <= v < V
+            by_k1.setdefault(k1, set()).add(v)
+            by_k2.setdefault(k2, set()).add(v)
+        assert len(by_k1) == len(by_k2) == g
+        assert all(len(values) == g for values in [*by_k1.values(), *by_k2.values()])
+        assert len({v for _, _, v in triples}) == g * g
+
+
+def test_compositional_docstring_worked_example_is_true():
+    batch = rk.make_task("compositional_mqar", vocab_size=15, seq_len=24, num_kv_pairs=4).generate(1, seed=0)
+    dot = IGNORE_INDEX
+    assert batch.inputs.tolist() == [[3, 9, 10, 4, 7, 12, 3, 7, 14, 4, 9, 11,
+                                      4, 7, 0, 4, 9, 0, 3, 9, 0, 3, 7, 0]]
+    assert batch.labels.tolist() == [[dot] * 13 + [12, dot, dot, 11, dot, dot, 10, dot, dot, 14, dot]]
+    assert batch.prefix_len.tolist() == [12]
+
+
+def test_compositional_read_twice():
+    task = rk.make_task("compositional_mqar", vocab_size=48, seq_len=24, num_kv_pairs=4)
+    twice = read_twice(task).generate(50, seed=2)
+    assert torch.equal(twice.inputs[:, :12], twice.inputs[:, 12:24]) and (twice.prefix_len == 24).all()
+    assert scored_equal(twice, compositional_oracle(twice))
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"num_kv_pairs": 8}, "needs num_kv_pairs = g^2"),
+        ({"num_kv_pairs": 1}, "greater than or equal to 4"),
+        ({"num_kv_pairs": 9, "seq_len": 53}, "needs seq_len >= 6*num_kv_pairs = 54"),
+        ({"num_kv_pairs": 9, "vocab_size": 22}, "use vocab_size >= 23"),
+    ],
+)
+def test_compositional_impossible_sizes_are_one_line_errors(fields, message):
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        rk.make_task("compositional_mqar", **{"vocab_size": 64, "seq_len": 64, **fields})

@@ -5,6 +5,7 @@ from typing import Any
 from recallkit.base_config import TaskConfig
 from recallkit.errors import RecallkitError
 from recallkit.tasks.base import IGNORE_INDEX, Batch, eval_seed, train_seed
+from recallkit.tasks.compositional_mqar import CompositionalMQARConfig
 from recallkit.tasks.copy import CopyConfig
 from recallkit.tasks.forgetting_mqar import ForgettingMQARConfig
 from recallkit.tasks.lengths import LengthAxis, has_length_axis
@@ -16,7 +17,7 @@ from recallkit.tasks.set_disjointness import SetDisjointnessConfig
 from recallkit.tasks.transforms import ReadTwiceConfig, read_twice
 
 TaskConfig.register(MQARConfig, SetDisjointnessConfig, ReadTwiceConfig, CopyConfig, NgramLookupConfig,
-                    PhonebookConfig, ReversalConfig, ForgettingMQARConfig)
+                    PhonebookConfig, ReversalConfig, ForgettingMQARConfig, CompositionalMQARConfig)
 TASKS: dict[str, type[TaskConfig]] = TaskConfig.registry
 """Every task config class by its ``name`` literal (add one with ``TaskConfig.register``)."""
 
@@ -35,7 +36,8 @@ def make_task(key: str, **fields: Any) -> TaskConfig:
 
 
 __all__ = [
-    "IGNORE_INDEX", "TASKS", "Batch", "CopyConfig", "ForgettingMQARConfig", "LengthAxis", "MQARConfig",
-    "NgramLookupConfig", "PhonebookConfig", "ReadTwiceConfig", "ReversalConfig", "SetDisjointnessConfig",
-    "eval_seed", "has_length_axis", "make_task", "read_twice", "task_config", "train_seed",
+    "IGNORE_INDEX", "TASKS", "Batch", "CompositionalMQARConfig", "CopyConfig", "ForgettingMQARConfig",
+    "LengthAxis", "MQARConfig", "NgramLookupConfig", "PhonebookConfig", "ReadTwiceConfig", "ReversalConfig",
+    "SetDisjointnessConfig", "eval_seed", "has_length_axis", "make_task", "read_twice", "task_config",
+    "train_seed",
 ]
