@@ -16,7 +16,7 @@ from recallkit.tasks import Batch
 from tests.test_copy_lookup_tasks import copy_oracle, ngram_oracle, phonebook_oracle
 from tests.test_mqar import oracle as mqar_oracle
 from tests.test_set_disjointness import oracle as set_disjointness_oracle
-from tests.test_tasks_2026 import compositional_oracle, forgetting_oracle
+from tests.test_tasks_2026 import compositional_oracle, forgetting_oracle, selective_copy_oracle
 
 # One row per mixer configuration under test. Every registry key must appear here.
 CASES: list[tuple[str, dict]] = [
@@ -123,6 +123,10 @@ TASK_CASES: dict[str, tuple[Callable[[Batch], torch.Tensor], list[dict]]] = {
     "compositional_mqar": (compositional_oracle, [
         {"vocab_size": 48, "seq_len": 24, "num_kv_pairs": 4},
         {"vocab_size": 64, "seq_len": 64, "num_kv_pairs": 9, "power_a": 1.0},
+    ]),
+    "selective_copy": (selective_copy_oracle, [
+        {"vocab_size": 12, "seq_len": 50, "min_len": 1, "max_len": 10, "noise_per_token": 3},
+        {"vocab_size": 4, "seq_len": 48, "min_len": 8, "max_len": 8, "noise_per_token": 4},
     ]),
 }
 

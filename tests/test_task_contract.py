@@ -33,6 +33,9 @@ WORKED_EXAMPLE_TESTS = {
     "mqar": ("tests.test_mqar", "test_docstring_worked_example_is_true"),
     "set_disjointness": ("tests.test_set_disjointness", "test_docstring_worked_example_is_true"),
     "read_twice": ("tests.test_transforms", "test_docstring_worked_example_is_true"),
+    "forgetting_mqar": ("tests.test_tasks_2026", "test_forgetting_docstring_worked_example_is_true"),
+    "compositional_mqar": ("tests.test_tasks_2026", "test_compositional_docstring_worked_example_is_true"),
+    "selective_copy": ("tests.test_tasks_2026", "test_selective_copy_docstring_worked_example_is_true"),
 }
 
 

@@ -3,6 +3,7 @@ slices, task-specific invariants and one-line errors for impossible sizes."""
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -196,3 +197,92 @@ def test_compositional_read_twice():
 def test_compositional_impossible_sizes_are_one_line_errors(fields, message):
     with pytest.raises(ValidationError, match=re.escape(message)):
         rk.make_task("compositional_mqar", **{"vocab_size": 64, "seq_len": 64, **fields})
+
+
+# selective_copy -------------------------------------------------------------------------------------------
+
+NOISE, COPY = 0, 1
+
+
+def selective_copy_oracle(batch) -> torch.Tensor:
+    """The non-noise tokens before the copy token, in order, predicted from the copy token on."""
+    predictions = torch.full_like(batch.inputs, -1)
+    for i, row in enumerate(batch.inputs.tolist()):
+        at = row.index(COPY)
+        data = [x for x in row[:at] if x != NOISE]
+        span = min(len(data), len(row) - at)
+        predictions[i, at : at + span] = torch.tensor(data[:span], dtype=torch.long)
+    return predictions
+
+
+SELECTIVE = [
+    {"vocab_size": 12, "seq_len": 50, "min_len": 1, "max_len": 10, "noise_per_token": 3},
+    {"vocab_size": 4, "seq_len": 48, "min_len": 8, "max_len": 8, "noise_per_token": 4},
+]
+
+
+@pytest.mark.parametrize("fields", SELECTIVE)
+def test_selective_copy_oracle_scores_one_and_the_layout_is_as_documented(fields):
+    task = rk.make_task("selective_copy", **fields)
+    batch = task.generate(200, seed=0)
+    assert scored_equal(batch, selective_copy_oracle(batch))
+    k = task.noise_per_token
+    for i, row in enumerate(batch.inputs.tolist()):
+        L = int(batch.slices["length"][i])
+        R = L * (1 + k)
+        assert task.min_len <= L <= task.max_len and int(batch.prefix_len[i]) == R and row[R] == COPY
+        region = row[:R]
+        assert sum(x != NOISE for x in region) == L
+        assert all(2 <= x < task.vocab_size or x == NOISE for x in region)
+        assert all(x == NOISE for x in row[R + 1 :])  # the answer slots and the padding are blank
+        assert (batch.labels[i] != IGNORE_INDEX).nonzero().flatten().tolist() == list(range(R, R + L))
+
+
+def test_selective_copy_data_positions_are_spread_over_the_region():
+    batch = rk.make_task("selective_copy", vocab_size=12, seq_len=40, min_len=8, max_len=8,
+                         noise_per_token=3).generate(2000, seed=3)
+    share = (batch.inputs[:, :32] != NOISE).float().mean(0)  # each region position holds data w.p. 1/4
+    assert (share - 0.25).abs().max() < 0.05
+
+
+def test_selective_copy_length_axis():
+    task = rk.make_task("selective_copy", **SELECTIVE[0])
+    longer = task.at_length(25)
+    assert longer.seq_len == 25 * 5 and longer.max_prefix_len() == 100
+    assert longer.bits_per_unit() == task.bits_per_unit() == math.log2(10)
+    batch = longer.generate(30, seed=1)
+    assert (batch.slices["length"] == 25).all() and (batch.labels[:, -1] != IGNORE_INDEX).all()
+    assert scored_equal(batch, selective_copy_oracle(batch))
+
+
+def test_selective_copy_docstring_worked_example_is_true():
+    task = rk.make_task("selective_copy", vocab_size=8, seq_len=12, min_len=3, max_len=3, noise_per_token=2)
+    batch = task.generate(1, seed=2)
+    assert batch.inputs.tolist() == [[0, 0, 7, 3, 0, 0, 0, 2, 0, 1, 0, 0]]
+    assert batch.labels.tolist() == [[IGNORE_INDEX] * 9 + [7, 3, 2]]
+    assert batch.prefix_len.tolist() == [9] and batch.slices["length"].tolist() == [3]
+
+
+def test_selective_copy_read_twice():
+    task = rk.make_task("selective_copy", **SELECTIVE[0])
+    inner, twice = task.generate(40, seed=4), read_twice(task).generate(40, seed=4)
+    assert torch.equal(twice.prefix_len, 2 * inner.prefix_len)
+    for i in range(40):
+        P = int(inner.prefix_len[i])
+        assert torch.equal(twice.inputs[i, :P], twice.inputs[i, P : 2 * P])
+        assert torch.equal(twice.inputs[i, P : P + task.seq_len], inner.inputs[i])
+    assert scored_equal(twice, selective_copy_oracle(twice))
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"min_len": 5, "max_len": 4}, "needs min_len <= max_len; got 5 > 4"),
+        ({"vocab_size": 3}, "needs vocab_size >= 4"),
+        ({"max_len": 10, "seq_len": 49}, "needs seq_len >= max_len*(noise_per_token+2) = 50"),
+        ({"noise_per_token": 0}, "greater than or equal to 1"),
+    ],
+)
+def test_selective_copy_impossible_sizes_are_one_line_errors(fields, message):
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        rk.make_task("selective_copy", **{"vocab_size": 12, "seq_len": 80, **fields})

@@ -13,11 +13,13 @@ from recallkit.tasks.mqar import MQARConfig
 from recallkit.tasks.ngram_lookup import NgramLookupConfig
 from recallkit.tasks.phonebook import PhonebookConfig
 from recallkit.tasks.reversal import ReversalConfig
+from recallkit.tasks.selective_copy import SelectiveCopyConfig
 from recallkit.tasks.set_disjointness import SetDisjointnessConfig
 from recallkit.tasks.transforms import ReadTwiceConfig, read_twice
 
 TaskConfig.register(MQARConfig, SetDisjointnessConfig, ReadTwiceConfig, CopyConfig, NgramLookupConfig,
-                    PhonebookConfig, ReversalConfig, ForgettingMQARConfig, CompositionalMQARConfig)
+                    PhonebookConfig, ReversalConfig, ForgettingMQARConfig, CompositionalMQARConfig,
+                    SelectiveCopyConfig)
 TASKS: dict[str, type[TaskConfig]] = TaskConfig.registry
 """Every task config class by its ``name`` literal (add one with ``TaskConfig.register``)."""
 
@@ -38,6 +40,6 @@ def make_task(key: str, **fields: Any) -> TaskConfig:
 __all__ = [
     "IGNORE_INDEX", "TASKS", "Batch", "CompositionalMQARConfig", "CopyConfig", "ForgettingMQARConfig",
     "LengthAxis", "MQARConfig", "NgramLookupConfig", "PhonebookConfig", "ReadTwiceConfig", "ReversalConfig",
-    "SetDisjointnessConfig", "eval_seed", "has_length_axis", "make_task", "read_twice", "task_config",
-    "train_seed",
+    "SelectiveCopyConfig", "SetDisjointnessConfig", "eval_seed", "has_length_axis", "make_task", "read_twice",
+    "task_config", "train_seed",
 ]
