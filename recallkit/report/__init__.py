@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from recallkit.report.capability import has_capability_axis, plot_capability_map
 from recallkit.report.common import FrontierPoint
 from recallkit.report.compare import write_compare
 from recallkit.report.frontier import frontier_points, plot_frontier
@@ -18,8 +19,9 @@ from recallkit.sweep.directory import make_directory
 def write_report(out_dir: str | Path, title: str | None = None,
                  dest: str | Path | None = None) -> tuple[Path, Path]:
     """Read ``out_dir/results.sqlite`` and write ``frontier.png`` and ``report.html``, plus ``width.png``
-    (accuracy vs width) when the sweep varied the model width and ``lengths.png`` (accuracy vs
-    length) when runs were evaluated at several lengths.
+    (accuracy vs width) when the sweep varied the model width, ``capability.png`` (accuracy per
+    family and task setting) when two or more families met two or more task settings, and
+    ``lengths.png`` (accuracy vs length) when runs were evaluated at several lengths.
 
     Args:
         out_dir: the sweep directory.
@@ -36,6 +38,8 @@ def write_report(out_dir: str | Path, title: str | None = None,
     pngs = [(png, "accuracy vs inference state")]
     if has_width_axis(points):
         pngs.append((plot_width_curves(points, dest / "width.png"), "accuracy vs model width"))
+    if has_capability_axis(points):
+        pngs.append((plot_capability_map(points, dest / "capability.png"), "capability map"))
     if curves := length_curves(rows):
         pngs.append((plot_length_curves(curves, dest / "lengths.png"), "exact match vs length"))
     page = write_html(rows, points, dest / "report.html", title, pngs)

@@ -8,6 +8,7 @@ import html
 from pathlib import Path
 from typing import Any
 
+from recallkit.report.capability import capability_table, has_capability_axis
 from recallkit.report.common import FrontierPoint, accuracy_text
 from recallkit.report.curves import curves_figure
 from recallkit.report.embed import figure_div, plotly_js
@@ -176,6 +177,11 @@ def write_html(rows: list[dict[str, Any]], points: list[FrontierPoint], path: st
         sections.append(_section("frontier", "Frontier", hint + figure_div(frontier_figure(points, rows),
                                                                             "frontier-plot")
                                  + _frontier_tables(points), nav))
+    if has_capability_axis(points):
+        headers, cells = capability_table(points)
+        hint = ('<p class="note">Each family\'s best accuracy per task setting (state size in '
+                "brackets); rows by the family's largest state.</p>")
+        sections.append(_section("capability", "Capability map", hint + _table(headers, cells), nav))
     slices = slice_tables(rows, points)
     if slices:
         sections.append(_section("slices", "Accuracy per slice", "".join(map(_slice_table, slices)), nav))

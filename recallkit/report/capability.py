@@ -1,0 +1,94 @@
+"""The capability map: each model family's accuracy on each task setting of a sweep (a suite of
+tasks), as a heatmap and a table whose rows are ordered by inference state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from recallkit.report.common import FrontierPoint, base_panel
+
+
+@dataclass(frozen=True)
+class CapabilityMap:
+    """``accuracy[i][j]``: family ``labels[i]``'s best accuracy in panel ``panels[j]`` (over widths and
+    model settings; None when it was not evaluated there), ``state[i][j]`` the state size of that best
+    point. Rows are ordered by the family's largest state, smallest first."""
+
+    labels: list[str]
+    panels: list[str]
+    accuracy: list[list[float | None]]
+    state: list[list[int | None]]
+
+
+def capability_map(points: list[FrontierPoint]) -> CapabilityMap:
+    """The map of ``points`` without eviction (an eviction policy is a point on the frontier, not a
+    family here); a tie in accuracy goes to the smaller state."""
+    points = [p for p in points if base_panel(p.panel) is None and not p.budget]
+    panels = list(dict.fromkeys(p.panel for p in points))
+    best: dict[tuple[str, str], FrontierPoint] = {}
+    for p in points:
+        held = best.get((p.label, p.panel))
+        if held is None or (p.accuracy, -p.state_size) > (held.accuracy, -held.state_size):
+            best[(p.label, p.panel)] = p
+    largest = {p.label: max(q.state_size for q in points if q.label == p.label) for p in points}
+    labels = sorted(largest, key=lambda label: (largest[label], label))
+    cells = [[best.get((label, panel)) for panel in panels] for label in labels]
+    return CapabilityMap(labels, panels, [[c and c.accuracy for c in row] for row in cells],
+                         [[c and c.state_size for c in row] for row in cells])
+
+
+def has_capability_axis(points: list[FrontierPoint]) -> bool:
+    """Whether the map is worth drawing: two or more families on two or more task settings."""
+    grid = capability_map(points)
+    return len(grid.labels) > 1 and len(grid.panels) > 1
+
+
+def _compact(n: int) -> str:
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return str(n)
+
+
+def plot_capability_map(points: list[FrontierPoint], path: str | Path) -> Path:
+    """Heatmap: a row per family (its largest state in the label), a column per task setting, each cell
+    its accuracy and the state it took; grey where the family was not evaluated."""
+    grid, path = capability_map(points), Path(path)
+    values = [[float("nan") if a is None else a for a in row] for row in grid.accuracy]
+    fig, ax = plt.subplots(figsize=(2.0 + 1.3 * len(grid.panels), 1.2 + 0.5 * len(grid.labels)))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
+    image = ax.imshow(values, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
+    for i, row in enumerate(grid.accuracy):
+        for j, accuracy in enumerate(row):
+            if accuracy is not None:
+                ax.text(j, i, f"{accuracy:.2f}\n{_compact(grid.state[i][j])}", ha="center", va="center",
+                        fontsize=7, color="black" if accuracy > 0.6 else "white")
+    ax.set_yticks(range(len(grid.labels)), _row_names(grid))
+    ax.set_xticks(range(len(grid.panels)), grid.panels, rotation=30, ha="right")
+    ax.set_title("Capability map: accuracy (state) per task", fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.04, label="accuracy")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _row_names(grid: CapabilityMap) -> list[str]:
+    """``"mamba2 (66k)"``: each family with its largest state."""
+    return [f"{label} ({_compact(max(s for s in row if s is not None))})"
+            for label, row in zip(grid.labels, grid.state, strict=True)]
+
+
+def capability_table(points: list[FrontierPoint]) -> tuple[list[str], list[list[str]]]:
+    """The map as table headers and rows: ``"0.93 (66k)"`` per cell, empty where not evaluated."""
+    grid = capability_map(points)
+    rows = [[name, *("" if a is None else f"{a:.3f} ({_compact(s)})" for a, s in zip(accs, states))]
+            for name, accs, states in zip(_row_names(grid), grid.accuracy, grid.state, strict=True)]
+    return ["model (largest state)", *grid.panels], rows
