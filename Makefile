@@ -32,8 +32,8 @@ demo: $(STAMP)
 # Lint, the fast suite, then the slow learning and real-model tests (all run in CI).
 test: $(TEST_STAMP)
 	$(BIN)/ruff check recallkit tests sweeps
-	$(BIN)/python -m pytest -q
-	$(BIN)/python -m pytest -q -s -m slow
+	$(BIN)/python -m pytest -q --durations=10
+	$(BIN)/python -m pytest -q -s -m slow --durations=15
 
 test-fast: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
