@@ -17,6 +17,7 @@ from tests.test_copy_lookup_tasks import copy_oracle, ngram_oracle, phonebook_or
 from tests.test_mqar import oracle as mqar_oracle
 from tests.test_set_disjointness import oracle as set_disjointness_oracle
 from tests.test_tasks_2026 import compositional_oracle, forgetting_oracle, selective_copy_oracle
+from tests.test_tasks_2026_more import state_tracking_oracle
 
 # One row per mixer configuration under test. Every registry key must appear here.
 CASES: list[tuple[str, dict]] = [
@@ -127,6 +128,10 @@ TASK_CASES: dict[str, tuple[Callable[[Batch], torch.Tensor], list[dict]]] = {
     "selective_copy": (selective_copy_oracle, [
         {"vocab_size": 12, "seq_len": 50, "min_len": 1, "max_len": 10, "noise_per_token": 3},
         {"vocab_size": 4, "seq_len": 48, "min_len": 8, "max_len": 8, "noise_per_token": 4},
+    ]),
+    "state_tracking": (state_tracking_oracle, [
+        {"vocab_size": 3, "seq_len": 24, "group": "parity", "min_len": 1, "max_len": 24},
+        {"vocab_size": 128, "seq_len": 20, "group": "s5", "min_len": 4, "max_len": 16},
     ]),
 }
 

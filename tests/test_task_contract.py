@@ -36,6 +36,7 @@ WORKED_EXAMPLE_TESTS = {
     "forgetting_mqar": ("tests.test_tasks_2026", "test_forgetting_docstring_worked_example_is_true"),
     "compositional_mqar": ("tests.test_tasks_2026", "test_compositional_docstring_worked_example_is_true"),
     "selective_copy": ("tests.test_tasks_2026", "test_selective_copy_docstring_worked_example_is_true"),
+    "state_tracking": ("tests.test_tasks_2026_more", "test_state_tracking_docstring_worked_example_is_true"),
 }
 
 

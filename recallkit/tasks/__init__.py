@@ -15,11 +15,12 @@ from recallkit.tasks.phonebook import PhonebookConfig
 from recallkit.tasks.reversal import ReversalConfig
 from recallkit.tasks.selective_copy import SelectiveCopyConfig
 from recallkit.tasks.set_disjointness import SetDisjointnessConfig
+from recallkit.tasks.state_tracking import StateTrackingConfig
 from recallkit.tasks.transforms import ReadTwiceConfig, read_twice
 
 TaskConfig.register(MQARConfig, SetDisjointnessConfig, ReadTwiceConfig, CopyConfig, NgramLookupConfig,
                     PhonebookConfig, ReversalConfig, ForgettingMQARConfig, CompositionalMQARConfig,
-                    SelectiveCopyConfig)
+                    SelectiveCopyConfig, StateTrackingConfig)
 TASKS: dict[str, type[TaskConfig]] = TaskConfig.registry
 """Every task config class by its ``name`` literal (add one with ``TaskConfig.register``)."""
 
@@ -40,6 +41,6 @@ def make_task(key: str, **fields: Any) -> TaskConfig:
 __all__ = [
     "IGNORE_INDEX", "TASKS", "Batch", "CompositionalMQARConfig", "CopyConfig", "ForgettingMQARConfig",
     "LengthAxis", "MQARConfig", "NgramLookupConfig", "PhonebookConfig", "ReadTwiceConfig", "ReversalConfig",
-    "SelectiveCopyConfig", "SetDisjointnessConfig", "eval_seed", "has_length_axis", "make_task", "read_twice",
-    "task_config", "train_seed",
+    "SelectiveCopyConfig", "SetDisjointnessConfig", "StateTrackingConfig", "eval_seed", "has_length_axis",
+    "make_task", "read_twice", "task_config", "train_seed",
 ]
