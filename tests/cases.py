@@ -17,7 +17,7 @@ from tests.test_copy_lookup_tasks import copy_oracle, ngram_oracle, phonebook_or
 from tests.test_mqar import oracle as mqar_oracle
 from tests.test_set_disjointness import oracle as set_disjointness_oracle
 from tests.test_tasks_2026 import compositional_oracle, forgetting_oracle, selective_copy_oracle
-from tests.test_tasks_2026_more import state_tracking_oracle
+from tests.test_tasks_2026_more import state_tracking_oracle, variable_tracking_oracle
 
 # One row per mixer configuration under test. Every registry key must appear here.
 CASES: list[tuple[str, dict]] = [
@@ -132,6 +132,12 @@ TASK_CASES: dict[str, tuple[Callable[[Batch], torch.Tensor], list[dict]]] = {
     "state_tracking": (state_tracking_oracle, [
         {"vocab_size": 3, "seq_len": 24, "group": "parity", "min_len": 1, "max_len": 24},
         {"vocab_size": 128, "seq_len": 20, "group": "s5", "min_len": 4, "max_len": 16},
+    ]),
+    "variable_tracking": (variable_tracking_oracle, [
+        {"vocab_size": 64, "seq_len": 64, "num_chains": 2, "min_hops": 1, "max_hops": 4, "min_len": 4,
+         "max_len": 24},
+        {"vocab_size": 48, "seq_len": 40, "num_chains": 4, "min_hops": 2, "max_hops": 2, "min_len": 0,
+         "max_len": 2},
     ]),
 }
 

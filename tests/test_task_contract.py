@@ -37,6 +37,8 @@ WORKED_EXAMPLE_TESTS = {
     "compositional_mqar": ("tests.test_tasks_2026", "test_compositional_docstring_worked_example_is_true"),
     "selective_copy": ("tests.test_tasks_2026", "test_selective_copy_docstring_worked_example_is_true"),
     "state_tracking": ("tests.test_tasks_2026_more", "test_state_tracking_docstring_worked_example_is_true"),
+    "variable_tracking": ("tests.test_tasks_2026_more",
+                          "test_variable_tracking_docstring_worked_example_is_true"),
 }
 
 

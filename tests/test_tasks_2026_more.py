@@ -117,3 +117,111 @@ def test_state_tracking_docstring_worked_example_is_true():
 def test_state_tracking_impossible_sizes_are_one_line_errors(fields, message):
     with pytest.raises(ValidationError, match=re.escape(message)):
         rk.make_task("state_tracking", **{"vocab_size": 128, "seq_len": 16, "max_len": 16, **fields})
+
+
+# variable_tracking ----------------------------------------------------------------------------------------
+
+QUERY, ASSIGN = 1, 2
+
+
+def assignments(row: list[int], end: int) -> dict[int, int]:
+    """Every statement ``target = source`` before ``end``: the tokens either side of an ``=``."""
+    return {row[j - 1]: row[j + 1] for j in range(1, end - 1) if row[j] == ASSIGN}
+
+
+def variable_tracking_oracle(batch) -> torch.Tensor:
+    """After the context, the token after each query marker is a variable: follow its assignments back
+    until a token that is not assigned (the value) and predict it there."""
+    predictions = torch.full_like(batch.inputs, -1)
+    for i, row in enumerate(batch.inputs.tolist()):
+        P = int(batch.prefix_len[i])
+        assigned = assignments(row, P)
+        for t in range(P, len(row) - 1):
+            if row[t] == QUERY:
+                x = row[t + 1]
+                while x in assigned:
+                    x = assigned[x]
+                predictions[i, t + 1] = x
+    return predictions
+
+
+VARIABLE_TRACKING = [
+    {"vocab_size": 64, "seq_len": 64, "num_chains": 2, "min_hops": 1, "max_hops": 4, "min_len": 4,
+     "max_len": 24},
+    {"vocab_size": 48, "seq_len": 40, "num_chains": 4, "min_hops": 2, "max_hops": 2, "min_len": 0,
+     "max_len": 2},
+]
+
+
+@pytest.mark.parametrize("fields", VARIABLE_TRACKING)
+def test_variable_tracking_oracle_scores_one_and_the_chains_are_as_documented(fields):
+    task = rk.make_task("variable_tracking", **fields)
+    batch = task.generate(120, seed=0)
+    assert scored_equal(batch, variable_tracking_oracle(batch))
+    hops, lengths, C, third = batch.slices["hops"], batch.slices["length"], task.num_chains, task.third
+    classes = task.max_hops - task.min_hops + 1
+    assert torch.bincount(hops - task.min_hops).tolist() == [120 // classes] * classes
+    for i, row in enumerate(batch.inputs.tolist()):
+        P, h, L = int(batch.prefix_len[i]), int(hops[i]), int(lengths[i])
+        assert task.min_len <= L <= task.max_len and P == L + 3 * C * (h + 1)
+        context = row[:P]
+        statements = [j for j in range(P) if context[j] == ASSIGN]
+        assert len(statements) == C * (h + 1)
+        in_statement = {k for j in statements for k in (j - 1, j, j + 1)}
+        noise = [x for k, x in enumerate(context) if k not in in_statement]
+        assert len(noise) == L and all(3 <= x < 3 + third for x in noise)
+        assigned = assignments(row, P)
+        targets = [context[j - 1] for j in statements]
+        assert len(set(targets)) == len(targets) and all(3 + third <= x < 3 + 2 * third for x in targets)
+        values = [x for x in assigned.values() if x not in assigned]
+        assert len(values) == len(set(values)) == C and all(x >= 3 + 2 * third for x in values)
+        # every chain is stated in order: a variable is assigned after the variable it copies
+        position = {context[j - 1]: j for j in statements}
+        assert all(position[s] < position[t] for t, s in assigned.items() if s in assigned)
+        # the query is the last variable of a chain of h hops
+        scored = (batch.labels[i] != IGNORE_INDEX).nonzero().flatten().tolist()
+        assert len(scored) == 1 and row[scored[0] - 1] == QUERY and scored[0] == P + 1
+        x, steps = row[scored[0]], 0
+        while x in assigned:
+            x, steps = assigned[x], steps + 1
+        assert steps == h + 1  # h hops between the h + 1 variables, one more to the value
+        assert row[scored[0]] not in assigned.values()  # nothing copies the queried variable
+
+
+def test_variable_tracking_length_axis_and_read_twice():
+    task = rk.make_task("variable_tracking", **VARIABLE_TRACKING[0])
+    longer = task.at_length(100)
+    assert longer.seq_len == 100 + 3 * 2 * 5 + 2 and longer.max_prefix_len() == 130
+    assert longer.bits_per_unit() == task.bits_per_unit() == math.log2(20)
+    batch = longer.generate(30, seed=1)
+    assert (batch.slices["length"] == 100).all() and scored_equal(batch, variable_tracking_oracle(batch))
+    inner, twice = task.generate(40, seed=4), read_twice(task).generate(40, seed=4)
+    assert torch.equal(twice.prefix_len, 2 * inner.prefix_len)
+    for i in range(40):
+        P = int(inner.prefix_len[i])
+        assert torch.equal(twice.inputs[i, :P], twice.inputs[i, P : 2 * P])
+        assert torch.equal(twice.inputs[i, P : P + task.seq_len], inner.inputs[i])
+    assert scored_equal(twice, variable_tracking_oracle(twice))
+
+
+def test_variable_tracking_docstring_worked_example_is_true():
+    batch = rk.make_task("variable_tracking", vocab_size=15, seq_len=20, num_chains=2, min_hops=1, max_hops=1,
+                         min_len=4, max_len=4).generate(1, seed=0)
+    assert batch.inputs.tolist() == [[6, 4, 7, 2, 11, 10, 2, 14, 6, 8, 2, 7, 9, 2, 10, 5, 1, 9, 0, 0]]
+    assert batch.labels.tolist() == [[DOT] * 17 + [14, DOT, DOT]] and batch.prefix_len.tolist() == [16]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"min_hops": 3, "max_hops": 2}, "needs min_hops <= max_hops; got 3 > 2"),
+        ({"min_len": 9, "max_len": 8}, "needs min_len <= max_len; got 9 > 8"),
+        ({"vocab_size": 32}, "needs 10 variables in a third of [3, V); use vocab_size >= 33; got 32"),
+        ({"seq_len": 39}, "needs seq_len >= max_len + 3*num_chains*(max_hops+1) + 2 = 40; got seq_len=39"),
+        ({"num_chains": 0}, "greater than or equal to 1"),
+    ],
+)
+def test_variable_tracking_impossible_sizes_are_one_line_errors(fields, message):
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        rk.make_task("variable_tracking", **{"vocab_size": 64, "seq_len": 64, "num_chains": 2, "max_hops": 4,
+                                             "max_len": 8, **fields})

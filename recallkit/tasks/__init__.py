@@ -17,10 +17,11 @@ from recallkit.tasks.selective_copy import SelectiveCopyConfig
 from recallkit.tasks.set_disjointness import SetDisjointnessConfig
 from recallkit.tasks.state_tracking import StateTrackingConfig
 from recallkit.tasks.transforms import ReadTwiceConfig, read_twice
+from recallkit.tasks.variable_tracking import VariableTrackingConfig
 
 TaskConfig.register(MQARConfig, SetDisjointnessConfig, ReadTwiceConfig, CopyConfig, NgramLookupConfig,
                     PhonebookConfig, ReversalConfig, ForgettingMQARConfig, CompositionalMQARConfig,
-                    SelectiveCopyConfig, StateTrackingConfig)
+                    SelectiveCopyConfig, StateTrackingConfig, VariableTrackingConfig)
 TASKS: dict[str, type[TaskConfig]] = TaskConfig.registry
 """Every task config class by its ``name`` literal (add one with ``TaskConfig.register``)."""
 
@@ -42,5 +43,5 @@ __all__ = [
     "IGNORE_INDEX", "TASKS", "Batch", "CompositionalMQARConfig", "CopyConfig", "ForgettingMQARConfig",
     "LengthAxis", "MQARConfig", "NgramLookupConfig", "PhonebookConfig", "ReadTwiceConfig", "ReversalConfig",
     "SelectiveCopyConfig", "SetDisjointnessConfig", "StateTrackingConfig", "eval_seed", "has_length_axis",
-    "make_task", "read_twice", "task_config", "train_seed",
+    "VariableTrackingConfig", "make_task", "read_twice", "task_config", "train_seed",
 ]
