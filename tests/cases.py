@@ -17,7 +17,7 @@ from tests.test_copy_lookup_tasks import copy_oracle, ngram_oracle, phonebook_or
 from tests.test_mqar import oracle as mqar_oracle
 from tests.test_set_disjointness import oracle as set_disjointness_oracle
 from tests.test_tasks_2026 import compositional_oracle, forgetting_oracle, selective_copy_oracle
-from tests.test_tasks_2026_more import state_tracking_oracle, variable_tracking_oracle
+from tests.test_tasks_2026_more import niah_oracle, state_tracking_oracle, variable_tracking_oracle
 
 # One row per mixer configuration under test. Every registry key must appear here.
 CASES: list[tuple[str, dict]] = [
@@ -138,6 +138,11 @@ TASK_CASES: dict[str, tuple[Callable[[Batch], torch.Tensor], list[dict]]] = {
          "max_len": 24},
         {"vocab_size": 48, "seq_len": 40, "num_chains": 4, "min_hops": 2, "max_hops": 2, "min_len": 0,
          "max_len": 2},
+    ]),
+    "niah": (lambda batch: niah_oracle(batch, 2), [
+        {"vocab_size": 32, "seq_len": 48, "key_len": 2, "num_distractors": 3, "min_len": 0, "max_len": 30},
+        {"vocab_size": 40, "seq_len": 60, "key_len": 2, "num_queries": 2, "num_values": 2,
+         "num_distractors": 4, "min_len": 8, "max_len": 24, "depth": 0.75},
     ]),
 }
 

@@ -39,6 +39,7 @@ WORKED_EXAMPLE_TESTS = {
     "state_tracking": ("tests.test_tasks_2026_more", "test_state_tracking_docstring_worked_example_is_true"),
     "variable_tracking": ("tests.test_tasks_2026_more",
                           "test_variable_tracking_docstring_worked_example_is_true"),
+    "niah": ("tests.test_tasks_2026_more", "test_niah_docstring_worked_example_is_true"),
 }
 
 

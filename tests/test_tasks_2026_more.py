@@ -225,3 +225,127 @@ def test_variable_tracking_impossible_sizes_are_one_line_errors(fields, message)
     with pytest.raises(ValidationError, match=re.escape(message)):
         rk.make_task("variable_tracking", **{"vocab_size": 64, "seq_len": 64, "num_chains": 2, "max_hops": 4,
                                              "max_len": 8, **fields})
+
+
+# niah -----------------------------------------------------------------------------------------------------
+
+
+def niah_oracle(batch, key_len: int) -> torch.Tensor:
+    """After the context, each query marker is followed by a key of ``key_len`` tokens: find every place
+    the whole key occurs in the context, and predict the tokens after those places (the values), in
+    context order, from the key's last token on."""
+    predictions = torch.full_like(batch.inputs, -1)
+    for i, row in enumerate(batch.inputs.tolist()):
+        P = int(batch.prefix_len[i])
+        for t in range(P, len(row) - key_len):
+            if row[t] == QUERY:
+                key = row[t + 1 : t + 1 + key_len]
+                values = [row[j + key_len] for j in range(P - key_len) if row[j : j + key_len] == key]
+                end = min(t + key_len + len(values), len(row))
+                answer = values[: end - t - key_len]
+                predictions[i, t + key_len : end] = torch.tensor(answer, dtype=torch.long)
+    return predictions
+
+
+NIAH = [
+    {"vocab_size": 32, "seq_len": 48, "key_len": 2, "num_distractors": 3, "min_len": 0, "max_len": 30},
+    {"vocab_size": 40, "seq_len": 72, "key_len": 3, "num_queries": 2, "num_values": 2, "num_distractors": 4,
+     "min_len": 8, "max_len": 24, "depth": 0.25},
+]
+
+
+def needles(row: list[int], P: int, task) -> list[tuple[tuple[int, ...], int, int]]:
+    """The context's needles (key, value, noise tokens before it), found by the token ranges."""
+    base, m, found, noise = 2 + task.third, task.key_len, [], 0
+    j = 0
+    while j < P:
+        if row[j] < base:
+            noise, j = noise + 1, j + 1
+            continue
+        key = tuple(row[j : j + m])
+        assert all(base <= x < base + task.third for x in key) and row[j + m] >= base + task.third
+        found.append((key, row[j + m], noise))
+        j += m + 1
+    return found
+
+
+@pytest.mark.parametrize("fields", NIAH)
+def test_niah_oracle_scores_one_and_the_needles_are_as_documented(fields):
+    task = rk.make_task("niah", **fields)
+    batch = task.generate(150, seed=0)
+    assert scored_equal(batch, niah_oracle(batch, task.key_len))
+    q, n, D, m = task.num_queries, task.num_values, task.num_distractors, task.key_len
+    for i, row in enumerate(batch.inputs.tolist()):
+        P, L = int(batch.prefix_len[i]), int(batch.slices["length"][i])
+        found = needles(row, P, task)
+        assert len(found) == q * n + D and P == L + (q * n + D) * (m + 1)
+        assert sum(x < 2 + task.third for x in row[:P]) == L
+        assert len({v for _, v, _ in found}) == len(found)  # every value distinct
+        queried = [tuple(row[t + 1 : t + 1 + m]) for t in range(P, len(row)) if row[t] == QUERY]
+        assert len(set(queried)) == q
+        keys = [k for k, _, _ in found]
+        assert all(keys.count(k) == n for k in queried)
+        distractors = [k for k in keys if k not in queried]
+        assert len(set(distractors)) == D  # distinct keys, each near one queried key: same prefix, other last
+        assert all(any(k[:-1] == k0[:-1] and k[-1] != k0[-1] for k0 in queried) for k in distractors)
+        gaps = [g for k, _, g in found if k in queried]
+        if task.depth is not None:
+            assert set(gaps) == {round(task.depth * L)}
+        expected = 0 if L == 0 else math.floor(4 * min(gaps) / L + 0.5) * 25
+        assert int(batch.slices["depth"][i]) == expected
+    assert (batch.labels != IGNORE_INDEX).sum(1).eq(q * n).all()
+
+
+def test_niah_uniform_depth_fills_every_bucket_and_distractors_are_needed():
+    task = rk.make_task("niah", **NIAH[0])
+    batch = task.generate(400, seed=2)
+    assert sorted(set(batch.slices["depth"].tolist())) == [0, 25, 50, 75, 100]
+    # an oracle matching only the key's first token would pick a distractor's value in many examples
+    wrong = 0
+    for i, row in enumerate(batch.inputs.tolist()):
+        P = int(batch.prefix_len[i])
+        t = row.index(QUERY, P)
+        first = [row[j + 2] for j in range(P - 2) if row[j] == row[t + 1] and row[j + 1] >= 2 + task.third]
+        wrong += first[0] != int(batch.labels[i, t + 2])
+    assert wrong > 100
+
+
+def test_niah_length_axis_and_read_twice():
+    task = rk.make_task("niah", **NIAH[1])
+    longer = task.at_length(100)
+    assert longer.seq_len == 100 + 8 * 4 + 2 * 6 and longer.max_prefix_len() == 132
+    assert longer.bits_per_unit() == task.bits_per_unit() == math.log2(12)
+    batch = longer.generate(30, seed=1)
+    assert (batch.slices["length"] == 100).all() and (batch.slices["depth"] == 25).all()
+    assert scored_equal(batch, niah_oracle(batch, 3))
+    inner, twice = task.generate(40, seed=4), read_twice(task).generate(40, seed=4)
+    assert torch.equal(twice.prefix_len, 2 * inner.prefix_len)
+    for i in range(40):
+        P = int(inner.prefix_len[i])
+        assert torch.equal(twice.inputs[i, :P], twice.inputs[i, P : 2 * P])
+        assert torch.equal(twice.inputs[i, P : P + task.seq_len], inner.inputs[i])
+    assert scored_equal(twice, niah_oracle(twice, 3))
+
+
+def test_niah_docstring_worked_example_is_true():
+    batch = rk.make_task("niah", vocab_size=14, seq_len=20, key_len=2, num_distractors=1, min_len=6,
+                         max_len=6, depth=0.5).generate(1, seed=0)
+    assert batch.inputs.tolist() == [[9, 7, 10, 2, 4, 4, 9, 8, 11, 5, 4, 4, 1, 9, 8, 11, 0, 0, 0, 0]]
+    assert batch.labels.tolist() == [[DOT] * 14 + [11] + [DOT] * 5] and batch.prefix_len.tolist() == [12]
+    assert batch.slices["depth"].tolist() == [50] and batch.slices["length"].tolist() == [6]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"min_len": 9, "max_len": 8}, "niah needs min_len <= max_len; got 9 > 8"),
+        ({"num_distractors": 20}, "needs 21 key tokens and values in each third of [2, V); "
+                                  "use vocab_size >= 65"),
+        ({"seq_len": 23}, "num_queries*(1+key_len+num_values) = 24; got seq_len=23"),
+        ({"key_len": 1}, "greater than or equal to 2"),
+        ({"depth": 1.5}, "less than or equal to 1"),
+    ],
+)
+def test_niah_impossible_sizes_are_one_line_errors(fields, message):
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        rk.make_task("niah", **{"vocab_size": 48, "seq_len": 64, "min_len": 0, "max_len": 8, **fields})

@@ -11,6 +11,7 @@ from recallkit.tasks.forgetting_mqar import ForgettingMQARConfig
 from recallkit.tasks.lengths import LengthAxis, has_length_axis
 from recallkit.tasks.mqar import MQARConfig
 from recallkit.tasks.ngram_lookup import NgramLookupConfig
+from recallkit.tasks.niah import NiahConfig
 from recallkit.tasks.phonebook import PhonebookConfig
 from recallkit.tasks.reversal import ReversalConfig
 from recallkit.tasks.selective_copy import SelectiveCopyConfig
@@ -21,7 +22,7 @@ from recallkit.tasks.variable_tracking import VariableTrackingConfig
 
 TaskConfig.register(MQARConfig, SetDisjointnessConfig, ReadTwiceConfig, CopyConfig, NgramLookupConfig,
                     PhonebookConfig, ReversalConfig, ForgettingMQARConfig, CompositionalMQARConfig,
-                    SelectiveCopyConfig, StateTrackingConfig, VariableTrackingConfig)
+                    SelectiveCopyConfig, StateTrackingConfig, VariableTrackingConfig, NiahConfig)
 TASKS: dict[str, type[TaskConfig]] = TaskConfig.registry
 """Every task config class by its ``name`` literal (add one with ``TaskConfig.register``)."""
 
@@ -41,7 +42,8 @@ def make_task(key: str, **fields: Any) -> TaskConfig:
 
 __all__ = [
     "IGNORE_INDEX", "TASKS", "Batch", "CompositionalMQARConfig", "CopyConfig", "ForgettingMQARConfig",
-    "LengthAxis", "MQARConfig", "NgramLookupConfig", "PhonebookConfig", "ReadTwiceConfig", "ReversalConfig",
-    "SelectiveCopyConfig", "SetDisjointnessConfig", "StateTrackingConfig", "eval_seed", "has_length_axis",
-    "VariableTrackingConfig", "make_task", "read_twice", "task_config", "train_seed",
+    "LengthAxis", "MQARConfig", "NgramLookupConfig", "NiahConfig", "PhonebookConfig", "ReadTwiceConfig",
+    "ReversalConfig", "SelectiveCopyConfig", "SetDisjointnessConfig", "StateTrackingConfig",
+    "VariableTrackingConfig", "eval_seed", "has_length_axis", "make_task", "read_twice", "task_config",
+    "train_seed",
 ]
