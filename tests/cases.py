@@ -17,7 +17,12 @@ from tests.test_copy_lookup_tasks import copy_oracle, ngram_oracle, phonebook_or
 from tests.test_mqar import oracle as mqar_oracle
 from tests.test_set_disjointness import oracle as set_disjointness_oracle
 from tests.test_tasks_2026 import compositional_oracle, forgetting_oracle, selective_copy_oracle
-from tests.test_tasks_2026_more import niah_oracle, state_tracking_oracle, variable_tracking_oracle
+from tests.test_tasks_2026_more import (
+    niah_oracle,
+    pair_recall_oracle,
+    state_tracking_oracle,
+    variable_tracking_oracle,
+)
 
 # One row per mixer configuration under test. Every registry key must appear here.
 CASES: list[tuple[str, dict]] = [
@@ -143,6 +148,17 @@ TASK_CASES: dict[str, tuple[Callable[[Batch], torch.Tensor], list[dict]]] = {
         {"vocab_size": 32, "seq_len": 48, "key_len": 2, "num_distractors": 3, "min_len": 0, "max_len": 30},
         {"vocab_size": 40, "seq_len": 60, "key_len": 2, "num_queries": 2, "num_values": 2,
          "num_distractors": 4, "min_len": 8, "max_len": 24, "depth": 0.75},
+    ]),
+    "noisy_recall": (lambda batch: pair_recall_oracle(batch, 16), [
+        {"vocab_size": 48, "seq_len": 64, "num_kv_pairs": 8, "frac_noise": [0.0, 0.2, 0.5],
+         "noise_vocab_size": 16},
+        {"vocab_size": 64, "seq_len": 80, "num_kv_pairs": 4, "frac_noise": 0.8, "noise_vocab_size": 16},
+    ]),
+    "fuzzy_recall": (lambda batch: pair_recall_oracle(batch, 2, 2, 2), [
+        {"vocab_size": 13, "seq_len": 64, "num_kv_pairs": 8, "key_len": 2, "value_len": 2,
+         "noise_vocab_size": 2},
+        {"vocab_size": 24, "seq_len": 64, "num_kv_pairs": 6, "key_len": 2, "value_len": 2,
+         "frac_noise": [0.0, 0.25], "noise_vocab_size": 2},
     ]),
 }
 

@@ -40,6 +40,8 @@ WORKED_EXAMPLE_TESTS = {
     "variable_tracking": ("tests.test_tasks_2026_more",
                           "test_variable_tracking_docstring_worked_example_is_true"),
     "niah": ("tests.test_tasks_2026_more", "test_niah_docstring_worked_example_is_true"),
+    "noisy_recall": ("tests.test_tasks_2026_more", "test_noisy_recall_docstring_worked_example_is_true"),
+    "fuzzy_recall": ("tests.test_tasks_2026_more", "test_fuzzy_recall_docstring_worked_example_is_true"),
 }
 
 

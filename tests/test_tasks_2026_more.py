@@ -349,3 +349,136 @@ def test_niah_docstring_worked_example_is_true():
 def test_niah_impossible_sizes_are_one_line_errors(fields, message):
     with pytest.raises(ValidationError, match=re.escape(message)):
         rk.make_task("niah", **{"vocab_size": 48, "seq_len": 64, "min_len": 0, "max_len": 8, **fields})
+
+
+# noisy_recall, fuzzy_recall -------------------------------------------------------------------------------
+
+
+def pair_recall_oracle(batch, noise_vocab_size: int, key_len: int = 1, value_len: int = 1) -> torch.Tensor:
+    """Drop the padding and the noise tokens [1, 1 + noise_vocab_size): the context is then pairs of
+    ``key_len`` key and ``value_len`` value tokens, and so are the queries after it; predict each query's
+    value from its key's last token on (the key's value in the context)."""
+    predictions = torch.full_like(batch.inputs, -1)
+    unit = key_len + value_len
+    for i, row in enumerate(batch.inputs.tolist()):
+        P = int(batch.prefix_len[i])
+        kept = [(t, x) for t, x in enumerate(row) if x > noise_vocab_size]
+        context = [x for t, x in kept if t < P]
+        value_of = {tuple(context[j : j + key_len]): context[j + key_len : j + unit]
+                    for j in range(0, len(context), unit)}
+        after = [(t, x) for t, x in kept if t >= P]
+        for j in range(0, len(after) - unit + 1, unit):
+            key = tuple(x for _, x in after[j : j + key_len])
+            for k, v in enumerate(value_of.get(key, [])):
+                predictions[i, after[j + key_len - 1 + k][0]] = v
+    return predictions
+
+
+NOISY = [
+    {"vocab_size": 48, "seq_len": 64, "num_kv_pairs": 8, "frac_noise": [0.0, 0.2, 0.5],
+     "noise_vocab_size": 16},
+    {"vocab_size": 24, "seq_len": 80, "num_kv_pairs": 4, "frac_noise": 0.8, "noise_vocab_size": 4},
+]
+FUZZY = [
+    {"vocab_size": 13, "seq_len": 64, "num_kv_pairs": 8, "key_len": 2, "value_len": 2,
+     "noise_vocab_size": 2},
+    {"vocab_size": 40, "seq_len": 80, "num_kv_pairs": 6, "key_len": 3, "value_len": 2,
+     "frac_noise": [0.0, 0.25], "noise_vocab_size": 8},
+]
+
+
+PAIR_RECALL = [("noisy_recall", f) for f in NOISY] + [("fuzzy_recall", f) for f in FUZZY]
+
+
+@pytest.mark.parametrize(("name", "fields"), PAIR_RECALL)
+def test_pair_recall_oracle_scores_one_and_the_noise_is_as_documented(name, fields):
+    task = rk.make_task(name, **fields)
+    batch = task.generate(120, seed=0)
+    a, b = getattr(task, "key_len", 1), getattr(task, "value_len", 1)
+    assert scored_equal(batch, pair_recall_oracle(batch, task.noise_vocab_size, a, b))
+    n, nv, fractions = task.num_kv_pairs, task.noise_vocab_size, task.fractions
+    percents = [round(100 * f) for f in fractions]
+    counts = torch.bincount(batch.slices["noise"], minlength=101)[percents]
+    assert counts.tolist() == [120 // len(percents)] * len(percents)
+    half = (task.vocab_size - 1 - nv) // 2
+    for i, row in enumerate(batch.inputs.tolist()):
+        f = int(batch.slices["noise"][i]) / 100
+        m = round(f / (1 - f) * n * (a + b))
+        P = int(batch.prefix_len[i])
+        assert P == n * (a + b) + m
+        for region in (row[:P], row[P : 2 * P]):
+            assert sum(1 <= x <= nv for x in region) == m  # a fraction f of each region is noise
+            clean = [x for x in region if x > nv]
+            pairs = [tuple(clean[j : j + a + b]) for j in range(0, len(clean), a + b)]
+            assert all(nv < x <= nv + half for p in pairs for x in p[:a])  # key tokens, then value tokens
+            assert all(x > nv + half for p in pairs for x in p[a:])
+            assert len({p[:a] for p in pairs}) == n  # n distinct keys, each stated (queried) once
+        # noise never splits a pair: noise tokens are only at the boundaries between pairs
+        for region, start in ((row[:P], 0), (row[P : 2 * P], P)):
+            offset = 0
+            for x in region:
+                if 1 <= x <= nv:
+                    assert offset % (a + b) == 0
+                else:
+                    offset += 1
+        assert all(x == 0 for x in row[2 * P :])
+        assert int((batch.labels[i] != IGNORE_INDEX).sum()) == n * b
+
+
+def test_fuzzy_keys_share_tokens_so_only_the_whole_key_finds_the_value():
+    task = rk.make_task("fuzzy_recall", **FUZZY[0])
+    batch = task.generate(100, seed=1)
+    shared = 0
+    for i, row in enumerate(batch.inputs.tolist()):
+        P = int(batch.prefix_len[i])
+        keys = [tuple(row[j : j + 2]) for j in range(0, P, 4)]
+        shared += len({k[0] for k in keys}) < len(keys) and len({k[1] for k in keys}) < len(keys)
+    assert shared == 100  # 8 keys over 5 key tokens: both positions repeat in every example
+
+
+def test_pair_recall_read_twice():
+    for name, fields in (("noisy_recall", NOISY[0]), ("fuzzy_recall", FUZZY[1])):
+        task = rk.make_task(name, **fields)
+        inner, twice = task.generate(40, seed=4), read_twice(task).generate(40, seed=4)
+        assert torch.equal(twice.prefix_len, 2 * inner.prefix_len)
+        for i in range(40):
+            P = int(inner.prefix_len[i])
+            assert torch.equal(twice.inputs[i, :P], twice.inputs[i, P : 2 * P])
+            assert torch.equal(twice.inputs[i, P : P + task.seq_len], inner.inputs[i])
+        a, b = getattr(task, "key_len", 1), getattr(task, "value_len", 1)
+        assert scored_equal(twice, pair_recall_oracle(twice, task.noise_vocab_size, a, b))
+        assert not task.has_length_axis
+
+
+def test_noisy_recall_docstring_worked_example_is_true():
+    batch = rk.make_task("noisy_recall", vocab_size=12, seq_len=16, num_kv_pairs=2, frac_noise=0.5,
+                         noise_vocab_size=4).generate(1, seed=0)
+    assert batch.inputs.tolist() == [[4, 7, 10, 6, 9, 3, 3, 4, 7, 10, 1, 2, 6, 9, 4, 3]]
+    assert batch.labels.tolist() == [[DOT] * 8 + [10, DOT, DOT, DOT, 9, DOT, DOT, DOT]]
+    assert batch.prefix_len.tolist() == [8] and batch.slices["noise"].tolist() == [50]
+
+
+def test_fuzzy_recall_docstring_worked_example_is_true():
+    batch = rk.make_task("fuzzy_recall", vocab_size=13, seq_len=16, num_kv_pairs=2, key_len=2, value_len=2,
+                         frac_noise=0.0, noise_vocab_size=2).generate(1, seed=0)
+    assert batch.inputs.tolist() == [[7, 6, 9, 8, 5, 4, 8, 8, 7, 6, 9, 8, 5, 4, 8, 8]]
+    assert batch.labels.tolist() == [[DOT] * 9 + [9, 8, DOT, DOT, 8, 8, DOT]]
+    assert batch.prefix_len.tolist() == [8] and batch.slices["noise"].tolist() == [0]
+
+
+@pytest.mark.parametrize(
+    ("name", "fields", "message"),
+    [
+        ("noisy_recall", {"frac_noise": 1.0}, "frac_noise must be in [0, 1)"),
+        ("noisy_recall", {"frac_noise": []}, "frac_noise must be in [0, 1)"),
+        ("noisy_recall", {"vocab_size": 32}, "needs 8 distinct keys of 1 token(s)"),
+        ("noisy_recall", {"vocab_size": 32}, "use vocab_size >= 33; got 32"),
+        ("noisy_recall", {"seq_len": 39}, "seq_len >= 2 * (pair tokens + noise tokens) = 40; got seq_len=39"),
+        ("fuzzy_recall", {"vocab_size": 22, "key_len": 2}, "use vocab_size >= 23; got 22"),
+        ("fuzzy_recall", {"num_kv_pairs": 0}, "greater than or equal to 1"),
+    ],
+)
+def test_pair_recall_impossible_sizes_are_one_line_errors(name, fields, message):
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        rk.make_task(name, **{"vocab_size": 64, "seq_len": 64, "num_kv_pairs": 8, "noise_vocab_size": 16,
+                              **fields})

@@ -9,6 +9,7 @@ from recallkit.tasks.compositional_mqar import CompositionalMQARConfig
 from recallkit.tasks.copy import CopyConfig
 from recallkit.tasks.forgetting_mqar import ForgettingMQARConfig
 from recallkit.tasks.lengths import LengthAxis, has_length_axis
+from recallkit.tasks.mad_recall import FuzzyRecallConfig, NoisyRecallConfig
 from recallkit.tasks.mqar import MQARConfig
 from recallkit.tasks.ngram_lookup import NgramLookupConfig
 from recallkit.tasks.niah import NiahConfig
@@ -22,7 +23,8 @@ from recallkit.tasks.variable_tracking import VariableTrackingConfig
 
 TaskConfig.register(MQARConfig, SetDisjointnessConfig, ReadTwiceConfig, CopyConfig, NgramLookupConfig,
                     PhonebookConfig, ReversalConfig, ForgettingMQARConfig, CompositionalMQARConfig,
-                    SelectiveCopyConfig, StateTrackingConfig, VariableTrackingConfig, NiahConfig)
+                    SelectiveCopyConfig, StateTrackingConfig, VariableTrackingConfig, NiahConfig,
+                    NoisyRecallConfig, FuzzyRecallConfig)
 TASKS: dict[str, type[TaskConfig]] = TaskConfig.registry
 """Every task config class by its ``name`` literal (add one with ``TaskConfig.register``)."""
 
@@ -42,8 +44,8 @@ def make_task(key: str, **fields: Any) -> TaskConfig:
 
 __all__ = [
     "IGNORE_INDEX", "TASKS", "Batch", "CompositionalMQARConfig", "CopyConfig", "ForgettingMQARConfig",
-    "LengthAxis", "MQARConfig", "NgramLookupConfig", "NiahConfig", "PhonebookConfig", "ReadTwiceConfig",
-    "ReversalConfig", "SelectiveCopyConfig", "SetDisjointnessConfig", "StateTrackingConfig",
-    "VariableTrackingConfig", "eval_seed", "has_length_axis", "make_task", "read_twice", "task_config",
-    "train_seed",
+    "FuzzyRecallConfig", "LengthAxis", "MQARConfig", "NgramLookupConfig", "NiahConfig", "NoisyRecallConfig",
+    "PhonebookConfig", "ReadTwiceConfig", "ReversalConfig", "SelectiveCopyConfig", "SetDisjointnessConfig",
+    "StateTrackingConfig", "VariableTrackingConfig", "eval_seed", "has_length_axis", "make_task",
+    "read_twice", "task_config", "train_seed",
 ]
