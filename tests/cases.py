@@ -18,6 +18,7 @@ from tests.test_mqar import oracle as mqar_oracle
 from tests.test_set_disjointness import oracle as set_disjointness_oracle
 from tests.test_tasks_2026 import compositional_oracle, forgetting_oracle, selective_copy_oracle
 from tests.test_tasks_2026_more import (
+    counting_oracle,
     niah_oracle,
     pair_recall_oracle,
     state_tracking_oracle,
@@ -159,6 +160,12 @@ TASK_CASES: dict[str, tuple[Callable[[Batch], torch.Tensor], list[dict]]] = {
          "noise_vocab_size": 2},
         {"vocab_size": 24, "seq_len": 64, "num_kv_pairs": 6, "key_len": 2, "value_len": 2,
          "frac_noise": [0.0, 0.25], "noise_vocab_size": 2},
+    ]),
+    "counting": (lambda batch: counting_oracle(batch, 3), [
+        {"vocab_size": 32, "seq_len": 52, "top_k": 3, "rare_count": 2, "max_count": 8, "min_len": 24,
+         "max_len": 48},
+        {"vocab_size": 32, "seq_len": 36, "top_k": 3, "rare_count": 1, "max_count": 5, "min_len": 12,
+         "max_len": 32},
     ]),
 }
 

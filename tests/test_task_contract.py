@@ -42,6 +42,7 @@ WORKED_EXAMPLE_TESTS = {
     "niah": ("tests.test_tasks_2026_more", "test_niah_docstring_worked_example_is_true"),
     "noisy_recall": ("tests.test_tasks_2026_more", "test_noisy_recall_docstring_worked_example_is_true"),
     "fuzzy_recall": ("tests.test_tasks_2026_more", "test_fuzzy_recall_docstring_worked_example_is_true"),
+    "counting": ("tests.test_tasks_2026_more", "test_counting_docstring_worked_example_is_true"),
 }
 
 

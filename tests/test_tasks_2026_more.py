@@ -482,3 +482,100 @@ def test_pair_recall_impossible_sizes_are_one_line_errors(name, fields, message)
     with pytest.raises(ValidationError, match=re.escape(message)):
         rk.make_task(name, **{"vocab_size": 64, "seq_len": 64, "num_kv_pairs": 8, "noise_vocab_size": 16,
                               **fields})
+
+
+# counting -------------------------------------------------------------------------------------------------
+
+ANSWER = 1
+
+
+def counting_oracle(batch, top_k: int) -> torch.Tensor:
+    """Count every token of the context and predict the ``top_k`` most frequent, most frequent first, from
+    the answer marker on (ties broken by token id, which the task never needs)."""
+    predictions = torch.full_like(batch.inputs, -1)
+    for i, row in enumerate(batch.inputs.tolist()):
+        P = int(batch.prefix_len[i])
+        counts: dict[int, int] = {}
+        for x in row[:P]:
+            counts[x] = counts.get(x, 0) + 1
+        ranked = sorted(counts, key=lambda x: (-counts[x], x))[:top_k]
+        predictions[i, P : P + top_k] = torch.tensor(ranked, dtype=torch.long)
+    return predictions
+
+
+COUNTING = [
+    {"vocab_size": 32, "seq_len": 52, "top_k": 3, "rare_count": 2, "max_count": 8, "min_len": 24,
+     "max_len": 48},
+    {"vocab_size": 16, "seq_len": 12, "top_k": 1, "rare_count": 1, "max_count": 3, "min_len": 3,
+     "max_len": 10},
+]
+
+
+@pytest.mark.parametrize("fields", COUNTING)
+def test_counting_oracle_scores_one_and_the_answer_is_unique(fields):
+    task = rk.make_task("counting", **fields)
+    batch = task.generate(200, seed=0)
+    assert scored_equal(batch, counting_oracle(batch, task.top_k))
+    k, r = task.top_k, task.rare_count
+    for i, row in enumerate(batch.inputs.tolist()):
+        L = int(batch.slices["length"][i])
+        assert task.min_len <= L <= task.max_len and int(batch.prefix_len[i]) == L and row[L] == ANSWER
+        assert all(x >= 2 for x in row[:L]) and all(x == 0 for x in row[L + 1 + k :])
+        counts = sorted(((row[:L].count(x), x) for x in set(row[:L])), reverse=True)
+        top = [c for c, _ in counts[:k]]
+        assert len(set(top)) == k and all(r < c <= task.max_count for c in top)  # distinct answer counts
+        assert all(c <= r for c, _ in counts[k:])  # every other word at most rare_count times
+        answer = [x for _, x in counts[:k]]
+        assert row[L + 1 : L + 1 + k] == answer
+        assert (batch.labels[i] != IGNORE_INDEX).nonzero().flatten().tolist() == list(range(L, L + k))
+
+
+def test_counting_is_one_answer_span_for_greedy_generation():
+    from recallkit.generation import answer_spans
+
+    task = rk.make_task("counting", **COUNTING[0])
+    batch = task.generate(20, seed=1)
+    assert task.generative
+    assert answer_spans(batch.labels) == [(L, L + 3) for L in batch.slices["length"].tolist()]
+    assert answer_spans(read_twice(task).generate(20, seed=1).labels) == [
+        (2 * L, 2 * L + 3) for L in batch.slices["length"].tolist()]
+
+
+def test_counting_length_axis_and_read_twice():
+    task = rk.make_task("counting", **COUNTING[0])
+    longer = task.at_length(58)  # (32 - 2 - 3) * 2 + (3 + 4 + 5) = 66 is the most this vocabulary allows
+    assert longer.seq_len == 62 and longer.vocab_size == 32 and longer.bits_per_unit() == task.bits_per_unit()
+    batch = longer.generate(30, seed=1)
+    assert (batch.slices["length"] == 58).all() and scored_equal(batch, counting_oracle(batch, 3))
+    with pytest.raises(ValidationError, match=re.escape("= 33; got 32")):
+        task.at_length(67)
+    inner, twice = task.generate(40, seed=4), read_twice(task).generate(40, seed=4)
+    assert torch.equal(twice.prefix_len, 2 * inner.prefix_len)
+    for i in range(40):
+        P = int(inner.prefix_len[i])
+        assert torch.equal(twice.inputs[i, :P], twice.inputs[i, P : 2 * P])
+        assert torch.equal(twice.inputs[i, P : P + task.seq_len], inner.inputs[i])
+    assert scored_equal(twice, counting_oracle(twice, 3))
+
+
+def test_counting_docstring_worked_example_is_true():
+    batch = rk.make_task("counting", vocab_size=12, seq_len=16, top_k=2, rare_count=1, max_count=4,
+                         min_len=12, max_len=12).generate(1, seed=0)
+    assert batch.inputs.tolist() == [[8, 8, 10, 7, 5, 6, 6, 8, 3, 2, 6, 6, 1, 6, 8, 0]]
+    assert batch.labels.tolist() == [[DOT] * 12 + [6, 8, DOT, DOT]] and batch.prefix_len.tolist() == [12]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"max_count": 4}, "max_count - rare_count >= top_k; got 4 - 2 < 3"),
+        ({"min_len": 30, "max_len": 29}, "needs min_len <= max_len; got 30 > 29"),
+        ({"min_len": 20}, "the top_k largest counts, 8 + 7 + .. = 21; got min_len=20"),
+        ({"vocab_size": 22}, "ceil((max_len - smallest top_k counts)/rare_count) = 23; got 22"),
+        ({"seq_len": 51}, "needs seq_len >= max_len + 1 + top_k = 52; got seq_len=51"),
+        ({"top_k": 0}, "greater than or equal to 1"),
+    ],
+)
+def test_counting_impossible_sizes_are_one_line_errors(fields, message):
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        rk.make_task("counting", **{**COUNTING[0], **fields})

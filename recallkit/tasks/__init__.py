@@ -7,6 +7,7 @@ from recallkit.errors import RecallkitError
 from recallkit.tasks.base import IGNORE_INDEX, Batch, eval_seed, train_seed
 from recallkit.tasks.compositional_mqar import CompositionalMQARConfig
 from recallkit.tasks.copy import CopyConfig
+from recallkit.tasks.counting import CountingConfig
 from recallkit.tasks.forgetting_mqar import ForgettingMQARConfig
 from recallkit.tasks.lengths import LengthAxis, has_length_axis
 from recallkit.tasks.mad_recall import FuzzyRecallConfig, NoisyRecallConfig
@@ -24,7 +25,7 @@ from recallkit.tasks.variable_tracking import VariableTrackingConfig
 TaskConfig.register(MQARConfig, SetDisjointnessConfig, ReadTwiceConfig, CopyConfig, NgramLookupConfig,
                     PhonebookConfig, ReversalConfig, ForgettingMQARConfig, CompositionalMQARConfig,
                     SelectiveCopyConfig, StateTrackingConfig, VariableTrackingConfig, NiahConfig,
-                    NoisyRecallConfig, FuzzyRecallConfig)
+                    NoisyRecallConfig, FuzzyRecallConfig, CountingConfig)
 TASKS: dict[str, type[TaskConfig]] = TaskConfig.registry
 """Every task config class by its ``name`` literal (add one with ``TaskConfig.register``)."""
 
@@ -43,9 +44,9 @@ def make_task(key: str, **fields: Any) -> TaskConfig:
 
 
 __all__ = [
-    "IGNORE_INDEX", "TASKS", "Batch", "CompositionalMQARConfig", "CopyConfig", "ForgettingMQARConfig",
-    "FuzzyRecallConfig", "LengthAxis", "MQARConfig", "NgramLookupConfig", "NiahConfig", "NoisyRecallConfig",
-    "PhonebookConfig", "ReadTwiceConfig", "ReversalConfig", "SelectiveCopyConfig", "SetDisjointnessConfig",
-    "StateTrackingConfig", "VariableTrackingConfig", "eval_seed", "has_length_axis", "make_task",
-    "read_twice", "task_config", "train_seed",
+    "IGNORE_INDEX", "TASKS", "Batch", "CompositionalMQARConfig", "CopyConfig", "CountingConfig",
+    "ForgettingMQARConfig", "FuzzyRecallConfig", "LengthAxis", "MQARConfig", "NgramLookupConfig",
+    "NiahConfig", "NoisyRecallConfig", "PhonebookConfig", "ReadTwiceConfig", "ReversalConfig",
+    "SelectiveCopyConfig", "SetDisjointnessConfig", "StateTrackingConfig", "VariableTrackingConfig",
+    "eval_seed", "has_length_axis", "make_task", "read_twice", "task_config", "train_seed",
 ]
