@@ -11,7 +11,8 @@ def suite_rows():
     """Three families on MQAR and copy (T=64), attention at two widths; Based never ran copy; an
     eviction evaluation of attention that must not become a family."""
     rows = [
-        row("a1", "attention", 64, 1e-3, 0.70, state=4000), row("a2", "attention", 128, 1e-3, 0.95, state=8000),
+        row("a1", "attention", 64, 1e-3, 0.70, state=4000),
+        row("a2", "attention", 128, 1e-3, 0.95, state=8000),
         row("b1", "based", 64, 1e-3, 0.40, state=3000),
         row("m1", "mamba2", 64, 1e-3, 0.30, state=2000),
     ]
@@ -39,7 +40,8 @@ def test_the_map_takes_each_familys_best_point_per_task_and_orders_rows_by_large
 
 
 def test_a_tie_goes_to_the_smaller_state():
-    rows = [row("x", "attention", 64, 1e-3, 0.9, state=9000), row("y", "attention", 32, 1e-3, 0.9, state=3000)]
+    rows = [row("x", "attention", 64, 1e-3, 0.9, state=9000),
+            row("y", "attention", 32, 1e-3, 0.9, state=3000)]
     assert capability_map(frontier_points(rows)).state == [[3000]]
 
 
