@@ -2,7 +2,7 @@
 
 ``evaluate_text`` renders each example's prompt, reads it through the model's own cache once
 (``prefill``), and scores the greedy answer by the task's exact match (:mod:`recallkit.hf.greedy`:
-the answer is generated token by token, or scored from one teacher-forced pass when that decides
+the answer is generated token by token, or scored from teacher-forced passes when they decide
 it). Under an eviction policy every attention layer holds a :class:`~recallkit.kv.KVCache`: in
 ``prefill`` mode it is compressed once after the prompt (so the answer comes from what survived),
 in ``continuous`` mode the adapter reads the prompt token by token and the caches evict after every
