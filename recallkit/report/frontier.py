@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from statistics import mean
@@ -128,22 +129,34 @@ def _place_tags(ax: plt.Axes, tags: list[tuple[float, float, str, Any]]) -> None
         placed.append(box)
 
 
+COLUMNS = 3
+"""Panels per row of the PNG, as in the interactive figure."""
+TITLE_WIDTH = 48
+"""Characters per line of a panel's title (a text task's setting is long)."""
+
+
 def plot_frontier(points: list[FrontierPoint], path: str | Path,
                   title: str = "Recall vs inference state") -> Path:
     """Draw one panel per evaluation setting: x = state size (numbers, log scale), y = accuracy.
 
-    Each panel's legend sits below it; point tags (the settings that vary within a line) are placed
-    after the layout is fixed, so the overlap check sees their final positions.
+    Panels fill rows of at most ``COLUMNS``; one legend below them names every line (a family has one
+    colour in every panel); point tags (the settings that vary within a line) are placed after the
+    layout is fixed, so the overlap check sees their final positions.
     """
     path = Path(path)
     panels = list(dict.fromkeys(p.panel for p in points)) or ["no finished runs"]
     labels = sorted({p.label for p in points})
     colors = palette(labels)
-    legend_rows = math.ceil(len(labels) / 2)
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(7.0, 5.2 * len(panels)), 4.6 + 0.2 * legend_rows),
-                             squeeze=False, sharey=True)
+    columns = min(COLUMNS, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    legend_rows = math.ceil(len(labels) / 3)
+    legend_height = 0.3 + 0.18 * legend_rows  # inches
+    height = 4.4 * rows + legend_height
+    fig, axes = plt.subplots(rows, columns, figsize=(max(7.0, 5.2 * columns), height), squeeze=False,
+                             sharey=True)
+    handles: dict[str, Any] = {}
     tags_per_axis = []
-    for ax, panel in zip(axes[0], panels):
+    for ax, panel in zip(axes.flat, panels):
         tags: list[tuple[float, float, str, Any]] = []
         reference = base_panel(panel)  # an eviction panel repeats the models without eviction
         for label in labels:
@@ -153,8 +166,10 @@ def plot_frontier(points: list[FrontierPoint], path: str | Path,
                 continue
             xs, ys = [p.state_size for p in line], [p.accuracy for p in line]
             faint = reference is not None and line[0].panel == reference
-            ax.plot(xs, ys, "s--" if faint else "o-", color=colors[label], label=label,
-                    alpha=0.45 if faint else 1)
+            (drawn,) = ax.plot(xs, ys, "s--" if faint else "o-", color=colors[label], label=label,
+                               alpha=0.45 if faint else 1)
+            if label not in handles or not faint:
+                handles[label] = drawn
             seeded = [p for p in line if p.interval is not None]
             if seeded:  # the 95% bootstrap interval of each mean over seeds
                 below = [p.accuracy - p.interval[0] for p in seeded]
@@ -170,17 +185,21 @@ def plot_frontier(points: list[FrontierPoint], path: str | Path,
         ax.xaxis.set_major_formatter(FuncFormatter(_compact))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylim(-0.03, 1.05)
-        ax.set_title(panel)
-        ax.set_xlabel("inference state (numbers per sequence)")
+        ax.set_title("\n".join(textwrap.wrap(panel, TITLE_WIDTH)), fontsize=9)
+        ax.set_xlabel("inference state (numbers per sequence)", fontsize=8)
         ax.grid(alpha=0.3, which="both")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
         if not points:
             ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=ax.transAxes)
-    axes[0][0].set_ylabel("accuracy (mean per sequence)")
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy (mean per sequence)")
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(3, len(handles)),
+                   fontsize=7, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
-    for ax, tags in zip(axes[0], tags_per_axis):
+    fig.tight_layout(rect=(0, legend_height / height, 1, 1 - 0.35 / height))  # room for the suptitle
+    for ax, tags in zip(axes.flat, tags_per_axis):
         _place_tags(ax, tags)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130, bbox_inches="tight")
