@@ -11,13 +11,14 @@ import torch
 from pydantic import Field, model_validator
 
 from recallkit.base_config import TaskConfig
+from recallkit.tasks.lengths import MinMaxLength
 from recallkit.tasks.base import IGNORE_INDEX, Batch
 
 ANSWER = 1
 """The answer marker (token 0 is the padding)."""
 
 
-class CountingConfig(TaskConfig):
+class CountingConfig(MinMaxLength, TaskConfig):
     """Aggregation: read L tokens, then output the ``top_k`` most frequent ones, most frequent first.
 
     Token 0 is the padding, 1 the answer marker, words are [2, V). An example draws L uniformly
@@ -83,28 +84,21 @@ class CountingConfig(TaskConfig):
             raise ValueError(f"counting with max_len={self.max_len}, top_k={k} and rare_count={r} needs "
                              f"vocab_size >= 2 + top_k + ceil((max_len - smallest top_k counts)/rare_count)"
                              f" = {need}; got {self.vocab_size}")
-        if self.seq_len < self._seq_len_for(self.max_len):
+        if self.seq_len < self.seq_len_for(self.max_len):
             raise ValueError(f"counting needs seq_len >= max_len + 1 + top_k = "
-                             f"{self._seq_len_for(self.max_len)}; got seq_len={self.seq_len}")
+                             f"{self.seq_len_for(self.max_len)}; got seq_len={self.seq_len}")
         return self
 
     def _least_top(self) -> int:
         """The k smallest answer counts: r + 1, r + 2, .., r + k."""
         return self.top_k * (self.rare_count + 1) + self.top_k * (self.top_k - 1) // 2
 
-    def _seq_len_for(self, length: int) -> int:
+    def seq_len_for(self, length: int) -> int:
         return length + 1 + self.top_k
 
     def max_prefix_len(self) -> int:
         """The longest sequence: max_len tokens."""
         return self.max_len
-
-    def length_range(self) -> tuple[int, int]:
-        return self.min_len, self.max_len
-
-    def at_length(self, length: int) -> CountingConfig:
-        fields = {"min_len": length, "max_len": length, "seq_len": self._seq_len_for(length)}
-        return self.model_validate(self.model_dump() | fields)
 
     def bits_per_unit(self) -> float:
         return math.log2(self.vocab_size - 2)

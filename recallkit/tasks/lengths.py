@@ -38,3 +38,15 @@ class LengthAxis(Protocol):
 def has_length_axis(task: TaskConfig) -> bool:
     """Whether ``task`` can be evaluated at other lengths (it declares a ``length_unit``)."""
     return task.has_length_axis
+
+
+class MinMaxLength:
+    """A length axis drawn from [``min_len``, ``max_len``] (a mixin placed before :class:`TaskConfig`):
+    ``at_length(L)`` fixes both to L and sizes ``seq_len`` by the task's ``seq_len_for(L)``."""
+
+    def length_range(self) -> tuple[int, int]:
+        return self.min_len, self.max_len
+
+    def at_length(self, length: int) -> TaskConfig:
+        fields = {"min_len": length, "max_len": length, "seq_len": self.seq_len_for(length)}
+        return self.model_validate(self.model_dump() | fields)

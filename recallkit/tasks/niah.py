@@ -11,13 +11,14 @@ import torch
 from pydantic import Field, model_validator
 
 from recallkit.base_config import TaskConfig
+from recallkit.tasks.lengths import MinMaxLength
 from recallkit.tasks.base import IGNORE_INDEX, Batch
 
 QUERY = 1
 """The query marker (token 0 is the padding)."""
 
 
-class NiahConfig(TaskConfig):
+class NiahConfig(MinMaxLength, TaskConfig):
     """Recall the values of multi-token keys from a haystack that also holds needles with near-identical keys.
 
     Token 0 is the padding, 1 the query marker; the rest [2, V) is split in thirds (third =
@@ -94,7 +95,7 @@ class NiahConfig(TaskConfig):
     def _context_len(self, length: int) -> int:
         return length + self.num_needles * (self.key_len + 1)
 
-    def _seq_len_for(self, length: int) -> int:
+    def seq_len_for(self, length: int) -> int:
         return self._context_len(length) + self.num_queries * (1 + self.key_len + self.num_values)
 
     @model_validator(mode="after")
@@ -108,7 +109,7 @@ class NiahConfig(TaskConfig):
             raise ValueError(f"niah with num_queries={q}, num_values={self.num_values} and num_distractors="
                              f"{self.num_distractors} needs {need} key tokens and values in each third of "
                              f"[2, V); use vocab_size >= {2 + 3 * need}; got {self.vocab_size}")
-        need = self._seq_len_for(self.max_len)
+        need = self.seq_len_for(self.max_len)
         if self.seq_len < need:
             raise ValueError(f"niah needs seq_len >= max_len + needles*(key_len+1) + num_queries*(1+key_len+"
                              f"num_values) = {need}; got seq_len={self.seq_len}")
@@ -117,13 +118,6 @@ class NiahConfig(TaskConfig):
     def max_prefix_len(self) -> int:
         """The longest context: max_len noise tokens and every needle."""
         return self._context_len(self.max_len)
-
-    def length_range(self) -> tuple[int, int]:
-        return self.min_len, self.max_len
-
-    def at_length(self, length: int) -> NiahConfig:
-        return self.model_validate(self.model_dump() | {"min_len": length, "max_len": length,
-                                                        "seq_len": self._seq_len_for(length)})
 
     def bits_per_unit(self) -> float:
         return math.log2(self.third)

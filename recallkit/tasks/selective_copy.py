@@ -11,10 +11,11 @@ import torch
 from pydantic import Field, model_validator
 
 from recallkit.base_config import TaskConfig
+from recallkit.tasks.lengths import MinMaxLength
 from recallkit.tasks.base import IGNORE_INDEX, Batch
 
 
-class SelectiveCopyConfig(TaskConfig):
+class SelectiveCopyConfig(MinMaxLength, TaskConfig):
     """Selective copying: ``region (L data tokens among noise) <copy> blank x (L - 1)`` -> the data tokens.
 
     Token 0 is the blank (the noise token, the answer slots and the padding), token 1 the copy
@@ -64,26 +65,19 @@ class SelectiveCopyConfig(TaskConfig):
         if self.vocab_size < 4:
             raise ValueError(f"selective_copy needs vocab_size >= 4 (blank, copy and >= 2 data tokens); "
                              f"got {self.vocab_size}")
-        need = self._seq_len_for(self.max_len)
+        need = self.seq_len_for(self.max_len)
         if self.seq_len < need:
             raise ValueError(f"selective_copy with max_len={self.max_len} and noise_per_token="
                              f"{self.noise_per_token} needs seq_len >= max_len*(noise_per_token+2) = {need}; "
                              f"got seq_len={self.seq_len}")
         return self
 
-    def _seq_len_for(self, length: int) -> int:
+    def seq_len_for(self, length: int) -> int:
         return length * (self.noise_per_token + 2)
 
     def max_prefix_len(self) -> int:
         """The longest region: max_len (1 + noise_per_token)."""
         return self.max_len * (1 + self.noise_per_token)
-
-    def length_range(self) -> tuple[int, int]:
-        return self.min_len, self.max_len
-
-    def at_length(self, length: int) -> SelectiveCopyConfig:
-        return self.model_validate(self.model_dump() | {"min_len": length, "max_len": length,
-                                                        "seq_len": self._seq_len_for(length)})
 
     def bits_per_unit(self) -> float:
         return math.log2(self.vocab_size - 2)

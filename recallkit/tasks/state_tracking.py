@@ -15,6 +15,7 @@ import torch
 from pydantic import Field, model_validator
 
 from recallkit.base_config import TaskConfig
+from recallkit.tasks.lengths import MinMaxLength
 from recallkit.tasks.base import IGNORE_INDEX, Batch
 
 GROUP_SIZES = {"parity": 2, "s5": 120}
@@ -41,7 +42,7 @@ def product_table(group: str) -> np.ndarray:
                     dtype=np.int64)
 
 
-class StateTrackingConfig(TaskConfig):
+class StateTrackingConfig(MinMaxLength, TaskConfig):
     """The word problem of ``group``: read elements x_1 .. x_L and output the state s_t = x_1 x_2 .. x_t
     at every position t.
 
@@ -112,12 +113,8 @@ class StateTrackingConfig(TaskConfig):
         """No context: every position is scored on what precedes it."""
         return 0
 
-    def length_range(self) -> tuple[int, int]:
-        return self.min_len, self.max_len
-
-    def at_length(self, length: int) -> StateTrackingConfig:
-        return self.model_validate(self.model_dump() | {"min_len": length, "max_len": length,
-                                                        "seq_len": length})
+    def seq_len_for(self, length: int) -> int:
+        return length  # a label at every position, nothing after the word
 
     def bits_per_unit(self) -> float:
         return math.log2(self.group_size)

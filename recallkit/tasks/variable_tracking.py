@@ -11,13 +11,14 @@ import torch
 from pydantic import Field, model_validator
 
 from recallkit.base_config import TaskConfig
+from recallkit.tasks.lengths import MinMaxLength
 from recallkit.tasks.base import IGNORE_INDEX, Batch
 
 QUERY, ASSIGN = 1, 2
 """The query marker and the ``=`` of a statement (token 0 is the padding)."""
 
 
-class VariableTrackingConfig(TaskConfig):
+class VariableTrackingConfig(MinMaxLength, TaskConfig):
     """Follow a chain ``X1 = v``, ``X2 = X1``, .. through noise and answer the value of its last variable.
 
     Token 0 is the padding, 1 the query marker, 2 the ``=``; the rest [3, V) is split in thirds
@@ -90,7 +91,7 @@ class VariableTrackingConfig(TaskConfig):
             raise ValueError(f"variable_tracking with num_chains={self.num_chains} and "
                              f"max_hops={self.max_hops} needs {variables} variables in a third of [3, V); "
                              f"use vocab_size >= {3 + 3 * variables}; got {self.vocab_size}")
-        need = self._context_len(self.max_len) + 2
+        need = self.seq_len_for(self.max_len)
         if self.seq_len < need:
             raise ValueError(f"variable_tracking needs seq_len >= max_len + 3*num_chains*(max_hops+1) + 2 = "
                              f"{need}; got seq_len={self.seq_len}")
@@ -100,12 +101,8 @@ class VariableTrackingConfig(TaskConfig):
         """The longest context: max_len noise tokens and every chain at max_hops."""
         return self._context_len(self.max_len)
 
-    def length_range(self) -> tuple[int, int]:
-        return self.min_len, self.max_len
-
-    def at_length(self, length: int) -> VariableTrackingConfig:
-        return self.model_validate(self.model_dump() | {"min_len": length, "max_len": length,
-                                                        "seq_len": self._context_len(length) + 2})
+    def seq_len_for(self, length: int) -> int:
+        return self._context_len(length) + 2  # the query: its token and the variable
 
     def bits_per_unit(self) -> float:
         return math.log2(self.third)
