@@ -579,3 +579,17 @@ def test_counting_docstring_worked_example_is_true():
 def test_counting_impossible_sizes_are_one_line_errors(fields, message):
     with pytest.raises(ValidationError, match=re.escape(message)):
         rk.make_task("counting", **{**COUNTING[0], **fields})
+
+
+# report panels ---------------------------------------------------------------------------------------------
+
+def test_the_knob_each_task_is_about_gets_its_own_report_panel():
+    # parity and S5, or 0 and 3 distractors, at the same length must not share a capability-map column
+    parity = rk.make_task("state_tracking", vocab_size=128, seq_len=12, group="parity", min_len=2, max_len=12)
+    s5 = rk.make_task("state_tracking", vocab_size=128, seq_len=12, group="s5", min_len=2, max_len=12)
+    assert parity.setting == "state_tracking parity L=2-12" and s5.setting == "state_tracking s5 L=2-12"
+    clean, distracted = (rk.make_task("niah", vocab_size=64, seq_len=64, num_distractors=n, min_len=16,
+                                      max_len=48) for n in (0, 3))
+    assert clean.setting == "niah 1 needle + 0 distractors T=64"
+    assert distracted.setting == "niah 1 needle + 3 distractors T=64"
+    assert read_twice(distracted).setting == distracted.setting

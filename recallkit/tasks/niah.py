@@ -83,6 +83,14 @@ class NiahConfig(MinMaxLength, TaskConfig):
         return 0
 
     @property
+    def setting(self) -> str:
+        """Panel name with the needles, e.g. ``niah 1 needle + 3 distractors T=64``: settings that
+        differ in distractors (the knob the task is about) get their own panels."""
+        needles = self.num_queries * self.num_values
+        return (f"niah {needles} needle{'s' * (needles > 1)} + {self.num_distractors} distractors "
+                f"T={self.seq_len}")
+
+    @property
     def third(self) -> int:
         """Size of each of the noise, key-token and value ranges."""
         return (self.vocab_size - 2) // 3

@@ -93,6 +93,12 @@ class StateTrackingConfig(MinMaxLength, TaskConfig):
         return 0
 
     @property
+    def setting(self) -> str:
+        """Panel name with the group and lengths, e.g. ``state_tracking s5 L=2-12``: parity and S5
+        are different problems, so each gets its own panel."""
+        return f"state_tracking {self.group} L={self.min_len}-{self.max_len}"
+
+    @property
     def group_size(self) -> int:
         """|G|: 2 for parity, 120 for S5."""
         return GROUP_SIZES[self.group]
