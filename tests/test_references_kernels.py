@@ -1,8 +1,9 @@
 """Every kernel's token loop (the spec its chunked forms are tested against) against its paper's update
 typed out here, element by element, in float64. With the chunked == recurrent tests of each
 tests/test_ops_*.py this ties every fast form to the formula, not only to the other forms. The (gated)
-delta rule's is tests/test_ops_delta_rule.py::test_recurrence_is_the_delta_rule; the feature maps' and
-each mixer's are in tests/test_references_mixers.py.
+delta rule's is tests/test_ops_delta_rule.py::test_recurrence_is_the_delta_rule, KDA's
+tests/test_ops_kda.py::test_kda_recurrence_is_the_paper_update; the feature maps' and each mixer's are
+in tests/test_references_mixers.py.
 """
 
 from __future__ import annotations

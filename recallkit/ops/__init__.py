@@ -18,6 +18,7 @@ from recallkit.ops.gated_linear_attention import (
     gated_linear_attention_quadratic,
     gated_linear_attention_recurrent,
 )
+from recallkit.ops.kda import kda_chunked, kda_recurrent
 from recallkit.ops.linear_attention import (
     linear_attention_chunked,
     linear_attention_quadratic,
@@ -41,6 +42,8 @@ __all__ = [
     "gated_linear_attention_recurrent",
     "h3_ssm_chunked",
     "h3_ssm_recurrent",
+    "kda_chunked",
+    "kda_recurrent",
     "linear_attention_chunked",
     "linear_attention_quadratic",
     "linear_attention_recurrent",

@@ -1,0 +1,155 @@
+"""The delta rule with a per-channel gate (Kimi Delta Attention):
+S_t = (I - beta_t k_t k_t^T) Diag(exp(g_t)) S_{t-1} + beta_t k_t v_t^T,  y_t = S_t^T q_t.
+
+KDA (Kimi Team 2025, "Kimi Linear: An Expressive, Efficient Attention Architecture", arXiv 2510.26692,
+eq. 1 of section 3) is Gated DeltaNet (``recallkit.ops.delta_rule``) with its scalar log-decay per
+head replaced by one per key channel, g_t in R^{Dk}, g_t <= 0: each row of the state forgets at its
+own rate before the delta step edits the association under k_t. With g_t constant over the channels
+it is the gated delta rule exactly (Diag(a) = a I commutes with I - beta k k^T).
+
+q, k: (B, H, T, Dk); v: (B, H, T, Dv); beta: (B, H, T) in [0, 1]; g: (B, H, T, Dk), <= 0; the state
+S: (B, H, Dk, Dv), kept in float32 (float64 for float64 inputs). Keys should be L2-normalised (then
+I - beta k k^T is a contraction and so is every step). Two forms, as for the delta rule:
+
+- :func:`kda_recurrent`: the token loop, the spec;
+- :func:`kda_chunked`: the chunkwise WY / UT-transform form with per-channel cumulative decays, the
+  fast path for training and prefill (with chunk_size >= T it is the one-chunk quadratic form from
+  the given state).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from recallkit.ops.gated_linear_attention import _intra_vector, _sub_chunk
+from recallkit.ops.numerics import compute_dtype
+from recallkit.ops.segments import in_segments, segment_length
+
+
+def _check_shapes(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor) -> None:
+    if k.shape != q.shape or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"q, k must be (B, H, T, Dk) and v (B, H, T, Dv); got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if beta.shape != q.shape[:3]:
+        raise ValueError(f"beta must be (B, H, T) = {tuple(q.shape[:3])}; got {tuple(beta.shape)}")
+    if g.shape != q.shape:
+        raise ValueError(f"g must be (B, H, T, Dk) = {tuple(q.shape)} (one log-decay per key channel); "
+                         f"got {tuple(g.shape)}")
+
+
+def init_kda_state(q: Tensor, v: Tensor) -> Tensor:
+    """Zero state (B, H, Dk, Dv) for inputs shaped like q (B, H, T, Dk) and v (B, H, T, Dv)."""
+    B, H, _, Dk = q.shape
+    return torch.zeros(B, H, Dk, v.shape[-1], device=q.device, dtype=compute_dtype(q))
+
+
+def kda_recurrent(
+    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor, *, state: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Token-by-token recurrence (the reference).
+
+    Args:
+        q, k: queries and (L2-normalised) keys, (B, H, T, Dk).
+        v: values, (B, H, T, Dv).
+        beta: writing strengths, (B, H, T), in [0, 1].
+        g: log-decays per key channel, (B, H, T, Dk), <= 0.
+        state: S from a previous call, (B, H, Dk, Dv), or None for zeros.
+    Returns:
+        y (B, H, T, Dv) in v's dtype and the state S after the last token (B, H, Dk, Dv), float32+.
+    """
+    _check_shapes(q, k, v, beta, g)
+    ct = compute_dtype(q)
+    S = init_kda_state(q, v) if state is None else state.to(ct)
+    q_, k_, v_, b_, g_ = (t.to(ct) for t in (q, k, v, beta, g))
+    outputs = []
+    for t in range(q.shape[2]):
+        k_t, b_t = k_[:, :, t], b_[:, :, t, None, None]  # (B, H, Dk), (B, H, 1, 1)
+        S = g_[:, :, t, :, None].exp() * S  # Diag(exp(g_t)) S: row d of S decays by exp(g_td)
+        read = torch.einsum("bhk,bhkv->bhv", k_t, S)  # what the key retrieves from the decayed state
+        S = S + b_t * k_t[..., :, None] * (v_[:, :, t] - read)[..., None, :]  # (I - b k k^T) S + b k v^T
+        outputs.append(torch.einsum("bhk,bhkv->bhv", q_[:, :, t], S))
+    y = torch.stack(outputs, dim=2) if outputs else v_[:, :, :0]
+    return y.to(v.dtype), S
+
+
+def _vector_scores(a: Tensor, k: Tensor, cum: Tensor, sub: int) -> Tensor:
+    """(..., N, C, C) scores sum_d a_id k_jd exp(c_id - c_jd) for j <= i (0 above the diagonal), from
+    the overflow-safe sub-chunk split of the vector-gate linear attention (``_intra_vector``)."""
+    C = a.shape[-2]
+    a_off, a_diag = _intra_vector(a, k, cum, sub)  # (..., C, C), (..., n, sub, sub)
+    n = C // sub
+    eye = torch.eye(n, dtype=a_diag.dtype, device=a.device)[:, None, :, None]  # (n, 1, n, 1)
+    block_diag = (a_diag[..., :, :, None, :] * eye).reshape(*a_diag.shape[:-3], C, C)
+    return a_off + block_diag
+
+
+def kda_chunked(
+    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor, *, state: Tensor | None = None,
+    chunk_size: int = 64, sub_chunk_size: int = 8,
+) -> tuple[Tensor, Tensor]:
+    """Chunkwise-parallel form with the WY / UT transform and per-channel decays.
+
+    Write the update as S_t = D_t S_{t-1} + k_t u_t^T with D_t = Diag(exp(g_t)) and the pseudo-value
+    u_t = beta_t (v_t - S_{t-1}^T (exp(g_t) ⊙ k_t)). Inside a chunk with state S before it and
+    chunk-local cumulative log-decays c_i in R^{Dk} (<= 0), unrolling gives
+    S_i = Diag(exp(c_i)) S + sum_{j<=i} Diag(exp(c_i - c_j)) k_j u_j^T, hence
+    u_i = beta_i (v_i - S^T (exp(c_i) ⊙ k_i) - sum_{j<i} A_ij u_j) with the vector-gated key scores
+    A_ij = sum_d k_id k_jd exp(c_id - c_jd): the unit lower triangular system
+    (I + strictly_lower(diag(beta) A)) U' = diag(beta) (V - K_w S), K_w = K ⊙ exp(c). Its solution is
+    U' = U - W S with [W U] = (I + L)^{-1} diag(beta) [K_w V] (one triangular solve). Then
+    Y = (Q ⊙ exp(c)) S + P U' with P_ij = sum_d q_id k_jd exp(c_id - c_jd) (j <= i), and
+    S' = Diag(exp(c_C)) S + K_d^T U' with K_d = K ⊙ exp(c_C - c); only S' = Diag(exp(c_C)) S + M S + N
+    (M = -K_d^T W, N = K_d^T U) runs in a loop of T / chunk_size small GEMMs. Every exponent is <= 0:
+    the scores A and P come from the sub-chunk factorisation of the vector-gate linear attention
+    (``sub_chunk_size``, see ``recallkit.ops.gated_linear_attention``), never exp(c) * exp(-c).
+    Padding of a partial last chunk uses beta = 0, g = 0, k = v = 0, which leaves the state untouched.
+    Same arguments and returns as :func:`kda_recurrent`, plus ``chunk_size`` and ``sub_chunk_size``.
+    """
+    _check_shapes(q, k, v, beta, g)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
+    ct = compute_dtype(q)
+    B, H, T, Dk = q.shape
+    Dv = v.shape[-1]
+    S = init_kda_state(q, v) if state is None else state.to(ct)
+    if T == 0:
+        return v[:, :, :0], S
+    if T > segment_length(chunk_size):  # cache blocking, see ops/segments.py
+        return in_segments(kda_chunked, {"q": q, "k": k, "v": v, "beta": beta, "g": g}, state=S,
+                           length=segment_length(chunk_size), chunk_size=chunk_size,
+                           sub_chunk_size=sub_chunk_size)
+    q_, k_, v_, b_, g_ = (t.to(ct) for t in (q, k, v, beta, g))
+    C = chunk_size
+    pad = (-T) % C
+    if pad:
+        q_, k_, v_, g_ = (F.pad(t, (0, 0, 0, pad)) for t in (q_, k_, v_, g_))
+        b_ = F.pad(b_, (0, pad))
+    N = q_.shape[2] // C
+    qc, kc, vc, gc = (t.reshape(B, H, N, C, t.shape[-1]) for t in (q_, k_, v_, g_))  # (B, H, N, C, D)
+    bc = b_.reshape(B, H, N, C, 1)
+    cum = torch.cumsum(gc, dim=3)  # (B, H, N, C, Dk), chunk-local, <= 0
+    last = cum[:, :, :, -1:]  # (B, H, N, 1, Dk): log-decay over the whole chunk
+    sub = _sub_chunk(C, sub_chunk_size)
+    kk = _vector_scores(kc, kc, cum, sub).tril(-1)  # A, strictly lower
+    qk = _vector_scores(qc, kc, cum, sub)  # P, causal incl. the diagonal
+    k_w = kc * cum.exp()  # keys as seen by the start-of-chunk state
+    k_d = kc * (last - cum).exp()  # keys as carried to the end of the chunk
+    q_s = qc * cum.exp()
+    chunk_decay = last.exp().transpose(-1, -2)  # (B, H, N, Dk, 1): Diag(exp(c_C))
+    # UT transform: solve (I + strictly_lower(diag(beta) A)) [W U] = diag(beta) [K_w V]
+    L = bc * kk + torch.eye(C, dtype=ct, device=q.device)
+    WU = torch.linalg.solve_triangular(L, bc * torch.cat([k_w, vc], dim=-1), upper=False, unitriangular=True)
+    W, U = WU.split([Dk, Dv], dim=-1)  # (B, H, N, C, Dk), (B, H, N, C, Dv)
+    k_dT = k_d.transpose(-1, -2)  # (B, H, N, Dk, C)
+    M = -(k_dT @ W)  # (B, H, N, Dk, Dk): state transition across a chunk, minus the decay term
+    Nmat = k_dT @ U  # (B, H, N, Dk, Dv): what the chunk writes from a zero state
+    befores = []
+    for c in range(N):  # S_{c+1} = Diag(exp(c_C)) S_c + M_c S_c + N_c
+        befores.append(S)
+        S = chunk_decay[:, :, c] * S + M[:, :, c] @ S + Nmat[:, :, c]
+    S_before = torch.stack(befores, dim=2)  # (B, H, N, Dk, Dv)
+    u_new = U - W @ S_before  # (B, H, N, C, Dv): the pseudo-values U'
+    y = q_s @ S_before + qk @ u_new  # (B, H, N, C, Dv)
+    return y.reshape(B, H, N * C, Dv)[:, :, :T].to(v.dtype), S
