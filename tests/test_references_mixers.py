@@ -371,6 +371,59 @@ def test_delta_rule_mixers_are_the_formula(key, heads):
         torch.testing.assert_close(mixer(x), expected, **TOL)
 
 
+# --- KDA, Kimi Delta Attention (arXiv 2510.26692, section 3) ------------------------------------------------
+
+@pytest.mark.parametrize("kwargs", [
+    {"num_heads": 1, "chunk_size": 4},
+    {"num_heads": 2, "gate_rank": 3, "chunk_size": 4},
+    {"num_heads": 4, "chunk_size": 64},
+])
+def test_kda_is_the_per_channel_gated_delta_rule(kwargs):
+    """S_t = (I - b_t k_t k_t^T) Diag(alpha_t) S_{t-1} + b_t k_t v_t^T, o_t = S_t^T q_t, with
+    alpha_t = exp(-exp(A_h) softplus(W_f_up W_f_down x_t + dt_bias)) per key channel,
+    y = W_o (sigmoid(W_g_up W_g_down x + b_g) ⊙ RMSNorm_h(o))."""
+    mixer, x = make("kda", **kwargs), inputs()
+    randomize(mixer, scale=0.3)
+    B, T_, _ = x.shape
+    heads = kwargs["num_heads"]
+    dh = D // heads
+    with torch.no_grad():
+        qkv = (x @ mixer.qkv.weight.T).view(B, T_, 3, heads, dh)
+        beta = sigmoid(x @ mixer.beta.weight.T)  # (B, T, H)
+        pre = (x @ mixer.decay_down.weight.T) @ mixer.decay_up.weight.T + mixer.dt_bias  # (B, T, D)
+        alpha = torch.exp(-softplus(pre).view(B, T_, heads, dh) * torch.exp(mixer.A_log)[:, None])
+        o = torch.zeros(B, T_, heads, dh, dtype=F64)
+        eye = torch.eye(dh, dtype=F64)
+        for b in range(B):
+            for h in range(heads):
+                S = torch.zeros(dh, dh, dtype=F64)
+                for t in range(T_):
+                    q, k = silu(qkv[b, t, 0, h]), silu(qkv[b, t, 1, h])
+                    q, k, v = q / q.norm(), k / k.norm(), qkv[b, t, 2, h]
+                    bt = beta[b, t, h]
+                    decay = torch.diag(alpha[b, t, h])  # Diag(alpha_t), one decay per key channel
+                    S = (eye - bt * torch.outer(k, k)) @ decay @ S + bt * torch.outer(k, v)
+                    o[b, t, h] = S.T @ q
+        o = rms_norm(o, mixer.norm.weight, 1e-5).reshape(B, T_, D)  # per head, weight shared
+        gate = sigmoid((x @ mixer.gate_down.weight.T) @ mixer.gate_up.weight.T + mixer.gate_up.bias)
+        expected = (o * gate) @ mixer.out.weight.T
+        torch.testing.assert_close(mixer(x), expected, **TOL)
+        y_step, state = [], mixer.init_state(B, x.device, F64)
+        for t in range(T_):
+            y_t, state = mixer.step(x[:, t], state)
+            y_step.append(y_t)
+        torch.testing.assert_close(torch.stack(y_step, 1), expected, **TOL)
+
+
+def test_kda_decay_starts_per_channel_in_the_mamba2_range():
+    mixer = make("kda", num_heads=4, dt_min=1e-3, dt_max=0.1)
+    dt = softplus(mixer.dt_bias)
+    A = torch.exp(mixer.A_log)
+    assert mixer.dt_bias.shape == (D,) and mixer.A_log.shape == (4,)  # one dt per channel, one A per head
+    assert dt.min() >= 1e-3 * (1 - 1e-6) and dt.max() <= 0.1 * (1 + 1e-6)
+    assert A.min() >= 1 and A.max() <= 16
+
+
 # --- H3 (arXiv 2212.14052, Algorithm 1, multi-head) -------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs", [
@@ -579,7 +632,7 @@ def test_short_conv_feeds_the_convolved_input_to_the_mixer(key):
 
 
 def test_every_registered_mixer_has_a_reference_here():
-    covered = {"linear_attention", "retnet", "gla", "mamba", "mamba2", "deltanet", "gated_deltanet", "h3",
-               "base_conv", "hyena", "mla", "attention"}
+    covered = {"linear_attention", "retnet", "gla", "mamba", "mamba2", "deltanet", "gated_deltanet", "kda",
+               "h3", "base_conv", "hyena", "mla", "attention"}
     covered.add("pla")  # tests/test_pla.py: the JRT formula, token by token
     assert set(rk.MIXERS) == covered

@@ -11,6 +11,7 @@ from recallkit.mixers.gated_deltanet import GatedDeltaNet
 from recallkit.mixers.gla import GLA
 from recallkit.mixers.h3 import H3
 from recallkit.mixers.hyena import Hyena
+from recallkit.mixers.kda import KDA
 from recallkit.mixers.linear_attention import LinearAttention
 from recallkit.mixers.mamba import Mamba
 from recallkit.mixers.mamba2 import Mamba2
@@ -21,7 +22,7 @@ from recallkit.mixers.short_conv import ShortConvMixer
 
 MIXERS: dict[str, type[Mixer]] = {
     mixer.Config.model_fields["name"].default: mixer
-    for mixer in (Attention, BaseConv, DeltaNet, GatedDeltaNet, GLA, H3, Hyena, LinearAttention, Mamba,
+    for mixer in (Attention, BaseConv, DeltaNet, GatedDeltaNet, GLA, H3, Hyena, KDA, LinearAttention, Mamba,
                   Mamba2, MLA, PLA, RetNet)
 }
 MixerConfig.register(*(mixer.Config for mixer in MIXERS.values()))
