@@ -6,9 +6,10 @@ Gated DeltaNet with its scalar decay per head replaced by one decay per key chan
 alpha_t = exp(g_t) in (0, 1]^{d_k}, so each row of the memory forgets at its own data-dependent rate.
 The block, as in the paper and its released implementation (fla ``KimiDeltaAttention``):
 q, k, v projections, SiLU then L2 normalisation of q and k per head, beta_t = sigmoid(W_beta x_t) per
-head, the per-channel log-decay from a low-rank projection in the Mamba-2 / Gated DeltaNet
-parametrisation g_t = -exp(A_log_h) * softplus(W_f_up W_f_down x_t + dt_bias) (rank ``gate_rank``,
-d_model / H by default as in fla; dt_bias one per channel, A one per head), the recurrence, RMSNorm
+head, the per-channel log-decay from a low-rank projection (the paper), in the released code's
+Mamba-2 / Gated DeltaNet parametrisation g_t = -exp(A_log_h) * softplus(W_f_up W_f_down x_t + dt_bias)
+(rank ``gate_rank``, d_model / H by default as in fla; dt_bias one per channel, A one per head;
+dt_bias and A initialised as Mamba-2's dt and A), the recurrence, RMSNorm
 per head, and a low-rank sigmoid output gate: y = W_o (sigmoid(W_g_up W_g_down x + b_g) ⊙ RMSNorm_h(o)).
 d_k = d_v = d_model / H; the state per layer is S (H, d_k, d_v): H * d_k * d_v = d_model^2 / H numbers
 (plus d_model * (K - 1) for the tails of a ``short_conv`` of K taps, counted by its wrapper).
@@ -16,7 +17,7 @@ Training and prefill use the chunked KDA kernel of ``recallkit.ops`` (WY / UT tr
 per-channel cumulative decays).
 
 Deviations from the paper, all shared with recallkit's ``deltanet`` / ``gated_deltanet`` so that the
-three differ in the gate only:
+three differ in their gates only (the decay, and the output gate: swish full-rank in gated_deltanet):
 - the paper's short convs on q, k, v (each followed by SiLU) are not built in: the generic
   ``short_conv`` option (one conv of K taps on the block input, the Zoology recipe) stands in, and v
   gets no SiLU;

@@ -2,7 +2,7 @@
 S_t = (I - beta_t k_t k_t^T) Diag(exp(g_t)) S_{t-1} + beta_t k_t v_t^T,  y_t = S_t^T q_t.
 
 KDA (Kimi Team 2025, "Kimi Linear: An Expressive, Efficient Attention Architecture", arXiv 2510.26692,
-eq. 1 of section 3) is Gated DeltaNet (``recallkit.ops.delta_rule``) with its scalar log-decay per
+section 3) is Gated DeltaNet (``recallkit.ops.delta_rule``) with its scalar log-decay per
 head replaced by one per key channel, g_t in R^{Dk}, g_t <= 0: each row of the state forgets at its
 own rate before the delta step edits the association under k_t. With g_t constant over the channels
 it is the gated delta rule exactly (Diag(a) = a I commutes with I - beta k k^T).
