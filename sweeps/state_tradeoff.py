@@ -3,8 +3,8 @@ on one plot of MQAR accuracy against inference-state size.
 
 One task (MQAR, V = 256, T = 64, 8 key-value pairs), width 64, lr 5e-3, at most 1000 steps (early
 stop at 0.99; about 12 minutes with 2 process workers on 2 cores), and each family swept along the knob that
-sets its state: Based's window and feature dim, Mamba's d_state, the head count of GLA, DeltaNet and
-Gated DeltaNet (more heads = smaller per-head key-value matrices), the sliding-window size, and full
+sets its state: Based's window and feature dim, Mamba's d_state, the head count of GLA, DeltaNet,
+Gated DeltaNet and KDA (more heads = smaller per-head key-value matrices), the sliding-window size, and full
 attention (whose state is its whole KV cache) as the reference, with MLA's latent cache beside it.
 Families without a state knob (RetNet, Mamba-2, H3, Hyena, BaseConv, linear attention and its
 prefix-aware PLA, trained here without JRT's MLM loss) appear at their defaults.
@@ -30,6 +30,7 @@ VARIANTS: list[tuple[str, dict | list[dict]]] = [
     *[("gla", {"name": "gla", "num_heads": h, "short_conv": CONV}) for h in (1, 2, 4, 8)],
     *[("deltanet", {"name": "deltanet", "num_heads": h, "short_conv": CONV}) for h in (1, 2, 4, 8)],
     *[("gated_deltanet", {"name": "gated_deltanet", "num_heads": h, "short_conv": CONV}) for h in (1, 4)],
+    *[("kda", {"name": "kda", "num_heads": h, "short_conv": CONV}) for h in (1, 4)],
     ("retnet", {"name": "retnet", "num_heads": 2, "short_conv": CONV}),
     ("mamba2", {"name": "mamba2"}),
     ("linear_attention", {"name": "linear_attention", "feature_map": "elu", "feature_dim": 16,
