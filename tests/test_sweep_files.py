@@ -112,3 +112,20 @@ def test_reversal_sweep_probes_in_weights_and_in_context_recall():
     assert modes == {("train", "test"), ("in_context", "in_context")}
     for c in configs:
         assert c.task.facts()[0].tolist() == c.test_tasks[0].facts()[0].tolist()  # the same facts
+
+
+def test_suite_puts_every_mixer_family_on_every_suite_task():
+    configs = load_sweep(SWEEPS / "suite.py")
+    families = {"attention", "sliding_window", "based", "mamba2", "gated_deltanet", "kda", "deltanet",
+                "linear_attention"}
+    new_tasks = {"forgetting_mqar", "compositional_mqar", "selective_copy", "state_tracking",
+                 "variable_tracking", "niah", "noisy_recall", "fuzzy_recall", "counting"}
+    assert {c.label for c in configs} == families
+    assert new_tasks <= {c.task.name for c in configs}
+    settings = {c.task.setting for c in configs}
+    for label in families:  # every family on every setting: the capability map has no holes
+        assert {c.task.setting for c in configs if c.label == label} == settings
+    assert len(settings) == 12  # parity / S5 and 0 / 3 distractors are separate columns
+    for c in configs:
+        rk.build_model(c.model)
+    assert len({c.run_id for c in configs}) == len(configs)
