@@ -108,12 +108,11 @@ def test_pla_reads_the_short_set_with_its_encoder():
 
 
 def test_pla_beats_causal_linear_attention_of_the_same_state_with_the_long_set_first(tmp_path):
-    # measured (PLA vs causal, state 320 each, 6000 steps), seeds 0 / 1 / 2: on one thread (as here,
-    # one per worker process) 0.629 vs 0.611, 0.645 vs 0.562, 0.695 vs 0.668 (mean lead 0.043); on
-    # two threads 0.671 vs 0.581, 0.597 vs 0.606, 0.657 vs 0.609. One seed can go either way at this
-    # scale, so the test asserts the lead averaged over three seeds. The six runs train in two
-    # one-thread processes: these d=32 models are bound by per-op overhead, not by GEMM, so two
-    # processes finish them sooner than one process of two threads.
+    # measured (PLA vs causal, state 320 each, 6000 steps), seeds 0 / 1 / 2: as here (two one-thread
+    # worker processes) 0.691 vs 0.567, 0.646 vs 0.591, 0.674 vs 0.632 (mean lead 0.074, 536 s); on
+    # one process of two threads 0.671 vs 0.581, 0.597 vs 0.606, 0.657 vs 0.609 (1068 s). One seed can
+    # go either way at this scale, so the test asserts the lead averaged over three seeds. These d=32
+    # models are bound by per-op overhead, not by GEMM, hence the two processes.
     mixers = ("pla", "linear_attention")
     configs = {(mixer, seed): long_first_run(mixer, seed) for seed in range(3) for mixer in mixers}
     rows = {r["run_id"]: r for r in run_sweep(list(configs.values()), tmp_path, executor="process", workers=2,
