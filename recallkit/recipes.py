@@ -93,3 +93,99 @@ def jrt_rnn(
          "short_conv": short_conv},
         *({"name": "base_conv", "kernel_size": conv_kernel} for _ in range(conv_layers)),
     ]
+
+
+def _ratio(linear_layers: int, recipe: str) -> None:
+    if linear_layers < 1:
+        raise ValueError(f"{recipe} linear_layers must be >= 1, got {linear_layers}")
+
+
+def qwen3_next(
+    num_heads: int = 2,
+    attention_heads: int = 4,
+    kv_heads: int = 1,
+    linear_layers: int = 3,
+    short_conv: int = 4,
+) -> list[dict]:
+    """Qwen3-Next's hybrid layout (Qwen team 2025, Qwen3-Next-80B-A3B model card and blog "Qwen3-Next:
+    towards ultimate training & inference efficiency"): ``linear_layers`` Gated DeltaNet layers
+    (3 in the model: its 48 layers are 12 x (3 Gated DeltaNet + 1 gated attention)), then one full
+    softmax attention layer with grouped-query heads (16 query and 2 KV heads there) and RoPE.
+
+    Deviations, all forced by recallkit's mixers or its scale: the attention layer has no sigmoid output
+    gate and rotates all of each head's dims (Qwen3-Next: a gate, and RoPE on a quarter of the head);
+    the Gated DeltaNet has as many query/key as value heads (Qwen3-Next: 16 and 32); the MoE feed-forward is
+    recallkit's dense ``mlp``. Use ``num_layers`` a multiple of ``linear_layers + 1`` so the ratio holds.
+    State per period: ``linear_layers * d_model^2 / num_heads`` plus the attention's KV cache
+    ``2 * T * d_model * kv_heads / attention_heads`` and the conv tails.
+
+    Args:
+        num_heads: Gated DeltaNet heads.
+        attention_heads: query heads of the attention layer.
+        kv_heads: its key-value heads (grouped-query attention).
+        linear_layers: Gated DeltaNet layers per attention layer.
+        short_conv: taps of the causal short conv in front of every layer (0 = none).
+
+    Returns:
+        The mixer schedule, ``linear_layers + 1`` mixer config dicts.
+    """
+    _ratio(linear_layers, "qwen3_next")
+    gdn = {"name": "gated_deltanet", "num_heads": num_heads, "short_conv": short_conv}
+    return [*(dict(gdn) for _ in range(linear_layers)),
+            {"name": "attention", "num_heads": attention_heads, "num_kv_heads": kv_heads, "position": "rope",
+             "short_conv": short_conv}]
+
+
+def kimi_linear(
+    num_heads: int = 2,
+    mla_heads: int = 2,
+    kv_latent_dim: int = 16,
+    linear_layers: int = 3,
+    short_conv: int = 4,
+) -> list[dict]:
+    """Kimi Linear's hybrid layout (Kimi Team 2025, *Kimi Linear: an expressive, efficient attention
+    architecture*, arXiv 2510.26692): ``linear_layers`` KDA layers (3 in the paper) per layer of
+    multi-head latent attention without positional encoding (NoPE MLA: position comes from the KDA
+    layers).
+
+    Deviations: KDA as recallkit's ``kda`` (its docstring lists them); the MLA keeps no query
+    compression; the MoE feed-forward is recallkit's dense ``mlp``. Use ``num_layers`` a multiple of
+    ``linear_layers + 1`` so the ratio holds. State per period: ``linear_layers * d_model^2 / num_heads``
+    plus the MLA's latent cache ``kv_latent_dim * T`` and the conv tails.
+
+    Args:
+        num_heads: KDA heads.
+        mla_heads: heads of the MLA layer.
+        kv_latent_dim: d_c, the latent each token adds to the MLA cache.
+        linear_layers: KDA layers per MLA layer.
+        short_conv: taps of the causal short conv in front of every layer (0 = none).
+
+    Returns:
+        The mixer schedule, ``linear_layers + 1`` mixer config dicts.
+    """
+    _ratio(linear_layers, "kimi_linear")
+    kda = {"name": "kda", "num_heads": num_heads, "short_conv": short_conv}
+    return [*(dict(kda) for _ in range(linear_layers)),
+            {"name": "mla", "num_heads": mla_heads, "kv_latent_dim": kv_latent_dim, "rope_dim": 0,
+             "short_conv": short_conv}]
+
+
+def samba(d_state: int = 16, window: int = 2048, window_heads: int = 1) -> list[dict]:
+    """Samba (Ren, Liu, Lu, Shen, Liang, Chen 2024, *Samba: simple hybrid state space models for
+    efficient unlimited context language modeling*, arXiv 2406.07522): Mamba layers alternating with
+    sliding-window attention (window 2048 in the paper, RoPE), each followed by an MLP as every
+    recallkit block is. The state is constant in the sequence length once T >= ``window``: Mamba's
+    ``expand * d_model * (d_state + d_conv - 1)`` plus the window's ``2 * d_model * window``.
+
+    Args:
+        d_state: Mamba's states per inner channel.
+        window: tokens each query of the sliding-window layer sees, itself included.
+        window_heads: heads of the sliding-window layer.
+
+    Returns:
+        The mixer schedule, two mixer config dicts.
+    """
+    if window < 1:
+        raise ValueError(f"samba window must be >= 1, got {window}")
+    return [{"name": "mamba", "d_state": d_state},
+            {"name": "attention", "num_heads": window_heads, "position": "rope", "window": window}]

@@ -8,11 +8,13 @@ Gated DeltaNet and KDA (more heads = smaller per-head key-value matrices), the s
 attention (whose state is its whole KV cache) as the reference, with MLA's latent cache beside it.
 Families without a state knob (RetNet, Mamba-2, H3, Hyena, BaseConv, linear attention and its
 prefix-aware PLA, trained here without JRT's MLM loss) appear at their defaults.
+The production hybrids of ``recallkit.recipes`` (Qwen3-Next's 3 Gated DeltaNet : 1 attention, Kimi
+Linear's 3 KDA : 1 MLA, Samba's Mamba + sliding window) train with one period of layers each (4, 4, 2).
 Run: ``recallkit run sweeps/state_tradeoff.py --out runs/state_tradeoff --executor process``.
 """
 
 import recallkit as rk
-from recallkit.recipes import based
+from recallkit.recipes import based, kimi_linear, qwen3_next, samba
 
 VOCAB_SIZE = 256
 D_MODEL = 64
@@ -41,10 +43,17 @@ VARIANTS: list[tuple[str, dict | list[dict]]] = [
     ("base_conv", {"name": "base_conv", "kernel_size": "long"}),
 ]
 
+# The production hybrids (recallkit.recipes) at their layer ratios: 4 layers, so each holds one period.
+RECIPES: list[tuple[str, list[dict], int]] = [
+    ("qwen3_next", qwen3_next(), 4),  # 3 Gated DeltaNet : 1 GQA attention
+    ("kimi_linear", kimi_linear(), 4),  # 3 KDA : 1 NoPE MLA
+    *[("samba", samba(window=w), 2) for w in (8, 32)],  # Mamba + sliding window
+]
+
 configs = [
     rk.RunConfig(
-        model=dict(vocab_size=VOCAB_SIZE, d_model=D_MODEL, num_layers=2, mixer=mixer, mlp="none"),
+        model=dict(vocab_size=VOCAB_SIZE, d_model=D_MODEL, num_layers=layers, mixer=mixer, mlp="none"),
         task=TASK, train=TRAIN, label=label,
     )
-    for label, mixer in VARIANTS
+    for label, mixer, layers in [*((label, mixer, 2) for label, mixer in VARIANTS), *RECIPES]
 ]

@@ -45,6 +45,7 @@ CASES: list[tuple[str, dict]] = [
     ("mla", {}),
     ("mla", {"num_heads": 2, "kv_latent_dim": 6, "rope_dim": 4, "q_latent_dim": 8, "rope_base": 100.0}),
     ("mla", {"num_heads": 4, "kv_latent_dim": 4, "rope_dim": 2, "short_conv": 3}),
+    ("mla", {"num_heads": 2, "rope_dim": 0}),  # NoPE, as Kimi Linear's MLA layers
     ("mamba", {"chunk_size": 5}),
     ("mamba", {"d_state": 4, "d_conv": 2, "expand": 1, "dt_rank": 3, "chunk_size": 8}),
     ("mamba", {"d_state": 8, "chunk_size": 8, "short_conv": 3}),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import recallkit as rk
-from recallkit.recipes import based, jrt_rnn
+from recallkit.recipes import based, jrt_rnn, kimi_linear, qwen3_next, samba
 
 
 def based_model(**kwargs) -> rk.LanguageModel:
@@ -68,3 +68,49 @@ def test_jrt_rnn_rejects_bad_arguments():
         jrt_rnn(window=0)
     with pytest.raises(ValueError, match="conv_layers must be >= 0"):
         jrt_rnn(conv_layers=-1)
+
+
+def recipe_model(schedule: list[dict], num_layers: int | None = None) -> rk.LanguageModel:
+    torch.manual_seed(0)
+    config = rk.ModelConfig(vocab_size=32, d_model=16, num_layers=num_layers or len(schedule), mixer=schedule,
+                            mlp="none")
+    return rk.build_model(config).eval()
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_qwen3_next_is_three_gated_deltanet_layers_per_gqa_attention_layer(heads):
+    model = recipe_model(qwen3_next(num_heads=heads, attention_heads=4, kv_heads=2), num_layers=8)
+    assert [m.name for m in model.config.layer_mixers] == (["gated_deltanet"] * 3 + ["attention"]) * 2
+    d, k = 16, 4
+    per_period = 3 * d * d // heads + 2 * 1000 * d * 2 // 4 + 4 * d * (k - 1)  # GDN, GQA cache, conv tails
+    assert model.state_size(1000) == 2 * per_period
+    assert_prefill_then_steps_match_the_parallel_form(model)
+
+
+def test_kimi_linear_is_three_kda_layers_per_nope_mla_layer():
+    model = recipe_model(kimi_linear(num_heads=2, mla_heads=2, kv_latent_dim=6))
+    assert [m.name for m in model.config.layer_mixers] == ["kda"] * 3 + ["mla"]
+    mla = model.config.layer_mixers[-1]
+    assert mla.rope_dim == 0  # NoPE: position comes from the KDA layers
+    d, k = 16, 4
+    assert model.state_size(1000) == 3 * d * d // 2 + 6 * 1000 + 4 * d * (k - 1)
+    assert_prefill_then_steps_match_the_parallel_form(model)
+
+
+def test_samba_alternates_mamba_and_a_sliding_window_with_constant_state():
+    model = recipe_model(samba(d_state=4, window=5))
+    assert [m.name for m in model.config.layer_mixers] == ["mamba", "attention"]
+    d, expand, conv = 16, 2, 4
+    expected = expand * d * (4 + conv - 1) + 2 * d * 5
+    assert model.state_size(5) == model.state_size(1000) == expected
+    assert_prefill_then_steps_match_the_parallel_form(model)  # T=23: past the window
+
+
+@pytest.mark.parametrize(("recipe", "kwargs", "message"), [
+    (qwen3_next, {"linear_layers": 0}, "qwen3_next linear_layers must be >= 1"),
+    (kimi_linear, {"linear_layers": -1}, "kimi_linear linear_layers must be >= 1"),
+    (samba, {"window": 0}, "samba window must be >= 1"),
+])
+def test_recipes_reject_bad_arguments(recipe, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        recipe(**kwargs)

@@ -536,7 +536,7 @@ def test_hyena_is_the_gating_chain_over_implicit_filters(kwargs):
 # --- MLA (DeepSeek-V2, arXiv 2405.04434, section 2.1) -------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs", [{}, {"num_heads": 2, "kv_latent_dim": 6, "rope_dim": 4, "q_latent_dim": 8,
-                                         "rope_base": 100.0}])
+                                         "rope_base": 100.0}, {"num_heads": 2, "rope_dim": 0}])
 def test_mla_is_attention_over_the_latent_cache(kwargs):
     mixer, x = make("mla", **kwargs), inputs()
     randomize(mixer, scale=0.3)

@@ -5,7 +5,8 @@ k^C_t = W_UK c_t, v_t = W_UV c_t (H heads of d_h), plus one decoupled RoPE key k
 of size d_R shared by all heads. Queries are q_t = [W_UQ c^Q_t ; RoPE(W_QR c^Q_t)] per head, with
 c^Q_t = W_DQ x_t when ``q_latent_dim`` is set (else x_t itself). State update: the cache appends
 (c_t, k^R_t), so it holds (d_c + d_R) * T numbers per layer instead of MHA's 2 * H * d_h * T;
-y_t = softmax([q^C; q^R] [K^C; K^R]^T / sqrt(d_h + d_R)) V.
+y_t = softmax([q^C; q^R] [K^C; K^R]^T / sqrt(d_h + d_R)) V. ``rope_dim=0`` drops the RoPE part: NoPE MLA,
+as Kimi Linear's MLA layers (arXiv 2510.26692), which leave position to the KDA layers.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class MLAConfig(MixerConfig):
     name: Literal["mla"] = "mla"
     num_heads: int = Field(default=1, gt=0)
     kv_latent_dim: int = Field(default=32, gt=0, description="d_c: cached latent per token")
-    rope_dim: int = Field(default=8, gt=0, description="d_R: cached RoPE key per token (even)")
+    rope_dim: int = Field(default=8, ge=0, description="d_R: cached RoPE key per token (even); 0 = NoPE")
     q_latent_dim: int | None = Field(default=None, gt=0, description="d_c': query compression; None = none")
     rope_base: float = Field(default=10_000.0, gt=0)
 
