@@ -4,6 +4,7 @@ Every kernel takes its per-token inputs positionally and ``state`` (the recurren
 from, None for zeros) and ``chunk_size`` (chunked forms) by keyword only.
 """
 
+from recallkit.ops.delta_product import delta_product_chunked, delta_product_recurrent
 from recallkit.ops.delta_rule import delta_rule_chunked, delta_rule_recurrent
 from recallkit.ops.diagonal_ssm import (
     diagonal_ssm_conv,
@@ -25,11 +26,14 @@ from recallkit.ops.linear_attention import (
     linear_attention_recurrent,
 )
 from recallkit.ops.long_conv import causal_conv_reference, fft_causal_conv
+from recallkit.ops.rwkv6 import rwkv6_chunked, rwkv6_recurrent
 from recallkit.ops.selective_scan import selective_scan_chunked, selective_scan_recurrent
 
 __all__ = [
     "FEATURE_MAPS",
     "causal_conv_reference",
+    "delta_product_chunked",
+    "delta_product_recurrent",
     "delta_rule_chunked",
     "delta_rule_recurrent",
     "diagonal_ssm_conv",
@@ -47,6 +51,8 @@ __all__ = [
     "linear_attention_chunked",
     "linear_attention_quadratic",
     "linear_attention_recurrent",
+    "rwkv6_chunked",
+    "rwkv6_recurrent",
     "selective_scan_chunked",
     "selective_scan_recurrent",
 ]
