@@ -19,6 +19,7 @@ from recallkit.ops.gated_linear_attention import (
     gated_linear_attention_quadratic,
     gated_linear_attention_recurrent,
 )
+from recallkit.ops.gsa import gsa_chunked, gsa_recurrent, gsa_slot_scores_chunked
 from recallkit.ops.kda import kda_chunked, kda_recurrent
 from recallkit.ops.linear_attention import (
     linear_attention_chunked,
@@ -44,6 +45,9 @@ __all__ = [
     "gated_linear_attention_chunked",
     "gated_linear_attention_quadratic",
     "gated_linear_attention_recurrent",
+    "gsa_chunked",
+    "gsa_recurrent",
+    "gsa_slot_scores_chunked",
     "h3_ssm_chunked",
     "h3_ssm_recurrent",
     "kda_chunked",
