@@ -14,6 +14,7 @@ from recallkit.ops.diagonal_ssm import (
     h3_ssm_recurrent,
 )
 from recallkit.ops.feature_maps import FEATURE_MAPS, feature_dim
+from recallkit.ops.forgetting_attention import forgetting_attention_chunked, forgetting_attention_recurrent
 from recallkit.ops.gated_linear_attention import (
     gated_linear_attention_chunked,
     gated_linear_attention_quadratic,
@@ -27,7 +28,10 @@ from recallkit.ops.linear_attention import (
     linear_attention_recurrent,
 )
 from recallkit.ops.long_conv import causal_conv_reference, fft_causal_conv
+from recallkit.ops.longhorn import longhorn_chunked, longhorn_recurrent
+from recallkit.ops.mamba3 import mamba3_chunked, mamba3_recurrent
 from recallkit.ops.rwkv6 import rwkv6_chunked, rwkv6_recurrent
+from recallkit.ops.rwkv7 import rwkv7_chunked, rwkv7_recurrent
 from recallkit.ops.selective_scan import selective_scan_chunked, selective_scan_recurrent
 
 __all__ = [
@@ -42,6 +46,8 @@ __all__ = [
     "diagonal_ssm_recurrent",
     "feature_dim",
     "fft_causal_conv",
+    "forgetting_attention_chunked",
+    "forgetting_attention_recurrent",
     "gated_linear_attention_chunked",
     "gated_linear_attention_quadratic",
     "gated_linear_attention_recurrent",
@@ -55,8 +61,14 @@ __all__ = [
     "linear_attention_chunked",
     "linear_attention_quadratic",
     "linear_attention_recurrent",
+    "longhorn_chunked",
+    "longhorn_recurrent",
+    "mamba3_chunked",
+    "mamba3_recurrent",
     "rwkv6_chunked",
     "rwkv6_recurrent",
+    "rwkv7_chunked",
+    "rwkv7_recurrent",
     "selective_scan_chunked",
     "selective_scan_recurrent",
 ]
