@@ -114,6 +114,15 @@ def _delta_flops(N: int) -> float:
     return HEADS * (N / C) * (10 * C * C * d + 8 * C * d * d + 2 * d**3)
 
 
+def _kda(N: int):
+    from recallkit.ops import kda_chunked
+
+    q, v = _randn(1, HEADS, N, HEAD_DIM), _randn(1, HEADS, N, HEAD_DIM)
+    k = F.normalize(torch.randn(1, HEADS, N, HEAD_DIM), dim=-1)
+    beta, g = torch.rand(1, HEADS, N), -F.softplus(torch.randn(1, HEADS, N, HEAD_DIM)) / 16
+    return lambda: kda_chunked(q, k, v, beta, g, chunk_size=CHUNK)
+
+
 def _selective_scan(N: int):
     from recallkit.ops import selective_scan_chunked
 
@@ -146,6 +155,7 @@ def kernel_cases() -> list[KernelCase]:
         KernelCase("gated_la_scalar", _gated(vector=False), _linear_flops(HEAD_DIM, HEAD_DIM)),
         KernelCase("gated_la_vector", _gated(vector=True), _linear_flops(HEAD_DIM, HEAD_DIM)),
         KernelCase("delta_rule_gated", _delta_rule, _delta_flops),
+        KernelCase("kda", _kda, _delta_flops),  # the gated delta rule's GEMMs, per-channel decays on top
         KernelCase("selective_scan", _selective_scan, None),  # elementwise: no GEMM FLOPs to count
         KernelCase("fft_long_conv", _fft_conv, None),
     ]
