@@ -27,6 +27,12 @@ from recallkit.ops.linear_attention import (
     linear_attention_quadratic,
     linear_attention_recurrent,
 )
+from recallkit.ops.log_linear import (
+    LogLinearState,
+    log_linear_chunked,
+    log_linear_quadratic,
+    log_linear_recurrent,
+)
 from recallkit.ops.long_conv import causal_conv_reference, fft_causal_conv
 from recallkit.ops.longhorn import longhorn_chunked, longhorn_recurrent
 from recallkit.ops.mamba3 import mamba3_chunked, mamba3_recurrent
@@ -36,6 +42,7 @@ from recallkit.ops.selective_scan import selective_scan_chunked, selective_scan_
 
 __all__ = [
     "FEATURE_MAPS",
+    "LogLinearState",
     "causal_conv_reference",
     "delta_product_chunked",
     "delta_product_recurrent",
@@ -61,6 +68,9 @@ __all__ = [
     "linear_attention_chunked",
     "linear_attention_quadratic",
     "linear_attention_recurrent",
+    "log_linear_chunked",
+    "log_linear_quadratic",
+    "log_linear_recurrent",
     "longhorn_chunked",
     "longhorn_recurrent",
     "mamba3_chunked",
