@@ -66,6 +66,14 @@ def _sdpa(N: int):
     return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
+def _forgetting(N: int):
+    from recallkit.ops import forgetting_attention_chunked
+
+    q, k, v = (_randn(1, HEADS, N, HEAD_DIM) for _ in range(3))
+    log_f = F.logsigmoid(torch.randn(1, HEADS, N) + 4)  # FoX's log forget gates, f ~ 0.98
+    return lambda: forgetting_attention_chunked(q, k, v, log_f, chunk_size=CHUNK)
+
+
 def _linear_attention(feature: str, chunk: int = CHUNK):
     from recallkit.ops import linear_attention_chunked
     from recallkit.ops.feature_maps import FEATURE_MAPS
@@ -97,6 +105,23 @@ def _gated(vector: bool):
     return make
 
 
+def _gsa(N: int):
+    from recallkit.ops import gsa_chunked
+
+    q, k, v = (_randn(1, HEADS, N, HEAD_DIM) for _ in range(3))
+    g = -F.softplus(torch.randn(1, HEADS, N, HEAD_DIM)) / 8  # log forget gates of m = HEAD_DIM slots
+    return lambda: gsa_chunked(q, k, v, g, chunk_size=CHUNK)
+
+
+def _rwkv6(N: int):
+    from recallkit.ops import rwkv6_chunked
+
+    r, k, v = (_randn(1, HEADS, N, HEAD_DIM) for _ in range(3))
+    g = -torch.exp(torch.randn(1, HEADS, N, HEAD_DIM) - 4)  # Finch's log-decays -exp(d_t)
+    u = torch.randn(HEADS, HEAD_DIM) / math.sqrt(HEAD_DIM)
+    return lambda: rwkv6_chunked(r, k, v, g, u, chunk_size=CHUNK)
+
+
 def _delta_rule(N: int):
     from recallkit.ops import delta_rule_chunked
 
@@ -114,6 +139,16 @@ def _delta_flops(N: int) -> float:
     return HEADS * (N / C) * (10 * C * C * d + 8 * C * d * d + 2 * d**3)
 
 
+def _delta_product(N: int):
+    from recallkit.ops import delta_product_chunked
+
+    n = 2  # n_h, the default of the mixer (and of fla)
+    q, v = _randn(1, HEADS, N, HEAD_DIM), _randn(1, HEADS, N, n, HEAD_DIM)
+    k = F.normalize(torch.randn(1, HEADS, N, n, HEAD_DIM), dim=-1)
+    beta, g = torch.rand(1, HEADS, N, n), -F.softplus(torch.randn(1, HEADS, N)) / 16
+    return lambda: delta_product_chunked(q, k, v, beta, g, chunk_size=CHUNK)
+
+
 def _kda(N: int):
     from recallkit.ops import kda_chunked
 
@@ -121,6 +156,15 @@ def _kda(N: int):
     k = F.normalize(torch.randn(1, HEADS, N, HEAD_DIM), dim=-1)
     beta, g = torch.rand(1, HEADS, N), -F.softplus(torch.randn(1, HEADS, N, HEAD_DIM)) / 16
     return lambda: kda_chunked(q, k, v, beta, g, chunk_size=CHUNK)
+
+
+def _mamba3(N: int):
+    from recallkit.ops import mamba3_chunked
+
+    q, k, v = (_randn(1, HEADS, N, HEAD_DIM) for _ in range(3))
+    dt = F.softplus(torch.randn(1, HEADS, N) - 4)  # Mamba's step sizes, ~0.02
+    g, lam = -dt * F.softplus(torch.randn(1, HEADS, N)), torch.rand(1, HEADS, N)  # dt * A_t <= 0
+    return lambda: mamba3_chunked(q, k, v, g, dt, lam, chunk_size=CHUNK)
 
 
 def _selective_scan(N: int):
@@ -147,6 +191,8 @@ def kernel_cases() -> list[KernelCase]:
     taylor_features = 1 + TAYLOR_DIM + TAYLOR_DIM**2
     return [
         KernelCase("sdpa_causal", _sdpa, lambda N: 2 * HEADS * N * N * HEAD_DIM),
+        # SDPA per chunk of C queries over every key up to its end (the bias masks the rest): 2N(N + C)d
+        KernelCase("forgetting_attention", _forgetting, lambda N: 2 * HEADS * N * (N + CHUNK) * HEAD_DIM),
         KernelCase("linear_attention", _linear_attention("identity"), _linear_flops(HEAD_DIM, HEAD_DIM)),
         KernelCase("linear_attention_c128", _linear_attention("identity", 128),
                    _linear_flops(HEAD_DIM, HEAD_DIM, 128)),
@@ -154,8 +200,16 @@ def kernel_cases() -> list[KernelCase]:
                    _linear_flops(taylor_features, HEAD_DIM + 1)),
         KernelCase("gated_la_scalar", _gated(vector=False), _linear_flops(HEAD_DIM, HEAD_DIM)),
         KernelCase("gated_la_vector", _gated(vector=True), _linear_flops(HEAD_DIM, HEAD_DIM)),
+        # two chunked linear attentions' GEMMs: slot scores (m = d outputs), then the read of d values
+        KernelCase("gsa", _gsa, lambda N: 2 * _linear_flops(HEAD_DIM, HEAD_DIM)(N)),
+        # the vector-gate chunked linear attention's GEMMs; the bonus and the shift are elementwise
+        KernelCase("rwkv6", _rwkv6, _linear_flops(HEAD_DIM, HEAD_DIM)),
         KernelCase("delta_rule_gated", _delta_rule, _delta_flops),
+        # the gated delta rule's GEMMs over the 2N interleaved micro-steps of n_h = 2
+        KernelCase("delta_product_2", _delta_product, lambda N: _delta_flops(2 * N)),
         KernelCase("kda", _kda, _delta_flops),  # the gated delta rule's GEMMs, per-channel decays on top
+        # the scalar-gate chunked linear attention's GEMMs; the trapezoid's key weights are elementwise
+        KernelCase("mamba3", _mamba3, _linear_flops(HEAD_DIM, HEAD_DIM)),
         KernelCase("selective_scan", _selective_scan, None),  # elementwise: no GEMM FLOPs to count
         KernelCase("fft_long_conv", _fft_conv, None),
     ]
