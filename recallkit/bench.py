@@ -158,6 +158,24 @@ def _kda(N: int):
     return lambda: kda_chunked(q, k, v, beta, g, chunk_size=CHUNK)
 
 
+def _rwkv7(N: int):
+    from recallkit.ops import rwkv7_chunked
+
+    r, k, v = (_randn(1, HEADS, N, HEAD_DIM) for _ in range(3))
+    kappa = F.normalize(torch.randn(1, HEADS, N, HEAD_DIM), dim=-1)  # RWKV-7's removal key
+    a = torch.rand(1, HEADS, N, HEAD_DIM)  # in-context learning rates
+    g = -math.exp(-0.5) * torch.sigmoid(torch.randn(1, HEADS, N, HEAD_DIM) - 4)  # log w_t
+    return lambda: rwkv7_chunked(r, k, v, -a * kappa, kappa, g, chunk_size=CHUNK)
+
+
+def _dplr_flops(N: int) -> float:
+    """Per chunk of C tokens and head (Dk = Dv = d): four decayed score matrices (8 C^2 d), G V, the
+    triangular solve on [B_e, G V] and the reads P_a U, P_k V (8 C^2 d), W S, Q S, the chunk's
+    A_d^T W, A_d^T U~ and K_d^T V (10 C d^2), and the chunk recursion M S (2 d^3)."""
+    d, C = HEAD_DIM, CHUNK
+    return HEADS * (N / C) * (16 * C * C * d + 10 * C * d * d + 2 * d**3)
+
+
 def _mamba3(N: int):
     from recallkit.ops import mamba3_chunked
 
@@ -176,6 +194,15 @@ def _selective_scan(N: int):
     A = -torch.rand(channels, states) - 0.5
     B, C = torch.randn(1, N, states), torch.randn(1, N, states)
     return lambda: selective_scan_chunked(x, dt, A, B, C, chunk_size=CHUNK)
+
+
+def _longhorn(N: int):
+    from recallkit.ops import longhorn_chunked
+
+    channels, states = HEADS * HEAD_DIM, 16  # the selective scan's d_inner and d_state
+    x, beta = torch.randn(1, N, channels), torch.rand(1, N, channels)
+    k, q = torch.randn(1, N, states) / math.sqrt(states), torch.randn(1, N, states)
+    return lambda: longhorn_chunked(x, beta, k, q, chunk_size=CHUNK)
 
 
 def _fft_conv(N: int):
@@ -208,9 +235,11 @@ def kernel_cases() -> list[KernelCase]:
         # the gated delta rule's GEMMs over the 2N interleaved micro-steps of n_h = 2
         KernelCase("delta_product_2", _delta_product, lambda N: _delta_flops(2 * N)),
         KernelCase("kda", _kda, _delta_flops),  # the gated delta rule's GEMMs, per-channel decays on top
+        KernelCase("rwkv7", _rwkv7, _dplr_flops),  # the diagonal-plus-rank-1 (DPLR) delta rule
         # the scalar-gate chunked linear attention's GEMMs; the trapezoid's key weights are elementwise
         KernelCase("mamba3", _mamba3, _linear_flops(HEAD_DIM, HEAD_DIM)),
         KernelCase("selective_scan", _selective_scan, None),  # elementwise: no GEMM FLOPs to count
+        KernelCase("longhorn", _longhorn, None),  # the selective scan's elementwise two-level scan
         KernelCase("fft_long_conv", _fft_conv, None),
     ]
 
