@@ -158,6 +158,21 @@ def _kda(N: int):
     return lambda: kda_chunked(q, k, v, beta, g, chunk_size=CHUNK)
 
 
+def _log_linear(N: int):
+    from recallkit.ops import log_linear_chunked
+
+    q, k, v = (_randn(1, HEADS, N, HEAD_DIM) for _ in range(3))
+    g = -F.softplus(torch.randn(1, HEADS, N)) / 16  # Mamba-2's scalar log-decays <= 0
+    lam = F.softplus(torch.randn(1, HEADS, N, max(N - 1, 0).bit_length() + 1))  # one weight per level
+    return lambda: log_linear_chunked(q, k, v, g, lam, chunk_size=CHUNK)
+
+
+def _log_linear_flops(N: int) -> float:
+    """Per token and head: the intra-chunk scores and their product with V (2C(Dk + Dv)), the reads
+    Q S_j of the bit_length(N) Fenwick states before the chunk and the write K^T V (2 Dk Dv each)."""
+    return HEADS * N * (2 * CHUNK * 2 * HEAD_DIM + 2 * (N.bit_length() + 1) * HEAD_DIM * HEAD_DIM)
+
+
 def _rwkv7(N: int):
     from recallkit.ops import rwkv7_chunked
 
@@ -235,6 +250,7 @@ def kernel_cases() -> list[KernelCase]:
         # the gated delta rule's GEMMs over the 2N interleaved micro-steps of n_h = 2
         KernelCase("delta_product_2", _delta_product, lambda N: _delta_flops(2 * N)),
         KernelCase("kda", _kda, _delta_flops),  # the gated delta rule's GEMMs, per-channel decays on top
+        KernelCase("log_linear", _log_linear, _log_linear_flops),  # Fenwick levels over the scalar gate
         KernelCase("rwkv7", _rwkv7, _dplr_flops),  # the diagonal-plus-rank-1 (DPLR) delta rule
         # the scalar-gate chunked linear attention's GEMMs; the trapezoid's key weights are elementwise
         KernelCase("mamba3", _mamba3, _linear_flops(HEAD_DIM, HEAD_DIM)),
