@@ -3,9 +3,12 @@ on one plot of MQAR accuracy against inference-state size.
 
 One task (MQAR, V = 256, T = 64, 8 key-value pairs), width 64, lr 5e-3, at most 1000 steps (early
 stop at 0.99; about 12 minutes with 2 process workers on 2 cores), and each family swept along the knob that
-sets its state: Based's window and feature dim, Mamba's d_state, the head count of GLA, DeltaNet,
-Gated DeltaNet and KDA (more heads = smaller per-head key-value matrices), the sliding-window size, and full
-attention (whose state is its whole KV cache) as the reference, with MLA's latent cache beside it.
+sets its state: Based's window and feature dim, Mamba's and Longhorn's d_state, the head count of GLA,
+DeltaNet, Gated DeltaNet, KDA and RWKV-6 (more heads = smaller per-head key-value matrices), the
+sliding-window size, and full attention (whose state is its whole KV cache) as the reference, with MLA's
+latent cache and FoX (a KV cache plus a decay per token and head; at 1 and 4 heads) beside it.
+Gated DeltaProduct goes along its Householder steps per token n_h = 1, 2, 3 at one head (more
+expressive transitions, the same d^2 state) and to 4 heads at n_h = 2.
 Families without a state knob (RetNet, Mamba-2, H3, Hyena, BaseConv, linear attention and its
 prefix-aware PLA, trained here without JRT's MLM loss) appear at their defaults.
 The production hybrids of ``recallkit.recipes`` (Qwen3-Next's 3 Gated DeltaNet : 1 attention, Kimi
@@ -29,10 +32,15 @@ VARIANTS: list[tuple[str, dict | list[dict]]] = [
       for w in (4, 8, 16, 32)],
     *[("based", based(feature_dim=f, window=w)) for f in (4, 8, 16) for w in (8, 32)],
     *[("mamba", {"name": "mamba", "d_state": n}) for n in (4, 16, 64)],
+    *[("longhorn", {"name": "longhorn", "d_state": n}) for n in (4, 16, 64)],
     *[("gla", {"name": "gla", "num_heads": h, "short_conv": CONV}) for h in (1, 2, 4, 8)],
     *[("deltanet", {"name": "deltanet", "num_heads": h, "short_conv": CONV}) for h in (1, 2, 4, 8)],
     *[("gated_deltanet", {"name": "gated_deltanet", "num_heads": h, "short_conv": CONV}) for h in (1, 4)],
     *[("kda", {"name": "kda", "num_heads": h, "short_conv": CONV}) for h in (1, 4)],
+    *[("gated_deltaproduct", {"name": "gated_deltaproduct", "num_heads": h, "num_householder": n,
+                              "short_conv": CONV}) for h, n in ((1, 1), (1, 2), (1, 3), (4, 2))],
+    *[("fox", {"name": "fox", "num_heads": h, "short_conv": CONV}) for h in (1, 4)],
+    *[("rwkv6", {"name": "rwkv6", "num_heads": h, "short_conv": CONV}) for h in (1, 4)],
     ("retnet", {"name": "retnet", "num_heads": 2, "short_conv": CONV}),
     ("mamba2", {"name": "mamba2"}),
     ("linear_attention", {"name": "linear_attention", "feature_map": "elu", "feature_dim": 16,

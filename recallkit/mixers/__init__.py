@@ -7,7 +7,9 @@ from recallkit.mixers.attention import Attention
 from recallkit.mixers.base import Mixer, state_numel
 from recallkit.mixers.base_conv import BaseConv
 from recallkit.mixers.deltanet import DeltaNet
+from recallkit.mixers.fox import FoX
 from recallkit.mixers.gated_deltanet import GatedDeltaNet
+from recallkit.mixers.gated_deltaproduct import GatedDeltaProduct
 from recallkit.mixers.gla import GLA
 from recallkit.mixers.h3 import H3
 from recallkit.mixers.hyena import Hyena
@@ -22,8 +24,8 @@ from recallkit.mixers.short_conv import ShortConvMixer
 
 MIXERS: dict[str, type[Mixer]] = {
     mixer.Config.model_fields["name"].default: mixer
-    for mixer in (Attention, BaseConv, DeltaNet, GatedDeltaNet, GLA, H3, Hyena, KDA, LinearAttention, Mamba,
-                  Mamba2, MLA, PLA, RetNet)
+    for mixer in (Attention, BaseConv, DeltaNet, FoX, GatedDeltaNet, GatedDeltaProduct, GLA, H3, Hyena, KDA,
+                  LinearAttention, Mamba, Mamba2, MLA, PLA, RetNet)
 }
 MixerConfig.register(*(mixer.Config for mixer in MIXERS.values()))
 

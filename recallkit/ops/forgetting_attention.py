@@ -1,5 +1,5 @@
 """Forgetting Attention (Lin, Nikishin, He, Courville 2025, "Forgetting Transformer: Softmax Attention
-with a Forget Gate", arXiv 2503.02130, section 2): causal softmax attention whose logits carry a
+with a Forget Gate", arXiv 2503.02130): causal softmax attention whose logits carry a
 data-dependent decay,
 
     o_i = sum_{j<=i} softmax_j(q_i^T k_j / sqrt(Dk) + D_ij) v_j,   D_ij = sum_{l=j+1..i} log f_l,
