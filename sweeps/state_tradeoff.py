@@ -8,7 +8,7 @@ DeltaNet, Gated DeltaNet, KDA and RWKV-6 (more heads = smaller per-head key-valu
 sliding-window size, and full attention (whose state is its whole KV cache) as the reference, with MLA's
 latent cache and FoX (a KV cache plus a decay per token and head; at 1 and 4 heads) beside it.
 Gated DeltaProduct goes along its Householder steps per token n_h = 1, 2, 3 at one head (more
-expressive transitions, the same d^2 state) and to 4 heads at n_h = 2.
+expressive transitions, the same d_model^2 / H state) and to 4 heads at n_h = 2.
 Families without a state knob (RetNet, Mamba-2, H3, Hyena, BaseConv, linear attention and its
 prefix-aware PLA, trained here without JRT's MLM loss) appear at their defaults.
 The production hybrids of ``recallkit.recipes`` (Qwen3-Next's 3 Gated DeltaNet : 1 attention, Kimi

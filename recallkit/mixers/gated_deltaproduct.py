@@ -7,18 +7,20 @@ projections):
 
     S <- exp(g_t) S;  S <- S + beta_{t,j} k_{t,j} (v_{t,j} - S^T k_{t,j})^T for j = 1..n_h;  o_t = S_t^T q_t,
 
-i.e. S_t = exp(g_t) H_{t,n_h} ... H_{t,1} S_{t-1} + sum_j H_{t,n_h} ... H_{t,j+1} beta_{t,j} k_{t,j}
-v_{t,j}^T: the transition is a product of n_h generalised Householder matrices
-H_{t,j} = I - beta_{t,j} k_{t,j} k_{t,j}^T (identity plus rank n_h), which lets a linear RNN track
-states (rotations, permutations) that one step per token cannot. The output reads the state after
-all n_h steps. g_t = -softplus(W_a x_t + dt_bias) exp(A_log) as in Gated DeltaNet, and
-beta_{t,j} = sigmoid(W_beta^j x_t), or 2 sigmoid(.) in [0, 2] with ``allow_neg_eigval`` (the paper's
-negative eigenvalues, needed for parity-like state tracking). The rest of the block is
-``gated_deltanet``'s: SiLU then L2 normalisation of q and the keys per head, RMSNorm per head and a
-swish output gate, y = W_o (RMSNorm_h(o) ⊙ SiLU(W_g x)). The first step's q, k, v and beta use
-Gated DeltaNet's own projections (``qkv``, ``beta``); steps 2..n_h add ``extra_kv`` and ``extra_beta``,
-so ``num_householder=1`` is ``gated_deltanet`` with the same weights. d_k = d_v = d_model / H; the
-state per layer is S (H, d_k, d_v): H * d_k * d_v = d_model^2 / H numbers, whatever n_h (plus
+i.e., with the generalised Householder matrices H_{t,j} = I - beta_{t,j} k_{t,j} k_{t,j}^T,
+
+    S_t = exp(g_t) H_{t,n_h} ... H_{t,1} S_{t-1} + sum_j H_{t,n_h} ... H_{t,j+1} beta_{t,j} k_{t,j} v_{t,j}^T:
+
+a transition of identity plus rank n_h, more expressive (rotations, permutations: the paper's
+state-tracking results) than one step per token. The output reads the state after all n_h steps.
+g_t = -softplus(W_a x_t + dt_bias) exp(A_log) as in Gated DeltaNet, and beta_{t,j} = sigmoid(W_beta^j x_t),
+or 2 sigmoid(.) in [0, 2] with ``allow_neg_eigval`` (the paper's negative eigenvalues, needed for
+parity-like state tracking). The rest of the block is ``gated_deltanet``'s: SiLU then L2 normalisation
+of q and the keys per head, RMSNorm per head and a swish output gate,
+y = W_o (RMSNorm_h(o) ⊙ SiLU(W_g x)). The first step's q, k, v and beta use Gated DeltaNet's own
+projections (``qkv``, ``beta``); steps 2..n_h add ``extra_kv`` and ``extra_beta``, so
+``num_householder=1`` is ``gated_deltanet`` with the same weights. d_k = d_v = d_model / H; the state
+per layer is S (H, d_k, d_v): H * d_k * d_v = d_model^2 / H numbers, whatever n_h (plus
 d_model * (K - 1) for the tails of a ``short_conv`` of K taps, counted by its wrapper). Training and
 prefill run the chunked gated delta rule over the T * n_h interleaved micro-steps
 (``recallkit.ops.delta_product_chunked``; ``chunk_size`` counts micro-steps).
