@@ -88,7 +88,7 @@ def _head_rms_norm(x: Tensor, weight: Tensor) -> Tensor:
 
 
 class FoX(Mixer):
-    """Forgetting Transformer attention; its state is the :class:`FoXState` cache, in float32."""
+    """Forgetting Transformer attention; its state is a KV cache plus a decay per token and head (float32)."""
 
     Config = FoXConfig
 
