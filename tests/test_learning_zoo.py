@@ -49,6 +49,8 @@ CASES: list[tuple] = [
     ("deltanet", {"name": "deltanet", "short_conv": CONV}, 0.9),  # 0.998 / 450
     ("gated_deltanet", {"name": "gated_deltanet", "short_conv": CONV}, 0.9),  # 0.990 / 650
     ("kda", {"name": "kda", "short_conv": CONV}, 0.9),  # 0.990 / 700 (CI, 2 threads)
+    ("rwkv6", {"name": "rwkv6", "short_conv": CONV}, 0.9),  # 0.993 / 750 (1 thread)
+    ("mamba3", {"name": "mamba3", "short_conv": CONV}, 0.9),  # 0.990 / 900 (1 thread)
     ("gated_deltaproduct", {"name": "gated_deltaproduct", "short_conv": CONV}, 0.9),  # 0.993 / 550 (1 thread)
     ("fox", {"name": "fox", "short_conv": CONV}, 0.9),  # 0.992 / 450 (1 thread); pro=True: 0.996 / 200
     # T=32: 0.266 / 1000 (the plateau); T=16: 0.995 / 1900 (0.82 at step 1000), 1 thread

@@ -17,15 +17,17 @@ from recallkit.mixers.kda import KDA
 from recallkit.mixers.linear_attention import LinearAttention
 from recallkit.mixers.mamba import Mamba
 from recallkit.mixers.mamba2 import Mamba2
+from recallkit.mixers.mamba3 import Mamba3
 from recallkit.mixers.mla import MLA
 from recallkit.mixers.pla import PLA
 from recallkit.mixers.retnet import RetNet
+from recallkit.mixers.rwkv6 import RWKV6
 from recallkit.mixers.short_conv import ShortConvMixer
 
 MIXERS: dict[str, type[Mixer]] = {
     mixer.Config.model_fields["name"].default: mixer
     for mixer in (Attention, BaseConv, DeltaNet, FoX, GatedDeltaNet, GatedDeltaProduct, GLA, H3, Hyena, KDA,
-                  LinearAttention, Mamba, Mamba2, MLA, PLA, RetNet)
+                  LinearAttention, Mamba, Mamba2, Mamba3, MLA, PLA, RetNet, RWKV6)
 }
 MixerConfig.register(*(mixer.Config for mixer in MIXERS.values()))
 
