@@ -58,6 +58,8 @@ CASES: list[tuple] = [
     # T=32: 0.261 / 1000; T=16, V=64: 0.326 / 1000 (0.34 at 1650 of 2000); T=16, V=32: 0.565 / 2000,
     # 0.992 / 2500 of 3000 (1 thread): with 16 keys its 16 states tell them apart
     ("mamba", {"name": "mamba"}, 0.9, {**SHORT, "task": {**SHORT["task"], "vocab_size": 32}}),
+    # T=32: 0.267 / 1000 (the plateau); T=16, V=64: 0.361 / 3000; T=16, V=32: 0.992 / 1450 (1 thread)
+    ("longhorn", {"name": "longhorn"}, 0.9, {**SHORT, "task": {**SHORT["task"], "vocab_size": 32}}),
     # T=32: 0.280 / 1000; T=16: 0.969 / 3000 (1 thread)
     ("base_conv", {"name": "base_conv", "kernel_size": "long", "max_len": 16}, 0.9, SHORT),
     ("hyena", {"name": "hyena", "max_len": 16}, 0.7, SHORT),  # T=32: 0.270 / 1000; T=16: 0.850 / 3000

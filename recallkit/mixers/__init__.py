@@ -15,6 +15,7 @@ from recallkit.mixers.h3 import H3
 from recallkit.mixers.hyena import Hyena
 from recallkit.mixers.kda import KDA
 from recallkit.mixers.linear_attention import LinearAttention
+from recallkit.mixers.longhorn import Longhorn
 from recallkit.mixers.mamba import Mamba
 from recallkit.mixers.mamba2 import Mamba2
 from recallkit.mixers.mamba3 import Mamba3
@@ -27,7 +28,7 @@ from recallkit.mixers.short_conv import ShortConvMixer
 MIXERS: dict[str, type[Mixer]] = {
     mixer.Config.model_fields["name"].default: mixer
     for mixer in (Attention, BaseConv, DeltaNet, FoX, GatedDeltaNet, GatedDeltaProduct, GLA, H3, Hyena, KDA,
-                  LinearAttention, Mamba, Mamba2, Mamba3, MLA, PLA, RetNet, RWKV6)
+                  LinearAttention, Longhorn, Mamba, Mamba2, Mamba3, MLA, PLA, RetNet, RWKV6)
 }
 MixerConfig.register(*(mixer.Config for mixer in MIXERS.values()))
 
