@@ -3,8 +3,10 @@ on one plot of MQAR accuracy against inference-state size.
 
 One task (MQAR, V = 256, T = 64, 8 key-value pairs), width 64, lr 5e-3, at most 1000 steps (early
 stop at 0.99; about 12 minutes with 2 process workers on 2 cores), and each family swept along the knob that
-sets its state: Based's window and feature dim, Mamba's, Longhorn's and Mamba-3's d_state, the head
-count of GLA, DeltaNet, Gated DeltaNet, KDA and RWKV-6 (more heads = smaller per-head key-value matrices), the
+sets its state: Based's window and feature dim, Mamba's, Longhorn's and Mamba-3's d_state, log-linear
+Mamba-2's d_state (per Fenwick level: one level alive after T = 64 tokens, up to 6 before), the head
+count of GLA, DeltaNet, Gated DeltaNet, KDA, RWKV-6 and RWKV-7 (more heads = smaller per-head
+key-value matrices), the
 sliding-window size, and full attention (whose state is its whole KV cache) as the reference, with MLA's
 latent cache and FoX (a KV cache plus a decay per token and head; at 1 and 4 heads) beside it.
 Gated DeltaProduct goes along its Householder steps per token n_h = 1, 2, 3 at one head (more
@@ -41,8 +43,10 @@ VARIANTS: list[tuple[str, dict | list[dict]]] = [
                               "short_conv": CONV}) for h, n in ((1, 1), (1, 2), (1, 3), (4, 2))],
     *[("fox", {"name": "fox", "num_heads": h, "short_conv": CONV}) for h in (1, 4)],
     *[("rwkv6", {"name": "rwkv6", "num_heads": h, "short_conv": CONV}) for h in (1, 4)],
+    *[("rwkv7", {"name": "rwkv7", "num_heads": h, "short_conv": CONV}) for h in (1, 4)],
     ("retnet", {"name": "retnet", "num_heads": 2, "short_conv": CONV}),
     ("mamba2", {"name": "mamba2"}),
+    *[("log_linear", {"name": "log_linear", "d_state": n}) for n in (4, 16, 64)],
     *[("mamba3", {"name": "mamba3", "d_state": n, "short_conv": CONV}) for n in (16, 64)],
     ("linear_attention", {"name": "linear_attention", "feature_map": "elu", "feature_dim": 16,
                           "short_conv": CONV}),

@@ -49,7 +49,10 @@ CASES: list[tuple] = [
     ("deltanet", {"name": "deltanet", "short_conv": CONV}, 0.9),  # 0.998 / 450
     ("gated_deltanet", {"name": "gated_deltanet", "short_conv": CONV}, 0.9),  # 0.990 / 650
     ("kda", {"name": "kda", "short_conv": CONV}, 0.9),  # 0.990 / 700 (CI, 2 threads)
+    # T=32 with short_conv 4: 0.273 / 1000 (the plateau); T=16: 0.995 / 1000 (Mamba-2 needs 1900), 1 thread
+    ("log_linear", {"name": "log_linear"}, 0.9, {**SHORT, "max_steps": 2000}),
     ("rwkv6", {"name": "rwkv6", "short_conv": CONV}, 0.9),  # 0.993 / 750 (1 thread)
+    ("rwkv7", {"name": "rwkv7", "short_conv": CONV}, 0.9),  # 0.992 / 550 (1 thread)
     ("mamba3", {"name": "mamba3", "short_conv": CONV}, 0.9),  # 0.990 / 900 (1 thread)
     ("gated_deltaproduct", {"name": "gated_deltaproduct", "short_conv": CONV}, 0.9),  # 0.993 / 550 (1 thread)
     ("fox", {"name": "fox", "short_conv": CONV}, 0.9),  # 0.992 / 450 (1 thread); pro=True: 0.996 / 200

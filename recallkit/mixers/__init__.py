@@ -15,6 +15,7 @@ from recallkit.mixers.h3 import H3
 from recallkit.mixers.hyena import Hyena
 from recallkit.mixers.kda import KDA
 from recallkit.mixers.linear_attention import LinearAttention
+from recallkit.mixers.log_linear import LogLinearMamba2
 from recallkit.mixers.longhorn import Longhorn
 from recallkit.mixers.mamba import Mamba
 from recallkit.mixers.mamba2 import Mamba2
@@ -23,12 +24,14 @@ from recallkit.mixers.mla import MLA
 from recallkit.mixers.pla import PLA
 from recallkit.mixers.retnet import RetNet
 from recallkit.mixers.rwkv6 import RWKV6
+from recallkit.mixers.rwkv7 import RWKV7
 from recallkit.mixers.short_conv import ShortConvMixer
 
 MIXERS: dict[str, type[Mixer]] = {
     mixer.Config.model_fields["name"].default: mixer
     for mixer in (Attention, BaseConv, DeltaNet, FoX, GatedDeltaNet, GatedDeltaProduct, GLA, H3, Hyena, KDA,
-                  LinearAttention, Longhorn, Mamba, Mamba2, Mamba3, MLA, PLA, RetNet, RWKV6)
+                  LinearAttention, LogLinearMamba2, Longhorn, Mamba, Mamba2, Mamba3, MLA, PLA, RetNet, RWKV6,
+                  RWKV7)
 }
 MixerConfig.register(*(mixer.Config for mixer in MIXERS.values()))
 

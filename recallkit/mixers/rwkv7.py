@@ -32,6 +32,9 @@ Deviations from the paper:
   the mixer at initialisation);
 - the head size is d_model / H (64 in the paper) and the ``short_conv`` option is off by default
   (RWKV's token shift is its own width-2 convolution).
+The bonus reads the replacement key k~, as the released reference code does (``rwkv_v7_numpy.py``: its
+``k`` is replaced before the bonus), and the decay is the paper's w = exp(-e^{-0.5} sigmoid(d)), the
+released code's exp(-exp(-softplus(-d) - 0.5)) written out.
 """
 
 from __future__ import annotations
