@@ -228,6 +228,7 @@ def log_linear_chunked(
     S_before = torch.stack(befores, dim=2)  # (B, H, N, slots, Dk, Dv)
     weights = torch.take_along_dim(lamc, inter[None, None], dim=-1)  # (B, H, N, C, slots)
     q_s = qc * cum.exp()[..., None]  # queries as they see the state before the chunk
-    for j in range(slots):
-        y = y + weights[..., j, None] * (q_s @ S_before[:, :, :, j])
+    # sum_j w_tj (q_s,t)^T S_j as one GEMM: [w_t0 q_s,t, w_t1 q_s,t, ...] @ [S_0; S_1; ...]
+    q_w = (weights[..., None] * q_s[..., None, :]).reshape(B, H, N, C, slots * Dk)
+    y = y + q_w @ S_before.reshape(B, H, N, slots * Dk, Dv)
     return y.reshape(B, H, N * C, Dv)[:, :, :T].to(v.dtype), _live(S, start + T)
