@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from recallkit import ops
-from recallkit.ops.log_linear import LogLinearState, live_levels
+from recallkit.ops.log_linear import LogLinearState, level_slots, live_levels
 
 CHUNK_SIZES = [1, 3, 4, 7, 8, 16, 23, 64]  # 3, 7, 16 do not divide T = 23; 23 and 64 are one chunk
-START = 13  # 0b1101: three live levels in the starting state
+START = 13  # 0b1101: four slots in the starting state, three live levels and the dead slot of bit 1
 
 
 def qkvgl(B=2, H=2, T=23, Dk=5, Dv=3, L=7, seed=0, dtype=torch.float64):
@@ -24,10 +24,18 @@ def qkvgl(B=2, H=2, T=23, Dk=5, Dv=3, L=7, seed=0, dtype=torch.float64):
     return q, k, v, g, lam
 
 
-def start_state(B=2, H=2, Dk=5, Dv=3, position=START, seed=9, dtype=torch.float64):
+def live_mask(position: int, dtype=torch.float64) -> torch.Tensor:
+    """(slots, 1, 1): 1 for the slots of set bits of ``position``, 0 for the dead ones."""
+    live = [float(position >> j & 1) for j in range(level_slots(position))]
+    return torch.tensor(live, dtype=dtype)[:, None, None]
+
+
+def start_state(B=2, H=2, Dk=5, Dv=3, position=START, seed=9, dtype=torch.float64, dead=0.0):
+    """Random live levels; the dead slots hold ``dead`` (zero in a real state)."""
     gen = torch.Generator().manual_seed(seed)
-    levels = torch.randn(B, H, len(live_levels(position)), Dk, Dv, generator=gen, dtype=dtype)
-    return LogLinearState(levels, position)
+    levels = torch.randn(B, H, level_slots(position), Dk, Dv, generator=gen, dtype=dtype)
+    mask = live_mask(position, dtype)
+    return LogLinearState(levels * mask + dead * (1 - mask), position)
 
 
 @pytest.mark.parametrize("chunk_size", CHUNK_SIZES)
@@ -41,7 +49,33 @@ def test_log_linear_chunked_equals_recurrent(chunk_size, from_state):
     torch.testing.assert_close(s_chunk.levels, s_rec.levels, atol=1e-12, rtol=1e-12)
     end = 23 + (START if from_state else 0)
     assert s_rec.position == s_chunk.position == end
-    assert s_rec.levels.shape == (2, 2, bin(end).count("1"), 5, 3)  # popcount(end) live levels
+    assert s_rec.levels.shape == (2, 2, end.bit_length(), 5, 3)  # floor(log2 end) + 1 slots
+    dead = (1 - live_mask(end))[None, None]
+    assert not (s_rec.levels * dead).any() and not (s_chunk.levels * dead).any()  # dead slots held as 0
+
+
+def test_log_linear_state_has_a_slot_per_bit_and_grows_at_powers_of_two():
+    q, k, v, g, lam = qkvgl(B=1, H=1, T=17, L=6)
+    state = None
+    for t in range(17):
+        _, state = ops.log_linear_recurrent(*(x[:, :, t : t + 1] for x in (q, k, v, g, lam)), state=state)
+        assert state.levels.shape[2] == level_slots(t + 1) == (t + 1).bit_length()
+        assert [j for j in range(level_slots(t + 1)) if state.levels[0, 0, j].any()] == live_levels(t + 1)
+    assert [level_slots(p) for p in (0, 1, 2, 3, 4, 7, 8, 64, 1023, 1024)] == [0, 1, 2, 2, 3, 3, 4, 7, 10, 11]
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3, 8])
+def test_log_linear_ignores_what_dead_slots_hold(chunk_size):
+    q, k, v, g, lam = qkvgl()
+    outs = []
+    for dead in (0.0, 7.0):
+        state = start_state(dead=dead)
+        if chunk_size is None:
+            outs.append(ops.log_linear_recurrent(q, k, v, g, lam, state=state))
+        else:
+            outs.append(ops.log_linear_chunked(q, k, v, g, lam, state=state, chunk_size=chunk_size))
+    torch.testing.assert_close(outs[1][0], outs[0][0], atol=0, rtol=0)
+    torch.testing.assert_close(outs[1][1].levels, outs[0][1].levels, atol=0, rtol=0)
 
 
 def test_log_linear_quadratic_equals_recurrent():
@@ -149,5 +183,5 @@ def test_log_linear_empty_sequence_and_bad_shapes():
         ops.log_linear_chunked(q, k, v, g, lam[..., :2])  # positions 0..3 need levels 0..2
     with pytest.raises(ValueError, match="g \\(B, H, T\\)"):
         ops.log_linear_recurrent(q, k, v, g[..., None], lam)
-    with pytest.raises(ValueError, match="one per set bit"):
+    with pytest.raises(ValueError, match="one slot per bit"):
         ops.log_linear_recurrent(q, k, v, g, lam, state=LogLinearState(start_state().levels, 4))

@@ -85,8 +85,10 @@ def test_the_buckets_tile_the_prefix_in_at_most_log_levels():
 
 
 @pytest.mark.parametrize("T", [1, 2, 7, 8, 13, 64, 1023, 1024])
-def test_state_holds_one_mamba2_state_per_set_bit(T):
+def test_state_holds_one_mamba2_state_per_level_slot(T):
+    # floor(log2 T) + 1 slots, the dead levels (clear bits of T) included: O(log T), not popcount(T)
     mixer = make("log_linear", d_state=4, head_dim=8, expand=1)
     mamba2 = make("mamba2", d_state=4, head_dim=8, expand=1)
     ssm = mamba2.num_heads * 4 * 8
-    assert mixer.state_size(T) - mamba2.state_size(T) == (bin(T).count("1") - 1) * ssm
+    slots = {1: 1, 2: 2, 7: 3, 8: 4, 13: 4, 64: 7, 1023: 10, 1024: 11}[T]
+    assert mixer.state_size(T) - mamba2.state_size(T) == (slots - 1) * ssm

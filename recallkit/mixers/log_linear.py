@@ -13,11 +13,14 @@ reads them, and then merges itself with the levels of t's trailing one bits into
 zero bit (a Fenwick / binary-counter increment); ``recallkit.ops.log_linear`` holds the token loop, the
 quadratic form and the chunkwise form (training and prefill).
 
-State per layer after T tokens: the live levels, one per set bit of T, each Mamba-2's (H, N, P), plus the
-conv tail: popcount(T) * H * P * N + (d_inner + 2N) * (d_conv - 1) numbers. popcount(T) <= floor(log2 T) + 1
-(the paper's bound ceil(log2 T) + 1 counts level 0, the current token, too); it is 1 at every power of
-two, where all buckets have merged into one, and floor(log2 T) + 1 at T = 2^k - 1. The levels are held as
-one (B, H, popcount(T), N, P) tensor with T itself (``recallkit.ops.LogLinearState``).
+State per layer after T tokens: one slot per level that exists by then, L(T) = floor(log2 T) + 1 slots
+(0 at T = 0), each Mamba-2's (H, N, P), plus the conv tail: L(T) * H * P * N + (d_inner + 2N) * (d_conv - 1)
+numbers. Slot j holds level j + 1, the bucket of bit j of T, and is zero while that bit is clear (a dead
+level: only popcount(T) slots are live, 1 at every power of two, where all buckets have merged into one).
+The dead slots are held anyway: decoding to T must provision all L(T) of them, the paper's O(log T) state
+(its ceil(log2 T) + 1 counts level 0, the current token, too), and the state grows by one slot each time
+T reaches a power of two. The slots are one (B, H, L(T), N, P) tensor with T itself
+(``recallkit.ops.LogLinearState``).
 
 Deviations from the paper and its released code (fla ``LogLinearMamba2``):
 - lam = softplus(W_lam x_t) as the paper writes it; the released code scales the projection by a learned
@@ -43,7 +46,7 @@ from torch import Tensor, nn
 from recallkit.mixers.mamba2 import Mamba2, Mamba2Config, Mamba2State
 from recallkit.ops.log_linear import (
     LogLinearState,
-    live_levels,
+    level_slots,
     log_linear_chunked,
     log_linear_recurrent,
 )
@@ -62,7 +65,7 @@ class LogLinearConfig(Mamba2Config):
 
 
 class LogLinearMamba2(Mamba2):
-    """Log-linear Mamba-2 mixer; its state is Mamba2State(conv, ssm=LogLinearState of the live levels)."""
+    """Log-linear Mamba-2 mixer; its state is Mamba2State(conv, ssm=LogLinearState of the level slots)."""
 
     Config = LogLinearConfig
 
@@ -90,7 +93,7 @@ class LogLinearMamba2(Mamba2):
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Mamba2State:
         conv = torch.zeros(batch_size, self.conv_dim, self.config.d_conv - 1, device=device, dtype=dtype)
         levels = torch.zeros(batch_size, self.num_heads, 0, self.d_state, self.head_dim, device=device,
-                             dtype=compute_dtype(dtype))  # no level alive before the first token
+                             dtype=compute_dtype(dtype))  # no level slot before the first token
         return Mamba2State(conv, LogLinearState(levels, 0))
 
     def step(self, x_t: Tensor, state: Mamba2State) -> tuple[Tensor, Mamba2State]:
@@ -98,7 +101,7 @@ class LogLinearMamba2(Mamba2):
         return y.squeeze(1), state
 
     def state_size(self, seq_len: int) -> int:
-        levels = len(live_levels(seq_len))  # popcount(seq_len)
+        levels = level_slots(seq_len)  # floor(log2 seq_len) + 1, dead levels included
         ssm = levels * self.num_heads * self.d_state * self.head_dim
         return ssm + self.conv_dim * (self.config.d_conv - 1)
 

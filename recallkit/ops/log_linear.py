@@ -10,12 +10,15 @@ y_t = sum_l lam_t^(l) S_t^(l)^T q_t with a weight lam_t^(l) per token, head and 
 is Y = ((Q K^T) ⊙ M^S ⊙ M^H) V with the Mamba-2 decay mask M^S_ts = exp(c_t - c_s) and the
 hierarchical mask M^H_ts = lam_t^{level(t, s)} (s <= t).
 
-The recurrent state after p tokens is one (Dk, Dv) matrix per set bit of p (bit j holds level j + 1
-for the next query): popcount(p) <= floor(log2 p) + 1 matrices, held as :class:`LogLinearState`
-(the live levels, lowest first, and p). A new token t is a Fenwick increment of p = t: every state
-decays by exp(g_t), then the token and the levels of the trailing one bits of t merge into the level of
-t's lowest zero bit (a binary carry). q, k: (B, H, T, Dk); v: (B, H, T, Dv); g: (B, H, T), <= 0;
-lam: (B, H, T, L) with L > bit_length(last position), level l in column l. Three forms:
+The recurrent state after p tokens holds one (Dk, Dv) slot per bit of p, L(p) = bit_length(p) =
+floor(log2 p) + 1 slots (0 for p = 0): slot j holds level j + 1 for the next query where bit j of p is
+set and is zero where it is clear (a dead level). It is held as :class:`LogLinearState` (the slots,
+lowest bit first, and p) and grows by one slot each time p reaches a power of two: the O(log T) memory
+decoding to T must provision, not the popcount(p) live levels alone. A new token t is a Fenwick
+increment of p = t: every state decays by exp(g_t), then the token and the levels of the trailing one
+bits of t merge into the level of t's lowest zero bit (a binary carry). q, k: (B, H, T, Dk);
+v: (B, H, T, Dv); g: (B, H, T), <= 0; lam: (B, H, T, L) with L > bit_length(last position), level l in
+column l. Three forms:
 
 - :func:`log_linear_recurrent`: the token loop with its Fenwick updates, the spec;
 - :func:`log_linear_quadratic`: the masked (T, T) form above, from the empty state;
@@ -36,15 +39,20 @@ from recallkit.ops.segments import in_segments, segment_length
 
 @dataclass
 class LogLinearState:
-    """The Fenwick states after ``position`` tokens: one per set bit of ``position``."""
+    """The Fenwick states after ``position`` tokens: one slot per bit of ``position``, zero where clear."""
 
-    levels: Tensor  # (B, H, popcount(position), Dk, Dv): set bit j holds level j + 1, lowest bit first
+    levels: Tensor  # (B, H, level_slots(position), Dk, Dv): slot j holds level j + 1 if bit j is set, else 0
     position: int  # tokens seen so far (the same for every sequence of the batch)
 
 
 def live_levels(position: int) -> list[int]:
     """The set bits j of ``position``: the levels j + 1 whose buckets are alive after that many tokens."""
     return [j for j in range(position.bit_length()) if position >> j & 1]
+
+
+def level_slots(position: int) -> int:
+    """The state's slots after ``position`` tokens: floor(log2 position) + 1 (its bit_length), 0 at 0."""
+    return position.bit_length()
 
 
 def _bit_length(x: Tensor, width: int) -> Tensor:
@@ -66,32 +74,32 @@ def _check(q: Tensor, k: Tensor, v: Tensor, g: Tensor, lam: Tensor, state: LogLi
                          f"for positions up to {end - 1}; got {tuple(lam.shape)}")
     if state is not None:
         B, H, _, Dk = q.shape
-        expected = (B, H, len(live_levels(start)), Dk, v.shape[-1])
+        expected = (B, H, level_slots(start), Dk, v.shape[-1])
         if tuple(state.levels.shape) != expected:
-            raise ValueError(f"state.levels must be {expected} after {start} tokens (one per set bit); "
+            raise ValueError(f"state.levels must be {expected} after {start} tokens (one slot per bit); "
                              f"got {tuple(state.levels.shape)}")
     return start
 
 
 def _dense(state: LogLinearState | None, q: Tensor, v: Tensor, slots: int) -> Tensor:
-    """(B, H, slots, Dk, Dv): slot j holds the state of bit j, zero where the bit is clear."""
+    """(B, H, slots, Dk, Dv): slot j holds the state of bit j, zero where the bit is clear.
+
+    The state's slots of clear bits are zeroed here, whatever they hold, so every form ignores them alike;
+    slots above the state's (bits the later positions reach) start as zeros.
+    """
     B, H, _, Dk = q.shape
     ct = compute_dtype(q)
-    dense = torch.zeros(B, H, slots, Dk, v.shape[-1], device=q.device, dtype=ct)
-    if state is None or not live_levels(state.position):
-        return dense
-    index = torch.tensor(live_levels(state.position), device=q.device)
-    return dense.index_copy(2, index, state.levels.to(ct))
-
-
-def _live(dense: Tensor, position: int) -> LogLinearState:
-    index = torch.tensor(live_levels(position), device=dense.device, dtype=torch.long)
-    return LogLinearState(dense.index_select(2, index), position)
+    if state is None:
+        return torch.zeros(B, H, slots, Dk, v.shape[-1], device=q.device, dtype=ct)
+    held = state.levels.shape[2]
+    live = torch.tensor([state.position >> j & 1 for j in range(held)], device=q.device, dtype=ct)
+    levels = state.levels.to(ct) * live[:, None, None]
+    return F.pad(levels, (0, 0, 0, 0, 0, slots - held))
 
 
 def init_log_linear_state(q: Tensor, v: Tensor) -> LogLinearState:
-    """The empty state (no level alive) for inputs shaped like q (B, H, T, Dk) and v (B, H, T, Dv)."""
-    return _live(_dense(None, q, v, 0), 0)
+    """The empty state (no slot) for inputs shaped like q (B, H, T, Dk) and v (B, H, T, Dv)."""
+    return LogLinearState(_dense(None, q, v, 0), 0)
 
 
 def log_linear_recurrent(
@@ -111,7 +119,7 @@ def log_linear_recurrent(
     start = _check(q, k, v, g, lam, state)
     ct = compute_dtype(q)
     q_, k_, v_, g_, lam_ = (t.to(ct) for t in (q, k, v, g, lam))
-    slots = list(_dense(state, q, v, (start + q.shape[2]).bit_length()).unbind(2))  # each (B, H, Dk, Dv)
+    slots = list(_dense(state, q, v, level_slots(start + q.shape[2])).unbind(2))  # each (B, H, Dk, Dv)
     outputs = []
     for i in range(q.shape[2]):
         t = start + i
@@ -125,7 +133,9 @@ def log_linear_recurrent(
         merged = k_t[..., :, None] * v_t[..., None, :] + sum(slots[:carry], torch.zeros_like(slots[0]))
         slots = [torch.zeros_like(merged)] * carry + [merged] + slots[carry + 1:]
     y = torch.stack(outputs, dim=2) if outputs else v_[:, :, :0]
-    return y.to(v.dtype), _live(torch.stack(slots, dim=2), start + q.shape[2])
+    end = start + q.shape[2]
+    levels = torch.stack(slots, dim=2) if slots else _dense(state, q, v, 0)  # dead slots are zeros here
+    return y.to(v.dtype), LogLinearState(levels, end)
 
 
 def log_linear_quadratic(q: Tensor, k: Tensor, v: Tensor, g: Tensor, lam: Tensor) -> Tensor:
@@ -199,11 +209,11 @@ def log_linear_chunked(
     B, H, T, Dk = q.shape
     Dv = v.shape[-1]
     if T == 0:
-        return v[:, :, :0], _live(_dense(state, q, v, start.bit_length()), start)
+        return v[:, :, :0], LogLinearState(_dense(state, q, v, level_slots(start)), start)
     if T > segment_length(chunk_size):  # cache blocking, see ops/segments.py
         return in_segments(log_linear_chunked, {"q": q, "k": k, "v": v, "g": g, "lam": lam}, state=state,
                            length=segment_length(chunk_size), chunk_size=chunk_size)
-    C, slots, L = chunk_size, (start + T).bit_length(), lam.shape[-1]
+    C, slots, L = chunk_size, level_slots(start + T), lam.shape[-1]
     pad = (-T) % C
     q_, k_, v_, lam_ = (F.pad(t.to(ct), (0, 0, 0, pad)) for t in (q, k, v, lam))
     N = q_.shape[2] // C
@@ -231,4 +241,4 @@ def log_linear_chunked(
     # sum_j w_tj (q_s,t)^T S_j as one GEMM: [w_t0 q_s,t, w_t1 q_s,t, ...] @ [S_0; S_1; ...]
     q_w = (weights[..., None] * q_s[..., None, :]).reshape(B, H, N, C, slots * Dk)
     y = y + q_w @ S_before.reshape(B, H, N, slots * Dk, Dv)
-    return y.reshape(B, H, N * C, Dv)[:, :, :T].to(v.dtype), _live(S, start + T)
+    return y.reshape(B, H, N * C, Dv)[:, :, :T].to(v.dtype), LogLinearState(S, start + T)  # dead slots: 0
