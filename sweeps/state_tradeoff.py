@@ -11,6 +11,7 @@ sliding-window size, and full attention (whose state is its whole KV cache) as t
 latent cache and FoX (a KV cache plus a decay per token and head; at 1 and 4 heads) beside it.
 Gated DeltaProduct goes along its Householder steps per token n_h = 1, 2, 3 at one head (more
 expressive transitions, the same d_model^2 / H state) and to 4 heads at n_h = 2.
+HGRN2 goes along its expand ratio n = 16, 64 (the head size; its state is d_model * n).
 Families without a state knob (RetNet, Mamba-2, H3, Hyena, BaseConv, linear attention and its
 prefix-aware PLA, trained here without JRT's MLM loss) appear at their defaults.
 The production hybrids of ``recallkit.recipes`` (Qwen3-Next's 3 Gated DeltaNet : 1 attention, Kimi
@@ -43,6 +44,7 @@ VARIANTS: list[tuple[str, dict | list[dict]]] = [
                               "short_conv": CONV}) for h, n in ((1, 1), (1, 2), (1, 3), (4, 2))],
     *[("fox", {"name": "fox", "num_heads": h, "short_conv": CONV}) for h in (1, 4)],
     *[("rwkv6", {"name": "rwkv6", "num_heads": h, "short_conv": CONV}) for h in (1, 4)],
+    *[("hgrn2", {"name": "hgrn2", "expand_ratio": n, "short_conv": CONV}) for n in (16, 64)],
     *[("rwkv7", {"name": "rwkv7", "num_heads": h, "short_conv": CONV}) for h in (1, 4)],
     ("retnet", {"name": "retnet", "num_heads": 2, "short_conv": CONV}),
     ("mamba2", {"name": "mamba2"}),

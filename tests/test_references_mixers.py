@@ -636,6 +636,7 @@ def test_every_registered_mixer_has_a_reference_here():
                "h3", "base_conv", "hyena", "mla", "attention"}
     covered.add("pla")  # tests/test_pla.py: the JRT formula, token by token
     covered.add("rwkv6")  # tests/test_references_rwkv6.py
+    covered.add("hgrn2")  # tests/test_references_hgrn2.py
     covered.add("rwkv7")  # tests/test_references_rwkv7.py
     covered.add("gated_deltaproduct")  # tests/test_references_gated_deltaproduct.py
     covered.add("fox")  # tests/test_references_fox.py

@@ -12,6 +12,7 @@ from recallkit.mixers.gated_deltanet import GatedDeltaNet
 from recallkit.mixers.gated_deltaproduct import GatedDeltaProduct
 from recallkit.mixers.gla import GLA
 from recallkit.mixers.h3 import H3
+from recallkit.mixers.hgrn2 import HGRN2
 from recallkit.mixers.hyena import Hyena
 from recallkit.mixers.kda import KDA
 from recallkit.mixers.linear_attention import LinearAttention
@@ -29,9 +30,9 @@ from recallkit.mixers.short_conv import ShortConvMixer
 
 MIXERS: dict[str, type[Mixer]] = {
     mixer.Config.model_fields["name"].default: mixer
-    for mixer in (Attention, BaseConv, DeltaNet, FoX, GatedDeltaNet, GatedDeltaProduct, GLA, H3, Hyena, KDA,
-                  LinearAttention, LogLinearMamba2, Longhorn, Mamba, Mamba2, Mamba3, MLA, PLA, RetNet, RWKV6,
-                  RWKV7)
+    for mixer in (Attention, BaseConv, DeltaNet, FoX, GatedDeltaNet, GatedDeltaProduct, GLA, H3, HGRN2,
+                  Hyena, KDA, LinearAttention, LogLinearMamba2, Longhorn, Mamba, Mamba2, Mamba3, MLA, PLA,
+                  RetNet, RWKV6, RWKV7)
 }
 MixerConfig.register(*(mixer.Config for mixer in MIXERS.values()))
 
