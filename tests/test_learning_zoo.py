@@ -52,8 +52,8 @@ CASES: list[tuple] = [
     # T=32 with short_conv 4: 0.273 / 1000 (the plateau); T=16: 0.995 / 1000 (Mamba-2 needs 1900), 1 thread
     ("log_linear", {"name": "log_linear"}, 0.9, {**SHORT, "max_steps": 2000}),
     ("rwkv6", {"name": "rwkv6", "short_conv": CONV}, 0.9),  # 0.993 / 750 (1 thread)
-    # expand_ratio 64 (one head): 0.560 / 1000, still climbing; the default 16 (4 heads): 0.270 / 1000 and
-    # lower_bound 0.9: 0.266 / 1000, the plateau (1 thread): positive keys 1 - f and sigmoid queries
+    # expand_ratio 64 (one head): 0.560 / 1000 (1 thread); the default 16 (4 heads): 0.270 / 1000 and
+    # lower_bound 0.9: 0.266 / 1000, the plateau; its keys 1 - f and sigmoid queries are all positive
     ("hgrn2", {"name": "hgrn2", "expand_ratio": 64, "short_conv": CONV}, 0.5),
     ("rwkv7", {"name": "rwkv7", "short_conv": CONV}, 0.9),  # 0.992 / 550 (1 thread)
     ("mamba3", {"name": "mamba3", "short_conv": CONV}, 0.9),  # 0.990 / 900 (1 thread)
