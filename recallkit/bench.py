@@ -7,13 +7,15 @@ Three measurements, all on the default device in float32:
    16 dims), as a speed-up over torch SDPA causal attention at the same N and as achieved GFLOP/s
    and % of the matmul peak (FLOPs counted from each chunked algorithm's GEMMs; the gated kernels
    count their ungated GEMMs, so their % of peak is a lower bound; the selective scan and the FFT
-   long conv are elementwise/FFT work and report time only);
+   long conv are elementwise/FFT work and report time only), and, for the kernels with a token loop,
+   as a speed-up over that loop on the same inputs;
 3. per registered mixer (d_model 128, default config): chunked prefill vs its token loop, and the
    training throughput of a 2-layer model (tokens/s).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import time
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from recallkit.errors import RecallkitError
 
 HEADS, HEAD_DIM, TAYLOR_DIM, CHUNK = 8, 64, 16, 64
+LOOP_MAX_N = 4096  # longest N at which the kernels' token loops are timed too
 
 
 def _timeit(fn: Callable[[], object], repeats: int, min_time: float = 0.0) -> float:
@@ -53,8 +56,17 @@ class KernelCase:
     """One kernel at one length: how to build its inputs, run it, and its FLOP count."""
 
     name: str
-    run: Callable[[int], Callable[[], object]]  # N -> a zero-argument call that runs the kernel
+    run: Callable[..., Callable[[], object]]  # N (, form) -> a zero-argument call that runs the kernel
     flops: Callable[[int], float] | None  # N -> floating-point operations of that call
+    loop: bool = False  # run(N, form="recurrent") is the same work through the token loop
+
+
+def _form(name: str, form: str) -> Callable[..., object]:
+    """``recallkit.ops.<name>_<form>``: the chunked form (at the bench's chunk size) or the token loop."""
+    import recallkit.ops as ops
+
+    kernel = getattr(ops, f"{name}_{form}")
+    return functools.partial(kernel, chunk_size=CHUNK) if form == "chunked" else kernel
 
 
 def _randn(*shape: int) -> torch.Tensor:
@@ -66,12 +78,11 @@ def _sdpa(N: int):
     return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
-def _forgetting(N: int):
-    from recallkit.ops import forgetting_attention_chunked
-
+def _forgetting(N: int, form: str = "chunked"):
+    kernel = _form("forgetting_attention", form)
     q, k, v = (_randn(1, HEADS, N, HEAD_DIM) for _ in range(3))
     log_f = F.logsigmoid(torch.randn(1, HEADS, N) + 4)  # FoX's log forget gates, f ~ 0.98
-    return lambda: forgetting_attention_chunked(q, k, v, log_f, chunk_size=CHUNK)
+    return lambda: kernel(q, k, v, log_f)
 
 
 def _linear_attention(feature: str, chunk: int = CHUNK):
@@ -95,40 +106,36 @@ def _linear_flops(features: int, values: int, chunk: int = CHUNK):
 
 
 def _gated(vector: bool):
-    from recallkit.ops import gated_linear_attention_chunked
-
-    def make(N: int):
+    def make(N: int, form: str = "chunked"):
+        kernel = _form("gated_linear_attention", form)
         q, k, v = (_randn(1, HEADS, N, HEAD_DIM) for _ in range(3))
         gate_shape = (1, HEADS, N, HEAD_DIM) if vector else (1, HEADS, N)
         g = -F.softplus(torch.randn(gate_shape)) / 16  # log-decays <= 0
-        return lambda: gated_linear_attention_chunked(q, k, v, g, chunk_size=CHUNK)
+        return lambda: kernel(q, k, v, g)
     return make
 
 
-def _gsa(N: int):
-    from recallkit.ops import gsa_chunked
-
+def _gsa(N: int, form: str = "chunked"):
+    kernel = _form("gsa", form)
     q, k, v = (_randn(1, HEADS, N, HEAD_DIM) for _ in range(3))
     g = -F.softplus(torch.randn(1, HEADS, N, HEAD_DIM)) / 8  # log forget gates of m = HEAD_DIM slots
-    return lambda: gsa_chunked(q, k, v, g, chunk_size=CHUNK)
+    return lambda: kernel(q, k, v, g)
 
 
-def _rwkv6(N: int):
-    from recallkit.ops import rwkv6_chunked
-
+def _rwkv6(N: int, form: str = "chunked"):
+    kernel = _form("rwkv6", form)
     r, k, v = (_randn(1, HEADS, N, HEAD_DIM) for _ in range(3))
     g = -torch.exp(torch.randn(1, HEADS, N, HEAD_DIM) - 4)  # Finch's log-decays -exp(d_t)
     u = torch.randn(HEADS, HEAD_DIM) / math.sqrt(HEAD_DIM)
-    return lambda: rwkv6_chunked(r, k, v, g, u, chunk_size=CHUNK)
+    return lambda: kernel(r, k, v, g, u)
 
 
-def _delta_rule(N: int):
-    from recallkit.ops import delta_rule_chunked
-
+def _delta_rule(N: int, form: str = "chunked"):
+    kernel = _form("delta_rule", form)
     q, v = _randn(1, HEADS, N, HEAD_DIM), _randn(1, HEADS, N, HEAD_DIM)
     k = F.normalize(torch.randn(1, HEADS, N, HEAD_DIM), dim=-1)
     beta, g = torch.rand(1, HEADS, N), -F.softplus(torch.randn(1, HEADS, N)) / 16
-    return lambda: delta_rule_chunked(q, k, v, beta, g, chunk_size=CHUNK)
+    return lambda: kernel(q, k, v, beta, g)
 
 
 def _delta_flops(N: int) -> float:
@@ -139,32 +146,29 @@ def _delta_flops(N: int) -> float:
     return HEADS * (N / C) * (10 * C * C * d + 8 * C * d * d + 2 * d**3)
 
 
-def _delta_product(N: int):
-    from recallkit.ops import delta_product_chunked
-
+def _delta_product(N: int, form: str = "chunked"):
+    kernel = _form("delta_product", form)
     n = 2  # n_h, the default of the mixer (and of fla)
     q, v = _randn(1, HEADS, N, HEAD_DIM), _randn(1, HEADS, N, n, HEAD_DIM)
     k = F.normalize(torch.randn(1, HEADS, N, n, HEAD_DIM), dim=-1)
     beta, g = torch.rand(1, HEADS, N, n), -F.softplus(torch.randn(1, HEADS, N)) / 16
-    return lambda: delta_product_chunked(q, k, v, beta, g, chunk_size=CHUNK)
+    return lambda: kernel(q, k, v, beta, g)
 
 
-def _kda(N: int):
-    from recallkit.ops import kda_chunked
-
+def _kda(N: int, form: str = "chunked"):
+    kernel = _form("kda", form)
     q, v = _randn(1, HEADS, N, HEAD_DIM), _randn(1, HEADS, N, HEAD_DIM)
     k = F.normalize(torch.randn(1, HEADS, N, HEAD_DIM), dim=-1)
     beta, g = torch.rand(1, HEADS, N), -F.softplus(torch.randn(1, HEADS, N, HEAD_DIM)) / 16
-    return lambda: kda_chunked(q, k, v, beta, g, chunk_size=CHUNK)
+    return lambda: kernel(q, k, v, beta, g)
 
 
-def _log_linear(N: int):
-    from recallkit.ops import log_linear_chunked
-
+def _log_linear(N: int, form: str = "chunked"):
+    kernel = _form("log_linear", form)
     q, k, v = (_randn(1, HEADS, N, HEAD_DIM) for _ in range(3))
     g = -F.softplus(torch.randn(1, HEADS, N)) / 16  # Mamba-2's scalar log-decays <= 0
     lam = F.softplus(torch.randn(1, HEADS, N, max(N - 1, 0).bit_length() + 1))  # one weight per level
-    return lambda: log_linear_chunked(q, k, v, g, lam, chunk_size=CHUNK)
+    return lambda: kernel(q, k, v, g, lam)
 
 
 def _log_linear_flops(N: int) -> float:
@@ -173,14 +177,13 @@ def _log_linear_flops(N: int) -> float:
     return HEADS * N * (2 * CHUNK * 2 * HEAD_DIM + 2 * (N.bit_length() + 1) * HEAD_DIM * HEAD_DIM)
 
 
-def _rwkv7(N: int):
-    from recallkit.ops import rwkv7_chunked
-
+def _rwkv7(N: int, form: str = "chunked"):
+    kernel = _form("rwkv7", form)
     r, k, v = (_randn(1, HEADS, N, HEAD_DIM) for _ in range(3))
     kappa = F.normalize(torch.randn(1, HEADS, N, HEAD_DIM), dim=-1)  # RWKV-7's removal key
     a = torch.rand(1, HEADS, N, HEAD_DIM)  # in-context learning rates
     g = -math.exp(-0.5) * torch.sigmoid(torch.randn(1, HEADS, N, HEAD_DIM) - 4)  # log w_t
-    return lambda: rwkv7_chunked(r, k, v, -a * kappa, kappa, g, chunk_size=CHUNK)
+    return lambda: kernel(r, k, v, -a * kappa, kappa, g)
 
 
 def _dplr_flops(N: int) -> float:
@@ -191,33 +194,30 @@ def _dplr_flops(N: int) -> float:
     return HEADS * (N / C) * (16 * C * C * d + 10 * C * d * d + 2 * d**3)
 
 
-def _mamba3(N: int):
-    from recallkit.ops import mamba3_chunked
-
+def _mamba3(N: int, form: str = "chunked"):
+    kernel = _form("mamba3", form)
     q, k, v = (_randn(1, HEADS, N, HEAD_DIM) for _ in range(3))
     dt = F.softplus(torch.randn(1, HEADS, N) - 4)  # Mamba's step sizes, ~0.02
     g, lam = -dt * F.softplus(torch.randn(1, HEADS, N)), torch.rand(1, HEADS, N)  # dt * A_t <= 0
-    return lambda: mamba3_chunked(q, k, v, g, dt, lam, chunk_size=CHUNK)
+    return lambda: kernel(q, k, v, g, dt, lam)
 
 
-def _selective_scan(N: int):
-    from recallkit.ops import selective_scan_chunked
-
+def _selective_scan(N: int, form: str = "chunked"):
+    kernel = _form("selective_scan", form)
     channels, states = HEADS * HEAD_DIM, 16  # Mamba's d_inner and d_state
     x = torch.randn(1, N, channels)
     dt = F.softplus(torch.randn(1, N, channels) - 4)
     A = -torch.rand(channels, states) - 0.5
     B, C = torch.randn(1, N, states), torch.randn(1, N, states)
-    return lambda: selective_scan_chunked(x, dt, A, B, C, chunk_size=CHUNK)
+    return lambda: kernel(x, dt, A, B, C)
 
 
-def _longhorn(N: int):
-    from recallkit.ops import longhorn_chunked
-
+def _longhorn(N: int, form: str = "chunked"):
+    kernel = _form("longhorn", form)
     channels, states = HEADS * HEAD_DIM, 16  # the selective scan's d_inner and d_state
     x, beta = torch.randn(1, N, channels), torch.rand(1, N, channels)
     k, q = torch.randn(1, N, states) / math.sqrt(states), torch.randn(1, N, states)
-    return lambda: longhorn_chunked(x, beta, k, q, chunk_size=CHUNK)
+    return lambda: kernel(x, beta, k, q)
 
 
 def _fft_conv(N: int):
@@ -234,46 +234,50 @@ def kernel_cases() -> list[KernelCase]:
     return [
         KernelCase("sdpa_causal", _sdpa, lambda N: 2 * HEADS * N * N * HEAD_DIM),
         # SDPA per chunk of C queries over every key up to its end (the bias masks the rest): 2N(N + C)d
-        KernelCase("forgetting_attention", _forgetting, lambda N: 2 * HEADS * N * (N + CHUNK) * HEAD_DIM),
+        KernelCase("forgetting_attention", _forgetting, lambda N: 2 * HEADS * N * (N + CHUNK) * HEAD_DIM,
+                   loop=True),
         KernelCase("linear_attention", _linear_attention("identity"), _linear_flops(HEAD_DIM, HEAD_DIM)),
         KernelCase("linear_attention_c128", _linear_attention("identity", 128),
                    _linear_flops(HEAD_DIM, HEAD_DIM, 128)),
         KernelCase("linear_attention_taylor16", _linear_attention("taylor"),
                    _linear_flops(taylor_features, HEAD_DIM + 1)),
-        KernelCase("gated_la_scalar", _gated(vector=False), _linear_flops(HEAD_DIM, HEAD_DIM)),
-        KernelCase("gated_la_vector", _gated(vector=True), _linear_flops(HEAD_DIM, HEAD_DIM)),
+        KernelCase("gated_la_scalar", _gated(vector=False), _linear_flops(HEAD_DIM, HEAD_DIM), loop=True),
+        KernelCase("gated_la_vector", _gated(vector=True), _linear_flops(HEAD_DIM, HEAD_DIM), loop=True),
         # two chunked linear attentions' GEMMs: slot scores (m = d outputs), then the read of d values
-        KernelCase("gsa", _gsa, lambda N: 2 * _linear_flops(HEAD_DIM, HEAD_DIM)(N)),
+        KernelCase("gsa", _gsa, lambda N: 2 * _linear_flops(HEAD_DIM, HEAD_DIM)(N), loop=True),
         # the vector-gate chunked linear attention's GEMMs; the bonus and the shift are elementwise
-        KernelCase("rwkv6", _rwkv6, _linear_flops(HEAD_DIM, HEAD_DIM)),
-        KernelCase("delta_rule_gated", _delta_rule, _delta_flops),
+        KernelCase("rwkv6", _rwkv6, _linear_flops(HEAD_DIM, HEAD_DIM), loop=True),
+        KernelCase("delta_rule_gated", _delta_rule, _delta_flops, loop=True),
         # the gated delta rule's GEMMs over the 2N interleaved micro-steps of n_h = 2
-        KernelCase("delta_product_2", _delta_product, lambda N: _delta_flops(2 * N)),
-        KernelCase("kda", _kda, _delta_flops),  # the gated delta rule's GEMMs, per-channel decays on top
-        KernelCase("log_linear", _log_linear, _log_linear_flops),  # Fenwick levels over the scalar gate
-        KernelCase("rwkv7", _rwkv7, _dplr_flops),  # the diagonal-plus-rank-1 (DPLR) delta rule
+        KernelCase("delta_product_2", _delta_product, lambda N: _delta_flops(2 * N), loop=True),
+        KernelCase("kda", _kda, _delta_flops, loop=True),  # the gated delta rule's GEMMs, per-channel decays
+        KernelCase("log_linear", _log_linear, _log_linear_flops, loop=True),  # Fenwick levels, scalar gate
+        KernelCase("rwkv7", _rwkv7, _dplr_flops, loop=True),  # the diagonal-plus-rank-1 (DPLR) delta rule
         # the scalar-gate chunked linear attention's GEMMs; the trapezoid's key weights are elementwise
-        KernelCase("mamba3", _mamba3, _linear_flops(HEAD_DIM, HEAD_DIM)),
-        KernelCase("selective_scan", _selective_scan, None),  # elementwise: no GEMM FLOPs to count
-        KernelCase("longhorn", _longhorn, None),  # the selective scan's elementwise two-level scan
+        KernelCase("mamba3", _mamba3, _linear_flops(HEAD_DIM, HEAD_DIM), loop=True),
+        KernelCase("selective_scan", _selective_scan, None, loop=True),  # elementwise: no GEMM FLOPs to count
+        KernelCase("longhorn", _longhorn, None, loop=True),  # the selective scan's elementwise two-level scan
         KernelCase("fft_long_conv", _fft_conv, None),
     ]
 
 
 def bench_kernels(lengths: list[int], peak: float, repeats: int,
                   progress: Callable[[str], None]) -> list[dict]:
-    """Time every kernel at every length; speed-up vs SDPA at the same length."""
+    """Time every kernel at every length; speed-up vs SDPA at the same length and, for kernels with a
+    token loop, vs that loop on the same inputs (up to N = LOOP_MAX_N: the loop's time is linear in N)."""
     rows, sdpa_time = [], {}
     for case in kernel_cases():
         for N in lengths:
             progress(f"kernel {case.name} N={N}")
             with torch.no_grad():
                 seconds = _timeit(case.run(N), repeats)
+                looped = _timeit(case.run(N, form="recurrent"), 1) if case.loop and N <= LOOP_MAX_N else None
             if case.name == "sdpa_causal":
                 sdpa_time[N] = seconds
             gflops = case.flops(N) / seconds / 1e9 if case.flops else None
             rows.append(dict(kernel=case.name, N=N, ms=seconds * 1e3,
                              speedup_vs_sdpa=sdpa_time[N] / seconds,
+                             speedup_vs_loop=None if looped is None else looped / seconds,
                              gflops=gflops, pct_peak=None if gflops is None else 100 * gflops / peak))
     return rows
 

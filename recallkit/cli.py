@@ -277,7 +277,8 @@ def _bench_tables(result: dict) -> list[Table]:
     return [
         table(f"kernel prefill, batch 1, 8 heads (matmul peak {peak:.1f} GFLOP/s)", result["kernels"],
               [("kernel", "kernel", ""), ("N", "N", "d"), ("ms", "ms", ".2f"),
-               ("x SDPA", "speedup_vs_sdpa", ".2f"), ("GFLOP/s", "gflops", ".1f"),
+               ("x SDPA", "speedup_vs_sdpa", ".2f"), ("x loop", "speedup_vs_loop", ".1f"),
+               ("GFLOP/s", "gflops", ".1f"),
                ("% peak", "pct_peak", ".0f")]),
         table("mixer prefill vs token loop (batch 1)", result["mixers"],
               [("mixer", "mixer", ""), ("N", "N", "d"), ("prefill ms", "prefill_ms", ".2f"),

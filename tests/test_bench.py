@@ -22,6 +22,10 @@ def test_bench_quick_covers_every_kernel_and_mixer(tmp_path):
     for row in report["kernels"]:
         assert row["ms"] > 0 and row["speedup_vs_sdpa"] > 0
         assert row["pct_peak"] is None or row["pct_peak"] > 0
+    looped = {row["kernel"] for row in report["kernels"] if row["speedup_vs_loop"] is not None}
+    assert looped == {case.name for case in kernel_cases() if case.loop}
+    assert {"kda", "rwkv7", "gsa", "log_linear", "mamba3", "longhorn"} <= looped  # every 2025-2026 kernel
+    assert "x loop" in result.output
     assert [row["kernel"] for row in report["kernels"] if row["speedup_vs_sdpa"] == 1.0][0] == "sdpa_causal"
     assert {row["mixer"] for row in report["mixers"]} == set(rk.MIXERS)
     assert all("error" not in row for row in report["mixers"]), report["mixers"]
