@@ -12,6 +12,8 @@ latent cache and FoX (a KV cache plus a decay per token and head; at 1 and 4 hea
 Gated DeltaProduct goes along its Householder steps per token n_h = 1, 2, 3 at one head (more
 expressive transitions, the same d_model^2 / H state) and to 4 heads at n_h = 2.
 HGRN2 goes along its expand ratio n = 16, 64 (the head size; its state is d_model * n).
+GSA goes along its slots per head m = 4, 16, 64 (its state 2 * m * d_model does not depend on the
+heads).
 Families without a state knob (RetNet, Mamba-2, H3, Hyena, BaseConv, linear attention and its
 prefix-aware PLA, trained here without JRT's MLM loss) appear at their defaults.
 The production hybrids of ``recallkit.recipes`` (Qwen3-Next's 3 Gated DeltaNet : 1 attention, Kimi
@@ -40,6 +42,7 @@ VARIANTS: list[tuple[str, dict | list[dict]]] = [
     *[("deltanet", {"name": "deltanet", "num_heads": h, "short_conv": CONV}) for h in (1, 2, 4, 8)],
     *[("gated_deltanet", {"name": "gated_deltanet", "num_heads": h, "short_conv": CONV}) for h in (1, 4)],
     *[("kda", {"name": "kda", "num_heads": h, "short_conv": CONV}) for h in (1, 4)],
+    *[("gsa", {"name": "gsa", "num_slots": m, "short_conv": CONV}) for m in (4, 16, 64)],
     *[("gated_deltaproduct", {"name": "gated_deltaproduct", "num_heads": h, "num_householder": n,
                               "short_conv": CONV}) for h, n in ((1, 1), (1, 2), (1, 3), (4, 2))],
     *[("fox", {"name": "fox", "num_heads": h, "short_conv": CONV}) for h in (1, 4)],

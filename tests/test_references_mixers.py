@@ -635,6 +635,7 @@ def test_every_registered_mixer_has_a_reference_here():
     covered = {"linear_attention", "retnet", "gla", "mamba", "mamba2", "deltanet", "gated_deltanet", "kda",
                "h3", "base_conv", "hyena", "mla", "attention"}
     covered.add("pla")  # tests/test_pla.py: the JRT formula, token by token
+    covered.add("gsa")  # tests/test_references_gsa.py
     covered.add("rwkv6")  # tests/test_references_rwkv6.py
     covered.add("hgrn2")  # tests/test_references_hgrn2.py
     covered.add("rwkv7")  # tests/test_references_rwkv7.py

@@ -11,6 +11,7 @@ from recallkit.mixers.fox import FoX
 from recallkit.mixers.gated_deltanet import GatedDeltaNet
 from recallkit.mixers.gated_deltaproduct import GatedDeltaProduct
 from recallkit.mixers.gla import GLA
+from recallkit.mixers.gsa import GSA
 from recallkit.mixers.h3 import H3
 from recallkit.mixers.hgrn2 import HGRN2
 from recallkit.mixers.hyena import Hyena
@@ -30,7 +31,7 @@ from recallkit.mixers.short_conv import ShortConvMixer
 
 MIXERS: dict[str, type[Mixer]] = {
     mixer.Config.model_fields["name"].default: mixer
-    for mixer in (Attention, BaseConv, DeltaNet, FoX, GatedDeltaNet, GatedDeltaProduct, GLA, H3, HGRN2,
+    for mixer in (Attention, BaseConv, DeltaNet, FoX, GatedDeltaNet, GatedDeltaProduct, GLA, GSA, H3, HGRN2,
                   Hyena, KDA, LinearAttention, LogLinearMamba2, Longhorn, Mamba, Mamba2, Mamba3, MLA, PLA,
                   RetNet, RWKV6, RWKV7)
 }
