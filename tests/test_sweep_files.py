@@ -129,3 +129,16 @@ def test_suite_puts_every_mixer_family_on_every_suite_task():
     for c in configs:
         rk.build_model(c.model)
     assert len({c.run_id for c in configs}) == len(configs)
+
+
+def test_equal_state_puts_every_2025_mixer_beside_gated_deltanet_at_about_the_same_state():
+    configs = load_sweep(SWEEPS / "equal_state.py")
+    keys = set().union(*(_keys(c) for c in configs))
+    assert {"gated_deltanet", "kda", "gated_deltaproduct", "rwkv7", "rwkv6", "gsa", "hgrn2", "mamba3",
+            "longhorn"} <= keys
+    states = {c.label: rk.build_model(c.model).state_size(c.task.seq_len) for c in configs}
+    reference = states["gated_deltanet"]
+    assert all(0.9 * reference <= state <= 1.3 * reference for state in states.values()), states
+    seeds = {label: {c.train.seed for c in configs if c.label == label} for label in states}
+    assert seeds["gated_deltanet"] == seeds["kda"] == seeds["rwkv7"] == {0, 1, 2}
+    assert len({c.run_id for c in configs}) == len(configs)
