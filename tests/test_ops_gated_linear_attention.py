@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from recallkit import ops
+from recallkit.ops import gated_linear_attention as gla_module
 
 GATES = ["vector", "scalar"]
 
@@ -63,6 +64,18 @@ def test_strong_decays_stay_finite_in_float32(gate):
     torch.testing.assert_close(s_chunk, s_rec, atol=1e-5, rtol=1e-4)
     (y_chunk.sum() + s_chunk.sum()).backward()
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v, g))
+
+
+def test_sub_chunk_gemm_equals_the_exact_masked_form(monkeypatch):
+    # decays inside a sub-chunk below the limit take the GEMM through the sub-chunk's reference;
+    # forcing the limit below zero takes the exact (sub, sub, Dk) form for the same inputs
+    q, k, v, g = qkvg("vector", T=24)
+    assert (-g).sum(dim=2).amax() < gla_module._DIAG_GEMM_MAX_DECAY  # so the default took the GEMM
+    y_gemm, s_gemm = ops.gated_linear_attention_chunked(q, k, v, g, chunk_size=16, sub_chunk_size=8)
+    monkeypatch.setattr(gla_module, "_DIAG_GEMM_MAX_DECAY", -1.0)
+    y_exact, s_exact = ops.gated_linear_attention_chunked(q, k, v, g, chunk_size=16, sub_chunk_size=8)
+    torch.testing.assert_close(y_gemm, y_exact)
+    torch.testing.assert_close(s_gemm, s_exact)
 
 
 @pytest.mark.parametrize("gate", GATES)

@@ -107,31 +107,67 @@ def _intra_vector(q: Tensor, k: Tensor, cum: Tensor, sub: int) -> tuple[Tensor, 
     sub-chunks of ``sub`` rows. For a pair in different sub-chunks (j before sub-chunk I of i) the
     decay factorises through the reference b_I = c at the last row before sub-chunk I:
     exp(c_i - c_j) = exp(c_i - b_I) * exp(b_I - c_j), and with g <= 0 both exponents are <= 0
-    (i comes after the reference, j at or before it), so the factors lie in (0, 1]: safe for any
+    (i comes after the reference, j at or before it), so the factors lie in (0, 1]; the key factor is
+    itself split at the end e_J of j's sub-chunk J, exp(b_I - c_j) = exp(b_I - e_J) exp(e_J - c_j),
+    both <= 1 again, so the exponentials number n^2 + C per channel and chunk, not n C. Safe for any
     gate magnitude, where the usual q*exp(c), k*exp(-c) trick overflows float32 once a chunk's
-    total decay passes ~exp(-88). Pairs inside one sub-chunk use the exact masked (sub, sub, Dk) form.
+    total decay passes ~exp(-88). Pairs inside one sub-chunk use a GEMM through the same reference
+    while that is safe (:func:`_diag_scores`), else the exact masked (sub, sub, Dk) form.
 
     Args:
-        q, k: (..., N, C, Dk) chunked inputs; cum: (..., N, C, Dk) chunk-local cumulative gates.
+        q: (..., N, C, Dk) chunked queries, or (S, ..., N, C, Dk) for S query sets scored against the
+            same keys with the decays computed once; k: (..., N, C, Dk) keys; cum: (..., N, C, Dk)
+            chunk-local cumulative gates.
     Returns:
         A_off (..., N, C, C), the scores across sub-chunks, and A_diag (..., N, n, sub, sub),
-        the scores inside each of the n = C / sub sub-chunks.
+        the scores inside each of the n = C / sub sub-chunks (with q's leading S, if any).
     """
-    *lead, C, Dk = q.shape
+    *lead, C, Dk = k.shape
     n = C // sub
-    qs, ks, cs = (t.reshape(*lead, n, sub, Dk) for t in (q, k, cum))  # (..., N, n, sub, Dk)
-    tril = torch.ones(sub, sub, dtype=torch.bool, device=q.device).tril()
-    decay = masked_exp(cs[..., :, None, :] - cs[..., None, :, :], tril[..., None])  # (..., n, sub, sub, Dk)
-    a_diag = (qs[..., :, None, :] * ks[..., None, :, :] * decay).sum(-1)  # (..., N, n, sub, sub)
-    if n == 1:
-        return q.new_zeros(*lead, C, C), a_diag
-    # b_I (..., N, n, Dk)
-    ref = torch.cat([torch.zeros_like(cs[..., :1, -1, :]), cs[..., :-1, -1, :]], dim=-2)
+    q_lead = q.shape[:-2]
+    qs = q.reshape(*q_lead, n, sub, Dk)
+    ks, cs = (t.reshape(*lead, n, sub, Dk) for t in (k, cum))  # (..., N, n, sub, Dk)
+    ends = cs[..., -1, :]  # e_J, the cumulative gate at the last row of sub-chunk J: (..., N, n, Dk)
+    ref = torch.cat([torch.zeros_like(ends[..., :1, :]), ends[..., :-1, :]], dim=-2)  # b_I = e_{I-1}
     q_ref = qs * torch.exp(cs - ref[..., None, :])  # (..., N, n, sub, Dk), exponent <= 0
-    before = torch.arange(C, device=q.device)[None, :] < (torch.arange(n, device=q.device) * sub)[:, None]
-    k_ref = k[..., None, :, :] * masked_exp(ref[..., None, :] - cum[..., None, :, :], before[..., None])
-    a_off = (q_ref @ k_ref.transpose(-1, -2)).reshape(*lead, C, C)  # (..., N, n, sub, C) -> (..., N, C, C)
-    return a_off, a_diag
+    a_diag = _diag_scores(qs, ks, cs, q_ref, ref)
+    if n == 1:
+        return q.new_zeros(*q_lead, C, C), a_diag
+    # exp(b_I - c_j) = exp(b_I - e_J) * exp(e_J - c_j) for j in sub-chunk J < I: both exponents <= 0, and
+    # only n^2 + C (not n C) exponentials per channel
+    k_end = ks * torch.exp(ends[..., None, :] - cs)  # (..., N, n, sub, Dk): keys carried to their J's end
+    earlier = torch.ones(n, n, dtype=torch.bool, device=q.device).tril(-1)  # J < I
+    hop = masked_exp(ref[..., :, None, :] - ends[..., None, :, :], earlier[..., None])  # (.., N, n, n, Dk)
+    k_ref = (hop[..., :, :, None, :] * k_end[..., None, :, :, :]).reshape(*lead, n, C, Dk)
+    a_off = _shared_keys_matmul(q_ref, k_ref.transpose(-1, -2))  # (.., N, n, sub, C)
+    return a_off.reshape(*q_lead, C, C), a_diag
+
+
+# Inside a sub-chunk the decays factorise through b_I as well, exp(c_i - c_j) = exp(c_i - b_I) exp(b_I - c_j),
+# but exp(b_I - c_j) >= 1: a GEMM is safe while the sub-chunk's largest decay stays below this many
+# nats (exp(40) ~ 2e17, far from float32's ~3e38); beyond it the exact masked (sub, sub, Dk) form runs.
+_DIAG_GEMM_MAX_DECAY = 40.0
+
+
+def _diag_scores(qs: Tensor, ks: Tensor, cs: Tensor, q_ref: Tensor, ref: Tensor) -> Tensor:
+    """Scores of the pairs inside each sub-chunk, (..., N, n, sub, sub), zero above the diagonal."""
+    sub = cs.shape[-2]
+    tril = torch.ones(sub, sub, dtype=torch.bool, device=cs.device).tril()
+    rise = ref[..., None, :] - cs  # b_I - c_j >= 0, (..., N, n, sub, Dk)
+    if rise.numel() and rise.amax() <= _DIAG_GEMM_MAX_DECAY:
+        return _shared_keys_matmul(q_ref, (ks * rise.exp()).transpose(-1, -2)).masked_fill(~tril, 0.0)
+    decay = masked_exp(cs[..., :, None, :] - cs[..., None, :, :], tril[..., None])  # (..., n, sub, sub, Dk)
+    return (qs[..., :, None, :] * ks[..., None, :, :] * decay).sum(-1)
+
+
+def _shared_keys_matmul(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b where a may carry one leading dim S that b lacks, (S, ..., M, K) @ (..., K, P): S is folded
+    into a's rows so that b is not copied S times (a broadcast batched matmul would expand it)."""
+    if a.dim() == b.dim():
+        return a @ b
+    S, *lead, M, K = a.shape
+    folded = a.movedim(0, -3).reshape(*lead, S * M, K) @ b  # (..., S M, P)
+    return folded.reshape(*lead, S, M, b.shape[-1]).movedim(-3, 0)
 
 
 def gated_linear_attention_chunked(

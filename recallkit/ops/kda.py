@@ -76,7 +76,8 @@ def kda_recurrent(
 
 def _vector_scores(a: Tensor, k: Tensor, cum: Tensor, sub: int) -> Tensor:
     """(..., N, C, C) scores sum_d a_id k_jd exp(c_id - c_jd) for j <= i (0 above the diagonal), from
-    the overflow-safe sub-chunk split of the vector-gate linear attention (``_intra_vector``)."""
+    the overflow-safe sub-chunk split of the vector-gate linear attention (``_intra_vector``); a may
+    stack S query sets in front, (S, ..., N, C, Dk), to share the decays (scores then (S, ..., C, C))."""
     C = a.shape[-2]
     a_off, a_diag = _intra_vector(a, k, cum, sub)  # (..., C, C), (..., n, sub, sub)
     n = C // sub
@@ -132,8 +133,8 @@ def kda_chunked(
     cum = torch.cumsum(gc, dim=3)  # (B, H, N, C, Dk), chunk-local, <= 0
     last = cum[:, :, :, -1:]  # (B, H, N, 1, Dk): log-decay over the whole chunk
     sub = _sub_chunk(C, sub_chunk_size)
-    kk = _vector_scores(kc, kc, cum, sub).tril(-1)  # A, strictly lower
-    qk = _vector_scores(qc, kc, cum, sub)  # P, causal incl. the diagonal
+    kk, qk = _vector_scores(torch.stack([kc, qc]), kc, cum, sub)  # one set of decays for both
+    kk = kk.tril(-1)  # A, strictly lower; qk is P, causal incl. the diagonal
     k_w = kc * cum.exp()  # keys as seen by the start-of-chunk state
     k_d = kc * (last - cum).exp()  # keys as carried to the end of the chunk
     q_s = qc * cum.exp()
