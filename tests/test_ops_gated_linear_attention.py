@@ -136,3 +136,11 @@ def test_bad_gate_shape_is_a_clear_error():
     q, k, v, g = qkvg("vector")
     with pytest.raises(ValueError, match="gate g must be"):
         ops.gated_linear_attention_chunked(q, k, v, g[..., :2])
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [({"chunk_size": 0}, "chunk_size must be >= 1"),
+                                                 ({"sub_chunk_size": 0}, "sub_chunk_size must be >= 1")])
+def test_bad_chunk_sizes_are_a_clear_error(kwargs, message):
+    q, k, v, g = qkvg("vector")
+    with pytest.raises(ValueError, match=message):
+        ops.gated_linear_attention_chunked(q, k, v, g, **kwargs)

@@ -135,7 +135,10 @@ class Mamba3(Mixer):
         step = torch.tanh(theta.to(ct))[:, :, None] * math.pi * dt[..., None]  # (B, T, H, S)
         start = (torch.zeros(Bsz, H, self.num_angles, device=x.device, dtype=ct) if state is None
                  else state.angle)
-        angle = start[:, None] + torch.cumsum(step, dim=1)  # (B, T, H, S): phi_t
+        # phi_t, reduced mod 2 pi per token as step() does; the running sum in float64 so a long prefill
+        # keeps the angle's precision (in float32 it grows as T and loses ~1e-2 rad by T ~ 1e5)
+        angle = torch.remainder(start[:, None].double() + torch.cumsum(step.double(), dim=1),
+                                2 * math.pi).to(ct)  # (B, T, H, S)
         q = self._bc(Cm, self.c_norm_weight, self.c_bias, angle)  # (B, H, T, N)
         k = self._bc(Bm, self.b_norm_weight, self.b_bias, angle)
         xh = xs.view(Bsz, T, H, P).transpose(1, 2)  # (B, H, T, P)
@@ -143,7 +146,7 @@ class Mamba3(Mixer):
         y, (h, last_b, last_x) = kernel(q, k, xh, (dt * A).transpose(1, 2), dt.transpose(1, 2),
                                         torch.sigmoid(lam.to(ct)).transpose(1, 2), state=carried)
         y = merge_heads(y + self.D[:, None, None] * xh) * F.silu(z)  # (B, T, d_inner)
-        end = torch.remainder(angle[:, -1], 2 * math.pi) if T else start
+        end = angle[:, -1] if T else start
         return self.out_proj(y), Mamba3State(h, last_b, last_x, end)
 
     def prefill(self, x: Tensor, prefix_len: Tensor | None = None, state: Mamba3State | None = None):

@@ -97,6 +97,8 @@ def gated_linear_attention_quadratic(q: Tensor, k: Tensor, v: Tensor, g: Tensor)
 
 def _sub_chunk(chunk_size: int, target: int) -> int:
     """Largest divisor of ``chunk_size`` that is <= ``target`` (the sub-chunk of the vector gate)."""
+    if chunk_size < 1 or target < 1:
+        raise ValueError(f"chunk_size and sub_chunk_size must be >= 1; got {chunk_size}, {target}")
     return max(d for d in range(1, min(chunk_size, target) + 1) if chunk_size % d == 0)
 
 
@@ -186,6 +188,8 @@ def gated_linear_attention_chunked(
     Same arguments and returns as :func:`gated_linear_attention_recurrent`.
     """
     scalar = _check_gate(q, g)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
     ct = compute_dtype(q)
     B, H, T, _ = q.shape  # q: (B, H, T, Dk)
     S = init_gla_state(q, v) if state is None else state.to(ct)

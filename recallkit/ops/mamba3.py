@@ -108,7 +108,10 @@ def mamba3_chunked(
     trapezoid weight (the paper's two-band mask, folded into the keys). With delta_{T+1} = 0,
     S'_T = h_T; S'_0 = h_0 + delta_1 k_0 v_0^T starts it from the carried last key and value. The
     outputs follow as y_t = S'_t^T q_t - delta_{t+1} (q_t . k_t) v_t (the diagonal term counted early).
-    No extra state or width: only the keys are rescaled, and the chunked kernel runs unchanged.
+    No extra state or width: only the keys are rescaled, and the chunked kernel runs unchanged. The
+    early-counted term and its removal cancel exactly in exact arithmetic; in floating point y_t keeps
+    a rounding residue of order eps * delta_{t+1} |q_t . k_t| |v_t| from the next token (measured: 5e-7
+    at dt = 10, 5e-3 at dt = 1e4 in float32), so this form is causal up to rounding, not bit for bit.
     Same arguments and returns as :func:`mamba3_recurrent`, plus ``chunk_size``.
     """
     _check_shapes(q, k, v, g, dt, lam)
