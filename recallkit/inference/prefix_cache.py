@@ -226,6 +226,11 @@ _HF_LAYERS = ("DynamicLayer", "DynamicSlidingWindowLayer", "LinearAttentionLayer
               "LinearAttentionAndFullAttentionLayer", "LinearAttentionAndSlidingWindowAttentionLayer")
 
 
+# Token counters a transformers cache layer keeps: ``cumulative_length`` (attention; an int) and, from
+# transformers 5.25, ``cumulative_length_linear`` (linear-attention layers; a 0-d tensor)
+_HF_COUNTERS = ("cumulative_length", "cumulative_length_linear")
+
+
 def _is_hf_cache(node: Any) -> bool:
     """A transformers ``Cache`` (duck-typed: a ``layers`` list and ``get_seq_length``)."""
     return isinstance(getattr(node, "layers", None), list) and hasattr(node, "get_seq_length")
@@ -233,7 +238,8 @@ def _is_hf_cache(node: Any) -> bool:
 
 def _flatten_hf_cache(cache: Any, prefix: str, tensors: dict[str, Tensor], leaves: dict[str, _Leaf]) -> None:
     """Per layer: ``keys``/``values`` (attention), ``conv_states.i``/``recurrent_states.i`` (linear
-    attention, SSM), the counters ``cumulative_length``, ``has_previous_state.i``, ``conv_kernel_size.i``
+    attention, SSM), the counters ``cumulative_length`` / ``cumulative_length_linear``,
+    ``has_previous_state.i``, ``conv_kernel_size.i``
     and the layer's class name (``kind``, checked against the template on load)."""
     if type(cache).__name__ != "DynamicCache" or getattr(cache, "offloading", False):
         raise RecallkitError(f"cannot save a {type(cache).__name__} (only a plain DynamicCache)")
@@ -245,8 +251,9 @@ def _flatten_hf_cache(cache: Any, prefix: str, tensors: dict[str, Tensor], leave
         leaves[_join(name, "kind")] = kind
         if getattr(layer, "is_initialized", False):
             tensors[_join(name, "keys")], tensors[_join(name, "values")] = layer.keys, layer.values
-        if hasattr(layer, "cumulative_length"):
-            leaves[_join(name, "cumulative_length")] = int(layer.cumulative_length)
+        for counter in _HF_COUNTERS:
+            if hasattr(layer, counter):
+                leaves[_join(name, counter)] = int(getattr(layer, counter))
         for i in range(getattr(layer, "number_of_states", 0)):
             if layer.is_conv_states_initialized[i]:
                 tensors[_join(name, f"conv_states.{i}")] = layer.conv_states[i]
@@ -279,8 +286,6 @@ def _fill_hf_cache(cache: Any, prefix: str, stored: dict[str, Any], used: set[st
             # two positional args: the attention part of a hybrid layer
             layer.lazy_initialization(keys, values)
             layer.keys, layer.values = keys, values
-        if hasattr(layer, "cumulative_length"):
-            layer.cumulative_length = take(_join(name, "cumulative_length"), int)
         for i in range(getattr(layer, "number_of_states", 0)):
             if _join(name, f"conv_states.{i}") in stored:
                 conv = take(_join(name, f"conv_states.{i}"), Tensor)
@@ -295,6 +300,14 @@ def _fill_hf_cache(cache: Any, prefix: str, stored: dict[str, Any], used: set[st
                 layer.lazy_initialization(recurrent_states=recurrent, state_idx=i)
                 layer.recurrent_states[i].copy_(recurrent)
             layer.has_previous_state[i] = take(_join(name, f"has_previous_state.{i}"), bool)
+        for counter in _HF_COUNTERS:  # after the lazy initialisations, which may move a counter tensor
+            if hasattr(layer, counter):
+                value = take(_join(name, counter), int)
+                current = getattr(layer, counter)
+                if isinstance(current, Tensor):
+                    current.fill_(value)
+                else:
+                    setattr(layer, counter, value)
     return cache
 
 
