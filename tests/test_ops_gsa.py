@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from recallkit import ops
+from recallkit.ops import gated_linear_attention as gla_module
 
 CHUNK_SIZES = [1, 3, 4, 7, 8, 16, 23, 64]  # 3, 7, 16 do not divide T = 23; 23 and 64 are one chunk
 F64 = torch.float64
@@ -159,3 +160,20 @@ def test_gsa_empty_sequence_and_bad_shapes():
         ops.gsa_recurrent(q, k, v[:, :, :3], g)
     with pytest.raises(ValueError, match="chunk_size"):
         ops.gsa_chunked(q, k, v, g, chunk_size=0)
+
+
+@pytest.mark.parametrize("limit", [None, -1.0])
+def test_gsa_sub_chunk_gemm_and_exact_form_both_equal_the_loop(monkeypatch, limit):
+    # the default inputs' sub-chunk decays stay below the limit, so the pairs inside a sub-chunk take the
+    # GEMM; a limit below zero forces the exact masked (sub, sub, M) form on the same inputs
+    if limit is not None:
+        monkeypatch.setattr(gla_module, "_DIAG_GEMM_MAX_DECAY", limit)
+    grads = []
+    for kernel in (ops.gsa_recurrent, lambda *a, state: ops.gsa_chunked(*a, state=state, chunk_size=16)):
+        inputs = [t.requires_grad_() for t in qkvg(T=23, seed=4)]
+        state = [s.requires_grad_() for s in start_state()]
+        y, (K, V) = kernel(*inputs, state=tuple(state))
+        ((y * y.detach().cos()).sum() + K.square().sum() + V.sum()).backward()
+        grads.append([y, K, V, *(t.grad for t in (*inputs, *state))])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-10)

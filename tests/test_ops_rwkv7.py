@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from recallkit import ops
+from recallkit.ops import gated_linear_attention as gla_module
 
 CHUNK_SIZES = [1, 3, 4, 7, 8, 16, 23, 64]  # 3, 7, 16 do not divide T = 23; 23 and 64 are one chunk
 
@@ -153,3 +154,21 @@ def test_rwkv7_empty_sequence_and_bad_shapes():
         ops.rwkv7_recurrent(q, k, v, alpha[..., :2], beta, g)
     with pytest.raises(ValueError, match="chunk_size must be >= 1"):
         ops.rwkv7_chunked(q, k, v, alpha, beta, g, chunk_size=0)
+
+
+@pytest.mark.parametrize("limit", [None, -1.0])
+def test_rwkv7_sub_chunk_gemm_and_exact_form_both_equal_the_loop(monkeypatch, limit):
+    # the default inputs' sub-chunk decays stay below the limit, so the pairs inside a sub-chunk take the
+    # GEMM; a limit below zero forces the exact masked (sub, sub, Dk) form on the same inputs (both with
+    # the strictly causal scores of the shifted decays)
+    if limit is not None:
+        monkeypatch.setattr(gla_module, "_DIAG_GEMM_MAX_DECAY", limit)
+    grads = []
+    for kernel in (ops.rwkv7_recurrent, lambda *a, state: ops.rwkv7_chunked(*a, state=state, chunk_size=16)):
+        args = [t.requires_grad_() for t in inputs(seed=4)]
+        state = start_state().requires_grad_()
+        y, s = kernel(*args, state=state)
+        ((y * y.detach().cos()).sum() + s.square().sum()).backward()
+        grads.append([y, s, *(t.grad for t in (*args, state))])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-10)

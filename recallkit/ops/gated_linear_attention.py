@@ -102,64 +102,99 @@ def _sub_chunk(chunk_size: int, target: int) -> int:
     return max(d for d in range(1, min(chunk_size, target) + 1) if chunk_size % d == 0)
 
 
-def _intra_vector(q: Tensor, k: Tensor, cum: Tensor, sub: int) -> tuple[Tensor, Tensor]:
-    """Intra-chunk scores for a per-channel gate, never exponentiating a positive number.
+class _VectorGateScores:
+    """Intra-chunk scores sum_d x_id y_jd exp(cx_id - c_jd) for a per-channel gate, never exponentiating a
+    positive number beyond a bounded one.
 
-    A[i, j] = sum_d q_id k_jd exp(c_id - c_jd) for j <= i inside a chunk, with the chunk split into
-    sub-chunks of ``sub`` rows. For a pair in different sub-chunks (j before sub-chunk I of i) the
-    decay factorises through the reference b_I = c at the last row before sub-chunk I:
-    exp(c_i - c_j) = exp(c_i - b_I) * exp(b_I - c_j), and with g <= 0 both exponents are <= 0
-    (i comes after the reference, j at or before it), so the factors lie in (0, 1]; the key factor is
-    itself split at the end e_J of j's sub-chunk J, exp(b_I - c_j) = exp(b_I - e_J) exp(e_J - c_j),
-    both <= 1 again, so the exponentials number n^2 + C per channel and chunk, not n C. Safe for any
-    gate magnitude, where the usual q*exp(c), k*exp(-c) trick overflows float32 once a chunk's
-    total decay passes ~exp(-88). Pairs inside one sub-chunk use a GEMM through the same reference
-    while that is safe (:func:`_diag_scores`), else the exact masked (sub, sub, Dk) form.
-
-    Args:
-        q: (..., N, C, Dk) chunked queries, or (S, ..., N, C, Dk) for S query sets scored against the
-            same keys with the decays computed once; k: (..., N, C, Dk) keys; cum: (..., N, C, Dk)
-            chunk-local cumulative gates.
-    Returns:
-        A_off (..., N, C, C), the scores across sub-chunks, and A_diag (..., N, n, sub, sub),
-        the scores inside each of the n = C / sub sub-chunks (with q's leading S, if any).
+    c (``cum``, (..., N, C, Dk)) is the keys' chunk-local cumulative log-decay, non-increasing along the
+    chunk (g <= 0); the queries' cx is c itself (the usual scores) or any cx_i <= c_j for every scored
+    pair, e.g. c shifted down a row (the decay before token i, RWKV-7's). The chunk is split into
+    n = C / sub sub-chunks. For a pair in different sub-chunks (j before sub-chunk I of i) the decay
+    factorises through the reference b_I = c at the last row before sub-chunk I:
+    exp(cx_i - c_j) = exp(cx_i - b_I) * exp(b_I - c_j), and both exponents are <= 0 (i comes after the
+    reference, j at or before it), so the factors lie in (0, 1]; the key factor is itself split at the
+    end e_J of j's sub-chunk J, exp(b_I - c_j) = exp(b_I - e_J) exp(e_J - c_j), both <= 1 again, so the
+    exponentials number n^2 + C per channel and chunk, not n C. Safe for any gate magnitude, where the
+    usual q*exp(c), k*exp(-c) trick overflows float32 once a chunk's total decay passes ~exp(-88).
+    Pairs inside one sub-chunk use a GEMM through the same reference while that is safe (the
+    sub-chunk's decay below ``_DIAG_GEMM_MAX_DECAY``), else the exact masked (sub, sub, Dk) form.
+    Everything that depends only on c is computed once, in the constructor, and shared by every key
+    set (:meth:`keys`) and query set (:meth:`scores`) scored with it.
     """
-    *lead, C, Dk = k.shape
-    n = C // sub
-    q_lead = q.shape[:-2]
-    qs = q.reshape(*q_lead, n, sub, Dk)
-    ks, cs = (t.reshape(*lead, n, sub, Dk) for t in (k, cum))  # (..., N, n, sub, Dk)
-    ends = cs[..., -1, :]  # e_J, the cumulative gate at the last row of sub-chunk J: (..., N, n, Dk)
-    ref = torch.cat([torch.zeros_like(ends[..., :1, :]), ends[..., :-1, :]], dim=-2)  # b_I = e_{I-1}
-    q_ref = qs * torch.exp(cs - ref[..., None, :])  # (..., N, n, sub, Dk), exponent <= 0
-    a_diag = _diag_scores(qs, ks, cs, q_ref, ref)
-    if n == 1:
-        return q.new_zeros(*q_lead, C, C), a_diag
-    # exp(b_I - c_j) = exp(b_I - e_J) * exp(e_J - c_j) for j in sub-chunk J < I: both exponents <= 0, and
-    # only n^2 + C (not n C) exponentials per channel
-    k_end = ks * torch.exp(ends[..., None, :] - cs)  # (..., N, n, sub, Dk): keys carried to their J's end
-    earlier = torch.ones(n, n, dtype=torch.bool, device=q.device).tril(-1)  # J < I
-    hop = masked_exp(ref[..., :, None, :] - ends[..., None, :, :], earlier[..., None])  # (.., N, n, n, Dk)
-    k_ref = (hop[..., :, :, None, :] * k_end[..., None, :, :, :]).reshape(*lead, n, C, Dk)
-    a_off = _shared_keys_matmul(q_ref, k_ref.transpose(-1, -2))  # (.., N, n, sub, C)
-    return a_off.reshape(*q_lead, C, C), a_diag
+
+    def __init__(self, cum: Tensor, sub: int) -> None:
+        *self.lead, C, Dk = cum.shape
+        self.sub, self.n = sub, C // sub
+        self.cs = cum.reshape(*self.lead, self.n, sub, Dk)  # (..., N, n, sub, Dk)
+        ends = self.cs[..., -1, :]  # e_J, c at the last row of sub-chunk J: (..., N, n, Dk)
+        self.ref = torch.cat([torch.zeros_like(ends[..., :1, :]), ends[..., :-1, :]], dim=-2)  # b_I = e_{I-1}
+        rise = self.ref[..., None, :] - self.cs  # b_I - c_j >= 0 inside sub-chunk I, (..., N, n, sub, Dk)
+        self.gemm = bool(rise.numel()) and bool(rise.amax() <= _DIAG_GEMM_MAX_DECAY)
+        self.rise = rise.exp() if self.gemm else None
+        if self.n > 1:
+            self.to_end = torch.exp(ends[..., None, :] - self.cs)  # exp(e_J - c_j) <= 1
+            earlier = torch.ones(self.n, self.n, dtype=torch.bool, device=cum.device).tril(-1)  # J < I
+            self.hop = masked_exp(self.ref[..., :, None, :] - ends[..., None, :, :], earlier[..., None])
+
+    def keys(self, k: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Keys (..., N, C, Dk) prepared for :meth:`scores`: as seen inside their sub-chunk (times
+        exp(b_I - c_j) on the GEMM path) and from every later sub-chunk's reference ((..., N, n, C, Dk),
+        None for one sub-chunk)."""
+        ks = k.reshape(*self.lead, self.n, self.sub, k.shape[-1])
+        inside = ks * self.rise if self.gemm else ks
+        if self.n == 1:
+            return inside, None
+        k_end = ks * self.to_end  # (..., N, n, sub, Dk): keys carried to their sub-chunk's end
+        k_ref = (self.hop[..., :, :, None, :] * k_end[..., None, :, :, :])  # (..., N, n, n, sub, Dk)
+        return inside, k_ref.reshape(*self.lead, self.n, self.n * self.sub, k.shape[-1])
+
+    def scores(self, q: Tensor, keys: tuple[Tensor, Tensor | None], *, q_cum: Tensor | None = None,
+               strict: bool = False) -> tuple[Tensor, Tensor]:
+        """Scores of queries q (..., N, C, Dk), or (S, ..., N, C, Dk) for S query sets, against
+        ``keys(k)``, with the queries' cumulative decays ``q_cum`` (default: c; shaped like q or like c).
+
+        Returns:
+            A_off (..., N, C, C), the scores across sub-chunks, and A_diag (..., N, n, sub, sub), the
+            scores inside each sub-chunk, causal (j <= i, or j < i when ``strict``), zero above (with q's
+            leading S, if any).
+        """
+        n, sub, C, Dk = self.n, self.sub, q.shape[-2], q.shape[-1]
+        q_lead = q.shape[:-2]
+        qs = q.reshape(*q_lead, n, sub, Dk)
+        qcs = self.cs if q_cum is None else q_cum.reshape(*q_cum.shape[:-2], n, sub, Dk)
+        q_ref = qs * torch.exp(qcs - self.ref[..., None, :])  # (..., N, n, sub, Dk), exponent <= 0
+        inside, k_ref = keys
+        tril = torch.ones(sub, sub, dtype=torch.bool, device=q.device).tril(-1 if strict else 0)
+        if self.gemm:
+            a_diag = _shared_keys_matmul(q_ref, inside.transpose(-1, -2)).masked_fill(~tril, 0.0)
+        else:
+            decay = masked_exp(qcs[..., :, None, :] - self.cs[..., None, :, :], tril[..., None])
+            a_diag = (qs[..., :, None, :] * inside[..., None, :, :] * decay).sum(-1)  # (..., n, sub, sub)
+        if k_ref is None:
+            return q.new_zeros(*q_lead, C, C), a_diag
+        a_off = _shared_keys_matmul(q_ref, k_ref.transpose(-1, -2))  # (..., N, n, sub, C)
+        return a_off.reshape(*q_lead, C, C), a_diag
+
+    def full(self, q: Tensor, keys: tuple[Tensor, Tensor | None], *, q_cum: Tensor | None = None,
+             strict: bool = False) -> Tensor:
+        """:meth:`scores` as one (..., N, C, C) matrix, zero above the diagonal."""
+        a_off, a_diag = self.scores(q, keys, q_cum=q_cum, strict=strict)
+        n, sub = self.n, self.sub
+        eye = torch.eye(n, dtype=a_diag.dtype, device=q.device)[:, None, :, None]  # (n, 1, n, 1)
+        return a_off + (a_diag[..., :, :, None, :] * eye).reshape(*a_diag.shape[:-3], n * sub, n * sub)
+
+
+def _intra_vector(q: Tensor, k: Tensor, cum: Tensor, sub: int) -> tuple[Tensor, Tensor]:
+    """:class:`_VectorGateScores` of queries q against keys k, both decayed by ``cum``: A_off (..., N, C, C)
+    and A_diag (..., N, n, sub, sub) (q may stack S query sets in front)."""
+    scores = _VectorGateScores(cum, sub)
+    return scores.scores(q, scores.keys(k))
 
 
 # Inside a sub-chunk the decays factorise through b_I as well, exp(c_i - c_j) = exp(c_i - b_I) exp(b_I - c_j),
 # but exp(b_I - c_j) >= 1: a GEMM is safe while the sub-chunk's largest decay stays below this many
 # nats (exp(40) ~ 2e17, far from float32's ~3e38); beyond it the exact masked (sub, sub, Dk) form runs.
 _DIAG_GEMM_MAX_DECAY = 40.0
-
-
-def _diag_scores(qs: Tensor, ks: Tensor, cs: Tensor, q_ref: Tensor, ref: Tensor) -> Tensor:
-    """Scores of the pairs inside each sub-chunk, (..., N, n, sub, sub), zero above the diagonal."""
-    sub = cs.shape[-2]
-    tril = torch.ones(sub, sub, dtype=torch.bool, device=cs.device).tril()
-    rise = ref[..., None, :] - cs  # b_I - c_j >= 0, (..., N, n, sub, Dk)
-    if rise.numel() and rise.amax() <= _DIAG_GEMM_MAX_DECAY:
-        return _shared_keys_matmul(q_ref, (ks * rise.exp()).transpose(-1, -2)).masked_fill(~tril, 0.0)
-    decay = masked_exp(cs[..., :, None, :] - cs[..., None, :, :], tril[..., None])  # (..., n, sub, sub, Dk)
-    return (qs[..., :, None, :] * ks[..., None, :, :] * decay).sum(-1)
 
 
 def _shared_keys_matmul(a: Tensor, b: Tensor) -> Tensor:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recallkit.ops import gated_linear_attention as gla
 from recallkit.ops.gated_linear_attention import _sub_chunk, gated_linear_attention_chunked
 from recallkit.ops.numerics import compute_dtype, masked_exp
 from recallkit.ops.segments import in_segments, segment_length
@@ -85,12 +86,16 @@ def gsa_recurrent(
 
 
 def _intra_slot_scores(qc: Tensor, kc: Tensor, sc: Tensor, cum: Tensor, sub: int) -> Tensor:
-    """z_i = sum_{j<=i} (q_i . k_j) exp(c_i - c_j) ⊙ s_j inside each chunk, every exponent <= 0.
+    """z_i = sum_{j<=i} (q_i . k_j) exp(c_i - c_j) ⊙ s_j inside each chunk, without overflow.
 
-    The chunk splits into n = C / sub sub-chunks. A pair in different sub-chunks (j before sub-chunk I
-    of i) factorises through b_I, c at the last row before I: exp(c_i - b_I) ⊙ exp(b_I - c_j), both
-    factors in (0, 1] (g <= 0), so the sum over j is one GEMM per sub-chunk; pairs inside a
-    sub-chunk use the exact masked (sub, sub, M) decays.
+    The chunk splits into n = C / sub sub-chunks, and every decay factorises through b_I, c at the last
+    row before i's sub-chunk I: exp(c_i - c_j) = exp(c_i - b_I) ⊙ exp(b_I - c_j), so
+    z_i = exp(c_i - b_I) ⊙ sum_{j<=i} (q_i . k_j) (s_j ⊙ exp(b_I - c_j)): one GEMM per sub-chunk over every
+    earlier j. The query factor is <= 1 (g <= 0). For j before I the key factor is split at the end e_J
+    of j's sub-chunk J, exp(b_I - e_J) ⊙ exp(e_J - c_j), both <= 1, so there are n^2 + C exponentials
+    per slot, not n C; for j inside I it is >= 1 (at most the sub-chunk's decay), used while that stays
+    below ``gated_linear_attention._DIAG_GEMM_MAX_DECAY`` nats, else those pairs take the exact masked
+    (sub, sub, M) form.
 
     Args:
         qc, kc: (..., C, Dk) chunked queries and keys; sc, cum: (..., C, M) write weights and chunk-local
@@ -100,22 +105,28 @@ def _intra_slot_scores(qc: Tensor, kc: Tensor, sc: Tensor, cum: Tensor, sub: int
     """
     *lead, C, M = sc.shape
     n = C // sub
-    qs, ks = (t.reshape(*lead, n, sub, t.shape[-1]) for t in (qc, kc))  # (..., n, sub, Dk)
+    dev = qc.device
     ss, cs = (t.reshape(*lead, n, sub, M) for t in (sc, cum))  # (..., n, sub, M)
-    tril = torch.ones(sub, sub, dtype=torch.bool, device=qc.device).tril()
-    decay = masked_exp(cs[..., :, None, :] - cs[..., None, :, :], tril[..., None])  # (..., n, sub, sub, M)
-    qk_diag = qs @ ks.transpose(-1, -2)  # (..., n, sub, sub)
-    # sum over j as a broadcast product: a three-operand einsum here runs ~10x slower on CPU (permutes)
-    z = (qk_diag[..., None] * decay * ss[..., None, :, :]).sum(-2)  # (..., n, sub, M)
-    if n > 1:
-        # b_I (..., n, M): c at the last row before sub-chunk I (0 for the first)
-        ref = torch.cat([torch.zeros_like(cs[..., :1, -1, :]), cs[..., :-1, -1, :]], dim=-2)
-        idx = torch.arange(C, device=qc.device)
-        before = idx[None, :] < (torch.arange(n, device=qc.device) * sub)[:, None]  # (n, C): j before I
-        s_ref = sc[..., None, :, :] * masked_exp(ref[..., :, None, :] - cum[..., None, :, :],
-                                                 before[..., None])  # (..., n, C, M), exponents <= 0
-        qk_rows = (qc @ kc.transpose(-1, -2)).reshape(*lead, n, sub, C)  # (..., n, sub, C)
-        z = z + torch.exp(cs - ref[..., None, :]) * (qk_rows @ s_ref)  # (..., n, sub, M)
+    ends = cs[..., -1, :]  # e_J: (..., n, M)
+    ref = torch.cat([torch.zeros_like(ends[..., :1, :]), ends[..., :-1, :]], dim=-2)  # b_I = e_{I-1}
+    gemm = bool(ref.numel()) and bool((ref[..., None, :] - cs).amax() <= gla._DIAG_GEMM_MAX_DECAY)
+    # exp(b_I - e_J) for J < I (J <= I on the GEMM path, where exp(b_I - e_I) <= exp(_DIAG_GEMM_MAX_DECAY))
+    blocks = torch.ones(n, n, dtype=torch.bool, device=dev).tril(0 if gemm else -1)
+    hop = masked_exp(ref[..., :, None, :] - ends[..., None, :, :], blocks[..., None])  # (..., n, n, M)
+    s_end = ss * torch.exp(ends[..., None, :] - cs)  # s_j ⊙ exp(e_J - c_j): (..., n, sub, M)
+    s_ref = (hop[..., :, :, None, :] * s_end[..., None, :, :, :]).reshape(*lead, n, C, M)  # (..., n, C, M)
+    causal = torch.ones(C, C, dtype=torch.bool, device=dev).tril(0 if gemm else -1)
+    if not gemm:  # pairs inside a sub-chunk leave the GEMM for the exact form below
+        block = torch.arange(C, device=dev) // sub
+        causal &= block[:, None] != block[None, :]
+    qk = (qc @ kc.transpose(-1, -2)).masked_fill(~causal, 0.0).reshape(*lead, n, sub, C)  # (..., n, sub, C)
+    z = torch.exp(cs - ref[..., None, :]) * (qk @ s_ref)  # (..., n, sub, M)
+    if not gemm:
+        qs, ks = (t.reshape(*lead, n, sub, t.shape[-1]) for t in (qc, kc))  # (..., n, sub, Dk)
+        tril = torch.ones(sub, sub, dtype=torch.bool, device=dev).tril()
+        decay = masked_exp(cs[..., :, None, :] - cs[..., None, :, :], tril[..., None])  # (.., n, sub, sub, M)
+        # a broadcast product: a three-operand einsum here runs ~10x slower on CPU (permutes)
+        z = z + ((qs @ ks.transpose(-1, -2))[..., None] * decay * ss[..., None, :, :]).sum(-2)
     return z.reshape(*lead, C, M)
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recallkit.ops.gated_linear_attention import _intra_vector, _sub_chunk
+from recallkit.ops.gated_linear_attention import _sub_chunk, _VectorGateScores
 from recallkit.ops.numerics import compute_dtype
 from recallkit.ops.segments import in_segments, segment_length
 
@@ -74,18 +74,6 @@ def kda_recurrent(
     return y.to(v.dtype), S
 
 
-def _vector_scores(a: Tensor, k: Tensor, cum: Tensor, sub: int) -> Tensor:
-    """(..., N, C, C) scores sum_d a_id k_jd exp(c_id - c_jd) for j <= i (0 above the diagonal), from
-    the overflow-safe sub-chunk split of the vector-gate linear attention (``_intra_vector``); a may
-    stack S query sets in front, (S, ..., N, C, Dk), to share the decays (scores then (S, ..., C, C))."""
-    C = a.shape[-2]
-    a_off, a_diag = _intra_vector(a, k, cum, sub)  # (..., C, C), (..., n, sub, sub)
-    n = C // sub
-    eye = torch.eye(n, dtype=a_diag.dtype, device=a.device)[:, None, :, None]  # (n, 1, n, 1)
-    block_diag = (a_diag[..., :, :, None, :] * eye).reshape(*a_diag.shape[:-3], C, C)
-    return a_off + block_diag
-
-
 def kda_chunked(
     q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor, *, state: Tensor | None = None,
     chunk_size: int = 64, sub_chunk_size: int = 8,
@@ -132,8 +120,8 @@ def kda_chunked(
     bc = b_.reshape(B, H, N, C, 1)
     cum = torch.cumsum(gc, dim=3)  # (B, H, N, C, Dk), chunk-local, <= 0
     last = cum[:, :, :, -1:]  # (B, H, N, 1, Dk): log-decay over the whole chunk
-    sub = _sub_chunk(C, sub_chunk_size)
-    kk, qk = _vector_scores(torch.stack([kc, qc]), kc, cum, sub)  # one set of decays for both
+    scores = _VectorGateScores(cum, _sub_chunk(C, sub_chunk_size))
+    kk, qk = scores.full(torch.stack([kc, qc]), scores.keys(kc))  # one set of decays for both
     kk = kk.tril(-1)  # A, strictly lower; qk is P, causal incl. the diagonal
     k_w = kc * cum.exp()  # keys as seen by the start-of-chunk state
     k_d = kc * (last - cum).exp()  # keys as carried to the end of the chunk

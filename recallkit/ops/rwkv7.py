@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recallkit.ops.gated_linear_attention import _sub_chunk
-from recallkit.ops.numerics import compute_dtype, masked_exp
+from recallkit.ops.gated_linear_attention import _sub_chunk, _VectorGateScores
+from recallkit.ops.numerics import compute_dtype
 from recallkit.ops.segments import in_segments, segment_length
 
 
@@ -72,60 +72,6 @@ def rwkv7_recurrent(
     return y.to(v.dtype), S
 
 
-class _DecayedScores:
-    """(..., C, C) scores sum_d x_id y_jd exp(cx_id - cy_jd) for j <= i (j < i when ``strict``), 0 above.
-
-    cy is the chunk-local cumulative log-decay (non-increasing along the chunk) and cx is cy itself or
-    cy shifted down one row (the decay before token i); either way cx_i <= cy_j for every scored pair
-    and for j at the last row before i's sub-chunk. Pairs in different sub-chunks factorise through
-    that row's r_I = cy: exp(cx_i - r_I) * exp(r_I - cy_j), both <= 1, so no exponent is positive for
-    any gate magnitude (``recallkit.ops.gated_linear_attention._intra_vector``'s trick, with the two
-    sides' cumulative decays allowed to differ); pairs inside a sub-chunk use the masked exact form.
-    The exponentials are computed once per (cx, strict) and once for the keys' side, shared by every
-    x and y scored with them.
-
-    Args:
-        cy: (..., C, Dk) the keys' cumulative log-decays; sub divides C.
-    """
-
-    def __init__(self, cy: Tensor, sub: int) -> None:
-        *self.lead, C, Dk = cy.shape
-        self.sub, self.n = sub, C // sub
-        self.cy = cy
-        n, dev = self.n, cy.device
-        # r_I, the keys' decay at the last row before sub-chunk I (0 for the first): (..., n, Dk)
-        self.ref = torch.cat([torch.zeros_like(cy[..., :1, :]), cy[..., sub - 1:-1:sub, :]], dim=-2)
-        before = torch.arange(C, device=dev)[None, :] < (torch.arange(n, device=dev) * sub)[:, None]  # (n, C)
-        # exp(r_I - cy_j) for j before sub-chunk I, else 0: (..., n, C, Dk)
-        self.key_decay = masked_exp(self.ref[..., None, :] - cy[..., None, :, :], before[..., None])
-
-    def keys(self, y: Tensor) -> Tensor:
-        """y (..., C, Dk) as seen from each sub-chunk's reference row: (..., n, C, Dk)."""
-        return y[..., None, :, :] * self.key_decay
-
-    def decays(self, cx: Tensor, strict: bool) -> tuple[Tensor, Tensor]:
-        """exp(cx_i - cy_j) inside each sub-chunk (..., n, sub, sub, Dk), masked, and exp(cx_i - r_I)
-        (..., n, sub, Dk)."""
-        n, sub, Dk = self.n, self.sub, cx.shape[-1]
-        cxs, cys = (t.reshape(*self.lead, n, sub, Dk) for t in (cx, self.cy))
-        mask = torch.ones(sub, sub, dtype=torch.bool, device=cx.device).tril(-1 if strict else 0)
-        inside = masked_exp(cxs[..., :, None, :] - cys[..., None, :, :], mask[..., None])
-        return inside, torch.exp(cxs - self.ref[..., None, :])
-
-    def scores(self, x: Tensor, y: Tensor, y_keys: Tensor, decays: tuple[Tensor, Tensor]) -> Tensor:
-        """x, y (..., C, Dk), y_keys = keys(y), decays = decays(cx, strict) -> (..., C, C)."""
-        n, sub, C, Dk = self.n, self.sub, x.shape[-2], x.shape[-1]
-        inside_decay, x_decay = decays
-        xs, ys = (t.reshape(*self.lead, n, sub, Dk) for t in (x, y))
-        inside = (xs[..., :, None, :] * ys[..., None, :, :] * inside_decay).sum(-1)  # (..., n, sub, sub)
-        eye = torch.eye(n, dtype=inside.dtype, device=x.device)[:, None, :, None]  # (n, 1, n, 1)
-        block_diag = (inside[..., :, :, None, :] * eye).reshape(*self.lead, C, C)
-        if n == 1:
-            return block_diag
-        across = (xs * x_decay) @ y_keys.transpose(-1, -2)  # (..., n, sub, C)
-        return block_diag + across.reshape(*self.lead, C, C)
-
-
 def rwkv7_chunked(
     q: Tensor, k: Tensor, v: Tensor, alpha: Tensor, beta: Tensor, g: Tensor, *, state: Tensor | None = None,
     chunk_size: int = 64, sub_chunk_size: int = 8,
@@ -144,7 +90,8 @@ def rwkv7_chunked(
     and S' = Diag(exp(c_C)) S + A_d^T U + K_d^T V with A_d, K_d = alpha, k ⊙ exp(c_C - c); only
     S' = Diag(exp(c_C)) S + M S + N (M = A_d^T W, N = A_d^T U~ + K_d^T V) runs in a loop of
     T / chunk_size small GEMMs. Every exponent is <= 0: the four score matrices come from the sub-chunk
-    factorisation (``sub_chunk_size``, see :class:`_DecayedScores`), never exp(c) * exp(-c).
+    factorisation (``sub_chunk_size``, see ``recallkit.ops.gated_linear_attention._VectorGateScores``),
+    never exp(c) * exp(-c).
     With alpha = -b k, beta = exp(g) ⊙ k and written keys b k this is ``kda_chunked``'s algebra.
     Padding of a partial last chunk uses g = 0 and zero q, k, v, alpha, beta: the state stays untouched.
     Same arguments and returns as :func:`rwkv7_recurrent`, plus ``chunk_size`` and ``sub_chunk_size``.
@@ -170,14 +117,12 @@ def rwkv7_chunked(
     cum = torch.cumsum(gc, dim=3)  # c: (B, H, N, C, Dk), chunk-local, <= 0
     exc = F.pad(cum[..., :-1, :], (0, 0, 1, 0))  # e_i = c_{i-1}: the decay before token i
     last = cum[..., -1:, :]  # (B, H, N, 1, Dk): log-decay over the whole chunk
-    sub = _sub_chunk(C, sub_chunk_size)
-    scores = _DecayedScores(cum, sub)
+    scores = _VectorGateScores(cum, _sub_chunk(C, sub_chunk_size))
     a_keys, k_keys = scores.keys(ac), scores.keys(kc)
-    before, upto = scores.decays(exc, strict=True), scores.decays(cum, strict=False)
-    A = scores.scores(bc, ac, a_keys, before)  # (B, H, N, C, C), strictly lower
-    G = scores.scores(bc, kc, k_keys, before)
-    P_a = scores.scores(qc, ac, a_keys, upto)  # causal, diagonal included
-    P_k = scores.scores(qc, kc, k_keys, upto)
+    A = scores.full(bc, a_keys, q_cum=exc, strict=True)  # (B, H, N, C, C), strictly lower
+    G = scores.full(bc, k_keys, q_cum=exc, strict=True)
+    P_a = scores.full(qc, a_keys)  # causal, diagonal included
+    P_k = scores.full(qc, k_keys)
     # UT transform: solve (I - A) [W U~] = [B_e, G V]
     lower = torch.eye(C, dtype=ct, device=q.device) - A
     WU = torch.linalg.solve_triangular(lower, torch.cat([bc * exc.exp(), G @ vc], dim=-1), upper=False,
