@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recallkit.ops.numerics import compute_dtype, masked_exp
-from recallkit.ops.segments import in_segments, segment_length
+from recallkit.ops.segments import chunk_length, in_segments, segment_length
 
 
 def _check_shapes(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None) -> None:
@@ -107,7 +107,7 @@ def delta_rule_chunked(
                            length=segment_length(chunk_size), chunk_size=chunk_size)
     q_, k_, v_, b_ = (t.to(ct) for t in (q, k, v, beta))
     g_ = None if g is None else g.to(ct)
-    C = chunk_size
+    C = chunk_length(T, chunk_size)
     pad = (-T) % C
     if pad:
         q_, k_, v_ = (F.pad(t, (0, 0, 0, pad)) for t in (q_, k_, v_))

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recallkit.ops.numerics import compute_dtype, masked_exp
-from recallkit.ops.segments import in_segments, segment_length
+from recallkit.ops.segments import chunk_length, in_segments, segment_length
 
 
 def _check_gate(q: Tensor, g: Tensor) -> bool:
@@ -237,7 +237,7 @@ def gated_linear_attention_chunked(
     q_, k_, v_, g_ = (t.to(ct) for t in (q, k, v, g))
     if scalar:
         g_ = g_.unsqueeze(-1)  # (B, H, T, 1)
-    C = chunk_size
+    C = chunk_length(T, chunk_size, 1 if scalar else sub_chunk_size)
     pad = (-T) % C
     if pad:  # zero keys/values and zero log-decay leave the state untouched; padded rows are dropped
         q_, k_, v_, g_ = (F.pad(t, (0, 0, 0, pad)) for t in (q_, k_, v_, g_))

@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recallkit.ops import gated_linear_attention as gla
+import recallkit.ops.gated_linear_attention as gla
 from recallkit.ops.gated_linear_attention import _sub_chunk, gated_linear_attention_chunked
 from recallkit.ops.numerics import compute_dtype, masked_exp
-from recallkit.ops.segments import in_segments, segment_length
+from recallkit.ops.segments import chunk_length, in_segments, segment_length
 
 GSAState = tuple[Tensor, Tensor]
 
@@ -161,7 +161,7 @@ def gsa_slot_scores_chunked(
                            length=segment_length(chunk_size), chunk_size=chunk_size,
                            sub_chunk_size=sub_chunk_size)
     q_, k_, g_ = (t.to(ct) for t in (q, k, g))
-    C = chunk_size
+    C = chunk_length(T, chunk_size, sub_chunk_size)
     pad = (-T) % C
     if pad:
         q_, k_, g_ = (F.pad(t, (0, 0, 0, pad)) for t in (q_, k_, g_))

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from recallkit.ops.gated_linear_attention import _sub_chunk, _VectorGateScores
 from recallkit.ops.numerics import compute_dtype
-from recallkit.ops.segments import in_segments, segment_length
+from recallkit.ops.segments import chunk_length, in_segments, segment_length
 
 
 def _check_shapes(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor) -> None:
@@ -110,7 +110,7 @@ def kda_chunked(
                            length=segment_length(chunk_size), chunk_size=chunk_size,
                            sub_chunk_size=sub_chunk_size)
     q_, k_, v_, b_, g_ = (t.to(ct) for t in (q, k, v, beta, g))
-    C = chunk_size
+    C = chunk_length(T, chunk_size, sub_chunk_size)
     pad = (-T) % C
     if pad:
         q_, k_, v_, g_ = (F.pad(t, (0, 0, 0, pad)) for t in (q_, k_, v_, g_))

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recallkit.ops.segments import in_segments, segment_length
+from recallkit.ops.segments import chunk_length, in_segments, segment_length
 
 DEFAULT_EPS = 1e-6
 
@@ -95,7 +95,7 @@ def linear_attention_chunked(
         return in_segments(linear_attention_chunked, {"q": q, "k": k, "v": v}, state=state,
                            length=segment_length(chunk_size), normalize=normalize, chunk_size=chunk_size,
                            eps=eps)
-    C = chunk_size
+    C = chunk_length(T, chunk_size)
     pad = (-T) % C
     if pad:  # zero keys/values add nothing to the state; padded query rows are dropped below
         q, k, v_aug = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v_aug))

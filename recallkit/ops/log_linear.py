@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recallkit.ops.numerics import compute_dtype, masked_exp
-from recallkit.ops.segments import in_segments, segment_length
+from recallkit.ops.segments import chunk_length, in_segments, segment_length
 
 
 @dataclass
@@ -213,7 +213,7 @@ def log_linear_chunked(
     if T > segment_length(chunk_size):  # cache blocking, see ops/segments.py
         return in_segments(log_linear_chunked, {"q": q, "k": k, "v": v, "g": g, "lam": lam}, state=state,
                            length=segment_length(chunk_size), chunk_size=chunk_size)
-    C, slots, L = chunk_size, level_slots(start + T), lam.shape[-1]
+    C, slots, L = chunk_length(T, chunk_size), level_slots(start + T), lam.shape[-1]
     pad = (-T) % C
     q_, k_, v_, lam_ = (F.pad(t.to(ct), (0, 0, 0, pad)) for t in (q, k, v, lam))
     N = q_.shape[2] // C

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from recallkit.ops.gated_linear_attention import _sub_chunk, _VectorGateScores
 from recallkit.ops.numerics import compute_dtype
-from recallkit.ops.segments import in_segments, segment_length
+from recallkit.ops.segments import chunk_length, in_segments, segment_length
 
 
 def _check_shapes(q: Tensor, k: Tensor, v: Tensor, alpha: Tensor, beta: Tensor, g: Tensor) -> None:
@@ -109,7 +109,7 @@ def rwkv7_chunked(
         return in_segments(rwkv7_chunked, {"q": q, "k": k, "v": v, "alpha": alpha, "beta": beta, "g": g},
                            state=S, length=segment_length(chunk_size), chunk_size=chunk_size,
                            sub_chunk_size=sub_chunk_size)
-    C = chunk_size
+    C = chunk_length(T, chunk_size, sub_chunk_size)
     pad = (-T) % C
     qc, kc, vc, ac, bc, gc = (F.pad(t.to(ct), (0, 0, 0, pad)).reshape(B, H, -1, C, t.shape[-1])
                               for t in (q, k, v, alpha, beta, g))  # (B, H, N, C, D)

@@ -17,6 +17,15 @@ from torch import Tensor
 SEGMENT_TOKENS = 512
 
 
+def chunk_length(T: int, chunk_size: int, multiple: int = 1) -> int:
+    """The chunk a kernel cuts T tokens into: ``chunk_size``, or T rounded up to ``multiple`` (a
+    vector-gate kernel's sub-chunk) when that is shorter. A sequence shorter than one chunk is one
+    chunk of its own length, not padded to a whole ``chunk_size`` (at T = 32 and chunk 64 that
+    padding doubled the GEMMs and quadrupled the (C, C) scores)."""
+    multiple = max(1, multiple)
+    return min(chunk_size, -(-T // multiple) * multiple)
+
+
 def segment_length(chunk_size: int) -> int:
     """Tokens per segment: a multiple of the chunk size, about SEGMENT_TOKENS."""
     return chunk_size * max(1, SEGMENT_TOKENS // chunk_size)
