@@ -89,3 +89,13 @@ def test_empty_sequence_returns_the_state():
         y, h = scan(x, dt, A, Bm, Cm, D, state=state)
         assert y.shape == (2, 0, 5)
         torch.testing.assert_close(h, state)
+
+
+def test_long_sequences_run_in_segments_and_equal_the_loop():
+    # 700 tokens at chunk 64 exceed one 512-token segment: the state crosses the segment boundary
+    x, dt, A, Bm, Cm, D = inputs(B=1, L=700, Dn=4, N=3, seed=2)
+    h0 = torch.randn(1, 4, 3, dtype=torch.float64)
+    y_rec, h_rec = ops.selective_scan_recurrent(x, dt, A, Bm, Cm, D, state=h0)
+    y_chunk, h_chunk = ops.selective_scan_chunked(x, dt, A, Bm, Cm, D, state=h0, chunk_size=64)
+    torch.testing.assert_close(y_chunk, y_rec, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(h_chunk, h_rec, atol=1e-12, rtol=1e-12)

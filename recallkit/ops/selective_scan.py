@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recallkit.ops.numerics import compute_dtype
+from recallkit.ops.segments import in_segments, segment_length
 
 
 def init_selective_state(x: Tensor, A: Tensor) -> Tensor:
@@ -83,6 +84,9 @@ def selective_scan_chunked(
     Bsz, L, Dn = x.shape
     ct = compute_dtype(x)
     h0 = init_selective_state(x, A) if state is None else state.to(ct)
+    if L > segment_length(chunk_size):  # cache blocking, see ops/segments.py
+        return in_segments(selective_scan_chunked, {"x": x, "dt": dt, "B": B, "C": C}, state=h0,
+                           length=segment_length(chunk_size), dim=1, A=A, D=D, chunk_size=chunk_size)
     x_, dt_, A_, B_, C_ = (t.to(ct) for t in (x, dt, A, B, C))
     skip = 0.0 if D is None else D.to(ct) * x_
     if L == 0:
