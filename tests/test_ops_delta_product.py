@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from recallkit import ops
+from tests.kernel_checks import assert_chunked_gradients_match_loop
 
 # in micro-steps of the interleaved sequence T * n_h = 23 * 2 = 46: 3, 7, 16 do not divide it,
 # 64 is one chunk, 1 is the token loop in disguise
@@ -104,21 +105,10 @@ def test_delta_product_chunked_resumes_from_a_state():
     torch.testing.assert_close(s_tail, s_full)
 
 
-def test_delta_product_gradients_agree():
-    grads = []
-    for chunk_size in (None, 4, 5, 26, 64):  # 5 does not divide T * n_h = 26; 26 and 64 are one chunk
-        inputs = [t.requires_grad_() for t in qkvbg(T=13, seed=3, max_beta=2.0)]
-        state = start_state().requires_grad_()
-        if chunk_size is None:
-            y, s = ops.delta_product_recurrent(*inputs, state=state)
-        else:
-            y, s = ops.delta_product_chunked(*inputs, chunk_size=chunk_size, state=state)
-        weights = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
-        ((y * weights).sum() + s.square().sum()).backward()
-        grads.append([t.grad for t in (*inputs, state)])
-    for other in grads[1:]:
-        for a, b in zip(grads[0], other):
-            torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-10)
+def test_delta_product_gradients_agree():  # 5 does not divide T * n_h = 26; 26 and 64 are one chunk
+    assert_chunked_gradients_match_loop(
+        ops.delta_product_recurrent, ops.delta_product_chunked, lambda: qkvbg(T=13, seed=3, max_beta=2.0),
+        start_state, (4, 5, 26, 64))
 
 
 def test_delta_product_gradcheck_chunked():

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from recallkit import ops
+from tests.kernel_checks import assert_chunked_gradients_match_loop
 from recallkit.ops.mamba3 import rotate_pairs
 
 CHUNK_SIZES = [1, 3, 4, 7, 8, 16, 23, 64]  # 3, 7, 16 do not divide T = 23; 23 and 64 are one chunk
@@ -83,21 +84,9 @@ def test_mamba3_chunked_resumes_from_a_state():
     assert_states_close(s_tail, s_full)
 
 
-def test_mamba3_gradients_agree():
-    grads = []
-    for chunk_size in (None, 4, 5, 13, 32):  # 5 does not divide T = 13; 13 and 32 are one chunk
-        args = [t.requires_grad_() for t in inputs(T=13, seed=3)]
-        state = [s.requires_grad_() for s in start_state()]
-        if chunk_size is None:
-            y, s = ops.mamba3_recurrent(*args, state=tuple(state))
-        else:
-            y, s = ops.mamba3_chunked(*args, state=tuple(state), chunk_size=chunk_size)
-        weights = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
-        ((y * weights).sum() + sum(x.square().sum() * (i + 1) for i, x in enumerate(s))).backward()
-        grads.append([t.grad for t in (*args, *state)])
-    for other in grads[1:]:
-        for a, b in zip(grads[0], other):
-            torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-10)
+def test_mamba3_gradients_agree():  # 5 does not divide T = 13; 13 and 32 are one chunk
+    assert_chunked_gradients_match_loop(
+        ops.mamba3_recurrent, ops.mamba3_chunked, lambda: inputs(T=13, seed=3), start_state, (4, 5, 13, 32))
 
 
 def test_mamba3_gradcheck_chunked():

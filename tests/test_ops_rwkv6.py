@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from recallkit import ops
+from tests.kernel_checks import assert_chunked_gradients_match_loop
 
 CHUNK_SIZES = [1, 3, 4, 7, 8, 16, 23, 64]  # 3, 7, 16 do not divide T = 23; 23 and 64 are one chunk
 
@@ -75,21 +76,9 @@ def test_rwkv6_chunked_resumes_from_a_state():
     torch.testing.assert_close(s_tail, s_full)
 
 
-def test_rwkv6_gradients_agree():
-    grads = []
-    for chunk_size in (None, 4, 5, 13, 32):  # 5 does not divide T = 13; 13 and 32 are one chunk
-        inputs = [t.requires_grad_() for t in rkvgu(T=13, seed=3)]
-        state = start_state().requires_grad_()
-        if chunk_size is None:
-            y, s = ops.rwkv6_recurrent(*inputs, state=state)
-        else:
-            y, s = ops.rwkv6_chunked(*inputs, chunk_size=chunk_size, state=state)
-        weights = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
-        ((y * weights).sum() + s.square().sum()).backward()
-        grads.append([t.grad for t in (*inputs, state)])
-    for other in grads[1:]:
-        for a, b in zip(grads[0], other):
-            torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-10)
+def test_rwkv6_gradients_agree():  # 5 does not divide T = 13; 13 and 32 are one chunk
+    assert_chunked_gradients_match_loop(
+        ops.rwkv6_recurrent, ops.rwkv6_chunked, lambda: rkvgu(T=13, seed=3), start_state, (4, 5, 13, 32))
 
 
 def test_rwkv6_gradcheck_chunked():

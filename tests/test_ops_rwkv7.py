@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from recallkit import ops
+from tests.kernel_checks import assert_chunked_gradients_match_loop
 from recallkit.ops import gated_linear_attention as gla_module
 
 CHUNK_SIZES = [1, 3, 4, 7, 8, 16, 23, 64]  # 3, 7, 16 do not divide T = 23; 23 and 64 are one chunk
@@ -96,21 +97,9 @@ def test_rwkv7_chunked_resumes_from_a_state():
     torch.testing.assert_close(s_tail, s_full)
 
 
-def test_rwkv7_gradients_agree():
-    grads = []
-    for chunk_size in (None, 4, 5, 13, 32):  # 5 does not divide T = 13; 13 and 32 are one chunk
-        args = [t.clone().requires_grad_() for t in inputs(T=13, seed=3)]
-        state = start_state().requires_grad_()
-        if chunk_size is None:
-            y, s = ops.rwkv7_recurrent(*args, state=state)
-        else:
-            y, s = ops.rwkv7_chunked(*args, chunk_size=chunk_size, state=state)
-        weights = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
-        ((y * weights).sum() + s.square().sum()).backward()
-        grads.append([t.grad for t in (*args, state)])
-    for other in grads[1:]:
-        for a, b in zip(grads[0], other):
-            torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-10)
+def test_rwkv7_gradients_agree():  # 5 does not divide T = 13; 13 and 32 are one chunk
+    assert_chunked_gradients_match_loop(
+        ops.rwkv7_recurrent, ops.rwkv7_chunked, lambda: inputs(T=13, seed=3), start_state, (4, 5, 13, 32))
 
 
 def test_rwkv7_gradcheck_chunked():

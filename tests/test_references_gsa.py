@@ -6,29 +6,16 @@ y_t = W_o RMSNorm(Swish(o_t))."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
 import recallkit as rk
 from recallkit.mixers import build_mixer
+from tests.test_references_mixers import D, F64, T, TOL, randomize, make as make_mixer
 
-D = 16
-T = 11
-F64 = torch.float64
-TOL = {"atol": 1e-7, "rtol": 1e-6}
-
-
-def make(seed: int = 0, **kwargs) -> rk.mixers.Mixer:
-    torch.manual_seed(seed)
-    return build_mixer(D, rk.MIXERS["gsa"].Config(name="gsa", **kwargs)).to(F64).eval()
-
-
-def randomize(mixer, scale: float, seed: int = 7) -> None:
-    """Perturb every parameter (the RMSNorm weight included), so no init-time one hides a term."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in mixer.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+make = functools.partial(make_mixer, "gsa")
 
 
 def swish(x: torch.Tensor) -> torch.Tensor:

@@ -5,25 +5,15 @@ is also the check that the GLA reading (q = o, k = 1 - f, v = i, g = log f) is t
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
 import recallkit as rk
-from recallkit.mixers import build_mixer
+from tests.test_references_mixers import D, F64, T, TOL, sigmoid, make as make_mixer
 
-D = 16
-T = 11
-F64 = torch.float64
-TOL = {"atol": 1e-7, "rtol": 1e-6}
-
-
-def make(seed: int = 0, **kwargs) -> rk.mixers.Mixer:
-    torch.manual_seed(seed)
-    return build_mixer(D, rk.MIXERS["hgrn2"].Config(name="hgrn2", **kwargs)).to(F64).eval()
-
-
-def sigmoid(x: torch.Tensor) -> torch.Tensor:
-    return 1 / (1 + torch.exp(-x))
+make = functools.partial(make_mixer, "hgrn2")
 
 
 def reference(mixer, x: torch.Tensor, beta: float) -> torch.Tensor:

@@ -4,33 +4,14 @@ kernel from ``recallkit.ops``, no mixer helper."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
-import recallkit as rk
-from recallkit.mixers import build_mixer
+from tests.test_references_mixers import D, F64, T, TOL, randomize, silu, make as make_mixer
 
-D = 16
-T = 11
-F64 = torch.float64
-TOL = {"atol": 1e-7, "rtol": 1e-6}
-
-
-def make(seed: int = 0, **kwargs) -> rk.mixers.Mixer:
-    torch.manual_seed(seed)
-    return build_mixer(D, rk.MIXERS["longhorn"].Config(name="longhorn", **kwargs)).to(F64).eval()
-
-
-def randomize(mixer, scale: float, seed: int = 7) -> None:
-    """Perturb every parameter, so that init-time zeros and ones (the beta bias, D) hide no term."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in mixer.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-
-
-def silu(x: torch.Tensor) -> torch.Tensor:
-    return x / (1 + torch.exp(-x))
+make = functools.partial(make_mixer, "longhorn")
 
 
 def reference(mixer, x: torch.Tensor) -> torch.Tensor:

@@ -11,38 +11,17 @@ the trapezoid and the chunked kernel together.
 
 from __future__ import annotations
 
+import functools
+
 import math
 
 import pytest
 import torch
 
 import recallkit as rk
-from recallkit.mixers import build_mixer
+from tests.test_references_mixers import D, F64, T, TOL, randomize, rms_norm, softplus, make as make_mixer
 
-D = 16
-T = 11
-F64 = torch.float64
-TOL = {"atol": 1e-7, "rtol": 1e-6}
-
-
-def make(seed: int = 0, **kwargs) -> rk.mixers.Mixer:
-    torch.manual_seed(seed)
-    return build_mixer(D, rk.MIXERS["mamba3"].Config(name="mamba3", **kwargs)).to(F64).eval()
-
-
-def randomize(mixer, scale: float, seed: int = 7) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in mixer.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-
-
-def softplus(x: torch.Tensor) -> torch.Tensor:
-    return torch.log1p(torch.exp(x))
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    return x / torch.sqrt((x**2).mean(-1, keepdim=True) + eps) * weight
+make = functools.partial(make_mixer, "mamba3")
 
 
 def as_complex(v: torch.Tensor, S: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,7 +42,7 @@ def reference(mixer, x: torch.Tensor) -> torch.Tensor:
     dt = softplus(dt + mixer.dt_bias)  # (B, T, H)
     A = -torch.clamp(softplus(a), min=cfg.A_floor)
     lam = 1 / (1 + torch.exp(-lam))
-    Bm, Cm = rms_norm(Bm, mixer.b_norm_weight), rms_norm(Cm, mixer.c_norm_weight)  # QK-norm over N
+    Bm, Cm = rms_norm(Bm, mixer.b_norm_weight, 1e-5), rms_norm(Cm, mixer.c_norm_weight, 1e-5)  # QK-norm
     y = torch.zeros(B, T_, H, P, dtype=F64)
     for b in range(B):
         for h in range(H):

@@ -4,28 +4,14 @@ plain tensor code over the mixer's own weights, one token at a time, in float64:
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
-import recallkit as rk
-from recallkit.mixers import build_mixer
+from tests.test_references_mixers import D, F64, T, TOL, randomize, make as make_mixer
 
-D = 16
-T = 11
-F64 = torch.float64
-TOL = {"atol": 1e-7, "rtol": 1e-6}
-
-
-def make(seed: int = 0, **kwargs) -> rk.mixers.Mixer:
-    torch.manual_seed(seed)
-    return build_mixer(D, rk.MIXERS["rwkv6"].Config(name="rwkv6", **kwargs)).to(F64).eval()
-
-
-def randomize(mixer, scale: float, seed: int = 7) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in mixer.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+make = functools.partial(make_mixer, "rwkv6")
 
 
 def group_norm(o: torch.Tensor, weight, bias, eps: float) -> torch.Tensor:

@@ -4,6 +4,8 @@ weights: no recallkit kernel or mixer helper. float64, so agreement is ~1e-10.""
 
 from __future__ import annotations
 
+import functools
+
 import math
 
 import pytest
@@ -11,22 +13,11 @@ import torch
 from pydantic import ValidationError
 
 import recallkit as rk
-from recallkit.mixers import build_mixer
+from tests.test_references_mixers import D, F64, T, TOL, randomize, sigmoid, make as make_mixer
 
-D = 16
-T = 11
-F64 = torch.float64
-TOL = {"atol": 1e-7, "rtol": 1e-6}
+make = functools.partial(make_mixer, "rwkv7")
+
 GROUP_NORM_EPS = 64e-5  # the released code's ln_x eps, 1e-5 * 8^2
-
-
-def make(seed: int = 0, **kwargs):
-    torch.manual_seed(seed)
-    return build_mixer(D, rk.MIXERS["rwkv7"].Config(name="rwkv7", **kwargs)).to(F64).eval()
-
-
-def sigmoid(x: torch.Tensor) -> torch.Tensor:
-    return 1 / (1 + torch.exp(-x))
 
 
 def lin(x: torch.Tensor, layer) -> torch.Tensor:
@@ -71,13 +62,6 @@ def reference(mixer, x: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def randomize(mixer, scale: float = 0.3, seed: int = 7) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in mixer.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-
-
 @pytest.mark.parametrize("kwargs", [
     {"num_heads": 1, "chunk_size": 4},
     {"num_heads": 2, "decay_rank": 3, "a_rank": 5, "gate_rank": 4, "chunk_size": 4},
@@ -85,7 +69,7 @@ def randomize(mixer, scale: float = 0.3, seed: int = 7) -> None:
 ])
 def test_rwkv7_is_the_papers_generalised_delta_rule(kwargs):
     mixer = make(**kwargs)
-    randomize(mixer)
+    randomize(mixer, scale=0.3)
     x = torch.randn(2, T, D, generator=torch.Generator().manual_seed(1), dtype=F64)
     with torch.no_grad():
         expected = reference(mixer, x)
