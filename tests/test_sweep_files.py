@@ -142,3 +142,18 @@ def test_equal_state_puts_every_2025_mixer_beside_gated_deltanet_at_about_the_sa
     seeds = {label: {c.train.seed for c in configs if c.label == label} for label in states}
     assert seeds["gated_deltanet"] == seeds["kda"] == seeds["rwkv7"] == {0, 1, 2}
     assert len({c.run_id for c in configs}) == len(configs)
+
+
+def test_log_linear_length_puts_log_linear_between_mamba2_and_attention_as_t_grows():
+    configs = load_sweep(SWEEPS / "log_linear_length.py")
+    states: dict[str, dict[int, int]] = {}
+    for c in configs:
+        assert c.task.num_kv_pairs == c.task.seq_len // 8
+        states.setdefault(c.label, {})[c.task.seq_len] = rk.build_model(c.model).state_size(c.task.seq_len)
+    lengths = sorted(states["log_linear"])
+    assert lengths == [64, 128, 256] and {c.train.seed for c in configs} == {0, 1}
+    assert len(set(states["mamba2"].values())) == 1  # constant in T
+    growth = [states["log_linear"][T] for T in lengths]
+    assert growth == sorted(growth) and growth[-1] < 2 * growth[0]  # grows, as log T
+    assert states["mamba2"][256] < states["log_linear"][256] < states["attention"][256]
+    assert len({c.run_id for c in configs}) == len(configs)
