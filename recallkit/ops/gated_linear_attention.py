@@ -184,13 +184,6 @@ class _VectorGateScores:
         return a_off + (a_diag[..., :, :, None, :] * eye).reshape(*a_diag.shape[:-3], n * sub, n * sub)
 
 
-def _intra_vector(q: Tensor, k: Tensor, cum: Tensor, sub: int) -> tuple[Tensor, Tensor]:
-    """:class:`_VectorGateScores` of queries q against keys k, both decayed by ``cum``: A_off (..., N, C, C)
-    and A_diag (..., N, n, sub, sub) (q may stack S query sets in front)."""
-    scores = _VectorGateScores(cum, sub)
-    return scores.scores(q, scores.keys(k))
-
-
 # Inside a sub-chunk the decays factorise through b_I as well, exp(c_i - c_j) = exp(c_i - b_I) exp(b_I - c_j),
 # but exp(b_I - c_j) >= 1: a GEMM is safe while the sub-chunk's largest decay stays below this many
 # nats (exp(40) ~ 2e17, far from float32's ~3e38); beyond it the exact masked (sub, sub, Dk) form runs.
@@ -218,7 +211,7 @@ def gated_linear_attention_chunked(
     Y = (Q ⊙ exp(c)) S + A V with A[i, j] = (q_i ⊙ exp(c_i - c_j))^T k_j for j <= i, and
     S' = diag(exp(c_last)) S + (K ⊙ exp(c_last - c))^T V; every exponent is <= 0 for g <= 0.
     The scalar gate's A is (Q K^T) ⊙ exp(segsum) (SSD); the vector gate's A comes from
-    :func:`_intra_vector` with sub-chunks of the largest divisor of chunk_size <= sub_chunk_size.
+    :class:`_VectorGateScores` with sub-chunks of the largest divisor of chunk_size <= sub_chunk_size.
     The states cross chunks in a loop of T / chunk_size cheap steps; everything else is batched GEMMs.
     Same arguments and returns as :func:`gated_linear_attention_recurrent`.
     """
@@ -252,7 +245,8 @@ def gated_linear_attention_chunked(
         intra = scores @ vc  # (B, H, N, C, Dv)
     else:
         sub = _sub_chunk(C, sub_chunk_size)
-        a_off, a_diag = _intra_vector(qc, kc, cum, sub)
+        scores = _VectorGateScores(cum, sub)
+        a_off, a_diag = scores.scores(qc, scores.keys(kc))
         n = C // sub
         intra = a_off @ vc + (a_diag @ vc.reshape(B, H, N, n, sub, -1)).reshape(B, H, N, C, -1)
     chunk_kv = (kc * torch.exp(last - cum)).transpose(-1, -2) @ vc  # (B, H, N, Dk, Dv)
