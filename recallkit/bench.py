@@ -10,7 +10,9 @@ Three measurements, all on the default device in float32:
    long conv are elementwise/FFT work and report time only), and, for the kernels with a token loop,
    as a speed-up over that loop on the same inputs;
 3. per registered mixer (d_model 128, default config): chunked prefill vs its token loop, and the
-   training throughput of a 2-layer model (tokens/s).
+   training step of a 2-layer model: tokens/s, MFU (its matmul FLOPs per second, counted by torch's
+   FLOP counter over forward and backward, as % of the matmul peak), and the same for 4 such models
+   trained as one packed model (``recallkit.packing``) with the packed step's speed-up over 4 steps.
 """
 
 from __future__ import annotations
@@ -318,32 +320,71 @@ def bench_mixers(lengths: list[int], d_model: int, repeats: int,
     return rows
 
 
-def bench_training(seq_len: int, batch_size: int, steps: int, d_model: int,
+PACK = 4  # members of the packed training step
+
+
+def _step_flops(step: Callable[[], object]) -> int:
+    """Floating-point operations of one call of ``step`` counted from its matmuls, convolutions and
+    attention products (torch's FLOP counter, forward and backward; attention's (T, T) products in
+    full, causal or not, as that counter counts them); elementwise work is not counted."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+    cpu_attention = {  # the CPU flash kernels, which torch's counter does not know: its SDPA formulas
+        aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *_, **__: sdpa_flop_count(q, k, v),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward:
+            lambda grad, q, k, v, *_, **__: sdpa_backward_flop_count(grad, q, k, v),
+    }
+    with FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def bench_training(seq_len: int, batch_size: int, steps: int, d_model: int, peak: float,
                    progress: Callable[[str], None]) -> list[dict]:
-    """Training tokens/s of a 2-layer model (d_model, no MLP) per registered mixer, AdamW steps."""
+    """Per registered mixer, an AdamW training step of a 2-layer model (d_model, no MLP): tokens/s,
+    the model FLOP utilisation (matmul FLOPs per second as % of the measured matmul ``peak``), and
+    the same for ``PACK`` models of that shape trained as one packed model (recallkit.packing),
+    with ``packed_speedup``: the time of ``PACK`` unpacked steps over one packed step."""
     from recallkit.config import ModelConfig
     from recallkit.mixers import MIXERS
     from recallkit.model import build_model
+    from recallkit.packing import PackedModels
 
     rows = []
     for key in MIXERS:
         progress(f"train {key}")
-        torch.manual_seed(0)
         config = ModelConfig(vocab_size=256, d_model=d_model, num_layers=2, mixer={"name": key}, mlp="none")
-        model = build_model(config)
+        models = []
+        for seed in range(PACK):
+            torch.manual_seed(seed)
+            models.append(build_model(config))
+        model, packed = models[0], PackedModels(models)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        tokens = torch.randint(0, 256, (batch_size, seq_len + 1))
+        packed_optimizer = torch.optim.AdamW(packed.parameters(), lr=1e-3)  # the cost of K member AdamWs
+        tokens = torch.randint(0, 256, (PACK, batch_size, seq_len + 1))
+        no_prefix = torch.zeros(PACK, batch_size, dtype=torch.long)
 
         def train_step():
-            logits = model(tokens[:, :-1])
-            loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+            logits = model(tokens[0, :, :-1])
+            loss = F.cross_entropy(logits.flatten(0, 1), tokens[0, :, 1:].flatten())
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
 
-        seconds = _timeit(train_step, steps)
+        def packed_step():
+            losses = packed.losses(tokens[..., :-1], tokens[..., 1:], no_prefix)
+            packed_optimizer.zero_grad()
+            losses.sum().backward()
+            packed_optimizer.step()
+
+        flops = _step_flops(train_step)
+        seconds, packed_seconds = _timeit(train_step, steps), _timeit(packed_step, steps)
         rows.append(dict(mixer=key, seq_len=seq_len, batch_size=batch_size,
-                         tokens_per_s=batch_size * seq_len / seconds, ms_per_step=seconds * 1e3))
+                         tokens_per_s=batch_size * seq_len / seconds, ms_per_step=seconds * 1e3,
+                         mfu=100 * flops / seconds / 1e9 / peak,
+                         packed_mfu=100 * PACK * flops / packed_seconds / 1e9 / peak,
+                         packed_speedup=PACK * seconds / packed_seconds))
     return rows
 
 
@@ -364,5 +405,5 @@ def run_bench(quick: bool = False, progress: Callable[[str], None] = lambda _: N
         mixers=bench_mixers([256] if quick else [256, 1024], 32 if quick else 128, 1 if quick else 3,
                             progress),
         training=bench_training(32 if quick else 256, 2 if quick else 8, 1 if quick else 3,
-                                32 if quick else 128, progress),
+                                32 if quick else 128, peak, progress),
     )

@@ -283,9 +283,12 @@ def _bench_tables(result: dict) -> list[Table]:
         table("mixer prefill vs token loop (batch 1)", result["mixers"],
               [("mixer", "mixer", ""), ("N", "N", "d"), ("prefill ms", "prefill_ms", ".2f"),
                ("loop ms", "loop_ms", ".1f"), ("prefill speed-up", "prefill_speedup", ".1f")]),
-        table("training throughput, 2 layers", result["training"],
+        table("training step, 2 layers (MFU: matmul FLOP/s as % of the peak; packed: 4 models as one)",
+              result["training"],
               [("mixer", "mixer", ""), ("T", "seq_len", "d"), ("batch", "batch_size", "d"),
-               ("ms/step", "ms_per_step", ".1f"), ("tokens/s", "tokens_per_s", ",.0f")]),
+               ("ms/step", "ms_per_step", ".1f"), ("tokens/s", "tokens_per_s", ",.0f"),
+               ("MFU %", "mfu", ".1f"), ("packed MFU %", "packed_mfu", ".1f"),
+               ("x packed", "packed_speedup", ".2f")]),
     ]
 
 

@@ -23,6 +23,7 @@ from recallkit.evaluate import evaluate
 from recallkit.mlm import labels_after_prefix, mask_prefix, mlm_loss
 from recallkit.model import LanguageModel, build_model
 from recallkit.tasks.base import IGNORE_INDEX, Batch, eval_seed, train_seed
+from recallkit.tasks.shared_data import generate_once
 
 CHECKPOINT_SECONDS = 60.0
 """Default wall time between checkpoints of a run that has a checkpoint file."""
@@ -97,7 +98,7 @@ def train(config: RunConfig, on_step: StepCallback | None = None, device: str | 
     tc = config.train
     device = resolve_device(device or tc.device)  # an override is an execution detail, not the run's identity
     model = _initial_model(config, device)
-    test_sets = [task.generate(tc.num_test_examples, eval_seed(tc.seed)) for task in config.test_tasks]
+    test_sets = [generate_once(task, tc.num_test_examples, eval_seed(tc.seed)) for task in config.test_tasks]
     notes = []
     try:
         fit = _fit(config, model, test_sets[0], start_time, on_step, checkpoint, checkpoint_seconds)
@@ -151,7 +152,7 @@ def _fit(config: RunConfig, model: LanguageModel, test_set: Batch, start_time: f
     """
     tc = config.train
     device = next(model.parameters()).device
-    train_data = config.task.generate(tc.num_train_examples, train_seed(tc.seed))
+    train_data = generate_once(config.task, tc.num_train_examples, train_seed(tc.seed))
     optimizer = _optimizer(model, config)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio)
@@ -246,7 +247,7 @@ def _final_evaluations(config: RunConfig, model: LanguageModel, test_sets: list[
         for task, final in zip(config.test_tasks, finals)
     ]
     for length, task in config.length_tasks.items():  # length generalisation: the headline at other lengths
-        data = task.generate(tc.num_test_examples, eval_seed(tc.seed))
+        data = generate_once(task, tc.num_test_examples, eval_seed(tc.seed))
         final = evaluate(model, data, greedy=task.generative)
         axis = {"length": length, "length_unit": task.length_unit, "bits_per_unit": task.bits_per_unit()}
         evals.append({"task": task.name, "seq_len": task.seq_len, "setting": headline.setting, **axis,

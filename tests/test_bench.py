@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import torch
+import torch.nn.functional as F
 from typer.testing import CliRunner
 
 import recallkit as rk
-from recallkit.bench import kernel_cases
+from recallkit.bench import _step_flops, kernel_cases
 from recallkit.cli import app
 
 
@@ -31,3 +33,22 @@ def test_bench_quick_covers_every_kernel_and_mixer(tmp_path):
     assert all("error" not in row for row in report["mixers"]), report["mixers"]
     assert {row["mixer"] for row in report["training"]} == set(rk.MIXERS)
     assert all(row["tokens_per_s"] > 0 for row in report["training"])
+    assert all(row["mfu"] > 0 and row["packed_mfu"] > 0 and row["packed_speedup"] > 0
+               for row in report["training"])
+    assert "MFU %" in result.output and "x packed" in result.output
+
+
+def test_training_flops_are_the_hand_count_of_the_matmuls():
+    # one attention layer and the tied head, no MLP: forward GEMMs are 2 m n k each (the fused q, k, v
+    # projection, the output projection, Q K^T and P V over all (T, T) pairs, the head); a linear
+    # layer's backward is two such GEMMs (input and weight gradients); attention's is five (S = Q K^T
+    # recomputed, dP = dO V^T, dV = P^T dO, dQ = dS K, dK = dS^T Q)
+    B, T, d, V = 2, 16, 32, 64
+    torch.manual_seed(0)
+    model = rk.build_model(rk.ModelConfig(vocab_size=V, d_model=d, num_layers=1, mlp="none",
+                                          mixer={"name": "attention", "num_heads": 2}))
+    x = torch.randint(0, V, (B, T))
+    linear = 2 * B * T * d * (3 * d + d + V)  # qkv, out, head
+    attention = 2 * (2 * B * T * T * d)  # Q K^T and P V, summed over the heads
+    flops = _step_flops(lambda: F.cross_entropy(model(x).flatten(0, 1), x.flatten()).backward())
+    assert flops == 3 * linear + (2 + 5) / 2 * attention

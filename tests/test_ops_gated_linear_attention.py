@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -76,6 +78,22 @@ def test_sub_chunk_gemm_equals_the_exact_masked_form(monkeypatch):
     y_exact, s_exact = ops.gated_linear_attention_chunked(q, k, v, g, chunk_size=16, sub_chunk_size=8)
     torch.testing.assert_close(y_gemm, y_exact)
     torch.testing.assert_close(s_gemm, s_exact)
+
+
+def test_fixed_paths_take_the_exact_form_without_reading_a_value():
+    # the same small decays that take the GEMM by default take the exact form inside fixed_paths;
+    # there the choice reads no tensor value, which is what lets vmap batch the kernel
+    _, _, _, g = qkvg("vector", T=16)
+    cum = g.reshape(2, 2, 1, 16, 5).cumsum(dim=3)  # (B, H, N, C, Dk), one chunk
+    assert gla_module._VectorGateScores(cum, 8).gemm
+    with ops.numerics.fixed_paths():
+        assert not gla_module._VectorGateScores(cum, 8).gemm
+    members = [qkvg("vector", T=24, seed=seed) for seed in range(3)]
+    chunked = functools.partial(ops.gated_linear_attention_chunked, chunk_size=16, sub_chunk_size=8)
+    expected = torch.stack([chunked(*inputs)[0] for inputs in members])
+    with ops.numerics.fixed_paths():  # over a leading member axis, as packed training runs it
+        batched = torch.func.vmap(lambda *a: chunked(*a)[0])(*map(torch.stack, zip(*members)))
+    torch.testing.assert_close(batched, expected)
 
 
 @pytest.mark.parametrize("gate", GATES)

@@ -10,7 +10,7 @@ import torch
 
 import recallkit as rk
 from recallkit.evaluate import evaluate
-from recallkit.tasks import Batch
+from recallkit.tasks import Batch, shared_data
 from recallkit.training import lr_factor
 from tests.conftest import tiny_run
 
@@ -154,3 +154,37 @@ def test_a_failed_evaluation_restores_the_training_mode(monkeypatch, failing):
         with pytest.raises(RuntimeError, match="evaluation failed"):
             evaluate(model, batch, greedy=failing == "greedy_predictions", **policy)
         assert model.training is training
+
+
+def test_runs_of_one_task_and_seed_share_one_data_set_that_no_run_changes():
+    task = dict(name="mqar", vocab_size=32, seq_len=16, num_kv_pairs=2)
+    train = dict(max_steps=3, batch_size=8, num_train_examples=32, num_test_examples=8, device="cpu")
+    model = dict(vocab_size=33, d_model=16, num_layers=1, mixer={"name": "attention"})
+    runs = [  # MLM masking, an eviction policy and a second eval task: everything that reads the data
+        rk.RunConfig(model=model, task=task, train={**train, "mlm": True}),
+        rk.RunConfig(model=model, task=task, train={**train, "lr": 1e-3},
+                     eval_tasks=[task, {**task, "seq_len": 24}],
+                     eval_policies=[{"policy": "h2o", "budget": 4}]),
+    ]
+    shared_data.clear()
+    calls = []
+    original = type(runs[0].task).generate
+
+    def counted(self, num_examples, seed):
+        calls.append((self.seq_len, num_examples, seed))
+        return original(self, num_examples, seed)
+
+    type(runs[0].task).generate = counted
+    try:
+        for run in runs:
+            rk.train(run)
+        assert sorted(calls) == [(16, 8, 2**31), (16, 32, 0), (24, 8, 2**31)]  # each set once for both runs
+        for seq_len, num_examples, seed in list(calls):
+            at_length = runs[0].task.model_copy(update={"seq_len": seq_len})
+            cached = shared_data.generate_once(at_length, num_examples, seed)
+            fresh = original(at_length, num_examples, seed)
+            assert torch.equal(cached.inputs, fresh.inputs) and torch.equal(cached.labels, fresh.labels)
+            assert torch.equal(cached.prefix_len, fresh.prefix_len)
+        assert len(calls) == 3  # the sets compared were the cached ones
+    finally:
+        type(runs[0].task).generate = original

@@ -22,11 +22,13 @@ float32 (float64 for float64 inputs). Two forms:
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from recallkit.ops.numerics import compute_dtype
 
@@ -127,8 +129,11 @@ def forgetting_attention_chunked(
         causal = torch.ones(end - start, end - start, dtype=torch.bool, device=q.device).tril()
         bias = torch.cat([decay[..., None, :] + a[..., :, None],  # (B, H, C, S + start + C)
                           inner.masked_fill(~causal, float("-inf"))], dim=-1)
-        outputs.append(F.scaled_dot_product_attention(
-            q_[:, :, start:end], keys[:, :, : S + end], values[:, :, : S + end], attn_mask=bias))
+        # the CPU flash kernel has no gradient for a float mask, the math one has; under vmap, where
+        # the bias does not show that it requires grad, the flash kernel would be chosen and fail
+        with sdpa_kernel(SDPBackend.MATH) if torch.is_grad_enabled() else contextlib.nullcontext():
+            outputs.append(F.scaled_dot_product_attention(
+                q_[:, :, start:end], keys[:, :, : S + end], values[:, :, : S + end], attn_mask=bias))
         decay = torch.cat([decay + a[..., -1:], a[..., -1:] - a], dim=-1)
     y = torch.cat(outputs, dim=2) if outputs else v_[:, :, :0]
     return y.to(v.dtype), ForgetCache(keys, values, decay)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recallkit.ops.numerics import compute_dtype, masked_exp
+from recallkit.ops.numerics import compute_dtype, masked_exp, paths_fixed
 from recallkit.ops.segments import chunk_length, in_segments, segment_length
 
 
@@ -129,7 +129,8 @@ class _VectorGateScores:
         ends = self.cs[..., -1, :]  # e_J, c at the last row of sub-chunk J: (..., N, n, Dk)
         self.ref = torch.cat([torch.zeros_like(ends[..., :1, :]), ends[..., :-1, :]], dim=-2)  # b_I = e_{I-1}
         rise = self.ref[..., None, :] - self.cs  # b_I - c_j >= 0 inside sub-chunk I, (..., N, n, sub, Dk)
-        self.gemm = bool(rise.numel()) and bool(rise.amax() <= _DIAG_GEMM_MAX_DECAY)
+        self.gemm = (not paths_fixed() and bool(rise.numel())
+                     and bool(rise.amax() <= _DIAG_GEMM_MAX_DECAY))
         self.rise = rise.exp() if self.gemm else None
         if self.n > 1:
             self.to_end = torch.exp(ends[..., None, :] - self.cs)  # exp(e_J - c_j) <= 1

@@ -29,7 +29,7 @@ from torch import Tensor
 
 import recallkit.ops.gated_linear_attention as gla
 from recallkit.ops.gated_linear_attention import _sub_chunk, gated_linear_attention_chunked
-from recallkit.ops.numerics import compute_dtype, masked_exp
+from recallkit.ops.numerics import compute_dtype, masked_exp, paths_fixed
 from recallkit.ops.segments import chunk_length, in_segments, segment_length
 
 GSAState = tuple[Tensor, Tensor]
@@ -109,7 +109,8 @@ def _intra_slot_scores(qc: Tensor, kc: Tensor, sc: Tensor, cum: Tensor, sub: int
     ss, cs = (t.reshape(*lead, n, sub, M) for t in (sc, cum))  # (..., n, sub, M)
     ends = cs[..., -1, :]  # e_J: (..., n, M)
     ref = torch.cat([torch.zeros_like(ends[..., :1, :]), ends[..., :-1, :]], dim=-2)  # b_I = e_{I-1}
-    gemm = bool(ref.numel()) and bool((ref[..., None, :] - cs).amax() <= gla._DIAG_GEMM_MAX_DECAY)
+    gemm = (not paths_fixed() and bool(ref.numel())
+            and bool((ref[..., None, :] - cs).amax() <= gla._DIAG_GEMM_MAX_DECAY))
     # exp(b_I - e_J) for J < I (J <= I on the GEMM path, where exp(b_I - e_I) <= exp(_DIAG_GEMM_MAX_DECAY))
     blocks = torch.ones(n, n, dtype=torch.bool, device=dev).tril(0 if gemm else -1)
     hop = masked_exp(ref[..., :, None, :] - ends[..., None, :, :], blocks[..., None])  # (..., n, n, M)

@@ -1,8 +1,12 @@
-"""Numerics shared by the kernels and mixers: the one compute dtype, and exp of masked log-decays."""
+"""Numerics shared by the kernels and mixers: the one compute dtype, exp of masked log-decays, and the
+switch that keeps kernels from choosing a code path by the values of their inputs."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -23,3 +27,24 @@ def compute_dtype(*inputs: Tensor | torch.dtype) -> torch.dtype:
 def masked_exp(diff: Tensor, mask: Tensor) -> Tensor:
     """exp(diff) where mask, else 0; masked BEFORE exp so exp never sees the (positive) i < j entries."""
     return diff.masked_fill(~mask, float("-inf")).exp()
+
+
+_FIXED_PATHS = contextvars.ContextVar("recallkit_fixed_paths", default=False)
+
+
+@contextlib.contextmanager
+def fixed_paths() -> Iterator[None]:
+    """Inside this context no kernel picks a code path from tensor values: where a kernel would check
+    its decays to choose a fast GEMM form over the exact one, it takes the exact form. Both forms
+    compute the same function; ``torch.func.vmap`` (packed training) and ``torch.compile`` cannot
+    branch on a value, so they run kernels in this context."""
+    token = _FIXED_PATHS.set(True)
+    try:
+        yield
+    finally:
+        _FIXED_PATHS.reset(token)
+
+
+def paths_fixed() -> bool:
+    """True inside :func:`fixed_paths`."""
+    return _FIXED_PATHS.get()
