@@ -1,6 +1,6 @@
 """Performance benchmarks (not tests): one run on the current machine, ratios from that run.
 
-Three measurements, all on the default device in float32:
+Four measurements, all on the default device in float32:
 
 1. the matmul peak, the best GFLOP/s of an (n, n) @ (n, n) product;
 2. kernel prefill time at sequence lengths N (batch 1, 8 heads, head dim 64; Taylor features from
@@ -12,7 +12,9 @@ Three measurements, all on the default device in float32:
 3. per registered mixer (d_model 128, default config): chunked prefill vs its token loop, and the
    training step of a 2-layer model: tokens/s, MFU (its matmul FLOPs per second, counted by torch's
    FLOP counter over forward and backward, as % of the matmul peak), and the same for 4 such models
-   trained as one packed model (``recallkit.packing``) with the packed step's speed-up over 4 steps.
+   trained as one packed model (``recallkit.packing``) with the packed step's speed-up over 4 steps;
+4. with transformers installed, kernels against its pure-PyTorch peers (``recallkit.bench_peers``):
+   time and float32 error of each at batch {1, 8} x N {512, 2k, 8k}.
 """
 
 from __future__ import annotations
@@ -27,10 +29,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from recallkit.bench_peers import bench_peers
 from recallkit.errors import RecallkitError
 
 HEADS, HEAD_DIM, TAYLOR_DIM, CHUNK = 8, 64, 16, 64
 LOOP_MAX_N = 4096  # longest N at which the kernels' token loops are timed too
+PEER_SHAPES = [(batch, n) for n in (512, 2048, 8192) for batch in (1, 8)]  # (batch, N) against peers
+PEER_SHAPES_QUICK = [(1, 64), (2, 128)]
 
 
 def _timeit(fn: Callable[[], object], repeats: int, min_time: float = 0.0) -> float:
@@ -406,4 +411,5 @@ def run_bench(quick: bool = False, progress: Callable[[str], None] = lambda _: N
                             progress),
         training=bench_training(32 if quick else 256, 2 if quick else 8, 1 if quick else 3,
                                 32 if quick else 128, peak, progress),
+        peers=bench_peers(PEER_SHAPES_QUICK if quick else PEER_SHAPES, 1 if quick else 3, _timeit, progress),
     )

@@ -289,7 +289,12 @@ def _bench_tables(result: dict) -> list[Table]:
                ("ms/step", "ms_per_step", ".1f"), ("tokens/s", "tokens_per_s", ",.0f"),
                ("MFU %", "mfu", ".1f"), ("packed MFU %", "packed_mfu", ".1f"),
                ("x packed", "packed_speedup", ".2f")]),
-    ]
+    ] + [table("kernels vs transformers' PyTorch peers (8 heads of 64; error: max |y - y_ref| in float32, "
+               "vs the float64 token loop)", peers,
+               [("kernel", "kernel", ""), ("batch", "batch", "d"), ("N", "N", "d"), ("ms", "ms", ".1f"),
+                ("peer ms", "peer_ms", ".1f"), ("x peer", "speedup_vs_peer", ".2f"),
+                ("error", "max_error", ".1e"), ("peer error", "peer_max_error", ".1e")])
+         for peers in [result.get("peers")] if peers]
 
 
 @app.command()
