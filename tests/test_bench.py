@@ -36,7 +36,7 @@ def test_bench_quick_covers_every_kernel_and_mixer(tmp_path):
     assert all(row["mfu"] > 0 and row["packed_mfu"] > 0 and row["packed_speedup"] > 0
                for row in report["training"])
     assert "MFU %" in result.output and "x packed" in result.output
-    assert [(row["batch"], row["N"]) for row in report["peers"]] == PEER_SHAPES_QUICK  # transformers: installed
+    assert [(row["batch"], row["N"]) for row in report["peers"]] == PEER_SHAPES_QUICK  # with transformers
     for row in report["peers"]:
         assert row["speedup_vs_peer"] > 0  # both compute the gated delta rule of the float64 loop:
         assert 0 <= row["max_error"] < 1e-4 and 0 <= row["peer_max_error"] < 1e-4
