@@ -16,8 +16,8 @@ def _keys(config: rk.RunConfig) -> set[str]:
 
 
 def test_zoology_grid():
-    configs = load_sweep(SWEEPS / "zoology.py")
-    assert len(configs) == 3 * 3 * 7 * 2
+    everything = load_sweep(SWEEPS / "zoology.py")
+    configs = everything[: 3 * 3 * 7 * 2]
     assert {c.task.seq_len for c in configs} == {64, 128, 256}
     assert {c.model.d_model for c in configs} == {64, 128, 256}
     assert {c.label for c in configs} == {"attention", "base_conv", "h3", "hyena", "based", "mamba",
@@ -28,6 +28,18 @@ def test_zoology_grid():
         assert [(e.seq_len, e.num_kv_pairs) for e in c.test_tasks] == [(T, T // 16)]  # scored at T/16
         assert c.train.batch_size * c.task.seq_len == 2048
     assert len({c.run_id for c in configs}) == len(configs)
+    # Zoology's data setting beside ours at T=64, d=64, lr 5e-3, seeds 0-2 (seed 0 at V=256: the grid's run)
+    data = everything[3 * 3 * 7 * 2:]
+    assert len(data) == 7 * (3 + 2)
+    paper = [c for c in data if c.label.endswith("(V8192)")]
+    assert len(paper) == 7 * 3 and {c.train.seed for c in paper} == {0, 1, 2}
+    for c in paper:
+        assert (c.task.vocab_size, c.task.num_kv_pairs, c.model.vocab_size) == (8192, 4, 8192)
+        assert [(e.seq_len, e.num_kv_pairs) for e in c.test_tasks] == [(64, 4)]
+    ours = {(c.label, c.train.seed) for c in data if c not in paper}
+    assert ours == {(label, seed) for label in {c.label for c in configs} for seed in (1, 2)}
+    for c in data:
+        assert (c.task.seq_len, c.model.d_model, c.train.lr, c.train.batch_size) == (64, 64, 5e-3, 32)
 
 
 def test_state_tradeoff_spans_every_family_and_builds():
