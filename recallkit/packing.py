@@ -7,9 +7,10 @@ independent: member k's loss and its gradient (in row k of each stacked paramete
 those of the same model run alone, which ``tests/test_packing.py`` checks for every mixer case.
 Kernels run in :func:`recallkit.ops.numerics.fixed_paths`, since vmap cannot branch on values.
 
-What packing buys is measured per mixer by ``recallkit bench`` (``packed_speedup``). On this 2-core
-CPU it buys nothing at sweep sizes: vmap turns K small ops into one K-times larger op, and a d=64
-model's step is already bound by memory traffic rather than by per-op overhead (docs/results.md).
+What packing buys is measured per mixer by ``recallkit bench`` (``packed_speedup``). On a 2-core
+CPU at sweep sizes it buys little (median 0.98x over the mixers at d=64, 0.22x-1.83x): vmap turns K
+small ops into one K-times larger op, and a d=64 model's step is bound by memory traffic rather than
+by per-op overhead (docs/results.md), so the training loop does not pack.
 """
 
 from __future__ import annotations
