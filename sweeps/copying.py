@@ -39,13 +39,21 @@ MIXERS: dict[str, dict] = {
 PHONEBOOK_MIXERS = ["attention (RoPE)", "attention (Hard-ALiBi)", "linear attention", "mamba", "deltanet"]
 
 
-def copy_run(label: str, mixer: dict) -> rk.RunConfig:
+# The positional contrast (Hard-ALiBi vs RoPE vs NoPE vs ALiBi) at three seeds, in the budget above
+# and in three times it (labels "..., 3000 steps")
+POSITIONAL = ["attention (RoPE)", "attention (NoPE)", "attention (ALiBi)", "attention (Hard-ALiBi)"]
+SEEDS = [0, 1, 2]
+LONG_STEPS = 3000
+
+
+def copy_run(label: str, mixer: dict, seed: int = 0, steps: int = STEPS) -> rk.RunConfig:
     """Copy strings of 1..TRAIN_MAX characters; evaluate at COPY_EVAL_LENGTHS."""
     task = dict(name="copy", vocab_size=VOCAB_SIZE, seq_len=2 * TRAIN_MAX + 3, min_len=1, max_len=TRAIN_MAX)
     return rk.RunConfig(
         model=dict(vocab_size=VOCAB_SIZE, d_model=D_MODEL, num_layers=2, mixer=mixer), task=task,
-        eval_lengths=COPY_EVAL_LENGTHS, label=label,
-        train=dict(lr=3e-3, max_steps=STEPS, batch_size=64, num_train_examples=50_000, num_test_examples=200),
+        eval_lengths=COPY_EVAL_LENGTHS, label=label if steps == STEPS else f"{label[:-1]}, {steps} steps)",
+        train=dict(lr=3e-3, max_steps=steps, batch_size=64, num_train_examples=50_000, num_test_examples=200,
+                   seed=seed),
     )
 
 
@@ -62,4 +70,7 @@ def phonebook_run(label: str, mixer: dict) -> rk.RunConfig:
 
 configs = [copy_run(label, mixer) for label, mixer in MIXERS.items()] + [
     phonebook_run(label, MIXERS[label]) for label in PHONEBOOK_MIXERS
+] + [
+    copy_run(label, MIXERS[label], seed, steps)
+    for steps in (STEPS, LONG_STEPS) for seed in SEEDS for label in POSITIONAL
 ]

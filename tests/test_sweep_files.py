@@ -116,6 +116,13 @@ def test_copying_sweep_evaluates_beyond_training_for_every_positional_scheme():
         rk.build_model(c.model)
         assert all(task.seq_len > 0 for task in c.length_tasks.values())
     assert len({c.run_id for c in configs}) == len(configs)
+    positional = {}  # (label, max_steps) -> seeds of the attention copy runs
+    for c in copy:
+        if c.model.mixer.name == "attention":
+            positional.setdefault((c.label, c.train.max_steps), set()).add(c.train.seed)
+    assert len(positional) == 8 and all(seeds == {0, 1, 2} for seeds in positional.values())
+    assert {steps for _, steps in positional} == {1000, 3000}
+    assert "attention (Hard-ALiBi, 3000 steps)" in {label for label, _ in positional}
 
 
 def test_reversal_sweep_probes_in_weights_and_in_context_recall():
