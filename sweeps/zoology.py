@@ -51,6 +51,10 @@ MIXERS: dict[str, dict | list[dict]] = {
 # uses 256 and mixed pair counts. Seed 0 at V=256 is the grid's own run. Labels end in "(V8192)".
 PAPER_VOCAB_SIZE = 8192
 SEEDS = [0, 1, 2]
+# Is the recency plateau of the SSM and long-conv models (about 1/4 here) a budget effect? The same
+# runs (T=64, d=64, lr 5e-3, seed 0) with 4x the steps; labels end in "(4000 steps)".
+PLATEAU_MIXERS = ["mamba", "base_conv", "hyena"]
+LONG_STEPS = 4 * MAX_STEPS
 
 
 def mqar_task(seq_len: int, num_kv_pairs: int | list[int], vocab_size: int = VOCAB_SIZE) -> dict:
@@ -59,16 +63,17 @@ def mqar_task(seq_len: int, num_kv_pairs: int | list[int], vocab_size: int = VOC
 
 
 def zoology_run(label: str, mixer: dict | list[dict], d_model: int, seq_len: int, lr: float,
-                seed: int = 0, paper_data: bool = False) -> rk.RunConfig:
+                seed: int = 0, paper_data: bool = False, steps: int = MAX_STEPS) -> rk.RunConfig:
     """A 2-layer, MLP-free model of width ``d_model`` trained and evaluated on MQAR at ``seq_len``;
     ``paper_data``: Zoology's vocabulary and its one (T, T/16) training setting."""
     vocab = PAPER_VOCAB_SIZE if paper_data else VOCAB_SIZE
     pairs = seq_len // 16 if paper_data else [seq_len // 64, seq_len // 32, seq_len // 16]
+    label = f"{label} (V{vocab})" if paper_data else label
     return rk.RunConfig(
         model=dict(vocab_size=vocab, d_model=d_model, num_layers=2, mixer=mixer, mlp="none"),
         task=mqar_task(seq_len, pairs, vocab), eval_tasks=[mqar_task(seq_len, seq_len // 16, vocab)],
-        label=f"{label} (V{vocab})" if paper_data else label,
-        train=dict(lr=lr, max_steps=MAX_STEPS, batch_size=TOKENS_PER_STEP // seq_len, seed=seed),
+        label=label if steps == MAX_STEPS else f"{label} ({steps} steps)",
+        train=dict(lr=lr, max_steps=steps, batch_size=TOKENS_PER_STEP // seq_len, seed=seed),
     )
 
 
@@ -83,4 +88,4 @@ configs = [
     for seed in SEEDS
     for paper_data in (True, False)
     for label, mixer in MIXERS.items()
-]
+] + [zoology_run(label, MIXERS[label], 64, 64, 5e-3, steps=LONG_STEPS) for label in PLATEAU_MIXERS]

@@ -29,8 +29,13 @@ def test_zoology_grid():
         assert c.train.batch_size * c.task.seq_len == 2048
     assert len({c.run_id for c in configs}) == len(configs)
     # Zoology's data setting beside ours at T=64, d=64, lr 5e-3, seeds 0-2 (seed 0 at V=256: the grid's run)
-    data = everything[3 * 3 * 7 * 2:]
+    data, longer = everything[3 * 3 * 7 * 2: -3], everything[-3:]
     assert len(data) == 7 * (3 + 2)
+    assert {c.label for c in longer} == {"mamba (4000 steps)", "base_conv (4000 steps)", "hyena (4000 steps)"}
+    for c in longer:  # the grid's T=64, d=64, lr 5e-3 runs with 4x the steps
+        twin = next(g for g in configs if g.label == c.label.split()[0] and g.model == c.model
+                    and g.train.lr == c.train.lr and g.task == c.task)
+        assert c.train.max_steps == 4 * twin.train.max_steps
     paper = [c for c in data if c.label.endswith("(V8192)")]
     assert len(paper) == 7 * 3 and {c.train.seed for c in paper} == {0, 1, 2}
     for c in paper:
