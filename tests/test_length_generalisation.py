@@ -91,3 +91,25 @@ def test_length_curves_mark_the_information_bound_of_fixed_state_models(tmp_path
     figure = length_figure(_stored_rows(tmp_path, []))
     assert figure is not None and {t.name for t in figure.data} == {"attention d=16", "mamba d=16"}
     assert length_figure([]) is None
+
+
+def test_seeds_of_one_setting_become_one_mean_curve_with_an_interval(tmp_path):
+    # three seeds of one run, and a second learning rate at one seed that scores worse on average
+    seeds = [copy_run({"name": "attention"}, eval_lengths=[5, 20]).model_copy(
+        update={"train": rk.TrainConfig(max_steps=30, batch_size=4, num_train_examples=16,
+                                        num_test_examples=12, seed=seed)}) for seed in (0, 1, 2)]
+    runs = [(c, rk.train(c)) for c in seeds]
+    rows = _stored_rows(tmp_path, runs)
+    (curve,) = length_curves(rows)
+    per_seed = [length_curves([row])[0] for row in rows]  # each seed alone: its own curve
+    for i, (length, accuracy, _) in enumerate(curve["points"]):
+        values = [dict((p[0], p[1]) for p in c["points"])[length] for c in per_seed]
+        assert curve["seeds"][i] == values and accuracy == pytest.approx(sum(values) / 3)
+        low, high = curve["interval"][i]
+        assert min(values) <= low <= accuracy <= high <= max(values)
+    assert curve["headline"] == pytest.approx(sum(c["headline"] for c in per_seed) / 3)
+    assert all(c["interval"] == [] and c["seeds"] == [] for c in per_seed)
+    png = plot_length_curves([curve], tmp_path / "lengths.png")
+    assert png.stat().st_size > 10_000
+    (trace,) = length_figure(rows).data
+    assert trace.error_y.array is not None and "3 seeds" in trace.name

@@ -100,3 +100,13 @@ def accuracy_text(point: FrontierPoint) -> str:
         return f"{point.accuracy:.3f}"
     low, high = point.interval
     return f"{point.accuracy:.3f} [{low:.3f}, {high:.3f}] ({len(point.seeds)} seeds)"
+
+
+def run_seed(config: dict[str, Any]) -> int:
+    """The seed of a stored run config: its training seed, or an evaluation-only run's own."""
+    return (config.get("train") or {}).get("seed", config.get("seed", 0))
+
+
+def training_setting(config: dict[str, Any]) -> str:
+    """What a run was trained with apart from its seed (learning rate, steps, ...), as a key."""
+    return json.dumps({k: v for k, v in (config.get("train") or {}).items() if k != "seed"}, sort_keys=True)

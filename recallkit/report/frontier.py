@@ -16,7 +16,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from recallkit.report.common import FrontierPoint, base_panel, palette, panel_name, varying_settings
+from recallkit.report.common import (
+    FrontierPoint,
+    base_panel,
+    palette,
+    panel_name,
+    run_seed,
+    training_setting,
+    varying_settings,
+)
 from recallkit.report.stats import bootstrap_interval
 
 
@@ -50,16 +58,6 @@ def evaluations(row: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def run_seed(config: dict[str, Any]) -> int:
-    """The seed of a stored run config: its training seed, or an evaluation-only run's own."""
-    return (config.get("train") or {}).get("seed", config.get("seed", 0))
-
-
-def _setting(config: dict[str, Any]) -> str:
-    """What a run was trained with apart from its seed (learning rate, steps, ...), as a key."""
-    return json.dumps({k: v for k, v in (config.get("train") or {}).items() if k != "seed"}, sort_keys=True)
-
-
 def frontier_points(rows: list[dict[str, Any]]) -> list[FrontierPoint]:
     """One point per (panel, label, model): the best training setting's mean accuracy over its seeds.
 
@@ -85,7 +83,7 @@ def frontier_points(rows: list[dict[str, Any]]) -> list[FrontierPoint]:
     for (_, _, _, label, width, _, _), group in sorted(groups.items()):
         settings: dict[str, dict[int, tuple[dict, dict]]] = defaultdict(dict)
         for row, evaluation in group:  # runs of one setting and seed that differ otherwise: the best
-            runs = settings[_setting(row["config"])]
+            runs = settings[training_setting(row["config"])]
             seed = run_seed(row["config"])
             if seed not in runs or evaluation["accuracy"] > runs[seed][1]["accuracy"]:
                 runs[seed] = (row, evaluation)

@@ -12,6 +12,7 @@ task; runs stored before that get no bound line and the unit "length".
 from __future__ import annotations
 
 from pathlib import Path
+from statistics import mean
 from typing import Any
 
 import matplotlib
@@ -19,7 +20,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from recallkit.report.common import palette
+from recallkit.report.common import palette, run_seed, training_setting
+from recallkit.report.stats import bootstrap_interval
 
 BITS_PER_NUMBER = 32
 """State numbers are float32."""
@@ -61,16 +63,34 @@ def length_curve(row: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def length_curves(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The best learning rate's curve (by headline accuracy) per panel, model and width."""
-    best: dict[tuple, dict[str, Any]] = {}
+    """Per panel, model and width, the curve of its best training setting (learning rate, steps, ...,
+    by the mean headline accuracy over that setting's seeds), averaged over the seeds: ``points`` hold
+    the mean exact match at each length every seed was scored at, ``seeds`` each seed's values there
+    and ``interval`` a 95% bootstrap interval of each mean (empty with one seed)."""
+    settings: dict[tuple, dict[str, dict[int, dict[str, Any]]]] = {}
     for row in rows:
         curve = length_curve(row)
         if curve is None:
             continue
-        key = (curve["panel"], curve["label"], curve["d_model"])
-        if key not in best or curve["headline"] > best[key]["headline"]:
-            best[key] = curve
-    return [best[key] for key in sorted(best)]
+        seeds = settings.setdefault((curve["panel"], curve["label"], curve["d_model"]), {}).setdefault(
+            training_setting(row["config"]), {})
+        seed = run_seed(row["config"])
+        if seed not in seeds or curve["headline"] > seeds[seed]["headline"]:  # a duplicate seed: the best
+            seeds[seed] = curve
+    return [_over_seeds(max(settings[key].values(), key=lambda s: mean(c["headline"] for c in s.values())))
+            for key in sorted(settings)]
+
+
+def _over_seeds(by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """One curve from the same run at several seeds (one seed: that curve, ``interval`` empty)."""
+    curves = [by_seed[seed] for seed in sorted(by_seed)]
+    scored = [dict((length, (accuracy, state)) for length, accuracy, state in c["points"]) for c in curves]
+    lengths = sorted(set.intersection(*(set(s) for s in scored)))
+    per_seed = [[s[length][0] for s in scored] for length in lengths]
+    points = [(length, mean(values), scored[0][length][1]) for length, values in zip(lengths, per_seed)]
+    intervals = [bootstrap_interval(values) for values in per_seed] if len(curves) > 1 else []
+    return {**curves[0], "points": points, "headline": mean(c["headline"] for c in curves),
+            "seeds": per_seed if len(curves) > 1 else [], "interval": intervals}
 
 
 def plot_length_curves(curves: list[dict[str, Any]], path: str | Path) -> Path:
@@ -94,6 +114,9 @@ def plot_length_curves(curves: list[dict[str, Any]], path: str | Path) -> Path:
                 if c["bound"] <= longest:
                     ax.axvline(c["bound"], color=color, linestyle=":", linewidth=1)
             xs, ys, _ = zip(*c["points"])
+            if c["interval"]:
+                name += f" ({len(c['seeds'][0])} seeds, 95% interval)"
+                ax.fill_between(xs, *zip(*c["interval"]), color=color, alpha=0.15, linewidth=0)
             ax.plot(xs, ys, "o-", color=color, label=name, markersize=3)
         ax.set_ylim(-0.03, 1.05)
         ax.set_title(panel, fontsize=9)

@@ -37,12 +37,20 @@ def length_figure(rows: list[dict[str, Any]], points: list[FrontierPoint] | None
             name = f"{c['label']} d={c['d_model']}"
             bound = "" if c["bound"] is None else f"<br>information bound L* = {c['bound']:,.0f} {c['unit']}"
             lengths, accuracies, states = zip(*c["points"])
+            seeds, error = [""] * len(lengths), None
+            if c["interval"]:  # the mean over seeds: its 95% interval as error bars, every seed in the hover
+                name += f" ({len(c['seeds'][0])} seeds)"
+                seeds = ["<br>seeds: " + ", ".join(f"{v:.3f}" for v in values) for values in c["seeds"]]
+                error = {"type": "data", "symmetric": False,
+                         "array": [high - a for a, (_, high) in zip(accuracies, c["interval"])],
+                         "arrayminus": [a - low for a, (low, _) in zip(accuracies, c["interval"])]}
             figure.add_trace(go.Scatter(
                 x=lengths, y=accuracies, mode="lines+markers", name=name, legendgroup=name,
-                showlegend=name not in shown, line={"color": colors[c["label"]]},
-                customdata=states,
+                showlegend=name not in shown, line={"color": colors[c["label"]]}, error_y=error,
+                customdata=list(zip(states, seeds)),
                 hovertemplate=(f"<b>{name}</b> lr {c['lr']:g}<br>length %{{x}}: exact match %{{y:.3f}}"
-                               f"<br>state %{{customdata:,}} numbers{bound}<extra></extra>"),
+                               f"%{{customdata[1]}}<br>state %{{customdata[0]:,}} numbers{bound}"
+                               "<extra></extra>"),
             ), row=row, col=col)
             shown.add(name)
         figure.update_xaxes(title_text=f"length ({lines[0]['unit']})", row=row, col=col)
