@@ -15,9 +15,9 @@ from collections import OrderedDict
 from recallkit.base_config import TaskConfig
 from recallkit.tasks.base import Batch
 
-CACHE_SIZE = 8
+CACHE_SIZE = 4
 """Data sets kept per process, least recently used dropped first (a train split of 32k examples at
-T=256 is 65 MB; a sweep point's runs need the train split and a test set or two)."""
+T=256 holds 131 MB of int64 inputs and labels; a run needs its train split and a test set or two)."""
 
 _cache: OrderedDict[tuple[str, int, int], Batch] = OrderedDict()
 
