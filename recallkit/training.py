@@ -77,8 +77,13 @@ def _optimizer(model: LanguageModel, config: RunConfig) -> torch.optim.AdamW:
     )
 
 
+HaltRule = Callable[[int, float], "str | None"]
+"""``halt(step, accuracy)`` at each evaluation: why the run stops there (e.g. halving), or None."""
+
+
 def train(config: RunConfig, on_step: StepCallback | None = None, device: str | None = None,
-          checkpoint: Path | None = None, checkpoint_seconds: float | None = None) -> RunResult:
+          checkpoint: Path | None = None, checkpoint_seconds: float | None = None,
+          halt: HaltRule | None = None) -> RunResult:
     """Train the run's model on its task and evaluate it on every eval task.
 
     ``metrics`` holds the headline evaluation (the first eval task) at the top level and one entry
@@ -93,6 +98,9 @@ def train(config: RunConfig, on_step: StepCallback | None = None, device: str | 
     The file is removed when the run ends. A checkpoint that must not be resumed (corrupt,
     truncated, another run's) is renamed ``*.corrupt`` and the run starts over from step 0; the
     note is kept in ``metrics["warnings"]``.
+
+    ``halt`` is asked at every evaluation; a reason it returns ends the run there (status ``done``),
+    kept in ``metrics["halted"]`` (``recallkit.sweep.halving``).
     """
     start_time = time.perf_counter()
     tc = config.train
@@ -101,17 +109,19 @@ def train(config: RunConfig, on_step: StepCallback | None = None, device: str | 
     test_sets = [generate_once(task, tc.num_test_examples, eval_seed(tc.seed)) for task in config.test_tasks]
     notes = []
     try:
-        fit = _fit(config, model, test_sets[0], start_time, on_step, checkpoint, checkpoint_seconds)
+        fit = _fit(config, model, test_sets[0], start_time, on_step, checkpoint, checkpoint_seconds, halt)
     except CorruptCheckpoint as error:  # never resumed: set aside, and the run starts over
         moved = set_aside(checkpoint)
         notes.append(f"{error}: moved to {moved.name}; the run restarted from step 0")
         model = _initial_model(config, device)  # the failed load may have overwritten some weights
-        fit = _fit(config, model, test_sets[0], start_time, on_step, checkpoint, checkpoint_seconds)
+        fit = _fit(config, model, test_sets[0], start_time, on_step, checkpoint, checkpoint_seconds, halt)
     metrics, evals = _final_evaluations(config, model, test_sets, fit.metrics)
     metrics = {**metrics, "device": device.type, "steps": fit.step, "curve": fit.curve, "evals": evals,
                "best_accuracy": max([c.get("accuracy", 0.0) for c in fit.curve] + [metrics["accuracy"]])}
     if notes:
         metrics["warnings"] = notes
+    if fit.halted:
+        metrics["halted"] = fit.halted
     if config.task.has_length_axis:
         metrics["train_length_range"] = list(config.task.length_range())
     if checkpoint is not None:
@@ -139,10 +149,12 @@ class _Fit:
     curve: list[dict]
     metrics: dict | None  # the headline evaluation of the last step, when that step was evaluated
     start_time: float  # the run's start on ``time.perf_counter``, earlier by a resumed run's past time
+    halted: str | None = None  # why ``halt`` stopped the run
 
 
 def _fit(config: RunConfig, model: LanguageModel, test_set: Batch, start_time: float,
-         on_step: StepCallback | None, checkpoint: Path | None, checkpoint_seconds: float | None) -> _Fit:
+         on_step: StepCallback | None, checkpoint: Path | None, checkpoint_seconds: float | None,
+         halt: HaltRule | None = None) -> _Fit:
     """The training loop: up to ``max_steps`` optimiser steps, the headline test set scored every
     ``eval_every`` steps, stopped early at ``early_stop_accuracy`` or on a non-finite loss.
 
@@ -160,7 +172,7 @@ def _fit(config: RunConfig, model: LanguageModel, test_set: Batch, start_time: f
     shuffle = torch.Generator().manual_seed(tc.seed)
     mlm_masks = torch.Generator().manual_seed(tc.seed + 1)
     order = torch.randperm(len(train_data), generator=shuffle)
-    cursor, status, curve, metrics, accuracy = 0, "done", [], None, float("nan")
+    cursor, status, curve, metrics, accuracy, halted = 0, "done", [], None, float("nan"), None
     resumed = None
     if checkpoint is not None:
         resumed = load_checkpoint(checkpoint, config.run_id, model, optimizer, schedule)
@@ -197,13 +209,15 @@ def _fit(config: RunConfig, model: LanguageModel, test_set: Batch, start_time: f
             on_step({"step": step, "max_steps": tc.max_steps, "loss": loss.item(), "accuracy": accuracy})
         if metrics is not None and tc.early_stop_accuracy and accuracy >= tc.early_stop_accuracy:
             break
+        if metrics is not None and halt is not None and (halted := halt(step, accuracy)):
+            break
         if checkpoint is not None and step < tc.max_steps and time.monotonic() - saved_at >= between_saves:
             loop = LoopState(step=step, cursor=cursor, order=order, shuffle=shuffle.get_state(),
                              mlm_masks=mlm_masks.get_state(), curve=curve, accuracy=accuracy,
                              elapsed=time.perf_counter() - start_time)
             save_checkpoint(checkpoint, config.run_id, model, optimizer, schedule, loop)
             saved_at = time.monotonic()
-    return _Fit(status=status, step=step, curve=curve, metrics=metrics, start_time=start_time)
+    return _Fit(status=status, step=step, curve=curve, metrics=metrics, start_time=start_time, halted=halted)
 
 
 def _loss(model: LanguageModel, batch: Batch, config: RunConfig, mlm_masks: torch.Generator) -> torch.Tensor:

@@ -13,7 +13,7 @@ MARKERS = "RECALLKIT_TEST_FAULT_DIR"
 """Environment variable: the directory where ``die_once`` leaves a file per run it killed."""
 
 
-def die_if_lr_half_or_once(config_json: str, on_step, device, checkpoints):
+def die_if_lr_half_or_once(config_json: str, on_step, device, checkpoints, reference=None):
     """SIGKILL the worker for every run with lr 0.5, and once for a run with seed 1; else train."""
     config = json.loads(config_json)
     if config["train"]["lr"] == 0.5:
@@ -23,4 +23,4 @@ def die_if_lr_half_or_once(config_json: str, on_step, device, checkpoints):
         if not marker.exists():
             marker.write_text("")
             os.kill(os.getpid(), signal.SIGKILL)
-    return execute(config_json, on_step, device, checkpoints)
+    return execute(config_json, on_step, device, checkpoints, reference)

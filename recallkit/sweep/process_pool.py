@@ -33,8 +33,8 @@ STARTUP_DEATHS = 3
 """Per worker: how many deaths before any run started the sweep tolerates (then a broken setup)."""
 
 Execute = Callable[..., dict[str, Any]]
-"""``execute(config_json, on_step, device, checkpoints) -> outcome``, importable by name (it is sent
-to the spawned workers)."""
+"""``execute(config_json, on_step, device, checkpoints, reference) -> outcome``, importable by name (it
+is sent to the spawned workers)."""
 
 
 def _worker_main(conn: Any, threads: int, driver: int, report_seconds: float, run: Execute) -> None:
@@ -47,7 +47,7 @@ def _worker_main(conn: Any, threads: int, driver: int, report_seconds: float, ru
             return
         if job is None:
             return
-        config_json, device, checkpoints = job
+        config_json, device, checkpoints, reference = job
         conn.send(("started", None))  # from here on, a death is the run's
         last = [0.0]
 
@@ -57,7 +57,7 @@ def _worker_main(conn: Any, threads: int, driver: int, report_seconds: float, ru
                 last[0] = now
                 conn.send(("step", s))
 
-        conn.send(("outcome", run(config_json, report, device, checkpoints)))
+        conn.send(("outcome", run(config_json, report, device, checkpoints, reference)))
 
 
 def exit_reason(exitcode: int | None) -> str:
@@ -111,9 +111,11 @@ def run_processes(
     finish: Callable[[RunConfig, dict], None], on_step: Callable[[RunConfig, dict], None],
     device: str | None, checkpoints: str, report_seconds: float, retries: int = WORKER_RETRIES,
     say: Callable[[str], None] = lambda _: None, run: Execute | None = None,
+    reference: Callable[[RunConfig], dict | None] = lambda _: None,
 ) -> None:
     """Train ``todo`` on ``workers`` processes; ``start(config)`` when a run (or its retry) starts,
     ``on_step`` with its progress, ``finish(config, outcome)`` once per run, in completion order.
+    ``reference(config)``, asked as a run starts, is the curve it halts against (halving) or None.
     ``run`` replaces ``recallkit.sweep.worker.execute`` in the workers (fault-injection tests)."""
     run = execute if run is None else run
     context = multiprocessing.get_context("spawn")  # no forked torch thread pools
@@ -133,7 +135,7 @@ def run_processes(
                 config = queue.pop(0)
                 start(config)
                 try:
-                    worker.conn.send((config.canonical_json(), device, checkpoints))
+                    worker.conn.send((config.canonical_json(), device, checkpoints, reference(config)))
                 except OSError:  # it died just now, before taking the run: not the run's fault
                     worker.stop()
                     slots[i] = None

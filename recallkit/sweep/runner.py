@@ -25,6 +25,7 @@ from rich.progress import (
 from recallkit.checkpoint import CHECKPOINT_DIR
 from recallkit.config import AnyRunConfig as RunConfig
 from recallkit.errors import RecallkitError
+import recallkit.sweep.halving as halving_rules
 from recallkit.sweep.lock import writer_lock
 from recallkit.sweep.ray_executor import RayOptions, import_ray, run_ray
 from recallkit.sweep.store import RESULTS_FILE, Store
@@ -48,6 +49,7 @@ def run_sweep(
     quiet: bool = False, on_outcome: Callable[[RunConfig, dict], None] | None = None,
     device: str | None = None,
     ray_options: RayOptions | None = None, on_step: Callable[[RunConfig, dict], None] | None = None,
+    halving: bool = False,
 ) -> list[dict[str, Any]]:
     """Run every unfinished config and record it in ``out_dir/results.sqlite``.
 
@@ -60,6 +62,10 @@ def run_sweep(
     ``workers`` is the process pool's size; with Ray, the most runs in flight (fewer when the
     cluster fits fewer). ``ray_options`` (only with ``executor="ray"``; default ``RayOptions()``)
     says where Ray runs and what each run reserves.
+
+    ``halving`` (serial and process executors): runs that differ only in learning rate train one
+    group member after another, and a run far behind its group's best finished run stops early
+    (:mod:`recallkit.sweep.halving`; the store says why in ``metrics["halted"]``).
 
     ``on_outcome(config, outcome)`` is called in the driver after each run is recorded (e.g. W&B
     logging); ``on_step(config, step)`` with the training progress of the runs in flight
@@ -75,6 +81,8 @@ def run_sweep(
         raise ValueError(f"workers must be >= 1, got {workers}")
     if ray_options is not None and executor != "ray":
         raise ValueError(f"Ray options need the ray executor, not {executor}")
+    if halving and executor == "ray":
+        raise ValueError("halving needs the serial or process executor, not ray")
     if device is not None and device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda")
     if executor == "ray":
@@ -100,6 +108,11 @@ def run_sweep(
         store.reset_running()  # we hold the lock: any `running` row is a killed driver's
         store.add(configs)
         todo = store.unfinished(configs)
+        def reference(config: RunConfig) -> dict | None:  # the curve a starting run halts against
+            return halving_rules.reference(config, store.rows()) if halving else None
+
+        if halving:
+            todo = halving_rules.order(todo)
         with _progress(quiet) as progress:
             sweep_task = progress.add_task("sweep", total=len(configs), info="")
             progress.update(sweep_task, completed=len(configs) - len(todo))
@@ -120,9 +133,10 @@ def run_sweep(
                     say = progress.console.print if not quiet else lambda _: None
                     run_ray(todo, store, workers, finish, device, ray_options, say)
             elif executor == "serial" or len(todo) <= 1:
-                _run_serial(todo, store, progress, finish, device, on_step, checkpoints)
+                _run_serial(todo, store, progress, finish, device, on_step, checkpoints, reference)
             else:
-                _run_processes(todo, store, workers, finish, device, progress, on_step, checkpoints, quiet)
+                _run_processes(todo, store, workers, finish, device, progress, on_step, checkpoints, quiet,
+                               reference)
         return store.rows()
 
 
@@ -143,7 +157,8 @@ def _show_step(progress: Progress, task: TaskID, s: dict) -> None:
 
 
 def _run_serial(todo: list[RunConfig], store: Store, progress: Progress, finish, device: str | None,
-                on_step: Callable[[RunConfig, dict], None] | None, checkpoints: str) -> None:
+                on_step: Callable[[RunConfig, dict], None] | None, checkpoints: str,
+                reference: Callable[[RunConfig], dict | None]) -> None:
     for config in todo:
         store.mark_running(config.run_id)
         run_task = _run_task(progress, config)
@@ -153,7 +168,7 @@ def _run_serial(todo: list[RunConfig], store: Store, progress: Progress, finish,
             if on_step is not None:
                 on_step(config, s)
 
-        outcome = execute(config.canonical_json(), step, device, checkpoints)
+        outcome = execute(config.canonical_json(), step, device, checkpoints, reference(config))
         progress.remove_task(run_task)
         finish(config, outcome)
 
@@ -164,7 +179,7 @@ STEP_REPORT_SECONDS = 1.0
 
 def _run_processes(todo: list[RunConfig], store: Store, workers: int, finish, device: str | None,
                    progress: Progress, on_step: Callable[[RunConfig, dict], None] | None,
-                   checkpoints: str, quiet: bool) -> None:
+                   checkpoints: str, quiet: bool, reference: Callable[[RunConfig], dict | None]) -> None:
     tasks: dict[str, TaskID] = {}
 
     def start(config: RunConfig) -> None:
@@ -182,4 +197,5 @@ def _run_processes(todo: list[RunConfig], store: Store, workers: int, finish, de
         finish(config, outcome)
 
     say = progress.console.print if not quiet else lambda _: None
-    run_processes(todo, workers, start, done, step, device, checkpoints, STEP_REPORT_SECONDS, say=say)
+    run_processes(todo, workers, start, done, step, device, checkpoints, STEP_REPORT_SECONDS, say=say,
+                  reference=reference)

@@ -17,14 +17,17 @@ from typing import Any
 import torch
 
 from recallkit.config import PretrainedRunConfig, run_config
+from recallkit.sweep.halving import halt_rule
 from recallkit.training import StepCallback, train
 
 
 def execute(config_json: str, on_step: StepCallback | None = None, device: str | None = None,
-            checkpoints: str | None = None) -> dict[str, Any]:
+            checkpoints: str | None = None, reference: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one run from its canonical JSON (on ``device`` if given, else the config's); return its
     outcome for ``Store.record``. With ``checkpoints`` (a directory) the run checkpoints to
-    ``<checkpoints>/<run_id>.pt`` and resumes from it: a killed sweep loses at most a minute per run."""
+    ``<checkpoints>/<run_id>.pt`` and resumes from it: a killed sweep loses at most a minute per run.
+    With ``reference`` (a sibling's curve, ``recallkit.sweep.halving.reference``) the run stops
+    where it falls far behind it."""
     config = run_config(json.loads(config_json))
     if isinstance(config, PretrainedRunConfig):
         from recallkit.hf.run import run_pretrained  # the hf extra, only for pretrained evaluations
@@ -32,7 +35,8 @@ def execute(config_json: str, on_step: StepCallback | None = None, device: str |
         return run_pretrained(config, on_step=on_step)
     checkpoint = None if checkpoints is None else Path(checkpoints) / f"{config.run_id}.pt"
     try:
-        result = train(config, on_step=on_step, device=device, checkpoint=checkpoint)
+        halt = None if reference is None else halt_rule(reference, config.train.max_steps)
+        result = train(config, on_step=on_step, device=device, checkpoint=checkpoint, halt=halt)
     except Exception as error:  # a failing run is recorded, the sweep goes on
         tail = traceback.format_exc(limit=-3)
         return {"status": "failed", "error": f"{type(error).__name__}: {error}\n{tail}"}
