@@ -95,7 +95,7 @@ needs_ray = pytest.mark.skipif(  # CI sets RECALLKIT_REQUIRE_RAY=1: there a miss
 
 @pytest.mark.parametrize("executor", ["serial", "process", pytest.param("ray", marks=needs_ray)])
 def test_repeated_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, sweep_file, executor):
-    sweep, out = sweep_file(steps=60), tmp_path / "out"
+    sweep, out = sweep_file(steps=150), tmp_path / "out"
     db = out / "results.sqlite"
     command = [sys.executable, "-m", "recallkit", "run", str(sweep), "--out", str(out), "--quiet",
                "--executor", executor, "--workers", "2"]
@@ -108,8 +108,12 @@ def test_repeated_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, swe
             deadline = time.time() + 300  # generous: a loaded machine starts Ray slowly; the loop ends early
             while time.time() < deadline and _done(db) < 2:
                 time.sleep(0.05)
-        else:  # later kills at random points (torch import, Ray start, between or inside runs)
-            time.sleep(rng.uniform(1.0, 5.0))
+        else:  # later kills at random points (torch import, Ray start, between or inside runs), while
+            # runs remain: on an idle machine the tiny runs could otherwise all end before the kill, and
+            # a driver with one run left trains it itself, with no worker to kill
+            wake = time.time() + rng.uniform(1.0, 5.0)
+            while time.time() < wake and _done(db) < 3 + kill:
+                time.sleep(0.05)
         if executor == "process":  # first a worker dies (OOM killer, segfault): the driver goes on
             deadline = time.time() + 60
             while not (workers := _workers(process.pid)) and time.time() < deadline:
