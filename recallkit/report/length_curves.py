@@ -99,7 +99,8 @@ def plot_length_curves(curves: list[dict[str, Any]], path: str | Path) -> Path:
     path = Path(path)
     panels = list(dict.fromkeys(c["panel"] for c in curves))
     colors = palette([(c["label"], c["d_model"]) for c in curves])
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(8.0, 5.2 * len(panels)), 4.4), squeeze=False, sharey=True)
+    width = max(8.0, 5.2 * len(panels))  # one panel of many curves needs the room
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, 4.4), squeeze=False, sharey=True)
     for ax, panel in zip(axes[0], panels):
         lines = [c for c in curves if c["panel"] == panel]
         shaded = {tuple(c["train_range"]) for c in lines if c["train_range"]}
