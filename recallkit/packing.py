@@ -36,7 +36,6 @@ class PackedModels:
             raise ValueError("PackedModels needs at least one model")
         if any(m.config != models[0].config for m in models):
             raise ValueError("packed models must share one ModelConfig")
-        self.size = len(models)
         self.params, self.buffers = stack_module_state(models)
         self._skeleton = copy.deepcopy(models[0]).to("meta")  # the module code; holds no numbers
         self.prefix_aware = models[0].prefix_aware

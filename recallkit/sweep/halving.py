@@ -13,19 +13,15 @@ of its group, or siblings training beside it) trains in full.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 from recallkit.config import AnyRunConfig, RunConfig, run_config
+from recallkit.training import HaltRule
 
 MARGIN = 0.25
 """How far below the reference curve (accuracy) a run must be to stop."""
 START = 0.25
 """The fraction of its steps before which no run stops (early curves are noisy)."""
-
-HaltRule = Callable[[int, float], "str | None"]
-"""``rule(step, accuracy)`` at an evaluation -> why the run stops there, or None to go on."""
-
 
 def group_key(config: AnyRunConfig | dict[str, Any]) -> str:
     """What a run is apart from its learning rate and label: equal keys form a halving group.
@@ -43,7 +39,8 @@ def order(todo: list[AnyRunConfig]) -> list[AnyRunConfig]:
     ranks: list[list[AnyRunConfig]] = []
     seen: dict[str, int] = {}
     for config in todo:
-        rank = seen[group_key(config)] = seen.get(group_key(config), -1) + 1
+        key = group_key(config)
+        rank = seen[key] = seen.get(key, -1) + 1
         if rank == len(ranks):
             ranks.append([])
         ranks[rank].append(config)
