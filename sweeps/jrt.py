@@ -48,6 +48,7 @@ FEATURE_DIM, WINDOW = 4, 8
 LINEAR = {"name": "linear_attention", "feature_map": "taylor", "feature_dim": FEATURE_DIM, "short_conv": 4}
 PLA = {"name": "pla", "feature_map": "taylor", "feature_dim": FEATURE_DIM, "short_conv": 4}
 TRAIN = dict(lr=5e-3, max_steps=1000, seed=0)
+SEEDS = (0, 1, 2)
 
 BOUND_VOCAB = 128
 BOUND_TASKS = {
@@ -69,32 +70,36 @@ def run(label: str, mixer: dict | list[dict], task: dict, mlm: bool = False, voc
 
 
 configs = []
-for task in TASKS.values():
-    twice = read_twice(task).model_dump()
-    configs += [
-        run("linear_attention", LINEAR, task),
-        run("linear_attention + read twice", LINEAR, twice),
-        run("pla", PLA, task, mlm=True),
-        run("based", based(feature_dim=FEATURE_DIM, window=WINDOW), task),
-        run("based + read twice", based(feature_dim=FEATURE_DIM, window=WINDOW), twice),
-        run("jrt_rnn", jrt_rnn(feature_dim=FEATURE_DIM, window=WINDOW), task, mlm=True),
-        run("attention", {"name": "attention", "position": "rope", "short_conv": 4}, task),
-    ]
+for seed in SEEDS:
+    seeded = {**TRAIN, "seed": seed}
+    for task in TASKS.values():
+        twice = read_twice(task).model_dump()
+        configs += [
+            run("linear_attention", LINEAR, task, train=seeded),
+            run("linear_attention + read twice", LINEAR, twice, train=seeded),
+            run("pla", PLA, task, mlm=True, train=seeded),
+            run("based", based(feature_dim=FEATURE_DIM, window=WINDOW), task, train=seeded),
+            run("based + read twice", based(feature_dim=FEATURE_DIM, window=WINDOW), twice, train=seeded),
+            run("jrt_rnn", jrt_rnn(feature_dim=FEATURE_DIM, window=WINDOW), task, mlm=True, train=seeded),
+            run("attention", {"name": "attention", "position": "rope", "short_conv": 4}, task, train=seeded),
+        ]
 
 
-def bound_run(label: str, mixer: dict, task: dict, mlm: bool = False) -> rk.RunConfig:
+def bound_run(label: str, mixer: dict, task: dict, seed: int, mlm: bool = False) -> rk.RunConfig:
     """The capacity-bound part: d=32 with a SwiGLU MLP."""
-    return run(f"{label} (bound)", mixer, task, mlm, BOUND_VOCAB, d_model=32, mlp="swiglu", train=BOUND_TRAIN)
+    return run(f"{label} (bound)", mixer, task, mlm, BOUND_VOCAB, d_model=32, mlp="swiglu",
+               train={**BOUND_TRAIN, "seed": seed})
 
 
-for task in BOUND_TASKS.values():
-    configs += [
-        bound_run("linear_attention", BOUND_LINEAR, task),
-        bound_run("pla", BOUND_PLA, task, mlm=True),
-        bound_run("attention", {"name": "attention", "position": "rope", "short_conv": 4}, task),
-    ]
-configs.append(bound_run("linear_attention + read twice", BOUND_LINEAR,
-                         read_twice(BOUND_TASKS["long_first"]).model_dump()))
+for seed in SEEDS:
+    for task in BOUND_TASKS.values():
+        configs += [
+            bound_run("linear_attention", BOUND_LINEAR, task, seed),
+            bound_run("pla", BOUND_PLA, task, seed, mlm=True),
+            bound_run("attention", {"name": "attention", "position": "rope", "short_conv": 4}, task, seed),
+        ]
+    configs.append(bound_run("linear_attention + read twice", BOUND_LINEAR,
+                             read_twice(BOUND_TASKS["long_first"]).model_dump(), seed))
 
 SMALL_VOCAB = 32
 SMALL_TASKS = {
@@ -106,14 +111,15 @@ SMALL_ELU = {"name": "linear_attention", "feature_map": "elu", "feature_dim": 1,
 SMALL_TAYLOR = {**SMALL_ELU, "feature_map": "taylor", "feature_dim": 8}
 
 
-def small_run(label: str, mixer: dict, task: dict) -> rk.RunConfig:
+def small_run(label: str, mixer: dict, task: dict, seed: int) -> rk.RunConfig:
     """The small-vocabulary part: the bound part's model, no MLM loss (it lowered PLA here), 3000 steps."""
     return run(f"{label} (v32)", mixer, task, vocab_size=SMALL_VOCAB, d_model=32, mlp="swiglu",
-               train=SMALL_TRAIN)
+               train={**SMALL_TRAIN, "seed": seed})
 
 
-for task in SMALL_TASKS.values():
-    configs += [small_run("linear_attention elu1", SMALL_ELU, task),
-                small_run("pla elu1", {**SMALL_ELU, "name": "pla"}, task)]
-configs += [small_run("linear_attention taylor8", SMALL_TAYLOR, SMALL_TASKS["long_first"]),
-            small_run("pla taylor8", {**SMALL_TAYLOR, "name": "pla"}, SMALL_TASKS["long_first"])]
+for seed in SEEDS:
+    for task in SMALL_TASKS.values():
+        configs += [small_run("linear_attention elu1", SMALL_ELU, task, seed),
+                    small_run("pla elu1", {**SMALL_ELU, "name": "pla"}, task, seed)]
+    configs += [small_run("linear_attention taylor8", SMALL_TAYLOR, SMALL_TASKS["long_first"], seed),
+                small_run("pla taylor8", {**SMALL_TAYLOR, "name": "pla"}, SMALL_TASKS["long_first"], seed)]

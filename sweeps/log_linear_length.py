@@ -4,7 +4,7 @@ Log-linear Mamba-2 (Guo et al. 2025, arXiv 2506.04761) keeps one Mamba-2 state p
 that exists after T tokens, floor(log2 T) + 1 of them, so its state grows as log T, between Mamba-2's
 constant state and attention's KV cache, which grows as T. Each model trains on MQAR at its own length
 T = 64, 128, 256 with T / 8 key-value pairs (the state_tradeoff task at T = 64), V = 256, 2 layers of
-width 64, no MLP, lr 5e-3, at most 1000 steps (early stop at 0.99), seeds 0 and 1: Mamba-2, its
+width 64, no MLP, lr 5e-3, at most 1000 steps (early stop at 0.99), seeds 0, 1 and 2: Mamba-2, its
 log-linear version at the same d_state (16), and attention with RoPE. The report puts the nine
 points of each seed on one accuracy vs state plot.
 
@@ -15,7 +15,7 @@ points of each seed on one accuracy vs state plot.
 import recallkit as rk
 
 LENGTHS = [64, 128, 256]
-SEEDS = [0, 1]
+SEEDS = [0, 1, 2]
 MIXERS: dict[str, dict] = {
     "mamba2": {"name": "mamba2", "d_state": 16},
     "log_linear": {"name": "log_linear", "d_state": 16},

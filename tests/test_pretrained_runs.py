@@ -56,13 +56,18 @@ def test_pretrained_runs_are_stored_resumed_and_reported(tmp_path):
 
 
 def test_the_pretrained_sweep_file_is_the_documented_grid():
-    configs = load_sweep("sweeps/pretrained.py")
+    everything = load_sweep("sweeps/pretrained.py")
+    assert all(c.num_examples >= 50 and c.model.pretrained == "smollm2-135m" for c in everything)
+    configs = [c for c in everything if c.eval_policies]
     assert len(configs) == 2 * 3 * 2  # task, length, prompt mode; each with the full cache and 6 x 3 policies
-    assert all(c.num_examples >= 50 and c.model.pretrained == "smollm2-135m" for c in configs)
     for config in configs:
         assert {(p.policy.name, p.budget, p.mode) for p in config.eval_policies} == {
             (name, budget, "prefill") for name in ("window", "sinks", "h2o", "snapkv", "tova", "knorm")
             for budget in (0.125, 0.25, 0.5)}
+    lifts = [c for c in everything if not c.eval_policies]  # the read-twice lift at three seeds, full cache
+    assert len(lifts) == 3 * len(configs) and {(c.seed, c.task.setting, c.read_twice) for c in lifts} == {
+        (seed, c.task.setting, c.read_twice) for seed in (0, 1, 2) for c in configs}
+    assert all(c.seed == 0 for c in configs)
 
 
 def test_bench_pretrained_measures_prefill_and_decode(tmp_path):
