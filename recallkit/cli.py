@@ -89,7 +89,7 @@ def _frontier_table(rows: list[dict]) -> Table:
 def _run_and_report(sweep: Path, out: Path, executor: str, workers: int, quiet: bool,
                     device: str | None = None, ray_options: RayOptions | None = None,
                     wandb_project: str | None = None, wandb_mode: str = "offline",
-                    halving: bool = False) -> None:
+                    halving: bool = False, pack: bool = False) -> None:
     configs = load_sweep(sweep)
     on_outcome = None
     if wandb_project:
@@ -99,7 +99,7 @@ def _run_and_report(sweep: Path, out: Path, executor: str, workers: int, quiet: 
     if not quiet:
         console.print(f"{len(configs)} runs from {sweep} -> {out}")
     rows = run_sweep(configs, out, executor=executor, workers=workers, quiet=quiet, device=device,
-                     ray_options=ray_options, on_outcome=on_outcome, halving=halving)
+                     ray_options=ray_options, on_outcome=on_outcome, halving=halving, pack=pack)
     failed = [r for r in rows if r["status"] == "failed"]
     console.print(_frontier_table(rows))
     for row in failed:
@@ -135,6 +135,9 @@ def run(
                                                  "| online")] = "offline",
     halving: Annotated[bool, typer.Option(help="stop a run far behind the best finished run that differs "
                                                "from it only in learning rate (serial / process)")] = False,
+    pack: Annotated[bool, typer.Option(help="train runs of one model, task and batch size that differ in "
+                                            "lr, seed, ... as one packed model (serial; for GPUs: "
+                                            "slower on a small CPU)")] = False,
 ) -> None:
     """Run (or resume) a sweep into OUT/results.sqlite and write the report."""
     ray_options = None
@@ -143,7 +146,8 @@ def run(
                                  num_gpus=0 if num_gpus is None else num_gpus)
     elif (ray_address, num_cpus, num_gpus) != (None, None, None):
         raise RecallkitError("--ray-address, --num-cpus and --num-gpus need --executor ray")
-    _run_and_report(sweep, out, executor, workers, quiet, device, ray_options, wandb, wandb_mode, halving)
+    _run_and_report(sweep, out, executor, workers, quiet, device, ray_options, wandb, wandb_mode, halving,
+                    pack)
 
 
 def _some(run_ids: list[str], shown: int = 5) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
@@ -61,6 +62,12 @@ class PackedModels:
 
         with fixed_paths():
             return vmap(loss)(self.params, self.buffers, inputs, labels, prefix_len)
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only the members at ``rows`` (in that order): the others leave the pack."""
+        index = torch.tensor(rows, device=next(iter(self.params.values())).device)
+        self.params = {name: p.detach()[index].requires_grad_() for name, p in self.params.items()}
+        self.buffers = {name: b[index] for name, b in self.buffers.items()}
 
     def member_state(self, k: int) -> dict[str, Tensor]:
         """Member k's parameters and persistent buffers: a state dict that ``load_state_dict`` accepts."""

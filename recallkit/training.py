@@ -62,12 +62,14 @@ def lr_factor(step: int, warmup_steps: int, max_steps: int, min_ratio: float) ->
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _optimizer(model: LanguageModel, config: RunConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only: not on biases, norm gains, or parameters a mixer
-    marks ``_no_weight_decay`` (SSM decay rates and skips, whose zero is not a neutral value)."""
-    def decays(p: torch.nn.Parameter) -> bool:
-        return p.ndim >= 2 and not getattr(p, "_no_weight_decay", False)
+def decays(p: torch.nn.Parameter) -> bool:
+    """Whether AdamW decays this parameter: matrices only, not biases, norm gains, or parameters a
+    mixer marks ``_no_weight_decay`` (SSM decay rates and skips, whose zero is not a neutral value)."""
+    return p.ndim >= 2 and not getattr(p, "_no_weight_decay", False)
 
+
+def _optimizer(model: LanguageModel, config: RunConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on the parameters that ``decays``."""
     decay = [p for p in model.parameters() if decays(p)]
     no_decay = [p for p in model.parameters() if not decays(p)]
     train = config.train
@@ -105,7 +107,7 @@ def train(config: RunConfig, on_step: StepCallback | None = None, device: str | 
     start_time = time.perf_counter()
     tc = config.train
     device = resolve_device(device or tc.device)  # an override is an execution detail, not the run's identity
-    model = _initial_model(config, device)
+    model = initial_model(config, device)
     test_sets = [generate_once(task, tc.num_test_examples, eval_seed(tc.seed)) for task in config.test_tasks]
     notes = []
     try:
@@ -113,19 +115,26 @@ def train(config: RunConfig, on_step: StepCallback | None = None, device: str | 
     except CorruptCheckpoint as error:  # never resumed: set aside, and the run starts over
         moved = set_aside(checkpoint)
         notes.append(f"{error}: moved to {moved.name}; the run restarted from step 0")
-        model = _initial_model(config, device)  # the failed load may have overwritten some weights
+        model = initial_model(config, device)  # the failed load may have overwritten some weights
         fit = _fit(config, model, test_sets[0], start_time, on_step, checkpoint, checkpoint_seconds, halt)
-    metrics, evals = _final_evaluations(config, model, test_sets, fit.metrics)
-    metrics = {**metrics, "device": device.type, "steps": fit.step, "curve": fit.curve, "evals": evals,
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)  # the run is over: nothing left to resume
+    return run_result(config, model, test_sets, fit, notes)
+
+
+def run_result(config: RunConfig, model: LanguageModel, test_sets: list[Batch], fit: Fit,
+               notes: list[str] = ()) -> RunResult:
+    """A trained run's result: its final evaluations, curve, and the notes of how it went."""
+    metrics, evals = final_evaluations(config, model, test_sets, fit.metrics)
+    metrics = {**metrics, "device": next(model.parameters()).device.type, "steps": fit.step,
+               "curve": fit.curve, "evals": evals,
                "best_accuracy": max([c.get("accuracy", 0.0) for c in fit.curve] + [metrics["accuracy"]])}
     if notes:
-        metrics["warnings"] = notes
+        metrics["warnings"] = list(notes)
     if fit.halted:
         metrics["halted"] = fit.halted
     if config.task.has_length_axis:
         metrics["train_length_range"] = list(config.task.length_range())
-    if checkpoint is not None:
-        checkpoint.unlink(missing_ok=True)  # the run is over: nothing left to resume
     return RunResult(
         status=fit.status, metrics=metrics, state_size=model.state_size(config.test_tasks[0].seq_len),
         num_params=model.num_params(), wall_time=time.perf_counter() - fit.start_time, model=model,
@@ -133,7 +142,7 @@ def train(config: RunConfig, on_step: StepCallback | None = None, device: str | 
     )
 
 
-def _initial_model(config: RunConfig, device: torch.device) -> LanguageModel:
+def initial_model(config: RunConfig, device: torch.device) -> LanguageModel:
     """The run's model at step 0 (its init drawn from ``config.train.seed``)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
@@ -141,7 +150,7 @@ def _initial_model(config: RunConfig, device: torch.device) -> LanguageModel:
 
 
 @dataclass
-class _Fit:
+class Fit:
     """What the training loop leaves for the final evaluations and the run's result."""
 
     status: str  # done or diverged
@@ -154,7 +163,7 @@ class _Fit:
 
 def _fit(config: RunConfig, model: LanguageModel, test_set: Batch, start_time: float,
          on_step: StepCallback | None, checkpoint: Path | None, checkpoint_seconds: float | None,
-         halt: HaltRule | None = None) -> _Fit:
+         halt: HaltRule | None = None) -> Fit:
     """The training loop: up to ``max_steps`` optimiser steps, the headline test set scored every
     ``eval_every`` steps, stopped early at ``early_stop_accuracy`` or on a non-finite loss.
 
@@ -217,7 +226,7 @@ def _fit(config: RunConfig, model: LanguageModel, test_set: Batch, start_time: f
                              elapsed=time.perf_counter() - start_time)
             save_checkpoint(checkpoint, config.run_id, model, optimizer, schedule, loop)
             saved_at = time.monotonic()
-    return _Fit(status=status, step=step, curve=curve, metrics=metrics, start_time=start_time, halted=halted)
+    return Fit(status=status, step=step, curve=curve, metrics=metrics, start_time=start_time, halted=halted)
 
 
 def _loss(model: LanguageModel, batch: Batch, config: RunConfig, mlm_masks: torch.Generator) -> torch.Tensor:
@@ -239,7 +248,7 @@ def _loss(model: LanguageModel, batch: Batch, config: RunConfig, mlm_masks: torc
     return loss
 
 
-def _final_evaluations(config: RunConfig, model: LanguageModel, test_sets: list[Batch],
+def final_evaluations(config: RunConfig, model: LanguageModel, test_sets: list[Batch],
                        last: dict | None) -> tuple[dict, list[dict]]:
     """The headline metrics and ``metrics["evals"]``: every eval task, the headline task at each of
     ``eval_lengths``, and the headline test set under each eviction policy.

@@ -24,13 +24,15 @@ from rich.progress import (
 
 from recallkit.checkpoint import CHECKPOINT_DIR
 from recallkit.config import AnyRunConfig as RunConfig
+from recallkit.config import RunConfig as TrainRunConfig
+from recallkit.packed_training import pack_key
 from recallkit.errors import RecallkitError
 import recallkit.sweep.halving as halving_rules
 from recallkit.sweep.lock import writer_lock
 from recallkit.sweep.ray_executor import RayOptions, import_ray, run_ray
 from recallkit.sweep.store import RESULTS_FILE, Store
 from recallkit.sweep.process_pool import run_processes
-from recallkit.sweep.worker import execute
+from recallkit.sweep.worker import execute, execute_packed
 from recallkit.training import resolve_device
 
 Executor = Literal["serial", "process", "ray"]
@@ -49,7 +51,7 @@ def run_sweep(
     quiet: bool = False, on_outcome: Callable[[RunConfig, dict], None] | None = None,
     device: str | None = None,
     ray_options: RayOptions | None = None, on_step: Callable[[RunConfig, dict], None] | None = None,
-    halving: bool = False,
+    halving: bool = False, pack: bool = False,
 ) -> list[dict[str, Any]]:
     """Run every unfinished config and record it in ``out_dir/results.sqlite``.
 
@@ -67,6 +69,11 @@ def run_sweep(
     group member after another, and a run far behind its group's best finished run stops early
     (:mod:`recallkit.sweep.halving`; the store says why in ``metrics["halted"]``).
 
+    ``pack`` (serial executor): runs that share a model, task and batch size and differ in their
+    optimisation or seed train together as one packed model (:mod:`recallkit.packed_training`),
+    each recorded as it stops. Packed runs do not checkpoint mid-run. On a 2-core CPU packing is
+    slower than running them one by one (docs/results.md); it is for GPUs.
+
     ``on_outcome(config, outcome)`` is called in the driver after each run is recorded (e.g. W&B
     logging); ``on_step(config, step)`` with the training progress of the runs in flight
     (``{"step", "max_steps", "loss", "accuracy"}``; from process workers at most every
@@ -83,6 +90,8 @@ def run_sweep(
         raise ValueError(f"Ray options need the ray executor, not {executor}")
     if halving and executor == "ray":
         raise ValueError("halving needs the serial or process executor, not ray")
+    if pack and (executor != "serial" or halving):
+        raise ValueError("packing needs the serial executor and no halving (packed runs train side by side)")
     if device is not None and device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda")
     if executor == "ray":
@@ -133,7 +142,11 @@ def run_sweep(
                     say = progress.console.print if not quiet else lambda _: None
                     run_ray(todo, store, workers, finish, device, ray_options, say)
             elif executor == "serial" or len(todo) <= 1:
-                _run_serial(todo, store, progress, finish, device, on_step, checkpoints, reference)
+                for group in _packs(todo) if pack else [[config] for config in todo]:
+                    if len(group) > 1:
+                        _run_packed(group, store, progress, finish, device, on_step, checkpoints)
+                    else:
+                        _run_serial(group, store, progress, finish, device, on_step, checkpoints, reference)
             else:
                 _run_processes(todo, store, workers, finish, device, progress, on_step, checkpoints, quiet,
                                reference)
@@ -171,6 +184,34 @@ def _run_serial(todo: list[RunConfig], store: Store, progress: Progress, finish,
         outcome = execute(config.canonical_json(), step, device, checkpoints, reference(config))
         progress.remove_task(run_task)
         finish(config, outcome)
+
+
+def _packs(todo: list[RunConfig]) -> list[list[RunConfig]]:
+    """The runs in sweep order, grouped by ``pack_key`` (each group where its first run was)."""
+    groups: dict[Any, list[RunConfig]] = {}
+    for index, config in enumerate(todo):
+        key = pack_key(config) if isinstance(config, TrainRunConfig) else None
+        groups.setdefault(index if key is None else key, []).append(config)
+    return list(groups.values())
+
+
+def _run_packed(group: list[RunConfig], store: Store, progress: Progress, finish, device: str | None,
+                on_step: Callable[[RunConfig, dict], None] | None, checkpoints: str) -> None:
+    tasks = {}
+    for config in group:
+        store.mark_running(config.run_id)
+        tasks[config.run_id] = _run_task(progress, config)
+
+    def step(config: RunConfig, s: dict) -> None:
+        _show_step(progress, tasks[config.run_id], s)
+        if on_step is not None:
+            on_step(config, s)
+
+    def stopped(config: RunConfig, outcome: dict) -> None:
+        progress.remove_task(tasks.pop(config.run_id))
+        finish(config, outcome)
+
+    execute_packed(group, step, stopped, device, checkpoints)
 
 
 STEP_REPORT_SECONDS = 1.0

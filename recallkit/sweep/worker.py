@@ -11,14 +11,16 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from recallkit.config import PretrainedRunConfig, run_config
+from recallkit.config import PretrainedRunConfig, RunConfig, run_config
+from recallkit.packed_training import train_packed
 from recallkit.sweep.halving import halt_rule
-from recallkit.training import StepCallback, train
+from recallkit.training import RunResult, StepCallback, train
 
 
 def execute(config_json: str, on_step: StepCallback | None = None, device: str | None = None,
@@ -38,12 +40,41 @@ def execute(config_json: str, on_step: StepCallback | None = None, device: str |
         halt = None if reference is None else halt_rule(reference, config.train.max_steps)
         result = train(config, on_step=on_step, device=device, checkpoint=checkpoint, halt=halt)
     except Exception as error:  # a failing run is recorded, the sweep goes on
-        tail = traceback.format_exc(limit=-3)
-        return {"status": "failed", "error": f"{type(error).__name__}: {error}\n{tail}"}
+        return _failed(error)
+    return _outcome(result)
+
+
+def execute_packed(configs: list[RunConfig], on_step: Callable[[RunConfig, dict], None] | None,
+                   on_outcome: Callable[[RunConfig, dict[str, Any]], None], device: str | None = None,
+                   checkpoints: str | None = None) -> None:
+    """Train ``configs`` packed (``recallkit.packed_training``); ``on_outcome(config, outcome)`` as
+    each stops. An exception fails the runs that had not stopped yet."""
+    reported = set()
+
+    def stopped(config: RunConfig, result: RunResult) -> None:
+        reported.add(config.run_id)
+        if checkpoints is not None:  # an earlier unpacked attempt's checkpoint: the run is over now
+            (Path(checkpoints) / f"{config.run_id}.pt").unlink(missing_ok=True)
+        on_outcome(config, _outcome(result))
+
+    try:
+        train_packed(configs, on_step=on_step, on_result=stopped, device=device)
+    except Exception as error:
+        for config in configs:
+            if config.run_id not in reported:
+                on_outcome(config, _failed(error))
+
+
+def _outcome(result: RunResult) -> dict[str, Any]:
     return {
         "status": result.status, "metrics": result.metrics, "state_size": result.state_size,
         "num_params": result.num_params, "wall_time": result.wall_time,
     }
+
+
+def _failed(error: Exception) -> dict[str, Any]:
+    tail = traceback.format_exc(limit=-3)
+    return {"status": "failed", "error": f"{type(error).__name__}: {error}\n{tail}"}
 
 
 def init_worker(threads: int, driver: int) -> None:
