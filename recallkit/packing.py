@@ -10,7 +10,8 @@ Kernels run in :func:`recallkit.ops.numerics.fixed_paths`, since vmap cannot bra
 What packing buys is measured per mixer by ``recallkit bench`` (``packed_speedup``). On a 2-core
 CPU at sweep sizes it buys little (median 0.98x over the mixers at d=64, 0.22x-1.83x): vmap turns K
 small ops into one K-times larger op, and a d=64 model's step is bound by memory traffic rather than
-by per-op overhead (docs/results.md), so the training loop does not pack.
+by per-op overhead (docs/results.md), so sweeps pack only when asked
+(:mod:`recallkit.packed_training`, ``recallkit run --pack``).
 """
 
 from __future__ import annotations
