@@ -105,6 +105,8 @@ def train_packed(configs: list[RunConfig], on_step: Callable[[RunConfig, dict], 
     keys = {pack_key(c) for c in configs}
     if None in keys or len(keys) > 1:
         raise ValueError("packed runs must share one pack_key (model, task, batch size, device; no MLM)")
+    if halts is not None and len(halts) != len(configs):
+        raise ValueError(f"{len(halts)} halt rules for {len(configs)} packed runs")
     start_time = time.perf_counter()
     where = resolve_device(device or configs[0].train.device)
     members = [_member(c, where, halt) for c, halt in zip(configs, halts or [None] * len(configs))]
