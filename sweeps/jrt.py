@@ -11,7 +11,7 @@ report's table per task lists accuracy, state size and prefill tokens.
 
 Expected (paper): reading twice and PLA lift recall at equal state; the long set first is harder
 for causal recurrent models than the short set first, and not for PLA; attention does not care.
-Every part runs seeds 0, 1 and 2. Measured (this part, 63 runs: 12 minutes with 2 process workers):
+Every part runs seeds 0, 1 and 2. Measured (this part, 63 runs: 19 minutes with 2 workers):
 on MQAR reading twice lifts Based at every seed (+0.025 on average) and linear attention at two of
 three (+0.017); PLA and JRT-RNN stay below their causal models (docs/results.md).
 
