@@ -192,27 +192,28 @@ def _adamw_step(packed: PackedModels, moments: dict, decay: dict[str, bool], con
     """Clip each member's gradient to its ``grad_clip`` and take its AdamW step (equations above)."""
     grads = {name: p.grad for name, p in packed.params.items() if p.grad is not None}
     trains = [c.train for c in configs]
-
-    def per_member(values: list[float], like: torch.Tensor) -> torch.Tensor:  # (K, 1, ..) to broadcast
-        return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, *[1] * (like.ndim - 1))
-
+    like = next(iter(grads.values()))
+    per_member = {  # (K,) each, made once per step
+        "clip": [t.grad_clip for t in trains],
+        "lr": [t.lr * lr_factor(step - 1, t.warmup_steps, t.max_steps, t.min_lr_ratio) for t in trains],
+        "wd": [t.weight_decay for t in trains],
+        "b1": [t.betas[0] for t in trains], "b2": [t.betas[1] for t in trains],
+        "c1": [1 - t.betas[0] ** step for t in trains], "c2": [1 - t.betas[1] ** step for t in trains],
+    }
+    k = {name: torch.tensor(v, dtype=like.dtype, device=like.device) for name, v in per_member.items()}
     norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads.values()]).sum(0).sqrt()  # (K,)
-    clip = (per_member([t.grad_clip for t in trains], norms) / (norms + CLIP_EPS)).clamp(max=1.0)
-    lrs = [t.lr * lr_factor(step - 1, t.warmup_steps, t.max_steps, t.min_lr_ratio) for t in trains]
-    beta1 = [t.betas[0] for t in trains]
-    beta2 = [t.betas[1] for t in trains]
+    clip = (k["clip"] / (norms + CLIP_EPS)).clamp(max=1.0)
     for name, p in packed.params.items():
         g = grads.get(name)
         if g is None:
             continue
-        g = g * clip.view(-1, *[1] * (g.ndim - 1))
-        lr, b1, b2 = per_member(lrs, p), per_member(beta1, p), per_member(beta2, p)
+        shape = (-1, *[1] * (p.ndim - 1))  # (K, 1, ..): one value per member, broadcast over its tensor
+        lr, b1, b2 = k["lr"].view(shape), k["b1"].view(shape), k["b2"].view(shape)
+        g = g * clip.view(shape)
         if decay[name]:
-            p.mul_(1 - lr * per_member([t.weight_decay for t in trains], p))
+            p.mul_(1 - lr * k["wd"].view(shape))
         m, v = moments[name]
         m.mul_(b1).add_((1 - b1) * g)
         v.mul_(b2).add_((1 - b2) * g * g)
-        correction1 = 1 - per_member([b ** step for b in beta1], p)
-        correction2 = 1 - per_member([b ** step for b in beta2], p)
-        p.sub_(lr / correction1 * m / (v.sqrt() / correction2.sqrt() + EPS))
+        p.sub_(lr / k["c1"].view(shape) * m / (v.sqrt() / k["c2"].view(shape).sqrt() + EPS))
         p.grad = None
