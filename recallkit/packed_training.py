@@ -29,6 +29,7 @@ small models are bound by kernel launches.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,13 +58,14 @@ CLIP_EPS = 1e-6  # torch clip_grad_norm_'s
 
 
 def pack_key(config: RunConfig) -> str | None:
-    """Runs with the same key can train packed: same model, task, batch size and device. None for a
-    run that never packs (JRT's MLM loss)."""
+    """Runs with the same key can train packed: same model, task, batch size (as taken: a training
+    set smaller than the batch makes smaller batches) and device. None for a run that never packs
+    (JRT's MLM loss)."""
     tc = config.train
     if tc.mlm:
         return None
     shared = {"model": config.model.model_dump(mode="json"), "task": config.task.model_dump(mode="json"),
-              "batch_size": tc.batch_size, "device": tc.device}
+              "batch_size": min(tc.batch_size, tc.num_train_examples), "device": tc.device}
     return json.dumps(shared, sort_keys=True)
 
 
@@ -141,6 +143,7 @@ def train_packed(configs: list[RunConfig], on_step: Callable[[RunConfig, dict], 
                 member = members[active[row]]
                 member.model.load_state_dict(before.get(row) or packed.member_state(row))
                 results[active[row]] = run_result(member.config, member.model, member.test_sets, fit)
+                results[active[row]].metrics["packed"] = len(members)  # its wall time is the pack's
                 if on_result is not None:
                     on_result(member.config, results[active[row]])
             keep = [row for row in range(len(active)) if row not in stopped]
@@ -193,12 +196,14 @@ def _adamw_step(packed: PackedModels, moments: dict, decay: dict[str, bool], con
     grads = {name: p.grad for name, p in packed.params.items() if p.grad is not None}
     trains = [c.train for c in configs]
     like = next(iter(grads.values()))
-    per_member = {  # (K,) each, made once per step
+    lrs = [t.lr * lr_factor(step - 1, t.warmup_steps, t.max_steps, t.min_lr_ratio) for t in trains]
+    per_member = {  # (K,) each, made once per step in Python floats (double), as torch's AdamW does
         "clip": [t.grad_clip for t in trains],
-        "lr": [t.lr * lr_factor(step - 1, t.warmup_steps, t.max_steps, t.min_lr_ratio) for t in trains],
-        "wd": [t.weight_decay for t in trains],
+        "decay": [1 - lr * t.weight_decay for lr, t in zip(lrs, trains)],
         "b1": [t.betas[0] for t in trains], "b2": [t.betas[1] for t in trains],
-        "c1": [1 - t.betas[0] ** step for t in trains], "c2": [1 - t.betas[1] ** step for t in trains],
+        "1-b1": [1 - t.betas[0] for t in trains], "1-b2": [1 - t.betas[1] for t in trains],
+        "step_size": [lr / (1 - t.betas[0] ** step) for lr, t in zip(lrs, trains)],
+        "sqrt_c2": [math.sqrt(1 - t.betas[1] ** step) for t in trains],
     }
     k = {name: torch.tensor(v, dtype=like.dtype, device=like.device) for name, v in per_member.items()}
     norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads.values()]).sum(0).sqrt()  # (K,)
@@ -208,12 +213,11 @@ def _adamw_step(packed: PackedModels, moments: dict, decay: dict[str, bool], con
         if g is None:
             continue
         shape = (-1, *[1] * (p.ndim - 1))  # (K, 1, ..): one value per member, broadcast over its tensor
-        lr, b1, b2 = k["lr"].view(shape), k["b1"].view(shape), k["b2"].view(shape)
         g = g * clip.view(shape)
         if decay[name]:
-            p.mul_(1 - lr * k["wd"].view(shape))
+            p.mul_(k["decay"].view(shape))
         m, v = moments[name]
-        m.mul_(b1).add_((1 - b1) * g)
-        v.mul_(b2).add_((1 - b2) * g * g)
-        p.sub_(lr / k["c1"].view(shape) * m / (v.sqrt() / k["c2"].view(shape).sqrt() + EPS))
+        m.mul_(k["b1"].view(shape)).add_(k["1-b1"].view(shape) * g)
+        v.mul_(k["b2"].view(shape)).add_(k["1-b2"].view(shape) * g * g)
+        p.sub_(k["step_size"].view(shape) * m / (v.sqrt() / k["sqrt_c2"].view(shape) + EPS))
         p.grad = None

@@ -162,3 +162,37 @@ def test_run_pack_on_the_command_line(tmp_path, sweep_file):
     refused = CliRunner().invoke(app, ["run", str(sweep_file()), "--out", str(tmp_path / "b"), "--pack",
                                        "--executor", "process"])
     assert refused.exit_code != 0 and "serial executor" in refused.output
+
+
+def test_a_packed_failure_fails_only_the_runs_still_training_and_a_recording_error_is_raised():
+    from recallkit.sweep.worker import execute_packed
+
+    configs = [run("attention", {}, max_steps=3), run("attention", {}, max_steps=10, seed=1)]
+
+    def crash(config, s):
+        if s["step"] == 5:
+            raise RuntimeError("worker lost")
+
+    outcomes = []
+    execute_packed(configs, crash, lambda c, o: outcomes.append((c.run_id, o["status"], o.get("error", ""))))
+    first, second = configs[0].run_id, configs[1].run_id
+    assert [(i, status) for i, status, _ in outcomes] == [(first, "done"), (second, "failed")]
+    assert "worker lost" in outcomes[1][2]
+
+    def store_down(config, outcome):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):  # not recorded as the other run's failure
+        execute_packed(configs, None, store_down)
+
+
+def test_packed_results_say_so_and_short_training_sets_pack_by_the_batch_they_make(tmp_path):
+    from recallkit.sweep.runner import run_sweep
+
+    a, b = run("attention", {}, max_steps=5), run("attention", {}, max_steps=5, seed=1)
+    small = run("attention", {}, max_steps=5, seed=2, num_train_examples=2)  # batches of 2, not 4
+    assert pack_key(small) != pack_key(a)
+    rows = run_sweep([a, b, a, small], tmp_path, pack=True, quiet=True)  # a given twice is one run
+    assert {r["run_id"]: r["status"] for r in rows} == {c.run_id: "done" for c in (a, b, small)}
+    packed = {r["run_id"]: r["metrics"].get("packed") for r in rows}
+    assert packed == {a.run_id: 2, b.run_id: 2, small.run_id: None}

@@ -189,7 +189,11 @@ def _run_serial(todo: list[RunConfig], store: Store, progress: Progress, finish,
 def _packs(todo: list[RunConfig]) -> list[list[RunConfig]]:
     """The runs in sweep order, grouped by ``pack_key`` (each group where its first run was)."""
     groups: dict[Any, list[RunConfig]] = {}
+    seen = set()
     for index, config in enumerate(todo):
+        if config.run_id in seen:  # a config given twice is one run
+            continue
+        seen.add(config.run_id)
         key = pack_key(config) if isinstance(config, TrainRunConfig) else None
         groups.setdefault(index if key is None else key, []).append(config)
     return list(groups.values())

@@ -55,14 +55,23 @@ def execute_packed(configs: list[RunConfig], on_step: Callable[[RunConfig, dict]
         reported.add(config.run_id)
         if checkpoints is not None:  # an earlier unpacked attempt's checkpoint: the run is over now
             (Path(checkpoints) / f"{config.run_id}.pt").unlink(missing_ok=True)
-        on_outcome(config, _outcome(result))
+        try:
+            on_outcome(config, _outcome(result))
+        except Exception as error:  # recording failed, not training: not the other runs' failure
+            raise _RecordingError from error
 
     try:
         train_packed(configs, on_step=on_step, on_result=stopped, device=device)
+    except _RecordingError as error:
+        raise error.__cause__ from None
     except Exception as error:
         for config in configs:
             if config.run_id not in reported:
                 on_outcome(config, _failed(error))
+
+
+class _RecordingError(Exception):
+    """``on_outcome`` raised inside a packed run: re-raised as it was, after training stops."""
 
 
 def _outcome(result: RunResult) -> dict[str, Any]:
