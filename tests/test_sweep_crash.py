@@ -66,18 +66,20 @@ def _command(pid: int) -> str | None:
         return None
 
 
-# Ray's dashboard and runtime-env agents hold no run; they notice that the raylet died and exit on
-# their own within about two minutes, too slow to wait for here.
-RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+# Ray processes that hold no run: its dashboard and runtime-env agents, and idle workers. They see at
+# once that the raylet died, but an agent (always) and a worker (rarely, when it was still starting)
+# first try to tell the dead GCS, which Ray waits for 60 s: too slow to wait for after every kill, so
+# the test checks at its end that they exited too.
+RAY_IDLE = ("ray::DashboardAgent", "ray::RuntimeEnvAgent", "ray::IDLE")
 
 
-def _survivors(pids: set[int], timeout: float = 60.0) -> list[str]:
-    """The processes among ``pids`` (but Ray's agents) still alive after at most ``timeout`` seconds;
-    killed then, so that a failing test leaves none behind."""
+def _survivors(pids: set[int], timeout: float = 60.0, but: tuple[str, ...] = ()) -> list[str]:
+    """The processes among ``pids`` (but those whose command starts with one of ``but``) still alive
+    after at most ``timeout`` seconds; killed then, so that a failing test leaves none behind."""
     deadline = time.time() + timeout
     while True:
         alive = {pid: command for pid in pids
-                 if (command := _command(pid)) and not command.startswith(RAY_AGENTS)}
+                 if (command := _command(pid)) and not command.startswith(but)}
         if not alive or time.time() > deadline:
             break
         time.sleep(0.2)
@@ -101,7 +103,7 @@ def test_repeated_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, swe
                "--executor", executor, "--workers", "2"]
     rng = random.Random(0)
     finished: dict[str, float] = {}  # run_id -> updated_at when first seen done: must never change
-    worker_kills = 0
+    worker_kills, idle = 0, set()  # Ray's processes that hold no run, checked at the end
     for kill in range(3):
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if kill == 0:  # the first kill lands mid-sweep for sure: after two runs finished
@@ -124,8 +126,10 @@ def test_repeated_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, swe
             assert process.poll() is None, "a dead worker must not end the sweep"
         below = _descendants(process.pid)  # process workers; a local Ray and its workers
         os.kill(process.pid, signal.SIGKILL)
+        last_kill = time.time()
         process.wait()
-        assert _survivors(below) == [], "a killed sweep must not leave workers behind"
+        assert _survivors(below, but=RAY_IDLE) == [], "a killed sweep must not leave workers behind"
+        idle |= {pid for pid in below if (_command(pid) or "").startswith(RAY_IDLE)}
         if kill == 0:
             assert 2 <= _done(db) < 8, "the first kill must land mid-sweep"
         for run_id, status, updated_at in _rows(db):
@@ -137,6 +141,8 @@ def test_repeated_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, swe
     assert len(rows) == len({r["run_id"] for r in rows}) == 8
     assert all(r["status"] == "done" for r in rows)
     assert all(r["updated_at"] == finished[r["run_id"]] for r in rows if r["run_id"] in finished)
+    assert _survivors(idle, timeout=max(0.0, last_kill + 90 - time.time())) == [], \
+        "Ray's agents and idle workers must exit within 90 s of a killed sweep"
 
 
 def _workers(driver: int) -> list[int]:

@@ -8,7 +8,9 @@ Ray is an optional dependency (``pip install recallkit[ray]``), imported only wh
 
 A driver killed with SIGKILL: a local Ray it started shares its fate (Ray starts its GCS and raylet
 with the kernel's parent-death signal), the workers training its runs exit within seconds once the
-raylet is gone, and Ray's two idle agent processes follow within about two minutes. On an existing
+raylet is gone (about 2 s measured), and Ray's two agent processes after about 62 s: they first try
+to report the raylet's death to the dead GCS, with a fixed 60 s timeout. An idle worker that was
+still starting can take as long (seen once in CI). None of these holds a run. On an existing
 cluster, Ray ends the tasks of a job whose driver disconnected. Either way the next driver resets
 the killed driver's ``running`` rows and reruns them.
 """
