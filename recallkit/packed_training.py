@@ -123,20 +123,21 @@ def train_packed(configs: list[RunConfig], on_step: Callable[[RunConfig, dict], 
         batches = [members[i].next_batch().to(where) for i in active]
         losses = packed.losses(*(torch.stack([getattr(b, f) for b in batches]) for f in
                                  ("inputs", "labels", "prefix_len")))  # (K,)
-        finite = torch.isfinite(losses.detach())
+        values = losses.detach().tolist()  # the step's one wait for the device
+        finite = [math.isfinite(value) for value in values]
         stopped: dict[int, Fit] = {}
         before: dict[int, dict] = {}  # a diverged member ends with the weights it had before this step
         for row, i in enumerate(active):
             if not finite[row]:
-                members[i].curve.append({"step": step, "loss": float(losses[row].item())})
+                members[i].curve.append({"step": step, "loss": values[row]})
                 stopped[row] = Fit("diverged", step, members[i].curve, None, start_time)
                 before[row] = packed.member_state(row)
-        if finite.any():
-            losses[finite].sum().backward()
+        if any(finite):
+            (losses if all(finite) else losses[torch.tensor(finite, device=where)]).sum().backward()
             _adamw_step(packed, moments, decay, [members[i].config for i in active], step)
         for row, i in enumerate(active):
             if row not in stopped and (fit := _after_step(members[i], packed, row, step,
-                                                          float(losses[row].item()), start_time, on_step)):
+                                                          values[row], start_time, on_step)):
                 stopped[row] = fit
         if stopped:
             for row, fit in stopped.items():
