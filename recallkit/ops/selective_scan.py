@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recallkit.ops.numerics import compute_dtype
+from recallkit.ops.numerics import compute_dtype, paths_fixed
 from recallkit.ops.segments import in_segments, segment_length
 
 
@@ -95,31 +95,113 @@ def selective_scan_chunked(
     pad = (-L) % Lc
     if pad:  # dt = 0 on padding: decay 1 and no input, so the last chunk ends in the state of token L - 1
         x_, dt_, B_, C_ = (F.pad(t, (0, 0, 0, pad)) for t in (x_, dt_, B_, C_))
-    nc, N = x_.shape[1] // Lc, A.shape[1]
-    u = (dt_ * x_).view(Bsz, nc, Lc, Dn)  # (B, nc, Lc, Dn): dt_t x_t
-    dt_ = dt_.view(Bsz, nc, Lc, Dn)
-    # per position in the chunk, as unbound views (one stack in backward, see the recurrent form)
-    dts, us = dt_.unbind(2), u.unbind(2)  # Lc x (B, nc, Dn)
-    Bs, Cs = B_.view(Bsz, nc, Lc, N).unbind(2), C_.view(Bsz, nc, Lc, N).unbind(2)  # Lc x (B, nc, N)
+    inputs = (x_, dt_, A_, B_, C_, h0)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs) and not paths_fixed():
+        y, h = _ChunkedScan.apply(*inputs, Lc)  # the adjoint below, not autograd through 3 Lc steps
+    else:  # vmap (packed training) and torch.compile trace the steps themselves
+        y, h, _ = _scan_chunks(*inputs, Lc)
+    return (y[:, :L] + skip).to(x.dtype), h
+
+
+def _scan_chunks(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor, Lc: int,
+                 keep: list[list[Tensor]] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The three steps above on inputs whose length is a multiple of Lc (compute dtype, no skip).
+
+    Returns y (B, L, Dn), the last state (B, Dn, N) and the chunks' start states (B, nc, Dn, N).
+    ``keep``: two lists that receive every position's decay and state, (B, nc, Dn, N) each, for the
+    backward pass; each decay is then computed once for both scans (without ``keep`` the per-step
+    tensors stay small and in cache: materialising all L decays at once was slower).
+    """
+    Bsz, Lp, Dn = x.shape
+    nc, N = Lp // Lc, A.shape[1]
+    dts, us, Bs, Cs = _per_position(x, dt, B, C, Lc)
+    decays, states = keep if keep is not None else ([], [])
 
     def step(i: int, h: Tensor) -> Tensor:
         """Token i of the first k chunks: h <- exp(dt_i A) ⊙ h + u_i B_i^T, h (B, k, Dn, N)."""
         k = h.shape[1]
-        decay = torch.exp(dts[i][:, :k, :, None] * A_)  # (B, k, Dn, N), exponents <= 0
-        # small per-step tensors stay in cache; materialising all L decays at once was slower
+        if keep is None:
+            decay = torch.exp(dts[i][:, :k, :, None] * A)  # (B, k, Dn, N), exponents <= 0
+        else:
+            if len(decays) == i:
+                decays.append(torch.exp(dts[i][..., None] * A))
+            decay = decays[i][:, :k]
         return torch.addcmul(us[i][:, :k, :, None] * Bs[i][:, :k, None, :], decay, h)
 
-    local = x_.new_zeros(Bsz, nc - 1, Dn, N)  # 1. end states from zero
+    local = x.new_zeros(Bsz, nc - 1, Dn, N)  # 1. end states from zero
     for i in range(Lc if nc > 1 else 0):
         local = step(i, local)
-    chunk_decay = torch.exp(dt_[:, :-1].sum(2)[..., None] * A_)  # 2. (B, nc - 1, Dn, N)
+    chunk_decay = torch.exp(dt.view(Bsz, nc, Lc, Dn)[:, :-1].sum(2)[..., None] * A)  # 2. (B, nc - 1, Dn, N)
     starts = [h0]
     for c in range(nc - 1):
         starts.append(torch.addcmul(local[:, c], chunk_decay[:, c], starts[-1]))
-    h = torch.stack(starts, dim=1)  # 3. (B, nc, Dn, N), rescanned from the true starts
+    h = starts = torch.stack(starts, dim=1)  # 3. (B, nc, Dn, N), rescanned from the true starts
     outputs = []
     for i in range(Lc):
         h = step(i, h)
-        outputs.append((h @ Cs[i][..., None]).squeeze(-1))  # (B, nc, Dn): h_i C_i
-    y = torch.stack(outputs, dim=2).reshape(Bsz, nc * Lc, Dn)[:, :L] + skip
-    return y.to(x.dtype), h[:, -1]
+        states.append(h)
+        outputs.append((h * Cs[i][..., None, :]).sum(-1))  # (B, nc, Dn): h_i C_i (faster than a matvec)
+    return torch.stack(outputs, dim=2).reshape(Bsz, Lp, Dn), h[:, -1], starts
+
+
+def _per_position(x: Tensor, dt: Tensor, B: Tensor, C: Tensor, Lc: int) -> tuple[tuple[Tensor, ...], ...]:
+    """Per position in the chunk, unbound views (one stack in backward, see the recurrent form):
+    dt and u = dt x as Lc x (B, nc, Dn), B and C as Lc x (B, nc, N)."""
+    Bsz, Lp, Dn = x.shape
+    nc = Lp // Lc
+    return tuple(t.reshape(Bsz, nc, Lc, t.shape[-1]).unbind(2) for t in (dt, dt * x, B, C))
+
+
+class _ChunkedScan(torch.autograd.Function):
+    """The chunked scan with its adjoint written out. Forward keeps every position's decay and state
+    (B, nc, Dn, N) (autograd through the steps kept more); backward runs the adjoint recurrence
+    backwards in time,
+
+        dh_t = exp(dt_{t+1} A) ⊙ dh_{t+1} + dy_t C_t^T,  (dh after the last token: the state's gradient)
+
+    in the same two levels as the forward pass: each chunk from a zero end gradient, the chunks'
+    incoming gradients chunk by chunk (dh at a chunk's end = exp(A sum dt) of the next chunk ⊙ its
+    incoming gradient + its own part), then each chunk from its true incoming gradient, reading out
+
+        dC_t = h_t^T dy_t,  dB_t = dh_t^T u_t,  du_t = dh_t B_t,
+        g_t = dh_t ⊙ h_{t-1} ⊙ exp(dt_t A):  ddt_t += sum_n g_t A,  dA += sum_t g_t dt_t,
+
+    with u = dt x (dx = du dt, ddt += du x)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor, Lc: int):
+        decays, states = [], []
+        y, h_last, starts = _scan_chunks(x, dt, A, B, C, h0, Lc, keep=[decays, states])
+        ctx.save_for_backward(x, dt, A, B, C, starts, *decays, *states)
+        ctx.Lc = Lc
+        return y, h_last
+
+    @staticmethod
+    def backward(ctx, dy: Tensor, dh_last: Tensor):
+        x, dt, A, B, C, starts, *kept = ctx.saved_tensors
+        Lc, (Bsz, Lp, Dn), N = ctx.Lc, x.shape, A.shape[1]
+        nc = Lp // Lc
+        decays, states = kept[:Lc], kept[Lc:]  # every position's decay and state, (B, nc, Dn, N) each
+        dts, us, Bs, Cs = _per_position(x, dt, B, C, Lc)
+        dys = dy.reshape(Bsz, nc, Lc, Dn).unbind(2)  # Lc x (B, nc, Dn)
+        dh = x.new_zeros(Bsz, nc - 1, Dn, N)  # 1. each chunk (but the first) from a zero end gradient
+        for i in reversed(range(Lc if nc > 1 else 0)):
+            dh = decays[i][:, 1:] * torch.addcmul(dh, dys[i][:, 1:, :, None], Cs[i][:, 1:, None, :])
+        chunk_decay = torch.exp(dt.view(Bsz, nc, Lc, Dn)[:, 1:].sum(2)[..., None] * A)  # 2.
+        incoming = [dh_last]
+        for c in reversed(range(nc - 1)):  # chunk c's end gradient from chunk c + 1's start
+            incoming.append(torch.addcmul(dh[:, c], chunk_decay[:, c], incoming[-1]))
+        dh = torch.stack(incoming[::-1], dim=1)  # 3. (B, nc, Dn, N), each chunk from its true end
+        dus, ddts, dBs, dCs = [None] * Lc, [None] * Lc, [None] * Lc, [None] * Lc
+        g_dt = torch.zeros_like(dh)  # sum over positions of g_t dt_t, summed into dA at the end
+        for i in reversed(range(Lc)):
+            dh = torch.addcmul(dh, dys[i][..., None], Cs[i][..., None, :])  # dh_t: (B, nc, Dn, N)
+            dCs[i] = (dys[i][..., None, :] @ states[i]).squeeze(-2)  # (B, nc, N)
+            dBs[i] = (us[i][..., None, :] @ dh).squeeze(-2)  # (B, nc, N)
+            dus[i] = (dh * Bs[i][..., None, :]).sum(-1)  # (B, nc, Dn)
+            dh = decays[i] * dh  # dh_{t-1} but for the dy_{t-1} C_{t-1}^T term
+            g = dh * (states[i - 1] if i else starts)  # g_t = dh_t ⊙ exp(dt_t A) ⊙ h_{t-1}
+            ddts[i] = (g * A).sum(-1)
+            g_dt.addcmul_(g, dts[i][..., None])
+        du, ddt, dB, dC = (torch.stack(t, dim=2).reshape(Bsz, Lp, -1) for t in (dus, ddts, dBs, dCs))
+        return du * dt, ddt + du * x, g_dt.sum((0, 1)), dB, dC, dh[:, 0], None
