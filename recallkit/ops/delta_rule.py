@@ -88,7 +88,7 @@ def delta_rule_chunked(
     for all chunks at once). Then, batched over chunks,
     Y = (Q ⊙ exp(c)) S + ((Q K^T) ⊙ Gamma) U' and S' = exp(c_C) S + (K ⊙ exp(c_C - c))^T U'.
     Only the state recursion S' = M S + N, with M = exp(c_C) I - K_d^T W and N = K_d^T U
-    (K_d = K ⊙ exp(c_C - c)), runs in a loop of T / chunk_size small GEMMs.
+    (K_d = K ⊙ exp(c_C - c)), runs in a loop of T / chunk_size small GEMMs (one baddbmm each).
     With g None every decay factor is 1 (plain DeltaNet). Padding of a partial last chunk uses
     beta = 0, g = 0, k = v = 0, which leaves the state untouched.
     Same arguments and returns as :func:`delta_rule_recurrent`, plus ``chunk_size``.
@@ -137,14 +137,17 @@ def delta_rule_chunked(
     WU = torch.linalg.solve_triangular(A, bc * torch.cat([k_w, vc], dim=-1), upper=False, unitriangular=True)
     W, U = WU.split([Dk, Dv], dim=-1)  # (B, H, N, C, Dk), (B, H, N, C, Dv)
     k_dT = k_d.transpose(-1, -2)  # (B, H, N, Dk, C)
-    M = -(k_dT @ W)  # (B, H, N, Dk, Dk): state transition across a chunk, minus the decay term
+    eye = torch.eye(Dk, dtype=ct, device=q.device)
+    # (B, H, N, Dk, Dk): the state transition across a chunk, exp(c_C) I - K_d^T W
+    M = (eye if chunk_decay is None else chunk_decay * eye) - k_dT @ W
     Nmat = k_dT @ U  # (B, H, N, Dk, Dv): what the chunk writes from a zero state
-    befores = []
-    for c in range(N):  # S_{c+1} = exp(c_C) S_c + M_c S_c + N_c
+    befores, S = [], S.reshape(B * H, Dk, Dv)
+    M, Nmat = M.flatten(0, 1), Nmat.flatten(0, 1)  # (B H, N, Dk, .)
+    for c in range(N):  # S_{c+1} = M_c S_c + N_c: one GEMM per chunk
         befores.append(S)
-        decayed = S if chunk_decay is None else chunk_decay[:, :, c] * S
-        S = decayed + M[:, :, c] @ S + Nmat[:, :, c]
-    S_before = torch.stack(befores, dim=2)  # (B, H, N, Dk, Dv)
+        S = torch.baddbmm(Nmat[:, c], M[:, c], S)
+    S_before = torch.stack(befores, dim=1).view(B, H, N, Dk, Dv)
+    S = S.view(B, H, Dk, Dv)
     u_new = U - W @ S_before  # (B, H, N, C, Dv): the pseudo-values U'
     y = q_s @ S_before + qk @ u_new  # (B, H, N, C, Dv)
     return y.reshape(B, H, N * C, Dv)[:, :, :T].to(v.dtype), S
