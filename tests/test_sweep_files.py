@@ -60,7 +60,10 @@ def test_state_tradeoff_spans_every_family_and_builds():
 def test_kv_eviction_sweep_evaluates_every_policy_in_both_modes():
     configs = load_sweep(SWEEPS / "kv_eviction.py")
     attention = [c for c in configs if c.eval_policies]
-    assert len(attention) == 1
+    assert sorted(c.train.seed for c in attention) == [0, 1, 2]  # every model at three seeds
+    assert {c.label: sorted(d.train.seed for d in configs if d.label == c.label) for c in configs} == {
+        c.label: [0, 1, 2] for c in configs}
+    assert len({c.run_id for c in configs}) == len(configs)
     specs = {(e.policy.name, e.mode) for e in attention[0].eval_policies}
     assert {name for name, _ in specs} == set(rk.POLICIES)
     assert {mode for name, mode in specs if name != "full"} == {"prefill", "continuous"}
