@@ -145,11 +145,16 @@ def _scan_chunks(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Ten
 
 
 def _per_position(x: Tensor, dt: Tensor, B: Tensor, C: Tensor, Lc: int) -> tuple[tuple[Tensor, ...], ...]:
-    """Per position in the chunk, unbound views (one stack in backward, see the recurrent form):
+    """Per position in the chunk, contiguous slices of one position-major copy (so every step's
+    broadcasts and products read dense memory; one stack in backward, see the recurrent form):
     dt and u = dt x as Lc x (B, nc, Dn), B and C as Lc x (B, nc, N)."""
-    Bsz, Lp, Dn = x.shape
-    nc = Lp // Lc
-    return tuple(t.reshape(Bsz, nc, Lc, t.shape[-1]).unbind(2) for t in (dt, dt * x, B, C))
+    return tuple(_position_major(t, Lc).unbind(0) for t in (dt, dt * x, B, C))
+
+
+def _position_major(t: Tensor, Lc: int) -> Tensor:
+    """(B, nc Lc, F) -> (Lc, B, nc, F), contiguous."""
+    Bsz, Lp, F_ = t.shape
+    return t.reshape(Bsz, Lp // Lc, Lc, F_).permute(2, 0, 1, 3).contiguous()
 
 
 class _ChunkedScan(torch.autograd.Function):
@@ -183,7 +188,7 @@ class _ChunkedScan(torch.autograd.Function):
         nc = Lp // Lc
         decays, states = kept[:Lc], kept[Lc:]  # every position's decay and state, (B, nc, Dn, N) each
         dts, us, Bs, Cs = _per_position(x, dt, B, C, Lc)
-        dys = dy.reshape(Bsz, nc, Lc, Dn).unbind(2)  # Lc x (B, nc, Dn)
+        dys = _position_major(dy, Lc).unbind(0)  # Lc x (B, nc, Dn)
         dh = x.new_zeros(Bsz, nc - 1, Dn, N)  # 1. each chunk (but the first) from a zero end gradient
         for i in reversed(range(Lc if nc > 1 else 0)):
             dh = decays[i][:, 1:] * torch.addcmul(dh, dys[i][:, 1:, :, None], Cs[i][:, 1:, None, :])
