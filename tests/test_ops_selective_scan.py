@@ -142,3 +142,29 @@ def test_long_sequences_backward_through_segments_equals_the_loop():
         grads.append([t.grad for t in tensors] + [h0.grad])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+def test_a_second_derivative_through_the_adjoint_raises_instead_of_being_wrong():
+    """The written adjoint is first order: a backward that builds a graph for a second derivative
+    must fail loudly (under fixed_paths autograd's recorded steps give second derivatives)."""
+    from recallkit.ops.numerics import fixed_paths
+
+    x, dt, A, Bm, Cm, D = (t.requires_grad_() for t in inputs(L=9, seed=10))
+    y, _ = ops.selective_scan_chunked(x, dt, A, Bm, Cm, D, chunk_size=4)
+    with pytest.raises(RuntimeError, match="first order.*fixed_paths"):
+        torch.autograd.grad(y.sum(), x, create_graph=True)
+    with fixed_paths():
+        y, _ = ops.selective_scan_chunked(x, dt, A, Bm, Cm, D, chunk_size=4)
+    (gx,) = torch.autograd.grad(y.sin().sum(), x, create_graph=True)
+    (gA,) = torch.autograd.grad(gx.square().sum(), A)
+    y, _ = ops.selective_scan_recurrent(x, dt, A, Bm, Cm, D)
+    (gx,) = torch.autograd.grad(y.sin().sum(), x, create_graph=True)
+    torch.testing.assert_close(gA, torch.autograd.grad(gx.square().sum(), A)[0])
+
+
+def test_the_returned_state_can_be_updated_in_place():
+    tensors = [t.requires_grad_() for t in inputs(L=9, seed=11)]
+    y, h = ops.selective_scan_chunked(*tensors, chunk_size=4)
+    h.mul_(2)
+    (y.sum() + h.sum()).backward()
+    assert all(t.grad is not None for t in tensors)

@@ -14,7 +14,7 @@ import torch
 
 import recallkit as rk
 from recallkit.packed_training import pack_key, train_packed
-from recallkit.training import train
+from recallkit.training import initial_model, train
 from tests.cases import CASES
 
 FIRST_CASE = {key: kwargs for key, kwargs in reversed(CASES)}  # each key's first row of the contract table
@@ -89,9 +89,12 @@ def test_a_packed_member_trains_as_its_run_alone_for_every_mixer(key, float64):
 
 @pytest.mark.parametrize("key", sorted(rk.MIXERS))
 def test_a_packed_member_trains_as_its_run_alone_in_float32(key):
-    """The default dtype, every mixer, 10 steps: the losses and weights of each member stay within
-    float32 rounding of its run alone (measured worst over the keys: losses 8e-6 relative, for Gated
-    DeltaProduct; weights 8e-4 in relative norm, for Gated DeltaProduct and attention)."""
+    """The default dtype, every mixer, 10 steps: each member's losses and its weights' updates stay
+    within float32 rounding of its run alone. Updates, not weights: after 10 small steps many
+    parameters moved less than any weight tolerance. Measured worst over the keys: losses 8e-6
+    relative (Gated DeltaProduct); updates 1.2e-2 in relative norm for attention and MLA (SDPA's
+    rounding through AdamW's g / (|g| + eps)), 1e-3 or less for the rest; a skipped or wrong update
+    is off by its own size."""
     configs = [run(key, FIRST_CASE[key], max_steps=10, lr=3e-3, seed=0, eval_every=10),
                run(key, FIRST_CASE[key], max_steps=10, lr=1e-3, seed=1, weight_decay=0.0, warmup_steps=10,
                    eval_every=10)]
@@ -101,7 +104,10 @@ def test_a_packed_member_trains_as_its_run_alone_in_float32(key):
         assert all(p.dtype == torch.float32 for p in result.model.parameters())
         torch.testing.assert_close(torch.tensor(losses), torch.tensor(alone_losses), rtol=5e-5, atol=0)
         assert result.status == alone_result.status and result.metrics["steps"] == 10
-        assert_same_weights(result.model, alone_result.model, tolerance=5e-3)
+        start = initial_model(config, torch.device("cpu")).state_dict()
+        for name, p in alone_result.model.state_dict().items():
+            update, packed_update = p - start[name], result.model.state_dict()[name] - start[name]
+            assert (packed_update - update).norm() <= 5e-2 * update.norm() + 1e-12, name
 
 
 def test_members_leave_the_pack_at_their_own_stop(float64):

@@ -97,8 +97,8 @@ def selective_scan_chunked(
         x_, dt_, B_, C_ = (F.pad(t, (0, 0, 0, pad)) for t in (x_, dt_, B_, C_))
     inputs = (x_, dt_, A_, B_, C_, h0)
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs) and not paths_fixed():
-        y, h = _ChunkedScan.apply(*inputs, Lc)  # the adjoint below, not autograd through 3 Lc steps
-    else:  # vmap (packed training) and torch.compile trace the steps themselves
+        y, h = _ChunkedScan.apply(*inputs, Lc)  # the adjoint below, not autograd through 2 Lc + nc steps
+    else:  # no gradients, or vmap (packed training) and torch.compile, which trace the steps themselves
         y, h, _ = _scan_chunks(*inputs, Lc)
     return (y[:, :L] + skip).to(x.dtype), h
 
@@ -171,7 +171,9 @@ class _ChunkedScan(torch.autograd.Function):
         dC_t = h_t^T dy_t,  dB_t = dh_t^T u_t,  du_t = dh_t B_t,
         g_t = dh_t ⊙ h_{t-1} ⊙ exp(dt_t A):  ddt_t += sum_n g_t A,  dA += sum_t g_t dt_t,
 
-    with u = dt x (dx = du dt, ddt += du x)."""
+    with u = dt x (dx = du dt, ddt += du x). First order only (backward with create_graph raises); under
+    torch.func transforms or forward-mode AD, run the scan inside ``ops.numerics.fixed_paths()``,
+    where autograd records the steps (packed training and compile do)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor, Lc: int):
@@ -179,10 +181,13 @@ class _ChunkedScan(torch.autograd.Function):
         y, h_last, starts = _scan_chunks(x, dt, A, B, C, h0, Lc, keep=[decays, states])
         ctx.save_for_backward(x, dt, A, B, C, starts, *decays, *states)
         ctx.Lc = Lc
-        return y, h_last
+        return y, h_last.clone()  # not a view of a saved state: the caller may update it in place
 
     @staticmethod
     def backward(ctx, dy: Tensor, dh_last: Tensor):
+        if torch.is_grad_enabled():  # create_graph: the saved decays and states would act as constants
+            raise RuntimeError("the chunked selective scan's backward is first order: for higher "
+                               "derivatives run it inside recallkit.ops.numerics.fixed_paths()")
         x, dt, A, B, C, starts, *kept = ctx.saved_tensors
         Lc, (Bsz, Lp, Dn), N = ctx.Lc, x.shape, A.shape[1]
         nc = Lp // Lc
