@@ -20,10 +20,11 @@ disjointness: V = 128, |A|, |B| = (24, 3) and (3, 24), 2-layer d=32 models with 
 computes "is my token in the set I just read", a product), one head of elu features of dim 4: the
 decode state per layer holds 4 x 33 numbers (and a 3 x 32 conv tail), room for the 3-element set,
 not the 24-element one. 6000 steps of 64 examples (about 8 CPU-minutes per run). Causal linear
-attention, PLA + MLM, linear attention reading twice, attention. Measured at seed 0 (33 minutes,
-2 workers): causal linear attention 0.363 long-first vs 0.434 short-first (the order effect),
-PLA + MLM 0.453 / 0.406, reading twice 0.352, attention 0.828 / 0.395 (short-first not yet learnt at
-this budget); the PLA lead is within seed noise (seed 1: 0.426 vs 0.406).
+attention, PLA + MLM, linear attention reading twice, attention. Measured at seeds 0-2 (about 33
+minutes per seed, 2 workers), mean long-first / short-first: causal linear attention 0.383 / 0.439
+(the order effect, at every seed), PLA + MLM 0.435 / 0.385 (long-first above causal at every seed,
++0.052 on average; short-first below), reading twice 0.404 long-first, attention 0.932 / 0.409
+(short-first not yet learnt at this budget).
 
 A third, small-vocabulary part (labels ending "(v32)"): V = 32, T = 24, |A|, |B| = (16, 3) and
 (3, 16), the bound part's d=32 model without the MLM loss (it lowered PLA long-first from 0.617 to
