@@ -115,7 +115,7 @@ def _scan_chunks(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Ten
     Bsz, Lp, Dn = x.shape
     nc, N = Lp // Lc, A.shape[1]
     dts, us, Bs, Cs = _per_position(x, dt, B, C, Lc)
-    decays, states = keep if keep is not None else ([], [])
+    decays, states = keep if keep is not None else (None, None)
 
     def step(i: int, h: Tensor) -> Tensor:
         """Token i of the first k chunks: h <- exp(dt_i A) ⊙ h + u_i B_i^T, h (B, k, Dn, N)."""
@@ -139,7 +139,8 @@ def _scan_chunks(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Ten
     outputs = []
     for i in range(Lc):
         h = step(i, h)
-        states.append(h)
+        if keep is not None:
+            states.append(h)
         outputs.append((h * Cs[i][..., None, :]).sum(-1))  # (B, nc, Dn): h_i C_i (faster than a matvec)
     return torch.stack(outputs, dim=2).reshape(Bsz, Lp, Dn), h[:, -1], starts
 
