@@ -98,3 +98,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_sep("=", "skipped for missing optional tools", yellow=True, bold=True)
         for line in lines:
             terminalreporter.write_line(line, yellow=True)
+
+
+@pytest.fixture(params=["whole_chunk", "sub_chunks"])
+def vector_gate_path(request, monkeypatch):
+    """Both ways of scoring a per-channel gate: one GEMM per chunk (the default while the chunk's decays
+    stay small, as every test's do) and the sub-chunk factorisation that strong decays need."""
+    import recallkit.ops.gated_linear_attention as gla
+
+    monkeypatch.setattr(gla, "_WHOLE_CHUNK_GEMM", request.param == "whole_chunk")
+    return request.param

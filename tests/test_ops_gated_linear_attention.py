@@ -26,7 +26,7 @@ def qkvg(gate: str, B=2, H=2, T=23, Dk=5, Dv=3, seed=0, dtype=torch.float64, str
 @pytest.mark.parametrize("gate", GATES)
 @pytest.mark.parametrize(("chunk_size", "sub_chunk_size"),
                          [(1, 8), (4, 2), (7, 8), (12, 4), (23, 8), (64, 16), (64, 8)])
-def test_chunked_equals_recurrent_and_quadratic(gate, chunk_size, sub_chunk_size):
+def test_chunked_equals_recurrent_and_quadratic(gate, chunk_size, sub_chunk_size, vector_gate_path):
     q, k, v, g = qkvg(gate)
     y_rec, s_rec = ops.gated_linear_attention_recurrent(q, k, v, g)
     y_chunk, s_chunk = ops.gated_linear_attention_chunked(
@@ -73,11 +73,24 @@ def test_sub_chunk_gemm_equals_the_exact_masked_form(monkeypatch):
     # forcing the limit below zero takes the exact (sub, sub, Dk) form for the same inputs
     q, k, v, g = qkvg("vector", T=24)
     assert (-g).sum(dim=2).amax() < gla_module._DIAG_GEMM_MAX_DECAY  # so the default took the GEMM
+    monkeypatch.setattr(gla_module, "_WHOLE_CHUNK_GEMM", False)
     y_gemm, s_gemm = ops.gated_linear_attention_chunked(q, k, v, g, chunk_size=16, sub_chunk_size=8)
     monkeypatch.setattr(gla_module, "_DIAG_GEMM_MAX_DECAY", -1.0)
     y_exact, s_exact = ops.gated_linear_attention_chunked(q, k, v, g, chunk_size=16, sub_chunk_size=8)
     torch.testing.assert_close(y_gemm, y_exact)
     torch.testing.assert_close(s_gemm, s_exact)
+
+
+def test_a_chunk_with_small_decays_is_scored_as_one_gemm():
+    # within _DIAG_GEMM_MAX_DECAY nats the whole chunk is one sub-chunk (one (C, C) GEMM); stronger
+    # decays, or fixed_paths (no value read), take sub-chunks of the largest divisor <= the target
+    _, _, _, g = qkvg("vector", T=16)
+    cum = g.reshape(2, 2, 1, 16, 5).cumsum(dim=3)  # (B, H, N, C, Dk), one chunk
+    assert (-cum).amax() < gla_module._DIAG_GEMM_MAX_DECAY < (-100 * cum).amax()
+    assert gla_module._sub_chunk_for(cum, 6) == 16
+    assert gla_module._sub_chunk_for(100 * cum, 6) == 4
+    with ops.numerics.fixed_paths():
+        assert gla_module._sub_chunk_for(cum, 6) == 4
 
 
 def test_fixed_paths_take_the_exact_form_without_reading_a_value():

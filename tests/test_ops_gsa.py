@@ -48,7 +48,7 @@ def test_gsa_chunked_equals_recurrent(chunk_size, from_state):
 
 
 @pytest.mark.parametrize("sub_chunk_size", [1, 2, 3, 16])
-def test_gsa_sub_chunks_change_nothing(sub_chunk_size):
+def test_gsa_sub_chunks_change_nothing(sub_chunk_size, vector_gate_path):
     q, k, v, g = qkvg()
     y_rec, s_rec = ops.gsa_recurrent(q, k, v, g, state=start_state())
     y, s = ops.gsa_chunked(q, k, v, g, state=start_state(), chunk_size=16, sub_chunk_size=sub_chunk_size)
@@ -152,7 +152,7 @@ def test_gsa_empty_sequence_and_bad_shapes():
 
 
 @pytest.mark.parametrize("limit", [None, -1.0])
-def test_gsa_sub_chunk_gemm_and_exact_form_both_equal_the_loop(monkeypatch, limit):
+def test_gsa_sub_chunk_gemm_and_exact_form_both_equal_the_loop(monkeypatch, limit, vector_gate_path):
     # the default inputs' sub-chunk decays stay below the limit, so the pairs inside a sub-chunk take the
     # GEMM; a limit below zero forces the exact masked (sub, sub, M) form on the same inputs
     if limit is not None:

@@ -40,7 +40,7 @@ def test_kda_chunked_equals_recurrent(chunk_size, from_state):
 
 
 @pytest.mark.parametrize("sub_chunk_size", [1, 2, 3, 16])
-def test_kda_sub_chunks_change_nothing(sub_chunk_size):
+def test_kda_sub_chunks_change_nothing(sub_chunk_size, vector_gate_path):
     q, k, v, beta, g = qkvbg()
     y_rec, s_rec = ops.kda_recurrent(q, k, v, beta, g, state=start_state())
     y, s = ops.kda_chunked(q, k, v, beta, g, state=start_state(), chunk_size=16,

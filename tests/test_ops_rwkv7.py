@@ -44,7 +44,7 @@ def test_rwkv7_chunked_equals_recurrent(chunk_size, from_state):
 
 
 @pytest.mark.parametrize("sub_chunk_size", [1, 2, 3, 16])
-def test_rwkv7_sub_chunks_change_nothing(sub_chunk_size):
+def test_rwkv7_sub_chunks_change_nothing(sub_chunk_size, vector_gate_path):
     args = inputs()
     y_rec, s_rec = ops.rwkv7_recurrent(*args, state=start_state())
     y, s = ops.rwkv7_chunked(*args, state=start_state(), chunk_size=16, sub_chunk_size=sub_chunk_size)
@@ -146,7 +146,7 @@ def test_rwkv7_empty_sequence_and_bad_shapes():
 
 
 @pytest.mark.parametrize("limit", [None, -1.0])
-def test_rwkv7_sub_chunk_gemm_and_exact_form_both_equal_the_loop(monkeypatch, limit):
+def test_rwkv7_sub_chunk_gemm_and_exact_form_both_equal_the_loop(monkeypatch, limit, vector_gate_path):
     # the default inputs' sub-chunk decays stay below the limit, so the pairs inside a sub-chunk take the
     # GEMM; a limit below zero forces the exact masked (sub, sub, Dk) form on the same inputs (both with
     # the strictly causal scores of the shifted decays)

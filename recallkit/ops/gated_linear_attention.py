@@ -102,6 +102,19 @@ def _sub_chunk(chunk_size: int, target: int) -> int:
     return max(d for d in range(1, min(chunk_size, target) + 1) if chunk_size % d == 0)
 
 
+def _sub_chunk_for(cum: Tensor, target: int) -> int:
+    """The sub-chunk for scores over chunk-local cumulative log-decays ``cum`` (..., C, D): the whole
+    chunk while every decay in it stays within ``_DIAG_GEMM_MAX_DECAY`` nats, so that the scores are
+    one (C, C) GEMM per chunk as the scalar gate's (every chunk of the call must qualify: one host
+    sync), else the largest divisor of C that is <= ``target`` (always, under ``fixed_paths``)."""
+    C = cum.shape[-2]
+    sub = _sub_chunk(C, target)
+    if (_WHOLE_CHUNK_GEMM and not paths_fixed() and cum.numel()
+            and bool(cum.abs().amax() <= _DIAG_GEMM_MAX_DECAY)):
+        return C
+    return sub
+
+
 class _VectorGateScores:
     """Intra-chunk scores sum_d x_id y_jd exp(cx_id - c_jd) for a per-channel gate, never exponentiating a
     positive number beyond a bounded one.
@@ -150,14 +163,14 @@ class _VectorGateScores:
         return inside, k_ref.reshape(*self.lead, self.n, self.n * self.sub, k.shape[-1])
 
     def scores(self, q: Tensor, keys: tuple[Tensor, Tensor | None], *, q_cum: Tensor | None = None,
-               strict: bool = False) -> tuple[Tensor, Tensor]:
+               strict: bool = False) -> tuple[Tensor | None, Tensor]:
         """Scores of queries q (..., N, C, Dk), or (S, ..., N, C, Dk) for S query sets, against
         ``keys(k)``, with the queries' cumulative decays ``q_cum`` (default: c; shaped like q or like c).
 
         Returns:
-            A_off (..., N, C, C), the scores across sub-chunks, and A_diag (..., N, n, sub, sub), the
-            scores inside each sub-chunk, causal (j <= i, or j < i when ``strict``), zero above (with q's
-            leading S, if any).
+            A_off (..., N, C, C), the scores across sub-chunks (None for one sub-chunk), and A_diag
+            (..., N, n, sub, sub), the scores inside each sub-chunk, causal (j <= i, or j < i when
+            ``strict``), zero above (with q's leading S, if any).
         """
         n, sub, C, Dk = self.n, self.sub, q.shape[-2], q.shape[-1]
         q_lead = q.shape[:-2]
@@ -172,7 +185,7 @@ class _VectorGateScores:
             decay = masked_exp(qcs[..., :, None, :] - self.cs[..., None, :, :], tril[..., None])
             a_diag = (qs[..., :, None, :] * inside[..., None, :, :] * decay).sum(-1)  # (..., n, sub, sub)
         if k_ref is None:
-            return q.new_zeros(*q_lead, C, C), a_diag
+            return None, a_diag
         a_off = _shared_keys_matmul(q_ref, k_ref.transpose(-1, -2))  # (..., N, n, sub, C)
         return a_off.reshape(*q_lead, C, C), a_diag
 
@@ -181,6 +194,8 @@ class _VectorGateScores:
         """:meth:`scores` as one (..., N, C, C) matrix, zero above the diagonal."""
         a_off, a_diag = self.scores(q, keys, q_cum=q_cum, strict=strict)
         n, sub = self.n, self.sub
+        if a_off is None:
+            return a_diag.reshape(*a_diag.shape[:-3], sub, sub)
         eye = torch.eye(n, dtype=a_diag.dtype, device=q.device)[:, None, :, None]  # (n, 1, n, 1)
         return a_off + (a_diag[..., :, :, None, :] * eye).reshape(*a_diag.shape[:-3], n * sub, n * sub)
 
@@ -189,6 +204,9 @@ class _VectorGateScores:
 # but exp(b_I - c_j) >= 1: a GEMM is safe while the sub-chunk's largest decay stays below this many
 # nats (exp(40) ~ 2e17, far from float32's ~3e38); beyond it the exact masked (sub, sub, Dk) form runs.
 _DIAG_GEMM_MAX_DECAY = 40.0
+# Whether a chunk whose decays stay within that bound is scored as one sub-chunk (tests turn it off to
+# reach the sub-chunk paths with small decays).
+_WHOLE_CHUNK_GEMM = True
 
 
 def _shared_keys_matmul(a: Tensor, b: Tensor) -> Tensor:
@@ -212,7 +230,8 @@ def gated_linear_attention_chunked(
     Y = (Q ⊙ exp(c)) S + A V with A[i, j] = (q_i ⊙ exp(c_i - c_j))^T k_j for j <= i, and
     S' = diag(exp(c_last)) S + (K ⊙ exp(c_last - c))^T V; every exponent is <= 0 for g <= 0.
     The scalar gate's A is (Q K^T) ⊙ exp(segsum) (SSD); the vector gate's A comes from
-    :class:`_VectorGateScores` with sub-chunks of the largest divisor of chunk_size <= sub_chunk_size.
+    :class:`_VectorGateScores`: one GEMM per chunk while the chunk's decays stay within
+    ``_DIAG_GEMM_MAX_DECAY`` nats, else sub-chunks of the largest divisor of chunk_size <= sub_chunk_size.
     The states cross chunks in a loop of T / chunk_size cheap steps; everything else is batched GEMMs.
     Same arguments and returns as :func:`gated_linear_attention_recurrent`.
     """
@@ -245,11 +264,13 @@ def gated_linear_attention_chunked(
         scores = (qc @ kc.transpose(-1, -2)) * masked_exp(c1[..., :, None] - c1[..., None, :], tril)
         intra = scores @ vc  # (B, H, N, C, Dv)
     else:
-        sub = _sub_chunk(C, sub_chunk_size)
+        sub = _sub_chunk_for(cum, sub_chunk_size)
         scores = _VectorGateScores(cum, sub)
         a_off, a_diag = scores.scores(qc, scores.keys(kc))
         n = C // sub
-        intra = a_off @ vc + (a_diag @ vc.reshape(B, H, N, n, sub, -1)).reshape(B, H, N, C, -1)
+        intra = (a_diag @ vc.reshape(B, H, N, n, sub, -1)).reshape(B, H, N, C, -1)
+        if a_off is not None:
+            intra = intra + a_off @ vc
     chunk_kv = (kc * torch.exp(last - cum)).transpose(-1, -2) @ vc  # (B, H, N, Dk, Dv)
     chunk_decay = torch.exp(last).transpose(-1, -2)  # (B, H, N, Dk or 1, 1)
     befores = []

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import recallkit.ops.gated_linear_attention as gla
-from recallkit.ops.gated_linear_attention import _sub_chunk, gated_linear_attention_chunked
+from recallkit.ops.gated_linear_attention import _sub_chunk_for, gated_linear_attention_chunked
 from recallkit.ops.numerics import compute_dtype, masked_exp, paths_fixed
 from recallkit.ops.segments import chunk_length, in_segments, segment_length
 
@@ -171,7 +171,7 @@ def gsa_slot_scores_chunked(
     sc = _write_weights(gc)  # (B, H, N, C, M)
     cum = torch.cumsum(gc, dim=3)  # chunk-local, <= 0
     last = cum[:, :, :, -1:]  # (B, H, N, 1, M): log-decay over the whole chunk
-    intra = _intra_slot_scores(qc, kc, sc, cum, _sub_chunk(C, sub_chunk_size))  # (B, H, N, C, M)
+    intra = _intra_slot_scores(qc, kc, sc, cum, _sub_chunk_for(cum, sub_chunk_size))  # (B, H, N, C, M)
     chunk_sk = (sc * torch.exp(last - cum)).transpose(-1, -2) @ kc  # (B, H, N, M, Dk): written by the chunk
     chunk_decay = torch.exp(last).transpose(-1, -2)  # (B, H, N, M, 1)
     befores = []

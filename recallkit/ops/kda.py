@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recallkit.ops.gated_linear_attention import _sub_chunk, _VectorGateScores
+from recallkit.ops.gated_linear_attention import _sub_chunk_for, _VectorGateScores
 from recallkit.ops.numerics import compute_dtype
 from recallkit.ops.segments import chunk_length, in_segments, segment_length
 
@@ -120,7 +120,7 @@ def kda_chunked(
     bc = b_.reshape(B, H, N, C, 1)
     cum = torch.cumsum(gc, dim=3)  # (B, H, N, C, Dk), chunk-local, <= 0
     last = cum[:, :, :, -1:]  # (B, H, N, 1, Dk): log-decay over the whole chunk
-    scores = _VectorGateScores(cum, _sub_chunk(C, sub_chunk_size))
+    scores = _VectorGateScores(cum, _sub_chunk_for(cum, sub_chunk_size))
     kk, qk = scores.full(torch.stack([kc, qc]), scores.keys(kc))  # one set of decays for both
     kk = kk.tril(-1)  # A, strictly lower; qk is P, causal incl. the diagonal
     k_w = kc * cum.exp()  # keys as seen by the start-of-chunk state

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recallkit.ops.gated_linear_attention import _sub_chunk, _VectorGateScores
+from recallkit.ops.gated_linear_attention import _sub_chunk_for, _VectorGateScores
 from recallkit.ops.numerics import compute_dtype
 from recallkit.ops.segments import chunk_length, in_segments, segment_length
 
@@ -117,7 +117,7 @@ def rwkv7_chunked(
     cum = torch.cumsum(gc, dim=3)  # c: (B, H, N, C, Dk), chunk-local, <= 0
     exc = F.pad(cum[..., :-1, :], (0, 0, 1, 0))  # e_i = c_{i-1}: the decay before token i
     last = cum[..., -1:, :]  # (B, H, N, 1, Dk): log-decay over the whole chunk
-    scores = _VectorGateScores(cum, _sub_chunk(C, sub_chunk_size))
+    scores = _VectorGateScores(cum, _sub_chunk_for(cum, sub_chunk_size))
     a_keys, k_keys = scores.keys(ac), scores.keys(kc)
     A = scores.full(bc, a_keys, q_cum=exc, strict=True)  # (B, H, N, C, C), strictly lower
     G = scores.full(bc, k_keys, q_cum=exc, strict=True)
