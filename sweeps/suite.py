@@ -65,18 +65,30 @@ TASKS: list[dict] = [
 ]
 
 
-def suite_run(label: str, mixer: dict | list[dict], task: dict, lr: float) -> rk.RunConfig:
+# The settings behind the README's claims run at every seed of SEEDS (first, so that they finish
+# first); the rest of the map at seed 0.
+HEADLINE = [TASKS[1], TASKS[4], TASKS[8]]  # forgetting MQAR, niah + 3 distractors, selective copying
+SEEDS = [0, 1, 2]
+
+
+def suite_run(label: str, mixer: dict | list[dict], task: dict, lr: float, seed: int) -> rk.RunConfig:
     """A 2-layer SwiGLU model of width D_MODEL trained and evaluated on ``task``."""
     return rk.RunConfig(
         model=dict(vocab_size=task["vocab_size"], d_model=D_MODEL, num_layers=2, mixer=mixer, mlp="swiglu"),
         task=task, label=label,
-        train=dict(lr=lr, max_steps=MAX_STEPS, batch_size=32, seed=0),
+        train=dict(lr=lr, max_steps=MAX_STEPS, batch_size=32, seed=seed),
     )
 
 
 configs = [
-    suite_run(label, mixer, task, lr)
-    for task in TASKS
+    suite_run(label, mixer, task, lr, seed)
+    for seed in SEEDS
+    for task in HEADLINE
+    for label, mixer in MIXERS.items()
+    for lr in LEARNING_RATES
+] + [
+    suite_run(label, mixer, task, lr, 0)
+    for task in TASKS if task not in HEADLINE
     for label, mixer in MIXERS.items()
     for lr in LEARNING_RATES
 ]

@@ -31,7 +31,7 @@ def _one_thread():
 
 
 def suite_config(label: str, setting: str) -> rk.RunConfig:
-    (config,) = [c for c in SUITE if c.label == label and c.task.setting == setting]
+    (config,) = [c for c in SUITE if c.label == label and c.task.setting == setting and c.train.seed == 0]
     return config
 
 

@@ -61,3 +61,17 @@ def test_the_report_writes_the_map_as_png_and_as_a_table(tmp_path, monkeypatch):
     assert (tmp_path / "capability.png").stat().st_size > 10_000
     html = page.read_text()
     assert 'id="capability"' in html and "<td>based (3k)</td><td></td><td>0.400 (3k)</td>" in html
+
+
+def test_a_cell_with_seeds_gives_their_mean_and_interval():
+    rows = suite_rows()
+    for seed, accuracy in [(1, 0.50), (2, 0.60)]:
+        extra = row(f"b{seed + 1}", "based", 64, 1e-3, accuracy, state=3000)
+        extra["config"]["train"]["seed"] = seed
+        rows.append(extra)
+    grid = capability_map(frontier_points(rows))
+    low, high = grid.interval[1][1]
+    assert abs(grid.accuracy[1][1] - 0.50) < 1e-12 and 0.40 <= low < 0.50 < high <= 0.60
+    assert grid.interval[2][1] is None  # attention: one seed
+    _, cells = capability_table(frontier_points(rows))
+    assert cells[1][2] == f"0.500 [{low:.3f}, {high:.3f}] (3k)"

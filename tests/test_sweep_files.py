@@ -157,6 +157,8 @@ def test_suite_puts_every_mixer_family_on_every_suite_task():
     for label in families:  # every family on every setting: the capability map has no holes
         assert {c.task.setting for c in configs if c.label == label} == settings
     assert len(settings) == 12  # parity / S5 and 0 / 3 distractors are separate columns
+    for name in ("forgetting_mqar", "selective_copy"):  # the README's claims: three seeds
+        assert {c.train.seed for c in configs if c.task.name == name} == {0, 1, 2}
     for c in configs:
         rk.build_model(c.model)
     assert len({c.run_id for c in configs}) == len(configs)

@@ -17,13 +17,15 @@ from recallkit.report.common import FrontierPoint, base_panel
 @dataclass(frozen=True)
 class CapabilityMap:
     """``accuracy[i][j]``: family ``labels[i]``'s best accuracy in panel ``panels[j]`` (over widths and
-    model settings; None when it was not evaluated there), ``state[i][j]`` the state size of that best
-    point. Rows are ordered by the family's largest state, smallest first."""
+    model settings, the mean over seeds; None when it was not evaluated there), ``state[i][j]`` the
+    state size of that best point and ``interval[i][j]`` its 95% bootstrap interval over seeds (None
+    with one seed). Rows are ordered by the family's largest state, smallest first."""
 
     labels: list[str]
     panels: list[str]
     accuracy: list[list[float | None]]
     state: list[list[int | None]]
+    interval: list[list[tuple[float, float] | None]]
 
 
 def capability_map(points: list[FrontierPoint]) -> CapabilityMap:
@@ -40,7 +42,8 @@ def capability_map(points: list[FrontierPoint]) -> CapabilityMap:
     labels = sorted(largest, key=lambda label: (largest[label], label))
     cells = [[best.get((label, panel)) for panel in panels] for label in labels]
     return CapabilityMap(labels, panels, [[c and c.accuracy for c in row] for row in cells],
-                         [[c and c.state_size for c in row] for row in cells])
+                         [[c and c.state_size for c in row] for row in cells],
+                         [[c and c.interval for c in row] for row in cells])
 
 
 def has_capability_axis(points: list[FrontierPoint]) -> bool:
@@ -58,7 +61,8 @@ def _compact(n: int) -> str:
 
 def plot_capability_map(points: list[FrontierPoint], path: str | Path) -> Path:
     """Heatmap: a row per family (its largest state in the label), a column per task setting, each cell
-    its accuracy and the state it took; grey where the family was not evaluated."""
+    its accuracy (with seeds: the mean and, below it, the 95% interval) and the state it took; grey
+    where the family was not evaluated."""
     grid, path = capability_map(points), Path(path)
     values = [[float("nan") if a is None else a for a in row] for row in grid.accuracy]
     fig, ax = plt.subplots(figsize=(2.0 + 1.3 * len(grid.panels), 1.2 + 0.5 * len(grid.labels)))
@@ -67,8 +71,11 @@ def plot_capability_map(points: list[FrontierPoint], path: str | Path) -> Path:
     for i, row in enumerate(grid.accuracy):
         for j, accuracy in enumerate(row):
             if accuracy is not None:
-                ax.text(j, i, f"{accuracy:.2f}\n{_compact(grid.state[i][j])}", ha="center", va="center",
-                        fontsize=7, color="black" if accuracy > 0.6 else "white")
+                interval = grid.interval[i][j]
+                spread = "" if interval is None else f"\n[{interval[0]:.2f}, {interval[1]:.2f}]"
+                ax.text(j, i, f"{accuracy:.2f}{spread}\n{_compact(grid.state[i][j])}", ha="center",
+                        va="center", fontsize=7 if interval is None else 6,
+                        color="black" if accuracy > 0.6 else "white")
     ax.set_yticks(range(len(grid.labels)), _row_names(grid))
     ax.set_xticks(range(len(grid.panels)), grid.panels, rotation=30, ha="right")
     ax.set_title("Capability map: accuracy (state) per task", fontsize=10)
@@ -87,8 +94,17 @@ def _row_names(grid: CapabilityMap) -> list[str]:
 
 
 def capability_table(points: list[FrontierPoint]) -> tuple[list[str], list[list[str]]]:
-    """The map as table headers and rows: ``"0.93 (66k)"`` per cell, empty where not evaluated."""
+    """The map as table headers and rows: ``"0.930 (66k)"`` per cell, with seeds the mean and its 95%
+    interval ``"0.930 [0.900, 0.960] (66k)"``; empty where not evaluated."""
     grid = capability_map(points)
-    rows = [[name, *("" if a is None else f"{a:.3f} ({_compact(s)})" for a, s in zip(accs, states))]
-            for name, accs, states in zip(_row_names(grid), grid.accuracy, grid.state, strict=True)]
+    rows = [[name, *(_cell(a, s, i) for a, s, i in zip(accs, states, intervals, strict=True))]
+            for name, accs, states, intervals
+            in zip(_row_names(grid), grid.accuracy, grid.state, grid.interval, strict=True)]
     return ["model (largest state)", *grid.panels], rows
+
+
+def _cell(accuracy: float | None, state: int | None, interval: tuple[float, float] | None) -> str:
+    if accuracy is None:
+        return ""
+    spread = "" if interval is None else f" [{interval[0]:.3f}, {interval[1]:.3f}]"
+    return f"{accuracy:.3f}{spread} ({_compact(state)})"
