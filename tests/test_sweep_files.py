@@ -55,6 +55,10 @@ def test_state_tradeoff_spans_every_family_and_builds():
         model = rk.build_model(c.model)
         assert model.state_size(c.task.seq_len) > 0
     assert len({c.run_id for c in configs}) == len(configs)
+    three = {c.model.model_dump_json() for c in configs if c.train.seed == 2}  # the headline points
+    assert len(three) == 18 and {"sliding_window", "deltanet", "gla", "mamba2"} <= {
+        c.label for c in configs if c.train.seed == 2}
+    assert all(sum(c.model.model_dump_json() == m for c in configs) == 3 for m in three)
 
 
 def test_kv_eviction_sweep_evaluates_every_policy_in_both_modes():
