@@ -90,9 +90,10 @@ def kda_chunked(
     U' = U - W S with [W U] = (I + L)^{-1} diag(beta) [K_w V] (one triangular solve). Then
     Y = (Q ⊙ exp(c)) S + P U' with P_ij = sum_d q_id k_jd exp(c_id - c_jd) (j <= i), and
     S' = Diag(exp(c_C)) S + K_d^T U' with K_d = K ⊙ exp(c_C - c); only S' = Diag(exp(c_C)) S + M S + N
-    (M = -K_d^T W, N = K_d^T U) runs in a loop of T / chunk_size small GEMMs. Every exponent is <= 0:
-    the scores A and P come from the sub-chunk factorisation of the vector-gate linear attention
-    (``sub_chunk_size``, see ``recallkit.ops.gated_linear_attention``), never exp(c) * exp(-c).
+    (M = -K_d^T W, N = K_d^T U) runs in a loop of T / chunk_size small GEMMs. The scores A and P come
+    from the vector-gate linear attention's ``_VectorGateScores``: one GEMM through exp(c) and exp(-c)
+    per chunk while its decays stay within 40 nats, else the sub-chunk factorisation
+    (``sub_chunk_size``), whose exponentials stay bounded for any decay.
     Padding of a partial last chunk uses beta = 0, g = 0, k = v = 0, which leaves the state untouched.
     Same arguments and returns as :func:`kda_recurrent`, plus ``chunk_size`` and ``sub_chunk_size``.
     """

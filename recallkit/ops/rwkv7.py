@@ -89,9 +89,10 @@ def rwkv7_chunked(
     with P_a, P_k the causal scores (diagonal included) of q against alpha and k with exp(c_i - c_j),
     and S' = Diag(exp(c_C)) S + A_d^T U + K_d^T V with A_d, K_d = alpha, k ⊙ exp(c_C - c); only
     S' = Diag(exp(c_C)) S + M S + N (M = A_d^T W, N = A_d^T U~ + K_d^T V) runs in a loop of
-    T / chunk_size small GEMMs. Every exponent is <= 0: the four score matrices come from the sub-chunk
-    factorisation (``sub_chunk_size``, see ``recallkit.ops.gated_linear_attention._VectorGateScores``),
-    never exp(c) * exp(-c).
+    T / chunk_size small GEMMs. The four score matrices come from
+    ``recallkit.ops.gated_linear_attention._VectorGateScores``: one GEMM through exp(c) and exp(-c) per
+    chunk while its decays stay within 40 nats, else the sub-chunk factorisation (``sub_chunk_size``),
+    whose exponentials stay bounded for any decay.
     With alpha = -b k, beta = exp(g) ⊙ k and written keys b k this is ``kda_chunked``'s algebra.
     Padding of a partial last chunk uses g = 0 and zero q, k, v, alpha, beta: the state stays untouched.
     Same arguments and returns as :func:`rwkv7_recurrent`, plus ``chunk_size`` and ``sub_chunk_size``.
