@@ -37,7 +37,7 @@ def suite_config(label: str, setting: str) -> rk.RunConfig:
 
 # (model, task setting, minimum accuracy): measured in sweeps/suite.py, first step >= minimum / final
 CASES = [
-    ("deltanet", "forgetting_mqar T=32", 0.9),  # 300 / 0.995 (linear attention: 0.384 after 1000)
+    ("deltanet", "forgetting_mqar T=32", 0.9),  # 300 / 0.992 (linear attention: 0.384 after 1000)
     ("attention", "compositional_mqar T=32", 0.9),  # 200 / 0.992
     ("attention", "niah 1 needle + 3 distractors T=32", 0.9),  # 600 / 0.992 (without: 100 / 1.000)
     ("attention", "noisy_recall T=32", 0.9),  # 300 / 0.999

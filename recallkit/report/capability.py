@@ -65,7 +65,8 @@ def plot_capability_map(points: list[FrontierPoint], path: str | Path) -> Path:
     where the family was not evaluated."""
     grid, path = capability_map(points), Path(path)
     values = [[float("nan") if a is None else a for a in row] for row in grid.accuracy]
-    fig, ax = plt.subplots(figsize=(2.0 + 1.3 * len(grid.panels), 1.2 + 0.5 * len(grid.labels)))
+    row_height = 0.5 if all(i is None for row in grid.interval for i in row) else 0.65  # 3 lines a cell
+    fig, ax = plt.subplots(figsize=(2.0 + 1.3 * len(grid.panels), 1.2 + row_height * len(grid.labels)))
     cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
     image = ax.imshow(values, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
     for i, row in enumerate(grid.accuracy):
