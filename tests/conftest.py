@@ -102,8 +102,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 @pytest.fixture(params=["whole_chunk", "sub_chunks"])
 def vector_gate_path(request, monkeypatch):
-    """Both ways of scoring a per-channel gate: one GEMM per chunk (the default while the chunk's decays
-    stay small, as every test's do) and the sub-chunk factorisation that strong decays need."""
+    """Both ways of scoring a per-channel gate: one GEMM per chunk (the default while every chunk's
+    decays stay within 40 nats) and the sub-chunk factorisation that stronger decays need."""
     import recallkit.ops.gated_linear_attention as gla
 
     monkeypatch.setattr(gla, "_WHOLE_CHUNK_GEMM", request.param == "whole_chunk")

@@ -93,6 +93,26 @@ def test_a_chunk_with_small_decays_is_scored_as_one_gemm():
         assert gla_module._sub_chunk_for(cum, 6) == 4
 
 
+def test_one_gemm_per_chunk_is_accurate_in_float32_up_to_its_bound():
+    # chunk decays of 34-38 nats (exp(-c) up to e^38 in the GEMM): float32 output and gradients still
+    # match the float64 token loop, and the whole-chunk path is the one taken
+    q, k, v, _ = qkvg("vector", T=32, seed=7)
+    g = -(38.0 / 16) * (0.9 + 0.1 * torch.rand(q.shape, generator=torch.Generator().manual_seed(8),
+                                               dtype=q.dtype))
+    cum = g.reshape(2, 2, 2, 16, 5).cumsum(dim=3)
+    assert gla_module._sub_chunk_for(cum, 4) == 16 and (-cum).amax() > 34
+    results = []
+    for dtype in (torch.float64, torch.float32):
+        inputs = [t.detach().to(dtype).requires_grad_() for t in (q, k, v, g)]
+        kernel = ops.gated_linear_attention_recurrent if dtype == torch.float64 else functools.partial(
+            ops.gated_linear_attention_chunked, chunk_size=16, sub_chunk_size=4)
+        y, s = kernel(*inputs)
+        ((y * y.detach().cos()).sum() + s.sum()).backward()
+        results.append([y, s, *(t.grad for t in inputs)])
+    for exact, fast in zip(*results, strict=True):
+        torch.testing.assert_close(fast.double(), exact.double(), atol=1e-5, rtol=1e-4)
+
+
 def test_fixed_paths_take_the_exact_form_without_reading_a_value():
     # the same small decays that take the GEMM by default take the exact form inside fixed_paths;
     # there the choice reads no tensor value, which is what lets vmap batch the kernel
@@ -124,7 +144,7 @@ def test_chunked_resumes_from_a_state(gate):
 
 
 @pytest.mark.parametrize("gate", GATES)
-def test_gradients_agree(gate):
+def test_gradients_agree(gate, vector_gate_path):
     grads = []
     for form in ("recurrent", "chunked", "quadratic"):
         q, k, v, g = (t.requires_grad_() for t in qkvg(gate, T=13, seed=3))
@@ -152,7 +172,7 @@ def test_gradients_agree(gate):
 
 
 @pytest.mark.parametrize("gate", GATES)
-def test_gradcheck_chunked(gate):
+def test_gradcheck_chunked(gate, vector_gate_path):
     q, k, v, g = qkvg(gate, B=1, H=1, T=7, Dk=3, Dv=2, seed=5)
     s0 = torch.randn(1, 1, 3, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     inputs = tuple(t.requires_grad_() for t in (q, k, v, g, s0))

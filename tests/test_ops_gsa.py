@@ -102,12 +102,12 @@ def test_gsa_chunked_resumes_from_a_state():
     assert_states_close(s_tail, s_full)
 
 
-def test_gsa_gradients_agree():  # 5 does not divide T = 13; 13 and 32 are one chunk
+def test_gsa_gradients_agree(vector_gate_path):  # 5 does not divide T = 13; 13 and 32 are one chunk
     assert_chunked_gradients_match_loop(
         ops.gsa_recurrent, ops.gsa_chunked, lambda: qkvg(T=13, seed=3), start_state, (4, 5, 13, 32))
 
 
-def test_gsa_gradcheck_chunked():
+def test_gsa_gradcheck_chunked(vector_gate_path):
     inputs = [t.requires_grad_() for t in qkvg(B=1, H=1, T=6, Dk=3, Dv=2, M=3, seed=5)]
     state = [s.requires_grad_() for s in start_state(B=1, H=1, Dk=3, Dv=2, M=3)]
 

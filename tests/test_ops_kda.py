@@ -105,12 +105,12 @@ def test_kda_chunked_resumes_from_a_state():
     torch.testing.assert_close(s_tail, s_full)
 
 
-def test_kda_gradients_agree():  # 5 does not divide T = 13
+def test_kda_gradients_agree(vector_gate_path):  # 5 does not divide T = 13
     assert_chunked_gradients_match_loop(
         ops.kda_recurrent, ops.kda_chunked, lambda: qkvbg(T=13, seed=3), start_state, (4, 5, 13))
 
 
-def test_kda_gradcheck_chunked():
+def test_kda_gradcheck_chunked(vector_gate_path):
     inputs = [t.requires_grad_() for t in qkvbg(B=1, H=1, T=6, Dk=3, Dv=2, seed=5)]
     state = start_state(B=1, H=1, Dk=3, Dv=2).requires_grad_()
 

@@ -97,12 +97,12 @@ def test_rwkv7_chunked_resumes_from_a_state():
     torch.testing.assert_close(s_tail, s_full)
 
 
-def test_rwkv7_gradients_agree():  # 5 does not divide T = 13; 13 and 32 are one chunk
+def test_rwkv7_gradients_agree(vector_gate_path):  # 5 does not divide T = 13; 13 and 32 are one chunk
     assert_chunked_gradients_match_loop(
         ops.rwkv7_recurrent, ops.rwkv7_chunked, lambda: inputs(T=13, seed=3), start_state, (4, 5, 13, 32))
 
 
-def test_rwkv7_gradcheck_chunked():
+def test_rwkv7_gradcheck_chunked(vector_gate_path):
     args = [t.clone().requires_grad_() for t in inputs(B=1, H=1, T=6, Dk=3, Dv=2, seed=5)]
     state = start_state(B=1, H=1, Dk=3, Dv=2).requires_grad_()
 

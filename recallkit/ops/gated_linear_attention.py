@@ -109,9 +109,10 @@ def _sub_chunk_for(cum: Tensor, target: int) -> int:
     sync), else the largest divisor of C that is <= ``target`` (always, under ``fixed_paths``)."""
     C = cum.shape[-2]
     sub = _sub_chunk(C, target)
-    if (_WHOLE_CHUNK_GEMM and not paths_fixed() and cum.numel()
-            and bool(cum.abs().amax() <= _DIAG_GEMM_MAX_DECAY)):
-        return C
+    if _WHOLE_CHUNK_GEMM and not paths_fixed() and cum.numel():
+        low, high = torch.aminmax(cum)  # |cum| bounds exp(c) and exp(-c) alike, even if some g > 0
+        if bool(torch.maximum(-low, high) <= _DIAG_GEMM_MAX_DECAY):
+            return C
     return sub
 
 
@@ -203,6 +204,8 @@ class _VectorGateScores:
 # Inside a sub-chunk the decays factorise through b_I as well, exp(c_i - c_j) = exp(c_i - b_I) exp(b_I - c_j),
 # but exp(b_I - c_j) >= 1: a GEMM is safe while the sub-chunk's largest decay stays below this many
 # nats (exp(40) ~ 2e17, far from float32's ~3e38); beyond it the exact masked (sub, sub, Dk) form runs.
+# A whole chunk within the bound is one sub-chunk (``_sub_chunk_for``): the scores are then the plain
+# q exp(c), k exp(-c) GEMM; a chunk beyond it is split, and each sub-chunk checked against it again.
 _DIAG_GEMM_MAX_DECAY = 40.0
 # Whether a chunk whose decays stay within that bound is scored as one sub-chunk (tests turn it off to
 # reach the sub-chunk paths with small decays).
@@ -228,10 +231,11 @@ def gated_linear_attention_chunked(
     For chunk c with chunk-local cumulative gates c_i (float32, from the chunk start, so <= 0 and
     never large-and-positive) and state S before it:
     Y = (Q ⊙ exp(c)) S + A V with A[i, j] = (q_i ⊙ exp(c_i - c_j))^T k_j for j <= i, and
-    S' = diag(exp(c_last)) S + (K ⊙ exp(c_last - c))^T V; every exponent is <= 0 for g <= 0.
+    S' = diag(exp(c_last)) S + (K ⊙ exp(c_last - c))^T V; these exponents are <= 0 for g <= 0.
     The scalar gate's A is (Q K^T) ⊙ exp(segsum) (SSD); the vector gate's A comes from
-    :class:`_VectorGateScores`: one GEMM per chunk while the chunk's decays stay within
-    ``_DIAG_GEMM_MAX_DECAY`` nats, else sub-chunks of the largest divisor of chunk_size <= sub_chunk_size.
+    :class:`_VectorGateScores`: one GEMM (Q ⊙ exp(c)) (K ⊙ exp(-c))^T per chunk while every chunk of
+    the call (each 512-token segment, all rows and heads) stays within ``_DIAG_GEMM_MAX_DECAY`` nats, so
+    no exponent exceeds 40; else sub-chunks of the largest divisor of chunk_size <= sub_chunk_size.
     The states cross chunks in a loop of T / chunk_size cheap steps; everything else is batched GEMMs.
     Same arguments and returns as :func:`gated_linear_attention_recurrent`.
     """

@@ -92,7 +92,7 @@ def kda_chunked(
     S' = Diag(exp(c_C)) S + K_d^T U' with K_d = K ⊙ exp(c_C - c); only S' = Diag(exp(c_C)) S + M S + N
     (M = -K_d^T W, N = K_d^T U) runs in a loop of T / chunk_size small GEMMs. The scores A and P come
     from the vector-gate linear attention's ``_VectorGateScores``: one GEMM through exp(c) and exp(-c)
-    per chunk while its decays stay within 40 nats, else the sub-chunk factorisation
+    per chunk while every chunk of the call stays within 40 nats, else the sub-chunk factorisation
     (``sub_chunk_size``), whose exponentials stay bounded for any decay.
     Padding of a partial last chunk uses beta = 0, g = 0, k = v = 0, which leaves the state untouched.
     Same arguments and returns as :func:`kda_recurrent`, plus ``chunk_size`` and ``sub_chunk_size``.

@@ -91,8 +91,8 @@ def rwkv7_chunked(
     S' = Diag(exp(c_C)) S + M S + N (M = A_d^T W, N = A_d^T U~ + K_d^T V) runs in a loop of
     T / chunk_size small GEMMs. The four score matrices come from
     ``recallkit.ops.gated_linear_attention._VectorGateScores``: one GEMM through exp(c) and exp(-c) per
-    chunk while its decays stay within 40 nats, else the sub-chunk factorisation (``sub_chunk_size``),
-    whose exponentials stay bounded for any decay.
+    chunk while every chunk of the call stays within 40 nats, else the sub-chunk factorisation
+    (``sub_chunk_size``), whose exponentials stay bounded for any decay.
     With alpha = -b k, beta = exp(g) ⊙ k and written keys b k this is ``kda_chunked``'s algebra.
     Padding of a partial last chunk uses g = 0 and zero q, k, v, alpha, beta: the state stays untouched.
     Same arguments and returns as :func:`rwkv7_recurrent`, plus ``chunk_size`` and ``sub_chunk_size``.
