@@ -1,14 +1,13 @@
 """The recall-memory frontier (Based, Arora et al. 2024, figure 1 at CPU scale): every mixer family
 on one plot of MQAR accuracy against inference-state size.
 
-One task (MQAR, V = 256, T = 64, 8 key-value pairs), width 64, lr 5e-3, at most 1000 steps (early
-stop at 0.99; about 12 minutes with 2 process workers on 2 cores), and each family swept along the knob that
-sets its state: Based's window and feature dim, Mamba's, Longhorn's and Mamba-3's d_state, log-linear
-Mamba-2's d_state (per Fenwick level: one level alive after T = 64 tokens, up to 6 before), the head
-count of GLA, DeltaNet, Gated DeltaNet, KDA, RWKV-6 and RWKV-7 (more heads = smaller per-head
-key-value matrices), the
-sliding-window size, and full attention (whose state is its whole KV cache) as the reference, with MLA's
-latent cache and FoX (a KV cache plus a decay per token and head; at 1 and 4 heads) beside it.
+One task (MQAR, V = 256, T = 64, 8 key-value pairs), width 64, lr 5e-3, at most 1000 steps (early stop
+at 0.99), and each family swept along the knob that sets its state: Based's window and feature dim,
+Mamba's, Longhorn's and Mamba-3's d_state, log-linear Mamba-2's d_state (per Fenwick level: one level
+alive after T = 64 tokens, up to 6 before), the head count of GLA, DeltaNet, Gated DeltaNet, KDA, RWKV-6
+and RWKV-7 (more heads = smaller per-head key-value matrices), the sliding-window size, and full
+attention (whose state is its whole KV cache) as the reference, with MLA's latent cache and FoX (a KV
+cache plus a decay per token and head; at 1 and 4 heads) beside it.
 Gated DeltaProduct goes along its Householder steps per token n_h = 1, 2, 3 at one head (more
 expressive transitions, the same d_model^2 / H state) and to 4 heads at n_h = 2.
 HGRN2 goes along its expand ratio n = 16, 64 (the head size; its state is d_model * n).
@@ -18,8 +17,9 @@ Families without a state knob (RetNet, Mamba-2, H3, Hyena, BaseConv, linear atte
 prefix-aware PLA, trained here without JRT's MLM loss) appear at their defaults.
 The production hybrids of ``recallkit.recipes`` (Qwen3-Next's 3 Gated DeltaNet : 1 attention, Kimi
 Linear's 3 KDA : 1 MLA, Samba's Mamba + sliding window) train with one period of layers each (4, 4, 2).
-The 18 points that docs/results.md discusses (HEADLINE) train at seeds 0, 1 and 2 and run first; the
-rest at seed 0.
+The 18 points that docs/results.md discusses (HEADLINE) train at seeds 0, 1 and 2 and run first
+(measured: 54 runs, 19 min with 2 process workers on 2 cores); the rest at seed 0. Three seeds
+changed two readings of one: Mamba-2 is 0.83 / 0.12 / 0.05, and DeltaNet at 8 heads 0.19 / 0.98 / 0.14.
 Run: ``recallkit run sweeps/state_tradeoff.py --out runs/state_tradeoff --executor process``.
 """
 
