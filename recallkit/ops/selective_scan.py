@@ -79,7 +79,10 @@ def selective_scan_chunked(
     while this one is ~3.5x faster forward and ~4x forward + backward (Lc = 32, 64). It does
     twice the loop's arithmetic, so at large batch x width and short L, where the loop is
     already compute-bound, it is on par with the loop; with L <= Lc it is exactly one scan.
-    Same arguments and returns as :func:`selective_scan_recurrent`.
+
+    Inside, states are state-major, (B, nc, N, Dn), and A is (N, Dn): the sums over N (the readout
+    h C and the gradients of u and dt) then add rows of Dn numbers, where sums over an innermost
+    N = 16 ran at half the speed. Same arguments and returns as :func:`selective_scan_recurrent`.
     """
     Bsz, L, Dn = x.shape
     ct = compute_dtype(x)
@@ -95,53 +98,62 @@ def selective_scan_chunked(
     pad = (-L) % Lc
     if pad:  # dt = 0 on padding: decay 1 and no input, so the last chunk ends in the state of token L - 1
         x_, dt_, B_, C_ = (F.pad(t, (0, 0, 0, pad)) for t in (x_, dt_, B_, C_))
-    inputs = (x_, dt_, A_, B_, C_, h0)
+    inputs = (x_, dt_, A_.t().contiguous(), B_, C_, h0.transpose(1, 2).contiguous())  # state-major
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs) and not paths_fixed():
         y, h = _ChunkedScan.apply(*inputs, Lc)  # the adjoint below, not autograd through 2 Lc + nc steps
     else:  # no gradients, or vmap (packed training) and torch.compile, which trace the steps themselves
-        y, h, _ = _scan_chunks(*inputs, Lc)
-    return (y[:, :L] + skip).to(x.dtype), h
+        y, h, _ = _scan_chunks(*inputs, Lc, in_place=not paths_fixed())
+    return (y[:, :L] + skip).to(x.dtype), h.transpose(1, 2)
 
 
-def _scan_chunks(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor, Lc: int,
-                 keep: list[list[Tensor]] | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """The three steps above on inputs whose length is a multiple of Lc (compute dtype, no skip).
+def _scan_chunks(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor, Lc: int, *,
+                 in_place: bool, keep: tuple[list[Tensor], list[Tensor]] | None = None
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+    """The three steps above on inputs whose length is a multiple of Lc (compute dtype, no skip),
+    with A (N, Dn) and h0 (B, N, Dn).
 
-    Returns y (B, L, Dn), the last state (B, Dn, N) and the chunks' start states (B, nc, Dn, N).
-    ``keep``: two lists that receive every position's decay and state, (B, nc, Dn, N) each, for the
+    Returns y (B, L, Dn), the last state (B, N, Dn) and the chunks' start states (B, nc, N, Dn).
+    ``in_place``: update the running states in place (not when autograd or vmap records the steps).
+    ``keep``: two lists that receive every position's decay and state, (B, nc, N, Dn) each, for the
     backward pass; each decay is then computed once for both scans (without ``keep`` the per-step
     tensors stay small and in cache: materialising all L decays at once was slower).
     """
     Bsz, Lp, Dn = x.shape
-    nc, N = Lp // Lc, A.shape[1]
+    nc, N = Lp // Lc, A.shape[0]
     dts, us, Bs, Cs = _per_position(x, dt, B, C, Lc)
     decays, states = keep if keep is not None else (None, None)
 
-    def step(i: int, h: Tensor) -> Tensor:
-        """Token i of the first k chunks: h <- exp(dt_i A) ⊙ h + u_i B_i^T, h (B, k, Dn, N)."""
+    def step(i: int, h: Tensor, fresh: bool) -> Tensor:
+        """Token i of the first k chunks: h <- exp(dt_i A) ⊙ h + u_i B_i^T, h (B, k, N, Dn).
+        In place unless ``fresh``; fresh tensors were faster than one whole-call buffer, and in-place
+        updates of a reused one faster than fresh ones (new memory is the cost, not the arithmetic)."""
         k = h.shape[1]
+        if not in_place:
+            return torch.addcmul(Bs[i][:, :k, :, None] * us[i][:, :k, None, :],
+                                 torch.exp(dts[i][:, :k, None, :] * A), h)
         if keep is None:
-            decay = torch.exp(dts[i][:, :k, :, None] * A)  # (B, k, Dn, N), exponents <= 0
+            decay = torch.mul(dts[i][:, :k, None, :], A).exp_()  # (B, k, N, Dn), exponents <= 0
         else:
             if len(decays) == i:
-                decays.append(torch.exp(dts[i][..., None] * A))
+                decays.append(torch.mul(dts[i][..., None, :], A).exp_())
             decay = decays[i][:, :k]
-        return torch.addcmul(us[i][:, :k, :, None] * Bs[i][:, :k, None, :], decay, h)
+        h = torch.mul(decay, h) if fresh else h.mul_(decay)
+        return h.addcmul_(Bs[i][:, :k, :, None], us[i][:, :k, None, :])
 
-    local = x.new_zeros(Bsz, nc - 1, Dn, N)  # 1. end states from zero
+    local = x.new_zeros(Bsz, nc - 1, N, Dn)  # 1. end states from zero
     for i in range(Lc if nc > 1 else 0):
-        local = step(i, local)
-    chunk_decay = torch.exp(dt.view(Bsz, nc, Lc, Dn)[:, :-1].sum(2)[..., None] * A)  # 2. (B, nc - 1, Dn, N)
+        local = step(i, local, fresh=False)
+    chunk_decay = torch.exp(dt.view(Bsz, nc, Lc, Dn)[:, :-1].sum(2)[..., None, :] * A)  # 2. (B, nc-1, N, Dn)
     starts = [h0]
     for c in range(nc - 1):
         starts.append(torch.addcmul(local[:, c], chunk_decay[:, c], starts[-1]))
-    h = starts = torch.stack(starts, dim=1)  # 3. (B, nc, Dn, N), rescanned from the true starts
+    h = starts = torch.stack(starts, dim=1)  # 3. (B, nc, N, Dn), rescanned from the true starts
     outputs = []
     for i in range(Lc):
-        h = step(i, h)
+        h = step(i, h, fresh=keep is not None or i == 0)  # kept states are fresh, and so is starts
         if keep is not None:
             states.append(h)
-        outputs.append((h * Cs[i][..., None, :]).sum(-1))  # (B, nc, Dn): h_i C_i (faster than a matvec)
+        outputs.append((Cs[i][..., None, :] @ h).squeeze(-2))  # (B, nc, Dn): C_i^T h_i
     return torch.stack(outputs, dim=2).reshape(Bsz, Lp, Dn), h[:, -1], starts
 
 
@@ -160,7 +172,7 @@ def _position_major(t: Tensor, Lc: int) -> Tensor:
 
 class _ChunkedScan(torch.autograd.Function):
     """The chunked scan with its adjoint written out. Forward keeps every position's decay and state
-    (B, nc, Dn, N) (autograd through the steps kept more); backward runs the adjoint recurrence
+    (B, nc, N, Dn) (autograd through the steps kept more); backward runs the adjoint recurrence
     backwards in time,
 
         dh_t = exp(dt_{t+1} A) ⊙ dh_{t+1} + dy_t C_t^T,  (dh after the last token: the state's gradient)
@@ -179,7 +191,7 @@ class _ChunkedScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor, Lc: int):
         decays, states = [], []
-        y, h_last, starts = _scan_chunks(x, dt, A, B, C, h0, Lc, keep=[decays, states])
+        y, h_last, starts = _scan_chunks(x, dt, A, B, C, h0, Lc, in_place=True, keep=(decays, states))
         ctx.save_for_backward(x, dt, A, B, C, starts, *decays, *states)
         ctx.Lc = Lc
         return y, h_last.clone()  # not a view of a saved state: the caller may update it in place
@@ -190,29 +202,30 @@ class _ChunkedScan(torch.autograd.Function):
             raise RuntimeError("the chunked selective scan's backward is first order: for higher "
                                "derivatives run it inside recallkit.ops.numerics.fixed_paths()")
         x, dt, A, B, C, starts, *kept = ctx.saved_tensors
-        Lc, (Bsz, Lp, Dn), N = ctx.Lc, x.shape, A.shape[1]
+        Lc, (Bsz, Lp, Dn), N = ctx.Lc, x.shape, A.shape[0]
         nc = Lp // Lc
-        decays, states = kept[:Lc], kept[Lc:]  # every position's decay and state, (B, nc, Dn, N) each
+        decays, states = kept[:Lc], kept[Lc:]  # every position's decay and state, (B, nc, N, Dn) each
         dts, us, Bs, Cs = _per_position(x, dt, B, C, Lc)
         dys = _position_major(dy, Lc).unbind(0)  # Lc x (B, nc, Dn)
-        dh = x.new_zeros(Bsz, nc - 1, Dn, N)  # 1. each chunk (but the first) from a zero end gradient
+        dh = x.new_zeros(Bsz, nc - 1, N, Dn)  # 1. each chunk (but the first) from a zero end gradient
         for i in reversed(range(Lc if nc > 1 else 0)):
-            dh = decays[i][:, 1:] * torch.addcmul(dh, dys[i][:, 1:, :, None], Cs[i][:, 1:, None, :])
-        chunk_decay = torch.exp(dt.view(Bsz, nc, Lc, Dn)[:, 1:].sum(2)[..., None] * A)  # 2.
+            dh.addcmul_(Cs[i][:, 1:, :, None], dys[i][:, 1:, None, :]).mul_(decays[i][:, 1:])
+        chunk_decay = torch.exp(dt.view(Bsz, nc, Lc, Dn)[:, 1:].sum(2)[..., None, :] * A)  # 2.
         incoming = [dh_last]
         for c in reversed(range(nc - 1)):  # chunk c's end gradient from chunk c + 1's start
             incoming.append(torch.addcmul(dh[:, c], chunk_decay[:, c], incoming[-1]))
-        dh = torch.stack(incoming[::-1], dim=1)  # 3. (B, nc, Dn, N), each chunk from its true end
+        dh = torch.stack(incoming[::-1], dim=1)  # 3. (B, nc, N, Dn), each chunk from its true end
         dus, ddts, dBs, dCs = [None] * Lc, [None] * Lc, [None] * Lc, [None] * Lc
         g_dt = torch.zeros_like(dh)  # sum over positions of g_t dt_t, summed into dA at the end
+        g, tmp = torch.empty_like(dh), torch.empty_like(dh)  # reused: fresh products were slower
         for i in reversed(range(Lc)):
-            dh = torch.addcmul(dh, dys[i][..., None], Cs[i][..., None, :])  # dh_t: (B, nc, Dn, N)
-            dCs[i] = (dys[i][..., None, :] @ states[i]).squeeze(-2)  # (B, nc, N)
-            dBs[i] = (us[i][..., None, :] @ dh).squeeze(-2)  # (B, nc, N)
-            dus[i] = (dh * Bs[i][..., None, :]).sum(-1)  # (B, nc, Dn)
-            dh = decays[i] * dh  # dh_{t-1} but for the dy_{t-1} C_{t-1}^T term
-            g = dh * (states[i - 1] if i else starts)  # g_t = dh_t ⊙ exp(dt_t A) ⊙ h_{t-1}
-            ddts[i] = (g * A).sum(-1)
-            g_dt.addcmul_(g, dts[i][..., None])
+            dh.addcmul_(Cs[i][..., :, None], dys[i][..., None, :])  # dh_t: (B, nc, N, Dn)
+            dCs[i] = torch.mul(states[i], dys[i][..., None, :], out=tmp).sum(-1)  # (B, nc, N)
+            dBs[i] = torch.mul(dh, us[i][..., None, :], out=tmp).sum(-1)  # (B, nc, N)
+            dus[i] = (Bs[i][..., None, :] @ dh).squeeze(-2)  # (B, nc, Dn)
+            dh.mul_(decays[i])  # dh_{t-1} but for the dy_{t-1} C_{t-1}^T term
+            torch.mul(dh, states[i - 1] if i else starts, out=g)  # g_t = dh_t ⊙ exp(dt_t A) ⊙ h_{t-1}
+            ddts[i] = torch.mul(g, A, out=tmp).sum(-2)  # (B, nc, Dn)
+            g_dt.addcmul_(g, dts[i][..., None, :])
         du, ddt, dB, dC = (torch.stack(t, dim=2).reshape(Bsz, Lp, -1) for t in (dus, ddts, dBs, dCs))
         return du * dt, ddt + du * x, g_dt.sum((0, 1)), dB, dC, dh[:, 0], None
