@@ -123,3 +123,34 @@ def test_short_conv_parallel_equals_token_loop_forward_and_backward(kernel_size)
     grads_ref = torch.autograd.grad(y_ref.sum(), (x, w, b))
     for a, r in zip(grads, grads_ref):
         torch.testing.assert_close(a, r)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("fixed", [False, True])
+def test_short_conv_written_backward_equals_the_token_loop_and_passes_gradgradcheck(bias, fixed):
+    """The parallel form's written backward (and, under fixed_paths, autograd through its shifts):
+    gradients of x, the filter, the bias and the incoming tail equal the token loop's; first and
+    second derivatives pass gradcheck in float64."""
+    from recallkit.ops.numerics import fixed_paths
+    from recallkit.ops.short_conv import short_conv, short_conv_recurrent
+
+    g = torch.Generator().manual_seed(3)
+    x, w, b, tail = (torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+                     for shape in ((2, 7, 3), (3, 4), (3,), (2, 3, 3)))
+    b = b if bias else None
+    leaves = [t for t in (x, w, b, tail) if t is not None]
+    dy = torch.randn(2, 7, 3, generator=g, dtype=torch.float64)
+    with fixed_paths() if fixed else torch.enable_grad():
+        y = short_conv(x, w, b, state=tail)[0]
+        assert ("ShortConv" in y.grad_fn.name()) != fixed
+        grads = torch.autograd.grad(y, leaves, dy)
+        grads_ref = torch.autograd.grad(short_conv_recurrent(x, w, b, state=tail)[0], leaves, dy)
+        for a, r in zip(grads, grads_ref):
+            torch.testing.assert_close(a, r)
+
+        def form(*tensors):
+            x_, w_, *rest = tensors
+            return short_conv(x_, w_, rest[0] if bias else None, state=rest[-1])[0]
+
+        torch.autograd.gradcheck(form, leaves)
+        torch.autograd.gradgradcheck(form, leaves)

