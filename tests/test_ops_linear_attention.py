@@ -154,3 +154,23 @@ def test_short_conv_written_backward_equals_the_token_loop_and_passes_gradgradch
 
         torch.autograd.gradcheck(form, leaves)
         torch.autograd.gradgradcheck(form, leaves)
+
+
+def test_short_conv_paths_agree_on_dtype_and_save_only_what_their_gradients_need():
+    """The written backward's path promotes like the others (bf16 inputs, float32 bias), and with a
+    frozen filter it keeps no inputs: the returned tail may be edited before backward."""
+    from recallkit.ops.short_conv import short_conv
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 6, 3, generator=g).to(torch.bfloat16).requires_grad_()
+    w, b = torch.randn(3, 4, generator=g).to(torch.bfloat16), torch.randn(3, generator=g)
+    y = short_conv(x, w, b)[0]
+    with torch.no_grad():
+        y_no_grad = short_conv(x, w, b)[0]
+    assert y.dtype == y_no_grad.dtype == torch.float32
+    torch.testing.assert_close(y.detach(), y_no_grad)
+    x = torch.randn(2, 6, 3, generator=g, requires_grad=True)
+    y, tail = short_conv(x, torch.randn(3, 4, generator=g), None)
+    tail.zero_()
+    (x_grad,) = torch.autograd.grad(y.sum(), x)
+    assert torch.isfinite(x_grad).all()

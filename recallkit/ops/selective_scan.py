@@ -82,7 +82,9 @@ def selective_scan_chunked(
 
     Inside, states are state-major, (B, nc, N, Dn), and A is (N, Dn): the sums over N (the readout
     h C and the gradients of u and dt) then add rows of Dn numbers, where sums over an innermost
-    N = 16 ran at half the speed. Same arguments and returns as :func:`selective_scan_recurrent`.
+    N = 16 ran at half the speed. Same arguments and returns as :func:`selective_scan_recurrent` (the
+    state returned is a transposed view of a state-major one). Under torch.func transforms (vmap) run
+    it inside ``ops.numerics.fixed_paths()``, as every kernel.
     """
     Bsz, L, Dn = x.shape
     ct = compute_dtype(x)
@@ -113,7 +115,8 @@ def _scan_chunks(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Ten
     with A (N, Dn) and h0 (B, N, Dn).
 
     Returns y (B, L, Dn), the last state (B, N, Dn) and the chunks' start states (B, nc, N, Dn).
-    ``in_place``: update the running states in place (not when autograd or vmap records the steps).
+    ``in_place``: update the running states in place; False inside ``fixed_paths()``, where autograd,
+    vmap or compile record the steps (torch.func transforms run this kernel there, as every kernel).
     ``keep``: two lists that receive every position's decay and state, (B, nc, N, Dn) each, for the
     backward pass; each decay is then computed once for both scans (without ``keep`` the per-step
     tensors stay small and in cache: materialising all L decays at once was slower).
@@ -180,6 +183,7 @@ class _ChunkedScan(torch.autograd.Function):
     in the same two levels as the forward pass: each chunk from a zero end gradient, the chunks'
     incoming gradients chunk by chunk (dh at a chunk's end = exp(A sum dt) of the next chunk ⊙ its
     incoming gradient + its own part), then each chunk from its true incoming gradient, reading out
+    (in the (Dn, N) orientation of the module docstring; the code holds the transposes)
 
         dC_t = h_t^T dy_t,  dB_t = dh_t^T u_t,  du_t = dh_t B_t,
         g_t = dh_t ⊙ h_{t-1} ⊙ exp(dt_t A):  ddt_t += sum_n g_t A,  dA += sum_t g_t dt_t,

@@ -30,7 +30,7 @@ def short_conv(x: Tensor, weight: Tensor, bias: Tensor | None, *, state: Tensor 
     if torch.is_grad_enabled() and not paths_fixed() and any(
             t is not None and t.requires_grad for t in (padded, weight, bias)):
         y = _ShortConv.apply(padded, weight, bias)
-    else:  # no gradients, or vmap and compile, which trace the shifts themselves
+    else:  # no gradients, or fixed_paths (vmap, compile), where autograd records the shifts
         y = _shifted_sum(padded, weight, T)
         y = y if bias is None else y + bias
     return y, padded[:, T:].transpose(1, 2)
@@ -53,24 +53,32 @@ class _ShortConv(torch.autograd.Function):
         d padded_s = sum_i w_i dy_{s-i},  dw_i = sum_{b,t} dy_t ⊙ padded_{t+i},  dbias = sum_{b,t} dy_t,
 
     K multiply-adds into one buffer (measured at B=8, T=256, D=256, K=4: 6 -> 4 ms forward +
-    backward). The backward is itself differentiable (its ops are recorded under create_graph)."""
+    backward). The backward is itself differentiable (its ops are recorded under create_graph);
+    torch.func transforms run the conv inside ``ops.numerics.fixed_paths()``, as every kernel."""
 
     @staticmethod
     def forward(ctx, padded: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        ctx.save_for_backward(padded, weight)
-        ctx.has_bias = bias is not None
+        wants_padded, wants_weight, wants_bias = ctx.needs_input_grad
+        ctx.save_for_backward(padded if wants_weight else None, weight if wants_padded else None)
+        ctx.wants = (wants_padded, wants_weight, wants_bias)
         y = _shifted_sum(padded, weight, padded.shape[1] - weight.shape[1] + 1)
-        return y if bias is None else y.add_(bias)
+        return y if bias is None else y + bias  # out of place: the dtype promotes as in the other path
 
     @staticmethod
     def backward(ctx, dy: Tensor):
         padded, weight = ctx.saved_tensors
-        K, T = weight.shape[1], dy.shape[1]
-        d_padded = torch.cat([dy * weight[:, 0], dy.new_zeros(dy.shape[0], K - 1, dy.shape[2])], dim=1)
-        for i in range(1, K):
-            d_padded[:, i:i + T].addcmul_(dy, weight[:, i])
-        d_weight = torch.stack([(dy * padded[:, i:i + T]).sum((0, 1)) for i in range(K)], dim=1)
-        return d_padded, d_weight, dy.sum((0, 1)) if ctx.has_bias else None
+        wants_padded, wants_weight, wants_bias = ctx.wants
+        d_padded = d_weight = None
+        T = dy.shape[1]
+        if wants_padded:
+            K = weight.shape[1]
+            d_padded = torch.cat([dy * weight[:, 0], dy.new_zeros(dy.shape[0], K - 1, dy.shape[2])], dim=1)
+            for i in range(1, K):
+                d_padded[:, i:i + T].addcmul_(dy, weight[:, i])
+        if wants_weight:
+            K = padded.shape[1] - T + 1
+            d_weight = torch.stack([(dy * padded[:, i:i + T]).sum((0, 1)) for i in range(K)], dim=1)
+        return d_padded, d_weight, dy.sum((0, 1)) if wants_bias else None
 
 
 def short_conv_recurrent(x: Tensor, weight: Tensor, bias: Tensor | None, *, state: Tensor | None = None
