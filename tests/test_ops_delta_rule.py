@@ -132,3 +132,31 @@ def test_empty_sequence_and_bad_shapes():
     q, k, v, beta, g = qkvbg(True, T=4)
     with pytest.raises(ValueError, match="beta"):
         ops.delta_rule_chunked(q, k, v, beta[..., None], g)
+
+
+@pytest.mark.parametrize("gated", GATES)
+@pytest.mark.parametrize("grad", [False, True])
+def test_in_place_work_never_touches_the_inputs(gated, grad):
+    """The chunked form updates its own (C, C) scores in place; the caller's tensors stay as they were."""
+    inputs = [t for t in qkvbg(gated, dtype=torch.float32) if t is not None]
+    state = torch.randn(2, 2, 5, 3)
+    tensors = [*inputs, state]
+    for t in tensors:
+        t.requires_grad_(grad)
+    copies, versions = [t.detach().clone() for t in tensors], [t._version for t in tensors]
+    with torch.set_grad_enabled(grad):
+        y, s = ops.delta_rule_chunked(*inputs[:4], inputs[4] if gated else None, state=state, chunk_size=4)
+        if grad:
+            (y.sum() + s.sum()).backward()
+    for t, copy, version in zip(tensors, copies, versions):
+        assert torch.equal(t.detach(), copy) and t._version == version
+
+
+def test_vmap_over_the_gates_alone_in_fixed_paths():
+    """Under torch.func the gates may be batched where the keys are not: the products are then fresh."""
+    q, k, v, beta, g = qkvbg(True)
+    gs = torch.stack([g, 2 * g, 0.5 * g])
+    with ops.numerics.fixed_paths():
+        ys, _ = torch.func.vmap(lambda g_: ops.delta_rule_chunked(q, k, v, beta, g_, chunk_size=4))(gs)
+    for y, g_ in zip(ys, gs):
+        torch.testing.assert_close(y, ops.delta_rule_recurrent(q, k, v, beta, g_)[0])

@@ -87,10 +87,11 @@ def kda_chunked(
     u_i = beta_i (v_i - S^T (exp(c_i) ⊙ k_i) - sum_{j<i} A_ij u_j) with the vector-gated key scores
     A_ij = sum_d k_id k_jd exp(c_id - c_jd): the unit lower triangular system
     (I + strictly_lower(diag(beta) A)) U' = diag(beta) (V - K_w S), K_w = K ⊙ exp(c). Its solution is
-    U' = U - W S with [W U] = (I + L)^{-1} diag(beta) [K_w V] (one triangular solve). Then
-    Y = (Q ⊙ exp(c)) S + P U' with P_ij = sum_d q_id k_jd exp(c_id - c_jd) (j <= i), and
-    S' = Diag(exp(c_C)) S + K_d^T U' with K_d = K ⊙ exp(c_C - c); only S' = Diag(exp(c_C)) S + M S + N
-    (M = -K_d^T W, N = K_d^T U) runs in a loop of T / chunk_size small GEMMs. The scores A and P come
+    U' = U - W S with [W U] = (I + L)^{-1} diag(beta) [K_w V] ((I + L)^{-1} from one triangular solve
+    with I as its right-hand side, then two GEMMs, as in :func:`recallkit.ops.delta_rule_chunked`).
+    The loop over chunks runs U' = U - W S and S' = Diag(exp(c_C)) S + K_d^T U' with
+    K_d = K ⊙ exp(c_C - c), two small GEMMs per chunk; after it, batched over chunks,
+    Y = (Q ⊙ exp(c)) S + P U' with P_ij = sum_d q_id k_jd exp(c_id - c_jd) (j <= i). The scores A and P come
     from the vector-gate linear attention's ``_VectorGateScores``: one GEMM through exp(c) and exp(-c)
     per chunk while every chunk of the call stays within 40 nats, else the sub-chunk factorisation
     (``sub_chunk_size``), whose exponentials stay bounded for any decay.
@@ -128,18 +129,16 @@ def kda_chunked(
     k_d = kc * (last - cum).exp()  # keys as carried to the end of the chunk
     q_s = qc * cum.exp()
     chunk_decay = last.exp().transpose(-1, -2)  # (B, H, N, Dk, 1): Diag(exp(c_C))
-    # UT transform: solve (I + strictly_lower(diag(beta) A)) [W U] = diag(beta) [K_w V]
-    L = bc * kk + torch.eye(C, dtype=ct, device=q.device)
-    WU = torch.linalg.solve_triangular(L, bc * torch.cat([k_w, vc], dim=-1), upper=False, unitriangular=True)
-    W, U = WU.split([Dk, Dv], dim=-1)  # (B, H, N, C, Dk), (B, H, N, C, Dv)
+    # UT transform: [W U] = (I + strictly_lower(diag(beta) A))^{-1} diag(beta) [K_w V]
+    eye = torch.eye(C, dtype=ct, device=q.device)
+    T_ut = torch.linalg.solve_triangular(bc * kk + eye, eye.expand_as(kk), upper=False, unitriangular=True)
+    W, U = T_ut @ (bc * k_w), T_ut @ (bc * vc)  # (B, H, N, C, Dk), (B, H, N, C, Dv)
     k_dT = k_d.transpose(-1, -2)  # (B, H, N, Dk, C)
-    M = -(k_dT @ W)  # (B, H, N, Dk, Dk): state transition across a chunk, minus the decay term
-    Nmat = k_dT @ U  # (B, H, N, Dk, Dv): what the chunk writes from a zero state
-    befores = []
-    for c in range(N):  # S_{c+1} = Diag(exp(c_C)) S_c + M_c S_c + N_c
+    befores, u_new = [], []
+    for c in range(N):  # U'_c = U_c - W_c S_c, then S_{c+1} = Diag(exp(c_C)) S_c + K_d^T U'_c
         befores.append(S)
-        S = chunk_decay[:, :, c] * S + M[:, :, c] @ S + Nmat[:, :, c]
+        u_new.append(U[:, :, c] - W[:, :, c] @ S)  # (B, H, C, Dv): the pseudo-values U'
+        S = chunk_decay[:, :, c] * S + k_dT[:, :, c] @ u_new[-1]
     S_before = torch.stack(befores, dim=2)  # (B, H, N, Dk, Dv)
-    u_new = U - W @ S_before  # (B, H, N, C, Dv): the pseudo-values U'
-    y = q_s @ S_before + qk @ u_new  # (B, H, N, C, Dv)
+    y = q_s @ S_before + qk @ torch.stack(u_new, dim=2)  # (B, H, N, C, Dv)
     return y.reshape(B, H, N * C, Dv)[:, :, :T].to(v.dtype), S

@@ -26,7 +26,7 @@ def compute_dtype(*inputs: Tensor | torch.dtype) -> torch.dtype:
 
 def masked_exp(diff: Tensor, mask: Tensor) -> Tensor:
     """exp(diff) where mask, else 0; masked BEFORE exp so exp never sees the (positive) i < j entries."""
-    return diff.masked_fill(~mask, float("-inf")).exp()
+    return diff.masked_fill(~mask, float("-inf")).exp_()
 
 
 _FIXED_PATHS = contextvars.ContextVar("recallkit_fixed_paths", default=False)
