@@ -309,3 +309,66 @@ def test_read_twice_runs_share_the_panel_of_the_task_they_read():
     assert {p.panel for p in frontier_points([causal, twice])} == {"mqar T=16"}
     sd = rk.make_task("set_disjointness", vocab_size=64, seq_len=32, set_sizes=(16, 4))
     assert sd.setting == "set_disjointness |A|,|B|=16,4 T=32"
+
+
+def test_a_crowded_tag_is_left_out_rather_than_drawn_over_another():
+    import matplotlib.pyplot as plt
+
+    from recallkit.report.frontier import TAG_OFFSETS, _place_tags
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.8))
+    ax.set_xscale("log")
+    ax.set_xlim(1e3, 1e5)
+    tags = [(3000.0, 0.5, f"window={w}", "C0") for w in range(len(TAG_OFFSETS) + 5)]  # all at one point
+    _place_tags(ax, tags)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert 0 < len(boxes) < len(tags)
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    plt.close(fig)
+
+
+def test_many_families_get_distinct_colours():
+    from recallkit.report.common import palette
+
+    for count in (5, 15, 25, 60):
+        colors = palette([f"family{i}" for i in range(count)])
+        assert len(set(colors.values())) == count
+
+
+def test_line_groups_split_evenly_and_keep_the_sorted_order():
+    from recallkit.report.frontier import MAX_LINES, _line_groups
+
+    labels = [f"f{i:02d}" for i in range(25)]
+    groups = _line_groups(labels)
+    assert [len(g) for g in groups] == [7, 6, 6, 6] and sum(groups, []) == labels
+    assert _line_groups(labels[:MAX_LINES]) == [labels[:MAX_LINES]]
+    assert _line_groups([]) == [[]]
+
+
+def _points(families: int, panel: str = "mqar T=64") -> list:
+    from recallkit.report.common import FrontierPoint
+
+    return [FrontierPoint(panel=panel, label=f"family{f:02d}", d_model=64, state_size=1000 * (f + 1) * 2**h,
+                          accuracy=0.5, budget=None, prefill_tokens=None, lr=1e-3, run_id=f"{f}-{h}",
+                          num_params=1, wall_time=1.0, runs=1, model={"mixer": {"num_heads": 2**h}})
+            for f in range(families) for h in range(2)]
+
+
+def test_a_setting_with_many_families_is_split_over_panels_with_their_own_legends(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from recallkit.report import frontier
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to inspect it
+    frontier.plot_frontier(_points(25), tmp_path / "many.png")
+    axes = [ax for ax in figures[0].axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == [f"mqar T=64 ({i}/4)" for i in range(1, 5)]
+    legends = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in axes]
+    assert sum(legends, []) == [f"family{f:02d}" for f in range(25)]
+    assert all(len(ax.lines) >= 25 for ax in axes)  # every panel draws the others' lines in grey
+    assert not figures[0].legends
+    frontier.plot_frontier(_points(8), tmp_path / "few.png")
+    axes = [ax for ax in figures[1].axes if ax.get_visible()]
+    assert len(axes) == 1 and axes[0].get_legend() is None and len(figures[1].legends) == 1

@@ -31,11 +31,17 @@ def base_panel(panel: str) -> str | None:
 
 
 def palette(keys: list[Any]) -> dict[Any, tuple[float, float, float, float]]:
-    """An RGBA colour per key in sorted order: tab10, tab20 beyond ten keys (distinct colours as long
-    as the keys fit; the same order everywhere gives a family the same colour in every figure)."""
+    """An RGBA colour per key in sorted order: tab10, tab20 beyond ten keys, then tab20b and tab20c
+    beyond twenty (distinct colours up to 60 keys, repeating after; the same order everywhere gives
+    a family the same colour in every figure)."""
     ordered = sorted(set(keys))
-    colors = colormaps["tab10" if len(ordered) <= 10 else "tab20"]
-    return {key: colors(i % colors.N) for i, key in enumerate(ordered)}
+    if len(ordered) <= 20:
+        colors = list(colormaps["tab10" if len(ordered) <= 10 else "tab20"].colors)
+    else:  # tab20b and tab20c hold 5 hues x 4 shades: take one shade of every hue, then the next
+        colors = list(colormaps["tab20"].colors) + [
+            colormaps[name].colors[hue * 4 + shade] for name in ("tab20b", "tab20c")
+            for shade in range(4) for hue in range(5)]
+    return {key: (*colors[i % len(colors)][:3], 1.0) for i, key in enumerate(ordered)}
 
 
 def family_colors(labels: list[str]) -> dict[str, str]:

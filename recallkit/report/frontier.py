@@ -103,13 +103,16 @@ def frontier_points(rows: list[dict[str, Any]]) -> list[FrontierPoint]:
     return points
 
 
+Tag = tuple[float, float, str, Any]
+"""A point's tag: x, y, text, colour."""
 TAG_OFFSETS = [(dx, dy) for dy in (-10, 4, -20, 14, -30, 24, -40, 34) for dx in (4, -4)]
 """Candidate offsets (points) of a point's tag from the point, tried in order."""
 
 
-def _place_tags(ax: plt.Axes, tags: list[tuple[float, float, str, Any]]) -> None:
+def _place_tags(ax: plt.Axes, tags: list[Tag]) -> None:
     """Annotate each point with its tag at the first offset whose text box overlaps no tag placed
-    before it (when none is free, the first offset), so a dense family stays readable."""
+    before it, so a dense family stays readable; a tag with no free offset is left out (the HTML
+    report's hover names every point)."""
     renderer = ax.figure.canvas.get_renderer()
     placed = []
     for x, y, tag, color in tags:
@@ -118,81 +121,116 @@ def _place_tags(ax: plt.Axes, tags: list[tuple[float, float, str, Any]]) -> None
                                color=color, ha="left" if dx > 0 else "right")
             box = text.get_window_extent(renderer)
             if not any(box.overlaps(other) for other in placed):
+                placed.append(box)
                 break
             text.remove()
-        else:
-            text = ax.annotate(tag, (x, y), textcoords="offset points", xytext=TAG_OFFSETS[0], fontsize=7,
-                               color=color)
-            box = text.get_window_extent(renderer)
-        placed.append(box)
 
 
 COLUMNS = 3
 """Panels per row of the PNG, as in the interactive figure."""
 TITLE_WIDTH = 48
 """Characters per line of a panel's title (a text task's setting is long)."""
+MAX_LINES = 8
+"""Lines one panel draws in colour; a setting with more lines is split over several panels."""
+
+
+def _line_groups(labels: list[str]) -> list[list[str]]:
+    """``labels`` in sorted order, cut into the fewest groups of at most ``MAX_LINES``, sizes within one
+    of each other (25 families: 7, 6, 6, 6)."""
+    count = math.ceil(len(labels) / MAX_LINES) or 1
+    size, extra = divmod(len(labels), count)
+    starts = [i * size + min(i, extra) for i in range(count + 1)]
+    return [labels[a:b] for a, b in zip(starts, starts[1:])]
+
+
+def _draw_panel(ax: plt.Axes, points: list[FrontierPoint], panel: str, group: list[str], context: list[str],
+                colors: dict[str, Any]) -> tuple[dict[str, tuple[Any, bool]], list[Tag]]:
+    """Draw ``group``'s lines of ``panel`` in colour (error bars over seeds, tags for the settings that
+    vary along a line) and ``context``'s lines, the rest of the panel's families, thin and grey.
+    Returns each coloured line with whether it is faint (an eviction panel's reference), and the tags
+    to place once the layout is fixed."""
+    handles: dict[str, tuple[Any, bool]] = {}
+    tags: list[Tag] = []
+    reference = base_panel(panel)  # an eviction panel repeats the models without eviction
+    for label in context + group:
+        line = sorted((p for p in points if p.panel in (panel, reference) and p.label == label),
+                      key=lambda p: p.state_size)
+        if not line:
+            continue
+        xs, ys = [p.state_size for p in line], [p.accuracy for p in line]
+        if label in context:
+            ax.plot(xs, ys, "-", color="0.75", linewidth=0.8, zorder=1)
+            continue
+        faint = reference is not None and line[0].panel == reference
+        (drawn,) = ax.plot(xs, ys, "s--" if faint else "o-", color=colors[label], label=label,
+                           alpha=0.45 if faint else 1, zorder=2)
+        handles[label] = (drawn, faint)
+        seeded = [p for p in line if p.interval is not None]
+        if seeded:  # the 95% bootstrap interval of each mean over seeds
+            below = [p.accuracy - p.interval[0] for p in seeded]
+            above = [p.interval[1] - p.accuracy for p in seeded]
+            ax.errorbar([p.state_size for p in seeded], [p.accuracy for p in seeded],
+                        yerr=[below, above], fmt="none", ecolor=colors[label], elinewidth=1, capsize=3,
+                        alpha=0.45 if faint else 1, zorder=2)
+        tags.extend((p.state_size, p.accuracy, tag, colors[label])
+                    for p, tag in zip(line, varying_settings([p.model for p in line])) if tag)
+    return handles, tags
 
 
 def plot_frontier(points: list[FrontierPoint], path: str | Path,
                   title: str = "Recall vs inference state") -> Path:
     """Draw one panel per evaluation setting: x = state size (numbers, log scale), y = accuracy.
 
-    Panels fill rows of at most ``COLUMNS``; one legend below them names every line (a family has one
-    colour in every panel); point tags (the settings that vary within a line) are placed after the
-    layout is fixed, so the overlap check sees their final positions.
+    Panels fill rows of at most ``COLUMNS``; a family has one colour in every panel. A setting with
+    more than ``MAX_LINES`` lines is split over several panels of the same axes, each drawing its share
+    in colour over the others in grey, and then every panel has a legend of its own; otherwise one
+    legend below the panels names every line. Point tags (the settings that vary within a line) are
+    placed after the layout is fixed, so the overlap check sees their final positions.
     """
     path = Path(path)
-    panels = list(dict.fromkeys(p.panel for p in points)) or ["no finished runs"]
+    settings = list(dict.fromkeys(p.panel for p in points)) or ["no finished runs"]
     labels = sorted({p.label for p in points})
     colors = palette(labels)
+    panels: list[tuple[str, str, list[str], list[str]]] = []  # (setting, title, coloured, grey labels)
+    for panel in settings:
+        drawn = sorted({p.label for p in points if p.panel in (panel, base_panel(panel))})
+        groups = _line_groups(drawn)
+        for i, group in enumerate(groups):
+            name = panel if len(groups) == 1 else f"{panel} ({i + 1}/{len(groups)})"
+            panels.append((panel, name, group, [label for label in drawn if label not in group]))
+    split = len(panels) > len(settings)
     columns = min(COLUMNS, len(panels))
     rows = math.ceil(len(panels) / columns)
-    legend_rows = math.ceil(len(labels) / 3)
+    legend_rows = 0 if split else math.ceil(len(labels) / 3)
     legend_height = 0.3 + 0.18 * legend_rows  # inches
     height = 4.4 * rows + legend_height
     fig, axes = plt.subplots(rows, columns, figsize=(max(7.0, 5.2 * columns), height), squeeze=False,
                              sharey=True)
     handles: dict[str, Any] = {}
     tags_per_axis = []
-    for ax, panel in zip(axes.flat, panels):
-        tags: list[tuple[float, float, str, Any]] = []
-        reference = base_panel(panel)  # an eviction panel repeats the models without eviction
-        for label in labels:
-            line = sorted((p for p in points if p.panel in (panel, reference) and p.label == label),
-                          key=lambda p: p.state_size)
-            if not line:
-                continue
-            xs, ys = [p.state_size for p in line], [p.accuracy for p in line]
-            faint = reference is not None and line[0].panel == reference
-            (drawn,) = ax.plot(xs, ys, "s--" if faint else "o-", color=colors[label], label=label,
-                               alpha=0.45 if faint else 1)
+    for ax, (panel, name, group, context) in zip(axes.flat, panels):
+        drawn, tags = _draw_panel(ax, points, panel, group, context, colors)
+        for label, (line, faint) in drawn.items():
             if label not in handles or not faint:
-                handles[label] = drawn
-            seeded = [p for p in line if p.interval is not None]
-            if seeded:  # the 95% bootstrap interval of each mean over seeds
-                below = [p.accuracy - p.interval[0] for p in seeded]
-                above = [p.interval[1] - p.accuracy for p in seeded]
-                ax.errorbar([p.state_size for p in seeded], [p.accuracy for p in seeded],
-                            yerr=[below, above], fmt="none", ecolor=colors[label], elinewidth=1, capsize=3,
-                            alpha=0.45 if faint else 1)
-            tags.extend((p.state_size, p.accuracy, tag, colors[label])
-                        for p, tag in zip(line, varying_settings([p.model for p in line])) if tag)
+                handles[label] = line
         tags_per_axis.append(tags)
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(FuncFormatter(_compact))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylim(-0.03, 1.05)
-        ax.set_title("\n".join(textwrap.wrap(panel, TITLE_WIDTH)), fontsize=9)
+        ax.set_title("\n".join(textwrap.wrap(name, TITLE_WIDTH)), fontsize=9)
         ax.set_xlabel("inference state (numbers per sequence)", fontsize=8)
         ax.grid(alpha=0.3, which="both")
+        if split and drawn:
+            ax.legend(fontsize=7, loc="best", framealpha=0.8)
         if not points:
             ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=ax.transAxes)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel("accuracy (mean per sequence)")
-    if handles:
+    if handles and not split:
         fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(3, len(handles)),
                    fontsize=7, frameon=False)
     fig.suptitle(title)
