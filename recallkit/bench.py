@@ -195,10 +195,10 @@ def _rwkv7(N: int, form: str = "chunked"):
 
 def _dplr_flops(N: int) -> float:
     """Per chunk of C tokens and head (Dk = Dv = d): four decayed score matrices (8 C^2 d), G V, the
-    triangular solve on [B_e, G V] and the reads P_a U, P_k V (8 C^2 d), W S, Q S, the chunk's
-    A_d^T W, A_d^T U~ and K_d^T V (10 C d^2), and the chunk recursion M S (2 d^3)."""
+    UT transform applied to B_e and G V, and the reads P_a U, P_k V (10 C^2 d), and W S, Q S, A_d^T U
+    and K_d^T V (8 C d^2)."""
     d, C = HEAD_DIM, CHUNK
-    return HEADS * (N / C) * (16 * C * C * d + 10 * C * d * d + 2 * d**3)
+    return HEADS * (N / C) * (18 * C * C * d + 8 * C * d * d)
 
 
 def _mamba3(N: int, form: str = "chunked"):

@@ -85,11 +85,12 @@ def rwkv7_chunked(
     u_i = S^T (beta_i ⊙ exp(e_i)) + sum_{j<i} (A_ij u_j + G_ij v_j) with the strictly lower scores
     A_ij = sum_d beta_id alpha_jd exp(e_id - c_jd) and G_ij likewise with k: the unit lower triangular
     system (I - A) U = B_e S + G V, B_e = beta ⊙ exp(e). Its solution is U = W S + U~ with
-    [W U~] = (I - A)^{-1} [B_e, G V] (one triangular solve). Then Y = (Q ⊙ exp(c)) S + P_a U + P_k V
-    with P_a, P_k the causal scores (diagonal included) of q against alpha and k with exp(c_i - c_j),
-    and S' = Diag(exp(c_C)) S + A_d^T U + K_d^T V with A_d, K_d = alpha, k ⊙ exp(c_C - c); only
-    S' = Diag(exp(c_C)) S + M S + N (M = A_d^T W, N = A_d^T U~ + K_d^T V) runs in a loop of
-    T / chunk_size small GEMMs. The four score matrices come from
+    [W U~] = (I - A)^{-1} [B_e, G V] ((I - A)^{-1} from one triangular solve with I as its right-hand
+    side, then GEMMs, as in :func:`recallkit.ops.delta_rule_chunked`). The loop over chunks runs
+    U = W S + U~ and S' = Diag(exp(c_C)) S + A_d^T U + K_d^T V with A_d, K_d = alpha, k ⊙ exp(c_C - c)
+    (K_d^T V batched before it), two small GEMMs per chunk; after it, batched over chunks,
+    Y = (Q ⊙ exp(c)) S + P_a U + P_k V with P_a, P_k the causal scores (diagonal included) of q
+    against alpha and k with exp(c_i - c_j). The four score matrices come from
     ``recallkit.ops.gated_linear_attention._VectorGateScores``: one GEMM through exp(c) and exp(-c) per
     chunk while every chunk of the call stays within 40 nats, else the sub-chunk factorisation
     (``sub_chunk_size``), whose exponentials stay bounded for any decay.
@@ -124,21 +125,19 @@ def rwkv7_chunked(
     G = scores.full(bc, k_keys, q_cum=exc, strict=True)
     P_a = scores.full(qc, a_keys)  # causal, diagonal included
     P_k = scores.full(qc, k_keys)
-    # UT transform: solve (I - A) [W U~] = [B_e, G V]
-    lower = torch.eye(C, dtype=ct, device=q.device) - A
-    WU = torch.linalg.solve_triangular(lower, torch.cat([bc * exc.exp(), G @ vc], dim=-1), upper=False,
-                                       unitriangular=True)
-    W, U = WU.split([Dk, Dv], dim=-1)  # (B, H, N, C, Dk), (B, H, N, C, Dv)
+    # UT transform: [W U~] = (I - A)^{-1} [B_e, G V]
+    eye = torch.eye(C, dtype=ct, device=q.device)
+    T_ut = torch.linalg.solve_triangular(eye - A, eye.expand_as(A), upper=False, unitriangular=True)
+    W, U = T_ut @ (bc * exc.exp()), T_ut @ (G @ vc)  # (B, H, N, C, Dk), (B, H, N, C, Dv)
     carry = (last - cum).exp()  # (B, H, N, C, Dk): decay from token j to the chunk's end
-    a_dT, k_dT = (ac * carry).transpose(-1, -2), (kc * carry).transpose(-1, -2)  # (B, H, N, Dk, C)
-    M = a_dT @ W  # (B, H, N, Dk, Dk): state transition across a chunk, minus the decay term
-    Nmat = a_dT @ U + k_dT @ vc  # (B, H, N, Dk, Dv): what the chunk writes from a zero state
+    a_dT = (ac * carry).transpose(-1, -2)  # (B, H, N, Dk, C)
+    written = (kc * carry).transpose(-1, -2) @ vc  # (B, H, N, Dk, Dv): K_d^T V, what no read depends on
     chunk_decay = last.exp().transpose(-1, -2)  # (B, H, N, Dk, 1): Diag(exp(c_C))
-    befores = []
-    for c in range(N):  # S_{c+1} = Diag(exp(c_C)) S_c + M_c S_c + N_c
+    befores, pseudo = [], []
+    for c in range(N):  # u_c = W_c S_c + U~_c, then S_{c+1} = Diag(exp(c_C)) S_c + A_d^T u_c + K_d^T V_c
         befores.append(S)
-        S = chunk_decay[:, :, c] * S + M[:, :, c] @ S + Nmat[:, :, c]
+        pseudo.append(W[:, :, c] @ S + U[:, :, c])  # (B, H, C, Dv): the pseudo-values S_{i-1}^T beta_i
+        S = chunk_decay[:, :, c] * S + a_dT[:, :, c] @ pseudo[-1] + written[:, :, c]
     S_before = torch.stack(befores, dim=2)  # (B, H, N, Dk, Dv)
-    u = W @ S_before + U  # (B, H, N, C, Dv): the pseudo-values S_{i-1}^T beta_i
-    y = (qc * cum.exp()) @ S_before + P_a @ u + P_k @ vc  # (B, H, N, C, Dv)
+    y = (qc * cum.exp()) @ S_before + P_a @ torch.stack(pseudo, dim=2) + P_k @ vc  # (B, H, N, C, Dv)
     return y.reshape(B, H, N * C, Dv)[:, :, :T].to(v.dtype), S
