@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
@@ -26,6 +25,7 @@ from recallkit.kv.protocol import KVState, LayerCache
 from recallkit.mixers.base import Mixer, merge_heads
 from recallkit.ops.position_bias import alibi_slopes, attention_bias, hard_alibi_spans
 from recallkit.ops.rotary import apply_rotary, rotate_at
+from recallkit.ops.sdpa import sdpa
 
 
 class AttentionConfig(MixerConfig):
@@ -169,9 +169,7 @@ class Attention(Mixer):
                                   spans=self.spans).to(q.dtype)  # (T, S), (H, T, S) or (B, H, T, S)
         gqa = self.num_kv_heads != self.num_heads
         if not state.needs_attention:
-            y = F.scaled_dot_product_attention(q, state.key, state.value, attn_mask=bias,
-                                               is_causal=bias is None,
-                                               enable_gqa=gqa)
+            y = sdpa(q, state.key, state.value, attn_mask=bias, is_causal=bias is None, enable_gqa=gqa)
             return y, None
         group = self.num_heads // self.num_kv_heads
         keys, values = (t.repeat_interleave(group, dim=1) for t in (state.key, state.value))  # (B, H, S, d_h)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -23,6 +22,7 @@ from recallkit.base_config import MixerConfig
 from recallkit.mixers.base import Mixer, merge_heads
 from recallkit.ops.position_bias import attention_bias
 from recallkit.ops.rotary import apply_rotary
+from recallkit.ops.sdpa import sdpa
 
 
 class MLAConfig(MixerConfig):
@@ -101,12 +101,11 @@ class MLA(Mixer):
         k, v = self._keys_values(latent, rope_key)
         q = self._queries(x, past)
         if k.shape[2] == T:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = sdpa(q, k, v, is_causal=True)
         else:
             query_pos = torch.arange(past, past + T, device=x.device)
             key_pos = torch.arange(past + T - k.shape[2], past + T, device=x.device)
-            y = F.scaled_dot_product_attention(q, k, v,
-                                               attn_mask=attention_bias(query_pos, key_pos).to(q.dtype))
+            y = sdpa(q, k, v, attn_mask=attention_bias(query_pos, key_pos).to(q.dtype))
         y = self.out(merge_heads(y))
         return y, MLAState(latent, rope_key, past + T)
 

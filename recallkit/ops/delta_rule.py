@@ -137,7 +137,8 @@ def delta_rule_chunked(
         qk = qk.masked_fill_(~tril, 0.0)  # causal incl. the diagonal
         kb_w, k_dT, q_s, chunk_decay = kb, kc.transpose(-1, -2), qc, None
     eye = torch.eye(C, dtype=ct, device=q.device)
-    T_ut = torch.linalg.solve_triangular(kk.tril_(-1).add_(eye), eye.expand_as(kk), upper=False,
+    lower = kk.tril(-1) if paths_fixed() else kk.tril_(-1)  # vmap has no batching rule for tril_
+    T_ut = torch.linalg.solve_triangular(lower.add_(eye), eye.expand_as(kk), upper=False,
                                          unitriangular=True)  # (I + L)^{-1}, (B H, N, C, C)
     W, U = T_ut @ kb_w, T_ut @ vb  # (B H, N, C, Dk), (B H, N, C, Dv)
     befores, u_new, S = [], [], S.reshape(B * H, Dk, Dv)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recallkit.ops.numerics import paths_fixed
 from recallkit.ops.segments import chunk_length, in_segments, segment_length
 
 DEFAULT_EPS = 1e-6
@@ -109,7 +110,12 @@ def linear_attention_chunked(
     S_before[:, 1:] = chunk_kv[:, :-1]
     for c in range(1, N):  # a few in-place adds: faster than cumsum along a middle dim on CPU
         S_before[:, c] += S_before[:, c - 1]
-    y_aug = torch.bmm(torch.bmm(qc, kc.transpose(1, 2)).tril_(), vc)  # tril(Q_c K_c^T) V_c; tril in place
-    y_aug.baddbmm_(qc, S_before.view(BH * N, F_, Dv1))  # + Q_c S_c, accumulated in place
+    # in place, except under torch.func (fixed paths): vmap has no batching rule for tril_ or
+    # baddbmm_ and would run them member by member
+    fixed = paths_fixed()
+    scores = torch.bmm(qc, kc.transpose(1, 2))
+    y_aug = torch.bmm(scores.tril() if fixed else scores.tril_(), vc)  # tril(Q_c K_c^T) V_c
+    S_flat = S_before.view(BH * N, F_, Dv1)
+    y_aug = torch.baddbmm(y_aug, qc, S_flat) if fixed else y_aug.baddbmm_(qc, S_flat)  # + Q_c S_c
     S_end = (S_before[:, -1] + chunk_kv[:, -1]).view(B, H, F_, Dv1)
     return _finish(y_aug.view(B, H, N * C, Dv1)[:, :, :T], normalize, eps), S_end
