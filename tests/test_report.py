@@ -257,7 +257,8 @@ def test_width_curves_take_the_best_point_per_label_and_width():
             row("f", "h3", 64, 1e-3, 0.05, T=128)]
     points = frontier_points(rows)
     assert has_width_axis(points)
-    curves = width_curves(points)
+    curves = {panel: {label: [(p.d_model, p.accuracy) for p in line] for label, line in lines.items()}
+              for panel, lines in width_curves(points).items()}
     assert curves["mqar T=64"] == {"attention": [(64, 0.9), (128, 1.0)], "h3": [(64, 0.1), (128, 0.6)]}
     assert curves["mqar T=128"] == {"h3": [(64, 0.05)]}
     assert not has_width_axis(frontier_points(rows[:1]))

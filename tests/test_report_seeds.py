@@ -86,3 +86,20 @@ def test_a_seeded_sweep_reports_mean_and_interval_in_the_page_and_the_png(tmp_pa
     low, high = point.interval
     assert bars == [([100], [point.accuracy], [[point.accuracy - low], [high - point.accuracy]])]
     assert accuracy_text(point) in page.read_text() and png.stat().st_size > 10_000
+
+
+def test_the_width_figure_draws_the_interval_of_a_seeded_width(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from recallkit.report.width import plot_width_curves
+
+    bars, errorbar = [], Axes.errorbar
+    monkeypatch.setattr(Axes, "errorbar", lambda ax, x, y, **kw: bars.append((x, y, kw["yerr"])) or
+                        errorbar(ax, x, y, **kw))
+    rows = [seeded(str(i), 1e-3, i, a) for i, a in enumerate([0.3, 0.5, 0.7])]  # d=64 at three seeds
+    wide = row("w", "attention", 128, 1e-3, 0.9)  # d=128 at one seed: no bar
+    points = frontier_points(rows + [wide])
+    (point,) = [p for p in points if p.d_model == 64]
+    low, high = point.interval
+    assert plot_width_curves(points, tmp_path / "width.png").stat().st_size > 10_000
+    assert bars == [([64], [pytest.approx(0.5)], [[pytest.approx(0.5 - low)], [pytest.approx(high - 0.5)]])]

@@ -12,19 +12,21 @@ import matplotlib.pyplot as plt
 from recallkit.report.common import FrontierPoint, palette
 
 
-def width_curves(points: list[FrontierPoint]) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """``{panel: {label: [(d_model, best accuracy), ...]}}`` sorted by width.
+def width_curves(points: list[FrontierPoint]) -> dict[str, dict[str, list[FrontierPoint]]]:
+    """``{panel: {label: [point, ...]}}``: per width, in width order, the label's best point.
 
-    The best accuracy over every point of that label and width (learning rates are already folded
-    into the frontier points; other settings, such as a window sweep, are folded here).
+    The best over every point of that label and width (learning rates are already folded into the
+    frontier points; other settings, such as a window sweep, are folded here); a point with seeds
+    carries their mean, and the plot draws its interval.
     """
-    best: dict[tuple[str, str, int], float] = {}
+    best: dict[tuple[str, str, int], FrontierPoint] = {}
     for p in points:
         key = (p.panel, p.label, p.d_model)
-        best[key] = max(best.get(key, 0.0), p.accuracy)
-    curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
-    for (panel, label, width), accuracy in sorted(best.items()):
-        curves.setdefault(panel, {}).setdefault(label, []).append((width, accuracy))
+        if key not in best or p.accuracy > best[key].accuracy:
+            best[key] = p
+    curves: dict[str, dict[str, list[FrontierPoint]]] = {}
+    for (panel, label, _), point in sorted(best.items(), key=lambda item: item[0]):
+        curves.setdefault(panel, {}).setdefault(label, []).append(point)
     return curves
 
 
@@ -39,7 +41,8 @@ def has_width_axis(points: list[FrontierPoint]) -> bool:
 
 
 def plot_width_curves(points: list[FrontierPoint], path: str | Path) -> Path:
-    """Draw accuracy (y) against d_model (x, log 2) per label, one panel per evaluation setting."""
+    """Draw accuracy (y) against d_model (x, log 2) per label, one panel per evaluation setting; a
+    point with two or more seeds has an error bar, the 95% bootstrap interval of its mean."""
     path = Path(path)
     points = _trained(points)
     curves = width_curves(points)
@@ -49,7 +52,14 @@ def plot_width_curves(points: list[FrontierPoint], path: str | Path) -> Path:
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False, sharey=True)
     for ax, panel in zip(axes[0], panels):
         for label, line in curves[panel].items():
-            ax.plot(*zip(*line), "o-", color=colors[label], label=label)
+            ax.plot([p.d_model for p in line], [p.accuracy for p in line], "o-", color=colors[label],
+                    label=label)
+            seeded = [p for p in line if p.interval is not None]
+            if seeded:  # the 95% bootstrap interval of each mean over seeds
+                ax.errorbar([p.d_model for p in seeded], [p.accuracy for p in seeded], fmt="none",
+                            ecolor=colors[label], capsize=3, elinewidth=1,
+                            yerr=[[p.accuracy - p.interval[0] for p in seeded],
+                                  [p.interval[1] - p.accuracy for p in seeded]])
         ax.set_xscale("log", base=2)
         ax.set_xticks(widths, [str(w) for w in widths])
         ax.minorticks_off()
@@ -57,7 +67,7 @@ def plot_width_curves(points: list[FrontierPoint], path: str | Path) -> Path:
         ax.set_title(panel)
         ax.set_xlabel("model width d_model")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("accuracy (best lr)")
+    axes[0][0].set_ylabel("accuracy (best lr; mean, 95% interval over seeds)")
     axes[0][-1].legend(fontsize=8, loc="best")
     fig.suptitle("Recall vs model width")
     fig.tight_layout()
