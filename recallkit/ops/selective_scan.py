@@ -62,7 +62,7 @@ def selective_scan_recurrent(
 
 def selective_scan_chunked(
     x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None, *,
-    state: Tensor | None = None, chunk_size: int = 64,
+    state: Tensor | None = None, chunk_size: int = 32,
 ) -> tuple[Tensor, Tensor]:
     """Chunkwise-parallel form: a two-level scan, the loop's O(L Dn N) work in ~2 Lc + L / Lc steps.
 
@@ -93,7 +93,6 @@ def selective_scan_chunked(
         return in_segments(selective_scan_chunked, {"x": x, "dt": dt, "B": B, "C": C}, state=h0,
                            length=segment_length(chunk_size), dim=1, A=A, D=D, chunk_size=chunk_size)
     x_, dt_, A_, B_, C_ = (t.to(ct) for t in (x, dt, A, B, C))
-    skip = 0.0 if D is None else D.to(ct) * x_
     if L == 0:
         return x_.to(x.dtype), h0
     Lc = min(chunk_size, L)
@@ -105,7 +104,8 @@ def selective_scan_chunked(
         y, h = _ChunkedScan.apply(*inputs, Lc)  # the adjoint below, not autograd through 2 Lc + nc steps
     else:  # no gradients, or vmap (packed training) and torch.compile, which trace the steps themselves
         y, h, _ = _scan_chunks(*inputs, Lc, in_place=not paths_fixed())
-    return (y[:, :L] + skip).to(x.dtype), h.transpose(1, 2)
+    y = y[:, :L] if D is None else torch.addcmul(y[:, :L], x_[:, :L], D.to(ct))  # y + D ⊙ x, one pass
+    return y.to(x.dtype), h.transpose(1, 2)
 
 
 def _scan_chunks(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor, Lc: int, *,
@@ -232,4 +232,4 @@ class _ChunkedScan(torch.autograd.Function):
             ddts[i] = torch.mul(g, A, out=tmp).sum(-2)  # (B, nc, Dn)
             g_dt.addcmul_(g, dts[i][..., None, :])
         du, ddt, dB, dC = (torch.stack(t, dim=2).reshape(Bsz, Lp, -1) for t in (dus, ddts, dBs, dCs))
-        return du * dt, ddt + du * x, g_dt.sum((0, 1)), dB, dC, dh[:, 0], None
+        return du * dt, torch.addcmul(ddt, du, x), g_dt.sum((0, 1)), dB, dC, dh[:, 0], None
