@@ -147,5 +147,7 @@ def delta_rule_chunked(
         u_new.append(torch.baddbmm(U[:, c], W[:, c], S, alpha=-1))  # U' = U - W S, (B H, C, Dv)
         S = torch.baddbmm(S if chunk_decay is None else S * chunk_decay[:, c], k_dT[:, c], u_new[-1])
     S_before = torch.stack(befores, dim=1)  # (B H, N, Dk, Dv)
-    y = q_s @ S_before + qk @ torch.stack(u_new, dim=1)  # (B H, N, C, Dv)
+    u_new = torch.stack(u_new, dim=1)  # (B H, N, C, Dv)
+    # y = Q_s S_before + P U': the second product accumulates into the first (one (C, Dv) pass less)
+    y = torch.baddbmm((q_s @ S_before).flatten(0, 1), qk.flatten(0, 1), u_new.flatten(0, 1))
     return y.reshape(B, H, N * C, Dv)[:, :, :T].to(v.dtype), S.view(B, H, Dk, Dv)
