@@ -28,9 +28,18 @@ def _accuracies(correct: Tensor, scored: Tensor) -> dict[str, float]:
     }
 
 
+# Sequences per minibatch of the parallel form: about this many tokens. At 256 sequences of T = 256 the
+# activations (tens of MB each) were fresh memory on every call: 16-32 sequences evaluated the zoology
+# models 1.6-2.6x faster (1 thread; the same predictions).
+PARALLEL_TOKENS = 4096
+
+
 @torch.no_grad()
-def predict(model: LanguageModel, batch: Batch, batch_size: int = 256) -> Tensor:
-    """Greedy next-token predictions (N, T) of the parallel form, in minibatches."""
+def predict(model: LanguageModel, batch: Batch, batch_size: int | None = None) -> Tensor:
+    """Greedy next-token predictions (N, T) of the parallel form, in minibatches of ``batch_size``
+    sequences (None: about ``PARALLEL_TOKENS`` tokens each)."""
+    if batch_size is None:
+        batch_size = max(1, PARALLEL_TOKENS // max(1, batch.inputs.shape[1]))
     device = model.embed.weight.device
     predictions = []
     for start in range(0, len(batch), batch_size):
@@ -39,13 +48,15 @@ def predict(model: LanguageModel, batch: Batch, batch_size: int = 256) -> Tensor
     return torch.cat(predictions)
 
 
-def evaluate(model: LanguageModel, batch: Batch, batch_size: int = 256,
+def evaluate(model: LanguageModel, batch: Batch, batch_size: int | None = None,
              policy: str | dict | Policy | None = None,
              budget: Budget | None = None, mode: Mode = "continuous", greedy: bool = False) -> dict:
     """Score ``model`` on ``batch``, in parallel form, or token by token with every attention layer's
     KV cache under an eviction ``policy`` (see ``recallkit.inference``).
 
     Args:
+        batch_size: sequences per minibatch; None: about ``PARALLEL_TOKENS`` tokens each in the
+            parallel form, 256 sequences token by token (a policy, greedy generation).
         policy: None (the parallel form), a ``POLICIES`` key, a ``{"name": key, ...}`` dict or a Policy.
         budget: with a policy: tokens per sequence and KV head, or a fraction of the context length.
         mode: with a policy: ``continuous`` (evict on every step) or ``prefill`` (compress once after
@@ -76,8 +87,8 @@ def evaluate(model: LanguageModel, batch: Batch, batch_size: int = 256,
         if policy is None:
             predictions = predict(model, batch, batch_size)
         else:
-            predictions, info = evaluate_with_policy(model, batch, policy, budget, mode, batch_size)
-        generated = greedy_predictions(model, batch, batch_size) if greedy else None
+            predictions, info = evaluate_with_policy(model, batch, policy, budget, mode, batch_size or 256)
+        generated = greedy_predictions(model, batch, batch_size or 256) if greedy else None
     finally:  # a failed evaluation must not leave a model in training switched to eval mode
         model.train(was_training)
     labels = batch.labels

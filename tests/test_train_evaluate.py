@@ -188,3 +188,18 @@ def test_runs_of_one_task_and_seed_share_one_data_set_that_no_run_changes():
         assert len(calls) == 3  # the sets compared were the cached ones
     finally:
         type(runs[0].task).generate = original
+
+
+def test_the_parallel_form_is_evaluated_in_minibatches_of_about_parallel_tokens(monkeypatch):
+    evaluation = importlib.import_module("recallkit.evaluate")  # the module: the package exports the function
+    config = tiny_run()
+    torch.manual_seed(0)
+    model = rk.build_model(config.model)
+    data = shared_data.generate_once(config.task, 40, 0)  # T = 16
+    whole = evaluate(model, data, batch_size=len(data))
+    sizes, forward = [], type(model).forward
+    monkeypatch.setattr(type(model), "forward",
+                        lambda m, x, *a, **k: sizes.append(len(x)) or forward(m, x, *a, **k))
+    monkeypatch.setattr(evaluation, "PARALLEL_TOKENS", 16 * 12)  # 12 sequences of T = 16 per minibatch
+    assert evaluate(model, data) == whole
+    assert sizes == [12, 12, 12, 4]
