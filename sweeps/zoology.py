@@ -15,17 +15,24 @@ scale, see sweeps/quickstart.py); models whose block has no short conv of its ow
 conv4 in front. The two learning rates matter: attention at T=256, d=256 stays at 0.03 for 1000
 steps at 5e-3 and reaches 0.99 by step 500 at 1.5e-3, while d=64 and 128 learn at 5e-3.
 
-Cost, measured on one thread per run at 2048 tokens per step: d=64 25-60 ms per step (Mamba 150),
-d=128 45-110 ms (Mamba 340), d=256 120-370 ms (Mamba 900), about 21 s of CPU for one step of all
-126 runs. Measured (sharing the 2 cores with other work most of the time): 13.8 hours of runs
-summed, about 7 hours wall with 2 process workers, longer than the per-step costs suggest. Results
-are in the README (attention solves every point; H3 needs width growing with T). Run it resumably
-in the background (a GPU or a Ray cluster is the better home for it):
+Cost, measured on one thread per run at 2048 tokens per step (the kernels of 2026-12-04): d=64 8-32 ms
+per step (Mamba 52), d=128 17-73 ms (Mamba 105-109), d=256 42-200 ms (Mamba 253-268); an evaluation
+of 256 sequences takes up to 1.1 / 4.0 / 11 s at d=64 / 128 / 256 in one batch, 1.6-2.6x less at
+T=256 in the 4096-token minibatches that `recallkit.evaluate` now uses. On an otherwise idle machine
+with 2 process workers the grid's d=64 row took 11-12 min wall per seed (126 runs at seeds 0-2: 32.5
+min wall, 65 min of runs, 256-sequence evaluations) and the d=128 row 18.2 min wall (36 min of runs).
+The d=256 row, projected from per-step and per-evaluation costs (which predicted the d=128 row's runs
+within 2%), takes at most about 100 min of runs, 50 min wall. So the 126-run grid takes about 80 min
+wall with 2 workers (projected from two measured rows and one estimated), against about 7 h measured
+at an earlier stop (older kernels, 256-sequence evaluations, a CPU shared with other work). Results
+are in docs/results.md (attention solves every point; H3 needs width growing with T). Run it
+resumably in the background (a GPU or a Ray cluster is the better home for it):
 ``recallkit run sweeps/zoology.py --out runs/zoology --executor process``.
 
-Two small parts follow the grid (docs/results.md): Zoology's own data setting (V=8192, T/16 pairs
-only) beside ours at T=64, d=64 over three seeds (42 runs, about 25 min wall with 2 workers), and the
-plateau mixers at T=64, d=64 with four times the steps.
+Three parts follow the grid (docs/results.md): its d=64 row again at seeds 1 and 2 (84 runs, about
+22 min wall), so that every d=64 point has a mean and a 95% interval; Zoology's own data setting
+(V=8192, T/16 pairs only) at T=64, d=64 over three seeds (21 runs); and the plateau mixers at T=64,
+d=64 with four times the steps. The whole file: about 2 hours wall with 2 workers.
 """
 
 import recallkit as rk
@@ -50,11 +57,12 @@ MIXERS: dict[str, dict | list[dict]] = {
 }
 
 
-# Zoology's own data setting beside ours, all else equal (T=64, d=64, lr 5e-3, 3 seeds): its figure-2
-# config draws from a vocabulary of 8192 and trains each run on its one (T, T/16) setting, where ours
-# uses 256 and mixed pair counts. Seed 0 at V=256 is the grid's own run. Labels end in "(V8192)".
-PAPER_VOCAB_SIZE = 8192
+# The d=64 row of the grid runs at three seeds (d=128 and 256 at seed 0: they are most of its cost).
 SEEDS = [0, 1, 2]
+# Zoology's own data setting beside ours, all else equal (T=64, d=64, lr 5e-3, the 3 seeds): its
+# figure-2 config draws from a vocabulary of 8192 and trains each run on its one (T, T/16) setting,
+# where ours uses 256 and mixed pair counts. Labels end in "(V8192)".
+PAPER_VOCAB_SIZE = 8192
 # Is the recency plateau of the SSM and long-conv models (about 1/4 here) a budget effect? The same
 # runs (T=64, d=64, lr 5e-3, seed 0) with 4x the steps; labels end in "(4000 steps)".
 PLATEAU_MIXERS = ["mamba", "base_conv", "hyena"]
@@ -87,9 +95,14 @@ configs = [
     for d_model in WIDTHS
     for label, mixer in MIXERS.items()
     for lr in LEARNING_RATES
-] + [
-    zoology_run(label, mixer, 64, 64, 5e-3, seed, paper_data)
+] + [  # the d=64 row at seeds 1 and 2 as well (seed 0 is in the grid): its points get a mean and interval
+    zoology_run(label, mixer, 64, seq_len, lr, seed)
+    for seed in SEEDS[1:]
+    for seq_len in SEQ_LENS
+    for label, mixer in MIXERS.items()
+    for lr in LEARNING_RATES
+] + [  # Zoology's data setting; ours at T=64, d=64, lr 5e-3 is the seeded row's
+    zoology_run(label, mixer, 64, 64, 5e-3, seed, paper_data=True)
     for seed in SEEDS
-    for paper_data in (True, False)
     for label, mixer in MIXERS.items()
 ] + [zoology_run(label, MIXERS[label], 64, 64, 5e-3, steps=LONG_STEPS) for label in PLATEAU_MIXERS]

@@ -15,36 +15,42 @@ def _keys(config: rk.RunConfig) -> set[str]:
     return {m.name for m in mixers}
 
 
+MIXER_LABELS = {"attention", "base_conv", "h3", "hyena", "based", "mamba", "linear_attention"}
+
+
 def test_zoology_grid():
     everything = load_sweep(SWEEPS / "zoology.py")
     configs = everything[: 3 * 3 * 7 * 2]
     assert {c.task.seq_len for c in configs} == {64, 128, 256}
     assert {c.model.d_model for c in configs} == {64, 128, 256}
-    assert {c.label for c in configs} == {"attention", "base_conv", "h3", "hyena", "based", "mamba",
-                                          "linear_attention"}
+    assert {c.label for c in configs} == MIXER_LABELS
     for c in configs:
         T = c.task.seq_len
         assert c.task.num_kv_pairs == [T // 64, T // 32, T // 16]  # trained on mixed counts
         assert [(e.seq_len, e.num_kv_pairs) for e in c.test_tasks] == [(T, T // 16)]  # scored at T/16
         assert c.train.batch_size * c.task.seq_len == 2048
     assert len({c.run_id for c in configs}) == len(configs)
-    # Zoology's data setting beside ours at T=64, d=64, lr 5e-3, seeds 0-2 (seed 0 at V=256: the grid's run)
-    data, longer = everything[3 * 3 * 7 * 2: -3], everything[-3:]
-    assert len(data) == 7 * (3 + 2)
+    # the d=64 row again at seeds 1 and 2: every d=64 point at seeds 0-2
+    row = [c for c in everything if c.model.d_model == 64 and c.label in MIXER_LABELS]
+    points = {(c.label, c.task.seq_len, c.train.lr) for c in row}
+    assert len(points) == 3 * 7 * 2
+    assert sorted((c.label, c.task.seq_len, c.train.lr, c.train.seed) for c in row) == sorted(
+        (*p, seed) for p in points for seed in (0, 1, 2))
+    assert all(c.train.max_steps == 1000 and c.task.vocab_size == 256 for c in row)
+    # Zoology's data setting at T=64, d=64, lr 5e-3, seeds 0-2, then the plateau mixers with 4x the steps
+    paper, longer = everything[3 * 3 * 7 * 2 + 2 * 3 * 7 * 2: -3], everything[-3:]
+    assert len(paper) == 7 * 3 and {c.train.seed for c in paper} == {0, 1, 2}
+    assert {c.label for c in paper} == {f"{label} (V8192)" for label in MIXER_LABELS}
+    for c in paper:
+        assert (c.task.vocab_size, c.task.num_kv_pairs, c.model.vocab_size) == (8192, 4, 8192)
+        assert [(e.seq_len, e.num_kv_pairs) for e in c.test_tasks] == [(64, 4)]
+        assert (c.task.seq_len, c.model.d_model, c.train.lr, c.train.batch_size) == (64, 64, 5e-3, 32)
     assert {c.label for c in longer} == {"mamba (4000 steps)", "base_conv (4000 steps)", "hyena (4000 steps)"}
     for c in longer:  # the grid's T=64, d=64, lr 5e-3 runs with 4x the steps
         twin = next(g for g in configs if g.label == c.label.split()[0] and g.model == c.model
                     and g.train.lr == c.train.lr and g.task == c.task)
         assert c.train.max_steps == 4 * twin.train.max_steps
-    paper = [c for c in data if c.label.endswith("(V8192)")]
-    assert len(paper) == 7 * 3 and {c.train.seed for c in paper} == {0, 1, 2}
-    for c in paper:
-        assert (c.task.vocab_size, c.task.num_kv_pairs, c.model.vocab_size) == (8192, 4, 8192)
-        assert [(e.seq_len, e.num_kv_pairs) for e in c.test_tasks] == [(64, 4)]
-    ours = {(c.label, c.train.seed) for c in data if c not in paper}
-    assert ours == {(label, seed) for label in {c.label for c in configs} for seed in (1, 2)}
-    for c in data:
-        assert (c.task.seq_len, c.model.d_model, c.train.lr, c.train.batch_size) == (64, 64, 5e-3, 32)
+    assert len({c.run_id for c in everything}) == len(everything)
 
 
 def test_state_tradeoff_spans_every_family_and_builds():
