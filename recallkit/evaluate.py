@@ -29,8 +29,8 @@ def _accuracies(correct: Tensor, scored: Tensor) -> dict[str, float]:
 
 
 # Sequences per minibatch of the parallel form: about this many tokens. At 256 sequences of T = 256 the
-# activations (tens of MB each) were fresh memory on every call: 16-32 sequences evaluated the zoology
-# models 1.6-2.6x faster (1 thread; the same predictions).
+# activations (tens of MB each) were fresh memory on every call: 16 sequences evaluated the zoology
+# models 2.0-2.7x faster (1 thread; the same predictions).
 PARALLEL_TOKENS = 4096
 
 

@@ -15,12 +15,13 @@ scale, see sweeps/quickstart.py); models whose block has no short conv of its ow
 conv4 in front. The two learning rates matter: attention at T=256, d=256 stays at 0.03 for 1000
 steps at 5e-3 and reaches 0.99 by step 500 at 1.5e-3, while d=64 and 128 learn at 5e-3.
 
-Cost, measured on one thread per run at 2048 tokens per step (the kernels of 2026-12-04): d=64 8-32 ms
-per step (Mamba 52), d=128 17-73 ms (Mamba 105-109), d=256 42-200 ms (Mamba 253-268); an evaluation
-of 256 sequences takes up to 1.1 / 4.0 / 11 s at d=64 / 128 / 256 in one batch, 1.6-2.6x less at
-T=256 in the 4096-token minibatches that `recallkit.evaluate` now uses. On an otherwise idle machine
-with 2 process workers the grid's d=64 row took 11-12 min wall per seed (126 runs at seeds 0-2: 32.5
-min wall, 65 min of runs, 256-sequence evaluations) and the d=128 row 18.2 min wall (36 min of runs).
+Cost, measured on one thread per run at 2048 tokens per step (the kernels of 2026-12-04): d=64 8-32
+ms per step (Mamba 52), d=128 17-73 ms (Mamba 105-109), d=256 42-200 ms (Mamba 253-268); an
+evaluation of 256 sequences took up to 1.1 / 4.0 / 11 s at d=64 / 128 / 256 in one batch (two cells
+timed at once), 2.0-2.7x less at T=256 in the 4096-token minibatches that `recallkit.evaluate` now
+uses. On an otherwise idle machine with 2 process workers the grid's d=64 row took about 11 min wall
+per seed (126 runs at seeds 0-2: 32.5 min wall, 65 min of runs, 256-sequence evaluations) and the
+d=128 row 18.2 min wall (36 min of runs).
 The d=256 row, projected from per-step and per-evaluation costs (which predicted the d=128 row's runs
 within 2%), takes at most about 100 min of runs, 50 min wall. So the 126-run grid takes about 80 min
 wall with 2 workers (projected from two measured rows and one estimated), against about 7 h measured

@@ -103,3 +103,16 @@ def test_the_width_figure_draws_the_interval_of_a_seeded_width(tmp_path, monkeyp
     low, high = point.interval
     assert plot_width_curves(points, tmp_path / "width.png").stat().st_size > 10_000
     assert bars == [([64], [pytest.approx(0.5)], [[pytest.approx(0.5 - low)], [pytest.approx(high - 0.5)]])]
+
+
+def test_equal_seeds_draw_in_both_figures(tmp_path):
+    from recallkit.report.common import error_bars
+    from recallkit.report.frontier import plot_frontier
+    from recallkit.report.width import plot_width_curves
+
+    rows = [seeded(str(i), 1e-3, i, 0.1) for i in range(3)] + [row("w", "attention", 128, 1e-3, 0.9)]
+    points = frontier_points(rows)
+    (point,) = [p for p in points if p.d_model == 64]
+    assert error_bars([point])[0] == [0.0]  # the bootstrap's sum of 0.1s exceeds the mean's 0.1
+    plot_width_curves(points, tmp_path / "width.png")  # matplotlib refuses a negative bar
+    plot_frontier(points, tmp_path / "frontier.png")

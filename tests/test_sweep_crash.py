@@ -108,7 +108,7 @@ needs_ray = pytest.mark.skipif(  # CI sets RECALLKIT_REQUIRE_RAY=1: there a miss
 
 @pytest.mark.parametrize("executor", ["serial", "process", pytest.param("ray", marks=needs_ray)])
 def test_repeated_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, sweep_file, executor):
-    sweep, out = sweep_file(steps=150), tmp_path / "out"
+    sweep, out = sweep_file(steps=1000), tmp_path / "out"  # runs of seconds: each kill finds one
     db = out / "results.sqlite"
     command = [sys.executable, "-m", "recallkit", "run", str(sweep), "--out", str(out), "--quiet",
                "--executor", executor, "--workers", "2"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import runpy
 from pathlib import Path
 
 import recallkit as rk
@@ -50,7 +51,8 @@ def test_zoology_grid():
         twin = next(g for g in configs if g.label == c.label.split()[0] and g.model == c.model
                     and g.train.lr == c.train.lr and g.task == c.task)
         assert c.train.max_steps == 4 * twin.train.max_steps
-    assert len({c.run_id for c in everything}) == len(everything)
+    listed = runpy.run_path(str(SWEEPS / "zoology.py"))["configs"]  # as written: load_sweep drops repeats
+    assert len({c.run_id for c in listed}) == len(listed) == len(everything)
 
 
 def test_state_tradeoff_spans_every_family_and_builds():

@@ -100,6 +100,13 @@ class FrontierPoint:
     interval: tuple[float, float] | None = None
 
 
+def error_bars(points: list[FrontierPoint]) -> list[list[float]]:
+    """matplotlib's ``yerr`` for points with an interval: [below, above] the mean, never negative (the
+    mean and the bootstrap's means are summed differently, so equal seeds can give -1e-17)."""
+    return [[max(0.0, p.accuracy - p.interval[0]) for p in points],
+            [max(0.0, p.interval[1] - p.accuracy) for p in points]]
+
+
 def accuracy_text(point: FrontierPoint) -> str:
     """``0.530``, or with seeds ``0.530 [0.410, 0.660] (3 seeds)``: the mean and its 95% interval."""
     if point.interval is None:

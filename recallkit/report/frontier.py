@@ -19,6 +19,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from recallkit.report.common import (
     FrontierPoint,
     base_panel,
+    error_bars,
     palette,
     panel_name,
     run_seed,
@@ -167,10 +168,8 @@ def _draw_panel(ax: plt.Axes, points: list[FrontierPoint], panel: str, group: li
         handles[label] = (drawn, faint)
         seeded = [p for p in line if p.interval is not None]
         if seeded:  # the 95% bootstrap interval of each mean over seeds
-            below = [p.accuracy - p.interval[0] for p in seeded]
-            above = [p.interval[1] - p.accuracy for p in seeded]
             ax.errorbar([p.state_size for p in seeded], [p.accuracy for p in seeded],
-                        yerr=[below, above], fmt="none", ecolor=colors[label], elinewidth=1, capsize=3,
+                        yerr=error_bars(seeded), fmt="none", ecolor=colors[label], elinewidth=1, capsize=3,
                         alpha=0.45 if faint else 1, zorder=2)
         tags.extend((p.state_size, p.accuracy, tag, colors[label])
                     for p, tag in zip(line, varying_settings([p.model for p in line])) if tag)

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from recallkit.report.common import FrontierPoint, palette
+from recallkit.report.common import FrontierPoint, error_bars, palette
 
 
 def width_curves(points: list[FrontierPoint]) -> dict[str, dict[str, list[FrontierPoint]]]:
@@ -58,8 +58,7 @@ def plot_width_curves(points: list[FrontierPoint], path: str | Path) -> Path:
             if seeded:  # the 95% bootstrap interval of each mean over seeds
                 ax.errorbar([p.d_model for p in seeded], [p.accuracy for p in seeded], fmt="none",
                             ecolor=colors[label], capsize=3, elinewidth=1,
-                            yerr=[[p.accuracy - p.interval[0] for p in seeded],
-                                  [p.interval[1] - p.accuracy for p in seeded]])
+                            yerr=error_bars(seeded))
         ax.set_xscale("log", base=2)
         ax.set_xticks(widths, [str(w) for w in widths])
         ax.minorticks_off()
