@@ -575,3 +575,18 @@ def test_a_worker_that_dies_while_idle_is_replaced_without_costing_a_run_an_atte
     assert started == [configs[0].run_id, configs[1].run_id, configs[1].run_id]
     assert said == []  # no run's worker died: nothing was retried
     assert [outcomes[c.run_id]["status"] for c in configs] == ["done", "done"]
+
+
+def test_idle_workers_exit_on_their_own_when_the_sweep_ends(tmp_path, monkeypatch):
+    """An idle worker is asked to exit, not killed: a killed one leaves its multiprocessing semaphores
+    to the resource tracker, which warned "leaked semaphore objects" at the end of `make demo`."""
+    from recallkit.sweep import process_pool
+
+    exitcodes, stop = [], process_pool._Worker.stop
+    monkeypatch.setattr(process_pool._Worker, "stop",
+                        lambda w: stop(w) or exitcodes.append(w.process.exitcode))
+    configs, outcomes = [tiny_run(seed=0, max_steps=2), tiny_run(seed=1, max_steps=2)], {}
+    process_pool.run_processes(configs, 2, lambda c: None, lambda c, o: outcomes.setdefault(c.run_id, o),
+                               lambda c, s: None, "cpu", str(tmp_path), 1.0)
+    assert [outcomes[c.run_id]["status"] for c in configs] == ["done", "done"]
+    assert exitcodes == [0, 0]  # -9 when killed

@@ -13,6 +13,7 @@ its workers and leaves their runs to resume.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -99,7 +100,13 @@ class _Worker:
         self.started = False  # whether it acknowledged its run (a death before that is not the run's)
 
     def stop(self) -> None:
-        """End the process now (its run, if any, resumes later from its checkpoint)."""
+        """End the process: an idle one is asked to exit, so that its interpreter cleans up after itself
+        (a killed one leaves multiprocessing's semaphores to the resource tracker, which warns); one in a
+        run, or one that does not exit within 5 s, is killed (its run resumes later from its checkpoint)."""
+        if self.config is None and self.process.is_alive():
+            with contextlib.suppress(OSError):
+                self.conn.send(None)
+                self.process.join(timeout=5)
         if self.process.is_alive():
             self.process.kill()
         self.process.join()
