@@ -16,6 +16,12 @@ def _keys(config: rk.RunConfig) -> set[str]:
     return {m.name for m in mixers}
 
 
+def assert_listed_once(name: str) -> None:
+    """No run is listed twice in the file as written (load_sweep drops repeats: its list cannot show one)."""
+    listed = [c.run_id for c in runpy.run_path(str(SWEEPS / name))["configs"]]
+    assert len(set(listed)) == len(listed), f"{name} lists {len(listed) - len(set(listed))} runs twice"
+
+
 MIXER_LABELS = {"attention", "base_conv", "h3", "hyena", "based", "mamba", "linear_attention"}
 
 
@@ -30,7 +36,7 @@ def test_zoology_grid():
         assert c.task.num_kv_pairs == [T // 64, T // 32, T // 16]  # trained on mixed counts
         assert [(e.seq_len, e.num_kv_pairs) for e in c.test_tasks] == [(T, T // 16)]  # scored at T/16
         assert c.train.batch_size * c.task.seq_len == 2048
-    assert len({c.run_id for c in configs}) == len(configs)
+    assert_listed_once("zoology.py")
     # the d=64 row again at seeds 1 and 2: every d=64 point at seeds 0-2
     row = [c for c in everything if c.model.d_model == 64 and c.label in MIXER_LABELS]
     points = {(c.label, c.task.seq_len, c.train.lr) for c in row}
@@ -51,8 +57,6 @@ def test_zoology_grid():
         twin = next(g for g in configs if g.label == c.label.split()[0] and g.model == c.model
                     and g.train.lr == c.train.lr and g.task == c.task)
         assert c.train.max_steps == 4 * twin.train.max_steps
-    listed = runpy.run_path(str(SWEEPS / "zoology.py"))["configs"]  # as written: load_sweep drops repeats
-    assert len({c.run_id for c in listed}) == len(listed) == len(everything)
 
 
 def test_state_tradeoff_spans_every_family_and_builds():
@@ -62,7 +66,7 @@ def test_state_tradeoff_spans_every_family_and_builds():
     for c in configs:
         model = rk.build_model(c.model)
         assert model.state_size(c.task.seq_len) > 0
-    assert len({c.run_id for c in configs}) == len(configs)
+    assert_listed_once("state_tradeoff.py")
     models = [c.model.model_dump_json() for c in configs]
     assert all(models.count(m) == 3 for m in models)  # every point at three seeds, each seed once
     assert all(sorted(c.train.seed for c in configs if c.model.model_dump_json() == m) == [0, 1, 2]
@@ -79,7 +83,7 @@ def test_kv_eviction_sweep_evaluates_every_policy_in_both_modes():
     assert sorted(c.train.seed for c in attention) == [0, 1, 2]  # every model at three seeds
     assert {c.label: sorted(d.train.seed for d in configs if d.label == c.label) for c in configs} == {
         c.label: [0, 1, 2] for c in configs}
-    assert len({c.run_id for c in configs}) == len(configs)
+    assert_listed_once("kv_eviction.py")
     specs = {(e.policy.name, e.mode) for e in attention[0].eval_policies}
     assert {name for name, _ in specs} == set(rk.POLICIES)
     assert {mode for name, mode in specs if name != "full"} == {"prefill", "continuous"}
@@ -143,7 +147,10 @@ def test_copying_sweep_evaluates_beyond_training_for_every_positional_scheme():
     for c in configs:
         rk.build_model(c.model)
         assert all(task.seq_len > 0 for task in c.length_tasks.values())
-    assert len({c.run_id for c in configs}) == len(configs)
+    listed = [c.run_id for c in runpy.run_path(str(SWEEPS / "copying.py"))["configs"]]
+    repeated = {c.label for c in configs if listed.count(c.run_id) > 1}  # only the positional block's
+    assert repeated == {"attention (RoPE)", "attention (NoPE)", "attention (ALiBi)", "attention (Hard-ALiBi)"}
+    assert len(listed) - len(configs) == 4  # seed-0 runs, listed again as its first seed
     positional = {}  # (label, max_steps) -> seeds of the attention copy runs
     for c in copy:
         if c.model.mixer.name == "attention":
@@ -177,7 +184,7 @@ def test_suite_puts_every_mixer_family_on_every_suite_task():
         assert {c.train.seed for c in configs if c.task.name == name} == {0, 1, 2}
     for c in configs:
         rk.build_model(c.model)
-    assert len({c.run_id for c in configs}) == len(configs)
+    assert_listed_once("suite.py")
 
 
 def test_equal_state_puts_every_2025_mixer_beside_gated_deltanet_at_about_the_same_state():
@@ -190,7 +197,7 @@ def test_equal_state_puts_every_2025_mixer_beside_gated_deltanet_at_about_the_sa
     assert all(0.9 * reference <= state <= 1.3 * reference for state in states.values()), states
     seeds = {label: {c.train.seed for c in configs if c.label == label} for label in states}
     assert all(s == {0, 1, 2} for s in seeds.values())
-    assert len({c.run_id for c in configs}) == len(configs)
+    assert_listed_once("equal_state.py")
 
 
 def test_log_linear_length_puts_log_linear_between_mamba2_and_attention_as_t_grows():
@@ -205,4 +212,4 @@ def test_log_linear_length_puts_log_linear_between_mamba2_and_attention_as_t_gro
     growth = [states["log_linear"][T] for T in lengths]
     assert growth == sorted(growth) and growth[-1] < 2 * growth[0]  # grows, as log T
     assert states["mamba2"][256] < states["log_linear"][256] < states["attention"][256]
-    assert len({c.run_id for c in configs}) == len(configs)
+    assert_listed_once("log_linear_length.py")

@@ -68,9 +68,9 @@ def plot_width_curves(points: list[FrontierPoint], path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy (best lr)")
     axes[0][-1].legend(fontsize=8, loc="best")
-    seeded = any(p.interval is not None for p in points)
-    fig.suptitle("Recall vs model width" + ("\nmean over seeds, bars: 95% interval" if seeded else ""),
-                 fontsize=10 if seeded else None)
+    any_seeded = any(p.interval is not None for p in points)
+    fig.suptitle("Recall vs model width" + ("\nmean over seeds, bars: 95% interval" if any_seeded else ""),
+                 fontsize=10 if any_seeded else None)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
