@@ -88,7 +88,7 @@ def kda_chunked(
     A_ij = sum_d k_id k_jd exp(c_id - c_jd): the unit lower triangular system
     (I + strictly_lower(diag(beta) A)) U' = diag(beta) (V - K_w S), K_w = K ⊙ exp(c). Its solution is
     U' = U - W S with [W U] = (I + L)^{-1} diag(beta) [K_w V] ((I + L)^{-1} from one triangular solve
-    with I as its right-hand side, then two GEMMs, as in :func:`recallkit.ops.delta_rule_chunked`).
+    with I as its right-hand side, as in :func:`recallkit.ops.delta_rule_chunked`, then two GEMMs).
     The loop over chunks runs U' = U - W S and S' = Diag(exp(c_C)) S + K_d^T U' with
     K_d = K ⊙ exp(c_C - c), two small GEMMs per chunk; after it, batched over chunks,
     Y = (Q ⊙ exp(c)) S + P U' with P_ij = sum_d q_id k_jd exp(c_id - c_jd) (j <= i). The scores A and P come

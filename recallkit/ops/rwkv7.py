@@ -86,7 +86,7 @@ def rwkv7_chunked(
     A_ij = sum_d beta_id alpha_jd exp(e_id - c_jd) and G_ij likewise with k: the unit lower triangular
     system (I - A) U = B_e S + G V, B_e = beta ⊙ exp(e). Its solution is U = W S + U~ with
     [W U~] = (I - A)^{-1} [B_e, G V] ((I - A)^{-1} from one triangular solve with I as its right-hand
-    side, then GEMMs, as in :func:`recallkit.ops.delta_rule_chunked`). The loop over chunks runs
+    side, as in :func:`recallkit.ops.delta_rule_chunked`, then GEMMs). The loop over chunks runs
     U = W S + U~ and S' = Diag(exp(c_C)) S + A_d^T U + K_d^T V with A_d, K_d = alpha, k ⊙ exp(c_C - c)
     (K_d^T V batched before it), two small GEMMs per chunk; after it, batched over chunks,
     Y = (Q ⊙ exp(c)) S + P_a U + P_k V with P_a, P_k the causal scores (diagonal included) of q
