@@ -19,15 +19,12 @@ Cost, measured on one thread per run at 2048 tokens per step (the kernels of 202
 ms per step (Mamba 52), d=128 17-73 ms (Mamba 105-109), d=256 42-200 ms (Mamba 253-268); an
 evaluation of 256 sequences took up to 1.1 / 4.0 / 11 s at d=64 / 128 / 256 in one batch (two cells
 timed at once), 2.0-2.7x less at T=256 in the 4096-token minibatches that `recallkit.evaluate` now
-uses. On an otherwise idle machine with 2 process workers the grid's d=64 row took about 11 min wall
-per seed (126 runs at seeds 0-2: 32.5 min wall, 65 min of runs, 256-sequence evaluations) and the
-d=128 row 18.2 min wall (36 min of runs).
-The d=256 row, projected from per-step and per-evaluation costs (which predicted the d=128 row's runs
-within 2%), takes at most about 100 min of runs, 50 min wall. So the 126-run grid takes about 80 min
-wall with 2 workers (projected from two measured rows and one estimated), against about 7 h measured
-at an earlier stop (older kernels, 256-sequence evaluations, a CPU shared with other work). Results
-are in docs/results.md (attention solves every point; H3 needs width growing with T). Run it
-resumably in the background (a GPU or a Ray cluster is the better home for it):
+uses. Measured whole on an otherwise idle machine (2026-12-05, 2 process workers, one thread each):
+the 126-run grid took 74 min wall and 147 min of runs (d=64 19 min, d=128 36 min, d=256 92 min of
+runs; the longest run, Mamba at d=256, T=256, 6.1 min), against about 7 h at an earlier stop (older
+kernels, 256-sequence evaluations, a CPU shared with other work). Results are in docs/results.md
+(attention solves every point; H3 is unstable at one seed beyond T=64). Run it resumably in the
+background (a GPU or a Ray cluster is the better home for it):
 ``recallkit run sweeps/zoology.py --out runs/zoology --executor process``.
 
 Three parts follow the grid (docs/results.md): its d=64 row again at seeds 1 and 2 (84 runs, about
