@@ -91,7 +91,7 @@ def delta_rule_chunked(
     U' = (I + L)^{-1} (diag(beta) V - diag(beta exp(c)) K S), Y = diag(exp(c)) Q S + ((Q K^T) ⊙ Gamma) U'
     and S' = exp(c_C) S + K^T diag(exp(c_C - c)) U'. On (C, D) slices that stay in cache these run
     near twice the FLOP rate of the same GEMMs batched over all chunks, and need no W, no stacked S
-    and no decayed copies of Q and K: 1.09-1.39x faster without a gradient than forming W, U and Y
+    and no decayed copies of Q and K: 1.06-1.46x faster without a gradient than forming W, U and Y
     batched (0.92-1.20x with one), measured. (Forming the chunk's transition exp(c_C) I - K_d^T W to
     make the loop one GEMM costs two more GEMMs per chunk: 1.2-1.5x slower, measured.)
     With g None every decay factor is 1 (plain DeltaNet). Padding of a partial last chunk uses
