@@ -16,9 +16,14 @@ def _keys(config: rk.RunConfig) -> set[str]:
     return {m.name for m in mixers}
 
 
+def listed_ids(name: str) -> list[str]:
+    """The run ids of a sweep file as written (load_sweep drops repeats: its list cannot show one)."""
+    return [c.run_id for c in runpy.run_path(str(SWEEPS / name))["configs"]]
+
+
 def assert_listed_once(name: str) -> None:
-    """No run is listed twice in the file as written (load_sweep drops repeats: its list cannot show one)."""
-    listed = [c.run_id for c in runpy.run_path(str(SWEEPS / name))["configs"]]
+    """No run is listed twice in the file as written."""
+    listed = listed_ids(name)
     assert len(set(listed)) == len(listed), f"{name} lists {len(listed) - len(set(listed))} runs twice"
 
 
@@ -147,7 +152,7 @@ def test_copying_sweep_evaluates_beyond_training_for_every_positional_scheme():
     for c in configs:
         rk.build_model(c.model)
         assert all(task.seq_len > 0 for task in c.length_tasks.values())
-    listed = [c.run_id for c in runpy.run_path(str(SWEEPS / "copying.py"))["configs"]]
+    listed = listed_ids("copying.py")
     repeated = {c.label for c in configs if listed.count(c.run_id) > 1}  # only the positional block's
     assert repeated == {"attention (RoPE)", "attention (NoPE)", "attention (ALiBi)", "attention (Hard-ALiBi)"}
     assert len(listed) - len(configs) == 4  # seed-0 runs, listed again as its first seed

@@ -150,7 +150,7 @@ def delta_rule_chunked(
                                          unitriangular=True)  # (I + L)^{-1}, (B H, N, C, C)
     ys, S = [], S.reshape(B * H, Dk, Dv)
     for c in range(N):  # (C, D) slices: the decays scale small products, not whole copies of Q and K
-        u_new = T_ut[:, c] @ torch.baddbmm(vb[:, c], kb_w[:, c], S, alpha=-1)  # U' = U - W S, (B H, C, Dv)
+        u_new = T_ut[:, c] @ torch.baddbmm(vb[:, c], kb_w[:, c], S, alpha=-1)  # U', (B H, C, Dv)
         inter = qc[:, c] @ S if e_c is None else (qc[:, c] @ S) * e_c[:, c]  # diag(exp(c)) Q S
         ys.append(torch.baddbmm(inter, qk[:, c], u_new))  # y = diag(exp(c)) Q S + P U'
         if chunk_decay is None:
