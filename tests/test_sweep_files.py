@@ -42,15 +42,20 @@ def test_zoology_grid():
         assert [(e.seq_len, e.num_kv_pairs) for e in c.test_tasks] == [(T, T // 16)]  # scored at T/16
         assert c.train.batch_size * c.task.seq_len == 2048
     assert_listed_once("zoology.py")
-    # the d=64 row again at seeds 1 and 2: every d=64 point at seeds 0-2
-    row = [c for c in everything if c.model.d_model == 64 and c.label in MIXER_LABELS]
-    points = {(c.label, c.task.seq_len, c.train.lr) for c in row}
-    assert len(points) == 3 * 7 * 2
-    assert sorted((c.label, c.task.seq_len, c.train.lr, c.train.seed) for c in row) == sorted(
-        (*p, seed) for p in points for seed in (0, 1, 2))
-    assert all(c.train.max_steps == 1000 and c.task.vocab_size == 256 for c in row)
-    # Zoology's data setting at T=64, d=64, lr 5e-3, seeds 0-2, then the plateau mixers with 4x the steps
-    paper, longer = everything[3 * 3 * 7 * 2 + 2 * 3 * 7 * 2: -3], everything[-3:]
+    # the d=64 and d=128 rows again at seeds 1 and 2: every point of those rows at seeds 0-2
+    for width in (64, 128):
+        row = [c for c in everything if c.model.d_model == width and c.label in MIXER_LABELS]
+        points = {(c.label, c.task.seq_len, c.train.lr) for c in row}
+        assert len(points) == 3 * 7 * 2
+        assert sorted((c.label, c.task.seq_len, c.train.lr, c.train.seed) for c in row) == sorted(
+            (*p, seed) for p in points for seed in (0, 1, 2))
+        assert all(c.train.max_steps == 1000 and c.task.vocab_size == 256 for c in row)
+    assert {c.train.seed for c in everything if c.model.d_model == 256} == {0}
+    # Zoology's data setting at T=64, d=64, lr 5e-3, seeds 0-2, and the plateau mixers with 4x the steps
+    paper = [c for c in everything if c.label.endswith("(V8192)")]
+    longer = [c for c in everything if c.label.endswith("steps)")]
+    seeded = 2 * 2 * 3 * 7 * 2  # rows d=64 and 128 at seeds 1 and 2
+    assert len(everything) == len(configs) + seeded + len(paper) + len(longer)
     assert len(paper) == 7 * 3 and {c.train.seed for c in paper} == {0, 1, 2}
     assert {c.label for c in paper} == {f"{label} (V8192)" for label in MIXER_LABELS}
     for c in paper:
