@@ -135,10 +135,12 @@ def kda_chunked(
     W, U = T_ut @ (bc * k_w), T_ut @ (bc * vc)  # (B, H, N, C, Dk), (B, H, N, C, Dv)
     k_dT = k_d.transpose(-1, -2)  # (B, H, N, Dk, C)
     befores, u_new = [], []
-    for c in range(N):  # U'_c = U_c - W_c S_c, then S_{c+1} = Diag(exp(c_C)) S_c + K_d^T U'_c
-        befores.append(S)
-        u_new.append(U[:, :, c] - W[:, :, c] @ S)  # (B, H, C, Dv): the pseudo-values U'
-        S = chunk_decay[:, :, c] * S + k_dT[:, :, c] @ u_new[-1]
+    # chunk views by unbind, whose backward stacks their gradients once (a slice's is a zero-filled copy
+    # of the whole tensor): 1.03-1.11x forward + backward, measured
+    for U_c, W_c, decay_c, k_dT_c in zip(*(t.unbind(2) for t in (U, W, chunk_decay, k_dT))):
+        befores.append(S)  # U'_c = U_c - W_c S_c, then S_{c+1} = Diag(exp(c_C)) S_c + K_d^T U'_c
+        u_new.append(U_c - W_c @ S)  # (B, H, C, Dv): the pseudo-values U'
+        S = decay_c * S + k_dT_c @ u_new[-1]
     S_before = torch.stack(befores, dim=2)  # (B, H, N, Dk, Dv)
     y = q_s @ S_before + qk @ torch.stack(u_new, dim=2)  # (B, H, N, C, Dv)
     return y.reshape(B, H, N * C, Dv)[:, :, :T].to(v.dtype), S
