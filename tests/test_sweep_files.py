@@ -56,6 +56,8 @@ def test_zoology_grid():
     longer = [c for c in everything if c.label.endswith("steps)")]
     seeded = 2 * 2 * 3 * 7 * 2  # rows d=64 and 128 at seeds 1 and 2
     assert len(everything) == len(configs) + seeded + len(paper) + len(longer)
+    # the d=128 row's seeds came later and are listed last, so the runs before them keep their order
+    assert {(c.model.d_model, c.train.seed) for c in everything[-2 * 3 * 7 * 2:]} == {(128, 1), (128, 2)}
     assert len(paper) == 7 * 3 and {c.train.seed for c in paper} == {0, 1, 2}
     assert {c.label for c in paper} == {f"{label} (V8192)" for label in MIXER_LABELS}
     for c in paper:
