@@ -20,12 +20,14 @@ def qkv(B=2, H=2, T=23, F=5, Dv=3, positive=True, seed=0, dtype=torch.float64):
     return q, k, v
 
 
+@pytest.mark.parametrize("grad_mode", [True, False])  # the chunk states: fresh sums, or in place
 @pytest.mark.parametrize("normalize", [False, True])
 @pytest.mark.parametrize("chunk_size", [1, 4, 7, 23, 64])
-def test_chunked_equals_recurrent_and_quadratic(normalize, chunk_size):
+def test_chunked_equals_recurrent_and_quadratic(normalize, chunk_size, grad_mode):
     q, k, v = qkv(positive=normalize)
     y_rec, s_rec = ops.linear_attention_recurrent(q, k, v, normalize=normalize)
-    y_chunk, s_chunk = ops.linear_attention_chunked(q, k, v, normalize=normalize, chunk_size=chunk_size)
+    with torch.set_grad_enabled(grad_mode):
+        y_chunk, s_chunk = ops.linear_attention_chunked(q, k, v, normalize=normalize, chunk_size=chunk_size)
     y_quad = ops.linear_attention_quadratic(q, k, v, normalize=normalize)
     torch.testing.assert_close(y_chunk, y_rec)
     torch.testing.assert_close(y_quad, y_rec)
@@ -33,15 +35,17 @@ def test_chunked_equals_recurrent_and_quadratic(normalize, chunk_size):
     assert s_rec.shape == (2, 2, 5, 3 + int(normalize))
 
 
+@pytest.mark.parametrize("grad_mode", [True, False])
 @pytest.mark.parametrize("normalize", [False, True])
-def test_chunked_resumes_from_a_state(normalize):
+def test_chunked_resumes_from_a_state(normalize, grad_mode):
     q, k, v = qkv(positive=normalize)
     y_full, s_full = ops.linear_attention_recurrent(q, k, v, normalize=normalize)
-    _, s_head = ops.linear_attention_chunked(q[:, :, :9], k[:, :, :9], v[:, :, :9], normalize=normalize,
-                                             chunk_size=4)
-    y_tail, s_tail = ops.linear_attention_chunked(
-        q[:, :, 9:], k[:, :, 9:], v[:, :, 9:], state=s_head, normalize=normalize, chunk_size=4
-    )
+    with torch.set_grad_enabled(grad_mode):
+        _, s_head = ops.linear_attention_chunked(q[:, :, :9], k[:, :, :9], v[:, :, :9], normalize=normalize,
+                                                 chunk_size=4)
+        y_tail, s_tail = ops.linear_attention_chunked(
+            q[:, :, 9:], k[:, :, 9:], v[:, :, 9:], state=s_head, normalize=normalize, chunk_size=4
+        )
     torch.testing.assert_close(y_tail, y_full[:, :, 9:])
     torch.testing.assert_close(s_tail, s_full)
 
