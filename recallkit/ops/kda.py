@@ -136,7 +136,7 @@ def kda_chunked(
     k_dT = k_d.transpose(-1, -2)  # (B, H, N, Dk, C)
     befores, u_new = [], []
     # chunk views by unbind, whose backward stacks their gradients once (a slice's is a zero-filled copy
-    # of the whole tensor): 1.03-1.11x forward + backward, measured
+    # of the whole tensor): 0.94-1.11x forward + backward, 1.03-1.11x at N >= 1024, measured
     for U_c, W_c, decay_c, k_dT_c in zip(*(t.unbind(2) for t in (U, W, chunk_decay, k_dT))):
         befores.append(S)  # U'_c = U_c - W_c S_c, then S_{c+1} = Diag(exp(c_C)) S_c + K_d^T U'_c
         u_new.append(U_c - W_c @ S)  # (B, H, C, Dv): the pseudo-values U'
