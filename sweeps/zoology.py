@@ -23,15 +23,17 @@ uses. Measured whole on an otherwise idle machine (2026-12-05, 2 process workers
 the 126-run grid took 74 min wall and 147 min of runs (d=64 19 min, d=128 36 min, d=256 92 min of
 runs; the longest run, Mamba at d=256, T=256, 6.1 min), against about 7 h at an earlier stop (older
 kernels, 256-sequence evaluations, a CPU shared with other work). Results are in docs/results.md
-(attention solves every point; H3 is unstable at one seed beyond T=64). Run it resumably in the
-background (a GPU or a Ray cluster is the better home for it):
+(at three seeds: attention solves every point; H3 is bimodal beyond T=64 at every width). Run it
+resumably in the background (a GPU or a Ray cluster is the better home for it):
 ``recallkit run sweeps/zoology.py --out runs/zoology --executor process``.
 
-Four parts follow the grid (docs/results.md): its d=64 row again at seeds 1 and 2 (84 runs, about
-22 min wall), so that every d=64 point has a mean and a 95% interval; Zoology's own data setting
-(V=8192, T/16 pairs only) at T=64, d=64 over three seeds (21 runs); the plateau mixers at T=64,
-d=64 with four times the steps; and the d=128 row at seeds 1 and 2 (84 runs, 39 min wall and 78 min
-of runs, measured). The whole file: about 2 h 40 min wall with 2 workers.
+Parts follow the grid (docs/results.md): its d=64 row again at seeds 1 and 2 (84 runs, about 22 min
+wall), so that every d=64 point has a mean and a 95% interval; Zoology's own data setting (V=8192,
+T/16 pairs only) at T=64, d=64 over three seeds (21 runs); the plateau mixers at T=64, d=64 with
+four times the steps; then, added later and listed last, the d=128 row at seeds 1 and 2 (84 runs,
+39 min wall, 78 min of runs), the d=256 row at seeds 1 and 2 (84 runs, about 105 min wall and 210
+min of runs beside other work) and the 4x-step runs at seeds 1 and 2 (6 runs). The whole file:
+about 4.5 h wall with 2 workers.
 """
 
 import recallkit as rk
@@ -56,14 +58,14 @@ MIXERS: dict[str, dict | list[dict]] = {
 }
 
 
-# The d=64 and d=128 rows of the grid run at three seeds (d=256 at seed 0: it is most of the cost).
+# Every row of the grid runs at three seeds: seed 0 in the grid, seeds 1 and 2 in later parts.
 SEEDS = [0, 1, 2]
 # Zoology's own data setting beside ours, all else equal (T=64, d=64, lr 5e-3, the 3 seeds): its
 # figure-2 config draws from a vocabulary of 8192 and trains each run on its one (T, T/16) setting,
 # where ours uses 256 and mixed pair counts. Labels end in "(V8192)".
 PAPER_VOCAB_SIZE = 8192
 # Is the recency plateau of the SSM and long-conv models (about 1/4 here) a budget effect? The same
-# runs (T=64, d=64, lr 5e-3, seed 0) with 4x the steps; labels end in "(4000 steps)".
+# runs (T=64, d=64, lr 5e-3, seeds 0-2) with 4x the steps; labels end in "(4000 steps)".
 PLATEAU_MIXERS = ["mamba", "base_conv", "hyena"]
 LONG_STEPS = 4 * MAX_STEPS
 
@@ -115,5 +117,10 @@ configs = (
         for label, mixer in MIXERS.items()
     ]
     + [zoology_run(label, MIXERS[label], 64, 64, 5e-3, steps=LONG_STEPS) for label in PLATEAU_MIXERS]
-    + seeded_row(128)  # added later than the parts above and listed after them, which keeps their order
+    # added later than the parts above and listed after them, which keeps their order: the d=128 and
+    # d=256 rows at seeds 1 and 2, and the plateau mixers' 4x-step runs at seeds 1 and 2
+    + seeded_row(128)
+    + seeded_row(256)
+    + [zoology_run(label, MIXERS[label], 64, 64, 5e-3, seed, steps=LONG_STEPS)
+       for seed in SEEDS[1:] for label in PLATEAU_MIXERS]
 )

@@ -42,22 +42,24 @@ def test_zoology_grid():
         assert [(e.seq_len, e.num_kv_pairs) for e in c.test_tasks] == [(T, T // 16)]  # scored at T/16
         assert c.train.batch_size * c.task.seq_len == 2048
     assert_listed_once("zoology.py")
-    # the d=64 and d=128 rows again at seeds 1 and 2: every point of those rows at seeds 0-2
-    for width in (64, 128):
+    # every row again at seeds 1 and 2: every point of the grid at seeds 0-2
+    for width in (64, 128, 256):
         row = [c for c in everything if c.model.d_model == width and c.label in MIXER_LABELS]
         points = {(c.label, c.task.seq_len, c.train.lr) for c in row}
         assert len(points) == 3 * 7 * 2
         assert sorted((c.label, c.task.seq_len, c.train.lr, c.train.seed) for c in row) == sorted(
             (*p, seed) for p in points for seed in (0, 1, 2))
         assert all(c.train.max_steps == 1000 and c.task.vocab_size == 256 for c in row)
-    assert {c.train.seed for c in everything if c.model.d_model == 256} == {0}
     # Zoology's data setting at T=64, d=64, lr 5e-3, seeds 0-2, and the plateau mixers with 4x the steps
     paper = [c for c in everything if c.label.endswith("(V8192)")]
     longer = [c for c in everything if c.label.endswith("steps)")]
-    seeded = 2 * 2 * 3 * 7 * 2  # rows d=64 and 128 at seeds 1 and 2
+    seeded = 3 * 2 * 3 * 7 * 2  # rows d=64, 128 and 256 at seeds 1 and 2
     assert len(everything) == len(configs) + seeded + len(paper) + len(longer)
-    # the d=128 row's seeds came later and are listed last, so the runs before them keep their order
-    assert {(c.model.d_model, c.train.seed) for c in everything[-2 * 3 * 7 * 2:]} == {(128, 1), (128, 2)}
+    # the parts added later are listed last, so the runs before them keep their order: the d=128 and
+    # d=256 rows' seeds 1 and 2, then the 4000-step runs' seeds 1 and 2
+    later = [(c.model.d_model, c.train.seed) for c in everything[-(2 * 2 * 3 * 7 * 2 + 6):]]
+    assert later == sorted(later[:-6]) + [(64, 1)] * 3 + [(64, 2)] * 3
+    assert {d for d, _ in later[:-6]} == {128, 256}
     assert len(paper) == 7 * 3 and {c.train.seed for c in paper} == {0, 1, 2}
     assert {c.label for c in paper} == {f"{label} (V8192)" for label in MIXER_LABELS}
     for c in paper:
@@ -65,6 +67,7 @@ def test_zoology_grid():
         assert [(e.seq_len, e.num_kv_pairs) for e in c.test_tasks] == [(64, 4)]
         assert (c.task.seq_len, c.model.d_model, c.train.lr, c.train.batch_size) == (64, 64, 5e-3, 32)
     assert {c.label for c in longer} == {"mamba (4000 steps)", "base_conv (4000 steps)", "hyena (4000 steps)"}
+    assert sorted(c.train.seed for c in longer) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     for c in longer:  # the grid's T=64, d=64, lr 5e-3 runs with 4x the steps
         twin = next(g for g in configs if g.label == c.label.split()[0] and g.model == c.model
                     and g.train.lr == c.train.lr and g.task == c.task)
