@@ -153,16 +153,14 @@ def delta_rule_chunked(
     # chunk views by unbind: its backward stacks the chunks' gradients once, where slicing [:, c] gives
     # each chunk's gradient as a zero-filled copy of the whole tensor (1.05-1.24x forward + backward)
     T_uts, vbs, kb_ws, qcs, qks, kts = (t.unbind(1) for t in (T_ut, vb, kb_w, qc, qk, kc.transpose(-1, -2)))
-    if e_c is None:
-        for c in range(N):
-            u_new = T_uts[c] @ torch.baddbmm(vbs[c], kb_ws[c], S, alpha=-1)  # U', (B H, C, Dv)
-            ys.append(torch.baddbmm(qcs[c] @ S, qks[c], u_new))  # y = Q S + P U'
+    e_cs, to_ends, decays = (None,) * 3 if e_c is None else (t.unbind(1) for t in (e_c, to_end, chunk_decay))
+    for c in range(N):  # (C, D) slices: the decays scale small products, not whole copies of Q and K
+        u_new = T_uts[c] @ torch.baddbmm(vbs[c], kb_ws[c], S, alpha=-1)  # U', (B H, C, Dv)
+        inter = qcs[c] @ S if e_c is None else (qcs[c] @ S) * e_cs[c]  # diag(exp(c)) Q S
+        ys.append(torch.baddbmm(inter, qks[c], u_new))  # y = diag(exp(c)) Q S + P U'
+        if e_c is None:
             S = torch.baddbmm(S, kts[c], u_new)
-    else:
-        e_cs, to_ends, decays = (t.unbind(1) for t in (e_c, to_end, chunk_decay))
-        for c in range(N):  # (C, D) slices: the decays scale small products, not whole copies of Q and K
-            u_new = T_uts[c] @ torch.baddbmm(vbs[c], kb_ws[c], S, alpha=-1)  # U', (B H, C, Dv)
-            ys.append(torch.baddbmm((qcs[c] @ S) * e_cs[c], qks[c], u_new))  # diag(exp(c)) Q S + P U'
-            S = torch.baddbmm(S * decays[c], kts[c], u_new * to_ends[c])  # exp(c_C) S + K^T diag(..) U'
+        else:  # S' = exp(c_C) S + K^T diag(exp(c_C - c)) U'
+            S = torch.baddbmm(S * decays[c], kts[c], u_new * to_ends[c])
     y = torch.stack(ys, dim=1)  # (B H, N, C, Dv)
     return y.reshape(B, H, N * C, Dv)[:, :, :T].to(v.dtype), S.view(B, H, Dk, Dv)
