@@ -228,3 +228,26 @@ def test_log_linear_length_puts_log_linear_between_mamba2_and_attention_as_t_gro
     assert growth == sorted(growth) and growth[-1] < 2 * growth[0]  # grows, as log T
     assert states["mamba2"][256] < states["log_linear"][256] < states["attention"][256]
     assert_listed_once("log_linear_length.py")
+
+
+def test_short_mqar_trains_the_learning_tests_setting_at_three_seeds():
+    from tests.test_learning_zoo import SHORT, TASK, zoo_run
+
+    configs = load_sweep(SWEEPS / "short_mqar.py")
+    new_keys = {"fox", "gated_deltaproduct", "rwkv7", "kda", "rwkv6", "mamba3", "log_linear", "longhorn",
+                "hgrn2", "gsa"}
+    assert new_keys <= set().union(*(_keys(c) for c in configs))
+    by_label: dict[str, list[rk.RunConfig]] = {}
+    for c in configs:
+        by_label.setdefault(c.label, []).append(c)
+        twin = zoo_run(c.model.mixer, seed=c.train.seed, setting={"task": c.task.model_dump(),
+                                                                   "max_steps": c.train.max_steps})
+        assert (c.model, c.train) == (twin.model, twin.train)  # the learning tests' model and training
+        tasks = [zoo_run(c.model.mixer, setting={"task": task}).task
+                 for task in (TASK, SHORT["task"], {**SHORT["task"], "vocab_size": 32})]
+        assert c.task in tasks  # the learning tests' T=32 task, or one where the plateau mixers learn
+    assert all(sorted(r.train.seed for r in runs) == [0, 1, 2] for runs in by_label.values())
+    # every plateau mixer at T=32 also runs where it is measured to learn, T=16
+    short = {k for label, runs in by_label.items() if runs[0].task.seq_len == 16 for k in _keys(runs[0])}
+    assert {"log_linear", "longhorn", "mamba2", "mamba"} <= short
+    assert_listed_once("short_mqar.py")
