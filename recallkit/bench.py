@@ -33,6 +33,7 @@ from recallkit.bench_peers import bench_peers
 from recallkit.errors import RecallkitError
 
 HEADS, HEAD_DIM, TAYLOR_DIM, CHUNK = 8, 64, 16, 64
+DELTA_CHUNK = 32  # the delta-rule kernels' default chunk (C = 64 is slower at every benched shape)
 LOOP_MAX_N = 4096  # longest N at which the kernels' token loops are timed too
 PEER_SHAPES = [(batch, n) for n in (512, 2048, 8192) for batch in (1, 8)]  # (batch, N) against peers
 PEER_SHAPES_QUICK = [(1, 64), (2, 128)]
@@ -68,12 +69,12 @@ class KernelCase:
     loop: bool = False  # run(N, form="recurrent") is the same work through the token loop
 
 
-def _form(name: str, form: str) -> Callable[..., object]:
+def _form(name: str, form: str, chunk: int = CHUNK) -> Callable[..., object]:
     """``recallkit.ops.<name>_<form>``: the chunked form (at the bench's chunk size) or the token loop."""
     import recallkit.ops as ops
 
     kernel = getattr(ops, f"{name}_{form}")
-    return functools.partial(kernel, chunk_size=CHUNK) if form == "chunked" else kernel
+    return functools.partial(kernel, chunk_size=chunk) if form == "chunked" else kernel
 
 
 def _randn(*shape: int) -> torch.Tensor:
@@ -138,7 +139,7 @@ def _rwkv6(N: int, form: str = "chunked"):
 
 
 def _delta_rule(N: int, form: str = "chunked"):
-    kernel = _form("delta_rule", form)
+    kernel = _form("delta_rule", form, DELTA_CHUNK)
     q, v = _randn(1, HEADS, N, HEAD_DIM), _randn(1, HEADS, N, HEAD_DIM)
     k = F.normalize(torch.randn(1, HEADS, N, HEAD_DIM), dim=-1)
     beta, g = torch.rand(1, HEADS, N), -F.softplus(torch.randn(1, HEADS, N)) / 16
@@ -149,12 +150,12 @@ def _delta_flops(N: int) -> float:
     """Per chunk of C tokens and head (Dk = Dv = d): K K^T and Q K^T (4 C^2 d), the UT transform
     applied to V and K (4 C^2 d), scores times U' (2 C^2 d), and W S, Q S and K^T U' (6 C d^2).
     KDA's vector-gated scores cost more than K K^T, so its % of peak from this count is a lower bound."""
-    d, C = HEAD_DIM, CHUNK
+    d, C = HEAD_DIM, DELTA_CHUNK
     return HEADS * (N / C) * (10 * C * C * d + 6 * C * d * d)
 
 
 def _delta_product(N: int, form: str = "chunked"):
-    kernel = _form("delta_product", form)
+    kernel = _form("delta_product", form, DELTA_CHUNK)
     n = 2  # n_h, the default of the mixer (and of fla)
     q, v = _randn(1, HEADS, N, HEAD_DIM), _randn(1, HEADS, N, n, HEAD_DIM)
     k = F.normalize(torch.randn(1, HEADS, N, n, HEAD_DIM), dim=-1)
@@ -163,7 +164,7 @@ def _delta_product(N: int, form: str = "chunked"):
 
 
 def _kda(N: int, form: str = "chunked"):
-    kernel = _form("kda", form)
+    kernel = _form("kda", form, DELTA_CHUNK)
     q, v = _randn(1, HEADS, N, HEAD_DIM), _randn(1, HEADS, N, HEAD_DIM)
     k = F.normalize(torch.randn(1, HEADS, N, HEAD_DIM), dim=-1)
     beta, g = torch.rand(1, HEADS, N), -F.softplus(torch.randn(1, HEADS, N, HEAD_DIM)) / 16

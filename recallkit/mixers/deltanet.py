@@ -32,7 +32,8 @@ class DeltaNetConfig(MixerConfig):
 
     name: Literal["deltanet"] = "deltanet"
     num_heads: int = Field(default=4, gt=0)
-    chunk_size: int = Field(default=64, gt=0)
+    chunk_size: int = Field(default=32, gt=0, description="C of the chunked delta rule (32 took "
+                            "0.44-0.95x the time of 64 over training and bench shapes, docs/results.md)")
 
     def check_width(self, d_model: int) -> None:
         self._require_divisible(d_model, self.num_heads)

@@ -77,7 +77,7 @@ def delta_product_recurrent(
 
 def delta_product_chunked(
     q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None = None, *, state: Tensor | None = None,
-    chunk_size: int = 64,
+    chunk_size: int = 32,
 ) -> tuple[Tensor, Tensor]:
     """Exact chunked form: the T * n_h micro-steps as one gated delta-rule sequence.
 

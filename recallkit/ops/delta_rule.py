@@ -74,7 +74,7 @@ def delta_rule_recurrent(
 
 def delta_rule_chunked(
     q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None = None, *, state: Tensor | None = None,
-    chunk_size: int = 64,
+    chunk_size: int = 32,
 ) -> tuple[Tensor, Tensor]:
     """Chunkwise-parallel form with the WY / UT transform (Yang et al. 2024, section 3).
 
@@ -95,6 +95,8 @@ def delta_rule_chunked(
     batched (0.92-1.20x with one; unbinding the chunk views, below, then gained 1.05-1.24x with one),
     measured. (Forming the chunk's transition exp(c_C) I - K_d^T W to make the loop one GEMM costs
     two more GEMMs per chunk: 1.2-1.5x slower, measured.)
+    The default chunk is 32: it halves the (C, C) work per token and quarters the solve's for twice the
+    loop's iterations, 1.1-1.6x faster than 64 at head sizes 16-64 with or without a gradient (measured).
     With g None every decay factor is 1 (plain DeltaNet). Padding of a partial last chunk uses
     beta = 0, g = 0, k = v = 0, which leaves the state untouched.
     Same arguments and returns as :func:`delta_rule_recurrent`, plus ``chunk_size``.

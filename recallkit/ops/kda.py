@@ -76,7 +76,7 @@ def kda_recurrent(
 
 def kda_chunked(
     q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor, *, state: Tensor | None = None,
-    chunk_size: int = 64, sub_chunk_size: int = 8,
+    chunk_size: int = 32, sub_chunk_size: int = 8,
 ) -> tuple[Tensor, Tensor]:
     """Chunkwise-parallel form with the WY / UT transform and per-channel decays.
 
