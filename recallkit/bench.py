@@ -33,7 +33,7 @@ from recallkit.bench_peers import bench_peers
 from recallkit.errors import RecallkitError
 
 HEADS, HEAD_DIM, TAYLOR_DIM, CHUNK = 8, 64, 16, 64
-DELTA_CHUNK = 32  # the delta-rule kernels' default chunk (C = 64 is slower at every benched shape)
+DELTA_CHUNK = 32  # the delta-rule kernels' and RWKV-7's default chunk (64 is slower at every benched shape)
 LOOP_MAX_N = 4096  # longest N at which the kernels' token loops are timed too
 PEER_SHAPES = [(batch, n) for n in (512, 2048, 8192) for batch in (1, 8)]  # (batch, N) against peers
 PEER_SHAPES_QUICK = [(1, 64), (2, 128)]
@@ -186,7 +186,7 @@ def _log_linear_flops(N: int) -> float:
 
 
 def _rwkv7(N: int, form: str = "chunked"):
-    kernel = _form("rwkv7", form)
+    kernel = _form("rwkv7", form, DELTA_CHUNK)
     r, k, v = (_randn(1, HEADS, N, HEAD_DIM) for _ in range(3))
     kappa = F.normalize(torch.randn(1, HEADS, N, HEAD_DIM), dim=-1)  # RWKV-7's removal key
     a = torch.rand(1, HEADS, N, HEAD_DIM)  # in-context learning rates
@@ -198,7 +198,7 @@ def _dplr_flops(N: int) -> float:
     """Per chunk of C tokens and head (Dk = Dv = d): four decayed score matrices (8 C^2 d), G V, the
     UT transform applied to B_e and G V, and the reads P_a U, P_k V (10 C^2 d), and W S, Q S, A_d^T U
     and K_d^T V (8 C d^2)."""
-    d, C = HEAD_DIM, CHUNK
+    d, C = HEAD_DIM, DELTA_CHUNK
     return HEADS * (N / C) * (18 * C * C * d + 8 * C * d * d)
 
 

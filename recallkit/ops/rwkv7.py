@@ -74,7 +74,7 @@ def rwkv7_recurrent(
 
 def rwkv7_chunked(
     q: Tensor, k: Tensor, v: Tensor, alpha: Tensor, beta: Tensor, g: Tensor, *, state: Tensor | None = None,
-    chunk_size: int = 64, sub_chunk_size: int = 8,
+    chunk_size: int = 32, sub_chunk_size: int = 8,
 ) -> tuple[Tensor, Tensor]:
     """Chunkwise-parallel form with the UT transform and per-channel decays.
 
