@@ -121,11 +121,12 @@ def test_delta_product_gradcheck_chunked():
     assert torch.autograd.gradcheck(f, (*inputs, state))
 
 
-def test_delta_product_float32_long_sequence_matches_float64():
+@pytest.mark.parametrize("chunk_size", [32, 64])  # the default and the previous one
+def test_delta_product_float32_long_sequence_matches_float64(chunk_size):
     # T * n_h = 600 > 512 micro-steps: the delta-rule kernel runs in segments
     q, k, v, beta, g = qkvbg(B=1, H=2, T=300, n=2, Dk=16, Dv=8, strength=0.05)
     y64, s64 = ops.delta_product_recurrent(q, k, v, beta, g)
-    y32, s32 = ops.delta_product_chunked(*(t.float() for t in (q, k, v, beta, g)), chunk_size=64)
+    y32, s32 = ops.delta_product_chunked(*(t.float() for t in (q, k, v, beta, g)), chunk_size=chunk_size)
     assert s32.dtype == torch.float32 and y32.dtype == torch.float32
     torch.testing.assert_close(y32, y64.float(), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(s32, s64.float(), atol=1e-4, rtol=1e-4)

@@ -106,20 +106,22 @@ def test_gradcheck_chunked(gated):
     torch.autograd.gradcheck(f, tuple(inputs))
 
 
-def test_strong_decays_stay_finite_in_float32():
+@pytest.mark.parametrize("chunk_size", [32, 64])  # the default and the previous one
+def test_strong_decays_stay_finite_in_float32(chunk_size):
     q, k, v, beta, g = (t.requires_grad_() for t in qkvbg(True, T=100, dtype=torch.float32, strength=20.0))
     y_rec, s_rec = ops.delta_rule_recurrent(q, k, v, beta, g)
-    y_chunk, s_chunk = ops.delta_rule_chunked(q, k, v, beta, g, chunk_size=64)
+    y_chunk, s_chunk = ops.delta_rule_chunked(q, k, v, beta, g, chunk_size=chunk_size)
     assert torch.isfinite(y_chunk).all() and torch.isfinite(s_chunk).all()
     torch.testing.assert_close(y_chunk, y_rec, atol=1e-5, rtol=1e-4)
     y_chunk.sum().backward()
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v, beta, g))
 
 
-def test_float32_long_sequence_matches_float64():
+@pytest.mark.parametrize("chunk_size", [32, 64])  # the default and the previous one
+def test_float32_long_sequence_matches_float64(chunk_size):
     q, k, v, beta, g = qkvbg(True, B=1, H=2, T=300, Dk=16, Dv=8, strength=0.05)
     y64, s64 = ops.delta_rule_recurrent(q, k, v, beta, g)
-    y32, s32 = ops.delta_rule_chunked(*(t.float() for t in (q, k, v, beta, g)), chunk_size=64)
+    y32, s32 = ops.delta_rule_chunked(*(t.float() for t in (q, k, v, beta, g)), chunk_size=chunk_size)
     assert s32.dtype == torch.float32
     torch.testing.assert_close(y32, y64.float(), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(s32, s64.float(), atol=1e-4, rtol=1e-4)

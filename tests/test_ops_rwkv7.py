@@ -112,21 +112,23 @@ def test_rwkv7_gradcheck_chunked(vector_gate_path):
     assert torch.autograd.gradcheck(f, (*args, state))
 
 
-def test_rwkv7_strong_decays_stay_finite_in_float32():
+@pytest.mark.parametrize("chunk_size", [32, 64])  # the default and the previous one
+def test_rwkv7_strong_decays_stay_finite_in_float32(chunk_size):
     args = [t.float().requires_grad_() for t in inputs(T=100, strength=20.0)]
     y_rec, _ = ops.rwkv7_recurrent(*args)
-    y_chunk, s_chunk = ops.rwkv7_chunked(*args, chunk_size=64)
+    y_chunk, s_chunk = ops.rwkv7_chunked(*args, chunk_size=chunk_size)
     assert torch.isfinite(y_chunk).all() and torch.isfinite(s_chunk).all()
     torch.testing.assert_close(y_chunk, y_rec, atol=1e-5, rtol=1e-4)
     y_chunk.sum().backward()
     assert all(torch.isfinite(t.grad).all() for t in args)
 
 
-def test_rwkv7_float32_long_sequence_matches_float64():
+@pytest.mark.parametrize("chunk_size", [32, 64])  # the default and the previous one
+def test_rwkv7_float32_long_sequence_matches_float64(chunk_size):
     args = inputs(B=1, H=2, T=600, Dk=16, Dv=8, strength=0.05)  # > 512: runs in segments
     y64, s64 = ops.rwkv7_recurrent(*args, state=start_state(B=1, Dk=16, Dv=8))
     y32, s32 = ops.rwkv7_chunked(*(t.float() for t in args), state=start_state(B=1, Dk=16, Dv=8).float(),
-                                 chunk_size=64)
+                                 chunk_size=chunk_size)
     assert s32.dtype == torch.float32
     torch.testing.assert_close(y32, y64.float(), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(s32, s64.float(), atol=1e-4, rtol=1e-4)

@@ -59,6 +59,8 @@ class LogLinearConfig(Mamba2Config):
     name: Literal["log_linear"] = "log_linear"  # type: ignore[assignment]
     num_levels: int = Field(default=16, ge=2, description="learned level weights (level 0 = the token "
                                                           "itself); higher levels reuse the last one")
+    chunk_size: int = Field(default=64, gt=0, description="C of the chunked kernel (Mamba-2's 32 measured "
+                            "0.87x / 1.28x the speed of 64 on training steps: not adopted, docs/results.md)")
 
     def describe(self) -> str:
         return f"log_linear(d_state={self.d_state})"
