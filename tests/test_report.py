@@ -264,6 +264,25 @@ def test_width_curves_take_the_best_point_per_label_and_width():
     assert not has_width_axis(frontier_points(rows[:1]))
 
 
+def test_width_curves_prefer_the_point_with_more_seeds():
+    from recallkit.report.width import width_curves
+
+    def variant(run_id, seed, accuracy, chunk):
+        out = row(run_id, "mamba", 64, 1e-3, accuracy)
+        out["config"]["model"]["mixer"] = {"name": "mamba", "chunk_size": chunk}
+        out["config"]["train"]["seed"] = seed
+        return out
+
+    three = [variant(f"s{seed}", seed, a, 64) for seed, a in enumerate([0.2, 0.3, 0.4])]  # mean 0.3
+    one = variant("lucky", 0, 0.5, 32)  # another setting of the same label, at one seed
+    points = frontier_points(three + [one])
+    assert len(points) == 2
+    (line,) = width_curves(points)["mqar T=64"].values()
+    assert [(round(p.accuracy, 6), len(p.seeds)) for p in line] == [(0.3, 3)]
+    one_each = frontier_points([three[0], one])  # equal seed counts: the higher accuracy
+    assert [p.accuracy for p in width_curves(one_each)["mqar T=64"]["mamba"]] == [0.5]
+
+
 def test_report_draws_the_width_figure_only_when_widths_vary(tmp_path):
     with Store(tmp_path / "results.sqlite") as store:
         wide = tiny_run().model_dump()
