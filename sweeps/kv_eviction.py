@@ -13,6 +13,8 @@ not the middle facts; attention-score policies (h2o, tova, snapkv) keep more rec
 no more facts than fit: with b context tokens kept, about b / 2 of the 8 pairs survive (b pairs at
 most here: the short conv lets one cached token carry its key and its value). Continuous mode is
 harder than prefill mode on MQAR because the 48-token query region pushes the context out.
+snapkv's default 8-token observation window leaves it no prefix slot at budgets of 1-8 tokens, where
+it keeps what ``window`` keeps.
 Seeds 0, 1 and 2 (the report gives each point's mean and interval). Measured: 11 minutes per seed on
 2 cores shared with other work; the numbers are in the README.
 Run: ``recallkit run sweeps/kv_eviction.py --out runs/kv_eviction --executor process``.

@@ -173,9 +173,10 @@ def test_tova_drops_the_least_attended_token_averaged_over_heads():
     assert cache.positions.tolist() == [[[0, 1, 3], [0, 1, 3]]]
 
 
-def test_snapkv_keeps_the_observation_window_and_what_it_attended():
+@pytest.mark.parametrize("history", [0, 12])  # 12: a cache that records more queries (for forks)
+def test_snapkv_keeps_the_observation_window_and_what_it_attended(history):
     policy = make_policy({"name": "snapkv", "window": 2, "kernel_size": 1})
-    cache = KVCache(policy, 4, mode="prefill")
+    cache = KVCache(policy, 4, mode="prefill", history=history)
     for t in range(10):
         _append(cache, torch.randn(1, 1, 4), torch.randn(1, 1, 4))
         attention = torch.full((1, 1, len(cache)), 0.01)
@@ -187,6 +188,25 @@ def test_snapkv_keeps_the_observation_window_and_what_it_attended():
     assert len(cache) == 10  # prefill mode: nothing leaves before the context ends
     cache.compress()
     assert cache.positions.tolist() == [[[0, 3, 8, 9]]]
+
+
+@pytest.mark.parametrize("history", [0, 12])
+def test_scissorhands_counts_only_its_own_history_window(history):
+    """Scissorhands with W = 2 over 8 tokens: the last two queries attend to tokens 0-3 only, the
+    earlier ones to 4 and 5 only. Over the last W queries tokens 0-3 are never below the uniform share
+    (0 counts), 4 and 5 twice, 6 twice and 7 once (counted over the steps it was present), so a budget
+    of 4 keeps 0-3, whatever older queries the cache also recorded."""
+    policy = make_policy({"name": "scissorhands", "history_window": 2, "recent_ratio": 0.0})
+    cache = KVCache(policy, 4, mode="prefill", history=history)
+    cache.append(torch.randn(1, 1, 8, 4), torch.randn(1, 1, 8, 4))
+    attention = torch.eye(8)  # queries 0 and 1 attend to themselves
+    attention[2:6] = 0.0
+    attention[2:6, 4:6] = 0.5  # (4 and 5 are not yet there for queries 2 and 3: future columns, masked)
+    attention[6:] = 0.0
+    attention[6:, :4] = 0.25
+    cache.observe(attention.tril()[None, None])
+    cache.compress()
+    assert cache.positions.tolist() == [[[0, 1, 2, 3]]]
 
 
 def test_knorm_keeps_low_norm_keys_and_random_is_seeded():

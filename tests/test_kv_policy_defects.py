@@ -122,6 +122,23 @@ def test_an_eval_policy_refuses_a_token_budget_with_no_heavy_hitter_slot(budget)
     EvalPolicy(policy="h2o_sinks", budget=0.25)  # fractions are known in tokens at evaluation time only
 
 
+@pytest.mark.parametrize("budget", [1, 4, 8])
+def test_an_eval_policy_refuses_a_snapkv_token_budget_that_holds_only_its_window(budget):
+    with pytest.raises(ValueError, match="keeps no token before its 8-token observation window"):
+        EvalPolicy(policy="snapkv", budget=budget, mode="prefill")
+    EvalPolicy(policy="snapkv", budget=9, mode="prefill")  # one prefix token
+    EvalPolicy(policy={"name": "snapkv", "window": 2}, budget=budget + 2, mode="prefill")
+    EvalPolicy(policy="snapkv", budget=0.25, mode="prefill")  # a fraction is known in tokens later
+
+
+def test_snapkv_at_a_budget_of_its_window_keeps_what_window_keeps():
+    """Why the budget is refused: with no prefix slot the choice is the window's, whatever the votes."""
+    votes = torch.rand(2, 3, 20, generator=torch.Generator().manual_seed(0))
+    snap, window = _snapkv_cache(votes, window=4, kernel=3, budget=4), _filled_cache("window", 4, 20, 2, 3)
+    snap.compress(), window.compress()
+    assert torch.equal(snap.positions, window.positions)
+
+
 def test_h2o_sinks_with_heavy_hitter_slots_keeps_sinks_heavy_hitters_and_recent():
     policy = make_policy({"name": "h2o_sinks", "num_sinks": 1, "recent_ratio": 0.25})
     cache = _filled_cache(policy, 8, 16, H=2, mode="continuous")

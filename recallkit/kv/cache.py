@@ -141,6 +141,15 @@ class KVCache:
         self.peak = max(self.peak, len(self))
         return self
 
+    def last_queries(self, n: int) -> Tensor:
+        """(B, H_kv, S, n): the attention of the last ``n`` queries (n <= ``history``), oldest first;
+        zeros for queries before the first token. A ring recorded for a longer history holds older
+        queries too, which a policy that ranks by its own last ``n`` must not read."""
+        if n > self.history:
+            raise ValueError(f"the last {n} queries asked of a cache that records {self.history}")
+        queries = torch.arange(self.seen - n, self.seen, device=self.recent.device)
+        return self.recent[..., queries % self.history].masked_fill(queries < 0, 0.0)
+
     def fork(self, policy: Policy, budget: int | None, seed: int = 0) -> KVCache:
         """This prefill-mode cache, after its context and before compressing, under another policy and
         budget: exactly what a fresh cache with them holds after reading the same context, since a

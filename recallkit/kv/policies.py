@@ -180,8 +180,11 @@ class SnapKV(Policy):
     observation window itself (the last ``window`` tokens) is always kept. As in SnapKV's code
     (``attn_weights[..., :-window].sum(-2)``, pooled, top-k, then the window appended), the
     window's own votes never pool into the prefix, so a prefix token is not kept for a window
-    neighbour's votes. A budget below ``window`` keeps the most recent tokens. Meant for
-    ``prefill`` mode."""
+    neighbour's votes. An even ``kernel_size`` pools ``kernel_size + 1`` wide (odd, so the pooled row
+    keeps the prefix's length). At a budget of ``window`` tokens or fewer no prefix token is kept and
+    the policy is the ``window`` policy: refused as a token budget when a config (``EvalPolicy``) is
+    built (SnapKV's code assumes a capacity above its window); a fractional budget that resolves to
+    so few tokens is evaluated as that window. Meant for ``prefill`` mode."""
 
     name: Literal["snapkv"] = "snapkv"
     window: int = Field(default=8, gt=0)
@@ -191,8 +194,15 @@ class SnapKV(Policy):
     def history(self) -> int:  # type: ignore[override]
         return self.window
 
+    def check_budget(self, budget: int) -> None:
+        if budget <= self.window:
+            raise ValueError(
+                f"snapkv at a budget of {budget} tokens keeps no token before its {self.window}-token "
+                f"observation window: it would be the window policy; give a budget above window or a "
+                f"smaller window")
+
     def priority(self, cache: KVCache, budget: int) -> Tensor:
-        votes = cache.recent.sum(dim=-1)  # (B, H_kv, S)
+        votes = cache.last_queries(self.window).sum(dim=-1)  # (B, H_kv, S): the observation window's
         B, H, S = votes.shape
         P = max(0, S - self.window)  # the prefix: tokens before the observation window
         priority = torch.full_like(votes, PROTECTED)
@@ -225,7 +235,10 @@ class Random(Policy):
 class Scissorhands(Policy):
     """Scissorhands (Liu et al. 2023, arXiv 2305.17118), persistence of importance: a token that drew
     less than the uniform share 1/S of attention at many of the last ``history_window`` steps is
-    dropped first; the ``recent_ratio * budget`` most recent tokens are kept."""
+    dropped first; the ``recent_ratio * budget`` most recent tokens are kept. Two simplifications of
+    the paper's buffered eviction: in ``continuous`` mode it drops one token per step as the budget
+    is exceeded (not m tokens at once when a buffer fills), and "uniform share" is 1/S for the S
+    tokens the cache holds now."""
 
     name: Literal["scissorhands"] = "scissorhands"
     history_window: int = Field(default=16, gt=0)
@@ -237,7 +250,7 @@ class Scissorhands(Policy):
 
     def priority(self, cache: KVCache, budget: int) -> Tensor:
         W, S = self.history_window, len(cache)
-        low = (cache.recent < 1.0 / S).sum(dim=-1)  # (B, H_kv, S), counts unobserved columns too
+        low = (cache.last_queries(W) < 1.0 / S).sum(dim=-1)  # (B, H_kv, S), counts unobserved columns too
         observed = (cache.seen - cache.positions).clamp(max=W)  # steps each token has been attended
         unimportant = (low - (W - observed)).float()
         return (-unimportant).masked_fill(most_recent(cache, int(self.recent_ratio * budget)), PROTECTED)
