@@ -12,7 +12,8 @@ from pydantic import Field, model_validator
 
 from recallkit.base_config import TaskConfig
 from recallkit.tasks.base import IGNORE_INDEX, Batch
-from recallkit.tasks.mqar import _distinct, query_slot_probs
+from recallkit.tasks.mqar import query_slot_probs
+from recallkit.tasks.sampling import distinct_rows
 
 
 def _smallest_vocab(g: int) -> int:
@@ -91,12 +92,12 @@ class CompositionalMQARConfig(TaskConfig):
         rng = np.random.default_rng(seed)
         N, n, g, V, T = num_examples, self.num_kv_pairs, self.grid_size, self.vocab_size, self.seq_len
         third, C = V // 3, self.max_prefix_len()
-        k1_set = _distinct(rng, N, 1, third, g)  # (N, g)
-        k2_set = _distinct(rng, N, third, 2 * third, g)  # (N, g)
+        k1_set = distinct_rows(rng, N, np.arange(1, third), g)  # (N, g)
+        k2_set = distinct_rows(rng, N, np.arange(third, 2 * third), g)  # (N, g)
         order = np.argsort(rng.random((N, n)), axis=1)  # random order of the grid's cells
         k1 = np.take_along_axis(np.repeat(k1_set, g, axis=1), order, axis=1)  # (N, n)
         k2 = np.take_along_axis(np.tile(k2_set, (1, g)), order, axis=1)  # (N, n)
-        values = _distinct(rng, N, 2 * third, V, n)  # (N, n)
+        values = distinct_rows(rng, N, np.arange(2 * third, V), n)  # (N, n)
         context = np.stack([k1, k2, values], axis=2).reshape(N, C)
         num_slots = (T - C) // 3
         scores = np.log(query_slot_probs(num_slots, self.power_a)) + rng.gumbel(size=(N, num_slots))

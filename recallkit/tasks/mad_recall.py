@@ -151,7 +151,9 @@ class NoisyRecallConfig(_PairRecallConfig):
     with a random key (keys repeat, each repeat probed with multi_query, or one final probe after a
     copy token); here the context states each of n distinct keys once and every key is queried
     once after it, MQAR style, so accuracy is comparable with ``mqar``; the noise count is exact
-    (f of each region), noise tokens are single, and the special ids sit at the start.
+    (f of each region), noise tokens are single, and the special ids sit at the start. Only the
+    values are scored, in training as at test (MAD trains on every next token, noise included, and
+    scores the probed value only at test).
 
     Worked example, ``NoisyRecallConfig(vocab_size=12, seq_len=16, num_kv_pairs=2, frac_noise=0.5,
     noise_vocab_size=4).generate(1, seed=0)`` (noise 1-4, keys 5-7, values 8-11):
@@ -184,6 +186,9 @@ class FuzzyRecallConfig(_PairRecallConfig):
     key at the full size after a copy token; here every key has exactly a tokens and every value b
     (so the train and test distributions are one, and the scored span has a fixed length), all n
     keys are queried once after the context (MQAR style), and keys never repeat in the context.
+    The tokens of one key or value are drawn independently, so they may repeat, as in the example
+    below (MAD draws each motif as a permutation, without a repeated token). Only the values are
+    scored, in training as at test (MAD trains on every next token).
 
     Worked example, ``FuzzyRecallConfig(vocab_size=13, seq_len=16, num_kv_pairs=2, key_len=2,
     value_len=2, frac_noise=0.0, noise_vocab_size=2).generate(1, seed=0)`` (keys 3-7, values 8-12):

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from recallkit.base_config import TaskConfig
 from recallkit.tasks.base import IGNORE_INDEX, Batch
+from recallkit.tasks.sampling import distinct_rows
 
 
 def query_slot_probs(num_slots: int, power_a: float) -> np.ndarray:
@@ -20,11 +21,11 @@ def query_slot_probs(num_slots: int, power_a: float) -> np.ndarray:
 
 def _distinct(rng: np.random.Generator, n: int, low: int, high: int, k: int) -> np.ndarray:
     """n rows of k distinct integers from [low, high), each row in random order."""
-    return np.argsort(rng.random((n, high - low)), axis=1)[:, :k] + low
+    return distinct_rows(rng, n, np.arange(low, high), k)
 
 
 class MQARConfig(TaskConfig):
-    """MQAR exactly as Zoology defines it.
+    """MQAR as Zoology defines it, but for the filler.
 
     Keys come from [1, V/2), values from [V/2, V), token 0 is the filler. The context is
     ``num_kv_pairs`` distinct keys, each followed by its (distinct) value, repeated ``num_passes``
@@ -33,6 +34,10 @@ class MQARConfig(TaskConfig):
     (the key's value) sits at the query key's position: next-token prediction. ``prefix_len`` is
     the end of the context; the slice ``num_kv_pairs`` records each example's pair count (a list
     of counts splits the examples evenly between them).
+
+    The filler: Zoology's generator (``random_non_queries=True`` by default) fills the gaps with
+    tokens drawn from the whole vocabulary, which may repeat the example's keys and values; here it
+    is token 0, or with ``random_fillers`` tokens that are none of the example's keys and values.
 
     Worked example, ``MQARConfig(vocab_size=8, seq_len=8, num_kv_pairs=2).generate(1, seed=0)``:
 

@@ -10,21 +10,10 @@ from pydantic import Field, field_validator, model_validator
 
 from recallkit.base_config import TaskConfig
 from recallkit.tasks.base import IGNORE_INDEX, Batch
+from recallkit.tasks.sampling import distinct_rows
 
 SizePairs = tuple[int, int] | list[tuple[int, int]]
 """One ``(|A|, |B|)`` pair or a list of them."""
-
-_CHUNK_NUMBERS = 1 << 22
-"""Rows x candidates drawn at once when sampling distinct elements: bounds memory for large vocabularies."""
-
-
-def _distinct(rng: np.random.Generator, n: int, candidates: np.ndarray, k: int) -> np.ndarray:
-    """n rows of k distinct entries of ``candidates`` (C,), each row in random order: (n, k)."""
-    rows = max(1, _CHUNK_NUMBERS // len(candidates))
-    parts = [np.argsort(rng.random((min(rows, n - i), len(candidates))), axis=1)[:, :k]
-             for i in range(0, n, rows)]
-    return candidates[np.concatenate(parts)]
-
 
 def _shuffle_rows(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
     """Permute every row of x (n, k) independently."""
@@ -127,7 +116,7 @@ class SetDisjointnessConfig(TaskConfig):
 
     def _generate(self, rng: np.random.Generator, N: int, a: int, b: int) -> Batch:
         elements = np.setdiff1d(np.arange(self.vocab_size), self.special_tokens)  # (V - 4,)
-        drawn = _distinct(rng, N, elements, a + b - 1)  # (N, a + b - 1): shared, A-only, B-only
+        drawn = distinct_rows(rng, N, elements, a + b - 1)  # (N, a + b - 1): shared, A-only, B-only
         shared = drawn[:, :1]  # (N, 1)
         set_a = _shuffle_rows(rng, drawn[:, :a])  # (N, a)
         set_b = _shuffle_rows(rng, np.concatenate([shared, drawn[:, a:]], axis=1))  # (N, b)
