@@ -18,9 +18,10 @@ prefix-aware PLA, trained here without JRT's MLM loss) appear at their defaults.
 The production hybrids of ``recallkit.recipes`` (Qwen3-Next's 3 Gated DeltaNet : 1 attention, Kimi
 Linear's 3 KDA : 1 MLA, Samba's Mamba + sliding window) train with one period of layers each (4, 4, 2).
 Every point trains at seeds 0, 1 and 2, each point's seeds together; the 18 points that
-docs/results.md discussed first (HEADLINE) run first (measured: 54 runs, 19 min with 2 process workers
-on 2 cores; the other 129 runs about 2 h). Three seeds changed several one-seed readings: Mamba-2 is
-0.83 / 0.12 / 0.05, DeltaNet at 8 heads 0.19 / 0.98 / 0.14, Gated DeltaProduct at one head 0.97-0.99
+docs/results.md discussed first (HEADLINE) run first (measured on today's kernels: 54 runs, 14 min
+wall with 2 process workers on 2 cores, 28 min of runs; the other 129 runs about 2 h on older ones).
+Three seeds changed several one-seed readings: Mamba-2 is 0.83 / 0.12 / 0.06, DeltaNet at 8 heads
+0.79 / 0.99 / 0.14 (0.19 / 0.98 / 0.14 on older kernels), Gated DeltaProduct at one head 0.97-0.99
 at seed 0 but 0.04-0.11 at seeds 1 and 2, and the Qwen3-Next recipe 0.07 / 0.99 / 0.09.
 Run: ``recallkit run sweeps/state_tradeoff.py --out runs/state_tradeoff --executor process``.
 """
