@@ -59,7 +59,7 @@ def test_the_figures_and_tables_show_the_interval_and_every_seed(tmp_path):
     figure = frontier_figure(frontier_points(rows), rows)
     traces = {trace.name: trace for trace in figure.data}
     hover = traces["attention"].hovertext[0]
-    assert "seeds: 0.300, 0.500, 0.700" in hover and "(3 seeds)" in hover
+    assert "seeds 0: 0.300, 1: 0.500, 2: 0.700" in hover and "(3 seeds)" in hover
     bars = traces["attention"].error_y
     (point,) = [p for p in frontier_points(rows) if p.label == "attention"]
     assert bars.array[0] == pytest.approx(point.interval[1] - 0.5)

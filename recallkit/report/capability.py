@@ -11,15 +11,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from recallkit.report.common import FrontierPoint, base_panel
+from recallkit.report.common import FrontierPoint, base_panel, best_first
 
 
 @dataclass(frozen=True)
 class CapabilityMap:
-    """``accuracy[i][j]``: family ``labels[i]``'s best accuracy in panel ``panels[j]`` (over widths and
-    model settings, the mean over seeds; None when it was not evaluated there), ``state[i][j]`` the
-    state size of that best point and ``interval[i][j]`` its 95% bootstrap interval over seeds (None
-    with one seed). Rows are ordered by the family's largest state, smallest first."""
+    """``accuracy[i][j]``: family ``labels[i]``'s accuracy in panel ``panels[j]`` (its best point over
+    widths and model settings, see ``capability_map``: the mean over seeds; None when it was not
+    evaluated there), ``state[i][j]`` the state size of that point and ``interval[i][j]`` its 95%
+    bootstrap interval over seeds (None with one seed). Rows are ordered by the family's largest
+    state, smallest first."""
 
     labels: list[str]
     panels: list[str]
@@ -30,13 +31,14 @@ class CapabilityMap:
 
 def capability_map(points: list[FrontierPoint]) -> CapabilityMap:
     """The map of ``points`` without eviction (an eviction policy is a point on the frontier, not a
-    family here); a tie in accuracy goes to the smaller state."""
+    family here). A cell is the family's point that ``best_first`` ranks first: the most seeds, then
+    the highest accuracy, then the smallest state."""
     points = [p for p in points if base_panel(p.panel) is None and not p.budget]
     panels = list(dict.fromkeys(p.panel for p in points))
     best: dict[tuple[str, str], FrontierPoint] = {}
     for p in points:
         held = best.get((p.label, p.panel))
-        if held is None or (p.accuracy, -p.state_size) > (held.accuracy, -held.state_size):
+        if held is None or best_first(p) > best_first(held):
             best[(p.label, p.panel)] = p
     largest = {p.label: max(q.state_size for q in points if q.label == p.label) for p in points}
     labels = sorted(largest, key=lambda label: (largest[label], label))

@@ -75,12 +75,13 @@ def varying_settings(models: list[dict[str, Any]]) -> list[str]:
 class FrontierPoint:
     """One point of the frontier: the best run (over learning rates) of one model in one panel.
 
-    ``accuracy`` is the mean over the seeds of the best training setting; ``seeds`` holds each seed's
-    accuracy and ``interval`` the 95% bootstrap interval of the mean when there are two or more
-    (else ``()`` and None). ``budget`` is the KV budget of an eviction panel's point (None
-    elsewhere), ``prefill_tokens`` the mean prompt length when the evaluation reported it, ``runs``
-    how many runs the point is the best of, and ``model`` the stored model config (its varying
-    settings tag the point). ``run_id`` is the best seed's run.
+    ``accuracy`` is the mean over the seeds of the best setting (:func:`run_setting`); ``seeds`` holds
+    each seed's accuracy, ``seed_runs`` each seed's (seed, run id), and ``interval`` the 95% bootstrap
+    interval of the mean when there are two or more (else ``()`` and None). ``budget`` is the KV
+    budget of an eviction panel's point (None elsewhere) and ``policy`` its eviction policy's
+    settings, ``prefill_tokens`` the best seed's mean prompt length when the evaluation reported it,
+    ``runs`` how many runs the point is the best of, and ``model`` the stored model config (its
+    varying settings tag the point). ``run_id`` is the best seed's run.
     """
 
     panel: str
@@ -98,6 +99,15 @@ class FrontierPoint:
     model: dict[str, Any]
     seeds: tuple[float, ...] = ()
     interval: tuple[float, float] | None = None
+    seed_runs: tuple[tuple[int, str], ...] = ()
+    policy: dict[str, Any] | None = None
+
+
+def best_first(point: FrontierPoint) -> tuple[int, float, int]:
+    """How a figure picks one of several points of a family (over widths or settings): the most
+    seeds, then the highest accuracy, then the smallest state, so that one lucky seed of a variant
+    does not stand in for a mean over seeds. Higher is better."""
+    return max(1, len(point.seeds)), point.accuracy, -point.state_size
 
 
 def error_bars(points: list[FrontierPoint]) -> list[list[float]]:
@@ -120,6 +130,11 @@ def run_seed(config: dict[str, Any]) -> int:
     return (config.get("train") or {}).get("seed", config.get("seed", 0))
 
 
-def training_setting(config: dict[str, Any]) -> str:
-    """What a run was trained with apart from its seed (learning rate, steps, ...), as a key."""
-    return json.dumps({k: v for k, v in (config.get("train") or {}).items() if k != "seed"}, sort_keys=True)
+def run_setting(config: dict[str, Any]) -> str:
+    """Everything a stored run config holds but its seed and label, as a key: runs with equal keys
+    differ only by seed and are averaged; any other difference (learning rate, steps, the task's pair
+    count, a pretrained run's prompts, ...) makes another setting, never another seed."""
+    rest = {k: v for k, v in config.items() if k not in ("seed", "label")}
+    if isinstance(rest.get("train"), dict):
+        rest["train"] = {k: v for k, v in rest["train"].items() if k != "seed"}
+    return json.dumps(rest, sort_keys=True)

@@ -23,7 +23,7 @@ from recallkit.report.common import (
     palette,
     panel_name,
     run_seed,
-    training_setting,
+    run_setting,
     varying_settings,
 )
 from recallkit.report.stats import bootstrap_interval
@@ -54,7 +54,7 @@ def evaluations(row: dict[str, Any]) -> list[dict[str, Any]]:
         {"panel": panel_name(e), "task": e["task"], "seq_len": e["seq_len"],
          "state_size": e["state_size"], "accuracy": e["accuracy"] if row["status"] == "done" else 0.0,
          "series": f" [{e['policy']}]" if e.get("policy") else "", "budget": e.get("budget"),
-         "prefill_tokens": e.get("prefill_tokens")}
+         "policy": e.get("policy_config"), "prefill_tokens": e.get("prefill_tokens")}
         for e in evals if "length" not in e  # length-generalisation evals have their own plot
     ]
 
@@ -65,10 +65,12 @@ def frontier_points(rows: list[dict[str, Any]]) -> list[FrontierPoint]:
     A panel is one evaluation setting (task and length); a run evaluated at several lengths gives a
     point in each. Models differ by width or by any mixer setting (a state-size sweep of one family
     gives one point per setting); evaluations under an eviction policy form their own label, one
-    point per budget. Within a point, runs that differ only by seed are averaged, and the training
-    setting (learning rate, ...) with the best mean wins; with two or more seeds the point carries
-    every seed's accuracy and a 95% bootstrap interval of the mean (:mod:`recallkit.report.stats`).
-    Failed and unfinished runs are left out.
+    point per budget. Within a point, runs that differ only by seed are averaged, and the setting
+    (learning rate, steps, the task's other fields, an eviction policy's options, ...: anything but
+    the seed, :func:`~recallkit.report.common.run_setting`) with the best mean wins; runs of two
+    settings are never averaged as seeds. With two or more seeds the point carries every seed's
+    accuracy and a 95% bootstrap interval of the mean (:mod:`recallkit.report.stats`). Failed and
+    unfinished runs are left out.
     """
     groups: dict[tuple, list[tuple[dict, dict]]] = defaultdict(list)
     for row in rows:
@@ -83,11 +85,9 @@ def frontier_points(rows: list[dict[str, Any]]) -> list[FrontierPoint]:
     points = []
     for (_, _, _, label, width, _, _), group in sorted(groups.items()):
         settings: dict[str, dict[int, tuple[dict, dict]]] = defaultdict(dict)
-        for row, evaluation in group:  # runs of one setting and seed that differ otherwise: the best
-            runs = settings[training_setting(row["config"])]
-            seed = run_seed(row["config"])
-            if seed not in runs or evaluation["accuracy"] > runs[seed][1]["accuracy"]:
-                runs[seed] = (row, evaluation)
+        for row, evaluation in group:  # one setting and seed is one run (its config is its identity)
+            setting = run_setting(row["config"]) + json.dumps(evaluation["policy"], sort_keys=True)
+            settings[setting].setdefault(run_seed(row["config"]), (row, evaluation))
         seeds = max(settings.values(), key=lambda runs: mean(e["accuracy"] for _, e in runs.values()))
         ordered = [seeds[seed] for seed in sorted(seeds)]
         row, best = max(ordered, key=lambda pair: pair[1]["accuracy"])  # the run the point links to
@@ -97,9 +97,12 @@ def frontier_points(rows: list[dict[str, Any]]) -> list[FrontierPoint]:
             state_size=round(mean(e["state_size"] for _, e in ordered)), accuracy=mean(accuracies),
             budget=best["budget"], prefill_tokens=best["prefill_tokens"],
             lr=row["config"].get("train", {}).get("lr"), run_id=row["run_id"], num_params=row["num_params"],
-            wall_time=row["wall_time"], runs=len(group), model=row["config"]["model"],
+            wall_time=row["wall_time"], runs=len({r["run_id"] for r, _ in group}),
+            model=row["config"]["model"],
             seeds=tuple(accuracies) if len(accuracies) > 1 else (),
             interval=bootstrap_interval(accuracies),
+            seed_runs=tuple((seed, seeds[seed][0]["run_id"]) for seed in sorted(seeds)),
+            policy=best["policy"],
         ))
     return points
 

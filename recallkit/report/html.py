@@ -113,8 +113,11 @@ def _slice_table(table: SliceTable) -> str:
     def cell(values: dict[str, dict[str, Any]], value: str) -> Markup | str:
         if value not in values:
             return ""
-        n = values[value].get("num_examples")
-        title = f' title="{n} test sequences"' if n is not None else ""
+        n, seeds = values[value].get("num_examples"), values[value].get("seeds", 1)
+        tip = f"{n} test sequences" if n is not None else ""
+        if seeds > 1:
+            tip = f"mean of {seeds} seeds" + (f", {tip} each" if tip else "")
+        title = f' title="{tip}"' if tip else ""
         return Markup(f"<span{title}>{values[value]['accuracy']:.3f}</span>")
 
     return (f"<h3>{html.escape(table.panel)}: accuracy per {html.escape(table.name)}</h3>"

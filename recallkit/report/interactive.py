@@ -27,8 +27,8 @@ def _hover(point: FrontierPoint, tag: str, row: dict[str, Any] | None) -> str:
     run = f"run {point.run_id}" + (f" · {point.wall_time:.1f} s" if point.wall_time else "")
     policy = _policy_line(point, row) if row and point.budget is not None else []
     config = config_lines(row["config"]) if row else []
-    per_seed = ", ".join(f"{a:.3f}" for a in point.seeds)
-    seeds = [f"seeds: {per_seed} (the best one's run below)"] if point.seeds else []
+    per_seed = ", ".join(f"{seed}: {a:.3f}" for (seed, _), a in zip(point.seed_runs, point.seeds))
+    seeds = [f"seeds {per_seed} (the best one's run below)"] if point.seeds else []
     return "<br>".join([head, " · ".join(facts), *seeds, run, *policy, *config])
 
 
@@ -36,7 +36,8 @@ def _policy_line(point: FrontierPoint, row: dict[str, Any]) -> list[str]:
     """The eviction policy behind a point of an eviction panel, with its settings (one line)."""
     for panel, stored in panel_evals(row):
         if (panel == point.panel and stored.get("budget") == point.budget
-                and point.label.endswith(f"[{stored.get('policy')}]")):
+                and point.label.endswith(f"[{stored.get('policy')}]")
+                and stored.get("policy_config") == point.policy):
             settings = dict(stored.get("policy_config") or {})
             settings.pop("name", None)
             pairs = " ".join(f"{k}={v}" for k, v in settings.items() if v is not None)

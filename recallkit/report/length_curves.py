@@ -11,6 +11,7 @@ task; runs stored before that get no bound line and the unit "length".
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from statistics import mean
 from typing import Any
@@ -20,7 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from recallkit.report.common import palette, run_seed, training_setting
+from recallkit.report.common import palette, run_seed, run_setting
 from recallkit.report.stats import bootstrap_interval
 
 BITS_PER_NUMBER = 32
@@ -35,10 +36,10 @@ def _metric(scores: dict[str, Any]) -> float:
 def length_curve(row: dict[str, Any]) -> dict[str, Any] | None:
     """One run's curve ``{"panel", "label", "d_model", "lr", "points": [(L, accuracy, state_size)],
     "train_range", "fixed_state", "bound", "unit", "headline"}``, or None when the run has no length
-    evaluations."""
+    evaluations. A diverged run scores 0 at every length, as on the frontier."""
     metrics = row["metrics"] or {}
     evals = [e for e in metrics.get("evals") or [] if not e.get("policy")]
-    if row["status"] != "done" or not any("length" in e for e in evals):
+    if row["status"] not in ("done", "diverged") or not any("length" in e for e in evals):
         return None
     by_length: dict[int, tuple[float, int]] = {}
     for e in evals:
@@ -46,7 +47,9 @@ def length_curve(row: dict[str, Any]) -> dict[str, Any] | None:
             by_length.setdefault(int(length), (_metric(scores), e["state_size"]))
         if "length" in e:  # a dedicated evaluation at this length wins over a slice of a mixed one
             by_length[e["length"]] = (_metric(e), e["state_size"])
-    points = [(length, accuracy, state) for length, (accuracy, state) in sorted(by_length.items())]
+    diverged = row["status"] == "diverged"
+    points = [(length, 0.0 if diverged else accuracy, state)
+              for length, (accuracy, state) in sorted(by_length.items())]
     at_length = sorted((e["length"], e["state_size"]) for e in evals if "length" in e)
     fixed_state = len({state for _, state in at_length}) == 1 and len(at_length) > 1
     axis = next(e for e in evals if "length" in e)  # every length evaluation stores the same axis
@@ -58,13 +61,15 @@ def length_curve(row: dict[str, Any]) -> dict[str, Any] | None:
         "d_model": row["config"]["model"].get("d_model", 0), "lr": row["config"].get("train", {}).get("lr"),
         "points": points,
         "train_range": metrics.get("train_length_range"), "fixed_state": fixed_state, "bound": bound,
-        "unit": axis.get("length_unit", "length"), "headline": metrics.get("accuracy", 0.0),
+        "unit": axis.get("length_unit", "length"),
+        "headline": 0.0 if diverged else metrics.get("accuracy", 0.0),
     }
 
 
 def length_curves(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per panel, model and width, the curve of its best training setting (learning rate, steps, ...,
-    by the mean headline accuracy over that setting's seeds), averaged over the seeds: ``points`` hold
+    """Per panel, model (its whole config, as the frontier) and width, the curve of its best setting
+    (learning rate, steps, ..., anything but the seed: ``run_setting``, by the mean headline
+    accuracy over that setting's seeds), averaged over the seeds (diverged ones at 0): ``points`` hold
     the mean exact match at each length every seed was scored at, ``seeds`` each seed's values there
     and ``interval`` a 95% bootstrap interval of each mean (empty with one seed)."""
     settings: dict[tuple, dict[str, dict[int, dict[str, Any]]]] = {}
@@ -72,11 +77,10 @@ def length_curves(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         curve = length_curve(row)
         if curve is None:
             continue
-        seeds = settings.setdefault((curve["panel"], curve["label"], curve["d_model"]), {}).setdefault(
-            training_setting(row["config"]), {})
-        seed = run_seed(row["config"])
-        if seed not in seeds or curve["headline"] > seeds[seed]["headline"]:  # a duplicate seed: the best
-            seeds[seed] = curve
+        model = json.dumps(row["config"]["model"], sort_keys=True)
+        seeds = settings.setdefault((curve["panel"], curve["label"], curve["d_model"], model), {}).setdefault(
+            run_setting(row["config"]), {})
+        seeds.setdefault(run_seed(row["config"]), curve)  # one setting and seed is one run
     return [_over_seeds(max(settings[key].values(), key=lambda s: mean(c["headline"] for c in s.values())))
             for key in sorted(settings)]
 

@@ -44,8 +44,9 @@ def _sort_key(value: str) -> tuple[int, float | str]:
 def slice_tables(rows: list[dict[str, Any]], points: list[FrontierPoint]) -> list[SliceTable]:
     """The slice tables of every panel without eviction, in frontier order.
 
-    A slice with one value in a panel only repeats the headline accuracy and is left out; so are
-    diverged runs (their slices measure nothing).
+    A point's row is the mean over its seeds (the runs the frontier averaged: a diverged seed counts
+    0, as there), with ``seeds`` the count; a point with no finished seed is left out, and so is a
+    slice with one value in a panel (it only repeats the headline accuracy).
 
     Args:
         rows: store rows.
@@ -54,15 +55,32 @@ def slice_tables(rows: list[dict[str, Any]], points: list[FrontierPoint]) -> lis
     by_id = {row["run_id"]: row for row in rows}
     tables: dict[tuple[str, str], SliceTable] = {}
     for panel in dict.fromkeys(p.panel for p in points):
-        line = [p for p in points if p.panel == panel and by_id[p.run_id]["status"] == "done"]
+        line = [p for p in points if p.panel == panel]
         for point, name in zip(line, point_names(line)):
-            for eval_panel, stored in panel_evals(by_id[point.run_id]):
-                if eval_panel != panel or stored.get("policy") or "length" in stored:
-                    continue
-                for slice_name, values in (stored.get("slices") or {}).items():
-                    table = tables.setdefault((panel, slice_name), SliceTable(panel, slice_name, []))
-                    table.rows.append((name, values))
-                break
+            runs = [by_id[run_id] for _, run_id in point.seed_runs] or [by_id[point.run_id]]
+            done = [_slices(run, panel) for run in runs if run["status"] == "done"]
+            diverged = len(runs) - len(done)
+            for slice_name in dict.fromkeys(name for slices in done for name in slices):
+                values = dict.fromkeys(v for slices in done for v in slices.get(slice_name, {}))
+                table = tables.setdefault((panel, slice_name), SliceTable(panel, slice_name, []))
+                table.rows.append((name, {v: _mean(done, slice_name, v, diverged) for v in values}))
     for table in tables.values():
         table.values = sorted({value for _, values in table.rows for value in values}, key=_sort_key)
     return [table for table in tables.values() if len(table.values) > 1]
+
+
+def _slices(row: dict[str, Any], panel: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """A finished run's slices in ``panel`` (its evaluation there without eviction or a length)."""
+    for eval_panel, stored in panel_evals(row):
+        if eval_panel == panel and not stored.get("policy") and "length" not in stored:
+            return stored.get("slices") or {}
+    return {}
+
+
+def _mean(done: list[dict], slice_name: str, value: str, diverged: int) -> dict[str, Any]:
+    """One slice value's mean accuracy over the finished runs that scored it (``done``: each run's
+    slices) and the ``diverged`` ones, at 0; ``seeds`` counts both."""
+    scored = [slices[slice_name][value] for slices in done if value in slices.get(slice_name, {})]
+    seeds = len(scored) + diverged
+    return {"accuracy": sum(metrics["accuracy"] for metrics in scored) / seeds, "seeds": seeds,
+            "num_examples": scored[0].get("num_examples")}

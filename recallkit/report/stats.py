@@ -11,7 +11,8 @@ from __future__ import annotations
 import random
 
 RESAMPLES = 10_000
-"""Bootstrap resamples: the interval's ends move by well under 0.01 between seeds of the resampler."""
+"""Bootstrap resamples. The interval's ends move with the resampler's seed by up to about 0.02 for six
+spread-out values, and not at all for three or fewer, whose interval is the smallest and largest."""
 
 
 def bootstrap_interval(values: list[float], confidence: float = 0.95, resamples: int = RESAMPLES,

@@ -9,30 +9,26 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from recallkit.report.common import FrontierPoint, error_bars, palette
+from recallkit.report.common import FrontierPoint, best_first, error_bars, palette
 
 
 def width_curves(points: list[FrontierPoint]) -> dict[str, dict[str, list[FrontierPoint]]]:
     """``{panel: {label: [point, ...]}}``: per width, in width order, the label's best point.
 
     The best over every point of that label and width (learning rates are already folded into the
-    frontier points; other settings, such as a window sweep, are folded here): the one with the most
-    seeds, then the highest accuracy, so that one lucky seed of a variant does not stand in for a
-    mean over seeds. A point with seeds carries their mean, and the plot draws its interval.
+    frontier points; other settings, such as a window sweep, are folded here): the one ``best_first``
+    ranks first (the most seeds, then the highest accuracy, then the smallest state). A point with
+    seeds carries their mean, and the plot draws its interval.
     """
     best: dict[tuple[str, str, int], FrontierPoint] = {}
     for p in points:
         key = (p.panel, p.label, p.d_model)
-        if key not in best or _rank(p) > _rank(best[key]):
+        if key not in best or best_first(p) > best_first(best[key]):
             best[key] = p
     curves: dict[str, dict[str, list[FrontierPoint]]] = {}
     for (panel, label, _), point in sorted(best.items(), key=lambda item: item[0]):
         curves.setdefault(panel, {}).setdefault(label, []).append(point)
     return curves
-
-
-def _rank(point: FrontierPoint) -> tuple[int, float]:
-    return max(1, len(point.seeds)), point.accuracy
 
 
 def _trained(points: list[FrontierPoint]) -> list[FrontierPoint]:
