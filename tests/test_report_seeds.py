@@ -116,3 +116,11 @@ def test_equal_seeds_draw_in_both_figures(tmp_path):
     assert error_bars([point])[0] == [0.0]  # the bootstrap's sum of 0.1s exceeds the mean's 0.1
     plot_width_curves(points, tmp_path / "width.png")  # matplotlib refuses a negative bar
     plot_frontier(points, tmp_path / "frontier.png")
+
+
+def test_equal_seeds_draw_no_negative_error_bar():
+    rows = [seeded(str(i), 1e-3, i, 0.1) for i in range(3)]  # resampled sums of 0.1 round above the mean
+    (point,) = frontier_points(rows)
+    assert point.interval[0] > point.accuracy  # what the figures must not draw as a negative bar
+    bars = frontier_figure(frontier_points(rows), rows).data[0].error_y
+    assert min(bars.array) >= 0 and min(bars.arrayminus) >= 0

@@ -10,7 +10,14 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from recallkit.report.common import FrontierPoint, accuracy_text, base_panel, family_colors, varying_settings
+from recallkit.report.common import (
+    FrontierPoint,
+    accuracy_text,
+    base_panel,
+    error_bars,
+    family_colors,
+    varying_settings,
+)
 from recallkit.report.hover import config_lines
 from recallkit.report.slices import panel_evals
 
@@ -48,12 +55,15 @@ def _policy_line(point: FrontierPoint, row: dict[str, Any]) -> list[str]:
 
 
 def _error_bars(line: list[FrontierPoint]) -> dict[str, Any] | None:
-    """Plotly error bars of the points' seed intervals (zero where a point has one seed)."""
+    """Plotly error bars of the points' seed intervals (zero where a point has one seed), as the PNG's
+    (``error_bars``: never negative)."""
     if not any(p.interval for p in line):
         return None
+    seeded = [p for p in line if p.interval]
+    below, above = (iter(side) for side in error_bars(seeded))
     return {"type": "data", "symmetric": False, "thickness": 1.2, "width": 3,
-            "array": [p.interval[1] - p.accuracy if p.interval else 0 for p in line],
-            "arrayminus": [p.accuracy - p.interval[0] if p.interval else 0 for p in line]}
+            "array": [next(above) if p.interval else 0 for p in line],
+            "arrayminus": [next(below) if p.interval else 0 for p in line]}
 
 
 def _line(points: list[FrontierPoint], panel: str, label: str) -> list[FrontierPoint]:
