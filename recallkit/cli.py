@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import sqlite3
 import sys
 import threading
 from functools import wraps
@@ -68,6 +69,8 @@ def _one_line_errors(command):
             message = str(error)
         except OSError as error:  # e.g. a file the OS refuses to write: the reason and the path
             message = describe(error)
+        except sqlite3.DatabaseError as error:  # a results database damaged inside (its schema read fine)
+            message = f"the results database is damaged ({error}); restore a copy or use another --out"
         print(f"error: {message.splitlines()[0] if message else 'unknown error'}", file=sys.stderr)
         raise typer.Exit(EXIT_ERROR)
     return wrapper

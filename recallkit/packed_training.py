@@ -15,7 +15,9 @@ with weight decay only where :func:`recallkit.training.decays` says, as torch's 
 loop's parameter groups. A member leaves the pack when it stops (its budget, its early stop, a
 non-finite loss, its halt rule) and gets its own final evaluations and result; the others go on.
 ``tests/test_packed_training.py`` checks, for every mixer key, that a packed member's loss at every
-step equals the same run trained alone.
+step equals the same run trained alone, in float64. In float32 they differ by rounding (vmap runs the
+kernels in ``fixed_paths``), which a sensitive run's training can amplify: its result then depends
+on its pack (``metrics["packed"]`` records the pack's size), as a run's does on its device.
 
 Not packed: runs with JRT's MLM loss (its masked positions differ in number per example), and
 mid-run checkpoints (a killed packed group restarts its unfinished members from step 0; finished

@@ -90,6 +90,9 @@ def _foreign_databases(tmp_path: Path) -> dict[str, Path]:
         "a wal database": "PRAGMA journal_mode=WAL; CREATE TABLE t (x); INSERT INTO t VALUES (1);",
         "recallkit tables plus one": "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL); "
                                      "CREATE TABLE extra (x);",
+        "only a view": "CREATE VIEW other_app AS SELECT 1;",
+        "an application id": "PRAGMA application_id = 1234;",
+        "a user version": "PRAGMA user_version = 7;",
     }.items():
         directory = tmp_path / name.replace(" ", "_")
         directory.mkdir()
@@ -110,6 +113,43 @@ def test_a_foreign_sqlite_database_is_refused_in_one_line_and_left_byte_for_byte
             assert "is not a recallkit results database" in output, (name, args, output)
         assert db.read_bytes() == before, name
         assert sorted(p.name for p in directory.iterdir()) == files, name  # not even a lock file
+
+
+def test_a_database_damaged_inside_is_one_line_for_run_and_report(tmp_path, sweep):
+    assert runner.invoke(app, ["run", str(sweep), "--out", str(tmp_path), "--quiet"]).exit_code == 0
+    db = tmp_path / "results.sqlite"
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        (root,) = connection.execute("SELECT rootpage FROM sqlite_master WHERE name = 'runs'").fetchone()
+        page = connection.execute("PRAGMA page_size").fetchone()[0]
+    with open(db, "r+b") as file:  # the runs table's first page: its schema still reads
+        file.seek((root - 1) * page)
+        file.write(b"\xff" * page)
+    for args in (["run", str(sweep), "--out", str(tmp_path), "--quiet"], ["report", str(tmp_path)]):
+        assert "the results database is damaged" in _one_line(runner.invoke(app, args)), args
+
+
+def test_a_directory_where_the_database_goes_is_named_as_such(tmp_path, sweep):
+    (tmp_path / "results.sqlite").mkdir()
+    output = _one_line(runner.invoke(app, ["run", str(sweep), "--out", str(tmp_path), "--quiet"]))
+    assert "is not a file" in output
+
+
+def test_a_repeated_config_runs_once_with_every_executor(tmp_path):
+    config = tiny_run()
+    for executor in ("serial", "process"):
+        trained = []
+        rows = run_sweep([config, config, tiny_run(seed=1)], tmp_path / executor, executor=executor,
+                         quiet=True, on_outcome=lambda c, _: trained.append(c.run_id))
+        assert sorted(trained) == sorted(r["run_id"] for r in rows), executor  # each once
+        assert [r["status"] for r in rows] == ["done", "done"], executor
+
+
+def test_a_sweep_file_that_exits_while_loading_is_one_line(tmp_path):
+    path = tmp_path / "exits.py"
+    path.write_text("import sys\nsys.exit(0)\n")
+    with pytest.raises(RecallkitError, match="exited while loading"):
+        load_sweep(path)
 
 
 def test_a_results_database_of_another_schema_version_is_refused_before_writing(tmp_path):

@@ -36,6 +36,9 @@ def load_sweep(path: str | Path) -> list[AnyRunConfig]:
         raise RecallkitError(f"{path}: {one_line(error)}") from None
     except Exception as error:
         raise RecallkitError(f"{path}: {type(error).__name__}: {error}") from None
+    except SystemExit as error:  # sys.exit() in the file: it defined no sweep
+        raise RecallkitError(f"{path} exited while loading (SystemExit: {error.code}) before defining "
+                             "`configs`") from None
     configs = namespace.get("configs")
     if not isinstance(configs, (list, tuple)) or not configs:
         raise RecallkitError(f"{path} must define a non-empty list `configs` of RunConfig")

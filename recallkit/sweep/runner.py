@@ -84,6 +84,7 @@ def run_sweep(
     """
     if executor not in ("serial", "process", "ray"):
         raise ValueError(f"unknown executor {executor!r}; use serial, process or ray")
+    configs = list({config.run_id: config for config in configs}.values())  # a repeated config runs once
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if ray_options is not None and executor != "ray":

@@ -96,6 +96,8 @@ class Store:
         exists = self.path.exists()
         if not exists and (readonly or not create):
             raise RecallkitError(f"no results database at {self.path}")
+        if exists and not self.path.is_file():
+            raise RecallkitError(f"{self.path} is not a file (a results database is one SQLite file)")
         try:
             if exists:
                 inspector = self._inspector()
@@ -153,9 +155,13 @@ class Store:
                   for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
                                             "AND name NOT LIKE 'sqlite_%'")}  # not SQLite's own (ANALYZE)
         foreign = sorted(name for name, columns in tables.items() if COLUMNS.get(name) != columns)
-        if foreign:
-            raise RecallkitError(f"{self.path} is not a recallkit results database (it has tables "
-                                 f"{', '.join(foreign)}); refusing to touch it: use another --out")
+        foreign += sorted(f"{kind} {name}" for kind, name, table in db.execute(  # views, triggers, ...
+            "SELECT type, name, tbl_name FROM sqlite_master WHERE type != 'table'") if table not in COLUMNS)
+        marks = [f"{pragma} {value}" for pragma in ("application_id", "user_version")
+                 if (value := db.execute(f"PRAGMA {pragma}").fetchone()[0])]  # recallkit sets neither
+        if foreign or marks:
+            raise RecallkitError(f"{self.path} is not a recallkit results database (it has "
+                                 f"{', '.join(foreign + marks)}); refusing to touch it: use another --out")
         if "meta" in tables:
             version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if version is not None and version[0] != SCHEMA_VERSION:
