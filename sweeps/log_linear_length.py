@@ -6,7 +6,9 @@ constant state and attention's KV cache, which grows as T. Each model trains on 
 T = 64, 128, 256 with T / 8 key-value pairs (the state_tradeoff task at T = 64), V = 256, 2 layers of
 width 64, no MLP, lr 5e-3, at most 1000 steps (early stop at 0.99), seeds 0, 1 and 2: Mamba-2, its
 log-linear version at the same d_state (16), and attention with RoPE. The report puts the nine
-points of each seed on one accuracy vs state plot.
+points of each seed on one accuracy vs state plot. Measured: 27 runs, 49 min wall with 2 process
+workers on 2 cores (89 min of runs; the cores shared with a test run for 18 of them); a log-linear
+run at T = 256 takes about 12 min, so the last one runs alone.
 
     recallkit run sweeps/log_linear_length.py --out runs/log_linear_length --executor process
     recallkit report runs/log_linear_length
