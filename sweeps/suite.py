@@ -14,8 +14,9 @@ examples (early stop at 0.99), every setting at seeds 0, 1 and 2, the three sett
 README's claims (HEADLINE) first. LEARNING_RATES is the grid; it holds one rate because a first
 run with [3e-3, 1e-3] at 500 steps found 1e-3 behind on all 8 MQAR runs, and the steps bought more
 than the second rate. Measured: 288 runs, about 200 CPU-minutes on 2 cores with 2 one-thread process
-workers on the kernels of some stops ago; on today's, the HEADLINE settings (72 runs) took 15 min
-wall (30 min of runs) and counting's 24 runs 7 min, on an otherwise idle machine.
+workers on the kernels of some stops ago; on today's, 123 min of runs: the HEADLINE settings (72
+runs) in 15 min wall (30 min of runs) and counting's 24 runs in 7 min on an otherwise idle machine,
+the other 192 in 40 min while a test suite shared the cores.
 
 Expected shapes, from the sources, as measured at three seeds (README, "The task suite"): delta rules
 beat additive memories on forgetting MQAR at every seed (DeltaNet 0.991-0.994, Gated DeltaNet
