@@ -60,7 +60,7 @@ def slice_tables(rows: list[dict[str, Any]], points: list[FrontierPoint]) -> lis
             runs = [by_id[run_id] for _, run_id in point.seed_runs] or [by_id[point.run_id]]
             done = [_slices(run, panel) for run in runs if run["status"] == "done"]
             diverged = len(runs) - len(done)
-            for slice_name in dict.fromkeys(name for slices in done for name in slices):
+            for slice_name in dict.fromkeys(key for slices in done for key in slices):
                 values = dict.fromkeys(v for slices in done for v in slices.get(slice_name, {}))
                 table = tables.setdefault((panel, slice_name), SliceTable(panel, slice_name, []))
                 table.rows.append((name, {v: _mean(done, slice_name, v, diverged) for v in values}))

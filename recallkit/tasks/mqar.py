@@ -19,11 +19,6 @@ def query_slot_probs(num_slots: int, power_a: float) -> np.ndarray:
     return weights / weights.sum()
 
 
-def _distinct(rng: np.random.Generator, n: int, low: int, high: int, k: int) -> np.ndarray:
-    """n rows of k distinct integers from [low, high), each row in random order."""
-    return distinct_rows(rng, n, np.arange(low, high), k)
-
-
 class MQARConfig(TaskConfig):
     """MQAR as Zoology defines it, but for the filler.
 
@@ -106,8 +101,8 @@ class MQARConfig(TaskConfig):
 
     def _generate(self, rng: np.random.Generator, N: int, n: int) -> Batch:
         V, T, half = self.vocab_size, self.seq_len, self.vocab_size // 2
-        keys = _distinct(rng, N, 1, half, n)  # (N, n)
-        values = _distinct(rng, N, half, V, n)  # (N, n)
+        keys = distinct_rows(rng, N, np.arange(1, half), n)  # (N, n)
+        values = distinct_rows(rng, N, np.arange(half, V), n)  # (N, n)
         pairs = np.stack([keys, values], axis=2).reshape(N, 2 * n)  # k1 v1 k2 v2 ...
         context = np.tile(pairs, (1, self.num_passes))  # (N, C)
         C = context.shape[1]
