@@ -9,15 +9,49 @@ right class (:meth:`ConfigFamily.resolve`) without this module importing the fam
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import types
+from typing import Annotated, Any, ClassVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class StrictModel(BaseModel):
-    """Base for every config: unknown fields are errors and instances are immutable."""
+    """Base for every config: unknown fields are errors, instances are immutable, and a bool is not a
+    number (pydantic would read ``batch_size=True`` as 1)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key)
+                if field is not None and _bool_for_number(field.annotation, value):
+                    raise ValueError(f"{key} takes numbers, not a bool: {value!r}")
+        return data
+
+
+def _options(annotation: Any) -> list[Any]:
+    """A field type's alternatives, unions flattened and ``Annotated`` constraints dropped."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _options(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return [option for arg in get_args(annotation) for option in _options(arg)]
+    return [annotation]
+
+
+def _bool_for_number(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` holds a bool where ``annotation`` takes an int or float and no bool."""
+    options = _options(annotation)
+    if isinstance(value, bool):
+        return bool not in options and any(option in (int, float) for option in options)
+    if isinstance(value, (list, tuple)):
+        items = [arg for option in options if get_origin(option) in (list, tuple)
+                 for arg in get_args(option) if arg is not Ellipsis]
+        return any(_bool_for_number(item_type, item) for item in value for item_type in items)
+    return False
 
 
 class ConfigFamily(StrictModel):

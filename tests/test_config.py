@@ -36,6 +36,28 @@ def test_run_config_checks_vocab_and_positions():
         rk.RunConfig(model=dict(vocab_size=256, mixer=dict(name="attention")), task=dict(name="mqar2"))
 
 
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda: rk.TrainConfig(batch_size=True), "batch_size"),
+        (lambda: rk.TrainConfig(lr=False), "lr"),
+        (lambda: rk.TrainConfig(betas=(True, 0.9)), "betas"),
+        (lambda: rk.ModelConfig(vocab_size=64, mixer=dict(name="mamba", dt_rank=True)), "dt_rank"),
+        (lambda: rk.RunConfig(model=dict(vocab_size=64, mixer=dict(name="attention")),
+                              task=dict(name="mqar", vocab_size=64, seq_len=32, num_kv_pairs=4),
+                              eval_lengths=[64, True]), "eval_lengths"),
+    ],
+)
+def test_a_bool_is_not_read_as_a_number(build, field):
+    with pytest.raises(ValidationError, match=f"{field} takes numbers, not a bool"):
+        build()
+
+
+def test_numbers_and_real_bools_still_validate():
+    assert rk.TrainConfig(batch_size=4, betas=(0.8, 0.9), mlm=True).batch_size == 4
+    assert rk.ModelConfig(vocab_size=64, mixer=dict(name="mamba", dt_rank=3)).mixer.dt_rank == 3
+
+
 def test_configs_are_frozen():
     config = tiny_run()
     with pytest.raises(ValidationError):

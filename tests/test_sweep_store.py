@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import sqlite3
 
 import pytest
 import torch
@@ -58,6 +59,10 @@ def test_non_finite_loss_marks_run_diverged(tmp_path, monkeypatch):
     monkeypatch.setattr(train_module.F, "cross_entropy", lambda *a, **k: torch.tensor(float("nan")))
     rows = run_sweep([tiny_run()], tmp_path, quiet=True)
     assert rows[0]["status"] == "diverged"
+    assert rows[0]["metrics"]["curve"][-1]["loss"] is None  # strict JSON: NaN is stored as null
+    with sqlite3.connect(tmp_path / "results.sqlite") as db:  # SQLite's JSON functions read it
+        (loss,) = db.execute("SELECT json_extract(metrics, '$.curve[#-1].loss') FROM runs").fetchone()
+    assert loss is None
 
 
 def test_corrupt_database_gives_one_clear_error(tmp_path):

@@ -8,6 +8,7 @@ killed at any point keeps every finished run, and a rerun skips them and never d
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import tempfile
@@ -63,6 +64,19 @@ COLUMNS = {
                     "accuracy"],
 }
 """The columns of each table of ``SCHEMA``: a database with any other table is not a results store."""
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float (a diverged run's last loss, a curve's accuracy before the
+    first evaluation) as None: JSON has no NaN, and SQLite's ``json_extract`` rejects the ``NaN`` token
+    that Python's ``json`` writes by default."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _cannot_write(error: sqlite3.OperationalError) -> bool:
@@ -218,19 +232,22 @@ class Store:
         return changed
 
     def record(self, run_id: str, outcome: dict[str, Any]) -> None:
-        """Store a run's outcome: status, metrics, state_size, num_params, wall_time, error."""
+        """Store a run's outcome: status, metrics, state_size, num_params, wall_time, error.
+
+        Metrics are stored as strict JSON: a non-finite number becomes null."""
         if outcome["status"] not in STATUSES:
             raise ValueError(f"unknown status {outcome['status']!r}")
+        metrics = _finite(outcome.get("metrics"))
         self.db.execute(
             "UPDATE runs SET status = ?, metrics = ?, state_size = ?, num_params = ?, wall_time = ?, "
             "error = ?, updated_at = ? WHERE run_id = ?",
             (
-                outcome["status"], json.dumps(outcome.get("metrics")), outcome.get("state_size"),
+                outcome["status"], json.dumps(metrics, allow_nan=False), outcome.get("state_size"),
                 outcome.get("num_params"), outcome.get("wall_time"), outcome.get("error"), time.time(),
                 run_id,
             ),
         )
-        evals = (outcome.get("metrics") or {}).get("evals") or []
+        evals = (metrics or {}).get("evals") or []
         self.db.execute("DELETE FROM evaluations WHERE run_id = ?", (run_id,))
         self.db.executemany(
             "INSERT INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
