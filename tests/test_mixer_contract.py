@@ -76,6 +76,19 @@ def test_split_resume(key, kwargs, split):
 
 
 @pytest.mark.parametrize(("key", "kwargs"), CASES, ids=IDS)
+def test_an_empty_block_is_a_no_op(key, kwargs):
+    mixer, x = make(key, kwargs), inputs()
+    with torch.no_grad():
+        y_full, _ = mixer.prefill(x)
+        y_empty, state = mixer.prefill(x[:, :0])  # from no state
+        y_head, state = mixer.prefill(x[:, :7], state=state)
+        y_none, state = mixer.prefill(x[:, 7:7], state=state)  # resumed
+        y_tail, _ = mixer.prefill(x[:, 7:], state=state)
+    assert y_empty.shape == y_none.shape == (x.shape[0], 0, D_MODEL)
+    assert_close(torch.cat([y_head, y_tail], dim=1), y_full)
+
+
+@pytest.mark.parametrize(("key", "kwargs"), CASES, ids=IDS)
 def test_causality(key, kwargs):
     mixer, x = make(key, kwargs), inputs()
     for t in (0, 5, 17):

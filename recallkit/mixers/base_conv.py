@@ -93,7 +93,8 @@ class BaseConv(Mixer):
         if self.long:
             self._check_length(memory.shape[-1] + T)
             history = torch.cat([memory, x.transpose(1, 2)], dim=-1)  # (B, D, past + T)
-            conv = fft_causal_conv(history, self.filter)[..., -T:].transpose(1, 2) + self.conv_bias
+            conv = fft_causal_conv(history, self.filter)[..., history.shape[-1] - T:]  # the new T outputs
+            conv = conv.transpose(1, 2) + self.conv_bias
             memory = history
         else:
             conv, memory = short_conv(x, self.filter, self.conv_bias, state=memory)  # (B, T, D), (B, D, K-1)

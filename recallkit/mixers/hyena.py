@@ -133,7 +133,7 @@ class Hyena(Mixer):
         z, history = v, []
         for h, b, gate, past in zip(filters, skips, gates, state.history):
             inputs = torch.cat([past, z], dim=-1)  # (B, D, past + T): this conv's whole input
-            z = gate * (fft_causal_conv(inputs, h)[..., -T:] + b[:, None] * z)
+            z = gate * (fft_causal_conv(inputs, h)[..., total - T:] + b[:, None] * z)  # the new T outputs
             history.append(inputs)
         return self.out(z.transpose(1, 2)), HyenaState(tail, history)
 

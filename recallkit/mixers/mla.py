@@ -7,6 +7,12 @@ c^Q_t = W_DQ x_t when ``q_latent_dim`` is set (else x_t itself). State update: t
 (c_t, k^R_t), so it holds (d_c + d_R) * T numbers per layer instead of MHA's 2 * H * d_h * T;
 y_t = softmax([q^C; q^R] [K^C; K^R]^T / sqrt(d_h + d_R)) V. ``rope_dim=0`` drops the RoPE part: NoPE MLA,
 as Kimi Linear's MLA layers (arXiv 2510.26692), which leave position to the KDA layers.
+
+Two deviations from DeepSeek-V2, kept for recallkit's attention convention and stored run ids: every
+projection has a bias (the paper's maps have none), and the compressed latents c_t, c^Q_t are not
+RMS-normalised (the paper adds RMSNorm after them for training stability at scale, section 3.1.2).
+The cache is latents, not per-head keys and values, so the KV eviction policies do not apply
+(``kv_cache`` is False).
 """
 
 from __future__ import annotations
@@ -71,7 +77,8 @@ class MLA(Mixer):
 
     def _queries(self, x: Tensor, start: int) -> Tensor:
         B, T, _ = x.shape
-        q = self.q_up(self.q_down(x)).view(B, T, self.num_heads, -1).transpose(1, 2)  # (B, H, T, d_h + d_R)
+        q = self.q_up(self.q_down(x)).view(B, T, self.num_heads, self.head_dim + self.rope_dim)
+        q = q.transpose(1, 2)  # (B, H, T, d_h + d_R)
         q_content, q_rope = q.split([self.head_dim, self.rope_dim], dim=-1)
         return torch.cat([q_content, apply_rotary(q_rope, start, self.config.rope_base)], dim=-1)
 

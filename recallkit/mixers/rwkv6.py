@@ -115,7 +115,8 @@ class RWKV6(Mixer):
         """The five ddlerp_□(x_t, x_{t-1}), each (B, T, D), in the order w, k, v, r, g."""
         B, T, D = x.shape
         dx = x_prev - x  # b - a
-        lora = torch.tanh(self.mix_down(x + dx * self.mu_x)).view(B, T, MIXED, -1)  # tanh(. A_□)
+        lora = torch.tanh(self.mix_down(x + dx * self.mu_x))  # tanh(. A_□)
+        lora = lora.view(B, T, MIXED, self.config.mix_rank)
         mix = self.mix_base + torch.einsum("btfr,frd->btfd", lora, self.mix_up)  # (B, T, 5, D)
         return list((x[:, :, None] + dx[:, :, None] * mix).unbind(2))
 
@@ -124,7 +125,7 @@ class RWKV6(Mixer):
         B, T, D = x.shape
         H, dh = self.num_heads, self.head_dim
         prev = x.new_zeros(B, D) if state is None else state.shift.to(x.dtype)
-        x_prev = torch.cat([prev[:, None], x[:, :-1]], dim=1)  # (B, T, D): x_{t-1}
+        x_prev = torch.cat([prev[:, None], x], dim=1)[:, :T]  # (B, T, D): x_{t-1}
         xw, xk, xv, xr, xg = self._ddlerp(x, x_prev)
         d = self.decay_base + self.decay_up(torch.tanh(self.decay_down(xw)))  # (B, T, D)
         g = -torch.exp(d.to(compute_dtype(x)))  # log w_t = -exp(d_t) <= 0, float32+

@@ -30,6 +30,8 @@ def fft_causal_conv(x: Tensor, h: Tensor) -> Tensor:
         y (..., D, T) in x's dtype, y[..., c, t] = sum_{s <= t} h[c, t - s] x[..., c, s].
     """
     T = x.shape[-1]
+    if T == 0:  # an FFT of length 0 is an error
+        return x.clone()
     dtype = compute_dtype(x, h)  # half inputs are upcast for the FFT
     n = 2 * T  # >= 2T - 1: the wrap-around of the circular product lands beyond index T - 1
     x_f = torch.fft.rfft(x.to(dtype), n=n)
