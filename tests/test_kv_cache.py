@@ -9,6 +9,7 @@ import recallkit as rk
 from recallkit.inference import KVCache, evaluate_with_policy, evicting_state, make_policy, resolve_budget
 from recallkit.ops.rotary import rotate_at
 from recallkit.report import frontier_points, write_report
+from recallkit.tasks.base import Batch
 from recallkit.sweep import Store, run_sweep
 from tests.cases import POLICY_CASES, policy_id
 
@@ -55,13 +56,20 @@ def tokens():
     ATTENTION,
     {"name": "attention", "num_heads": 2, "position": "alibi", "short_conv": 3},
     {"name": "attention", "num_heads": 4, "position": "hard_alibi"},
-    {"name": "attention", "num_heads": 2, "window": 5},
-], ids=["rope_gqa", "alibi_conv", "hard_alibi", "window"])
+], ids=["rope_gqa", "alibi_conv", "hard_alibi"])
 def test_full_policy_equals_the_parallel_form(mixer, tokens):
     model = tiny_model(mixer)
     with torch.no_grad():
         expected = model(tokens)
     torch.testing.assert_close(step_logits(model, tokens, "full", None), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_sliding_window_layer_refuses_an_evicting_cache(tokens):
+    """Its window already bounds the cache; an evicting one kept (and counted) tokens the window masks."""
+    model = tiny_model({"name": "attention", "num_heads": 2, "window": 5})
+    batch = Batch(tokens, tokens, torch.full((3,), 8))
+    with pytest.raises(ValueError, match="sliding window of 5 tokens, which already bounds its cache"):
+        rk.evaluate(model, batch, policy="full", budget=1.0)
 
 
 def test_every_registered_policy_has_a_case():
@@ -333,3 +341,27 @@ def test_reindexed_keys_are_rotated_at_their_cache_slots():
     assert kept == [0, 6, 7, 8]
     expected = rotate_at(raw[kept].permute(1, 2, 0, 3), torch.arange(budget), base)  # (B, H_kv, S, d_h)
     torch.testing.assert_close(cache.key, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_reported_state_is_the_mean_over_context_groups_whatever_the_batch_size():
+    """Four sequences with a 4-token context and one with 12, budget 2 in prefill mode: each keeps 2
+    context tokens plus what it decodes (12 and 4), so the groups hold 14 and 6 tokens."""
+    model = tiny_model({"name": "attention", "num_heads": 2})
+    inputs = torch.randint(0, 32, (5, 16), generator=torch.Generator().manual_seed(0))
+    batch = Batch(inputs, inputs.roll(-1, 1), torch.tensor([4, 4, 4, 4, 12]), {})
+    per_token = sum(block.mixer.kv_numbers_per_token() for block in model.blocks)
+    for batch_size in (256, 2, 1):
+        _, info = evaluate_with_policy(model, batch, "window", 2, mode="prefill", batch_size=batch_size)
+        assert info["state_size"] == round((14 + 6) / 2 * per_token)
+
+
+@pytest.mark.parametrize("mode", ["continuous", "prefill"])
+def test_an_evicting_cache_holds_only_its_own_tensors(mode, tokens):
+    """Not views of the prompt's projections or of its (T, S) attention, which would stay alive."""
+    model = tiny_model()
+    state, caches = evicting_state(model, tokens.shape[0], make_policy("h2o"), 100, mode)
+    with torch.no_grad():
+        model.prefill(tokens, state=state)
+    for cache in caches:
+        for tensor in (cache.key, cache.value, cache.accumulated, cache.last):
+            assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()

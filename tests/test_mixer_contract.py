@@ -89,6 +89,20 @@ def test_an_empty_block_is_a_no_op(key, kwargs):
 
 
 @pytest.mark.parametrize(("key", "kwargs"), CASES, ids=IDS)
+def test_a_prefilled_state_holds_only_its_own_numbers(key, kwargs):
+    """No state tensor is a view into a prefill's (B, T, ...) activations, which would keep them alive."""
+    torch.manual_seed(0)
+    config = rk.ModelConfig(vocab_size=32, d_model=D_MODEL, num_layers=1, mixer=dict(name=key, **kwargs))
+    model = rk.build_model(config).eval()
+    ids = torch.randint(0, 32, (2, 24))
+    with torch.no_grad():
+        _, state = model.prefill(ids)
+        _, state = model.prefill(ids[:, :5], state=state)  # resumed too
+    for tensor in _tensors(state):
+        assert tensor.untyped_storage().nbytes() <= tensor.numel() * tensor.element_size()
+
+
+@pytest.mark.parametrize(("key", "kwargs"), CASES, ids=IDS)
 def test_causality(key, kwargs):
     mixer, x = make(key, kwargs), inputs()
     for t in (0, 5, 17):

@@ -58,6 +58,18 @@ def test_positions_beyond_max_position_are_a_clear_error():
         m(torch.zeros(1, 33, dtype=torch.long))
 
 
+def test_another_models_state_is_a_clear_error():
+    three = model(SCHEDULES[0])
+    torch.manual_seed(0)
+    two = rk.build_model(rk.ModelConfig(vocab_size=40, d_model=16, num_layers=2, mixer=SCHEDULES[0]))
+    ids = torch.zeros(1, 4, dtype=torch.long)
+    with torch.no_grad():
+        _, state = two.prefill(ids)
+        for resume in (lambda: three.prefill(ids, state=state), lambda: three.step(ids[:, 0], state)):
+            with pytest.raises(rk.errors.RecallkitError, match="the state holds 2 layers, this model has 3"):
+                resume()
+
+
 def test_head_is_tied_to_the_embedding():
     m = model(SCHEDULES[0])
     assert not any(p is m.embed.weight for n, p in m.named_parameters() if n != "embed.weight")

@@ -150,3 +150,23 @@ def test_refuses_prefix_len_that_is_not_the_state_position(tmp_path):
         _, state = model.prefill(tokens()[:, :PREFIX])
     with pytest.raises(RecallkitError, match="prefix_len=5"):
         save_prefix_state(model, state, tmp_path / "x.safetensors", 5)
+
+
+def test_a_file_saved_with_its_prefix_tokens_refuses_other_tokens(tmp_path):
+    model = build({"name": "mamba2", "chunk_size": 8})
+    ids = tokens()[:, :PREFIX]
+    with torch.no_grad():
+        _, state = model.prefill(ids)
+    path = save_prefix_state(model, state, tmp_path / "keyed.safetensors", prefix_ids=ids)
+    loaded, prefix_len = load_prefix_state(model, path, prefix_ids=ids.clone())
+    assert prefix_len == PREFIX
+    assert load_prefix_state(model, path)[1] == PREFIX  # naming the tokens stays optional
+    other = ids.clone()
+    other[1, 4] = (other[1, 4] + 1) % VOCAB
+    with pytest.raises(RecallkitError, match="holds the state of other prefix tokens"):
+        load_prefix_state(model, path, prefix_ids=other)
+    unkeyed = save_prefix_state(model, state, tmp_path / "unkeyed.safetensors")
+    with pytest.raises(RecallkitError, match="no record of its prefix tokens"):
+        load_prefix_state(model, unkeyed, prefix_ids=ids)
+    with pytest.raises(RecallkitError, match=r"are not \(batch, 13\) tokens"):
+        save_prefix_state(model, state, tmp_path / "bad.safetensors", prefix_ids=ids[:, :5])

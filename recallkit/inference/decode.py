@@ -69,18 +69,19 @@ def evaluate_with_policy(model: LanguageModel, batch: Batch, policy: str | dict 
     policy = make_policy(policy)
     device = model.embed.weight.device
     predictions = torch.empty_like(batch.inputs)
-    held, tokens = [], []
+    held, tokens = [], []  # per context-length group: state per sequence, budget in tokens
     for context_len in torch.unique(batch.prefix_len).tolist():
         rows = (batch.prefix_len == context_len).nonzero().squeeze(1)
+        budget_tokens = resolve_budget(budget, int(context_len))
+        group_held = 0
         for start in range(0, len(rows), batch_size):
             part = rows[start : start + batch_size]
-            budget_tokens = resolve_budget(budget, int(context_len))
             out, state_size = predict_with_policy(model, batch.inputs[part].to(device), int(context_len),
-                                                  policy,
-                                                  budget_tokens, mode, seed)
+                                                  policy, budget_tokens, mode, seed)
             predictions[part] = out.cpu()
-            held.append(state_size)
-            tokens.append(budget_tokens)
+            group_held += state_size * len(part)
+        held.append(group_held / len(rows))  # the group's mean, whatever its batches
+        tokens.append(budget_tokens)
     info = {"policy": policy.name, "policy_config": policy.model_dump(), "budget": budget, "mode": mode,
             "budget_tokens": max(tokens), "state_size": round(sum(held) / len(held))}
     return predictions, info

@@ -56,7 +56,8 @@ def model_fingerprint(model: nn.Module) -> str:
 
 
 def save_prefix_state(
-    model: nn.Module, state: ModelState, path: str | Path, prefix_len: int | None = None
+    model: nn.Module, state: ModelState, path: str | Path, prefix_len: int | None = None, *,
+    prefix_ids: Tensor | None = None,
 ) -> Path:
     """Write ``state`` (the state after ``prefix_len`` tokens) to a safetensors file.
 
@@ -65,6 +66,8 @@ def save_prefix_state(
         state: state after prefilling the prefix, e.g. ``model.prefill(ids[:, :P])[1]``.
         path: destination file (written atomically: a temporary file, then a rename).
         prefix_len: tokens in the prefix; default ``state.position``, which it must equal.
+        prefix_ids: the prefix's tokens (B, P); their sha256 goes into the header, and a load that
+            names its prefix tokens is then refused for other ones.
 
     Returns:
         The path written.
@@ -72,6 +75,8 @@ def save_prefix_state(
     prefix_len = state.position if prefix_len is None else prefix_len
     if prefix_len != state.position:
         raise RecallkitError(f"prefix_len={prefix_len} but the state has processed {state.position} tokens")
+    if prefix_ids is not None and (prefix_ids.ndim != 2 or prefix_ids.shape[1] != prefix_len):
+        raise RecallkitError(f"prefix_ids {tuple(prefix_ids.shape)} are not (batch, {prefix_len}) tokens")
     tensors: dict[str, Tensor] = {}
     leaves: dict[str, _Leaf] = {}
     _flatten(state, "", tensors, leaves)
@@ -84,6 +89,8 @@ def save_prefix_state(
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "leaves": json.dumps(leaves, sort_keys=True),
     }
+    if prefix_ids is not None:
+        metadata["prefix_sha256"] = _tokens_hash(prefix_ids)
     metadata["checksum"] = _checksum(metadata, tensors)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,12 +100,18 @@ def save_prefix_state(
     return path
 
 
-def load_prefix_state(model: nn.Module, path: str | Path) -> tuple[ModelState, int]:
+def load_prefix_state(model: nn.Module, path: str | Path, *,
+                      prefix_ids: Tensor | None = None) -> tuple[ModelState, int]:
     """Read a prefix state saved for ``model``: (state on the model's device, prefix_len).
+
+    ``prefix_ids``: the prefix tokens (B, P) the caller means to continue; the file must have been
+    saved with the same ones (``save_prefix_state(..., prefix_ids=...)``). Without them the file is
+    keyed by the model and the prefix length only.
 
     Raises:
         RecallkitError: missing file, unreadable/truncated file, another format, a file saved by
-            another model, a checksum mismatch, or a state whose layout differs from the model's.
+            another model, a checksum mismatch, a state whose layout differs from the model's, or
+            (with ``prefix_ids``) a file saved for other prefix tokens or without them.
     """
     path = Path(path)
     if not path.is_file():
@@ -118,6 +131,9 @@ def load_prefix_state(model: nn.Module, path: str | Path) -> tuple[ModelState, i
         raise RecallkitError(f"{path} is corrupt: its header or tensor data does not match its checksum")
     if metadata.get("model_hash") != model_fingerprint(model):
         raise RecallkitError(f"{path} was saved by another model (other weights or config)")
+    if prefix_ids is not None and metadata.get("prefix_sha256") != _tokens_hash(prefix_ids):
+        saved = "other prefix tokens" if "prefix_sha256" in metadata else "no record of its prefix tokens"
+        raise RecallkitError(f"{path} holds the state of {saved}, not of the prefix_ids given")
     try:
         leaves = json.loads(metadata["leaves"])
         prefix_len = int(metadata["prefix_len"])
@@ -309,6 +325,13 @@ def _fill_hf_cache(cache: Any, prefix: str, stored: dict[str, Any], used: set[st
                 else:
                     setattr(layer, counter, value)
     return cache
+
+
+def _tokens_hash(ids: Tensor) -> str:
+    """sha256 of token ids (B, P) as int64, their shape included."""
+    digest = hashlib.sha256()
+    _update(digest, "prefix_ids", ids.to(torch.int64))
+    return digest.hexdigest()
 
 
 def _update(digest: Any, name: str, tensor: Tensor) -> None:

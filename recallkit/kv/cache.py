@@ -29,6 +29,7 @@ from torch import Tensor
 
 from recallkit.kv.policies import Policy
 from recallkit.kv.protocol import Rotate
+from recallkit.ops.numerics import owned
 
 Mode = Literal["continuous", "prefill"]
 
@@ -101,7 +102,7 @@ class KVCache:
         positions = torch.arange(self.seen, self.seen + T, device=key.device).expand(B, H, T)
         recent = key.new_zeros(B, H, T, self.history) if self.history else None
         if self.key is None:
-            self.key, self.value, self.positions = key, value, positions
+            self.key, self.value, self.positions = owned(key), owned(value), positions  # not the projection's
             self.accumulated, self.last, self.recent = zeros, zeros.clone(), recent
         else:
             self.key, self.value = torch.cat([self.key, key], dim=2), torch.cat([self.value, value], dim=2)
@@ -131,7 +132,7 @@ class KVCache:
         if self.stepwise and T != 1:
             raise ValueError(f"a continuous evicting cache reads one token at a time, got a block of {T}")
         self.accumulated = self.accumulated + total
-        self.last = tail[:, :, -1]
+        self.last = owned(tail[:, :, -1])  # not all T x S of a prefill's attention
         if self.recent is not None:
             n = min(T, self.history)  # query i of the whole context sits in slot i % history
             slots = torch.arange(self.seen - n, self.seen, device=tail.device) % self.history

@@ -224,7 +224,9 @@ class KNorm(Policy):
 
 
 class Random(Policy):
-    """Keep a uniformly random subset (the cache's seeded generator): the floor any policy must beat."""
+    """Keep a uniformly random subset (the cache's seeded generator): the floor any policy must beat.
+    One generator serves the whole batch, so the subset a sequence gets depends on the batch it is in
+    (its row and the batch size); the distribution, and so the expected accuracy, does not."""
 
     name: Literal["random"] = "random"
 

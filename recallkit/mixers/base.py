@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from recallkit.base_config import MixerConfig
+from recallkit.ops.numerics import owned
 
 
 def state_tensors(state: Any) -> Iterator[Tensor]:
@@ -36,6 +37,23 @@ def state_tensors(state: Any) -> Iterator[Tensor]:
 def state_numel(state: Any) -> int:
     """Total number of elements held in a (nested) state of tensors, dataclasses, dicts and lists."""
     return sum(tensor.numel() for tensor in state_tensors(state))
+
+
+def compact_state(state: Any) -> Any:
+    """The state with every tensor that is a view into a larger storage replaced by a copy (see
+    :func:`recallkit.ops.numerics.owned`), so that a kept state holds ``state_size`` numbers, not the
+    prefill's activations. Dataclasses, dicts, lists and tuples are rebuilt, never changed in place;
+    other objects (a KV cache) keep their own tensors compact."""
+    if isinstance(state, Tensor):
+        return owned(state)
+    if dataclasses.is_dataclass(state) and not isinstance(state, type):
+        fields = [f.name for f in dataclasses.fields(state) if f.init]
+        return dataclasses.replace(state, **{name: compact_state(getattr(state, name)) for name in fields})
+    if isinstance(state, dict):
+        return {key: compact_state(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)) and not hasattr(state, "_fields"):
+        return type(state)(compact_state(value) for value in state)
+    return state
 
 
 def merge_heads(y: Tensor) -> Tensor:

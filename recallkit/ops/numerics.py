@@ -1,5 +1,6 @@
-"""Numerics shared by the kernels and mixers: the one compute dtype, exp of masked log-decays, and the
-switch that keeps kernels from choosing a code path by the values of their inputs."""
+"""Numerics shared by the kernels and mixers: the one compute dtype, exp of masked log-decays, the
+switch that keeps kernels from choosing a code path by the values of their inputs, and copies of state
+tensors that would keep larger activations alive."""
 
 from __future__ import annotations
 
@@ -22,6 +23,13 @@ def compute_dtype(*inputs: Tensor | torch.dtype) -> torch.dtype:
     """
     dtypes = (x if isinstance(x, torch.dtype) else x.dtype for x in inputs)
     return functools.reduce(torch.promote_types, dtypes, torch.float32)
+
+
+def owned(t: Tensor) -> Tensor:
+    """``t`` when it holds all of its storage, else a copy: a state tensor sliced from a prefill's
+    activations (the last K - 1 conv inputs, the last token, a window of keys) would keep the whole
+    (B, T, ...) activation alive for as long as the state is kept."""
+    return t.clone() if t.untyped_storage().nbytes() > t.numel() * t.element_size() else t
 
 
 def masked_exp(diff: Tensor, mask: Tensor) -> Tensor:
