@@ -20,7 +20,8 @@ SSM, y + D x, the output gate y ⊙ SiLU(z) and out_proj (no output norm: the BC
 State per layer: h (H, N, P), the previous token's rotated B (H, N) and x (H, P) for the trapezoid
 term, and the cumulative angle (H, S): H * P * N + H * N + H * P + H * S numbers (S = 4 at N = 16;
 plus (d_model) * (K - 1) for the tails of a ``short_conv`` of K taps, counted by its wrapper).
-Training and prefill use ``recallkit.ops.mamba3_chunked`` (the scalar-gated chunked kernel, exactly).
+Training and prefill use ``recallkit.ops.mamba3_chunked`` (the scalar-gated chunked kernel; equal to
+the token loop up to float rounding).
 
 Deviations from the paper:
 - SISO only: the MIMO variant (rank-R B, C and x projections) is not built;

@@ -94,7 +94,9 @@ def kda_chunked(
     Y = (Q ⊙ exp(c)) S + P U' with P_ij = sum_d q_id k_jd exp(c_id - c_jd) (j <= i). The scores A and P come
     from the vector-gate linear attention's ``_VectorGateScores``: one GEMM through exp(c) and exp(-c)
     per chunk while every chunk of the call stays within 40 nats, else the sub-chunk factorisation
-    (``sub_chunk_size``), whose exponentials stay bounded for any decay.
+    (``sub_chunk_size``), whose exponentials stay bounded for any decay. Their exponents are differences
+    of float32 chunk-local sums: after one token with a log-decay of -G the error grows as ~ 6e-8 G
+    (3e-5 relative at G = 1e3; the loop form stays at ~3e-7), see ``gated_linear_attention_chunked``.
     Padding of a partial last chunk uses beta = 0, g = 0, k = v = 0, which leaves the state untouched.
     Same arguments and returns as :func:`kda_recurrent`, plus ``chunk_size`` and ``sub_chunk_size``.
     """
