@@ -327,3 +327,22 @@ def test_eviction_on_layers_holding_attention_and_ssm_state_keeps_the_ssm_state(
     kept = []
     run_policy(model, ids, "window", budget, after_step=lambda t, c: kept.append([x.positions for x in c]))
     assert all((p == torch.arange(8, 12)).all() for p in kept[-1])
+
+
+@pytest.mark.parametrize("mode", ["continuous", "prefill"])
+def test_a_sliding_window_model_evicts_inside_its_window(mode):
+    """Mistral passes its window (8) to the attention function, not as a module attribute: the
+    evicting attention masks by it, holds and counts at most the W - 1 tokens transformers' own
+    sliding cache holds, and under ``full`` equals the plain model token for token."""
+    model = load_model("tiny:mistral")
+    ids = torch.randint(3, 512, (2, 21), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(ids)
+        state, caches = evicting_state(model, 2, make_policy("full"), None, mode)
+        logits, state = model.prefill(ids, state=state)
+    torch.testing.assert_close(logits, expected, atol=ATOL, rtol=ATOL)
+    assert sum(cache.numel() for cache in caches) // 2 == model.state_size(21)
+    predictions, info = evaluate_with_policy(model, _batch(21, 12), "full", 1.0, mode=mode)
+    assert info["state_size"] == model.state_size(21)
+    _, info = evaluate_with_policy(model, _batch(21, 12), "h2o", 10, mode=mode)  # budget > W - 1 = 7
+    assert info["state_size"] <= model.state_size(21)

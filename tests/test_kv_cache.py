@@ -56,7 +56,8 @@ def tokens():
     ATTENTION,
     {"name": "attention", "num_heads": 2, "position": "alibi", "short_conv": 3},
     {"name": "attention", "num_heads": 4, "position": "hard_alibi"},
-], ids=["rope_gqa", "alibi_conv", "hard_alibi"])
+    {"name": "attention", "num_heads": 2, "window": 5},
+], ids=["rope_gqa", "alibi_conv", "hard_alibi", "window"])
 def test_full_policy_equals_the_parallel_form(mixer, tokens):
     model = tiny_model(mixer)
     with torch.no_grad():
@@ -64,12 +65,30 @@ def test_full_policy_equals_the_parallel_form(mixer, tokens):
     torch.testing.assert_close(step_logits(model, tokens, "full", None), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_a_sliding_window_layer_refuses_an_evicting_cache(tokens):
-    """Its window already bounds the cache; an evicting one kept (and counted) tokens the window masks."""
+@pytest.mark.parametrize("mode", ["continuous", "prefill"])
+def test_a_sliding_window_layer_holds_and_counts_only_its_window(mode, tokens):
+    """Its cache drops what the window masks: under ``full`` it holds (and reports) what the plain
+    windowed state holds, with the parallel form's predictions; under a policy it never spends its
+    budget on a masked token. (An evicting cache once kept and counted every token of the prompt.)"""
     model = tiny_model({"name": "attention", "num_heads": 2, "window": 5})
+    T = tokens.shape[1]
     batch = Batch(tokens, tokens, torch.full((3,), 8))
-    with pytest.raises(ValueError, match="sliding window of 5 tokens, which already bounds its cache"):
-        rk.evaluate(model, batch, policy="full", budget=1.0)
+    with torch.no_grad():
+        expected = model(tokens).argmax(-1)
+    predictions, info = evaluate_with_policy(model, batch, "full", 1.0, mode=mode)
+    assert torch.equal(predictions, expected)
+    assert info["state_size"] == model.state_size(T)
+    state, caches = evicting_state(model, 3, make_policy("h2o"), 4, mode)
+    with torch.no_grad():
+        for t in range(T):
+            if mode == "prefill" and t == 8:  # 5 of the 8 tokens in reach: the 4 kept are among them
+                for cache in caches:
+                    cache.compress()
+                    assert bool((cache.positions >= 8 - 5).all())
+            _, state = model.step(tokens[:, t], state)
+            if mode == "continuous":  # 4 kept of the 5 in reach after every token
+                assert all(bool((cache.positions > t - 5).all()) for cache in caches)
+            assert sum(cache.numel() for cache in caches) // 3 <= model.state_size(t + 1)
 
 
 def test_every_registered_policy_has_a_case():

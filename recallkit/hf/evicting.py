@@ -237,7 +237,9 @@ def evicting_attention(module: nn.Module, query: Tensor, key: Tensor, value: Ten
     B, H, T, d = query.shape
     H_kv, S = key.shape[1], key.shape[2]
     group = H // H_kv
-    window = getattr(module, "sliding_window", None)
+    # the model's attention call names its window (Mistral's modules do not hold it, Qwen2's do)
+    window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
+    kv.reach = None if window is None else window - 1  # as transformers' sliding layers: W - 1 tokens
     scale = d**-0.5 if scaling is None else scaling
     queries = (query.float() * scale).view(B, H_kv, group, T, d)
     keys, values = key.float(), value  # (B, H_kv, S, d): one matmul per KV head, never repeated

@@ -1,7 +1,8 @@
 """Tiny, randomly initialised Hugging Face models and a matching tokenizer, built offline.
 
 Each architecture in :data:`TINY_ARCHS` stands for one family of inference state: a growing KV cache
-(``llama`` with grouped-query attention, ``gpt_neox``), a fixed SSM state (``mamba``, ``mamba2``) and
+(``llama`` with grouped-query attention, ``gpt_neox``), a sliding-window KV cache (``mistral``, a
+window of 8 tokens, which its attention modules pass as an argument rather than hold), a fixed SSM state (``mamba``, ``mamba2``) and
 hybrids that hold both (``qwen3_next``: Gated DeltaNet + attention layers; ``lfm2``: short-conv +
 attention layers; ``falcon_h1``: Mamba-2 and attention side by side in every layer). The configs are
 small enough (vocab 512, width 64, 2-4 layers) that a forward pass takes milliseconds on a CPU, yet
@@ -18,7 +19,7 @@ import torch
 
 from recallkit.errors import RecallkitError
 
-TINY_ARCHS = ("llama", "gpt_neox", "mamba", "mamba2", "qwen3_next", "lfm2", "falcon_h1")
+TINY_ARCHS = ("llama", "mistral", "gpt_neox", "mamba", "mamba2", "qwen3_next", "lfm2", "falcon_h1")
 TINY_VOCAB = 512
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")  # ids 0, 1, 2
 
@@ -46,6 +47,7 @@ _GQA = dict(num_attention_heads=4, num_key_value_heads=2, max_position_embedding
 _BODY = dict(hidden_size=64, intermediate_size=128)
 _CONFIGS: dict[str, dict[str, Any]] = {
     "llama": dict(**_BODY, **_GQA, num_hidden_layers=2, head_dim=16),
+    "mistral": dict(**_BODY, **_GQA, num_hidden_layers=2, head_dim=16, sliding_window=8),
     "gpt_neox": dict(**_BODY, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=512),
     "mamba": dict(hidden_size=64, state_size=8, expand=2, conv_kernel=4, num_hidden_layers=2),
     # Mamba-2 needs hidden_size * expand == num_heads * head_dim and n_groups | num_heads; chunk_size 16

@@ -15,6 +15,11 @@ block or token by token: the statistics are the same), compresses once to ``budg
 :meth:`KVCache.compress` is called at the end of the context, and appends the decoded tokens after
 it without evicting (as kvpress does).
 
+Sliding-window layers: ``reach`` (set by the layer) is how many of the latest positions a query can
+still read; older tokens are ranked below every other by every policy, and dropped as soon as every
+row and head holds them (the oldest slots of each), and :meth:`KVCache.numel` counts only those in
+reach, so a windowed layer never holds or is charged for what its window masks.
+
 Positions: the kept tokens keep their original positions; a policy that re-indexes (StreamingLLM's
 ``sinks`` with ``reindex_positions``) gives them the positions of their cache slots instead, and
 the cache rotates their keys by the shift with the layer's ``rotate`` (RoPE rotations compose).
@@ -67,14 +72,26 @@ class KVCache:
         self.compressed = False
         self.padded = False  # a stack of forks: slots after a row's own tokens are padding (masked)
         self.peak = 0  # most tokens held between tokens
+        self.reach: int | None = None  # a sliding-window layer's: latest positions a query can read
 
     def __len__(self) -> int:
         return 0 if self.key is None else self.key.shape[2]
 
     def numel(self) -> int:
-        """Numbers of inference state held per batch: the kept keys and values (positions and
-        statistics are bookkeeping of the policy, not model state)."""
-        return 0 if self.key is None else self.key.numel() + self.value.numel()
+        """Numbers of inference state held per batch: the kept keys and values in reach (positions
+        and statistics are bookkeeping of the policy, not model state)."""
+        if self.key is None:
+            return 0
+        expired = self.expired()
+        if expired is None:
+            return self.key.numel() + self.value.numel()
+        return int((~expired).sum()) * (self.key.shape[-1] + self.value.shape[-1])
+
+    def expired(self) -> Tensor | None:
+        """(B, H_kv, S) bool: held tokens out of a sliding window's ``reach`` (None without one)."""
+        if self.reach is None or self.key is None:
+            return None
+        return self.key_positions < self.next_position - self.reach
 
     @property
     def needs_attention(self) -> bool:
@@ -139,8 +156,20 @@ class KVCache:
             self.recent[..., slots] = tail[:, :, -n:].transpose(-1, -2)
         if self.stepwise and len(self) > self.budget:
             self.evict(self.budget)
+        self._drop_expired()
         self.peak = max(self.peak, len(self))
         return self
+
+    def _drop_expired(self) -> None:
+        """Drop the oldest slots while every row and head holds them out of ``reach`` (positions
+        ascend, so a row's expired tokens are its first slots)."""
+        expired = self.expired()
+        if expired is None:
+            return
+        drop = int(expired.sum(dim=-1).min())
+        if drop:
+            B, H, S = expired.shape
+            self._take(torch.arange(drop, S, device=expired.device).expand(B, H, S - drop))
 
     def last_queries(self, n: int) -> Tensor:
         """(B, H_kv, S, n): the attention of the last ``n`` queries (n <= ``history``), oldest first;
@@ -167,6 +196,7 @@ class KVCache:
         twin = KVCache(policy, budget, "prefill", seed, rotate=self.rotate)
         twin.key, twin.value, twin.positions = self.key, self.value, self.positions
         twin.accumulated, twin.last, twin.seen, twin.peak = self.accumulated, self.last, self.seen, self.peak
+        twin.reach = self.reach
         if twin.history and self.key is not None:  # query i sits in slot i % history of each ring
             queries = torch.arange(max(0, self.seen - twin.history), self.seen, device=self.key.device)
             twin.recent = self.recent.new_zeros(*self.recent.shape[:3], twin.history)
@@ -178,15 +208,19 @@ class KVCache:
         over_budget = self.budget is not None and len(self) > self.budget
         if self.mode == "prefill" and not self.compressed and over_budget:
             self.evict(self.budget)
+            self._drop_expired()
         self.compressed = True
 
     def evict(self, budget: int) -> None:
         """Keep the ``budget`` tokens per sequence and head that the policy ranks highest."""
         if not self.policy.evicts or len(self) <= budget:
             return
-        keep = self.policy.keep(self, budget)  # (B, H_kv, budget), ascending slots
+        self._take(self.policy.keep(self, budget))
 
-        def take(t: Tensor) -> Tensor:  # (B, H_kv, S, ...) -> (B, H_kv, budget, ...)
+    def _take(self, keep: Tensor) -> None:
+        """Keep the slots ``keep`` (B, H_kv, n), ascending, of every tensor of the cache."""
+
+        def take(t: Tensor) -> Tensor:  # (B, H_kv, S, ...) -> (B, H_kv, n, ...)
             index = keep.view(*keep.shape, *([1] * (t.ndim - 3))).expand(-1, -1, -1, *t.shape[3:])
             return t.gather(2, index)
 
@@ -195,4 +229,4 @@ class KVCache:
         if self.recent is not None:
             self.recent = take(self.recent)
         if self.policy.reindex and self.rotate is not None:  # slot keep[j] moves to slot j
-            self.key = self.rotate(self.key, torch.arange(budget, device=keep.device) - keep)
+            self.key = self.rotate(self.key, torch.arange(keep.shape[-1], device=keep.device) - keep)

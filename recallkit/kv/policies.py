@@ -70,8 +70,11 @@ class Policy(StrictModel):
     def keep(self, cache: KVCache, budget: int) -> Tensor:
         """(B, H_kv, budget) slots to keep, ascending (so the cache stays sorted by position): the
         ``budget`` highest priorities, ties broken by :meth:`tiebreak` (stable sorts, not ``topk``,
-        whose choice among equal values is arbitrary and may differ per head)."""
+        whose choice among equal values is arbitrary and may differ per head). Tokens out of a
+        sliding window's reach (:meth:`KVCache.expired`) rank below all others, sinks included."""
         priority = self.priority(cache, budget)
+        if (expired := cache.expired()) is not None:
+            priority = priority.masked_fill(expired, float("-inf"))
         order = self.tiebreak(cache).argsort(dim=-1, descending=True, stable=True)
         order = order.gather(-1, priority.gather(-1, order).argsort(dim=-1, descending=True, stable=True))
         return order[..., :budget].sort(dim=-1).values

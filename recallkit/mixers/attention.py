@@ -5,8 +5,8 @@ and y_t = softmax(q_t K_t^T / sqrt(d_h) + b_t) V_t. Grouped-query attention (Ain
 shares each of H_kv key/value heads among H / H_kv query heads (H_kv = 1 is MQA, Shazeer 2019).
 A sliding window w keeps only the last w rows (Mistral's rolling cache). The state is any cache of
 the protocol in ``recallkit.kv.protocol``: the plain one here, or an evicting ``recallkit.kv.KVCache``
-that ``init_state(..., cache=...)`` builds instead (full attention only: a windowed layer's cache is
-bounded by its window, and an evicting cache would keep and count tokens the window masks).
+that ``init_state(..., cache=...)`` builds instead (given the window as its ``reach``, so it never
+holds or counts a token the window masks).
 Positions: ``nope`` (none), ``rope`` (rotary q and k), ``alibi`` (b = -m_h (t - j)) and ``hard_alibi``
 (some heads see only their last h + 1 tokens, the rest NoPE; see ``recallkit.ops.position_bias``).
 The state after T tokens holds 2 * H_kv * d_h * min(w, T) numbers per layer.
@@ -22,6 +22,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from recallkit.base_config import MixerConfig
+from recallkit.kv.cache import KVCache
 from recallkit.kv.protocol import KVState, LayerCache
 from recallkit.mixers.base import Mixer, merge_heads
 from recallkit.ops.position_bias import alibi_slopes, attention_bias, hard_alibi_spans
@@ -132,10 +133,10 @@ class Attention(Mixer):
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype, *,
                    cache: LayerCache | None = None) -> KVState:
         if cache is not None:
-            if self.config.window is not None:  # its cache would keep (and count) tokens the window masks
-                raise ValueError("eviction policies act on full-attention KV caches; this layer is a sliding "
-                                 f"window of {self.config.window} tokens, which already bounds its cache")
-            return cache(self._rotate if self.config.position == "rope" else None)
+            kv = cache(self._rotate if self.config.position == "rope" else None)
+            if isinstance(kv, KVCache):  # hold the window's tokens at most, as the plain state does
+                kv.reach = self.config.window
+            return kv
         empty = torch.zeros(batch_size, self.num_kv_heads, 0, self.head_dim, device=device, dtype=dtype)
         return AttentionState(empty, empty.clone(), 0, self.config.window)
 
