@@ -340,16 +340,17 @@ def _bench_pretrained(source: str, batch: int, length: int, out: Path, quick: bo
         model = load_model(source)
         result = bench_pretrained(model, batch=batch, length=length, quick=quick,
                                   progress=lambda message: status.update(f"benchmarking: {message}"))
+    evicting = "no attention layer to evict" if result["evicting_decode_cost"] is None else (
+        f"under {result['policy']} at budget {result['budget']}: "
+        f"{result['evicting_decode_tokens_per_s']:,.1f} tokens/s "
+        f"({result['evicting_decode_cost']:.2f}x the plain decode time)")
     console.print(
         f"{source}: prefill {batch} x {length}: {result['prefill_tokens_per_s']:,.0f} tokens/s, "
         f"{result['prefill_gflops']:.1f} GFLOP/s = {result['prefill_pct_peak']:.0f}% of the "
         f"{result['matmul_peak_gflops']:.0f} GFLOP/s matmul peak, "
         f"{result['prefill_vs_plain_forward']:.2f}x a plain "
         f"transformers forward\ndecode: {result['decode_tokens_per_s']:,.1f} tokens/s "
-        "through the cache; under "
-        f"{result['policy']} at budget {result['budget']}: "
-        f"{result['evicting_decode_tokens_per_s']:,.1f} tokens/s "
-        f"({result['evicting_decode_cost']:.2f}x the plain decode time)", highlight=False, emoji=False)
+        f"through the cache; {evicting}", highlight=False, emoji=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     console.print(f"results: {out}")

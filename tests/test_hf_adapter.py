@@ -23,7 +23,7 @@ from recallkit.contract import check_model
 from recallkit.errors import RecallkitError
 from recallkit.hf import TINY_ARCHS, HFModel, load_model
 from recallkit.hf.cache_state import cache_numel, cache_numel_parts
-from recallkit.hf.token_map import map_batch, token_map
+from recallkit.hf.token_map import map_batch, ordinary_words, token_map
 from recallkit.sweep import run_sweep
 from recallkit.tasks.base import IGNORE_INDEX, Batch
 from tests.conftest import tiny_run
@@ -151,6 +151,27 @@ def test_token_map_picks_distinct_round_tripping_words_per_seed(models):
         with pytest.raises(RecallkitError, match="vocab_size") as error:
             token_map(tokenizer, too_many)
         assert "\n" not in str(error.value)
+
+
+def test_token_map_finds_the_words_of_a_sentencepiece_tokenizer():
+    """Llama-2 / Mistral tokenizers store ``▁word`` and strip the space of a token decoded alone."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    words = "apple banana cherry river lake ocean mountain forest desert island city town road".split()
+    raw = Tokenizer(models.BPE(unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    raw.decoder = decoders.Sequence([  # Llama-2's decoder chain
+        decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    raw.train_from_iterator([" ".join(words)] * 20, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", bos_token="<s>",
+                                        eos_token="</s>")
+    assert tokenizer.decode([tokenizer.convert_tokens_to_ids("\u2581river")]) == "river"  # no space alone
+    found = {tokenizer.convert_ids_to_tokens(i) for i in ordinary_words(tokenizer)}
+    assert found == {piece for piece in tokenizer.get_vocab() if re.fullmatch("\u2581[A-Za-z]{3,12}", piece)}
+    assert {"\u2581" + word for word in words} <= found
+    assert len(token_map(tokenizer, len(words)).unique()) == len(words)
 
 
 def test_map_batch_maps_inputs_and_labels_and_keeps_ignored():

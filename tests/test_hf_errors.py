@@ -175,3 +175,40 @@ def test_failing_check_model_leaves_a_results_directory_untouched(tmp_path):
     result = runner.invoke(app, ["check-model", str(corrupt)])
     assert result.exit_code == 1 and result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
     assert "results.sqlite" in result.stderr and _snapshot(corrupt) == before
+
+
+@pytest.mark.parametrize("arch", ["llama", "mamba"])
+def test_a_state_continued_twice_is_a_one_line_error(arch):
+    """transformers caches change in place: a second continuation of one state read stale positions
+    (Llama: logits off by 0.25) or a twice-advanced SSM state (Mamba: off by 2.3)."""
+    import torch
+
+    model = load_model(f"tiny:{arch}")
+    ids = torch.randint(3, 512, (1, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        _, state = model.prefill(ids[:, :6])
+        branch = state.copy()
+        model.prefill(ids[:, 6:], state=state)
+        with pytest.raises(RecallkitError, match="already continued to token 9; continue state.copy()"):
+            model.prefill(ids[:, 6:], state=state)
+        logits, _ = model.prefill(ids[:, 6:], state=branch)  # the copy branches
+        torch.testing.assert_close(logits, model(ids)[:, 6:], atol=1e-5, rtol=1e-5)
+
+
+def test_bad_ids_and_states_for_a_pretrained_model_are_one_line_errors():
+    import torch
+
+    model = load_model("tiny:llama")
+    ids = torch.randint(3, 512, (2, 4), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        with pytest.raises(RecallkitError, match=r"must lie in \[0, 512\); got \d+ .. 512"):
+            model.prefill(ids.clamp(max=511).index_fill(1, torch.tensor([0]), 512))
+        with pytest.raises(RecallkitError, match=r"token ids are \(B, T\)"):
+            model.prefill(ids[0])
+        _, state = model.prefill(ids)
+        with pytest.raises(RecallkitError, match=r"one token per sequence, shape \(B,\)"):
+            model.step(ids[:, :1], state)
+        with pytest.raises(RecallkitError, match="continues an HFState, not a list"):
+            model.prefill(ids, state=[])
+        empty, same = model.prefill(ids[:, :0], state=state)
+        assert empty.shape == (2, 0, 512) and same is state

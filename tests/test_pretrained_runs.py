@@ -85,3 +85,29 @@ def test_bench_pretrained_measures_prefill_and_decode(tmp_path):
     for key in ("prefill_tokens_per_s", "prefill_pct_peak", "decode_tokens_per_s", "evicting_decode_cost"):
         assert measured[key] > 0
     assert "tiny:llama" in result.output and "tokens/s" in result.output
+
+
+def test_bench_pretrained_counts_only_attention_layers_and_matmuls_and_runs_an_ssm(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from recallkit.cli import app
+    from recallkit.hf import load_model
+    from recallkit.hf.bench import prefill_flops
+
+    lfm2 = load_model("tiny:lfm2")  # 2 of 4 layers attention, untied embedding
+    config = lfm2.hf_config
+    per_layer = 2 * 32 * 32 * config.num_attention_heads * (config.hidden_size // config.num_attention_heads)
+    weights = lfm2.num_params() - lfm2.embed.weight.numel()  # the input side is a lookup
+    assert prefill_flops(lfm2, 1, 32) == 2 * weights * 32 + 2 * per_layer
+    assert prefill_flops(load_model("tiny:mamba"), 1, 32) > 0
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "--pretrained", "tiny:mamba", "--batch", "1", "--length", "16",
+                                      "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "no attention layer to evict" in result.output
+    assert json.loads(out.read_text())["evicting_decode_cost"] is None
+    result = CliRunner().invoke(app, ["bench", "--pretrained", "tiny:llama", "--length", "0", "--quick",
+                                      "--out", str(tmp_path / "none.json")])
+    assert result.exit_code != 0 and "at least 1" in result.output and "Traceback" not in result.output

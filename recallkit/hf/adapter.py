@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from recallkit.base_config import StrictModel
+from recallkit.errors import RecallkitError
 from recallkit.hf.cache_state import expected_state_size
 from recallkit.hf.evicting import attention_layers, cached_forward, evicting_cache
 from recallkit.kv.protocol import CacheFactory
@@ -115,8 +116,15 @@ class HFModel(nn.Module):
 
     def prefill(self, input_ids: Tensor, prefix_len: Tensor | None = None,
                 state: HFState | None = None) -> tuple[Tensor, HFState]:
-        """Read (B, T) tokens from ``state`` (None = empty; it is mutated): logits (B, T, V), state."""
-        state = self.init_state(input_ids.shape[0]) if state is None else state
+        """Read (B, T) tokens from ``state`` (None = empty; it is mutated): logits (B, T, V), state.
+
+        A state can be continued once (transformers caches change in place): continuing it again is a
+        one-line error; continue ``state.copy()`` to branch."""
+        self._check_ids(input_ids)
+        state = self.init_state(input_ids.shape[0]) if state is None else self._check_state(state)
+        if input_ids.shape[1] == 0:  # nothing to read: the state as it is
+            empty = torch.zeros(*input_ids.shape, self.vocab_size, dtype=self.embed.weight.dtype)
+            return empty.to(input_ids.device), state
         if state.position and input_ids.shape[1] > 1 and self.config.architecture in RESTARTS_FROM_ZERO:
             stepped = []
             for token in input_ids.unbind(1):  # each step from the state the previous one returned (position)
@@ -124,10 +132,30 @@ class HFModel(nn.Module):
                 stepped.append(logits)
             return torch.stack(stepped, dim=1), state
         logits, cache = cached_forward(self.model, input_ids, state.cache)
-        return logits, HFState(cache, state.position + input_ids.shape[1])
+        position = state.position + input_ids.shape[1]
+        cache.recallkit_position = position  # what the cache has read, whichever HFState points to it
+        return logits, HFState(cache, position)
+
+    def _check_ids(self, input_ids: Tensor) -> None:
+        if input_ids.ndim != 2:
+            raise RecallkitError(f"token ids are (B, T); got shape {tuple(input_ids.shape)}")
+        if input_ids.numel() and not 0 <= int(input_ids.min()) <= int(input_ids.max()) < self.vocab_size:
+            raise RecallkitError(f"token ids must lie in [0, {self.vocab_size}); got "
+                                 f"{int(input_ids.min())} .. {int(input_ids.max())}")
+
+    def _check_state(self, state: HFState) -> HFState:
+        if not isinstance(state, HFState):
+            raise RecallkitError(f"a pretrained model continues an HFState, not a {type(state).__name__}")
+        read = getattr(state.cache, "recallkit_position", None)  # None: a cache built elsewhere (a load)
+        if read is not None and read != state.position:
+            raise RecallkitError(f"this state (at token {state.position}) was already continued to token "
+                                 f"{read}; continue state.copy() to branch from it")
+        return state
 
     def step(self, token: Tensor, state: HFState) -> tuple[Tensor, HFState]:
         """One token per sequence, (B,) -> logits (B, V) and the state after it."""
+        if token.ndim != 1:
+            raise RecallkitError(f"step reads one token per sequence, shape (B,); got {tuple(token.shape)}")
         logits, state = self.prefill(token[:, None], state=state)
         return logits[:, -1], state
 

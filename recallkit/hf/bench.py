@@ -2,10 +2,12 @@
 
 Prefill: tokens/s and achieved GFLOP/s as % of the measured matmul peak, through the adapter (the
 model's own cache), beside a plain transformers forward without a cache on the same batch. FLOPs per
-sequence: 2 N T for the weights (N parameters, the tied head counted once as it is used once per
-token) plus the causal attention 2 L T^2 H d_h (scores and values, half of the T x T square).
-Decode: tokens/s of the step loop through the cache (one token per step, never a re-prefill), plain
-and with every attention layer's cache compressed by an eviction policy at a budget.
+sequence: 2 N T for the weights (N parameters but an untied input embedding, a lookup; the tied head
+counted once as it is used once per token) plus the causal attention 2 L_a T^2 H d_h over the L_a
+attention layers (scores and values, half of the T x T square); recurrent and conv layers' own
+elementwise work is not counted. Decode: tokens/s of the step loop through the cache (one token per
+step, never a re-prefill), plain and, for a model with attention layers, with every attention
+layer's cache compressed by an eviction policy at a budget.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from typing import Any
 import torch
 
 from recallkit.bench import matmul_peak
+from recallkit.errors import RecallkitError
 from recallkit.hf.adapter import HFModel
+from recallkit.hf.evicting import attention_layers
 from recallkit.inference.decode import evicting_state
 from recallkit.kv import make_policy, resolve_budget
 
@@ -35,10 +39,16 @@ def _best(run: Callable[[], Any], repeats: int) -> float:
 
 def prefill_flops(model: HFModel, batch: int, length: int) -> float:
     config = model.hf_config
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    attention = 2 * config.num_hidden_layers * length * length * heads * head_dim
-    return batch * (2 * model.num_params() * length + attention)
+    attention = 0
+    if layers := len(attention_layers(model.model)):
+        heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        attention = 2 * layers * length * length * heads * head_dim
+    weights = model.num_params()
+    output = model.model.get_output_embeddings()
+    if output is None or output.weight is not model.embed.weight:  # untied: the input side is a lookup
+        weights -= model.embed.weight.numel()
+    return batch * (2 * weights * length + attention)
 
 
 @torch.no_grad()
@@ -47,6 +57,9 @@ def bench_pretrained(model: HFModel, *, batch: int = 8, length: int = 512, decod
                      progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Prefill and decode measurements of ``model`` (float, eval mode) on random tokens; ``quick``: one
     repeat and a small matmul for the peak (a smoke run)."""
+    if batch < 1 or length < 1 or decode_tokens < 1:
+        raise RecallkitError(f"bench needs a batch, length and decode_tokens of at least 1; got {batch}, "
+                             f"{length}, {decode_tokens}")
     progress("matmul peak")
     peak = matmul_peak(256 if quick else 2048)
     repeats = 1 if quick else repeats
@@ -74,8 +87,10 @@ def bench_pretrained(model: HFModel, *, batch: int = 8, length: int = 512, decod
 
     progress("decode")
     plain_decode = min(decode(False) for _ in range(repeats))
-    progress(f"decode under {policy}")
-    evicting_decode = min(decode(True) for _ in range(repeats))
+    evicting_decode = None  # a model without attention layers has no KV cache to evict
+    if model.has_attention:
+        progress(f"decode under {policy}")
+        evicting_decode = min(decode(True) for _ in range(repeats))
     return {
         "model": model.config.source, "batch": batch, "length": length, "threads": torch.get_num_threads(),
         "matmul_peak_gflops": peak,
@@ -83,6 +98,7 @@ def bench_pretrained(model: HFModel, *, batch: int = 8, length: int = 512, decod
         "prefill_gflops": flops / adapter_s / 1e9, "prefill_pct_peak": 100 * flops / adapter_s / 1e9 / peak,
         "plain_forward_gflops": flops / plain_s / 1e9, "prefill_vs_plain_forward": plain_s / adapter_s,
         "decode_tokens_per_s": batch * decode_tokens / plain_decode,
-        "evicting_decode_tokens_per_s": batch * decode_tokens / evicting_decode,
-        "evicting_decode_cost": evicting_decode / plain_decode, "policy": policy, "budget": budget,
+        "evicting_decode_tokens_per_s": evicting_decode and batch * decode_tokens / evicting_decode,
+        "evicting_decode_cost": evicting_decode and evicting_decode / plain_decode,
+        "policy": policy, "budget": budget,
     }

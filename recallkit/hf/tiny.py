@@ -2,9 +2,10 @@
 
 Each architecture in :data:`TINY_ARCHS` stands for one family of inference state: a growing KV cache
 (``llama`` with grouped-query attention, ``gpt_neox``), a sliding-window KV cache (``mistral``, a
-window of 8 tokens, which its attention modules pass as an argument rather than hold), a fixed SSM state (``mamba``, ``mamba2``) and
-hybrids that hold both (``qwen3_next``: Gated DeltaNet + attention layers; ``lfm2``: short-conv +
-attention layers; ``falcon_h1``: Mamba-2 and attention side by side in every layer). The configs are
+window of 8 tokens, which its attention modules pass as an argument rather than hold), a fixed SSM
+state (``mamba``, ``mamba2``) and hybrids that hold both (``qwen3_next``: Gated DeltaNet + attention
+layers; ``lfm2``: short-conv + attention layers; ``falcon_h1``: Mamba-2 and attention side by side in
+every layer). The configs are
 small enough (vocab 512, width 64, 2-4 layers) that a forward pass takes milliseconds on a CPU, yet
 every state tensor the full-size model keeps is present, so state sizes and cache behaviour can be
 tested without downloading anything. The fused kernels (mamba_ssm, causal_conv1d, fla) are not

@@ -21,14 +21,20 @@ from recallkit.errors import RecallkitError
 from recallkit.tasks.base import IGNORE_INDEX, Batch
 
 _WORD = re.compile(r"^ [A-Za-z]{3,12}$")
+_SENTENCEPIECE_WORD = re.compile(r"^\u2581[A-Za-z]{3,12}$")  # "▁river": a word that starts with a space
 
 
 def ordinary_words(tokenizer: Any) -> list[int]:
-    """Ids of the tokens that decode to a space and one 3-12 letter word, sorted."""
+    """Ids of the tokens that decode to a space and one 3-12 letter word, sorted. A SentencePiece
+    tokenizer (Llama-2, Mistral) drops the space of a token decoded alone, so its ``▁word`` pieces
+    are read as they are stored."""
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     ids = []
     for token_id in range(len(tokenizer)):
-        if token_id not in special and _WORD.match(tokenizer.decode([token_id])):
+        if token_id in special:
+            continue
+        if _WORD.match(tokenizer.decode([token_id])) or _SENTENCEPIECE_WORD.match(
+                str(tokenizer.convert_ids_to_tokens(token_id))):
             ids.append(token_id)
     return ids
 
