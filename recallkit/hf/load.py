@@ -137,7 +137,9 @@ def load_model(source: str, *, dtype: torch.dtype = torch.float32, seed: int = 0
         if arch not in TINY_ARCHS:
             raise RecallkitError(f"unknown tiny architecture {arch!r}; supported: {', '.join(TINY_ARCHS)}")
         model, tokenizer = build_tiny_model(arch, seed)
-        return HFModel(model.to(dtype), tokenizer, source)
+        for parameter in model.parameters():  # buffers (RoPE's inv_freq) stay float32, as from_pretrained's
+            parameter.data = parameter.data.to(dtype)
+        return HFModel(model, tokenizer, source)
     if source == DEFAULT_MODEL:
         path = smollm2_path()
         return _load_pretrained(path.parent, path.name, source, dtype)
