@@ -20,6 +20,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from recallkit.contract import check_model, models_to_check
@@ -84,8 +85,8 @@ def _frontier_table(rows: list[dict]) -> Table:
     status = {r["run_id"]: r["status"] for r in rows}
     for p in frontier_points(rows):  # a point's best run diverged: every run of it did (or scored 0)
         accuracy = "diverged" if status.get(p.run_id) == "diverged" else f"{p.accuracy:.3f}"
-        table.add_row(p.panel, p.label, str(p.d_model or "-"), f"{p.state_size:,}",
-                      accuracy, f"{p.wall_time:.1f}" if p.wall_time else "")
+        table.add_row(escape(p.panel), escape(p.label), str(p.d_model or "-"), f"{p.state_size:,}",
+                      accuracy, f"{p.wall_time:.1f}" if p.wall_time else "")  # "[h2o]" is text, not markup
     return table
 
 
@@ -106,7 +107,8 @@ def _run_and_report(sweep: Path, out: Path, executor: str, workers: int, quiet: 
     failed = [r for r in rows if r["status"] == "failed"]
     console.print(_frontier_table(rows))
     for row in failed:
-        console.print(f"[red]failed[/red] {row['run_id']} {row['label']}: {row['error'].splitlines()[0]}")
+        error = escape(f"{row['run_id']} {row['label']}: {row['error'].splitlines()[0]}")
+        console.print(f"[red]failed[/red] {error}")
     png, page = write_report(out)
     console.print(f"results: {out / 'results.sqlite'}\nfigure:  {png}\nreport:  {page}")
     if failed:
@@ -133,7 +135,7 @@ def run(
                                                    show_default="1")] = None,
     num_gpus: Annotated[float | None, typer.Option(help="ray: GPUs per run", show_default="0")] = None,
     wandb: Annotated[str | None, typer.Option(help="log each finished run to this W&B project "
-                                                   "(needs recallkit[wandb])")] = None,
+                                                   "(needs recallkit\\[wandb])")] = None,
     wandb_mode: Annotated[str, typer.Option(help="offline (files in OUT/wandb, no network) "
                                                  "| online")] = "offline",
     halving: Annotated[bool, typer.Option(help="stop a run far behind the best finished run that differs "
@@ -224,15 +226,15 @@ def list_registry(what: Annotated[str, typer.Argument(help="mixers | tasks | pol
             kv = default_kv_numbers_per_token(key, d_model=128)
             small, large = (default_state_size(key, n, d_model=128) for n in (1024, 8192))
             console.print(f"{key:<20} {small:>9,} {large:>9,} {'-' if kv is None else kv:>8}  {doc}",
-                          highlight=False, soft_wrap=True)
+                          highlight=False, soft_wrap=True, markup=False)
         else:
-            console.print(f"{key:<20} {doc}", highlight=False, soft_wrap=True)
+            console.print(f"{key:<20} {doc}", highlight=False, soft_wrap=True, markup=False)
 
 
 def _first_sentence(doc: str) -> str:
     """The docstring's first sentence, on one line."""
     paragraph = " ".join(doc.strip().split("\n\n")[0].split())
-    end = re.search(r"(?<!\bal)(?<!\be\.g)\.\s", paragraph)  # "et al." and "e.g." end no sentence
+    end = re.search(r"(?<!\bal)(?<!\be\.g)(?<!\.)\.\s(?!\.)", paragraph)  # not "et al.", "e.g.", " .. "
     return paragraph if end is None else paragraph[: end.start() + 1]
 
 
@@ -320,6 +322,9 @@ def bench(
     """Benchmark kernels and mixers on this machine: speed-ups vs SDPA, % of matmul peak, tokens/s."""
     from recallkit.bench import run_bench
 
+    out.parent.mkdir(parents=True, exist_ok=True)  # before minutes of benchmarking, not after
+    if out.is_dir():
+        raise RecallkitError(f"--out {out} is a directory; give the JSON file to write")
     if pretrained is not None:
         _bench_pretrained(pretrained, batch, length, out, quick)
         return
@@ -327,7 +332,6 @@ def bench(
         result = run_bench(quick=quick, progress=lambda message: status.update(f"benchmarking: {message}"))
     for table in _bench_tables(result):
         console.print(table)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     console.print(f"results: {out}")
 
@@ -351,7 +355,6 @@ def _bench_pretrained(source: str, batch: int, length: int, out: Path, quick: bo
         f"{result['prefill_vs_plain_forward']:.2f}x a plain "
         f"transformers forward\ndecode: {result['decode_tokens_per_s']:,.1f} tokens/s "
         f"through the cache; {evicting}", highlight=False, emoji=False)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     console.print(f"results: {out}")
 

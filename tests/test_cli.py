@@ -28,11 +28,31 @@ def test_list_mixers_and_tasks():
     assert rows["attention"] == [f"{256 * 1024:,}", f"{256 * 8192:,}", "256"]
     assert rows["mla"] == [f"{40 * 1024:,}", f"{40 * 8192:,}", "40"]
     assert rows["mamba2"][0] == rows["mamba2"][1] and rows["mamba2"][2] == "-"  # a fixed state, no KV cache
-    tasks = runner.invoke(app, ["list", "tasks"])
+    tasks = runner.invoke(app, ["list", "tasks"], terminal_width=400)
     assert tasks.exit_code == 0 and "mqar" in tasks.output
+    lines = {line.split()[0]: line for line in tasks.output.splitlines() if line.split()}
+    assert "``[start] A [sep] B [answer_sep]``" in lines["set_disjointness"]  # brackets are text
+    assert "x_1 .. x_L and output" in lines["state_tracking"]  # " .. " ends no sentence
     policies = runner.invoke(app, ["list", "policies"])
     assert policies.exit_code == 0
     assert [line.split()[0] for line in policies.output.splitlines()] == list(rk.POLICIES)
+
+
+def test_the_frontier_table_prints_bracketed_labels(monkeypatch):
+    """An eviction row is labelled "model [policy]", which rich would read as markup and drop."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    import recallkit.cli as cli
+
+    point = SimpleNamespace(panel="mqar [N=8]", label="attention [h2o]", d_model=64, state_size=10,
+                            run_id="r", accuracy=0.5, wall_time=1.0)
+    monkeypatch.setattr(cli, "frontier_points", lambda rows: [point])
+    console = Console(record=True, width=200)
+    console.print(cli._frontier_table([]))
+    text = console.export_text()
+    assert "attention [h2o]" in text and "mqar [N=8]" in text
 
 
 def test_errors_are_one_line_with_nonzero_exit(tmp_path):

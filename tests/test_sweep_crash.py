@@ -233,3 +233,21 @@ def test_doctor_on_a_missing_or_unreadable_database_is_one_clear_error(tmp_path)
     (tmp_path / "results.sqlite").write_bytes(b"not a database" * 100)
     with pytest.raises(RecallkitError, match="not a readable recallkit results database"):
         diagnose(tmp_path)
+
+
+def test_ctrl_c_leaves_the_run_in_flight_pending_for_the_next_sweep(tmp_path):
+    """A Ctrl-C (KeyboardInterrupt in the driver) returns the run in flight to ``pending``: doctor
+    finds no stale row, and the next sweep finishes it."""
+    configs = [tiny_run(lr=1e-3), tiny_run(lr=2e-3)]
+
+    def interrupt(config, step):
+        if config.train.lr == 2e-3 and step["step"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(configs, tmp_path, quiet=True, on_step=interrupt)
+    with Store(tmp_path / "results.sqlite") as store:
+        assert sorted(r["status"] for r in store.rows()) == ["done", "pending"]
+    found = diagnose(tmp_path)
+    assert not found.stale and not found.corrupt
+    assert [r["status"] for r in run_sweep(configs, tmp_path, quiet=True)] == ["done", "done"]

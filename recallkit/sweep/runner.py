@@ -123,35 +123,49 @@ def run_sweep(
 
         if halving:
             todo = halving_rules.order(todo)
-        with _progress(quiet) as progress:
-            sweep_task = progress.add_task("sweep", total=len(configs), info="")
-            progress.update(sweep_task, completed=len(configs) - len(todo))
-
-            def finish(config: RunConfig, outcome: dict) -> None:
-                store.record(config.run_id, outcome)
-                for note in (outcome.get("metrics") or {}).get("warnings", []):
-                    print(f"warning: {config.progress_label}: {note}", file=sys.stderr)
-                accuracy = (outcome.get("metrics") or {}).get("accuracy")
-                info = f"last: {config.progress_label} {outcome['status']}"
-                progress.update(sweep_task, advance=1,
-                                info=info + (f" acc={accuracy:.3f}" if accuracy is not None else ""))
-                if on_outcome is not None:
-                    on_outcome(config, outcome)
-
-            if executor == "ray":  # even one run: it goes where its reserved resources are
-                if todo:
-                    say = progress.console.print if not quiet else lambda _: None
-                    run_ray(todo, store, workers, finish, device, ray_options, say)
-            elif executor == "serial" or len(todo) <= 1:
-                for group in _packs(todo) if pack else [[config] for config in todo]:
-                    if len(group) > 1:
-                        _run_packed(group, store, progress, finish, device, on_step, checkpoints)
-                    else:
-                        _run_serial(group, store, progress, finish, device, on_step, checkpoints, reference)
-            else:
-                _run_processes(todo, store, workers, finish, device, progress, on_step, checkpoints, quiet,
-                               reference)
+        try:
+            _execute(todo, configs, store, executor, workers, device, ray_options, quiet, on_step, on_outcome,
+                     checkpoints, reference, pack)
+        except KeyboardInterrupt:  # the runs in flight are pending again (doctor would call them stale)
+            store.reset_running()
+            raise
         return store.rows()
+
+
+def _execute(todo: list[RunConfig], configs: list[RunConfig], store: Store, executor: str, workers: int,
+             device: str | None, ray_options: RayOptions | None, quiet: bool,
+             on_step: Callable[[RunConfig, dict], None] | None,
+             on_outcome: Callable[[RunConfig, dict], None] | None, checkpoints: str,
+             reference: Callable[[RunConfig], dict | None], pack: bool) -> None:
+    """Run ``todo`` (the unfinished of ``configs``) with the executor, recording each outcome."""
+    with _progress(quiet) as progress:
+        sweep_task = progress.add_task("sweep", total=len(configs), info="")
+        progress.update(sweep_task, completed=len(configs) - len(todo))
+
+        def finish(config: RunConfig, outcome: dict) -> None:
+            store.record(config.run_id, outcome)
+            for note in (outcome.get("metrics") or {}).get("warnings", []):
+                print(f"warning: {config.progress_label}: {note}", file=sys.stderr)
+            accuracy = (outcome.get("metrics") or {}).get("accuracy")
+            info = f"last: {config.progress_label} {outcome['status']}"
+            progress.update(sweep_task, advance=1,
+                            info=info + (f" acc={accuracy:.3f}" if accuracy is not None else ""))
+            if on_outcome is not None:
+                on_outcome(config, outcome)
+
+        if executor == "ray":  # even one run: it goes where its reserved resources are
+            if todo:
+                say = progress.console.print if not quiet else lambda _: None
+                run_ray(todo, store, workers, finish, device, ray_options, say)
+        elif executor == "serial" or len(todo) <= 1:
+            for group in _packs(todo) if pack else [[config] for config in todo]:
+                if len(group) > 1:
+                    _run_packed(group, store, progress, finish, device, on_step, checkpoints)
+                else:
+                    _run_serial(group, store, progress, finish, device, on_step, checkpoints, reference)
+        else:
+            _run_processes(todo, store, workers, finish, device, progress, on_step, checkpoints, quiet,
+                           reference)
 
 
 def _run_task(progress: Progress, config: RunConfig) -> TaskID:

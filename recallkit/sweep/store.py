@@ -273,6 +273,7 @@ class Store:
                 row["config"] = json.loads(row["config"])
                 row["metrics"] = json.loads(row["metrics"]) if row["metrics"] else None
             except json.JSONDecodeError as error:
-                raise RecallkitError(f"{self.path}: run {row['run_id']} has corrupt JSON ({error})") from None
+                raise RecallkitError(f"{self.path}: run {row['run_id']} has corrupt JSON ({error}); "
+                                     f"`recallkit doctor {self.path.parent} --repair` reruns it") from None
             rows.append(row)
         return rows
