@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from recallkit.contract import check_model, models_to_check
-from recallkit.errors import RecallkitError
+from recallkit.errors import RecallkitError, one_line
 from recallkit.inference.kv_memory import default_kv_numbers_per_token, default_state_size
 from recallkit.kv import POLICIES
 from recallkit.mixers import MIXERS
@@ -32,7 +32,6 @@ from recallkit.report import frontier_points, write_compare, write_report
 from recallkit.sweep import load_sweep, run_sweep
 from recallkit.sweep.directory import describe
 from recallkit.sweep.doctor import diagnose
-from recallkit.sweep.load import one_line
 from recallkit.sweep.ray_executor import RayOptions
 from recallkit.tasks import TASKS
 

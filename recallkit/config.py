@@ -304,7 +304,8 @@ class PretrainedRunConfig(StrictModel):
     model: PretrainedModel
     task: SerializeAsAny[TextTaskConfig]
     read_twice: bool = Field(default=False,
-                             description="JRT-Prompt: the context repeated before the question")
+                             description="JRT-Prompt: context and question read twice before the "
+                                         "answer cue (the paper repeats the context only)")
     eval_policies: list[EvalPolicy] = Field(
         default_factory=list, description="also evaluate under each KV-cache eviction policy and budget")
     chat: bool | None = Field(default=None, description="prompt as a chat turn (instruct models); "

@@ -160,6 +160,38 @@ def test_the_grid_equals_each_setting_alone_and_reads_each_prompt_once(monkeypat
     assert quick[0]["examples"] == grid[0]["examples"]  # the first setting's shown answers: generated
 
 
+def _sliding_then_full():
+    """A tiny Qwen2 whose first layer is a sliding window of 8 and second full attention (the Gemma
+    pattern): its layers hold different numbers of tokens."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from recallkit.hf.adapter import HFModel
+
+    config = AutoConfig.for_model(
+        "qwen2", vocab_size=512, pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+        hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=512, num_hidden_layers=2, use_sliding_window=True, sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    return HFModel(model, tiny_tokenizer(), "cfg:qwen2")
+
+
+@pytest.mark.parametrize("build", [lambda: load_model("tiny:llama", dtype=torch.bfloat16),
+                                   _sliding_then_full], ids=["bfloat16", "sliding_then_full"])
+def test_the_grid_runs_in_half_precision_and_on_mixed_windows_as_each_setting_alone(build):
+    """Both crashed: a bfloat16 ring of attention statistics fed float32 attention, and stacked forks
+    were padded to the first layer's width, which a later full-attention layer exceeds."""
+    model = build()
+    settings = [None, ("h2o", 12, "prefill"), ("window", 20, "prefill")]
+    grid = evaluate_text_grid(model, TASK, settings, num_examples=3)
+    for setting, together in zip(settings[1:], grid[1:], strict=True):
+        alone = evaluate_text(model, TASK, num_examples=3, **dict(zip(("policy", "budget", "mode"), setting)))
+        assert together["state_size"] == alone["state_size"]
+        assert [e["correct"] for e in together["examples"]] == [e["correct"] for e in alone["examples"]]
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen3_next", "falcon_h1"])
 def test_forks_of_any_size_continue_together_as_each_alone(arch):
     """Forks holding 9, 20, 24 and all 30 tokens, padded to 30 in one batch: each row's logits are its

@@ -239,6 +239,7 @@ def test_chat_puts_the_prompt_in_a_user_turn_and_the_cue_in_the_reply(model):
     ({"policy": "window", "budget": 0.5, "mode": "sometimes"}, "unknown eviction mode"),
     ({"num_examples": 0}, "num_examples"),
     ({"max_new_tokens": 0}, "max_new_tokens"),
+    ({"policy": {"name": "h2o", "recnt": 4}, "budget": 8}, "invalid H2O: recnt: Extra inputs"),
 ])
 def test_bad_input_is_one_line(model, kwargs, message):
     model.prefill = lambda *a, **k: pytest.fail("the model ran before the checks")
@@ -248,3 +249,10 @@ def test_bad_input_is_one_line(model, kwargs, message):
     finally:
         del model.prefill
     assert "\n" not in str(error.value)
+
+
+def test_a_grid_setting_without_its_mode_is_one_line(model):
+    from recallkit.hf.text_eval import evaluate_text_grid
+
+    with pytest.raises(RecallkitError, match=r"None or \(policy, budget, mode\); got \('h2o', 8\)"):
+        evaluate_text_grid(model, small("phonebook_text"), [("h2o", 8)])

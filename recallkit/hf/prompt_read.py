@@ -105,9 +105,9 @@ def stack_states(states: list[HFState], caches: list[list[KVCache]]) -> HFState 
     full = make_policy("full")
     shared = {id(layer.kv): layer.kv for layer in evicting_layers(states[0].cache)}  # replaced below
     stacked = copy.deepcopy(states[0].cache, shared)
-    width = max(len(c[0]) for c in caches)
     for n, layer in enumerate(evicting_layers(stacked)):
         rows = [fork[n] for fork in caches]
+        width = max(map(len, rows))  # per layer: a sliding-window layer holds fewer than a full one
         kv = KVCache(full, None, "prefill", rotate=rows[0].rotate)
         kv.key = _padded([r.key for r in rows], width, 0.0)
         kv.value = _padded([r.value for r in rows], width, 0.0)

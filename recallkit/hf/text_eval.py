@@ -27,8 +27,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
-from recallkit.errors import RecallkitError
+from recallkit.errors import RecallkitError, one_line
 from recallkit.hf.adapter import HFModel
 from recallkit.hf.greedy import answer_ids, generate, greedy_match, teacher_forced_argmax
 from recallkit.hf.prompt_read import RECORDED_HISTORY, ReadPrompt, fork_state, read_prompt, stack_states
@@ -93,6 +94,9 @@ def evaluate_text_grid(model: HFModel, task: TextTaskConfig, settings: Sequence[
     answer with ``generate_all``, are generated token by token (the other settings' shown
     ``generated`` texts end where their score was decided). All checks run before any model call.
     """
+    for setting in settings:
+        if setting is not None and (not isinstance(setting, (tuple, list)) or len(setting) != 3):
+            raise RecallkitError(f"a grid setting is None or (policy, budget, mode); got {setting!r}")
     if not settings:
         raise RecallkitError("evaluate_text_grid needs at least one setting")
     resolved = [_check_run(model, *(s or (None, None, "prefill")), num_examples, 1, chat) for s in settings]
@@ -303,7 +307,9 @@ def _check_run(model: HFModel, policy: Any, budget: Budget | None, mode: str, nu
     try:
         resolve_budget(budget, 1)
         return make_policy(policy)
-    except ValueError as error:  # pydantic's ValidationError is a ValueError too
+    except ValidationError as error:  # which field, and why
+        raise RecallkitError(one_line(error)) from None
+    except ValueError as error:
         raise RecallkitError(str(error).splitlines()[0]) from None
 
 

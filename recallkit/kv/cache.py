@@ -115,9 +115,9 @@ class KVCache:
     def append(self, key: Tensor, value: Tensor) -> KVCache:
         """Add T tokens per sequence: key, value (B, H_kv, T, d_h) at positions seen .. seen + T - 1."""
         B, H, T, _ = key.shape
-        zeros = key.new_zeros(B, H, T)
+        zeros = key.new_zeros(B, H, T, dtype=torch.float32)  # attention statistics: float32 at any dtype
         positions = torch.arange(self.seen, self.seen + T, device=key.device).expand(B, H, T)
-        recent = key.new_zeros(B, H, T, self.history) if self.history else None
+        recent = key.new_zeros(B, H, T, self.history, dtype=torch.float32) if self.history else None
         if self.key is None:
             self.key, self.value, self.positions = owned(key), owned(value), positions  # not the projection's
             self.accumulated, self.last, self.recent = zeros, zeros.clone(), recent

@@ -9,17 +9,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from recallkit.config import AnyRunConfig, run_config
-from recallkit.errors import RecallkitError
-
-
-def one_line(error: ValidationError) -> str:
-    """A pydantic validation error as one line: ``field.path: message; ...``."""
-    parts = []
-    for item in error.errors():
-        location = ".".join(str(part) for part in item["loc"])
-        message = item["msg"].removeprefix("Value error, ")
-        parts.append(f"{location}: {message}" if location else message)
-    return f"invalid {error.title}: " + "; ".join(parts)
+from recallkit.errors import RecallkitError, one_line
 
 
 def load_sweep(path: str | Path) -> list[AnyRunConfig]:

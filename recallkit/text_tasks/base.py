@@ -108,7 +108,9 @@ class TextTaskConfig(StrictModel):
         """The text given to the model: [instruction, blank line,] context, blank line, question, newline,
         answer cue. ``read_twice`` (JRT-Prompt) reads the context and question twice before the cue:
         context, question, context, question, cue, so a fixed-state model sees the question before its
-        second pass over the context and can keep what it needs."""
+        second pass over the context and can keep what it needs. A variant: the JRT paper's reference
+        prompts (HazyResearch/prefix-linear-attention, the ``*Twice`` tasks) repeat the context only,
+        context, context, question; here the question also comes before the second reading."""
         reading = [example.context, example.question] * (2 if read_twice else 1)
         head = [self.instruction] if self.instruction else []
         return "\n\n".join([*head, *reading]) + "\n" + self.answer_cue
