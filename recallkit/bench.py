@@ -148,10 +148,12 @@ def _delta_rule(N: int, form: str = "chunked"):
 
 def _delta_flops(N: int) -> float:
     """Per chunk of C tokens and head (Dk = Dv = d): K K^T and Q K^T (4 C^2 d), the UT transform
-    applied to V and K (4 C^2 d), scores times U' (2 C^2 d), and W S, Q S and K^T U' (6 C d^2).
-    KDA's vector-gated scores cost more than K K^T, so its % of peak from this count is a lower bound."""
+    applied once, to beta (V - K_w S) (2 C^2 d), scores times U' (2 C^2 d), and W S, Q S and K^T U'
+    (6 C d^2); the triangular solve is not counted. (Until 2026-12 this counted the transform twice,
+    on V and on K, 10 C^2 d: 10% more than the kernel does.) KDA's vector-gated scores cost more than
+    K K^T, so its % of peak from this count is a lower bound."""
     d, C = HEAD_DIM, DELTA_CHUNK
-    return HEADS * (N / C) * (10 * C * C * d + 6 * C * d * d)
+    return HEADS * (N / C) * (8 * C * C * d + 6 * C * d * d)
 
 
 def _delta_product(N: int, form: str = "chunked"):
@@ -180,8 +182,10 @@ def _log_linear(N: int, form: str = "chunked"):
 
 
 def _log_linear_flops(N: int) -> float:
-    """Per token and head: the intra-chunk scores and their product with V (2C(Dk + Dv)), the reads
-    Q S_j of the bit_length(N) Fenwick states before the chunk and the write K^T V (2 Dk Dv each)."""
+    """Per token and head, the useful work: the intra-chunk scores and their product with V
+    (2C(Dk + Dv)), the reads Q S_j of the bit_length(N) Fenwick states before the chunk and the
+    write K^T V (2 Dk Dv each). The kernel writes every slot densely (a 0/1 map picks one per token),
+    about 1.8x this count in all; that extra work is counted as lost, not as throughput."""
     return HEADS * N * (2 * CHUNK * 2 * HEAD_DIM + 2 * (N.bit_length() + 1) * HEAD_DIM * HEAD_DIM)
 
 

@@ -12,6 +12,7 @@ import recallkit as rk
 from recallkit.evaluate import evaluate
 from recallkit.tasks import Batch, shared_data
 from recallkit.training import lr_factor
+from tests.cases import CASES
 from tests.conftest import tiny_run
 
 
@@ -121,6 +122,18 @@ def test_weight_decay_skips_parameters_marked_no_weight_decay():
     assert a_log.ndim == 2 and any(p is a_log for p in no_decay_group["params"])
     assert not any(p is a_log for p in decay_group["params"])
     assert decay_group["weight_decay"] > 0 and no_decay_group["weight_decay"] == 0
+
+
+@pytest.mark.parametrize(("key", "kwargs"), CASES, ids=[f"{k}-{i}" for i, (k, _) in enumerate(CASES)])
+def test_no_bias_or_norm_gain_of_any_mixer_is_decayed(key, kwargs):
+    """The documented rule, by name: biases and norm gains are not decayed, whatever their shape
+    (FoX-pro's (H, d_h) norm gains, Mamba-3's (H, N) B and C biases were)."""
+    from recallkit.mixers import build_mixer
+    from recallkit.training import decays
+
+    mixer = build_mixer(16, rk.MIXERS[key].Config(name=key, **kwargs))
+    decayed = [name for name, p in mixer.named_parameters() if decays(p)]
+    assert not [name for name in decayed if name.endswith("bias") or "norm" in name.split(".")[-1]], decayed
 
 
 def _labelled_batch() -> Batch:

@@ -105,6 +105,8 @@ class FoX(Mixer):
             self.q_norm = nn.Parameter(torch.ones(H, self.head_dim))
             self.k_norm = nn.Parameter(torch.ones(H, self.head_dim))
             self.out_norm = nn.Parameter(torch.ones(H, self.head_dim))
+            for gain in (self.q_norm, self.k_norm, self.out_norm):
+                gain._no_weight_decay = True  # norm gains, per head: (H, d_h) is no matrix to decay
             self.gate = nn.Linear(d_model, d_model, bias=False)  # W_g
 
     def _shift(self, x: Tensor, kv: Tensor, last: Tensor) -> Tensor:

@@ -119,6 +119,8 @@ class Mamba3(Mixer):
             p._no_weight_decay = True  # as in the released code; recallkit.training honours it
         self.b_norm_weight, self.c_norm_weight = nn.Parameter(torch.ones(N)), nn.Parameter(torch.ones(N))
         self.b_bias, self.c_bias = nn.Parameter(torch.ones(H, N)), nn.Parameter(torch.ones(H, N))
+        for p in (self.b_bias, self.c_bias):
+            p._no_weight_decay = True  # biases (per head), though (H, N)-shaped
         self.out_proj = nn.Linear(Dn, d_model, bias=False)
 
     def _bc(self, raw: Tensor, weight: Tensor, bias: Tensor, angle: Tensor) -> Tensor:

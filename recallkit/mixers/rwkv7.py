@@ -107,6 +107,7 @@ class RWKV7(Mixer):
         self.removal_scale = nn.Parameter(torch.full((D,), 0.85))  # xi
         self.replacement_rate = nn.Parameter(torch.ones(D))  # alpha_k
         self.bonus = nn.Parameter(torch.zeros(H, dh))  # rho
+        self.bonus._no_weight_decay = True  # a per-head gain, as RWKV-6's bonus u
         self.norm = nn.GroupNorm(H, D, eps=64e-5)  # one group per head
         self.out = nn.Linear(D, D, bias=False)  # W_o
 
