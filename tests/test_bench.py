@@ -47,7 +47,8 @@ def test_training_flops_are_the_hand_count_of_the_matmuls():
     # one attention layer and the tied head, no MLP: forward GEMMs are 2 m n k each (the fused q, k, v
     # projection, the output projection, Q K^T and P V over all (T, T) pairs, the head); a linear
     # layer's backward is two such GEMMs (input and weight gradients); attention's is five (S = Q K^T
-    # recomputed, dP = dO V^T, dV = P^T dO, dQ = dS K, dK = dS^T Q)
+    # recomputed, dP = dO V^T, dV = P^T dO, dQ = dS K, dK = dS^T Q), each over half of the (T, T)
+    # pairs: causal attention counts the work the flash kernel does
     B, T, d, V = 2, 16, 32, 64
     torch.manual_seed(0)
     model = rk.build_model(rk.ModelConfig(vocab_size=V, d_model=d, num_layers=1, mlp="none",
@@ -56,4 +57,10 @@ def test_training_flops_are_the_hand_count_of_the_matmuls():
     linear = 2 * B * T * d * (3 * d + d + V)  # qkv, out, head
     attention = 2 * (2 * B * T * T * d)  # Q K^T and P V, summed over the heads
     flops = _step_flops(lambda: F.cross_entropy(model(x).flatten(0, 1), x.flatten()).backward())
-    assert flops == 3 * linear + (2 + 5) / 2 * attention
+    assert flops == 3 * linear + (2 + 5) / 2 * attention / 2
+
+
+def test_in_place_batched_matmuls_are_counted():
+    a, b, c = torch.randn(3, 4, 5), torch.randn(3, 5, 6), torch.zeros(3, 4, 6)
+    in_place = _step_flops(lambda: c.baddbmm_(a, b))
+    assert in_place == _step_flops(lambda: torch.baddbmm(c, a, b)) == 2 * 3 * 4 * 5 * 6
