@@ -412,7 +412,8 @@ def run_bench(quick: bool = False, progress: Callable[[str], None] = lambda _: N
     """All benchmarks. ``quick``: tiny sizes for a CI smoke run (seconds, not minutes).
 
     Returns:
-        dict with ``machine``, ``matmul_peak_gflops``, ``kernels``, ``mixers`` and ``training`` rows.
+        dict with ``machine``, ``matmul_peak_gflops`` and the rows of ``kernels``, ``mixers``,
+        ``training`` and ``peers``.
     """
     torch.manual_seed(0)
     progress("matmul peak")

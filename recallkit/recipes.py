@@ -16,8 +16,11 @@ def based(
 ) -> list[dict]:
     """Based (Arora et al. 2024, *Simple linear attention language models balance the recall-throughput
     tradeoff*, arXiv 2402.18668): Taylor linear attention for global recall, exact softmax attention
-    over a short sliding window for local precision, and short convolutions (the paper's gated
-    convolutions) in front of both.
+    over a short sliding window for local precision, and short convolutions in front of both.
+    Deviations from the paper's models: its gated convolutions are BaseConv layers of their own (in
+    the reference configs most layers, linear attention and the window at every fifth layer each),
+    here a short conv inside each layer (the Zoology recipe); and its linear attention has 16 heads,
+    here ``num_heads`` (1 by default).
 
     Layer ``2i`` is the linear attention, layer ``2i + 1`` the sliding window. That order is
     measured: on MQAR (V=128, T=32, 4 pairs, d=64, feature_dim 8, window 8) the 2-layer

@@ -73,6 +73,18 @@ def test_frontier_takes_the_best_learning_rate_per_model_and_width():
     assert len(points) == 3
 
 
+def test_plotly_shows_labels_literally_and_offers_no_cloud_upload():
+    from recallkit.report.embed import CONFIG
+    from recallkit.report.interactive import frontier_figure
+
+    rows = [row("a", "ours <i>v2</i> & [x]", 64, 1e-3, 0.5)]
+    figure = frontier_figure(frontier_points(rows), rows)
+    trace = figure.data[0]
+    assert trace.name == "ours &lt;i&gt;v2&lt;/i&gt; &amp; [x]"  # plotly decodes the entities back
+    assert trace.hovertext[0].startswith("<b>ours &lt;i&gt;v2&lt;/i&gt; &amp; [x]</b>")
+    assert CONFIG["showSendToCloud"] is False  # plotly.js 4's default shares charts to cloud.plotly.com
+
+
 def test_report_on_an_empty_sweep_renders_with_a_message(tmp_path):
     Store(tmp_path / "results.sqlite").close()
     png, page = write_report(tmp_path)
@@ -392,3 +404,25 @@ def test_a_setting_with_many_families_is_split_over_panels_with_their_own_legend
     frontier.plot_frontier(_points(8), tmp_path / "few.png")
     axes = [ax for ax in figures[1].axes if ax.get_visible()]
     assert len(axes) == 1 and axes[0].get_legend() is None and len(figures[1].legends) == 1
+
+
+def test_the_width_figure_names_every_family_in_the_frontiers_colours(tmp_path, monkeypatch):
+    """A family absent from the last panel is still in the legend, and a pretrained label (no width)
+    does not shift the trained families' colours away from frontier.png's."""
+    import matplotlib.figure
+
+    from recallkit.report.common import palette
+    from recallkit.report.width import plot_width_curves
+
+    rows = [row("b1", "B", 32, 1e-3, 0.5), row("b2", "B", 64, 1e-3, 0.7), row("c1", "C", 32, 1e-3, 0.3),
+            row("c2", "C", 64, 1e-3, 0.4), row("c3", "C", 32, 1e-3, 0.2, T=128),
+            row("c4", "C", 64, 1e-3, 0.3, T=128), row("a", "A", 0, None, 0.9)]
+    points = frontier_points(rows)
+    saved = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda figure, *a, **k: saved.append(figure))
+    plot_width_curves(points, tmp_path / "width.png")
+    legend = saved[0].axes[-1].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["B", "C"]
+    colors = palette([p.label for p in points])
+    assert [tuple(h.get_color()) if isinstance(h.get_color(), tuple) else h.get_color()
+            for h in legend.legend_handles] == [colors["B"], colors["C"]]

@@ -3,6 +3,7 @@ typed frontier point. One place, so that a panel or a family looks the same in e
 
 from __future__ import annotations
 
+import html
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,12 @@ def panel_name(evaluation: dict[str, Any]) -> str:
 def base_panel(panel: str) -> str | None:
     """The panel without eviction that an eviction panel repeats faintly for reference, else None."""
     return panel.split(EVICTION)[0] if EVICTION in panel else None
+
+
+def plotly_text(text: str) -> str:
+    """``text`` as plotly shows it literally: plotly reads ``<b>``, ``<i>``, ``<a>`` ... and entities in
+    names, titles and hovers, so a label such as ``ours <i>v2</i>`` would be typeset."""
+    return html.escape(text, quote=False)
 
 
 def palette(keys: list[Any]) -> dict[Any, tuple[float, float, float, float]]:

@@ -8,7 +8,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from recallkit.report.common import family_colors, varying_settings
+from recallkit.report.common import family_colors, plotly_text, varying_settings
 from recallkit.report.slices import panel_evals
 
 
@@ -41,7 +41,7 @@ def curves_figure(rows: list[dict[str, Any]]) -> go.Figure | None:
     figure = make_subplots(rows=1, cols=2, subplot_titles=["training loss", "test accuracy"],
                            horizontal_spacing=0.08)
     traces_label = []
-    for row, name in zip(rows, run_names(rows)):
+    for row, name in zip(rows, map(plotly_text, run_names(rows))):
         curve = row["metrics"]["curve"]
         hover = f"{name}<br>run {row['run_id']} · {row['status']}<br>step %{{x}}: %{{y:.3g}}<extra></extra>"
         common = {"name": name, "legendgroup": row["run_id"], "line": {"color": colors[row["label"]]},
@@ -56,7 +56,7 @@ def curves_figure(rows: list[dict[str, Any]]) -> go.Figure | None:
     if len(labels) > 1:
         everything = {"visible": [True] * len(traces_label)}
         buttons = [{"label": "all models", "method": "restyle", "args": [everything]}]
-        buttons += [{"label": label, "method": "restyle",
+        buttons += [{"label": plotly_text(label), "method": "restyle",
                      "args": [{"visible": [trace == label for trace in traces_label]}]} for label in labels]
         figure.update_layout(updatemenus=[{"buttons": buttons, "x": 0, "xanchor": "left", "y": 1.2,
                                            "yanchor": "top", "direction": "down"}])

@@ -7,8 +7,11 @@ from functools import cache
 import plotly.graph_objects as go
 import plotly.offline
 
-CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "svg"}}
-"""Plotly's mode bar without the logo link; its camera button saves SVG (vector, for papers)."""
+CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "svg"},
+          "showSendToCloud": False, "plotlyServerURL": ""}
+"""Plotly's mode bar without the logo link and without the bundled plotly.js's default "share chart"
+button, which would post the figure (every run's config in its hovers) to cloud.plotly.com; its
+camera button saves SVG (vector, for papers)."""
 
 LAYOUT = {
     "template": "plotly_white",

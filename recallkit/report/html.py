@@ -101,8 +101,9 @@ def _frontier_tables(points: list[FrontierPoint]) -> str:
             ["model", "d_model", "KV budget", "state size (numbers)", "prefill tokens",
              "accuracy (mean [95% interval] over seeds)", "best lr",
              "params", "runs"],
-            [[p.label, p.d_model, "" if p.budget is None else p.budget, f"{p.state_size:,}",
-              _fmt(p.prefill_tokens, 1), accuracy_text(p), p.lr, f"{p.num_params:,}", p.runs]
+            [[p.label, p.d_model or "", "" if p.budget is None else p.budget, f"{p.state_size:,}",
+              _fmt(p.prefill_tokens, 1), accuracy_text(p), "" if p.lr is None else p.lr, f"{p.num_params:,}",
+              p.runs]
              for p in points if p.panel == panel],
         )
         for panel in dict.fromkeys(p.panel for p in points)
@@ -139,10 +140,10 @@ def _runs_table(rows: list[dict[str, Any]]) -> str:
     table = _table(
         ["run", "model", "d_model", "eval T", "lr", "status", "accuracy", "token acc", "steps", "state size",
          "wall time (s)", "error"],
-        [[r["run_id"], r["label"], r["config"]["model"].get("d_model", 0),
+        [[r["run_id"], r["label"], r["config"]["model"].get("d_model") or "",  # pretrained: none
           ", ".join(str(t.get("seq_len", ""))
                     for t in (r["config"].get("eval_tasks") or [r["config"]["task"]])),
-          r["config"].get("train", {}).get("lr"), r["status"], _fmt((r["metrics"] or {}).get("accuracy")),
+          r["config"].get("train", {}).get("lr", ""), r["status"], _fmt((r["metrics"] or {}).get("accuracy")),
           _fmt((r["metrics"] or {}).get("token_accuracy")), (r["metrics"] or {}).get("steps", ""),
           "" if r["state_size"] is None else f"{r['state_size']:,}", _fmt(r["wall_time"], 1), error(r)]
          for r in rows],

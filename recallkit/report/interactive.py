@@ -16,6 +16,7 @@ from recallkit.report.common import (
     base_panel,
     error_bars,
     family_colors,
+    plotly_text,
     varying_settings,
 )
 from recallkit.report.hover import config_lines
@@ -26,8 +27,9 @@ COLUMNS = 3
 
 
 def _hover(point: FrontierPoint, tag: str, row: dict[str, Any] | None) -> str:
-    head = f"<b>{point.label}</b>" + (f"  {tag}" if tag else "")
-    facts = [f"accuracy {accuracy_text(point)}", f"state {point.state_size:,}", f"d_model {point.d_model}",
+    head = f"<b>{plotly_text(point.label)}</b>" + (f"  {plotly_text(tag)}" if tag else "")
+    facts = [f"accuracy {accuracy_text(point)}", f"state {point.state_size:,}",
+             *([f"d_model {point.d_model}"] if point.d_model else []),
              *([f"lr {point.lr:g}"] if point.lr is not None else []), f"best of {point.runs}"]
     if point.budget is not None:
         facts.insert(2, f"KV budget {point.budget:g}")
@@ -87,7 +89,8 @@ def frontier_figure(points: list[FrontierPoint], rows: list[dict[str, Any]]) -> 
     colors = family_colors(labels)
     columns = min(COLUMNS, len(panels))
     grid_rows = math.ceil(len(panels) / columns)
-    figure = make_subplots(rows=grid_rows, cols=columns, subplot_titles=panels, shared_yaxes=True,
+    figure = make_subplots(rows=grid_rows, cols=columns, subplot_titles=[plotly_text(p) for p in panels],
+                           shared_yaxes=True,
                            horizontal_spacing=0.04, vertical_spacing=0.22 / grid_rows)
     in_legend: set[str] = set()
     for i, panel in enumerate(panels):
@@ -102,7 +105,8 @@ def frontier_figure(points: list[FrontierPoint], rows: list[dict[str, Any]]) -> 
             figure.add_trace(
                 go.Scatter(
                     x=[p.state_size for p in line], y=[p.accuracy for p in line],
-                    mode="lines+markers", name=label, legendgroup=label, showlegend=label not in in_legend,
+                    mode="lines+markers", name=plotly_text(label), legendgroup=label,
+                    showlegend=label not in in_legend,
                     line={"color": colors[label], "dash": "dash" if faint else "solid"},
                     marker={"symbol": "square" if faint else "circle", "size": 8},
                     opacity=0.45 if faint else 1,

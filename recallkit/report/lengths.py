@@ -8,7 +8,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from recallkit.report.common import FrontierPoint, family_colors
+from recallkit.report.common import FrontierPoint, family_colors, plotly_text
 from recallkit.report.length_curves import length_curves
 
 COLUMNS = 3
@@ -24,7 +24,8 @@ def length_figure(rows: list[dict[str, Any]], points: list[FrontierPoint] | None
         return None
     panels = list(dict.fromkeys(c["panel"] for c in curves))
     cols = min(COLUMNS, len(panels))
-    figure = make_subplots(rows=-(-len(panels) // cols), cols=cols, subplot_titles=panels, shared_yaxes=True)
+    figure = make_subplots(rows=-(-len(panels) // cols), cols=cols, shared_yaxes=True,
+                           subplot_titles=[plotly_text(p) for p in panels])
     colors = family_colors([c["label"] for c in curves])
     shown: set[str] = set()
     for i, panel in enumerate(panels):
@@ -34,7 +35,7 @@ def length_figure(rows: list[dict[str, Any]], points: list[FrontierPoint] | None
             figure.add_vrect(x0=lo - 0.5, x1=hi + 0.5, fillcolor="lightgray", opacity=0.4, line_width=0,
                              row=row, col=col, exclude_empty_subplots=False)  # drawn before the traces
         for c in lines:
-            name = f"{c['label']} d={c['d_model']}"
+            name = f"{plotly_text(c['label'])} d={c['d_model']}"
             bound = "" if c["bound"] is None else f"<br>information bound L* = {c['bound']:,.0f} {c['unit']}"
             lengths, accuracies, states = zip(*c["points"])
             seeds, error = [""] * len(lengths), None

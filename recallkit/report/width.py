@@ -45,10 +45,10 @@ def plot_width_curves(points: list[FrontierPoint], path: str | Path) -> Path:
     """Draw accuracy (y) against d_model (x, log 2) per label, one panel per evaluation setting; a
     point with two or more seeds has an error bar, the 95% bootstrap interval of its mean."""
     path = Path(path)
+    colors = palette([p.label for p in points])  # over every label, as frontier.png: the same colours
     points = _trained(points)
     curves = width_curves(points)
     panels = list(dict.fromkeys(p.panel for p in points))  # frontier order: task, then length
-    colors = palette([p.label for p in points])
     widths = sorted({p.d_model for p in points})
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False, sharey=True)
     for ax, panel in zip(axes[0], panels):
@@ -68,7 +68,11 @@ def plot_width_curves(points: list[FrontierPoint], path: str | Path) -> Path:
         ax.set_xlabel("model width d_model")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy (best lr)")
-    axes[0][-1].legend(fontsize=8, loc="best")
+    handles = {}  # every label of every panel, once (the last panel may lack some)
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    axes[0][-1].legend(handles.values(), handles.keys(), fontsize=8, loc="best")
     any_seeded = any(p.interval is not None for p in points)
     fig.suptitle("Recall vs model width" + ("\nmean over seeds, bars: 95% interval" if any_seeded else ""),
                  fontsize=10 if any_seeded else None)
