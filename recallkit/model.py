@@ -13,7 +13,7 @@ from recallkit.config import ModelConfig
 from recallkit.errors import RecallkitError
 from recallkit.kv.protocol import CacheFactory
 from recallkit.mixers import build_mixer
-from recallkit.mixers.base import compact_state
+from recallkit.mixers.base import compact_state, state_tensors
 
 
 @dataclass
@@ -144,7 +144,7 @@ class LanguageModel(nn.Module):
         self, input_ids: Tensor, prefix_len: Tensor | None = None, state: ModelState | None = None
     ) -> tuple[Tensor, ModelState]:
         """Process (B, T) tokens from ``state`` (None = empty): logits (B, T, V) and the new state."""
-        start = 0 if state is None else self._check_state(state).position
+        start = 0 if state is None else self._check_state(state, input_ids.shape[0]).position
         x = self._embed(input_ids, start)
         layer_states = []
         for i, block in enumerate(self.blocks):
@@ -154,20 +154,24 @@ class LanguageModel(nn.Module):
 
     def step(self, token: Tensor, state: ModelState) -> tuple[Tensor, ModelState]:
         """One token per sequence, (B,) -> logits (B, V) and the new state."""
-        x = self._embed(token.unsqueeze(1), self._check_state(state).position).squeeze(1)
+        x = self._embed(token.unsqueeze(1), self._check_state(state, token.shape[0]).position).squeeze(1)
         layer_states = []
         for block, s in zip(self.blocks, state.layers):
             x, s = block.step(x, s)
             layer_states.append(s)
         return self.head(x), ModelState(layer_states, state.position + 1)
 
-    def _check_state(self, state: ModelState) -> ModelState:
+    def _check_state(self, state: ModelState, batch_size: int) -> ModelState:
         """``state`` itself, once it is known to have one layer state per block (another model's
-        state would otherwise run a layer short, or drop layers, without a word)."""
+        state would otherwise run a layer short, or drop layers, without a word) and to hold
+        ``batch_size`` sequences (every state tensor is batch-first)."""
         if not isinstance(state, ModelState) or len(state.layers) != len(self.blocks):
             held = f"{len(state.layers)} layers" if isinstance(state, ModelState) else type(state).__name__
             raise RecallkitError(f"the state holds {held}, this model has {len(self.blocks)}: "
                                  "it is another model's state")
+        first = next(state_tensors(state.layers), None)
+        if first is not None and first.shape[0] != batch_size:
+            raise RecallkitError(f"the state holds {first.shape[0]} sequences, the input {batch_size}")
         return state
 
     def state_size(self, seq_len: int) -> int:

@@ -68,6 +68,9 @@ def test_another_models_state_is_a_clear_error():
         for resume in (lambda: three.prefill(ids, state=state), lambda: three.step(ids[:, 0], state)):
             with pytest.raises(rk.errors.RecallkitError, match="the state holds 2 layers, this model has 3"):
                 resume()
+        _, own = three.prefill(ids)
+        with pytest.raises(rk.errors.RecallkitError, match="the state holds 1 sequences, the input 2"):
+            three.prefill(ids.expand(2, -1), state=own)
 
 
 def test_head_is_tied_to_the_embedding():

