@@ -149,9 +149,8 @@ def _delta_rule(N: int, form: str = "chunked"):
 def _delta_flops(N: int) -> float:
     """Per chunk of C tokens and head (Dk = Dv = d): K K^T and Q K^T (4 C^2 d), the UT transform
     applied once, to beta (V - K_w S) (2 C^2 d), scores times U' (2 C^2 d), and W S, Q S and K^T U'
-    (6 C d^2); the triangular solve is not counted. (Until 2026-12 this counted the transform twice,
-    on V and on K, 10 C^2 d: 10% more than the kernel does.) KDA's vector-gated scores cost more than
-    K K^T, so its % of peak from this count is a lower bound."""
+    (6 C d^2); the triangular solve is not counted. KDA's vector-gated scores cost more than K K^T,
+    so its % of peak from this count is a lower bound."""
     d, C = HEAD_DIM, DELTA_CHUNK
     return HEADS * (N / C) * (8 * C * C * d + 6 * C * d * d)
 

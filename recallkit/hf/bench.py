@@ -98,7 +98,8 @@ def bench_pretrained(model: HFModel, *, batch: int = 8, length: int = 512, decod
         "prefill_gflops": flops / adapter_s / 1e9, "prefill_pct_peak": 100 * flops / adapter_s / 1e9 / peak,
         "plain_forward_gflops": flops / plain_s / 1e9, "prefill_vs_plain_forward": plain_s / adapter_s,
         "decode_tokens_per_s": batch * decode_tokens / plain_decode,
-        "evicting_decode_tokens_per_s": evicting_decode and batch * decode_tokens / evicting_decode,
-        "evicting_decode_cost": evicting_decode and evicting_decode / plain_decode,
+        "evicting_decode_tokens_per_s": (None if evicting_decode is None
+                                         else batch * decode_tokens / evicting_decode),
+        "evicting_decode_cost": None if evicting_decode is None else evicting_decode / plain_decode,
         "policy": policy, "budget": budget,
     }
