@@ -11,6 +11,7 @@ import hashlib
 import json
 from typing import Any, Literal
 
+import torch
 from pydantic import Field, SerializeAsAny, field_validator, model_serializer, model_validator
 
 from recallkit.base_config import MixerConfig, StrictModel, TaskConfig
@@ -94,6 +95,17 @@ class TrainConfig(StrictModel):
     mlm_prob: float = Field(default=0.15, gt=0, lt=1, description="fraction of prefix tokens masked")
     mlm_weight: float = Field(default=0.25, gt=0, allow_inf_nan=False,
                               description="weight of the MLM loss beside next-token")
+
+    @model_validator(mode="after")
+    def _check_adamw(self) -> TrainConfig:
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must each lie in [0, 1), got {self.betas}")
+        # AdamW's first step moves a parameter by lr / (1 - beta1) in float32; a larger one cannot be
+        # represented, and torch fails inside the optimiser instead of the run diverging.
+        if self.lr / (1 - self.betas[0]) >= torch.finfo(torch.float32).max:
+            raise ValueError(f"lr={self.lr:g} is too large: AdamW's step lr / (1 - betas[0]) "
+                             f"overflows float32")
+        return self
 
 
 class EvalPolicy(StrictModel):

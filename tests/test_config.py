@@ -53,6 +53,20 @@ def test_a_bool_is_not_read_as_a_number(build, field):
         build()
 
 
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        (dict(betas=(1.0, 0.9)), r"betas must each lie in \[0, 1\)"),
+        (dict(betas=(0.9, -0.1)), r"betas must each lie in \[0, 1\)"),
+        (dict(lr=1e38), "lr=1e\\+38 is too large"),
+        (dict(lr=4e37, betas=(0.9, 0.98)), "lr=4e\\+37 is too large"),
+    ],
+)
+def test_adamw_settings_that_cannot_run_are_refused(train, message):
+    with pytest.raises(ValidationError, match=message):
+        rk.TrainConfig(**train)
+
+
 def test_numbers_and_real_bools_still_validate():
     assert rk.TrainConfig(batch_size=4, betas=(0.8, 0.9), mlm=True).batch_size == 4
     assert rk.ModelConfig(vocab_size=64, mixer=dict(name="mamba", dt_rank=3)).mixer.dt_rank == 3
