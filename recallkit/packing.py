@@ -5,7 +5,8 @@ Every parameter and buffer of the K members is stacked on a leading member axis
 ``torch.func.vmap`` over that axis, with each member on its own batch. The members stay
 independent: member k's loss and its gradient (in row k of each stacked parameter's ``.grad``) are
 those of the same model run alone, which ``tests/test_packing.py`` checks for every mixer case.
-Kernels run in :func:`recallkit.ops.numerics.fixed_paths`, since vmap cannot branch on values.
+Kernels run in :func:`recallkit.ops.numerics.fixed_paths`, since vmap cannot branch on values;
+with ``first_order=True``, so that the selective scan keeps its written adjoint (its vmap rule).
 
 What packing buys is measured per mixer by ``recallkit bench`` (``packed_speedup``). On a 2-core
 CPU at sweep sizes it buys little (median 0.98x over the mixers at d=64, 0.22x-1.83x): vmap turns K
@@ -61,7 +62,7 @@ class PackedModels:
                 y = labels_after_prefix(y, m)
             return F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX)
 
-        with fixed_paths():
+        with fixed_paths(first_order=True):  # the trainers take first derivatives alone
             return vmap(loss)(self.params, self.buffers, inputs, labels, prefix_len)
 
     def keep(self, rows: list[int]) -> None:

@@ -130,6 +130,56 @@ def test_training_takes_the_adjoint_and_fixed_paths_the_autograd_steps():
         torch.testing.assert_close(a, b)
 
 
+def _graph_names(tensor: torch.Tensor) -> set[str]:
+    seen, stack = set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack.extend(n for n, _ in node.next_functions)
+    return {node.name() for node in seen}
+
+
+@pytest.mark.parametrize("shared", [(), ("A",), ("A", "x", "state")])
+def test_packed_members_keep_the_adjoint_and_their_own_gradients(shared):
+    """Under vmap over members (packed training: fixed_paths(first_order=True)) the scan keeps its
+    written adjoint through its vmap rule (members folded into the batch, one A per sequence), and
+    every member's gradients equal the token loop's on that member alone; an input without a member
+    axis (here A, x or the state) gets the sum of the members' gradients."""
+    from recallkit.ops.numerics import fixed_paths
+
+    names = ("x", "dt", "A", "B", "C", "D", "state")
+    members = [(*inputs(B=2, L=19, Dn=4, N=3, seed=20 + k),
+                torch.randn(2, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(k)))
+               for k in range(3)]
+    packed = {n: (ts[0] if n in shared else torch.stack(ts)).clone().requires_grad_()
+              for n, ts in zip(names, zip(*members))}
+    batched = [n for n in names if n not in shared]
+
+    def loss(*args):
+        kw = dict(zip(batched, args), **{n: packed[n] for n in shared})
+        y, h = ops.selective_scan_chunked(*(kw[n] for n in names[:6]), state=kw["state"], chunk_size=5)
+        return y.sin().sum() + h.square().sum(), y
+
+    with fixed_paths(first_order=True):
+        losses, y = torch.func.vmap(loss)(*(packed[n] for n in batched))
+    assert "_ChunkedScanBackward" in _graph_names(y)
+    losses.sum().backward()
+    reference = {n: torch.zeros_like(t) for n, t in packed.items()}
+    for k, member in enumerate(members):
+        alone = [(packed[n] if n in shared else t).detach().clone().requires_grad_()
+                 for n, t in zip(names, member)]
+        y, h = ops.selective_scan_recurrent(*alone[:6], state=alone[6])
+        (y.sin().sum() + h.square().sum()).backward()
+        for n, t in zip(names, alone):
+            if n in shared:
+                reference[n] += t.grad
+            else:
+                reference[n][k] = t.grad
+    for n in names:
+        torch.testing.assert_close(packed[n].grad, reference[n], atol=1e-10, rtol=1e-10, msg=n)
+
+
 def test_long_sequences_backward_through_segments_equals_the_loop():
     """Gradients through several 512-token segments (each its own adjoint) and a start state."""
     grads = []

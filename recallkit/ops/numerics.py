@@ -38,21 +38,32 @@ def masked_exp(diff: Tensor, mask: Tensor) -> Tensor:
 
 
 _FIXED_PATHS = contextvars.ContextVar("recallkit_fixed_paths", default=False)
+_FIRST_ORDER = contextvars.ContextVar("recallkit_first_order", default=False)
 
 
 @contextlib.contextmanager
-def fixed_paths() -> Iterator[None]:
+def fixed_paths(*, first_order: bool = False) -> Iterator[None]:
     """Inside this context no kernel picks a code path from tensor values: where a kernel would check
     its decays to choose a fast GEMM form over the exact one, it takes the exact form. Both forms
     compute the same function; ``torch.func.vmap`` (packed training) and ``torch.compile`` cannot
-    branch on a value, so they run kernels in this context."""
-    token = _FIXED_PATHS.set(True)
+    branch on a value, so they run kernels in this context. Kernels with a written backward also
+    leave it to autograd here (which then gives higher derivatives), unless ``first_order``: the
+    caller takes first derivatives by reverse mode alone (packed training), and a written backward
+    that carries a vmap rule is kept."""
+    tokens = _FIXED_PATHS.set(True), _FIRST_ORDER.set(first_order)
     try:
         yield
     finally:
-        _FIXED_PATHS.reset(token)
+        _FIRST_ORDER.reset(tokens[1])
+        _FIXED_PATHS.reset(tokens[0])
 
 
 def paths_fixed() -> bool:
     """True inside :func:`fixed_paths`."""
     return _FIXED_PATHS.get()
+
+
+def adjoints_allowed() -> bool:
+    """Whether a kernel whose written backward has a vmap rule may use it: outside
+    :func:`fixed_paths`, or inside it with ``first_order``."""
+    return not _FIXED_PATHS.get() or _FIRST_ORDER.get()

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recallkit.ops.numerics import compute_dtype, paths_fixed
+from recallkit.ops.numerics import adjoints_allowed, compute_dtype, paths_fixed
 from recallkit.ops.segments import in_segments, segment_length
 
 
@@ -84,7 +84,8 @@ def selective_scan_chunked(
     h C and the gradients of u and dt) then add rows of Dn numbers, where sums over an innermost
     N = 16 ran at half the speed. Same arguments and returns as :func:`selective_scan_recurrent` (the
     state returned is a transposed view of a state-major one). Under torch.func transforms (vmap) run
-    it inside ``ops.numerics.fixed_paths()``, as every kernel.
+    it inside ``ops.numerics.fixed_paths()``, as every kernel; with ``first_order=True`` it keeps its
+    written adjoint there.
     """
     Bsz, L, Dn = x.shape
     ct = compute_dtype(x)
@@ -100,9 +101,11 @@ def selective_scan_chunked(
     if pad:  # dt = 0 on padding: decay 1 and no input, so the last chunk ends in the state of token L - 1
         x_, dt_, B_, C_ = (F.pad(t, (0, 0, 0, pad)) for t in (x_, dt_, B_, C_))
     inputs = (x_, dt_, A_.t().contiguous(), B_, C_, h0.transpose(1, 2).contiguous())  # state-major
-    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs) and not paths_fixed():
-        y, h = _ChunkedScan.apply(*inputs, Lc)  # the adjoint below, not autograd through 2 Lc + nc steps
-    else:  # no gradients, or vmap (packed training) and torch.compile, which trace the steps themselves
+    # under vmap no tensor reports requires_grad, so inside fixed_paths grad mode alone decides
+    needs_grad = any(t.requires_grad for t in inputs) or paths_fixed()
+    if torch.is_grad_enabled() and needs_grad and adjoints_allowed():
+        y, h = _ChunkedScan.apply(*inputs, Lc)[:2]  # the adjoint below, not autograd through 2 Lc + nc steps
+    else:  # no gradients, or fixed paths (compile, higher derivatives), which trace the steps themselves
         y, h, _ = _scan_chunks(*inputs, Lc, in_place=not paths_fixed())
     y = y[:, :L] if D is None else torch.addcmul(y[:, :L], x_[:, :L], D.to(ct))  # y + D ⊙ x, one pass
     return y.to(x.dtype), h.transpose(1, 2)
@@ -112,7 +115,7 @@ def _scan_chunks(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Ten
                  in_place: bool, keep: tuple[list[Tensor], list[Tensor]] | None = None
                  ) -> tuple[Tensor, Tensor, Tensor]:
     """The three steps above on inputs whose length is a multiple of Lc (compute dtype, no skip),
-    with A (N, Dn) and h0 (B, N, Dn).
+    with A (N, Dn), or (B, 1, N, Dn) for one A per sequence (packed members), and h0 (B, N, Dn).
 
     Returns y (B, L, Dn), the last state (B, N, Dn) and the chunks' start states (B, nc, N, Dn).
     ``in_place``: update the running states in place; False inside ``fixed_paths()``, where autograd,
@@ -122,7 +125,7 @@ def _scan_chunks(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Ten
     tensors stay small and in cache: materialising all L decays at once was slower).
     """
     Bsz, Lp, Dn = x.shape
-    nc, N = Lp // Lc, A.shape[0]
+    nc, N = Lp // Lc, A.shape[-2]
     dts, us, Bs, Cs = _per_position(x, dt, B, C, Lc)
     decays, states = keep if keep is not None else (None, None)
 
@@ -188,25 +191,54 @@ class _ChunkedScan(torch.autograd.Function):
         dC_t = h_t^T dy_t,  dB_t = dh_t^T u_t,  du_t = dh_t B_t,
         g_t = dh_t ⊙ h_{t-1} ⊙ exp(dt_t A):  ddt_t += sum_n g_t A,  dA += sum_t g_t dt_t,
 
-    with u = dt x (dx = du dt, ddt += du x). First order only (backward with create_graph raises); under
-    torch.func transforms or forward-mode AD, run the scan inside ``ops.numerics.fixed_paths()``,
-    where autograd records the steps (packed training and compile do)."""
+    with u = dt x (dx = du dt, ddt += du x). First order only (backward with create_graph raises); for
+    higher derivatives, forward-mode AD or compile, run the scan inside ``ops.numerics.fixed_paths()``,
+    where autograd records the steps. Under vmap (packed training, which takes first derivatives
+    alone: ``fixed_paths(first_order=True)``) the vmap rule below keeps this adjoint."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor, Lc: int):
+    def forward(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor, Lc: int):
+        """Returns y, the last state and, for backward, the chunks' start states and every position's
+        decay and state (outputs, not ctx attributes, so that the vmap rule below can fold them)."""
         decays, states = [], []
         y, h_last, starts = _scan_chunks(x, dt, A, B, C, h0, Lc, in_place=True, keep=(decays, states))
-        ctx.save_for_backward(x, dt, A, B, C, starts, *decays, *states)
-        ctx.Lc = Lc
-        return y, h_last.clone()  # not a view of a saved state: the caller may update it in place
+        return y, h_last.clone(), starts, *decays, *states  # h_last a copy: the caller may update it
 
     @staticmethod
-    def backward(ctx, dy: Tensor, dh_last: Tensor):
+    def setup_context(ctx, inputs: tuple, output: tuple) -> None:
+        x, dt, A, B, C, _, Lc = inputs
+        ctx.save_for_backward(x, dt, A, B, C, *output[2:])
+        ctx.mark_non_differentiable(*output[2:])
+        ctx.set_materialize_grads(False)
+        ctx.Lc = Lc
+
+    @staticmethod
+    def vmap(info, in_dims: tuple, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor,
+             Lc: int):
+        """Packed members (torch.func.vmap over K models): the member axis joins the batch axis,
+        (K, B, ...) -> (K B, ...), and A becomes one (1, N, Dn) per sequence; the sequences of a scan
+        are independent, so this is K scans, run as one with this adjoint."""
+        K = info.batch_size
+
+        def front(t: Tensor, dim: int | None) -> Tensor:  # the member axis first: (K, ...)
+            return t.expand(K, *t.shape) if dim is None else t.movedim(dim, 0)
+
+        x, dt, A, B, C, h0 = (front(t, d) for t, d in zip((x, dt, A, B, C, h0), in_dims))
+        Bsz, N, Dn = x.shape[1], *A.shape[-2:]
+        A = A.reshape(K, 1, 1, N, Dn).expand(K, Bsz, 1, N, Dn).reshape(K * Bsz, 1, N, Dn)
+        outputs = _ChunkedScan.apply(*(t.flatten(0, 1) for t in (x, dt)), A,
+                                     *(t.flatten(0, 1) for t in (B, C, h0)), Lc)
+        return tuple(o.unflatten(0, (K, Bsz)) for o in outputs), (0,) * len(outputs)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor | None, dh_last: Tensor | None, *_):
         if torch.is_grad_enabled():  # create_graph: the saved decays and states would act as constants
             raise RuntimeError("the chunked selective scan's backward is first order: for higher "
                                "derivatives run it inside recallkit.ops.numerics.fixed_paths()")
         x, dt, A, B, C, starts, *kept = ctx.saved_tensors
-        Lc, (Bsz, Lp, Dn), N = ctx.Lc, x.shape, A.shape[0]
+        Lc, (Bsz, Lp, Dn), N = ctx.Lc, x.shape, A.shape[-2]
+        dy = torch.zeros_like(x) if dy is None else dy
+        dh_last = torch.zeros_like(starts[:, 0]) if dh_last is None else dh_last
         nc = Lp // Lc
         decays, states = kept[:Lc], kept[Lc:]  # every position's decay and state, (B, nc, N, Dn) each
         dts, us, Bs, Cs = _per_position(x, dt, B, C, Lc)
@@ -232,4 +264,4 @@ class _ChunkedScan(torch.autograd.Function):
             ddts[i] = torch.mul(g, A, out=tmp).sum(-2)  # (B, nc, Dn)
             g_dt.addcmul_(g, dts[i][..., None, :])
         du, ddt, dB, dC = (torch.stack(t, dim=2).reshape(Bsz, Lp, -1) for t in (dus, ddts, dBs, dCs))
-        return du * dt, torch.addcmul(ddt, du, x), g_dt.sum((0, 1)), dB, dC, dh[:, 0], None
+        return du * dt, torch.addcmul(ddt, du, x), g_dt.sum_to_size(A.shape), dB, dC, dh[:, 0], None
