@@ -251,3 +251,43 @@ def test_ctrl_c_leaves_the_run_in_flight_pending_for_the_next_sweep(tmp_path):
     found = diagnose(tmp_path)
     assert not found.stale and not found.corrupt
     assert [r["status"] for r in run_sweep(configs, tmp_path, quiet=True)] == ["done", "done"]
+
+
+def test_ctrl_c_inside_a_record_leaves_no_half_written_run(tmp_path, monkeypatch):
+    """A Ctrl-C between the run row's update and its evaluation rows (one transaction) undoes the
+    update: the run is pending again, and the next sweep stores it with its evaluations."""
+    config = tiny_run()
+    real_record = Store.record
+
+    class InterruptedInsert:  # the connection, with SIGINT landing in the evaluations' INSERT
+        def __init__(self, db):
+            self.db = db
+
+        def __getattr__(self, name):
+            return getattr(self.db, name)
+
+        def __enter__(self):
+            return self.db.__enter__()
+
+        def __exit__(self, *exception):
+            return self.db.__exit__(*exception)
+
+        def executemany(self, *args):
+            raise KeyboardInterrupt
+
+    def record(store, run_id, outcome):
+        real, store.db = store.db, InterruptedInsert(store.db)
+        try:
+            real_record(store, run_id, outcome)
+        finally:
+            store.db = real
+
+    monkeypatch.setattr(Store, "record", record)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep([config], tmp_path, quiet=True)
+    with Store(tmp_path / "results.sqlite") as store:
+        assert [(r["status"], r["metrics"]) for r in store.rows()] == [("pending", None)]
+    monkeypatch.setattr(Store, "record", real_record)
+    (row,) = run_sweep([config], tmp_path, quiet=True)
+    with Store(tmp_path / "results.sqlite") as store:
+        assert row["status"] == "done" and len(store.evaluations()) == len(row["metrics"]["evals"]) > 0

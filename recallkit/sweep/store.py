@@ -222,6 +222,7 @@ class Store:
 
         Only safe when no sweep is writing: a row left ``running`` then belongs to a killed driver.
         """
+        self.db.rollback()  # a write the interruption cut short must not land with this one
         query = "UPDATE runs SET status = 'pending', updated_at = ? WHERE status = 'running'"
         params: list[Any] = [time.time()]
         if run_ids is not None:
@@ -238,23 +239,24 @@ class Store:
         if outcome["status"] not in STATUSES:
             raise ValueError(f"unknown status {outcome['status']!r}")
         metrics = _finite(outcome.get("metrics"))
-        self.db.execute(
-            "UPDATE runs SET status = ?, metrics = ?, state_size = ?, num_params = ?, wall_time = ?, "
-            "error = ?, updated_at = ? WHERE run_id = ?",
-            (
-                outcome["status"], json.dumps(metrics, allow_nan=False), outcome.get("state_size"),
-                outcome.get("num_params"), outcome.get("wall_time"), outcome.get("error"), time.time(),
-                run_id,
-            ),
-        )
         evals = (metrics or {}).get("evals") or []
-        self.db.execute("DELETE FROM evaluations WHERE run_id = ?", (run_id,))
-        self.db.executemany(
-            "INSERT INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(run_id, i, e["task"], e["seq_len"], e.get("policy"), e.get("budget"), e.get("mode"),
-              e.get("state_size"), e.get("accuracy")) for i, e in enumerate(evals)],
-        )
-        self.db.commit()  # one transaction: the run and its evaluations land together
+        with self.db:  # one transaction: the run and its evaluations land together, or (on any
+            # exception, a Ctrl-C included) neither does
+            self.db.execute(
+                "UPDATE runs SET status = ?, metrics = ?, state_size = ?, num_params = ?, wall_time = ?, "
+                "error = ?, updated_at = ? WHERE run_id = ?",
+                (
+                    outcome["status"], json.dumps(metrics, allow_nan=False), outcome.get("state_size"),
+                    outcome.get("num_params"), outcome.get("wall_time"), outcome.get("error"), time.time(),
+                    run_id,
+                ),
+            )
+            self.db.execute("DELETE FROM evaluations WHERE run_id = ?", (run_id,))
+            self.db.executemany(
+                "INSERT INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(run_id, i, e["task"], e["seq_len"], e.get("policy"), e.get("budget"), e.get("mode"),
+                  e.get("state_size"), e.get("accuracy")) for i, e in enumerate(evals)],
+            )
 
     def evaluations(self) -> list[dict[str, Any]]:
         """Every evaluation row (run_id, idx, task, seq_len, policy, budget, mode, state_size, accuracy)."""
