@@ -45,7 +45,7 @@ def _options(annotation: Any) -> list[Any]:
 def _bool_for_number(annotation: Any, value: Any) -> bool:
     """Whether ``value`` holds a bool where ``annotation`` takes an int or float and no bool."""
     options = _options(annotation)
-    if isinstance(value, bool):
+    if isinstance(value, bool) or str(getattr(value, "dtype", "")) in ("bool", "torch.bool"):  # numpy, torch
         return bool not in options and any(option in (int, float) for option in options)
     if isinstance(value, (list, tuple)):
         items = [arg for option in options if get_origin(option) in (list, tuple)

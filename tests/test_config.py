@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 from pydantic import ValidationError
 
 import recallkit as rk
@@ -42,6 +44,8 @@ def test_run_config_checks_vocab_and_positions():
         (lambda: rk.TrainConfig(batch_size=True), "batch_size"),
         (lambda: rk.TrainConfig(lr=False), "lr"),
         (lambda: rk.TrainConfig(betas=(True, 0.9)), "betas"),
+        (lambda: rk.TrainConfig(batch_size=np.bool_(True)), "batch_size"),  # a grid built with numpy
+        (lambda: rk.TrainConfig(max_steps=torch.tensor(True)), "max_steps"),
         (lambda: rk.ModelConfig(vocab_size=64, mixer=dict(name="mamba", dt_rank=True)), "dt_rank"),
         (lambda: rk.RunConfig(model=dict(vocab_size=64, mixer=dict(name="attention")),
                               task=dict(name="mqar", vocab_size=64, seq_len=32, num_kv_pairs=4),

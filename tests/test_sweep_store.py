@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import sqlite3
 
 import pytest
@@ -59,10 +60,39 @@ def test_non_finite_loss_marks_run_diverged(tmp_path, monkeypatch):
     monkeypatch.setattr(train_module.F, "cross_entropy", lambda *a, **k: torch.tensor(float("nan")))
     rows = run_sweep([tiny_run()], tmp_path, quiet=True)
     assert rows[0]["status"] == "diverged"
-    assert rows[0]["metrics"]["curve"][-1]["loss"] is None  # strict JSON: NaN is stored as null
+    assert math.isnan(rows[0]["metrics"]["curve"][-1]["loss"])  # read back as the run returned it
     with sqlite3.connect(tmp_path / "results.sqlite") as db:  # SQLite's JSON functions read it
         (loss,) = db.execute("SELECT json_extract(metrics, '$.curve[#-1].loss') FROM runs").fetchone()
-    assert loss is None
+    assert loss is None  # strict JSON: NaN is stored as null
+
+
+def test_a_run_without_a_scored_sequence_reads_back_as_nan_and_every_reader_copes(tmp_path):
+    """evaluate() gives NaN accuracy where no sequence has a scored position (a whole test set, or
+    one slice value). Stored as null, it is NaN again for readers: the report's frontier and slice
+    tables build, and halving never takes such a run as its reference."""
+    from recallkit.report import write_report
+    from recallkit.sweep.halving import reference
+
+    nan = float("nan")
+    configs = [tiny_run(lr=lr) for lr in (1e-3, 3e-3, 1e-2)]
+    with Store(tmp_path / "results.sqlite") as store:
+        store.add(configs)
+        for config, accuracy in zip(configs[:2], (nan, 0.5)):
+            scores = {"accuracy": accuracy, "token_accuracy": 0.0, "exact_match": accuracy, "num_examples": 4}
+            slices = {"num_kv_pairs": {"2": scores, "4": {**scores, "accuracy": nan, "num_examples": 0}}}
+            metrics = {**scores, "slices": slices, "steps": 20,
+                       "curve": [{"step": 10, "loss": 1.0, "accuracy": accuracy}],
+                       "evals": [{"task": "mqar", "seq_len": 16, "state_size": 100, **scores,
+                                  "slices": slices}]}
+            store.record(config.run_id, {"status": "done", "metrics": metrics, "state_size": 100,
+                                         "num_params": 9, "wall_time": 1.0})
+        rows = store.rows()
+    first = rows[0]["metrics"]
+    assert math.isnan(first["accuracy"]) and math.isnan(first["evals"][0]["accuracy"])
+    assert rows[1]["metrics"]["slices"]["num_kv_pairs"]["4"]["num_examples"] == 0
+    assert reference(configs[2], rows)["run_id"] == configs[1].run_id
+    png, page = write_report(tmp_path)
+    assert png.exists() and page.exists()
 
 
 def test_corrupt_database_gives_one_clear_error(tmp_path):

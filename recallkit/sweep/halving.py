@@ -13,6 +13,7 @@ of its group, or siblings training beside it) trains in full.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from recallkit.config import AnyRunConfig, RunConfig, run_config
@@ -56,7 +57,8 @@ def reference(config: AnyRunConfig, rows: list[dict[str, Any]]) -> dict[str, Any
     for row in rows:
         metrics = row["metrics"] or {}
         if (row["status"] != "done" or row["run_id"] == config.run_id or "halted" in metrics
-                or "train" not in row["config"] or group_key(row["config"]) != key):
+                or "train" not in row["config"] or group_key(row["config"]) != key
+                or math.isnan(metrics["accuracy"])):  # no scored sequence: nothing to halt against
             continue
         if best is None or metrics["accuracy"] > best["accuracy"]:
             curve = [(c["step"], c["accuracy"]) for c in metrics.get("curve", []) if "accuracy" in c]

@@ -79,6 +79,16 @@ def _finite(value: Any) -> Any:
     return value
 
 
+SCORES = frozenset({"accuracy", "token_accuracy", "exact_match", "loss"})
+"""Metric keys whose null, read back, is NaN: a score that was not a finite number (no scored
+position, a diverged loss), as the run returned it, so that means and comparisons read it as such."""
+
+
+def _scores_as_nan(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``json.loads`` object hook: each null score in ``SCORES`` is NaN again."""
+    return {key: math.nan if value is None and key in SCORES else value for key, value in metrics.items()}
+
+
 def _cannot_write(error: sqlite3.OperationalError) -> bool:
     """Whether SQLite failed for want of write access (not because the file is damaged)."""
     return any(text in str(error) for text in ("readonly", "read-only", "unable to open", "disk I/O error"))
@@ -235,7 +245,8 @@ class Store:
     def record(self, run_id: str, outcome: dict[str, Any]) -> None:
         """Store a run's outcome: status, metrics, state_size, num_params, wall_time, error.
 
-        Metrics are stored as strict JSON: a non-finite number becomes null."""
+        Metrics are stored as strict JSON: a non-finite number becomes null (``rows`` reads a null
+        score back as NaN)."""
         if outcome["status"] not in STATUSES:
             raise ValueError(f"unknown status {outcome['status']!r}")
         metrics = _finite(outcome.get("metrics"))
@@ -273,7 +284,8 @@ class Store:
             row = dict(zip(names, values))
             try:
                 row["config"] = json.loads(row["config"])
-                row["metrics"] = json.loads(row["metrics"]) if row["metrics"] else None
+                metrics = row["metrics"]
+                row["metrics"] = json.loads(metrics, object_hook=_scores_as_nan) if metrics else None
             except json.JSONDecodeError as error:
                 raise RecallkitError(f"{self.path}: run {row['run_id']} has corrupt JSON ({error}); "
                                      f"`recallkit doctor {self.path.parent} --repair` reruns it") from None
