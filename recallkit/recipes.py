@@ -25,7 +25,7 @@ def based(
     Layer ``2i`` is the linear attention, layer ``2i + 1`` the sliding window. That order is
     measured: on MQAR (V=128, T=32, 4 pairs, d=64, feature_dim 8, window 8) the 2-layer
     [window, linear] model was at 0.33 accuracy after 1000 steps while [linear, window] reached 0.99
-    in 600. Its state is constant in the sequence length: ``2 * d_model * window`` for the window's
+    in 600. Its state is constant in the sequence length: ``2 * d_model * (window - 1)`` for the window's
     KV cache plus the Taylor state ``H * (1 + f + f^2) * (d_model / H + 1)`` with
     ``f = feature_dim`` and the conv tails.
 
@@ -70,7 +70,7 @@ def jrt_rnn(
     ``conv_layers`` BaseConv layers (gated short convolutions as layers of their own), cycled over
     the model's layers. The state is constant in the sequence length and, without conv layers,
     equals :func:`based`'s with the same arguments: PLA's decode state is exactly the causal Taylor
-    state ``H * (1 + f + f^2) * (d_model / H + 1)``, plus ``2 * d_model * window`` for the window
+    state ``H * (1 + f + f^2) * (d_model / H + 1)``, plus ``2 * d_model * (window - 1)`` for the window
     and ``d_model * (K - 1)`` per conv tail of K taps.
 
     Args:
@@ -177,8 +177,8 @@ def samba(d_state: int = 16, window: int = 2048, window_heads: int = 1) -> list[
     """Samba (Ren, Liu, Lu, Shen, Liang, Chen 2024, *Samba: simple hybrid state space models for
     efficient unlimited context language modeling*, arXiv 2406.07522): Mamba layers alternating with
     sliding-window attention (window 2048 in the paper, RoPE), each followed by an MLP as every
-    recallkit block is. The state is constant in the sequence length once T >= ``window``: Mamba's
-    ``expand * d_model * (d_state + d_conv - 1)`` plus the window's ``2 * d_model * window``.
+    recallkit block is. The state is constant in the sequence length once T >= ``window - 1``: Mamba's
+    ``expand * d_model * (d_state + d_conv - 1)`` plus the window's ``2 * d_model * (window - 1)``.
 
     Args:
         d_state: Mamba's states per inner channel.

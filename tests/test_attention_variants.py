@@ -64,7 +64,9 @@ def test_sliding_window_sees_exactly_the_last_w_tokens(position):
     mixer, x = attention(window=4, num_heads=2, position=position), x_of()
     assert influence(mixer, x, source=8, target=11)  # 11 - 8 = 3 < 4
     assert not influence(mixer, x, source=7, target=11)  # 11 - 7 = 4: out of the window
-    assert mixer.state_size(12) == 2 * D * 4 and mixer.state_size(3) == 2 * D * 3
+    # between steps the state holds the w - 1 tokens the next query reads besides itself
+    assert mixer.state_size(12) == 2 * D * 3 and mixer.state_size(3) == 2 * D * 3
+    assert mixer.state_size(2) == 2 * D * 2
 
 
 def test_without_window_every_past_token_matters():

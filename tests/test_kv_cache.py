@@ -81,14 +81,31 @@ def test_a_sliding_window_layer_holds_and_counts_only_its_window(mode, tokens):
     state, caches = evicting_state(model, 3, make_policy("h2o"), 4, mode)
     with torch.no_grad():
         for t in range(T):
-            if mode == "prefill" and t == 8:  # 5 of the 8 tokens in reach: the 4 kept are among them
+            if mode == "prefill" and t == 8:  # the next query reads 4 of the 8 tokens: the 4 kept
                 for cache in caches:
                     cache.compress()
-                    assert bool((cache.positions >= 8 - 5).all())
+                    assert bool((cache.positions >= 8 - 4).all())
             _, state = model.step(tokens[:, t], state)
-            if mode == "continuous":  # 4 kept of the 5 in reach after every token
-                assert all(bool((cache.positions > t - 5).all()) for cache in caches)
+            if mode == "continuous":  # the 4 kept after every token are those the next query reads
+                assert all(bool((cache.positions > t - 4).all()) for cache in caches)
             assert sum(cache.numel() for cache in caches) // 3 <= model.state_size(t + 1)
+
+
+@pytest.mark.parametrize("policy", POLICY_CASES, ids=policy_id)
+@pytest.mark.parametrize("mode", ["continuous", "prefill"])
+def test_a_budget_of_the_window_is_the_windowed_model_under_every_policy(policy, mode, tokens):
+    """A window of 5 counts the query: a query reads itself and the 4 tokens before it (the parallel
+    form's mask, 0 <= i - j < w). So 4 tokens are all a windowed layer can use, and every policy at
+    a budget of 4 must give the parallel form's logits and hold only tokens the next query reads."""
+    model = tiny_model({"name": "attention", "num_heads": 2, "window": 5})
+    with torch.no_grad():
+        expected = model(tokens)
+
+    def readable(t, caches):
+        assert all(bool((cache.positions > t - 5 + 1).all()) for cache in caches)
+
+    logits = step_logits(model, tokens, policy, 4, mode, context_len=8, after_step=readable)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_every_registered_policy_has_a_case():

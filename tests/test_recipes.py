@@ -19,8 +19,8 @@ def test_based_state_is_constant_in_length_and_matches_the_formula():
     model = based_model(feature_dim=4, window=8, short_conv=4)
     d, f, w, k = 16, 4, 8, 4
     taylor = (1 + f + f * f) * (d + 1)  # one head: S (F, d_v) and the normaliser column
-    expected = 2 * d * w + taylor + 2 * d * (k - 1)
-    assert model.state_size(8) == model.state_size(1000) == expected
+    expected = 2 * d * (w - 1) + taylor + 2 * d * (k - 1)  # the window: the w - 1 tokens before a query
+    assert model.state_size(7) == model.state_size(1000) == expected
     assert model.state_size(4) < expected  # the window's cache is not full yet
 
 
@@ -59,7 +59,8 @@ def test_jrt_rnn_has_based_state_and_decodes_after_the_prefix():
     d, f, w, k = 16, 4, 5, 3
     assert model.state_size(1000) == (based_model(feature_dim=4, window=5, short_conv=3).state_size(1000)
                                       + d * (k - 1))
-    assert model.state_size(1000) == (1 + f + f * f) * (d + 1) + 2 * d * w + 2 * d * (k - 1) + d * (k - 1)
+    window = 2 * d * (w - 1)
+    assert model.state_size(1000) == (1 + f + f * f) * (d + 1) + window + 2 * d * (k - 1) + d * (k - 1)
     assert_prefill_then_steps_match_the_parallel_form(model, prefix_len=torch.tensor([7, 11]))
 
 
@@ -101,8 +102,8 @@ def test_samba_alternates_mamba_and_a_sliding_window_with_constant_state():
     model = recipe_model(samba(d_state=4, window=5))
     assert [m.name for m in model.config.layer_mixers] == ["mamba", "attention"]
     d, expand, conv = 16, 2, 4
-    expected = expand * d * (4 + conv - 1) + 2 * d * 5
-    assert model.state_size(5) == model.state_size(1000) == expected
+    expected = expand * d * (4 + conv - 1) + 2 * d * (5 - 1)
+    assert model.state_size(4) == model.state_size(1000) == expected
     assert_prefill_then_steps_match_the_parallel_form(model)  # T=23: past the window
 
 

@@ -3,13 +3,15 @@
 State update: the KV cache grows by one row per token, K_t = [K_{t-1}; k_t], V_t = [V_{t-1}; v_t],
 and y_t = softmax(q_t K_t^T / sqrt(d_h) + b_t) V_t. Grouped-query attention (Ainslie et al. 2023)
 shares each of H_kv key/value heads among H / H_kv query heads (H_kv = 1 is MQA, Shazeer 2019).
-A sliding window w keeps only the last w rows (Mistral's rolling cache). The state is any cache of
+A sliding window w (the query and the w - 1 tokens before it) keeps only the last w - 1 rows between
+steps, as transformers' sliding-window caches do: the token w back is masked from the next query
+on, so holding it would cost memory no query reads. The state is any cache of
 the protocol in ``recallkit.kv.protocol``: the plain one here, or an evicting ``recallkit.kv.KVCache``
 that ``init_state(..., cache=...)`` builds instead (given the window as its ``reach``, so it never
 holds or counts a token the window masks).
 Positions: ``nope`` (none), ``rope`` (rotary q and k), ``alibi`` (b = -m_h (t - j)) and ``hard_alibi``
 (some heads see only their last h + 1 tokens, the rest NoPE; see ``recallkit.ops.position_bias``).
-The state after T tokens holds 2 * H_kv * d_h * min(w, T) numbers per layer.
+The state after T tokens holds 2 * H_kv * d_h * min(w - 1, T) numbers per layer.
 """
 
 from __future__ import annotations
@@ -80,12 +82,13 @@ class AttentionConfig(MixerConfig):
 @dataclass
 class AttentionState:
     """The plain KV cache of one layer (the :mod:`recallkit.kv.protocol` cache that never evicts
-    by policy): the last min(window, seen) keys, rotated at their positions, and values."""
+    by policy): the last min(window - 1, seen) keys, rotated at their positions, and values: the
+    tokens the next query can read besides itself (a window counts the query)."""
 
     key: Tensor  # (B, H_kv, S, d_h)
     value: Tensor  # (B, H_kv, S, d_h)
     seen: int  # tokens processed so far (not state: a position counter)
-    window: int | None = None  # keep only the last ``window`` tokens (Mistral's rolling cache)
+    window: int | None = None  # keep only the last ``window - 1`` tokens
 
     needs_attention: ClassVar[bool] = False
     stepwise: ClassVar[bool] = False
@@ -103,9 +106,10 @@ class AttentionState:
         return AttentionState(key, value, self.seen + key.shape[2] - self.key.shape[2], self.window)
 
     def observe(self, attention: Tensor | None) -> AttentionState:
-        if self.window is None or self.key.shape[2] <= self.window:
+        if self.window is None or self.key.shape[2] < self.window:
             return self
-        key, value = self.key[:, :, -self.window :], self.value[:, :, -self.window :]
+        start = self.key.shape[2] - (self.window - 1)  # the oldest key the next query reads
+        key, value = self.key[:, :, start:], self.value[:, :, start:]
         return AttentionState(key, value, self.seen, self.window)
 
 
@@ -135,7 +139,7 @@ class Attention(Mixer):
         if cache is not None:
             kv = cache(self._rotate if self.config.position == "rope" else None)
             if isinstance(kv, KVCache):  # hold the window's tokens at most, as the plain state does
-                kv.reach = self.config.window
+                kv.reach = None if self.config.window is None else self.config.window - 1
             return kv
         empty = torch.zeros(batch_size, self.num_kv_heads, 0, self.head_dim, device=device, dtype=dtype)
         return AttentionState(empty, empty.clone(), 0, self.config.window)
@@ -196,5 +200,5 @@ class Attention(Mixer):
         return 2 * self.num_kv_heads * self.head_dim
 
     def state_size(self, seq_len: int) -> int:
-        held = seq_len if self.config.window is None else min(self.config.window, seq_len)
+        held = seq_len if self.config.window is None else min(self.config.window - 1, seq_len)
         return self.kv_numbers_per_token() * held
