@@ -108,6 +108,20 @@ def test_a_budget_of_the_window_is_the_windowed_model_under_every_policy(policy,
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("policy", POLICY_CASES, ids=policy_id)
+@pytest.mark.parametrize("mode", ["continuous", "prefill"])
+def test_every_policy_runs_a_bfloat16_model_with_float32_statistics(policy, mode, tokens):
+    model = tiny_model(ATTENTION).to(torch.bfloat16)
+    seen = []
+    logits = step_logits(model, tokens, policy, 6, mode, context_len=8,
+                         after_step=lambda t, caches: seen.extend(caches))
+    assert logits.dtype == torch.bfloat16 and logits.isfinite().all()
+    for cache in seen:
+        assert cache.key.dtype == torch.bfloat16
+        assert all(t.dtype == torch.float32 for t in (cache.accumulated, cache.last) + (
+            () if cache.recent is None else (cache.recent,)))
+
+
 def test_every_registered_policy_has_a_case():
     assert {p if isinstance(p, str) else p["name"] for p in POLICY_CASES} == set(rk.POLICIES)
 

@@ -148,6 +148,7 @@ class KVCache:
         T = num_queries
         if self.stepwise and T != 1:
             raise ValueError(f"a continuous evicting cache reads one token at a time, got a block of {T}")
+        total, tail = total.float(), tail.float()  # the statistics are float32 at any model dtype
         self.accumulated = self.accumulated + total
         self.last = owned(tail[:, :, -1])  # not all T x S of a prefill's attention
         if self.recent is not None:
