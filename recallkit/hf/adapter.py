@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from recallkit.base_config import StrictModel
 from recallkit.errors import RecallkitError
-from recallkit.hf.cache_state import expected_state_size
+from recallkit.hf.cache_state import compact_cache, expected_state_size
 from recallkit.hf.evicting import attention_layers, cached_forward, evicting_cache
 from recallkit.kv.protocol import CacheFactory
 
@@ -132,6 +132,8 @@ class HFModel(nn.Module):
                 stepped.append(logits)
             return torch.stack(stepped, dim=1), state
         logits, cache = cached_forward(self.model, input_ids, state.cache)
+        if input_ids.shape[1] > 1:  # a block's sliding-window keys: views into all of the block's
+            compact_cache(cache)
         position = state.position + input_ids.shape[1]
         cache.recallkit_position = position  # what the cache has read, whichever HFState points to it
         return logits, HFState(cache, position)

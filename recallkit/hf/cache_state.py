@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from recallkit.errors import RecallkitError
+from recallkit.ops.numerics import owned
 
 RECURRENT_KINDS = ("mamba_ssm", "gdn_recurrent")  # kept in float32 by transformers even for bf16 models
 _ATTENTION_TYPES = ("full_attention", "sliding_attention", "chunked_attention")
@@ -64,15 +65,27 @@ def cache_numel(cache) -> int:
     return sum(cache_numel_parts(cache).values())
 
 
+def layer_tensors(layer) -> list[tuple[str, torch.Tensor]]:
+    """(name, tensor) of every tensor a transformers cache layer holds."""
+    found = [(name, getattr(layer, name, None)) for name in ("keys", "values", "indexer_keys")]
+    for name in ("conv_states", "recurrent_states"):
+        found += [(f"{name}[{key}]", t) for key, t in (getattr(layer, name, None) or {}).items()]
+    return [(name, t) for name, t in found if isinstance(t, torch.Tensor)]
+
+
+def compact_cache(cache) -> None:
+    """Every layer's keys and values own their storage: a transformers sliding-window layer keeps a
+    slice of the whole block's keys after a prefill, which keeps all T of them alive for w - 1."""
+    for layer in getattr(cache, "layers", ()):
+        for name in ("keys", "values", "indexer_keys"):
+            tensor = getattr(layer, name, None)
+            if isinstance(tensor, torch.Tensor):
+                setattr(layer, name, owned(tensor))
+
+
 def cache_bytes(cache) -> int:
     """Bytes held per sequence by a transformers ``Cache``, each tensor at its own dtype."""
-    total = 0
-    for layer in cache.layers:
-        tensors = [getattr(layer, name, None) for name in ("keys", "values", "indexer_keys")]
-        for name in ("conv_states", "recurrent_states"):
-            tensors += list((getattr(layer, name, None) or {}).values())
-        total += sum(_per_batch(t) * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
-    return total
+    return sum(_per_batch(t) * t.element_size() for layer in cache.layers for _, t in layer_tensors(layer))
 
 
 def _layer_types(config) -> list[str]:
