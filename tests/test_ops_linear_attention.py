@@ -160,6 +160,53 @@ def test_short_conv_written_backward_equals_the_token_loop_and_passes_gradgradch
         torch.autograd.gradgradcheck(form, leaves)
 
 
+@pytest.mark.parametrize("shared", [(), ("w",), ("x", "tail")])
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_short_convs_keep_the_written_backward_and_their_own_gradients(shared, bias):
+    """Under vmap over members (packing: fixed_paths(first_order=True)) the conv keeps its written
+    backward (its vmap rule: members folded into the batch, a filter per sequence), and each member's
+    gradients equal the token loop's on that member alone; an input without a member axis gets the
+    sum of the members' gradients."""
+    from recallkit.ops.numerics import fixed_paths
+    from recallkit.ops.short_conv import short_conv, short_conv_recurrent
+
+    g = torch.Generator().manual_seed(5)
+    names = ("x", "w", "b", "tail") if bias else ("x", "w", "tail")
+    shapes = {"x": (2, 7, 3), "w": (3, 4), "b": (3,), "tail": (2, 3, 3)}
+    members = [{n: torch.randn(*shapes[n], generator=g, dtype=torch.float64) for n in names}
+               for _ in range(3)]
+    packed = {n: (members[0][n] if n in shared else torch.stack([m[n] for m in members])).requires_grad_()
+              for n in names}
+    batched = [n for n in names if n not in shared]
+
+    def loss(*args):
+        t = dict(zip(batched, args), **{n: packed[n] for n in shared})
+        y, new_tail = short_conv(t["x"], t["w"], t.get("b"), state=t["tail"])
+        return y.sin().sum() + new_tail.square().sum(), y
+
+    with fixed_paths(first_order=True):
+        losses, y = torch.func.vmap(loss)(*(packed[n] for n in batched))
+    nodes, stack = set(), [y.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in nodes:
+            nodes.add(node)
+            stack.extend(n for n, _ in node.next_functions)
+    assert any("ShortConv" in node.name() for node in nodes)
+    losses.sum().backward()
+    for n in names:
+        alone = []
+        for m in members:
+            leaves = {k: (packed[k] if k in shared else v).detach().clone().requires_grad_()
+                      for k, v in m.items()}
+            y, new_tail = short_conv_recurrent(leaves["x"], leaves["w"], leaves.get("b"),
+                                               state=leaves["tail"])
+            (y.sin().sum() + new_tail.square().sum()).backward()
+            alone.append(leaves[n].grad)
+        expected = sum(alone) if n in shared else torch.stack(alone)
+        torch.testing.assert_close(packed[n].grad, expected, atol=1e-10, rtol=1e-10, msg=n)
+
+
 def test_short_conv_paths_agree_on_dtype_and_save_only_what_their_gradients_need():
     """The written backward's path promotes like the others (bf16 inputs, float32 bias), and with a
     frozen filter it keeps no inputs: the returned tail may be edited before backward."""
