@@ -5,8 +5,11 @@ Every parameter and buffer of the K members is stacked on a leading member axis
 ``torch.func.vmap`` over that axis, with each member on its own batch. The members stay
 independent: member k's loss and its gradient (in row k of each stacked parameter's ``.grad``) are
 those of the same model run alone, which ``tests/test_packing.py`` checks for every mixer case.
-Kernels run in :func:`recallkit.ops.numerics.fixed_paths`, since vmap cannot branch on values;
-with ``first_order=True``, so that the selective scan keeps its written adjoint (its vmap rule).
+Kernels run in ``ops.numerics.fixed_paths(first_order=True)``: vmap cannot branch on values, and the
+trainers take first derivatives alone. There the vector-gate kernels (GLA, GSA, KDA, RWKV-7) run as
+one call on the members' sequences folded into one batch, outside vmap, with the paths they pick
+unpacked (``ops.member_fold``), and the selective scan and the short conv keep their written
+backwards through their own vmap rules.
 
 What packing buys is measured per mixer by ``recallkit bench`` (``packed_speedup``). On a 2-core
 CPU at sweep sizes it buys little (median 0.98x over the mixers at d=64, 0.22x-1.83x): vmap turns K

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recallkit.ops.member_fold import folds_members
 from recallkit.ops.numerics import compute_dtype, masked_exp, paths_fixed
 from recallkit.ops.segments import chunk_length, in_segments, segment_length
 
@@ -222,6 +223,7 @@ def _shared_keys_matmul(a: Tensor, b: Tensor) -> Tensor:
     return folded.reshape(*lead, S, M, b.shape[-1]).movedim(-3, 0)
 
 
+@folds_members
 def gated_linear_attention_chunked(
     q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, state: Tensor | None = None, chunk_size: int = 64,
     sub_chunk_size: int = 8,

@@ -29,6 +29,7 @@ from torch import Tensor
 
 import recallkit.ops.gated_linear_attention as gla
 from recallkit.ops.gated_linear_attention import _sub_chunk_for, gated_linear_attention_chunked
+from recallkit.ops.member_fold import folds_members
 from recallkit.ops.numerics import compute_dtype, masked_exp, paths_fixed
 from recallkit.ops.segments import chunk_length, in_segments, segment_length
 
@@ -183,6 +184,7 @@ def gsa_slot_scores_chunked(
     return z.reshape(B, H, N * C, M)[:, :, :T], Ks
 
 
+@folds_members
 def gsa_chunked(
     q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, state: GSAState | None = None, chunk_size: int = 64,
     sub_chunk_size: int = 8,

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recallkit.ops.gated_linear_attention import _sub_chunk_for, _VectorGateScores
+from recallkit.ops.member_fold import folds_members
 from recallkit.ops.numerics import compute_dtype
 from recallkit.ops.segments import chunk_length, in_segments, segment_length
 
@@ -74,6 +75,7 @@ def kda_recurrent(
     return y.to(v.dtype), S
 
 
+@folds_members
 def kda_chunked(
     q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor, *, state: Tensor | None = None,
     chunk_size: int = 32, sub_chunk_size: int = 8,

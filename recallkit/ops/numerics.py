@@ -67,3 +67,20 @@ def adjoints_allowed() -> bool:
     """Whether a kernel whose written backward has a vmap rule may use it: outside
     :func:`fixed_paths`, or inside it with ``first_order``."""
     return not _FIXED_PATHS.get() or _FIRST_ORDER.get()
+
+
+def first_order_only() -> bool:
+    """True inside ``fixed_paths(first_order=True)`` (packed training)."""
+    return _FIXED_PATHS.get() and _FIRST_ORDER.get()
+
+
+@contextlib.contextmanager
+def free_paths() -> Iterator[None]:
+    """Leave :func:`fixed_paths` for a block that runs outside any torch.func transform (a kernel
+    called by ``ops.member_fold`` on plain tensors): kernels pick their paths from values again."""
+    tokens = _FIXED_PATHS.set(False), _FIRST_ORDER.set(False)
+    try:
+        yield
+    finally:
+        _FIRST_ORDER.reset(tokens[1])
+        _FIXED_PATHS.reset(tokens[0])
