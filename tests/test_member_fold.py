@@ -139,3 +139,13 @@ def test_inputs_that_are_not_batch_first_are_refused():
 
     with fixed_paths(first_order=True), pytest.raises(ValueError, match="batch-first"):
         torch.func.vmap(kernel)(torch.randn(K, B, 5), torch.randn(K, 7, 5))
+
+
+def test_an_argument_it_cannot_fold_is_refused_not_passed_through():
+    """A state object it does not know (a dataclass of tensors, say) would keep the folded batch."""
+    @folds_members
+    def kernel(x: torch.Tensor, *, state: object) -> torch.Tensor:
+        return x
+
+    with fixed_paths(first_order=True), pytest.raises(TypeError, match="tensors and plain options"):
+        torch.func.vmap(lambda x: kernel(x, state=object()))(torch.randn(K, B, 5))

@@ -120,4 +120,6 @@ def _flatten(tree: Any) -> tuple[list, Callable[[list], Any]]:
             return type(tree)(*built) if hasattr(tree, "_fields") else type(tree)(built)
 
         return [t for flat, _ in parts for t in flat], rebuild
-    return [], lambda flat: tree  # a constant option (a chunk size, a string)
+    if not isinstance(tree, (bool, int, float, str, torch.dtype)):
+        raise TypeError(f"a member-folded kernel takes tensors and plain options, not {type(tree).__name__}")
+    return [], lambda flat: tree  # a constant option (a chunk size, a flag)
