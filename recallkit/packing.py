@@ -12,7 +12,7 @@ unpacked (``ops.member_fold``), and the selective scan and the short conv keep t
 backwards through their own vmap rules.
 
 What packing buys is measured per mixer by ``recallkit bench`` (``packed_speedup``). On a 2-core
-CPU at sweep sizes it buys little (median 0.98x over the mixers at d=64, 0.22x-1.83x): vmap turns K
+CPU at sweep sizes it buys little (median 1.02-1.05x over the mixers at d=64, 0.65x-1.37x): vmap turns K
 small ops into one K-times larger op, and a d=64 model's step is bound by memory traffic rather than
 by per-op overhead (docs/results.md), so sweeps pack only when asked
 (:mod:`recallkit.packed_training`, ``recallkit run --pack``).
