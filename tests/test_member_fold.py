@@ -53,14 +53,18 @@ def _loss(outputs) -> torch.Tensor:
     return sum((t.sin() * (i + 1)).sum() for i, t in enumerate(_flat(outputs)))
 
 
-def _graph_names(tensor: torch.Tensor) -> set[str]:
+def _graph_nodes(tensor: torch.Tensor) -> set:
     seen, stack = set(), [tensor.grad_fn]
     while stack:
         node = stack.pop()
         if node is not None and node not in seen:
             seen.add(node)
             stack.extend(n for n, _ in node.next_functions)
-    return {node.name() for node in seen}
+    return seen
+
+
+def _graph_names(tensor: torch.Tensor) -> set[str]:
+    return {node.name() for node in _graph_nodes(tensor)}
 
 
 def _leaves(tree) -> list[torch.Tensor]:
@@ -149,3 +153,28 @@ def test_an_argument_it_cannot_fold_is_refused_not_passed_through():
 
     with fixed_paths(first_order=True), pytest.raises(TypeError, match="tensors and plain options"):
         torch.func.vmap(lambda x: kernel(x, state=object()))(torch.randn(K, B, 5))
+
+
+def test_the_kernels_graph_lives_as_long_as_the_packed_graph():
+    """Its tensors are released with the outer graph's saved tensors (not held by the autograd node
+    after backward: a packed trainer keeps last step's graph while it builds the next), and kept by
+    ``retain_graph=True`` for a second backward."""
+    x = torch.randn(K, B, 2, T, D, dtype=torch.float64, requires_grad=True)
+    decay = -F.softplus(torch.randn(K, B, 2, T, D, dtype=torch.float64))
+
+    def loss():
+        with fixed_paths(first_order=True):
+            y, _ = torch.func.vmap(lambda a, g: ops.gated_linear_attention_chunked(a, a, a, g, chunk_size=4))(
+                x, decay)
+        return y.square().sum()
+
+    first = loss()
+    first.backward(retain_graph=True)
+    once = x.grad.clone()
+    first.backward()
+    torch.testing.assert_close(x.grad, 2 * once)
+    second = loss()
+    node = next(n for n in _graph_nodes(second) if "_FoldedBackward" in n.name())
+    second.backward()
+    with pytest.raises(RuntimeError, match="freed"):
+        node.saved_tensors  # noqa: B018 (reading it is the check)

@@ -66,8 +66,10 @@ class _Folded(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs: tuple, output: tuple) -> None:
         call = inputs[0]
-        ctx.leaves, ctx.outputs = call.graph
+        leaves, outputs = call.graph
         call.graph = None
+        ctx.num_leaves = len(leaves)  # saved, not attributes: released with the outer graph's saved tensors
+        ctx.save_for_backward(*leaves, *outputs)
 
     @staticmethod
     def vmap(info, in_dims: tuple, call: _Call, *tensors: Tensor | None):
@@ -89,12 +91,15 @@ class _Folded(torch.autograd.Function):
     def backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
         if torch.is_grad_enabled():  # create_graph: the recorded graph would give first derivatives only
             raise RuntimeError("a member-folded kernel's backward is first order (packed training)")
-        pairs = [(o, g) for o, g in zip(ctx.outputs, grads) if g is not None and o.requires_grad]
-        wanted = [i for i, leaf in enumerate(ctx.leaves)
+        saved = ctx.saved_tensors
+        leaves, outputs = saved[:ctx.num_leaves], saved[ctx.num_leaves:]
+        pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None and o.requires_grad]
+        wanted = [i for i, leaf in enumerate(leaves)
                   if leaf is not None and leaf.requires_grad and ctx.needs_input_grad[1 + i]]
-        found = torch.autograd.grad([o for o, _ in pairs], [ctx.leaves[i] for i in wanted],
-                                    [g for _, g in pairs], allow_unused=True) if pairs and wanted else ()
-        result: list[Tensor | None] = [None] * len(ctx.leaves)
+        found = torch.autograd.grad([o for o, _ in pairs], [leaves[i] for i in wanted],
+                                    [g for _, g in pairs], allow_unused=True,
+                                    retain_graph=True) if pairs and wanted else ()
+        result: list[Tensor | None] = [None] * len(leaves)
         for i, grad in zip(wanted, found):
             result[i] = grad
         return None, *result
