@@ -1,13 +1,17 @@
 """The model contract, checked on any model: recallkit's own or a pretrained one through its adapter.
 
 Cached or chunked inference silently differing from the full forward is the bug users of recurrent
-and KV-cached models report most. :func:`check_model` runs, on random tokens:
+and KV-cached models report most. :func:`check_model` runs, on random tokens (a prefix-aware model
+with a prefix of random length per sequence, read whole by the first prefill):
 
-    prefill        prefill(x) logits == forward(x)
-    step loop      prefill(x[:, :1]) then step(x_t) for t >= 1 == forward(x)
-    split s        prefill(x[:, :s]) then prefill(x[:, s:]) from that state == forward(x), several s
-    batch          each row's forward alone == its row in the batch
-    state size     state_size(T) == the numbers the real state holds per sequence after T tokens
+    prefill          prefill(x) logits == forward(x)
+    step loop        prefill(x[:, :P]) then step(x_t) for t >= P == forward(x) (P = 1, or the prefix)
+    split s          prefill(x[:, :s]) then prefill(x[:, s:]) from that state == forward(x), several s
+    steps after s    prefill(x[:, :s]) then step(x_t) for t >= s == forward(x), the same s
+    causality        changing x[:, t + 1:] leaves forward(x)[:, :t + 1] unchanged, several t
+    batch            each row's forward alone == its row in the batch
+    state size       state_size(T) == the numbers the real state holds per sequence after T tokens,
+                     read by prefill, by the step loop and by every resumed split
 
 each with its max abs difference against a tolerance scaled to the logits' magnitude.
 """
@@ -51,7 +55,11 @@ def held_numbers(state: Any, batch_size: int) -> int:
         from recallkit.hf.cache_state import cache_numel
 
         return cache_numel(cache)
-    return state_numel(state.layers) // batch_size
+    numel = state_numel(state.layers)
+    if numel % batch_size:
+        raise ValueError(f"the state holds {numel} numbers for {batch_size} sequences: some of it is "
+                         "not per sequence (every state tensor must be batch-first)")
+    return numel // batch_size
 
 
 def _positions(model: Any) -> int | None:
@@ -86,31 +94,61 @@ def check_model(model: Any, *, length: int = 24, batch_size: int = 3, seed: int 
     was_training = model.training
     model.eval()
     try:
-        device = model.embed.weight.device
+        generator = torch.Generator().manual_seed(seed)
         high = vocab or model.embed.weight.shape[0]
-        tokens = torch.randint(0, high, (batch_size, length), generator=torch.Generator().manual_seed(seed))
-        tokens = tokens.to(device)
-        full = model(tokens)
+        tokens = torch.randint(0, high, (batch_size, length), generator=generator)
+        tokens = tokens.to(model.embed.weight.device)
+        prefix = None
+        if getattr(model, "prefix_aware", False):  # a prefix of 2 .. T / 2 tokens per sequence
+            prefix = torch.randint(2, length // 2 + 1, (batch_size,), generator=generator).to(tokens.device)
+        first = 1 if prefix is None else int(prefix.max())  # the first prefill reads the whole prefix
+        full = model(tokens, prefix)
         tolerance = rtol * max(1.0, full.abs().max().item())
-        checks = []
-        logits, state = model.prefill(tokens)
-        checks.append(Check("prefill", _diff(logits, full), tolerance))
-        checks.append(Check("state size", abs(model.state_size(length) - held_numbers(state, batch_size)), 0))
-        logits, state = model.prefill(tokens[:, :1])
-        stepped = [logits[:, -1]]
-        for t in range(1, length):
-            step_logits, state = model.step(tokens[:, t], state)
-            stepped.append(step_logits)
-        checks.append(Check("step loop", _diff(torch.stack(stepped, 1), full), tolerance))
-        for split in sorted({1, length // 3, length // 2, length - 1}):
-            head, state = model.prefill(tokens[:, :split])
-            tail, _ = model.prefill(tokens[:, split:], state=state)
+        expected_state = model.state_size(length)
+        held: list[int] = []
+
+        def steps_from(start: int) -> Tensor:
+            """prefill(x[:, :start]) then step(x_t) for the rest: the logits (B, T, V)."""
+            logits, state = model.prefill(tokens[:, :start], prefix)
+            stepped = list(logits.unbind(1))
+            for t in range(start, length):
+                step_logits, state = model.step(tokens[:, t], state)
+                stepped.append(step_logits)
+            held.append(held_numbers(state, batch_size))
+            return torch.stack(stepped, 1)
+
+        logits, state = model.prefill(tokens, prefix)
+        checks = [Check("prefill", _diff(logits, full), tolerance)]
+        held.append(held_numbers(state, batch_size))
+        checks.append(Check("step loop", _diff(steps_from(first), full), tolerance))
+        for split in sorted({max(first, s) for s in (1, length // 3, length // 2, length - 1)}):
+            head, state = model.prefill(tokens[:, :split], prefix)
+            tail, state = model.prefill(tokens[:, split:], state=state)
+            held.append(held_numbers(state, batch_size))
             checks.append(Check(f"split at {split}", _diff(torch.cat([head, tail], 1), full), tolerance))
-        alone = torch.cat([model(tokens[i : i + 1]) for i in range(batch_size)])
+            checks.append(Check(f"steps after {split}", _diff(steps_from(split), full), tolerance))
+        checks.append(_causality(model, tokens, prefix, full, high, generator, tolerance))
+        alone = torch.cat([model(tokens[i : i + 1], None if prefix is None else prefix[i : i + 1])
+                           for i in range(batch_size)])
         checks.append(Check("batch independence", _diff(alone, full), tolerance))
+        checks.append(Check("state size", max(abs(expected_state - n) for n in held), 0))
         return checks
     finally:
         model.train(was_training)
+
+
+def _causality(model: Any, tokens: Tensor, prefix: Tensor | None, full: Tensor, high: int,
+               generator: torch.Generator, tolerance: float) -> Check:
+    """Other tokens after t change no logit up to t, for several t; a prefix-aware model's prefix
+    positions read the whole prefix, so t starts at the prefix's last token."""
+    length = tokens.shape[1]
+    first = 0 if prefix is None else int(prefix.max()) - 1
+    worst = 0.0
+    for t in sorted({first, (first + length - 1) // 2, length - 2}):
+        changed = tokens.clone()
+        changed[:, t + 1 :] = torch.randint(0, high, changed[:, t + 1 :].shape, generator=generator)
+        worst = max(worst, _diff(model(changed, prefix)[:, : t + 1], full[:, : t + 1]))
+    return Check("causality", worst, tolerance)
 
 
 def models_to_check(source: str, seed: int = 0) -> list[tuple[str, Any]]:

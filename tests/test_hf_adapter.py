@@ -132,7 +132,8 @@ def test_check_model_on_a_results_directory(tmp_path):
     result = runner.invoke(app, ["check-model", str(out)])
     assert result.exit_code == 0, result.output + result.stderr
     names = _check_lines(result.stdout)
-    assert len(names) >= 7 and names[:3] == ["prefill", "state size", "step loop"]
+    assert len(names) >= 9 and names[:2] == ["prefill", "step loop"]
+    assert {"causality", "state size"} <= set(names) and any(n.startswith("steps after") for n in names)
     assert all(line.lstrip().startswith("ok") for line in result.stdout.splitlines()[1:])
     assert _snapshot(out) == before
 
