@@ -15,13 +15,15 @@ from recallkit.tasks.base import IGNORE_INDEX, Batch
 
 def _accuracies(correct: Tensor, scored: Tensor) -> dict[str, float]:
     """correct, scored: (N, T) bool. Sequences without a scored position are left out; ``exact_match``
-    is the fraction of sequences with every scored position right (string-level accuracy)."""
+    is the fraction of sequences with every scored position right (string-level accuracy). With no
+    scored position at all every score is NaN (not 0: nothing was measured)."""
     per_sequence_total = scored.sum(1)
     has_labels = per_sequence_total > 0
     per_sequence = (correct & scored).sum(1)[has_labels] / per_sequence_total[has_labels]
     return {
         "accuracy": per_sequence.float().mean().item() if has_labels.any() else float("nan"),
-        "token_accuracy": ((correct & scored).sum() / scored.sum().clamp(min=1)).item(),
+        "token_accuracy": ((correct & scored).sum() / scored.sum()).item()
+        if has_labels.any() else float("nan"),
         "exact_match": (((correct | ~scored).all(1))[has_labels]).float().mean().item()
         if has_labels.any() else float("nan"),
         "num_examples": int(has_labels.sum()),

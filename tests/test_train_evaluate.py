@@ -95,6 +95,14 @@ def test_per_sequence_and_token_pooled_accuracy_differ_as_defined():
     assert not math.isnan(metrics["accuracy"])
 
 
+def test_with_nothing_scored_every_score_is_nan_not_zero():
+    labels = torch.full((2, 6), -100)
+    batch = Batch(torch.zeros(2, 6, dtype=torch.long), labels, torch.zeros(2, dtype=torch.long))
+    metrics = evaluate(Oracle(batch, {}), batch)
+    assert all(math.isnan(metrics[k]) for k in ("accuracy", "token_accuracy", "exact_match"))
+    assert metrics["num_examples"] == 0
+
+
 def test_every_eval_task_is_scored_with_the_state_size_at_its_length():
     task = dict(name="mqar", vocab_size=32, seq_len=16, num_kv_pairs=2)
     config = rk.RunConfig(
