@@ -47,3 +47,14 @@ def assert_chunked_gradients_match_loop(
         for a, b in zip(grads[0], other, strict=True):
             torch.testing.assert_close(b, a, atol=atol, rtol=rtol,
                                        msg=lambda m, c=chunk_size: f"chunk_size {c}: {m}")
+
+
+def graph_names(tensor: Tensor) -> set[str]:
+    """The names of every autograd node that ``tensor``'s gradient would pass through."""
+    seen, stack = set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack.extend(n for n, _ in node.next_functions)
+    return {node.name() for node in seen}

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from recallkit import ops
+from tests.kernel_checks import graph_names
 
 
 def inputs(B=2, L=23, Dn=5, N=3, seed=0, dtype=torch.float64, dt_scale=1.0):
@@ -130,16 +131,6 @@ def test_training_takes_the_adjoint_and_fixed_paths_the_autograd_steps():
         torch.testing.assert_close(a, b)
 
 
-def _graph_names(tensor: torch.Tensor) -> set[str]:
-    seen, stack = set(), [tensor.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is not None and node not in seen:
-            seen.add(node)
-            stack.extend(n for n, _ in node.next_functions)
-    return {node.name() for node in seen}
-
-
 @pytest.mark.parametrize("shared", [(), ("A",), ("A", "x", "state")])
 def test_packed_members_keep_the_adjoint_and_their_own_gradients(shared):
     """Under vmap over members (packed training: fixed_paths(first_order=True)) the scan keeps its
@@ -163,7 +154,7 @@ def test_packed_members_keep_the_adjoint_and_their_own_gradients(shared):
 
     with fixed_paths(first_order=True):
         losses, y = torch.func.vmap(loss)(*(packed[n] for n in batched))
-    assert "_ChunkedScanBackward" in _graph_names(y)
+    assert "_ChunkedScanBackward" in graph_names(y)
     losses.sum().backward()
     reference = {n: torch.zeros_like(t) for n, t in packed.items()}
     for k, member in enumerate(members):

@@ -50,12 +50,8 @@ def fixed_paths(*, first_order: bool = False) -> Iterator[None]:
     leave it to autograd here (which then gives higher derivatives), unless ``first_order``: the
     caller takes first derivatives by reverse mode alone (packed training), and a written backward
     that carries a vmap rule is kept."""
-    tokens = _FIXED_PATHS.set(True), _FIRST_ORDER.set(first_order)
-    try:
+    with _paths(fixed=True, first_order=first_order):
         yield
-    finally:
-        _FIRST_ORDER.reset(tokens[1])
-        _FIXED_PATHS.reset(tokens[0])
 
 
 def paths_fixed() -> bool:
@@ -78,7 +74,13 @@ def first_order_only() -> bool:
 def free_paths() -> Iterator[None]:
     """Leave :func:`fixed_paths` for a block that runs outside any torch.func transform (a kernel
     called by ``ops.member_fold`` on plain tensors): kernels pick their paths from values again."""
-    tokens = _FIXED_PATHS.set(False), _FIRST_ORDER.set(False)
+    with _paths(fixed=False, first_order=False):
+        yield
+
+
+@contextlib.contextmanager
+def _paths(*, fixed: bool, first_order: bool) -> Iterator[None]:
+    tokens = _FIXED_PATHS.set(fixed), _FIRST_ORDER.set(first_order)
     try:
         yield
     finally:
