@@ -328,6 +328,24 @@ def test_dense_point_tags_do_not_overlap():
     plt.close(fig)
 
 
+def test_a_tag_at_the_side_of_a_panel_is_drawn_inside_it():
+    import matplotlib.pyplot as plt
+
+    from recallkit.report.frontier import _place_tags
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.8))
+    ax.set_xscale("log")
+    ax.set_xlim(1e3, 1e5)
+    ax.set_ylim(-0.03, 1.05)
+    _place_tags(ax, [(9.5e4, 0.99, "d_model=128", "C0"), (1.05e3, 0.01, "d_model=64", "C1")])
+    renderer = fig.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert len(boxes) == 2
+    assert all(inside.x0 <= b.x0 and b.x1 <= inside.x1 for b in boxes)
+    plt.close(fig)
+
+
 def test_read_twice_runs_share_the_panel_of_the_task_they_read():
     from recallkit.tasks import read_twice
 

@@ -114,17 +114,19 @@ TAG_OFFSETS = [(dx, dy) for dy in (-10, 4, -20, 14, -30, 24, -40, 34) for dx in 
 
 
 def _place_tags(ax: plt.Axes, tags: list[Tag]) -> None:
-    """Annotate each point with its tag at the first offset whose text box overlaps no tag placed
-    before it, so a dense family stays readable; a tag with no free offset is left out (the HTML
-    report's hover names every point)."""
+    """Annotate each point with its tag at the first offset whose text box lies between the axes'
+    sides (past them it is cut off) and overlaps no tag placed before it, so a dense family stays
+    readable; a tag with no free offset is left out (the HTML report's hover names every point)."""
     renderer = ax.figure.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
     placed = []
     for x, y, tag, color in tags:
         for dx, dy in TAG_OFFSETS:
             text = ax.annotate(tag, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7,
                                color=color, ha="left" if dx > 0 else "right")
             box = text.get_window_extent(renderer)
-            if not any(box.overlaps(other) for other in placed):
+            within = inside.x0 <= box.x0 and box.x1 <= inside.x1  # past the side: under the next panel
+            if within and not any(box.overlaps(other) for other in placed):
                 placed.append(box)
                 break
             text.remove()
