@@ -10,8 +10,8 @@ with a prefix of random length per sequence, read whole by the first prefill):
     steps after s    prefill(x[:, :s]) then step(x_t) for t >= s == forward(x), the same s
     causality        changing x[:, t + 1:] leaves forward(x)[:, :t + 1] unchanged, several t
     batch            each row's forward alone == its row in the batch
-    state size       state_size(T) == the numbers the real state holds per sequence after T tokens,
-                     read by prefill, by the step loop and by every resumed split
+    state size       state_size(t) == the numbers the real state holds per sequence after t tokens,
+                     read by prefill, after every step and before and after every resumed split
 
 each with its max abs difference against a tolerance scaled to the logits' magnitude.
 """
@@ -104,8 +104,10 @@ def check_model(model: Any, *, length: int = 24, batch_size: int = 3, seed: int 
         first = 1 if prefix is None else int(prefix.max())  # the first prefill reads the whole prefix
         full = model(tokens, prefix)
         tolerance = rtol * max(1.0, full.abs().max().item())
-        expected_state = model.state_size(length)
-        held: list[int] = []
+        held: list[tuple[int, int]] = []  # (state_size(t), numbers the real state holds) after t tokens
+
+        def hold(t: int, state: Any) -> None:
+            held.append((model.state_size(t), held_numbers(state, batch_size)))
 
         def steps_from(start: int) -> Tensor:
             """prefill(x[:, :start]) then step(x_t) for the rest: the logits (B, T, V)."""
@@ -114,17 +116,18 @@ def check_model(model: Any, *, length: int = 24, batch_size: int = 3, seed: int 
             for t in range(start, length):
                 step_logits, state = model.step(tokens[:, t], state)
                 stepped.append(step_logits)
-            held.append(held_numbers(state, batch_size))
+                hold(t + 1, state)
             return torch.stack(stepped, 1)
 
         logits, state = model.prefill(tokens, prefix)
         checks = [Check("prefill", _diff(logits, full), tolerance)]
-        held.append(held_numbers(state, batch_size))
+        hold(length, state)
         checks.append(Check("step loop", _diff(steps_from(first), full), tolerance))
         for split in sorted({max(first, s) for s in (1, length // 3, length // 2, length - 1)}):
             head, state = model.prefill(tokens[:, :split], prefix)
+            hold(split, state)
             tail, state = model.prefill(tokens[:, split:], state=state)
-            held.append(held_numbers(state, batch_size))
+            hold(length, state)
             checks.append(Check(f"split at {split}", _diff(torch.cat([head, tail], 1), full), tolerance))
             if split > first:  # steps after ``first`` are the step loop
                 checks.append(Check(f"steps after {split}", _diff(steps_from(split), full), tolerance))
@@ -132,7 +135,7 @@ def check_model(model: Any, *, length: int = 24, batch_size: int = 3, seed: int 
         alone = torch.cat([model(tokens[i : i + 1], None if prefix is None else prefix[i : i + 1])
                            for i in range(batch_size)])
         checks.append(Check("batch independence", _diff(alone, full), tolerance))
-        checks.append(Check("state size", max(abs(expected_state - n) for n in held), 0))
+        checks.append(Check("state size", max(abs(expected - n) for expected, n in held), 0))
         return checks
     finally:
         model.train(was_training)

@@ -71,7 +71,10 @@ class Bigram(nn.Module):
         return logits, State([held], state.position + 1)
 
     def state_size(self, seq_len: int) -> int:
-        return seq_len if self.bug == "newest_first" else 2 if self.bug == "off_by_one" else 1
+        if self.bug == "newest_first":
+            return seq_len
+        wrong = self.bug == "off_by_one" or (self.bug == "miscounts_short" and seq_len < 3)
+        return 2 if wrong else 1
 
 
 def failed(model: Bigram) -> set[str]:
@@ -93,6 +96,7 @@ def test_a_model_that_keeps_the_contract_passes_every_check(prefix_aware):
     ("peek", False, {"causality", "step loop", "split", "steps"}),  # prefill peeks as forward does
     ("newest_first", False, {"steps"}),  # only a step after a multi-token prefill reads the wrong end
     ("never_trims", False, {"state size"}),  # right logits; the state grows under steps
+    ("miscounts_short", False, {"state size"}),  # right at T, wrong after 1 or 2 tokens
     ("prefix_peek", True, {"causality", "step loop", "split"}),  # the prefix reads x_M
 ])
 def test_each_broken_model_is_caught_by_the_check_it_breaks(bug, prefix_aware, caught):
