@@ -1,41 +1,30 @@
 """recallkit: measure the recall-vs-inference-state trade-off of efficient sequence models."""
 
+import importlib
 from typing import Any
 
-from recallkit import inference, ops
-from recallkit.config import ModelConfig, RunConfig, TrainConfig
-from recallkit.evaluate import evaluate
-from recallkit.kv import POLICIES
-from recallkit.mixers import MIXERS
-from recallkit.model import LanguageModel, build_model
-from recallkit.tasks import TASKS, make_task
+_LAZY = {
+    "MIXERS": "recallkit.mixers", "POLICIES": "recallkit.kv", "TASKS": "recallkit.tasks",
+    "LanguageModel": "recallkit.model", "build_model": "recallkit.model",
+    "ModelConfig": "recallkit.config", "RunConfig": "recallkit.config", "TrainConfig": "recallkit.config",
+    "RunResult": "recallkit.training", "train": "recallkit.training",
+    "evaluate": "recallkit.evaluate", "make_task": "recallkit.tasks",
+}
+"""Names imported on first use: ``import recallkit`` loads no torch, so the CLI's launcher can turn a
+Ctrl-C during that import into one line, and reading results never loads the training loop."""
+_SUBMODULES = ("inference", "ops")
 
-__all__ = [
-    "MIXERS",
-    "POLICIES",
-    "TASKS",
-    "LanguageModel",
-    "ModelConfig",
-    "RunConfig",
-    "RunResult",
-    "TrainConfig",
-    "build_model",
-    "evaluate",
-    "inference",
-    "make_task",
-    "ops",
-    "train",
-]
+__all__ = sorted([*_LAZY, *_SUBMODULES])
 __version__ = "0.1.0"
-
-_LAZY = {"train": "recallkit.training", "RunResult": "recallkit.training"}
-"""Names imported on first use, so that reading results (``recallkit.report``) never loads the
-training loop."""
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"recallkit.{name}")
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'recallkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

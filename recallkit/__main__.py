@@ -1,3 +1,3 @@
-from recallkit.cli import app
+from recallkit.launch import main
 
-app(prog_name="recallkit")
+main()

@@ -357,6 +357,3 @@ def _bench_pretrained(source: str, batch: int, length: int, out: Path, quick: bo
     out.write_text(json.dumps(result, indent=1))
     console.print(f"results: {out}")
 
-
-def main() -> None:
-    app()

@@ -438,6 +438,27 @@ def test_ctrl_c_is_one_line_exit_130_and_the_runs_resume(tmp_path, executor):
     assert [r["status"] for r in rows] == ["done"] * 3
 
 
+
+CTRL_C_IN_IMPORTS = """
+import sys
+class Interrupt:  # Ctrl-C while torch imports: the first seconds of every command
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, Interrupt())
+sys.argv = ["recallkit", "--help"]
+from recallkit.launch import main
+main()
+"""
+
+
+def test_ctrl_c_while_the_cli_imports_is_one_line_exit_130():
+    """The command's entry point (pyproject's script) catches it, where ``recallkit.cli`` cannot."""
+    result = subprocess.run([sys.executable, "-c", CTRL_C_IN_IMPORTS], capture_output=True, text=True,
+                            check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (130, "", "interrupted\n")
+    assert "launch:main" in (Path(__file__).parent.parent / "pyproject.toml").read_text()
+
 # ---- validation when the sweep loads, not mid-run (item 7) -----------------------------------------
 
 ATTENTION = "model=dict(vocab_size=32, mixer=dict(name='attention'))"

@@ -138,7 +138,8 @@ def test_missing_hf_extra(monkeypatch):
 def test_missing_hf_extra_from_a_fresh_interpreter():
     """As without the extra installed: transformers cannot be imported before recallkit is."""
     code = ("import sys; sys.modules['transformers'] = None; "
-            "sys.argv = ['recallkit', 'check-model', 'tiny:llama']; from recallkit.cli import main; main()")
+            "sys.argv = ['recallkit', 'check-model', 'tiny:llama']; "
+            "from recallkit.launch import main; main()")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 1 and result.stdout == "" and result.stderr.count("\n") == 1
     assert result.stderr.startswith("error: ") and HF_EXTRA in result.stderr
