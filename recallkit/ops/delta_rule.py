@@ -133,15 +133,18 @@ def delta_rule_chunked(
     kk = kb @ kc.transpose(-1, -2)  # (B H, N, C, C): beta_i k_i^T k_j
     qk = qc @ kc.transpose(-1, -2)  # (B H, N, C, C)
     if g_ is not None:
-        cum = torch.cumsum(g_.reshape(B * H, N, C), dim=-1)  # chunk-local, <= 0, float32+
-        diff = cum[..., :, None] - cum[..., None, :]  # (B H, N, C, C), fresh: masked in place
+        # the sums and their differences in float64: after a strong decay c_i and c_j are both large,
+        # and float32 sums would round each to ulp(|c|), an error c_i - c_j keeps
+        c64 = torch.cumsum(g_.reshape(B * H, N, C), dim=-1, dtype=torch.float64)  # chunk-local, <= 0
+        cum = c64.to(ct)
+        diff = (c64[..., :, None] - c64[..., None, :]).to(ct)  # (B H, N, C, C), fresh: masked in place
         gamma = masked_exp(diff, tril) if paths_fixed() else diff.masked_fill_(~tril, float("-inf")).exp_()
         # in place saves (C, C) passes per chunk (1.06-1.2x at N = 512); under torch.func (fixed
         # paths) gamma may be batched where kk and qk are not, so there the products are fresh
         kk, qk = (kk.mul_(gamma), qk.mul_(gamma)) if not paths_fixed() else (kk * gamma, qk * gamma)
         e_c = cum.exp()[..., None]  # (B H, N, C, 1)
         kb_w = kb * e_c  # diag(beta exp(c)) K
-        to_end = (cum[..., -1:] - cum).exp()[..., None]  # (B H, N, C, 1)
+        to_end = (c64[..., -1:] - c64).to(ct).exp()[..., None]  # (B H, N, C, 1)
         chunk_decay = cum[..., -1].exp()[..., None, None]  # (B H, N, 1, 1)
     else:
         qk = qk.masked_fill_(~tril, 0.0)  # causal incl. the diagonal

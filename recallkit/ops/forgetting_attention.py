@@ -113,7 +113,8 @@ def forgetting_attention_chunked(
     chunk's tokens), the bias to a key j before the chunk is D_j + a_i (D_j its bias towards the token
     before the chunk) and to a key j in the chunk a_i - a_j for j <= i (-inf above the diagonal).
     After the chunk every earlier bias grows by a_C and the chunk's keys enter with a_C - a_j. The
-    differences a_i - a_j span at most one chunk, so they never cancel large sums.
+    differences a_i - a_j span at most one chunk and are formed in float64, so a strong decay (a
+    large |a|) does not leave its float32 rounding in the biases of the tokens after it.
     Same arguments and returns as :func:`forgetting_attention_recurrent`, plus ``chunk_size``.
     """
     if chunk_size < 1:
@@ -124,8 +125,11 @@ def forgetting_attention_chunked(
     outputs = []
     for start in range(0, T, chunk_size):
         end = min(start + chunk_size, T)
-        a = f_[:, :, start:end].cumsum(dim=-1)  # (B, H, C)
-        inner = a[..., :, None] - a[..., None, :]  # (B, H, C, C): a_i - a_j
+        # in float64: after a strong decay a_i and a_j are both large, and float32 sums would round
+        # each to ulp(|a|) (6e-5 at a = -1e3), an error the difference a_i - a_j keeps
+        a64 = f_[:, :, start:end].cumsum(dim=-1, dtype=torch.float64)  # (B, H, C)
+        a = a64.to(f_.dtype)
+        inner = (a64[..., :, None] - a64[..., None, :]).to(f_.dtype)  # (B, H, C, C): a_i - a_j
         causal = torch.ones(end - start, end - start, dtype=torch.bool, device=q.device).tril()
         bias = torch.cat([decay[..., None, :] + a[..., :, None],  # (B, H, C, S + start + C)
                           inner.masked_fill(~causal, float("-inf"))], dim=-1)
@@ -134,6 +138,6 @@ def forgetting_attention_chunked(
         with sdpa_kernel(SDPBackend.MATH) if torch.is_grad_enabled() else contextlib.nullcontext():
             outputs.append(F.scaled_dot_product_attention(
                 q_[:, :, start:end], keys[:, :, : S + end], values[:, :, : S + end], attn_mask=bias))
-        decay = torch.cat([decay + a[..., -1:], a[..., -1:] - a], dim=-1)
+        decay = torch.cat([decay + a[..., -1:], (a64[..., -1:] - a64).to(f_.dtype)], dim=-1)
     y = torch.cat(outputs, dim=2) if outputs else v_[:, :, :0]
     return y.to(v.dtype), ForgetCache(keys, values, decay)

@@ -218,14 +218,17 @@ def log_linear_chunked(
     q_, k_, v_, lam_ = (F.pad(t.to(ct), (0, 0, 0, pad)) for t in (q, k, v, lam))
     N = q_.shape[2] // C
     qc, kc, vc, lamc = (t.reshape(B, H, N, C, t.shape[-1]) for t in (q_, k_, v_, lam_))  # (B, H, N, C, .)
-    cum = torch.cumsum(F.pad(g.to(ct), (0, pad)).reshape(B, H, N, C), dim=-1)  # (B, H, N, C), <= 0
-    last = cum[..., -1:]  # (B, H, N, 1): log-decay over the whole chunk
+    # the sums and their differences c_t - c_s in float64: after a strong decay both are large, and
+    # float32 sums would round each to ulp(|c|), an error the difference keeps (as gated_linear_attention)
+    c64 = torch.cumsum(F.pad(g, (0, pad)).reshape(B, H, N, C), dim=-1, dtype=torch.float64)  # <= 0
+    cum, last = c64.to(ct), c64[..., -1:].to(ct)  # (B, H, N, C), (B, H, N, 1): the whole chunk's
     intra, inter, write, move = _chunk_maps(start, T, C, slots, L, q.device)
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     hier = torch.take_along_dim(lamc, intra[None, None], dim=-1)  # (B, H, N, C, C): M^H
-    scores = (qc @ kc.transpose(-1, -2)) * masked_exp(cum[..., :, None] - cum[..., None, :], causal) * hier
+    segsum = (c64[..., :, None] - c64[..., None, :]).to(ct)  # (B, H, N, C, C): c_t - c_s
+    scores = (qc @ kc.transpose(-1, -2)) * masked_exp(segsum, causal) * hier
     y = scores @ vc  # (B, H, N, C, Dv)
-    k_d = kc * (last - cum).exp()[..., None]  # keys as carried to the end of the chunk
+    k_d = kc * (c64[..., -1:] - c64).to(ct).exp()[..., None]  # keys as carried to the end of the chunk
     # (B, H, N, slots, C, Dk): the keys of the tokens that end in each bit
     k_w = write.transpose(-1, -2).to(ct)[None, None, ..., None] * k_d[:, :, :, None]
     written = k_w.transpose(-1, -2) @ vc[:, :, :, None]  # (B, H, N, slots, Dk, Dv)
