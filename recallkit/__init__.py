@@ -1,6 +1,8 @@
 """recallkit: measure the recall-vs-inference-state trade-off of efficient sequence models."""
 
 import importlib
+import sys
+import types
 from typing import Any
 
 _LAZY = {
@@ -27,4 +29,20 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+    return sorted([*__all__, *(name for name in globals() if name.startswith("__"))])
+
+
+class _Package(types.ModuleType):
+    """``rk.evaluate`` is the function, though a submodule of that name exists: importing a submodule
+    binds it on its package, which would hide the lazy name; this property takes that binding."""
+
+    @property
+    def evaluate(self) -> Any:
+        return importlib.import_module("recallkit.evaluate").evaluate
+
+    @evaluate.setter
+    def evaluate(self, _module: types.ModuleType) -> None:
+        pass
+
+
+sys.modules[__name__].__class__ = _Package

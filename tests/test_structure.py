@@ -112,3 +112,16 @@ def test_reading_results_does_not_load_the_training_loop():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     assert callable(recallkit.train) and recallkit.train is recallkit.train  # lazily, the function
+
+
+def test_the_package_names_resolve_on_first_use_and_stay_bound():
+    """``import recallkit`` loads no torch; each exported name is its module's object, before and
+    after that module is imported (a submodule named like its function must not hide it)."""
+    code = ("import sys, importlib, recallkit as rk; assert 'torch' not in sys.modules; "
+            "rk.train; import recallkit.evaluate, recallkit.model; "
+            "home = lambda n: getattr(importlib.import_module(rk._LAZY[n]), n) if n in rk._LAZY "
+            "else importlib.import_module('recallkit.' + n); "
+            "wrong = [n for n in rk.__all__ if getattr(rk, n) is not home(n)]; "
+            "assert not wrong and rk.evaluate.__name__ == 'evaluate', wrong")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
