@@ -6,8 +6,9 @@ steps (early stop at 0.99); seeds 0, 1 and 2 for every mixer. Every model holds
 about 512 numbers of recurrent state per layer (plus conv and token-shift tails, which the report
 counts exactly): the matrix-state mixers at 8 heads (d^2 / H = 512), HGRN2 at head size 8
 (d n = 512), Gated Slot Attention at 4 slots per head (2 m d = 512), Mamba-3 and Longhorn at 4 states
-per inner channel (2 d N = 512). At this size DeltaNet reached 0.46 in the state_tradeoff sweep, so
-the memory is tight and how a mixer writes into it shows.
+per inner channel (2 d N = 512). At this size DeltaNet (8 heads) reached 0.640 [0.140, 0.987] in the
+state_tradeoff sweep (seeds 0-2: 0.794 / 0.987 / 0.140), so the memory is tight and how a mixer writes
+into it shows.
 
     recallkit run sweeps/equal_state.py --out runs/equal_state --executor process
     recallkit report runs/equal_state

@@ -29,11 +29,11 @@ minutes per seed, 2 workers), mean long-first / short-first: causal linear atten
 A third, small-vocabulary part (labels ending "(v32)"): V = 32, T = 24, |A|, |B| = (16, 3) and
 (3, 16), the bound part's d=32 model without the MLM loss (it lowered PLA long-first from 0.617 to
 0.570 in a probe), 3000 steps. Models learn fast here, so the order effect is clear for causal
-linear attention with elu features of dim 1 (state 258): 0.688 long-first vs 0.855 short-first;
-PLA at the same state is lower in both orders, 0.617 vs 0.625 (over seeds 0-2 at 2000 steps its
-order gap changes sign); with Taylor features of dim 8 (state 5010) causal 0.887 vs PLA 0.820
-long-first (seed 0; over seeds 0-2 PLA stays below causal, docs/results.md). Measured: 7.5 minutes
-with 2 workers per seed.
+linear attention with elu features of dim 1 (state 258), mean of seeds 0-2: 0.702 long-first vs
+0.848 short-first; PLA at the same state is lower in both orders, 0.652 vs 0.665 (over seeds 0-2 at
+2000 steps its order gap changes sign); with Taylor features of dim 8 (state 5010) causal 0.875 vs
+PLA 0.805 long-first (seeds 0-2; PLA below causal at every seed, docs/results.md). Measured: 7.5
+minutes with 2 workers per seed.
 
 Run: ``recallkit run sweeps/jrt.py --out runs/jrt --executor process``.
 """

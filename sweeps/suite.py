@@ -1,12 +1,13 @@
 """The synthetic task suite of 2026 at CPU scale: every mixer family on every suite task, drawn as a
 capability map (families x tasks, rows ordered by inference state) beside the frontier.
 
-Tasks, each at about 64 tokens: MQAR as the reference; forgetting MQAR (keys re-assigned up to twice;
-the answer is the latest value); compositional MQAR (a 3 x 3 grid of compound keys); RULER's token
-needle without and with 3 near-identical distractor needles; variable tracking (chains of 1-4 hops);
-MAD's noisy recall (20% noise tokens) and fuzzy recall (two-token keys and values); selective copying;
-counting (the 3 most frequent tokens); and the word problems of parity and S5 (the running product
-at every position, up to 12 elements).
+Tasks, each at 32 tokens except fuzzy recall (40), counting (36), parity and S5 (12): MQAR as the
+reference; forgetting MQAR (keys re-assigned up to twice; the answer is the latest value);
+compositional MQAR (a 2 x 2 grid of compound keys); RULER's token needle without and with 3
+near-identical distractor needles; variable tracking (two chains of 1-2 hops); MAD's noisy recall
+(20% noise tokens) and fuzzy recall (two-token keys and values); selective copying; counting (the 3
+most frequent tokens); and the word problems of parity and S5 (the running product at every position,
+up to 12 elements).
 
 Models: 2 layers of width 64 with a SwiGLU MLP (the state-tracking and counting tasks need one), the
 same short conv in front of every mixer whose block has none, lr 3e-3, at most MAX_STEPS steps of 32
@@ -27,7 +28,7 @@ seed, not attention (0.90-1.00), while the delta rules depend on the seed (Delta
 (0.86-0.91); counting favours DeltaNet (0.94-0.96) and KDA (0.96-0.97) over attention (0.77-0.80).
 Not reproduced at this scale: on S5 every model stays at 0.19-0.21 (only the first elements right),
 so no difference between attention, delta rules and diagonal SSMs shows; and no model learns
-variable tracking beyond picking one of the two chains (0.20-0.55) in 1000 steps.
+variable tracking beyond picking one of the two chains (0.16-0.57) in 1000 steps.
 
     recallkit run sweeps/suite.py --out runs/suite --executor process
     recallkit report runs/suite          # capability.png and the capability table in report.html
