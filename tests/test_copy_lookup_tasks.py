@@ -199,6 +199,14 @@ def test_phonebook_names_are_distinct_and_lookups_differ():
          "only 4 distinct"),
         ("phonebook", {"vocab_size": 40, "seq_len": 999}, "needs vocab_size >= 41"),
         ("phonebook", {"vocab_size": 48, "seq_len": 100}, "needs seq_len >= 153"),
+        ("copy", {"vocab_size": 30, "seq_len": 43, "bos_token": 5}, "outside its content ids [4, 30)"),
+        ("copy", {"vocab_size": 30, "seq_len": 43, "copy_token": 3}, "distinct special tokens"),
+        ("copy", {"vocab_size": 30, "seq_len": 43, "alphabet_size": 20, "bos_token": 30},
+         "in [0, vocab_size=30)"),
+        ("ngram_lookup", {"vocab_size": 30, "seq_len": 99, "sep_token": 7}, "outside its content ids"),
+        ("ngram_lookup", {"vocab_size": 30, "seq_len": 99, "ans_token": 30}, "in [0, vocab_size=30)"),
+        ("ngram_lookup", {"vocab_size": 8, "seq_len": 110, "alphabet_size": 4, "min_len": 100, "max_len": 100,
+                          "ngram": 2}, "unique 2-gram key with probability ~2.2e-03"),
     ],
 )
 def test_impossible_sizes_give_one_line_errors(name, fields, message):
@@ -213,8 +221,26 @@ def test_at_a_length_the_task_cannot_hold_is_a_clear_error():
         task.at_length(5)
 
 
-def test_ngram_that_cannot_be_unique_says_so():
-    task = rk.make_task("ngram_lookup", vocab_size=8, seq_len=99, alphabet_size=2, min_len=60, max_len=60,
-                        ngram=1, answer_len=1)
+def test_ngram_that_cannot_be_unique_says_so(monkeypatch):
+    """At config time, also for a length-generalisation length (so before training); the redraw
+    limit of generation stays as a last guard."""
+    fields = dict(vocab_size=8, seq_len=99, alphabet_size=2, min_len=60, max_len=60, ngram=1, answer_len=1)
+    with pytest.raises(ValidationError, match="unique 1-gram key with probability"):
+        rk.make_task("ngram_lookup", **fields)
+    task = rk.make_task("ngram_lookup", **fields | {"min_len": 2, "max_len": 2})
+    with pytest.raises(ValidationError, match="unique 1-gram key with probability"):
+        task.at_length(60)
+    monkeypatch.setattr("recallkit.tasks.ngram_lookup.MIN_UNIQUE_KEY", 0.0)
     with pytest.raises(ValueError, match="unique 1-gram key over 2 characters"):
-        task.generate(3, seed=0)
+        rk.make_task("ngram_lookup", **fields).generate(3, seed=0)
+
+
+def test_phonebook_names_beyond_int64_are_drawn_distinct():
+    """26^14 names do not fit numpy's int64 (the integer draw overflowed): drawn letter by letter."""
+    task = rk.make_task("phonebook", vocab_size=64, seq_len=461, name_len=14, min_entries=20, max_entries=20)
+    batch = task.generate(8, seed=0)
+    for i, row in enumerate(batch.inputs.tolist()):
+        book = row[1 : int(batch.prefix_len[i])]
+        names = [tuple(book[j : j + 14]) for j in range(0, len(book), task.entry_len)]
+        assert len(names) == 20 == len(set(names)) and all(min(n) >= 15 for n in names)
+    assert torch.equal(task.generate(8, seed=0).inputs, batch.inputs)

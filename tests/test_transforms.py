@@ -120,14 +120,15 @@ MQAR_16 = {"name": "mqar", "vocab_size": 16, "seq_len": 16, "num_kv_pairs": 2}
         ({"task": {"name": "nope"}}, "unknown task 'nope'"),
         ({"task": MQAR_16, "seq_len": 17},
          "read_twice derives seq_len=20 from its task; got seq_len=17"),
-        ({"task": MQAR_16, "repeats": 0},
-         "greater than or equal to 1"),
+        ({"task": MQAR_16, "repeats": 0}, "read_twice needs an integer repeats >= 1; got 0"),
+        ({"task": MQAR_16, "repeats": True}, "read_twice needs an integer repeats >= 1; got True"),
         ({"task": NoBound(vocab_size=8, seq_len=8)}, "task 'no_bound' to define max_prefix_len()"),
     ],
 )
 def test_bad_configs_are_refused_clearly(kwargs, message):
-    with pytest.raises(ValidationError, match=re.escape(message)):
+    with pytest.raises(ValidationError, match=re.escape(message)) as refused:
         ReadTwiceConfig(**kwargs)
+    assert refused.value.error_count() == 1  # the cause alone, not fields it left underived
 
 
 def test_docstring_worked_example_is_true():

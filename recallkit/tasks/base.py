@@ -65,6 +65,17 @@ class Batch:
         )
 
 
+def check_special_tokens(task: str, tokens: dict[str, int], content: range, vocab_size: int) -> None:
+    """Refuse special tokens that are not distinct ids in [0, vocab_size) outside the content ids: a
+    special id inside ``content`` would make the task ambiguous, one at or above V reach past the
+    embedding."""
+    ids = list(tokens.values())
+    if len(set(ids)) < len(ids) or not all(0 <= i < vocab_size and i not in content for i in ids):
+        names = ", ".join(f"{name}={i}" for name, i in tokens.items())
+        raise ValueError(f"{task} needs distinct special tokens in [0, vocab_size={vocab_size}) outside "
+                         f"its content ids [{content.start}, {content.stop}); got {names}")
+
+
 def pad_examples(rows: list[list[int]], answers: list[list[tuple[int, int]]], seq_len: int, filler: int
                  ) -> tuple[Tensor, Tensor]:
     """Right-pad token rows to ``seq_len`` and label each row's answer spans for next-token prediction.

@@ -10,7 +10,7 @@ import torch
 from pydantic import Field, model_validator
 
 from recallkit.base_config import TaskConfig
-from recallkit.tasks.base import Batch, pad_examples
+from recallkit.tasks.base import Batch, check_special_tokens, pad_examples
 
 
 class CopyConfig(TaskConfig):
@@ -53,6 +53,9 @@ class CopyConfig(TaskConfig):
                 f"copy with alphabet_size={self.alphabet_size} needs vocab_size >= {self.alphabet_size + 4} "
                 f"(4 special tokens); got {self.vocab_size}"
             )
+        check_special_tokens("copy", {"filler_token": self.filler_token, "bos_token": self.bos_token,
+                                      "copy_token": self.copy_token, "eos_token": self.eos_token},
+                             range(4, 4 + self.alphabet_size), self.vocab_size)
         needed = self.examples_per_sequence * (2 * self.max_len + 3)
         if self.seq_len < needed:
             raise ValueError(

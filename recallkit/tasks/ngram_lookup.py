@@ -12,10 +12,13 @@ from numpy.lib.stride_tricks import sliding_window_view
 from pydantic import Field, model_validator
 
 from recallkit.base_config import TaskConfig
-from recallkit.tasks.base import Batch, pad_examples
+from recallkit.tasks.base import Batch, check_special_tokens, pad_examples
 
 MAX_REDRAWS = 1000
 """Redraw rounds for strings whose key n-gram is not unique before giving up with an error."""
+MIN_UNIQUE_KEY = 0.05
+"""Configs whose strings have a unique key less often than this are refused (with 1000 redraws an
+example fails with probability 0.95^1000 ~ 5e-23)."""
 
 
 class NgramLookupConfig(TaskConfig):
@@ -67,6 +70,16 @@ class NgramLookupConfig(TaskConfig):
         if self.vocab_size < self.alphabet_size + 4:
             raise ValueError(f"ngram_lookup with alphabet_size={self.alphabet_size} needs vocab_size >= "
                              f"{self.alphabet_size + 4} (4 special tokens); got {self.vocab_size}")
+        check_special_tokens("ngram_lookup", {"filler_token": self.filler_token, "bos_token": self.bos_token,
+                                              "sep_token": self.sep_token, "ans_token": self.ans_token},
+                             range(4, 4 + self.alphabet_size), self.vocab_size)
+        # a random string has E = (L - n) D^-n other windows equal to its key (any window, overlapping
+        # or not, equals it with probability D^-n), so the key is unique with probability ~exp(-E)
+        unique = math.exp(-(self.max_len - n) / self.alphabet_size**n)
+        if unique < MIN_UNIQUE_KEY:
+            raise ValueError(f"ngram_lookup strings of length {self.max_len} over {self.alphabet_size} "
+                             f"characters have a unique {n}-gram key with probability ~{unique:.1e}; raise "
+                             f"alphabet_size or ngram, or lower max_len")
         if self.seq_len < self.max_len + n + k + 3:
             raise ValueError(f"ngram_lookup with max_len={self.max_len}, ngram={n}, answer_len={k} needs "
                              f"seq_len >= {self.max_len + n + k + 3}; got {self.seq_len}")

@@ -100,20 +100,28 @@ class PhonebookConfig(TaskConfig):
         """An entry's number: ``number_len * log2(10)`` bits (the names are given by the query)."""
         return self.number_len * math.log2(DIGITS)
 
+    def _distinct_names(self, rng: np.random.Generator, count: int) -> list[list[int]]:
+        """``count`` distinct names, each ``name_len`` letter indices. Names are drawn as integers
+        (without replacement) where their number fits numpy's int64, else letter by letter with
+        rejection of repeats (astronomically rare there)."""
+        A, n = self.name_alphabet, self.name_len
+        if A**n <= np.iinfo(np.int64).max:
+            return [[int(c) // A**j % A for j in range(n)] for c in rng.choice(A**n, count, replace=False)]
+        names: dict[tuple[int, ...], None] = {}  # insertion order: seed-deterministic
+        while len(names) < count:
+            names.setdefault(tuple(rng.integers(0, A, n).tolist()))
+        return [list(name) for name in names]
+
     def generate(self, num_examples: int, seed: int) -> Batch:
         """Generate ``num_examples`` sequences from a local generator seeded with ``seed``."""
         if num_examples < 1:
             raise ValueError(f"num_examples must be >= 1, got {num_examples}")
         rng = np.random.default_rng(seed)
         letters = FIRST_DIGIT + DIGITS
-        names_total = self.name_alphabet ** self.name_len
         rows, answers, prefix, entries = [], [], [], []
         for _ in range(num_examples):
             N = int(rng.integers(self.min_entries, self.max_entries + 1))
-            codes = rng.choice(names_total, N, replace=False)  # distinct names as integers
-            names = [[letters + int(c) // self.name_alphabet**j % self.name_alphabet
-                      for j in range(self.name_len)]
-                     for c in codes]
+            names = [[letters + c for c in code] for code in self._distinct_names(rng, N)]
             numbers = (rng.integers(0, DIGITS, (N, self.number_len)) + FIRST_DIGIT).tolist()
             row = [self.bos_token]
             for name, number in zip(names, numbers):

@@ -66,8 +66,8 @@ class ReadTwiceConfig(TaskConfig):
         if isinstance(inner, ReadTwiceConfig):
             raise ValueError("read_twice of read_twice is not supported; use repeats=k")  # noqa: TRY004
         repeats = data.get("repeats", 2)
-        if not isinstance(repeats, int) or repeats < 1:
-            return {**data, "task": inner}  # the field validator reports the bad repeats
+        if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+            raise ValueError(f"read_twice needs an integer repeats >= 1; got {repeats!r}")
         seq_len = inner.seq_len + (repeats - 1) * max_context_len(inner)
         derived = {"vocab_size": inner.vocab_size, "seq_len": seq_len}
         for key, value in derived.items():
