@@ -154,6 +154,20 @@ def test_continuous_budget_is_never_exceeded(policy):
         assert cache.numel() == 0
 
 
+@pytest.mark.parametrize("policy", [p for p in POLICY_CASES if p != "random"], ids=policy_id)
+@pytest.mark.parametrize("mode", ["continuous", "prefill"])
+def test_a_sequence_keeps_the_same_tokens_alone_and_in_a_batch(policy, mode):
+    """Repeated tokens tie in exact arithmetic (knorm: one key norm, as RoPE is a rotation), and the
+    batch's float rounding must not break the tie: recency does, on every row (only ``random``
+    depends on the batch, as documented)."""
+    model = tiny_model()
+    tokens = torch.randint(0, 6, (3, 20), generator=torch.Generator().manual_seed(1))  # many repeats
+    batched = _kept_positions(policy, 5, tokens, model, mode, context_len=12)
+    for row in range(3):
+        alone = _kept_positions(policy, 5, tokens[row : row + 1], model, mode, context_len=12)
+        assert all(torch.equal(b[row], a[0]) for b, a in zip(batched, alone)), (row, policy)
+
+
 def _kept_positions(policy, budget, tokens, model=None, mode="continuous", context_len=None):
     model = model or tiny_model()
     kept = []

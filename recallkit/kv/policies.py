@@ -216,14 +216,23 @@ class SnapKV(Policy):
         return priority
 
 
+KNORM_BINS_PER_OCTAVE = 2**12
+"""KNorm compares norms on a log scale in bins of 2^(1/4096) (1.7e-4 relative): norms equal up to
+rounding are ties, which recency breaks."""
+
+
 class KNorm(Policy):
     """Keep the tokens with the smallest key L2 norm (Devoto et al. 2024, arXiv 2406.11430: low-norm
-    keys draw high attention)."""
+    keys draw high attention). The same token at two positions has one key norm (RoPE is a rotation),
+    but the cache holds rotated keys, whose float32 norms differ in the last bits, and so by a batch's
+    GEMM blocking: norms are compared in bins of 1.7e-4 (``KNORM_BINS_PER_OCTAVE``), so that such a tie
+    goes to the more recent token on every sequence, in any batch."""
 
     name: Literal["knorm"] = "knorm"
 
     def priority(self, cache: KVCache, budget: int) -> Tensor:
-        return -cache.key.norm(dim=-1)
+        norm = cache.key.float().norm(dim=-1)  # (B, H_kv, S)
+        return -(norm.log2() * KNORM_BINS_PER_OCTAVE).round()  # a zero key: +inf, kept first
 
 
 class Random(Policy):
