@@ -6,8 +6,9 @@ replaces (a beta_t fraction of) the value stored under its key instead of adding
 state behaves like an associative memory that can overwrite. The block: q, k, v projections,
 SiLU then L2 normalisation of q and k per head (unit keys keep I - beta k k^T a contraction),
 beta_t = sigmoid(W_beta x_t) per head, the delta rule, RMSNorm per head and the output projection.
-The paper's short convs on q, k, v are the generic ``short_conv`` option (the Zoology recipe), not
-built in. d_k = d_v = d_model / H; the state per layer is S (H, d_k, d_v): H * d_k * d_v numbers.
+The paper's short convs on q, k, v (each followed by SiLU) are the generic ``short_conv`` option (the
+Zoology recipe), not built in, and v gets no SiLU (the released fla layer applies one: v stays signed
+here). d_k = d_v = d_model / H; the state per layer is S (H, d_k, d_v): H * d_k * d_v numbers.
 Training and prefill use the chunked WY / UT-transform kernel of ``recallkit.ops``.
 """
 

@@ -6,7 +6,8 @@ a data-dependent scalar decay alpha_t = exp(g_t) per head in the Mamba-2 paramet
 g_t = -softplus(W_a x_t + dt_bias) * exp(A_log): the gate erases the whole memory quickly, the delta
 rule edits single associations precisely. The block is DeltaNet's (SiLU + L2-normalised q, k,
 beta_t = sigmoid(W_beta x_t), RMSNorm per head) plus the decay and a swish output gate:
-y = W_o (RMSNorm_h(o) ⊙ SiLU(W_g x)). d_k = d_v = d_model / H; the state per layer is
+y = W_o (RMSNorm_h(o) ⊙ SiLU(W_g x)); as there, v gets no SiLU (the released fla layer applies one)
+and the short convs are the generic ``short_conv`` option. d_k = d_v = d_model / H; the state per layer is
 S (H, d_k, d_v): H * d_k * d_v numbers. Training and prefill use the chunked gated delta-rule kernel.
 """
 

@@ -13,7 +13,8 @@ for the first 2S = 2 floor(rope_fraction * N / 2) channels (the rest stay real),
 complex transition alpha_t exp(-i pi tanh(theta_t) dt_t) on the unrotated B, C. The block, as in the
 paper and its released ``Mamba3`` module: one in_proj to (z, x, B, C, dt, A, lam, theta) (B, C and theta
 shared by the heads; dt, A, lam one per head), dt_t = softplus(dt' + dt_bias), A_t = -softplus(A') capped
-at -A_floor, lam_t = sigmoid(lam'), B and C each RMS-normalised over N (the paper's QK-norm, with a
+at -A_floor (the paper's; the released module has since moved to another activation for A),
+lam_t = sigmoid(lam'), B and C each RMS-normalised over N (the paper's QK-norm, with a
 learnable weight) plus a learnable bias per head (initialised to 1), then rotated, no short conv, the
 SSM, y + D x, the output gate y ⊙ SiLU(z) and out_proj (no output norm: the BC norm replaces it).
 
