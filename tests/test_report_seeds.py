@@ -53,6 +53,30 @@ def test_a_point_averages_its_seeds_at_the_learning_rate_with_the_best_mean():
     assert single.interval is None and single.seeds == () and accuracy_text(single) == "0.950"
 
 
+def test_a_setting_with_more_seeds_wins_and_halted_or_unscored_runs_are_left_out():
+    """One lucky seed of a setting whose other seeds failed does not beat a three-seed mean; a run
+    that halving stopped (a shorter run's accuracy) and one that scored nothing (NaN, which max()
+    would keep whenever it came first) are not seeds of their setting."""
+    failed = [seeded("f1", 1e-2, 1, 0.0), seeded("f2", 1e-2, 2, 0.0)]
+    for run in failed:
+        run["status"], run["metrics"] = "failed", None
+    rows = [seeded("a", 1e-3, 0, 0.62), seeded("b", 1e-3, 1, 0.60), seeded("c", 1e-3, 2, 0.61),
+            seeded("lucky", 1e-2, 0, 0.70), *failed]
+    (point,) = frontier_points(rows)
+    assert point.lr == 1e-3 and point.seeds == (0.62, 0.60, 0.61)
+    halted = seeded("h", 3e-3, 0, 0.95)
+    halted["metrics"]["halted"] = "accuracy 0.50 at step 50 is 0.25 below lr 0.001's"
+    nan = [seeded("n0", 1e-4, 0, float("nan")), seeded("n1", 1e-4, 1, float("nan")),
+           seeded("n2", 1e-4, 2, float("nan"))]
+    for order in (1, -1):
+        (point,) = frontier_points((nan + [seeded("h1", 3e-3, 1, 0.9), seeded("h2", 3e-3, 2, 0.9), halted]
+                                    + rows[:3])[::order])
+        assert point.lr == 1e-3 and point.accuracy == pytest.approx(0.61)
+    (point,) = frontier_points([*rows[:2], seeded("c", 1e-3, 2, float("nan"))])
+    assert point.seeds == (0.62, 0.60) and point.interval[1] == pytest.approx(0.62)
+    assert frontier_points(nan) == []
+
+
 def test_the_figures_and_tables_show_the_interval_and_every_seed(tmp_path):
     rows = [seeded(str(i), 1e-3, i, a) for i, a in enumerate([0.3, 0.5, 0.7])]
     rows.append(seeded("x", 1e-3, 0, 0.4, label="based"))  # one seed: no bar
@@ -65,6 +89,18 @@ def test_the_figures_and_tables_show_the_interval_and_every_seed(tmp_path):
     assert bars.array[0] == pytest.approx(point.interval[1] - 0.5)
     assert bars.arrayminus[0] == pytest.approx(0.5 - point.interval[0])
     assert traces["based"].error_y.array is None
+
+
+def test_the_frontier_png_says_what_its_bars_are_when_it_has_any(tmp_path, monkeypatch):
+    from recallkit.report import frontier
+
+    titles, close = [], frontier.plt.close
+    monkeypatch.setattr(frontier.plt, "close",
+                        lambda fig: titles.append(fig._suptitle.get_text()) or close(fig))
+    seeded_rows = [seeded(str(i), 1e-3, i, a) for i, a in enumerate([0.3, 0.5, 0.7])]
+    frontier.plot_frontier(frontier_points(seeded_rows), tmp_path / "a.png")
+    frontier.plot_frontier(frontier_points(seeded_rows[:1]), tmp_path / "b.png")
+    assert "95% bootstrap interval" in titles[0] and "interval" not in titles[1]
 
 
 def test_a_seeded_sweep_reports_mean_and_interval_in_the_page_and_the_png(tmp_path, monkeypatch):

@@ -67,10 +67,12 @@ def frontier_points(rows: list[dict[str, Any]]) -> list[FrontierPoint]:
     gives one point per setting); evaluations under an eviction policy form their own label, one
     point per budget. Within a point, runs that differ only by seed are averaged, and the setting
     (learning rate, steps, the task's other fields, an eviction policy's options, ...: anything but
-    the seed, :func:`~recallkit.report.common.run_setting`) with the best mean wins; runs of two
-    settings are never averaged as seeds. With two or more seeds the point carries every seed's
-    accuracy and a 95% bootstrap interval of the mean (:mod:`recallkit.report.stats`). Failed and
-    unfinished runs are left out.
+    the seed, :func:`~recallkit.report.common.run_setting`) with the most seeds, then the best mean,
+    wins (so one lucky seed of a setting whose other seeds failed does not beat a mean over three);
+    runs of two settings are never averaged as seeds. With two or more seeds the point carries every
+    seed's accuracy and a 95% bootstrap interval of the mean (:mod:`recallkit.report.stats`). Failed
+    and unfinished runs are left out, and so are runs that halving stopped early (their accuracy is
+    that of a shorter run) and evaluations that scored no sequence (accuracy NaN).
     """
     groups: dict[tuple, list[tuple[dict, dict]]] = defaultdict(list)
     for row in rows:
@@ -86,9 +88,14 @@ def frontier_points(rows: list[dict[str, Any]]) -> list[FrontierPoint]:
     for (_, _, _, label, width, _, _), group in sorted(groups.items()):
         settings: dict[str, dict[int, tuple[dict, dict]]] = defaultdict(dict)
         for row, evaluation in group:  # one setting and seed is one run (its config is its identity)
+            if math.isnan(evaluation["accuracy"]) or "halted" in (row["metrics"] or {}):
+                continue
             setting = run_setting(row["config"]) + json.dumps(evaluation["policy"], sort_keys=True)
             settings[setting].setdefault(run_seed(row["config"]), (row, evaluation))
-        seeds = max(settings.values(), key=lambda runs: mean(e["accuracy"] for _, e in runs.values()))
+        if not settings:
+            continue
+        seeds = max(settings.values(),
+                    key=lambda runs: (len(runs), mean(e["accuracy"] for _, e in runs.values())))
         ordered = [seeds[seed] for seed in sorted(seeds)]
         row, best = max(ordered, key=lambda pair: pair[1]["accuracy"])  # the run the point links to
         accuracies = [e["accuracy"] for _, e in ordered]
@@ -237,8 +244,10 @@ def plot_frontier(points: list[FrontierPoint], path: str | Path,
     if handles and not split:
         fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(3, len(handles)),
                    fontsize=7, frameon=False)
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, legend_height / height, 1, 1 - 0.35 / height))  # room for the suptitle
+    seeded = any(p.interval for p in points)
+    fig.suptitle(title + ("\nmean over seeds, bars: 95% bootstrap interval" if seeded else ""))
+    top = (0.55 if seeded else 0.35) / height
+    fig.tight_layout(rect=(0, legend_height / height, 1, 1 - top))  # room for the suptitle
     for ax, tags in zip(axes.flat, tags_per_axis):
         _place_tags(ax, tags)
     path.parent.mkdir(parents=True, exist_ok=True)
