@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from recallkit.atomic import write_whole
 from recallkit.errors import RecallkitError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -30,7 +31,6 @@ CHECKPOINT_DIR = "checkpoints"
 FORMAT = 2
 MAGIC = b"recallkit checkpoint v2 sha256="
 """The file: MAGIC, the sha256 (hex) of the torch payload, a newline, the torch payload."""
-PARTIAL_SUFFIX = ".partial"
 CORRUPT_SUFFIX = ".corrupt"
 KEYS: dict[str, type | tuple[type, ...]] = {
     "format": int, "run_id": str, "model": dict, "optimizer": dict, "schedule": dict, "step": int,
@@ -71,10 +71,8 @@ def save_checkpoint(path: Path, run_id: str, model: torch.nn.Module, optimizer: 
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     data = buffer.getvalue()
-    partial = path.with_name(f"{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
-    with open(partial, "wb") as handle:
-        handle.write(MAGIC + hashlib.sha256(data).hexdigest().encode() + b"\n" + data)
-    os.replace(partial, path)
+    write_whole(path, lambda partial: partial.write_bytes(MAGIC + hashlib.sha256(data).hexdigest().encode()
+                                                          + b"\n" + data))
 
 
 def read_checkpoint(path: Path, run_id: str, device: torch.device | str = "cpu") -> dict[str, Any]:

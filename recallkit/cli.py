@@ -8,6 +8,7 @@ Exit codes (README, "Exit codes"): 0 success; 1 an error (one line on stderr); 2
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sqlite3
@@ -23,6 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from recallkit.atomic import write_whole
 from recallkit.contract import check_model, models_to_check
 from recallkit.errors import RecallkitError, one_line
 from recallkit.inference.kv_memory import default_kv_numbers_per_token, default_state_size
@@ -30,7 +32,7 @@ from recallkit.kv import POLICIES
 from recallkit.mixers import MIXERS
 from recallkit.report import frontier_points, write_compare, write_report
 from recallkit.sweep import load_sweep, run_sweep
-from recallkit.sweep.directory import describe
+from recallkit.sweep.directory import describe, make_directory
 from recallkit.sweep.doctor import diagnose
 from recallkit.sweep.ray_executor import RayOptions
 from recallkit.tasks import TASKS
@@ -321,9 +323,11 @@ def bench(
     """Benchmark kernels and mixers on this machine: speed-ups vs SDPA, % of matmul peak, tokens/s."""
     from recallkit.bench import run_bench
 
-    out.parent.mkdir(parents=True, exist_ok=True)  # before minutes of benchmarking, not after
+    make_directory(out.parent, "directory of --out")  # before minutes of benchmarking, not after
     if out.is_dir():
         raise RecallkitError(f"--out {out} is a directory; give the JSON file to write")
+    if not os.access(out.parent, os.W_OK):
+        raise RecallkitError(f"cannot write --out {out}: its directory is not writable")
     if pretrained is not None:
         _bench_pretrained(pretrained, batch, length, out, quick)
         return
@@ -331,7 +335,7 @@ def bench(
         result = run_bench(quick=quick, progress=lambda message: status.update(f"benchmarking: {message}"))
     for table in _bench_tables(result):
         console.print(table)
-    out.write_text(json.dumps(result, indent=1))
+    write_whole(out, lambda partial: partial.write_text(json.dumps(result, indent=1)))
     console.print(f"results: {out}")
 
 
@@ -354,6 +358,6 @@ def _bench_pretrained(source: str, batch: int, length: int, out: Path, quick: bo
         f"{result['prefill_vs_plain_forward']:.2f}x a plain "
         f"transformers forward\ndecode: {result['decode_tokens_per_s']:,.1f} tokens/s "
         f"through the cache; {evicting}", highlight=False, emoji=False)
-    out.write_text(json.dumps(result, indent=1))
+    write_whole(out, lambda partial: partial.write_text(json.dumps(result, indent=1)))
     console.print(f"results: {out}")
 

@@ -651,3 +651,55 @@ def test_idle_workers_exit_on_their_own_when_the_sweep_ends(tmp_path, monkeypatc
                                lambda c, s: None, "cpu", str(tmp_path), 1.0)
     assert [outcomes[c.run_id]["status"] for c in configs] == ["done", "done"]
     assert exitcodes == [0, 0]  # -9 when killed
+
+
+# ---- links and half-written files in the output directory --------------------------------------------
+
+@pytest.mark.parametrize("name", [LOCK_FILE, "results.sqlite", CHECKPOINT_DIR, "wandb"])
+def test_a_link_where_a_sweep_writes_is_refused_and_its_target_untouched(tmp_path, name):
+    out, victim = tmp_path / "out", tmp_path / "victim"
+    out.mkdir()
+    victim.mkdir() if name in (CHECKPOINT_DIR, "wandb") else victim.write_text("precious")
+    (out / name).symlink_to(victim)
+    (tmp_path / "sweep.py").write_text(SWEEP)
+    message = _one_line(runner.invoke(app, ["run", str(tmp_path / "sweep.py"), "--out", str(out), "--quiet"]))
+    assert f"{out / name} is a symbolic link" in message
+    assert list(victim.iterdir()) == [] if victim.is_dir() else victim.read_text() == "precious"
+
+
+def test_doctor_refuses_to_repair_through_a_linked_checkpoint_directory(finished, tmp_path):
+    out, victim = tmp_path / "out", tmp_path / "models"
+    shutil.copytree(finished, out)
+    victim.mkdir()
+    (victim / "weights.pt").write_text("not a checkpoint, not ours")
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    (out / CHECKPOINT_DIR).symlink_to(victim)
+    assert "is a symbolic link" in _one_line(runner.invoke(app, ["doctor", str(out), "--repair"]))
+    assert (victim / "weights.pt").read_text() == "not a checkpoint, not ours"
+
+
+def test_a_report_replaces_links_and_a_failed_write_keeps_the_last_report(finished, tmp_path, monkeypatch):
+    """The report's files are written whole or not at all: a sibling partial file and a rename, which
+    replaces a link in place of writing through it."""
+    out, victim = tmp_path / "out", tmp_path / "victim.png"
+    shutil.copytree(finished, out)
+    victim.write_text("precious")
+    (out / "frontier.png").unlink(missing_ok=True)
+    (out / "frontier.png").symlink_to(victim)
+    assert runner.invoke(app, ["report", str(out)]).exit_code == 0
+    assert victim.read_text() == "precious" and not (out / "frontier.png").is_symlink()
+    good = (out / "report.html").read_bytes()
+    write_text = Path.write_text
+
+    def half_then_full_disk(path, text, *args, **kwargs):
+        write_text(path, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_full_disk)
+    assert "No space left on device" in _one_line(runner.invoke(app, ["report", str(out)]))
+    monkeypatch.undo()
+    assert (out / "report.html").read_bytes() == good
+    assert [p.name for p in out.iterdir() if p.name.endswith(".partial")] == []
+    (out / "report.html.1234.partial").write_text("<html>half")  # as a SIGKILLed report leaves it
+    result = runner.invoke(app, ["doctor", str(out), "--repair"])
+    assert "report.html.1234.partial" in result.output and not (out / "report.html.1234.partial").exists()

@@ -437,7 +437,8 @@ def test_the_width_figure_names_every_family_in_the_frontiers_colours(tmp_path, 
             row("c4", "C", 64, 1e-3, 0.3, T=128), row("a", "A", 0, None, 0.9)]
     points = frontier_points(rows)
     saved = []
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda figure, *a, **k: saved.append(figure))
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda figure, path, *a, **k: saved.append(figure) or Path(path).touch())
     plot_width_curves(points, tmp_path / "width.png")
     legend = saved[0].axes[-1].get_legend()
     assert [t.get_text() for t in legend.get_texts()] == ["B", "C"]

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from recallkit.atomic import write_whole
 from recallkit.errors import RecallkitError
 
 if TYPE_CHECKING:  # annotations only: recallkit.model may import recallkit.inference
@@ -94,10 +94,7 @@ def save_prefix_state(
     metadata["checksum"] = _checksum(metadata, tensors)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    save_file(tensors, partial, metadata=metadata)
-    os.replace(partial, path)
-    return path
+    return write_whole(path, lambda partial: save_file(tensors, partial, metadata=metadata))
 
 
 def load_prefix_state(model: nn.Module, path: str | Path, *,

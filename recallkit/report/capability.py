@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from recallkit.atomic import write_whole
 from recallkit.report.common import FrontierPoint, base_panel, best_first
 
 
@@ -85,7 +86,7 @@ def plot_capability_map(points: list[FrontierPoint], path: str | Path) -> Path:
     fig.colorbar(image, ax=ax, fraction=0.04, label="accuracy")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130, bbox_inches="tight")
+    write_whole(path, lambda partial: fig.savefig(partial, format="png", dpi=130, bbox_inches="tight"))
     plt.close(fig)
     return path
 

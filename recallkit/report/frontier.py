@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from recallkit.atomic import write_whole
 from recallkit.report.common import (
     FrontierPoint,
     base_panel,
@@ -251,6 +252,6 @@ def plot_frontier(points: list[FrontierPoint], path: str | Path,
     for ax, tags in zip(axes.flat, tags_per_axis):
         _place_tags(ax, tags)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130, bbox_inches="tight")
+    write_whole(path, lambda partial: fig.savefig(partial, format="png", dpi=130, bbox_inches="tight"))
     plt.close(fig)
     return path

@@ -8,6 +8,7 @@ import html
 from pathlib import Path
 from typing import Any
 
+from recallkit.atomic import write_whole
 from recallkit.report.capability import capability_table, has_capability_axis
 from recallkit.report.common import FrontierPoint, accuracy_text
 from recallkit.report.curves import curves_figure
@@ -224,5 +225,5 @@ queries answered exactly; each frontier point is the best learning rate for its 
 <script>{FILTER_SCRIPT}</script>
 </body></html>
 """
-    path.write_text(page, encoding="utf-8")
+    write_whole(path, lambda partial: partial.write_text(page, encoding="utf-8"))
     return path

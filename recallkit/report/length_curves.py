@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from recallkit.atomic import write_whole
 from recallkit.report.common import palette, run_seed, run_setting
 from recallkit.report.stats import bootstrap_interval
 
@@ -132,6 +133,6 @@ def plot_length_curves(curves: list[dict[str, Any]], path: str | Path) -> Path:
     fig.suptitle("Length generalisation (bound: L * bits per unit = state numbers * 32 bits)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130, bbox_inches="tight")
+    write_whole(path, lambda partial: fig.savefig(partial, format="png", dpi=130, bbox_inches="tight"))
     plt.close(fig)
     return path

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from recallkit.atomic import write_whole
 from recallkit.report.common import FrontierPoint, best_first, error_bars, palette
 
 
@@ -78,6 +79,6 @@ def plot_width_curves(points: list[FrontierPoint], path: str | Path) -> Path:
                  fontsize=10 if any_seeded else None)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
+    write_whole(path, lambda partial: fig.savefig(partial, format="png", dpi=130))
     plt.close(fig)
     return path

@@ -25,6 +25,19 @@ def make_directory(path: str | Path, what: str = "output directory") -> Path:
     return path
 
 
+def refuse_links(*paths: Path) -> None:
+    """Refuse to write at a symbolic link inside an output directory: the write, or a repair that
+    deletes, would land wherever the link points, outside the directory.
+
+    Raises:
+        RecallkitError: one of ``paths`` is a symbolic link.
+    """
+    for path in paths:
+        if path.is_symlink():
+            raise RecallkitError(f"{path} is a symbolic link; recallkit writes only inside its output "
+                                 "directory and does not follow links: remove the link")
+
+
 def describe(error: OSError) -> str:
     """An OS error in words, naming the file it concerns when that is another path."""
     if error.errno == errno.ENOTDIR or isinstance(error, FileExistsError):

@@ -16,14 +16,10 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recallkit.checkpoint import (
-    CHECKPOINT_DIR,
-    CORRUPT_SUFFIX,
-    PARTIAL_SUFFIX,
-    CorruptCheckpoint,
-    read_checkpoint,
-)
+from recallkit.atomic import PARTIAL_SUFFIX
+from recallkit.checkpoint import CHECKPOINT_DIR, CORRUPT_SUFFIX, CorruptCheckpoint, read_checkpoint
 from recallkit.errors import RecallkitError
+from recallkit.sweep.directory import refuse_links
 from recallkit.sweep.lock import is_locked
 from recallkit.sweep.store import RESULTS_FILE, STATUSES, Store
 
@@ -55,6 +51,7 @@ def diagnose(out_dir: str | Path, repair: bool = False) -> Diagnosis:
         RecallkitError: no database, or one SQLite cannot read at all.
     """
     out_dir = Path(out_dir)
+    refuse_links(out_dir / CHECKPOINT_DIR)  # a repair deletes in there
     live = is_locked(out_dir)
     with Store(out_dir / RESULTS_FILE, create=False, readonly=not repair) as store:
         try:
@@ -68,6 +65,8 @@ def diagnose(out_dir: str | Path, repair: bool = False) -> Diagnosis:
         diagnosis = Diagnosis(store.path, integrity, counts, live, stale, corrupt)
         if not live:  # a live sweep rewrites its checkpoints: only a stopped one's are judged
             diagnosis.bad_checkpoints, diagnosis.leftovers = _check_checkpoints(out_dir / CHECKPOINT_DIR)
+            diagnosis.leftovers += [p for p in sorted(out_dir.iterdir())  # a killed report's files
+                                    if p.name.endswith(PARTIAL_SUFFIX) and p.is_file()]
         if repair and not diagnosis.healthy:
             if live:
                 raise RecallkitError(f"a sweep is writing {out_dir}; repair it after that sweep stops")

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from recallkit.errors import RecallkitError
-from recallkit.sweep.directory import describe, make_directory
+from recallkit.sweep.directory import describe, make_directory, refuse_links
 
 LOCK_FILE = "results.lock"
 
@@ -26,6 +26,7 @@ def writer_lock(out_dir: Path) -> Iterator[None]:
     """Hold the directory's writer lock, or fail at once with who holds it."""
     make_directory(out_dir, "results directory")
     path = out_dir / LOCK_FILE
+    refuse_links(path)  # opened to write: through a link it would truncate the file linked to
     try:
         directory = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as error:

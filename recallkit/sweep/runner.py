@@ -28,6 +28,7 @@ from recallkit.config import RunConfig as TrainRunConfig
 from recallkit.packed_training import pack_key
 from recallkit.errors import RecallkitError
 import recallkit.sweep.halving as halving_rules
+from recallkit.sweep.directory import refuse_links
 from recallkit.sweep.lock import writer_lock
 from recallkit.sweep.ray_executor import RayOptions, import_ray, run_ray
 from recallkit.sweep.store import RESULTS_FILE, Store
@@ -112,9 +113,11 @@ def run_sweep(
                                          "'cuda' but CUDA is not available here; pass --device cpu "
                                          "or auto") from None
     checkpoints = str(Path(out_dir) / CHECKPOINT_DIR)  # serial and process runs resume mid-run
+    refuse_links(Path(out_dir) / RESULTS_FILE)
     if (Path(out_dir) / RESULTS_FILE).exists():  # a foreign database: refused before even the lock file
         Store(Path(out_dir) / RESULTS_FILE, readonly=True).close()
     with writer_lock(Path(out_dir)), Store(Path(out_dir) / RESULTS_FILE) as store:
+        refuse_links(Path(out_dir) / CHECKPOINT_DIR, Path(out_dir) / "wandb")  # written into below
         store.reset_running()  # we hold the lock: any `running` row is a killed driver's
         store.add(configs)
         todo = store.unfinished(configs)

@@ -18,7 +18,7 @@ from typing import Any
 
 from recallkit.config import RunConfig
 from recallkit.errors import RecallkitError
-from recallkit.sweep.directory import make_directory
+from recallkit.sweep.directory import make_directory, refuse_links
 
 RESULTS_FILE = "results.sqlite"
 """The store's file name inside a sweep's output directory."""
@@ -117,6 +117,9 @@ class Store:
             RecallkitError: no database (and not ``create``), a foreign or unreadable file.
         """
         self.path = Path(path)
+        if not readonly:  # SQLite writes through a link, and so would its journal files
+            sidecars = (self.path.with_name(self.path.name + s) for s in ("-wal", "-shm", "-journal"))
+            refuse_links(self.path, *sidecars)
         exists = self.path.exists()
         if not exists and (readonly or not create):
             raise RecallkitError(f"no results database at {self.path}")
