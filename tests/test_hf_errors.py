@@ -4,6 +4,7 @@ from `recallkit check-model`, for every way a source can be wrong."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -21,7 +22,7 @@ from recallkit.errors import RecallkitError
 from recallkit.hf import SUPPORTED_ARCHS, TINY_ARCHS, load_model
 from recallkit.hf.load import smollm2_path
 from recallkit.hf.memory import available_memory_bytes
-from recallkit.hf.tiny import tiny_config, tiny_tokenizer
+from recallkit.hf.tiny import build_tiny_model, tiny_config, tiny_tokenizer
 from recallkit.sweep import run_sweep
 from tests.conftest import tiny_run
 
@@ -67,8 +68,19 @@ def sources(tmp_path_factory):
     transformers.AutoConfig.for_model("llama", hidden_size=16384, num_hidden_layers=80, vocab_size=128000,
                                       num_attention_heads=128, num_key_value_heads=8).save_pretrained(huge)
     tiny_tokenizer().save_pretrained(huge)
+    negative = root / "negative"  # sizes no model has: torch fails inside the meta-device build
+    transformers.AutoConfig.for_model("llama", vocab_size=-5, hidden_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4).save_pretrained(negative)
+    tiny_tokenizer().save_pretrained(negative)
+    fewer, more = root / "fewer_layers", root / "more_layers"  # weights of 2 layers, configs of 1 and 3
+    model, tokenizer = build_tiny_model("llama", 0)
+    for directory, layers in ((fewer, 1), (more, 3)):
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+        config = json.loads((directory / "config.json").read_text())
+        (directory / "config.json").write_text(json.dumps(config | {"num_hidden_layers": layers}))
     return {"junk": junk, "not_gguf": not_gguf, "no_config": no_config, "no_tokenizer": no_tokenizer,
-            "gpt2": gpt2, "huge": huge, "root": root}
+            "gpt2": gpt2, "huge": huge, "negative": negative, "fewer": fewer, "more": more, "root": root}
 
 
 def test_unknown_sources(sources):
@@ -107,6 +119,18 @@ def test_unsupported_architecture_names_the_supported_ones(sources):
     message = assert_one_line_error(str(sources["gpt2"]), r"gpt2: architecture 'gpt2' is not supported")
     supported = message.split("supported: ")[-1].split(", ")
     assert supported == list(SUPPORTED_ARCHS) and {"llama", "mistral", "qwen3"} <= set(supported)
+
+
+def test_a_config_with_impossible_sizes_is_one_line(sources):
+    assert_one_line_error(str(sources["negative"]),
+                          r"negative: the model config describes no buildable model \(RuntimeError: ")
+
+
+@pytest.mark.parametrize(("name", "pattern"), [("fewer", r"9 unexpected \(e\.g\. model\.layers\.1\."),
+                                               ("more", r"\d+ missing \(e\.g\. model\.layers\.2\.")])
+def test_weights_that_do_not_fit_the_config_are_refused_not_initialised_at_random(sources, name, pattern):
+    assert_one_line_error(str(sources[name]), name + r"_layers: the weights do not fit the model config: "
+                          + pattern)
 
 
 def test_a_model_too_large_for_memory_is_refused_before_any_weight_is_read(sources, monkeypatch):

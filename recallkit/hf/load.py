@@ -20,6 +20,7 @@ import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -80,28 +81,49 @@ def _load_pretrained(directory: Path, gguf_file: str | None, source: str, dtype:
     except Exception as error:  # noqa: BLE001 - transformers raises many kinds; the user needs one line
         raise RecallkitError(f"{source}: cannot read the model config ({_first_line(error)})") from None
     _check_arch(config, source)
-    check_fits(config, dtype)
+    try:
+        check_fits(config, dtype)  # builds the model on the meta device: sizes that no model has fail here
+    except RecallkitError:
+        raise
+    except Exception as error:  # noqa: BLE001 - torch and transformers raise many kinds
+        raise RecallkitError(f"{source}: the model config describes no buildable model "
+                             f"({_first_line(error)})") from None
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(directory, **kwargs)
     except Exception as error:  # noqa: BLE001
         raise RecallkitError(f"{source}: no usable tokenizer ({_first_line(error)})") from None
     try:
         with _no_progress_bars():
-            model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs)
+            model, info = transformers.AutoModelForCausalLM.from_pretrained(
+                directory, dtype=dtype, output_loading_info=True, **kwargs)
     except Exception as error:  # noqa: BLE001
         raise RecallkitError(f"{source}: cannot load the weights ({_first_line(error)})") from None
+    _check_weights_match(info, source)
     return HFModel(model.eval(), tokenizer, source)
+
+
+def _check_weights_match(info: dict[str, Any], source: str) -> None:
+    """Refuse weights that do not fit the config: transformers would initialise the missing ones at
+    random (and drop the rest) and evaluate that model as if it were the checkpoint."""
+    wrong = {kind: sorted(map(str, info.get(f"{kind}_keys") or ())) for kind in ("missing", "unexpected",
+                                                                             "mismatched")}
+    if any(wrong.values()):
+        found = "; ".join(f"{len(keys)} {kind} (e.g. {keys[0]})" for kind, keys in wrong.items() if keys)
+        raise RecallkitError(f"{source}: the weights do not fit the model config: {found}")
 
 
 @contextlib.contextmanager
 def _no_progress_bars() -> Iterator[None]:
-    """Silence transformers' loading bars: a sweep's log is no place for them. The GGUF dequantising
-    loop calls ``tqdm`` directly, not through transformers' switch, so its module's name is rebound."""
+    """Silence transformers' loading bars and its load report (weights that do not fit the config are
+    refused in one line instead): a sweep's log is no place for them. The GGUF dequantising loop calls
+    ``tqdm`` directly, not through transformers' switch, so its module's name is rebound."""
     import transformers
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
     bars = transformers.utils.logging.is_progress_bar_enabled()
+    verbosity = transformers.logging.get_verbosity()
     transformers.utils.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()
     bar = getattr(gguf_utils, "tqdm", None)
     if bar is not None:
         gguf_utils.tqdm = functools.partial(bar, disable=True)
@@ -112,6 +134,7 @@ def _no_progress_bars() -> Iterator[None]:
             gguf_utils.tqdm = bar
         if bars:
             transformers.utils.logging.enable_progress_bar()
+        transformers.logging.set_verbosity(verbosity)
 
 
 def _first_line(error: Exception) -> str:
