@@ -440,7 +440,7 @@ def test_the_width_figure_names_every_family_in_the_frontiers_colours(tmp_path, 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
                         lambda figure, path, *a, **k: saved.append(figure) or Path(path).touch())
     plot_width_curves(points, tmp_path / "width.png")
-    legend = saved[0].axes[-1].get_legend()
+    (legend,) = saved[0].legends  # below the panels, not over the last one's data
     assert [t.get_text() for t in legend.get_texts()] == ["B", "C"]
     colors = palette([p.label for p in points])
     assert [tuple(h.get_color()) if isinstance(h.get_color(), tuple) else h.get_color()

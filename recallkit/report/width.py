@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -51,7 +52,11 @@ def plot_width_curves(points: list[FrontierPoint], path: str | Path) -> Path:
     curves = width_curves(points)
     panels = list(dict.fromkeys(p.panel for p in points))  # frontier order: task, then length
     widths = sorted({p.d_model for p in points})
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False, sharey=True)
+    labels = {label for panel in panels for label in curves[panel]}
+    legend_height = 0.3 + 0.18 * math.ceil(len(labels) / 3)  # inches, below the panels: never over data
+    height = 3.6 + legend_height
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(5.0, 4 * len(panels)), height), squeeze=False,
+                             sharey=True)
     for ax, panel in zip(axes[0], panels):
         for label, line in curves[panel].items():
             ax.plot([p.d_model for p in line], [p.accuracy for p in line], "o-", color=colors[label],
@@ -73,11 +78,12 @@ def plot_width_curves(points: list[FrontierPoint], path: str | Path) -> Path:
     for ax in axes[0]:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
-    axes[0][-1].legend(handles.values(), handles.keys(), fontsize=8, loc="best")
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(3, len(handles)),
+               fontsize=8, frameon=False)
     any_seeded = any(p.interval is not None for p in points)
     fig.suptitle("Recall vs model width" + ("\nmean over seeds, bars: 95% interval" if any_seeded else ""),
                  fontsize=10 if any_seeded else None)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, legend_height / height, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     write_whole(path, lambda partial: fig.savefig(partial, format="png", dpi=130))
     plt.close(fig)
