@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from recallkit.config import RunConfig
+from recallkit.config import PretrainedRunConfig, RunConfig
 from recallkit.mixers.base import state_numel
 from recallkit.model import build_model
 
@@ -157,13 +157,21 @@ def _causality(model: Any, tokens: Tensor, prefix: Tensor | None, full: Tensor, 
 
 def models_to_check(source: str, seed: int = 0) -> list[tuple[str, Any]]:
     """``(label, model)`` pairs for ``source``: a results directory gives one model per distinct
-    model config of its runs (built from the run's seed: the contract is the architecture's); anything
-    else is a pretrained source for ``recallkit.hf.load_model``."""
+    model config of its runs (a trained run's built from its seed: the contract is the architecture's;
+    a pretrained run's loaded from its source); anything else is a pretrained source for
+    ``recallkit.hf.load_model``."""
     if Path(source).is_dir() and Path(source, "results.sqlite").is_file():
         from recallkit.report.load import read_rows
 
         models: dict[str, tuple[str, Any]] = {}
         for row in read_rows(source):
+            if "pretrained" in row["config"]["model"]:  # an evaluation of a pretrained model
+                pretrained = PretrainedRunConfig.model_validate(row["config"])
+                key = pretrained.model.model_dump_json()
+                if key not in models:
+                    models[key] = (pretrained.model.pretrained,
+                                   _load_pretrained(pretrained.model.pretrained, pretrained.model.dtype))
+                continue
             config = RunConfig.model_validate(row["config"])
             key = config.model.model_dump_json()
             if key not in models:
@@ -171,6 +179,10 @@ def models_to_check(source: str, seed: int = 0) -> list[tuple[str, Any]]:
                     torch.manual_seed(config.train.seed)
                     models[key] = (config.display_label, build_model(config.model))
         return list(models.values())
+    return [(source, _load_pretrained(source, "float32", seed))]
+
+
+def _load_pretrained(source: str, dtype: str, seed: int = 0) -> Any:
     from recallkit.hf import load_model
 
-    return [(source, load_model(source, seed=seed))]
+    return load_model(source, dtype=getattr(torch, dtype), seed=seed)

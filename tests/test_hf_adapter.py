@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 import recallkit as rk
 from recallkit.cli import app
+from recallkit.config import PretrainedRunConfig
 from recallkit.contract import check_model
 from recallkit.errors import RecallkitError
 from recallkit.hf import TINY_ARCHS, HFModel, load_model
@@ -136,6 +137,21 @@ def test_check_model_on_a_results_directory(tmp_path):
     assert {"causality", "state size"} <= set(names) and any(n.startswith("steps after") for n in names)
     assert all(line.lstrip().startswith("ok") for line in result.stdout.splitlines()[1:])
     assert _snapshot(out) == before
+
+
+def test_check_model_on_a_results_directory_with_a_pretrained_run(tmp_path):
+    """The demo's directory holds an evaluation of a pretrained model beside trained runs: its model is
+    loaded from its source and checked too (its row is no training config)."""
+    out = tmp_path / "results"
+    pretrained = PretrainedRunConfig(model={"pretrained": "tiny:llama"}, task={"name": "phonebook_text",
+                                                                               "num_entries": 3},
+                                     num_examples=2)
+    rows = run_sweep([tiny_run(max_steps=2, eval_every=2), pretrained], out, quiet=True)
+    assert [r["status"] for r in rows] == ["done", "done"]
+    result = runner.invoke(app, ["check-model", str(out)])
+    assert result.exit_code == 0, result.output + result.stderr
+    headers = [line for line in result.stdout.splitlines() if not line.startswith(" ")]
+    assert len(headers) == 2 and headers[-1].startswith("tiny:llama")
 
 
 def test_importing_recallkit_does_not_import_transformers():
