@@ -7,7 +7,7 @@ from torch import Tensor
 
 from recallkit.generation import greedy_predictions
 from recallkit.inference.decode import evaluate_with_policy
-from recallkit.kv import Budget, Mode, Policy
+from recallkit.kv import Budget, Mode, Policy, make_policy
 from recallkit.mlm import labels_after_prefix
 from recallkit.model import LanguageModel
 from recallkit.tasks.base import IGNORE_INDEX, Batch
@@ -60,7 +60,8 @@ def evaluate(model: LanguageModel, batch: Batch, batch_size: int | None = None,
         batch_size: sequences per minibatch; None: about ``PARALLEL_TOKENS`` tokens each in the
             parallel form, 256 sequences token by token (a policy, greedy generation).
         policy: None (the parallel form), a ``POLICIES`` key, a ``{"name": key, ...}`` dict or a Policy.
-        budget: with a policy: tokens per sequence and KV head, or a fraction of the context length.
+        budget: with a policy: tokens per sequence and KV head, or a fraction of the context length
+            (``full``, which never evicts, needs none: the whole context).
         mode: with a policy: ``continuous`` (evict on every step) or ``prefill`` (compress once after
             the context).
         greedy: also score free-running greedy generation of each sequence's answer through the
@@ -79,7 +80,10 @@ def evaluate(model: LanguageModel, batch: Batch, batch_size: int | None = None,
     if policy is None and budget is not None:
         raise ValueError("a budget needs an eviction policy")
     if policy is not None and budget is None:
-        raise ValueError(f"eviction policy {policy!r} needs a budget (tokens, or a fraction of the context)")
+        if make_policy(policy).evicts:
+            raise ValueError(f"eviction policy {policy!r} needs a budget (tokens, or a fraction of the "
+                             "context)")
+        budget = 1.0  # ``full`` never evicts: it holds the whole context
     if greedy and policy is not None:  # checked before any work: a policy evaluation can take minutes
         raise ValueError("greedy generation runs without an eviction policy")
     was_training = model.training

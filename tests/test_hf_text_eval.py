@@ -170,6 +170,10 @@ def test_policy_with_whole_budget_generates_as_without(model, policy):
     assert kept["policy"] == policy and kept["mode"] == "prefill" and kept["budget"] == 1.0
     prompt_tokens = [len(model.tokenizer(task.prompt(e)).input_ids) for e in task.generate(3, 0)]
     assert kept["budget_tokens"] == max(prompt_tokens)
+    if policy == "full":  # it never evicts, so it needs no budget: the whole prompt
+        unbudgeted = evaluate_text(model, task, num_examples=3, policy=policy)
+        assert {k: v for k, v in unbudgeted.items() if k != "time_s"} == {
+            k: v for k, v in kept.items() if k != "time_s"}
 
 
 @pytest.mark.parametrize("mode", ["prefill", "continuous"])

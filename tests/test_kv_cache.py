@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import recallkit as rk
+from recallkit.config import EvalPolicy
 from recallkit.inference import KVCache, evaluate_with_policy, evicting_state, make_policy, resolve_budget
 from recallkit.ops.rotary import rotate_at
 from recallkit.report import frontier_points, write_report
@@ -337,6 +338,10 @@ def test_evaluate_with_a_policy_reports_what_the_budget_holds(short_conv):
     plain = rk.evaluate(model, batch)
     full = rk.evaluate(model, batch, policy="full", budget=1.0)
     assert full["accuracy"] == plain["accuracy"] and full["state_size"] == model.state_size(T)
+    assert rk.evaluate(model, batch, policy="full") == full  # it never evicts: no budget needed
+    assert EvalPolicy(policy="full").budget == 1.0
+    with pytest.raises(ValueError, match="needs a budget"):
+        rk.evaluate(model, batch, policy="window")
     small = rk.evaluate(model, batch, policy="window", budget=3)
     per_token = 2 * 2 * 8  # K and V, 2 KV heads of 8
     conv = 2 * 32 * (short_conv - 1) if short_conv else 0  # the conv tails stay in the state

@@ -99,6 +99,7 @@ def evaluate_text_grid(model: HFModel, task: TextTaskConfig, settings: Sequence[
             raise RecallkitError(f"a grid setting is None or (policy, budget, mode); got {setting!r}")
     if not settings:
         raise RecallkitError("evaluate_text_grid needs at least one setting")
+    settings = [_whole_prompt_budget(s) for s in settings]
     resolved = [_check_run(model, *(s or (None, None, "prefill")), num_examples, 1, chat) for s in settings]
     run = _Run(model, task, num_examples, seed, read_twice, chat, max_new_tokens)
     budgets = [_check_lengths(run.ids, s and s[1]) if p else [] for p, s in zip(resolved, settings)]
@@ -311,6 +312,17 @@ def _check_run(model: HFModel, policy: Any, budget: Budget | None, mode: str, nu
         raise RecallkitError(one_line(error)) from None
     except ValueError as error:
         raise RecallkitError(str(error).splitlines()[0]) from None
+
+
+def _whole_prompt_budget(setting: Setting) -> Setting:
+    """A policy that never evicts (``full``) given without a budget holds the whole prompt: 1.0."""
+    if setting is None or setting[0] is None or setting[1] is not None:
+        return setting
+    try:
+        evicts = make_policy(setting[0]).evicts
+    except (ValidationError, ValueError):
+        return setting  # ``_check_run`` says what is wrong with it
+    return setting if evicts else (setting[0], 1.0, setting[2])
 
 
 def _check_lengths(ids: list[list[int]], budget: Budget) -> list[int]:
