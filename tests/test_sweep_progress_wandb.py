@@ -57,3 +57,20 @@ def test_cli_wandb_option_and_errors(tmp_path, sweep_file, monkeypatch):
     result = CliRunner().invoke(app, ["run", str(sweep_file(steps=2)), "--out", str(tmp_path / "b"),
                                       "--wandb", "p"])
     assert result.exit_code == 1 and "needs `pip install recallkit[wandb]`" in result.output
+
+
+def test_online_wandb_without_a_login_is_refused_before_any_run(tmp_path, sweep_file, monkeypatch):
+    """Without a key the first finished run's upload failed with a traceback (or waited at W&B's
+    prompt in a terminal) after it had trained; now the sweep does not start."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    result = CliRunner().invoke(app, ["run", str(sweep_file(steps=2)), "--out", str(tmp_path / "out"),
+                                      "--wandb", "p", "--wandb-mode", "online"])
+    assert result.exit_code == 1 and result.output.startswith("error: W&B online mode needs a login")
+    assert result.output.count("\n") == 1 and not (tmp_path / "out" / "results.sqlite").exists()
+    (tmp_path / "netrc").write_text("machine api.wandb.ai login user password 0123456789abcdef\n")
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert wandb_log.has_wandb_login()
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef")
+    assert wandb_log.has_wandb_login()

@@ -8,8 +8,11 @@ under ``DIR/wandb`` with no network; ``wandb sync DIR/wandb/offline-run-*`` uplo
 
 from __future__ import annotations
 
+import netrc
+import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 from recallkit.config import RunConfig
 from recallkit.errors import RecallkitError
@@ -43,6 +46,18 @@ def _summary(outcome: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def has_wandb_login() -> bool:
+    """Whether W&B has an API key here: WANDB_API_KEY, or the netrc entry that `wandb login` writes
+    for its host (WANDB_BASE_URL, default api.wandb.ai)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host or "") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
 class WandbLogger:
     """``on_outcome`` callback of ``run_sweep`` that logs each finished run to W&B.
 
@@ -56,6 +71,9 @@ class WandbLogger:
         if mode not in ("offline", "online", "disabled"):
             raise ValueError(f"unknown W&B mode {mode!r}; use offline, online or disabled")
         self.wandb = _wandb()
+        if mode == "online" and not has_wandb_login():  # else the first finished run would fail (or prompt)
+            raise RecallkitError("W&B online mode needs a login (`wandb login` or WANDB_API_KEY); or log "
+                                 "with --wandb-mode offline and `wandb sync` later")
         self.project, self.mode, self.dir = project, mode, Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
 
