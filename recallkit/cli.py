@@ -31,6 +31,7 @@ from recallkit.inference.kv_memory import default_kv_numbers_per_token, default_
 from recallkit.kv import POLICIES
 from recallkit.mixers import MIXERS
 from recallkit.report import frontier_points, write_compare, write_report
+from recallkit.report.common import accuracy_text
 from recallkit.sweep import load_sweep, run_sweep
 from recallkit.sweep.directory import describe, make_directory
 from recallkit.sweep.doctor import diagnose
@@ -80,12 +81,12 @@ def _one_line_errors(command):
 
 def _frontier_table(rows: list[dict]) -> Table:
     table = Table(title="best learning rate per model and width")
-    for column in ("setting", "model", "width", "state size", "accuracy", "time (s)"):
+    for column in ("setting", "model", "width", "state size", "accuracy", "time (s), best run"):
         left = column in ("setting", "model")
         table.add_column(column, justify="left" if left else "right", overflow="fold", no_wrap=not left)
     status = {r["run_id"]: r["status"] for r in rows}
     for p in frontier_points(rows):  # a point's best run diverged: every run of it did (or scored 0)
-        accuracy = "diverged" if status.get(p.run_id) == "diverged" else f"{p.accuracy:.3f}"
+        accuracy = "diverged" if status.get(p.run_id) == "diverged" else escape(accuracy_text(p))
         table.add_row(escape(p.panel), escape(p.label), str(p.d_model or "-"), f"{p.state_size:,}",
                       accuracy, f"{p.wall_time:.1f}" if p.wall_time else "")  # "[h2o]" is text, not markup
     return table

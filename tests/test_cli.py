@@ -47,7 +47,7 @@ def test_the_frontier_table_prints_bracketed_labels(monkeypatch):
     import recallkit.cli as cli
 
     point = SimpleNamespace(panel="mqar [N=8]", label="attention [h2o]", d_model=64, state_size=10,
-                            run_id="r", accuracy=0.5, wall_time=1.0)
+                            run_id="r", accuracy=0.5, wall_time=1.0, interval=None, seeds=())
     monkeypatch.setattr(cli, "frontier_points", lambda rows: [point])
     console = Console(record=True, width=200)
     console.print(cli._frontier_table([]))

@@ -160,3 +160,20 @@ def test_equal_seeds_draw_no_negative_error_bar():
     assert point.interval[0] > point.accuracy  # what the figures must not draw as a negative bar
     bars = frontier_figure(frontier_points(rows), rows).data[0].error_y
     assert min(bars.array) >= 0 and min(bars.arrayminus) >= 0
+
+
+def test_the_terminal_table_gives_the_interval_and_the_page_says_why_a_run_halted(tmp_path):
+    from rich.console import Console
+
+    from recallkit.cli import _frontier_table
+    from recallkit.report.html import write_html
+
+    rows = [seeded(str(i), 1e-3, i, a) for i, a in enumerate([0.3, 0.5, 0.7])]
+    halted = seeded("h", 3e-3, 0, 0.1)
+    halted["metrics"]["halted"] = "accuracy 0.100 at step 50, more than 0.25 below lr 0.001's"
+    console = Console(width=200, record=True)
+    console.print(_frontier_table(rows + [halted]))
+    (point,) = frontier_points(rows + [halted])
+    assert accuracy_text(point) in console.export_text() and "(3 seeds)" in accuracy_text(point)
+    page = write_html(rows + [halted], [point], tmp_path / "report.html", "t", []).read_text()
+    assert "halted: accuracy 0.100 at step 50, more than 0.25 below lr 0.001&#x27;s" in page

@@ -133,14 +133,15 @@ def _runs_table(rows: list[dict[str, Any]]) -> str:
                       for s, n in counts.items() if n)
 
     def error(row: dict[str, Any]) -> Markup | str:
-        if not row["error"]:
-            return ""
+        if not row["error"]:  # a run that halving stopped is done, with why in its metrics
+            halted = (row["metrics"] or {}).get("halted")
+            return f"halted: {halted}" if halted else ""  # escaped as text by _table
         first = row["error"].strip().splitlines()[0]  # the message; the traceback tail is in the tooltip
         return Markup(f'<span title="{html.escape(row["error"])}">{html.escape(first)}</span>')
 
     table = _table(
         ["run", "model", "d_model", "eval T", "lr", "status", "accuracy", "token acc", "steps", "state size",
-         "wall time (s)", "error"],
+         "wall time (s)", "error or note"],
         [[r["run_id"], r["label"], r["config"]["model"].get("d_model") or "",  # pretrained: none
           ", ".join(str(t.get("seq_len", ""))
                     for t in (r["config"].get("eval_tasks") or [r["config"]["task"]])),
