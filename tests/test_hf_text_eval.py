@@ -228,8 +228,12 @@ def test_chat_puts_the_prompt_in_a_user_turn_and_the_cue_in_the_reply(model):
                                      "{% if add_generation_prompt %}<bot>{% endif %}")
     try:
         result = evaluate_text(model, task, num_examples=1, chat=True)
+        by_default = evaluate_text(model, task, num_examples=1)  # chat=None: the template, when there is one
+        plain = evaluate_text(model, task, num_examples=1, chat=False)
     finally:
         model.tokenizer.chat_template = None
+    assert by_default == result and plain["chat"] is False
+    assert evaluate_text(model, task, num_examples=1)["chat"] is False  # no template: plain text
     body = task.prompt(example).removesuffix("\n" + task.answer_cue)
     assert result["chat"] is True
     assert result["examples"][0]["prompt_tail"] == f"<user>{body}</user><bot>Answer:"[-200:]

@@ -14,7 +14,7 @@ import torch
 from recallkit.config import PretrainedRunConfig
 from recallkit.hf.adapter import HFModel
 from recallkit.hf.load import load_model
-from recallkit.hf.text_eval import evaluate_text_grid
+from recallkit.hf.text_eval import default_chat, evaluate_text_grid
 
 _loaded: dict[tuple[str, str], HFModel] = {}  # the last model loaded in this process
 
@@ -38,7 +38,7 @@ def run_pretrained(config: PretrainedRunConfig, on_step: Any = None) -> dict[str
             if on_step is not None:
                 on_step({"step": done, "max_steps": total, "loss": float("nan"), "accuracy": float("nan")})
 
-        chat = bool(getattr(model.tokenizer, "chat_template", None)) if config.chat is None else config.chat
+        chat = default_chat(model) if config.chat is None else config.chat
         settings = [None, *((spec.policy, spec.budget, spec.mode) for spec in config.eval_policies)]
         results = evaluate_text_grid(model, config.task, settings, num_examples=config.num_examples,
                                      seed=config.seed, read_twice=config.read_twice, chat=chat,

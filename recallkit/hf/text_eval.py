@@ -49,14 +49,15 @@ Setting = tuple[Any, Budget, Mode] | None
 def evaluate_text(model: HFModel, task: TextTaskConfig, *, num_examples: int = 50, seed: int = 0,
                   read_twice: bool = False, policy: str | dict | Policy | None = None,
                   budget: Budget | None = None, mode: Mode = "prefill", max_new_tokens: int | None = None,
-                  batch_size: int = 8, chat: bool = False, generate_all: bool = False,
+                  batch_size: int = 8, chat: bool | None = None, generate_all: bool = False,
                   on_example: Callable[[int, int], None] | None = None) -> dict:
     """Greedy-generation accuracy of ``model`` on ``num_examples`` examples of ``task`` (seeded).
 
     Without a policy, examples whose prompts have the same number of tokens are read together, up to
     ``batch_size`` (no padding, so the batch changes nothing), and every answer is generated; with
     one, one example at a time, scored as :func:`evaluate_text_grid` does. ``chat`` renders the
-    prompt as a chat turn (see the module docstring). Every check (tokenizer, policy, budget, mode,
+    prompt as a chat turn (see the module docstring); None (the default) does when the tokenizer has a
+    chat template, as an instruct model's has. Every check (tokenizer, policy, budget, mode,
     prompt lengths) runs before any model call: a run can take minutes. ``on_example(done, total)``
     is called after each example is scored.
 
@@ -70,6 +71,7 @@ def evaluate_text(model: HFModel, task: TextTaskConfig, *, num_examples: int = 5
         "num_examples"}}}``) and ``examples`` (the first three: prompt tail, answer, generation,
         correct).
     """
+    chat = default_chat(model) if chat is None else chat
     if policy is None:
         _check_run(model, None, budget, mode, num_examples, batch_size, chat)
         run = _Run(model, task, num_examples, seed, read_twice, chat, max_new_tokens)
@@ -83,7 +85,8 @@ def evaluate_text(model: HFModel, task: TextTaskConfig, *, num_examples: int = 5
 
 def evaluate_text_grid(model: HFModel, task: TextTaskConfig, settings: Sequence[Setting], *,
                        num_examples: int = 50, seed: int = 0, read_twice: bool = False,
-                       max_new_tokens: int | None = None, chat: bool = False, generate_all: bool = False,
+                       max_new_tokens: int | None = None, chat: bool | None = None,
+                       generate_all: bool = False,
                        on_example: Callable[[int, int], None] | None = None) -> list[dict]:
     """:func:`evaluate_text`'s metrics for each of ``settings`` on the same examples, in order.
 
@@ -100,6 +103,7 @@ def evaluate_text_grid(model: HFModel, task: TextTaskConfig, settings: Sequence[
     if not settings:
         raise RecallkitError("evaluate_text_grid needs at least one setting")
     settings = [_whole_prompt_budget(s) for s in settings]
+    chat = default_chat(model) if chat is None else chat
     resolved = [_check_run(model, *(s or (None, None, "prefill")), num_examples, 1, chat) for s in settings]
     run = _Run(model, task, num_examples, seed, read_twice, chat, max_new_tokens)
     budgets = [_check_lengths(run.ids, s and s[1]) if p else [] for p, s in zip(resolved, settings)]
@@ -312,6 +316,11 @@ def _check_run(model: HFModel, policy: Any, budget: Budget | None, mode: str, nu
         raise RecallkitError(one_line(error)) from None
     except ValueError as error:
         raise RecallkitError(str(error).splitlines()[0]) from None
+
+
+def default_chat(model: HFModel) -> bool:
+    """``chat=None``: a chat turn when the tokenizer has a chat template (an instruct model's has)."""
+    return bool(getattr(getattr(model, "tokenizer", None), "chat_template", None))
 
 
 def _whole_prompt_budget(setting: Setting) -> Setting:
