@@ -74,3 +74,17 @@ def test_online_wandb_without_a_login_is_refused_before_any_run(tmp_path, sweep_
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef")
     assert wandb_log.has_wandb_login()
+
+
+def test_the_sweep_bar_has_an_eta_when_runs_take_minutes():
+    """rich estimated the speed over the last 30 s, where runs of minutes finish none: no ETA."""
+    from recallkit.sweep.runner import _progress
+
+    now = [0.0]
+    progress = _progress(quiet=True)
+    progress.get_time = lambda: now[0]
+    task = progress.add_task("sweep", total=4, info="")
+    for finished in (120.0, 240.0):  # runs of two minutes each
+        now[0] = finished
+        progress.advance(task)
+    assert progress.tasks[0].time_remaining == pytest.approx(2 * 120.0, rel=0.01)

@@ -39,11 +39,17 @@ from recallkit.training import resolve_device
 Executor = Literal["serial", "process", "ray"]
 
 
+SPEED_WINDOW_S = 7 * 24 * 3600.0
+"""The bars' ETA comes from the speed over this window: rich's default 30 s saw no finished run at
+all once runs took longer, and showed no ETA for a whole sweep."""
+
+
 def _progress(quiet: bool) -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), TimeRemainingColumn(), disable=quiet, transient=False,
+        speed_estimate_period=SPEED_WINDOW_S,
     )
 
 
