@@ -24,14 +24,25 @@ def seeded(run_id, seed, accuracy, pairs=8, status="done"):
 
 
 def test_runs_of_two_task_settings_are_two_settings_not_two_seeds():
+    """Trained on one task and evaluated on others, the training task is a setting like the lr: the
+    best mean wins (never the per-seed best). Evaluated on the task it trained on, another task is
+    another point of the line, tagged with what differs: the frontier never shows the easiest one."""
     # 8 pairs at seeds 0, 1: 0.9, 0.3 (mean 0.6); 4 pairs: 0.2, 0.8 (mean 0.5)
     rows = [seeded("a", 0, 0.9), seeded("b", 1, 0.3),
             seeded("c", 0, 0.2, pairs=4), seeded("d", 1, 0.8, pairs=4)]
-    (point,) = frontier_points(rows)
+    evaluated_elsewhere = copy.deepcopy(rows)
+    for run in evaluated_elsewhere:
+        run["config"]["eval_tasks"] = [{**run["config"]["task"], "num_kv_pairs": 8}]
+    (point,) = frontier_points(evaluated_elsewhere)
     assert point.accuracy == pytest.approx(0.6) and point.seeds == (0.9, 0.3)  # not the per-seed best, 0.85
     assert point.seed_runs == ((0, "a"), (1, "b")) and point.runs == 4
-    (alone,) = frontier_points([rows[0], rows[3]])  # one seed of each: the better setting alone
+    (alone,) = frontier_points([evaluated_elsewhere[0], evaluated_elsewhere[3]])  # one seed of each
     assert alone.accuracy == 0.9 and alone.seeds == () and alone.interval is None
+    four, eight = sorted(frontier_points(rows), key=lambda p: p.task["num_kv_pairs"])
+    assert (four.seeds, eight.seeds) == ((0.2, 0.8), (0.9, 0.3)) and four.runs == eight.runs == 2
+    figure = frontier_figure([four, eight], rows)
+    hover = " ".join(h for trace in figure.data for h in trace.hovertext)
+    assert "num_kv_pairs=4" in hover and "num_kv_pairs=8" in hover
 
 
 def _evicted(run_id, seed, accuracies):

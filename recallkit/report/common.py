@@ -87,8 +87,8 @@ class FrontierPoint:
     interval of the mean when there are two or more (else ``()`` and None). ``budget`` is the KV
     budget of an eviction panel's point (None elsewhere) and ``policy`` its eviction policy's
     settings, ``prefill_tokens`` the best seed's mean prompt length when the evaluation reported it,
-    ``runs`` how many runs the point is the best of, and ``model`` the stored model config (its
-    varying settings tag the point). ``run_id`` is the best seed's run.
+    ``runs`` how many runs the point is the best of, ``model`` the stored model config and ``task``
+    the training task's (their varying settings tag the point). ``run_id`` is the best seed's run.
     """
 
     panel: str
@@ -108,6 +108,13 @@ class FrontierPoint:
     interval: tuple[float, float] | None = None
     seed_runs: tuple[tuple[int, str], ...] = ()
     policy: dict[str, Any] | None = None
+    task: dict[str, Any] | None = None
+
+
+def tag_fields(point: FrontierPoint) -> dict[str, Any]:
+    """What tells a point from the others of its line: its model config and the task it trained on
+    (two pair counts of MQAR at one length are two points, never one best of them)."""
+    return {**point.model, "task": point.task or {}}
 
 
 def best_first(point: FrontierPoint) -> tuple[int, float, int]:

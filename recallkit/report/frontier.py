@@ -25,6 +25,7 @@ from recallkit.report.common import (
     panel_name,
     run_seed,
     run_setting,
+    tag_fields,
     varying_settings,
 )
 from recallkit.report.stats import bootstrap_interval
@@ -60,14 +61,22 @@ def evaluations(row: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _evaluated_task(config: dict[str, Any]) -> str:
+    """The training task of a run evaluated on it (no ``eval_tasks``): two such runs whose tasks differ
+    (MQAR at 4 and at 16 pairs) measure different things, so they are two points of their line and
+    never one best of them. A run evaluated on other tasks trained on a setting like its lr: ''."""
+    return "" if config.get("eval_tasks") else json.dumps(config.get("task"), sort_keys=True)
+
+
 def frontier_points(rows: list[dict[str, Any]]) -> list[FrontierPoint]:
     """One point per (panel, label, model): the best training setting's mean accuracy over its seeds.
 
     A panel is one evaluation setting (task and length); a run evaluated at several lengths gives a
     point in each. Models differ by width or by any mixer setting (a state-size sweep of one family
-    gives one point per setting); evaluations under an eviction policy form their own label, one
-    point per budget. Within a point, runs that differ only by seed are averaged, and the setting
-    (learning rate, steps, the task's other fields, an eviction policy's options, ...: anything but
+    gives one point per setting), and so do tasks when a run is evaluated on the task it trained on
+    (:func:`_evaluated_task`); evaluations under an eviction policy form their own label, one point
+    per budget. Within a point, runs that differ only by seed are averaged, and the setting (learning
+    rate, steps, a training task evaluated elsewhere, an eviction policy's options, ...: anything but
     the seed, :func:`~recallkit.report.common.run_setting`) with the most seeds, then the best mean,
     wins (so one lucky seed of a setting whose other seeds failed does not beat a mean over three);
     runs of two settings are never averaged as seeds. With two or more seeds the point carries every
@@ -83,10 +92,11 @@ def frontier_points(rows: list[dict[str, Any]]) -> list[FrontierPoint]:
             model = json.dumps(row["config"]["model"], sort_keys=True)
             label = row["label"] + evaluation["series"]
             key = (evaluation["task"], evaluation["seq_len"], evaluation["panel"], label,
-                   row["config"]["model"].get("d_model", 0), model, json.dumps(evaluation["budget"]))
+                   row["config"]["model"].get("d_model", 0), model, json.dumps(evaluation["budget"]),
+                   _evaluated_task(row["config"]))
             groups[key].append((row, evaluation))
     points = []
-    for (_, _, _, label, width, _, _), group in sorted(groups.items()):
+    for (_, _, _, label, width, _, _, _), group in sorted(groups.items()):
         settings: dict[str, dict[int, tuple[dict, dict]]] = defaultdict(dict)
         for row, evaluation in group:  # one setting and seed is one run (its config is its identity)
             if math.isnan(evaluation["accuracy"]) or "halted" in (row["metrics"] or {}):
@@ -110,7 +120,7 @@ def frontier_points(rows: list[dict[str, Any]]) -> list[FrontierPoint]:
             seeds=tuple(accuracies) if len(accuracies) > 1 else (),
             interval=bootstrap_interval(accuracies),
             seed_runs=tuple((seed, seeds[seed][0]["run_id"]) for seed in sorted(seeds)),
-            policy=best["policy"],
+            policy=best["policy"], task=row["config"].get("task") if _evaluated_task(row["config"]) else None,
         ))
     return points
 
@@ -185,7 +195,7 @@ def _draw_panel(ax: plt.Axes, points: list[FrontierPoint], panel: str, group: li
                         yerr=error_bars(seeded), fmt="none", ecolor=colors[label], elinewidth=1, capsize=3,
                         alpha=0.45 if faint else 1, zorder=2)
         tags.extend((p.state_size, p.accuracy, tag, colors[label])
-                    for p, tag in zip(line, varying_settings([p.model for p in line])) if tag)
+                    for p, tag in zip(line, varying_settings([tag_fields(p) for p in line])) if tag)
     return handles, tags
 
 

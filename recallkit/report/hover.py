@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from recallkit.report.common import FrontierPoint, flatten, varying_settings
+from recallkit.report.common import FrontierPoint, flatten, tag_fields, varying_settings
 
 WRAP = 96
 """Characters per hover line: wide enough for a mixer's fields, narrow enough for a laptop screen."""
@@ -72,5 +72,5 @@ def point_names(points: list[FrontierPoint]) -> list[str]:
     tags: dict[int, str] = {}
     for label in dict.fromkeys(p.label for p in points):
         group = [p for p in points if p.label == label]
-        tags.update({id(p): tag for p, tag in zip(group, varying_settings([p.model for p in group]))})
+        tags.update({id(p): tag for p, tag in zip(group, varying_settings([tag_fields(p) for p in group]))})
     return [f"{p.label} {tags[id(p)]}".strip() for p in points]

@@ -17,6 +17,7 @@ from recallkit.report.common import (
     error_bars,
     family_colors,
     plotly_text,
+    tag_fields,
     varying_settings,
 )
 from recallkit.report.hover import config_lines
@@ -101,7 +102,7 @@ def frontier_figure(points: list[FrontierPoint], rows: list[dict[str, Any]]) -> 
                 line, faint = _line(points, reference, label), True
             if not line:
                 continue
-            tags = varying_settings([p.model for p in line])
+            tags = varying_settings([tag_fields(p) for p in line])
             figure.add_trace(
                 go.Scatter(
                     x=[p.state_size for p in line], y=[p.accuracy for p in line],
