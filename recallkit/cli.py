@@ -80,8 +80,9 @@ def _one_line_errors(command):
 
 
 def _frontier_table(rows: list[dict]) -> Table:
-    table = Table(title="best learning rate per model and width")
-    for column in ("setting", "model", "width", "state size", "accuracy", "time (s), best run"):
+    table = Table(title="best learning rate per model and width",
+                  caption="accuracy: the mean over seeds [95% interval] (seeds); time: the best seed's run")
+    for column in ("setting", "model", "width", "state size", "accuracy", "time (s)"):
         left = column in ("setting", "model")
         table.add_column(column, justify="left" if left else "right", overflow="fold", no_wrap=not left)
     status = {r["run_id"]: r["status"] for r in rows}
