@@ -150,6 +150,12 @@ def test_a_sweep_file_that_exits_while_loading_is_one_line(tmp_path):
     path.write_text("import sys\nsys.exit(0)\n")
     with pytest.raises(RecallkitError, match="exited while loading"):
         load_sweep(path)
+    path.write_text("class Stop(BaseException):\n    pass\nraise Stop('not an Exception')\n")
+    with pytest.raises(RecallkitError, match="Stop: not an Exception"):
+        load_sweep(path)
+    path.write_text("raise KeyboardInterrupt\n")  # Ctrl-C while the file runs: exit 130, as everywhere
+    with pytest.raises(KeyboardInterrupt):
+        load_sweep(path)
 
 
 def test_a_results_database_of_another_schema_version_is_refused_before_writing(tmp_path):

@@ -29,6 +29,10 @@ def load_sweep(path: str | Path) -> list[AnyRunConfig]:
     except SystemExit as error:  # sys.exit() in the file: it defined no sweep
         raise RecallkitError(f"{path} exited while loading (SystemExit: {error.code}) before defining "
                              "`configs`") from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as error:  # noqa: BLE001 - a file's own BaseException subclass: one line too
+        raise RecallkitError(f"{path}: {type(error).__name__}: {error}") from None
     configs = namespace.get("configs")
     if not isinstance(configs, (list, tuple)) or not configs:
         raise RecallkitError(f"{path} must define a non-empty list `configs` of RunConfig")
