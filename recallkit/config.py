@@ -142,8 +142,8 @@ class EvalPolicy(StrictModel):
 
     @model_validator(mode="after")
     def _one_budget(self) -> EvalPolicy:
-        if self.budget is None and self.compression_ratio is None and not self.policy.evicts:
-            object.__setattr__(self, "budget", 1.0)  # ``full``: the whole context, as it never evicts
+        if self.compression_ratio is None:  # frozen model: set once, while validating
+            object.__setattr__(self, "budget", self.policy.budget_or_whole(self.budget))
         if (self.budget is None) == (self.compression_ratio is None):
             raise ValueError("give exactly one of budget (tokens or a fraction of the context) and "
                              "compression_ratio (the fraction evicted, as kvpress)")

@@ -79,11 +79,8 @@ def evaluate(model: LanguageModel, batch: Batch, batch_size: int | None = None,
     """
     if policy is None and budget is not None:
         raise ValueError("a budget needs an eviction policy")
-    if policy is not None and budget is None:
-        if make_policy(policy).evicts:
-            raise ValueError(f"eviction policy {policy!r} needs a budget (tokens, or a fraction of the "
-                             "context)")
-        budget = 1.0  # ``full`` never evicts: it holds the whole context
+    if policy is not None and (budget := make_policy(policy).budget_or_whole(budget)) is None:
+        raise ValueError(f"eviction policy {policy!r} needs a budget (tokens, or a fraction of the context)")
     if greedy and policy is not None:  # checked before any work: a policy evaluation can take minutes
         raise ValueError("greedy generation runs without an eviction policy")
     was_training = model.training

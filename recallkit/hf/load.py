@@ -93,7 +93,7 @@ def _load_pretrained(directory: Path, gguf_file: str | None, source: str, dtype:
     except Exception as error:  # noqa: BLE001
         raise RecallkitError(f"{source}: no usable tokenizer ({_first_line(error)})") from None
     try:
-        with _no_progress_bars():
+        with _quiet_loading():
             model, info = transformers.AutoModelForCausalLM.from_pretrained(
                 directory, dtype=dtype, output_loading_info=True, **kwargs)
     except Exception as error:  # noqa: BLE001
@@ -113,7 +113,7 @@ def _check_weights_match(info: dict[str, Any], source: str) -> None:
 
 
 @contextlib.contextmanager
-def _no_progress_bars() -> Iterator[None]:
+def _quiet_loading() -> Iterator[None]:
     """Silence transformers' loading bars and its load report (weights that do not fit the config are
     refused in one line instead): a sweep's log is no place for them. The GGUF dequantising loop calls
     ``tqdm`` directly, not through transformers' switch, so its module's name is rebound."""

@@ -324,14 +324,14 @@ def default_chat(model: HFModel) -> bool:
 
 
 def _whole_prompt_budget(setting: Setting) -> Setting:
-    """A policy that never evicts (``full``) given without a budget holds the whole prompt: 1.0."""
+    """A policy that never evicts (``full``) given without a budget holds the whole prompt
+    (``Policy.budget_or_whole``)."""
     if setting is None or setting[0] is None or setting[1] is not None:
         return setting
     try:
-        evicts = make_policy(setting[0]).evicts
+        return setting[0], make_policy(setting[0]).budget_or_whole(None), setting[2]
     except (ValidationError, ValueError):
         return setting  # ``_check_run`` says what is wrong with it
-    return setting if evicts else (setting[0], 1.0, setting[2])
 
 
 def _check_lengths(ids: list[list[int]], budget: Budget) -> list[int]:

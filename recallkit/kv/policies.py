@@ -63,6 +63,11 @@ class Policy(StrictModel):
         """(B, H_kv, S) secondary key between equal priorities (higher is kept first): recency."""
         return cache.positions
 
+    def budget_or_whole(self, budget: Any) -> Any:
+        """``budget`` as given; when None, 1.0 (the whole context) for a policy that never evicts
+        (``full``), which needs none, and None for the others (their callers ask for one)."""
+        return 1.0 if budget is None and not self.evicts else budget
+
     def check_budget(self, budget: int) -> None:
         """Refuse, with a one-line ValueError, a token budget the policy cannot spend as it is meant
         to (``EvalPolicy`` calls it on token budgets)."""
