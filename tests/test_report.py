@@ -445,3 +445,23 @@ def test_the_width_figure_names_every_family_in_the_frontiers_colours(tmp_path, 
     colors = palette([p.label for p in points])
     assert [tuple(h.get_color()) if isinstance(h.get_color(), tuple) else h.get_color()
             for h in legend.legend_handles] == [colors["B"], colors["C"]]
+
+
+def test_a_point_with_no_state_is_named_where_the_log_axis_cannot_draw_it(tmp_path, monkeypatch):
+    """Both figures' x axes are log scale, which drops state 0 without a word; each panel says so."""
+    import matplotlib.pyplot as plt
+
+    from recallkit.report import frontier
+    from recallkit.report.interactive import frontier_figure
+
+    rows = [row("a", "stateless", 64, 1e-3, 0.25, state=0), row("b", "attention", 64, 1e-3, 0.9)]
+    points = frontier_points(rows)
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    frontier.plot_frontier(points, tmp_path / "f.png")
+    texts = [t.get_text().replace("\n", " ") for ax in figures[0].axes for t in ax.texts]
+    assert texts == ["not on the log axis: stateless: 0.250 at state 0"]
+    notes = [a.text for a in frontier_figure(points, rows).layout.annotations if "log axis" in a.text]
+    assert notes == ["not on the log axis: stateless: 0.250 at state 0"]
+    frontier.plot_frontier(frontier_points(rows[1:]), tmp_path / "g.png")
+    assert not [t for ax in figures[1].axes for t in ax.texts]

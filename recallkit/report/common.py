@@ -131,6 +131,12 @@ def error_bars(points: list[FrontierPoint]) -> list[list[float]]:
             [max(0.0, p.interval[1] - p.accuracy) for p in points]]
 
 
+def off_log_axis(line: list[FrontierPoint]) -> str:
+    """The note for a line's points that a log state axis cannot draw (state 0, e.g. a mixer with no
+    recurrent state): ``"label: 0.530 at state 0"``, or ``""`` when every point has a state."""
+    return "; ".join(f"{p.label}: {p.accuracy:.3f} at state 0" for p in line if p.state_size <= 0)
+
+
 def accuracy_text(point: FrontierPoint) -> str:
     """``0.530``, or with seeds ``0.530 [0.410, 0.660] (3 seeds)``: the mean and its 95% interval."""
     if point.interval is None:

@@ -21,6 +21,7 @@ from recallkit.report.common import (
     FrontierPoint,
     base_panel,
     error_bars,
+    off_log_axis,
     palette,
     panel_name,
     run_seed,
@@ -175,12 +176,15 @@ def _draw_panel(ax: plt.Axes, points: list[FrontierPoint], panel: str, group: li
     to place once the layout is fixed."""
     handles: dict[str, tuple[Any, bool]] = {}
     tags: list[Tag] = []
+    unplotted: list[str] = []
     reference = base_panel(panel)  # an eviction panel repeats the models without eviction
     for label in context + group:
         line = sorted((p for p in points if p.panel in (panel, reference) and p.label == label),
                       key=lambda p: p.state_size)
         if not line:
             continue
+        if label in group and off_log_axis(line):
+            unplotted.append(off_log_axis(line))
         xs, ys = [p.state_size for p in line], [p.accuracy for p in line]
         if label in context:
             ax.plot(xs, ys, "-", color="0.75", linewidth=0.8, zorder=1)
@@ -196,6 +200,9 @@ def _draw_panel(ax: plt.Axes, points: list[FrontierPoint], panel: str, group: li
                         alpha=0.45 if faint else 1, zorder=2)
         tags.extend((p.state_size, p.accuracy, tag, colors[label])
                     for p, tag in zip(line, varying_settings([tag_fields(p) for p in line])) if tag)
+    if unplotted:  # matplotlib drops x <= 0 from a log axis without a word
+        ax.text(0.98, 0.02, "\n".join(textwrap.wrap("not on the log axis: " + "; ".join(unplotted), 50)),
+                transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.3")
     return handles, tags
 
 

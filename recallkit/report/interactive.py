@@ -16,6 +16,7 @@ from recallkit.report.common import (
     base_panel,
     error_bars,
     family_colors,
+    off_log_axis,
     plotly_text,
     tag_fields,
     varying_settings,
@@ -96,6 +97,12 @@ def frontier_figure(points: list[FrontierPoint], rows: list[dict[str, Any]]) -> 
     in_legend: set[str] = set()
     for i, panel in enumerate(panels):
         reference = base_panel(panel)
+        unplotted = "; ".join(filter(None, (off_log_axis(_line(points, panel, label)) for label in labels)))
+        if unplotted:  # plotly drops x <= 0 from a log axis without a word
+            figure.add_annotation(text=plotly_text("not on the log axis: " + unplotted),
+                                  xref="x domain", yref="y domain", x=0.98, y=0.02, showarrow=False,
+                                  xanchor="right", yanchor="bottom", font={"size": 10, "color": "#555"},
+                                  row=i // columns + 1, col=i % columns + 1)
         for label in labels:
             line, faint = _line(points, panel, label), False
             if not line and reference is not None:
