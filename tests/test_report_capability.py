@@ -75,3 +75,25 @@ def test_a_cell_with_seeds_gives_their_mean_and_interval():
     assert grid.interval[2][1] is None  # attention: one seed
     _, cells = capability_table(frontier_points(rows))
     assert cells[1][2] == f"0.500 [{low:.3f}, {high:.3f}] (3k)"
+
+
+def test_long_family_and_task_names_leave_every_cell_wide_enough_for_its_text(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from recallkit.report.capability import plot_capability_map
+    from recallkit.report.common import FrontierPoint
+
+    labels = ["gated_deltaproduct (householder 3, short conv, lr 3e-3, 2000 steps)", "attention"]
+    panels = [f"compositional_mqar T={64 * (j + 1)} hops 2 pairs 16" for j in range(4)]
+    points = [FrontierPoint(panel=panel, label=label, d_model=64, state_size=1234567, accuracy=0.5,
+                            budget=None, prefill_tokens=None, lr=1e-3, run_id=f"{i}{j}", num_params=1,
+                            wall_time=1.0, runs=3, model={}, seeds=(0.4, 0.5, 0.6), interval=(0.412, 0.598))
+              for i, label in enumerate(labels) for j, panel in enumerate(panels)]
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    plot_capability_map(points, tmp_path / "map.png")
+    ax = figures[0].axes[0]
+    renderer = figures[0].canvas.get_renderer()
+    cell = ax.get_window_extent(renderer).width / len(panels)
+    widths = [t.get_window_extent(renderer).width for t in ax.texts]
+    assert len(widths) == len(labels) * len(panels) and max(widths) < 0.9 * cell

@@ -84,11 +84,26 @@ def plot_capability_map(points: list[FrontierPoint], path: str | Path) -> Path:
     ax.set_xticks(range(len(grid.panels)), grid.panels, rotation=30, ha="right")
     ax.set_title("Capability map: accuracy (state) per task", fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.04, label="accuracy")
+    _fit_tick_labels(fig, ax, cells_width=1.3 * len(grid.panels), cells_height=row_height * len(grid.labels))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     write_whole(path, lambda partial: fig.savefig(partial, format="png", dpi=130, bbox_inches="tight"))
     plt.close(fig)
     return path
+
+
+def _fit_tick_labels(fig: plt.Figure, ax: plt.Axes, cells_width: float, cells_height: float) -> None:
+    """Grow the figure by the tick labels' measured extent, so that long family or task names take
+    room of their own instead of narrowing the cells under their text (sizes in inches)."""
+    renderer = fig.canvas.get_renderer()
+    dpi = fig.dpi
+
+    def extent(labels: list[plt.Text], side: str) -> float:
+        boxes = [t.get_window_extent(renderer) for t in labels if t.get_text()]
+        return max((getattr(b, side) for b in boxes), default=0.0) / dpi
+
+    fig.set_size_inches(1.6 + extent(ax.get_yticklabels(), "width") + cells_width,
+                        1.0 + extent(ax.get_xticklabels(), "height") + cells_height)
 
 
 def _row_names(grid: CapabilityMap) -> list[str]:
