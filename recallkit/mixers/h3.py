@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from recallkit.base_config import MixerConfig
 from recallkit.mixers.base import Mixer, merge_heads
 from recallkit.ops.diagonal_ssm import h3_ssm_chunked, h3_ssm_recurrent
+from recallkit.ops.numerics import compute_dtype
 from recallkit.ops.short_conv import short_conv
 
 
@@ -65,7 +66,7 @@ class H3State:
     """Shift-SSM tail of past keys and the diagonal SSM state over k v^T."""
 
     shift: Tensor  # (B, D, shift_len - 1)
-    ssm: Tensor  # (B, H, N, d_h, d_h): mode n of head h's memory of k̄ v^T
+    ssm: Tensor  # (B, H, N, d_h, d_h): mode n of head h's memory of k̄ v^T, at least float32
 
 
 class H3(Mixer):
@@ -125,7 +126,7 @@ class H3(Mixer):
         d, H = self.head_dim, self.num_heads
         return H3State(
             torch.zeros(batch_size, self.d_model, self.config.shift_len - 1, device=device, dtype=dtype),
-            torch.zeros(batch_size, H, self.config.d_state, d, d, device=device, dtype=dtype),
+            torch.zeros(batch_size, H, self.config.d_state, d, d, device=device, dtype=compute_dtype(dtype)),
         )
 
     def step(self, x_t: Tensor, state: H3State) -> tuple[Tensor, H3State]:

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from recallkit.mixers.linear_attention import LinearAttention, LinearAttentionConfig
 from recallkit.ops.linear_attention import linear_attention_chunked
+from recallkit.ops.numerics import compute_dtype
 
 
 class PLAConfig(LinearAttentionConfig):
@@ -74,8 +75,9 @@ class PLA(LinearAttention):
         # mask positions j >= M per example instead of slicing to max(M): no host-device sync in training
         in_prefix = torch.arange(T, device=x.device) < prefix_len.to(x.device)[:, None]  # (B, T)
         k = self.phi(self.k_e(x).view(B, T, H, -1).transpose(1, 2))  # (B, H, T, F)
-        k = k * in_prefix[:, None, :, None].to(k.dtype)
-        v = self.v_e(x).view(B, T, H, self.value_dim).transpose(1, 2)  # (B, H, T, d_v)
+        ct = compute_dtype(x)  # a sum over the prefix: at least float32, like the causal state
+        k = k.to(ct) * in_prefix[:, None, :, None].to(ct)
+        v = self.v_e(x).view(B, T, H, self.value_dim).transpose(1, 2).to(ct)  # (B, H, T, d_v)
         S = k.transpose(-1, -2) @ v  # (B, H, F, d_v)
         if not self.config.normalize:
             return S

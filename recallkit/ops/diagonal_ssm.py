@@ -119,18 +119,20 @@ def h3_ssm_recurrent(
         A, B, C: (H, N) real SSM parameters (A < 0, B discretised); dt, D: (H,).
         state: (B, H, N, d_k, d_v) or None for zeros.
     Returns:
-        y (B, H, T, d_v) and the state after the last token.
+        y (B, H, T, d_v) in v's dtype and the state after the last token, in at least float32.
     """
     Bsz, H, T, dk = k.shape
+    ct = compute_dtype(q, v)
+    q, k, v_ = q.to(ct), k.to(ct), v.to(ct)
     decay = torch.exp(dt[:, None] * A)[..., None, None]  # (H, N, 1, 1)
-    S = q.new_zeros(Bsz, H, A.shape[-1], dk, v.shape[-1]) if state is None else state
+    S = q.new_zeros(Bsz, H, A.shape[-1], dk, v.shape[-1]) if state is None else state.to(ct)
     outputs = []
     for t in range(T):
-        kv = k[:, :, t, :, None] * v[:, :, t, None, :]  # (B, H, d_k, d_v)
+        kv = k[:, :, t, :, None] * v_[:, :, t, None, :]  # (B, H, d_k, d_v)
         S = decay * S + B[..., None, None] * kv[:, :, None]
         M = (C[..., None, None] * S).sum(2) + D[:, None, None] * kv  # (B, H, d_k, d_v)
         outputs.append(torch.einsum("bhd,bhde->bhe", q[:, :, t], M))
-    return torch.stack(outputs, dim=2) if outputs else v, S
+    return torch.stack(outputs, dim=2).to(v.dtype) if outputs else v, S
 
 
 def _toeplitz(kernel: Tensor, length: int) -> Tensor:
@@ -150,14 +152,15 @@ def h3_ssm_chunked(
     last chunk's state update (training) and returns None in place of the state.
     """
     Bsz, H, T, dk = k.shape
-    N = A.shape[-1]
+    N, out_dtype, ct = A.shape[-1], v.dtype, compute_dtype(q, v)
+    q, k, v = q.to(ct), k.to(ct), v.to(ct)  # no-ops in float32 and float64
+    S = None if state is None else state.to(ct)
     c = min(chunk_size, T) if T else 1
     log_decay = dt[:, None] * A  # (H, N), <= 0
     powers = torch.exp(log_decay[..., None] * torch.arange(c + 1, device=q.device, dtype=log_decay.dtype))
     kernel = torch.einsum("hn,hnl->hl", C * B, powers[..., :c])  # (H, c)
     kernel = torch.cat([kernel[:, :1] + D[:, None], kernel[:, 1:]], dim=1)  # the D skip at lag 0
     mask = _toeplitz(kernel, c).to(q.dtype)  # (H, c, c)
-    S = state
     outputs = []
     for start in range(0, T, c):
         qc, kc, vc = (t[:, :, start : start + c] for t in (q, k, v))
@@ -176,7 +179,7 @@ def h3_ssm_chunked(
             update = (k_modes.reshape(Bsz, H, L, N * dk).transpose(-1, -2) @ vc).view(Bsz, H, N, dk, -1)
             S = update if S is None else powers[..., L, None, None].to(q.dtype) * S + update
         outputs.append(y)
-    y = torch.cat(outputs, dim=2) if outputs else v
+    y = (torch.cat(outputs, dim=2) if outputs else v).to(out_dtype)
     if not return_state:
         return y, None
     return y, q.new_zeros(Bsz, H, N, dk, v.shape[-1]) if S is None else S

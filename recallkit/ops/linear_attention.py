@@ -1,9 +1,11 @@
 """Causal linear attention: S_t = S_{t-1} + phi(k_t) v_t^T,  y_t = phi(q_t)^T S_t.
 
 All functions take feature-mapped queries and keys (the feature map is the mixer's business) in
-the (B, H, T, D) layout and return ``(y, state)``. With ``normalize=True`` the output is divided by
-phi(q_t)^T z_t with z_t = sum_{j<=t} phi(k_j); the normaliser is carried as one extra value column,
-so the state is a single tensor S of shape (B, H, F, Dv + 1) whose last column is z. Three forms:
+the (B, H, T, D) layout and return ``(y, state)``: y in v's dtype, the state (a sum over every token)
+in at least float32, so a bfloat16 model's memory does not round at every token. With
+``normalize=True`` the output is divided by phi(q_t)^T z_t with z_t = sum_{j<=t} phi(k_j); the
+normaliser is carried as one extra value column, so the state is a single tensor S of shape
+(B, H, F, Dv + 1) whose last column is z. Three forms:
 
 - :func:`linear_attention_recurrent`: the token loop, the spec;
 - :func:`linear_attention_quadratic`: the masked (T, T) form;
@@ -16,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recallkit.ops.numerics import paths_fixed
+from recallkit.ops.numerics import compute_dtype, paths_fixed
 from recallkit.ops.segments import chunk_length, in_segments, segment_length
 
 DEFAULT_EPS = 1e-6
@@ -37,9 +39,10 @@ def _finish(y_aug: Tensor, normalize: bool, eps: float) -> Tensor:
 
 
 def init_linear_state(q: Tensor, v: Tensor, normalize: bool) -> Tensor:
-    """Zero state (B, H, F, Dv + normalize) for inputs shaped like q (B, H, T, F) and v (B, H, T, Dv)."""
+    """Zero state (B, H, F, Dv + normalize) for inputs shaped like q (B, H, T, F) and v (B, H, T, Dv),
+    in their compute dtype (at least float32)."""
     B, H, _, F_ = q.shape
-    return q.new_zeros(B, H, F_, v.shape[-1] + int(normalize))
+    return q.new_zeros(B, H, F_, v.shape[-1] + int(normalize), dtype=compute_dtype(q, v))
 
 
 def linear_attention_recurrent(
@@ -55,25 +58,26 @@ def linear_attention_recurrent(
     Returns:
         y (B, H, T, Dv) and the state after the last token.
     """
-    v_aug = _augment(v, normalize)
-    S = init_linear_state(q, v, normalize) if state is None else state
+    ct = compute_dtype(q, v)
+    S = init_linear_state(q, v, normalize) if state is None else state.to(ct)
+    q_, k_, v_aug = q.to(ct), k.to(ct), _augment(v.to(ct), normalize)
     outputs = []
     for t in range(q.shape[2]):
-        S = S + k[:, :, t, :, None] * v_aug[:, :, t, None, :]  # (B, H, F, Dv+1)
-        outputs.append(torch.einsum("bhf,bhfd->bhd", q[:, :, t], S))
+        S = S + k_[:, :, t, :, None] * v_aug[:, :, t, None, :]  # (B, H, F, Dv+1)
+        outputs.append(torch.einsum("bhf,bhfd->bhd", q_[:, :, t], S))
     y_aug = torch.stack(outputs, dim=2) if outputs else v_aug[:, :, :0]
-    return _finish(y_aug, normalize, eps), S
+    return _finish(y_aug, normalize, eps).to(v.dtype), S
 
 
 def linear_attention_quadratic(
     q: Tensor, k: Tensor, v: Tensor, *, normalize: bool = True, eps: float = DEFAULT_EPS
 ) -> Tensor:
     """Masked quadratic form: y = tril(q k^T) v (B, H, T, Dv), from a zero state."""
-    T = q.shape[2]
-    scores = q @ k.transpose(-1, -2)  # (B, H, T, T)
+    T, ct = q.shape[2], compute_dtype(q, v)
+    scores = q.to(ct) @ k.to(ct).transpose(-1, -2)  # (B, H, T, T)
     mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-    y_aug = scores.masked_fill(~mask, 0.0) @ _augment(v, normalize)
-    return _finish(y_aug, normalize, eps)
+    y_aug = scores.masked_fill(~mask, 0.0) @ _augment(v.to(ct), normalize)
+    return _finish(y_aug, normalize, eps).to(v.dtype)
 
 
 def linear_attention_chunked(
@@ -88,14 +92,17 @@ def linear_attention_chunked(
     Same arguments and returns as :func:`linear_attention_recurrent`.
     """
     B, H, T, F_ = q.shape
+    out_dtype, ct = v.dtype, compute_dtype(q, v)
+    q, k, v = q.to(ct), k.to(ct), v.to(ct)  # no-ops in float32 and float64
     v_aug = _augment(v, normalize)
-    S0 = init_linear_state(q, v, normalize) if state is None else state
+    S0 = init_linear_state(q, v, normalize) if state is None else state.to(ct)
     if T == 0:
-        return _finish(v_aug, normalize, eps), S0
+        return _finish(v_aug, normalize, eps).to(out_dtype), S0
     if T > segment_length(chunk_size):  # cache blocking, see ops/segments.py
-        return in_segments(linear_attention_chunked, {"q": q, "k": k, "v": v}, state=state,
+        y, S = in_segments(linear_attention_chunked, {"q": q, "k": k, "v": v}, state=S0,
                            length=segment_length(chunk_size), normalize=normalize, chunk_size=chunk_size,
                            eps=eps)
+        return y.to(out_dtype), S
     C = chunk_length(T, chunk_size)
     pad = (-T) % C
     if pad:  # zero keys/values add nothing to the state; padded query rows are dropped below
@@ -125,4 +132,4 @@ def linear_attention_chunked(
     S_flat = S_before.view(BH * N, F_, Dv1)
     y_aug = torch.baddbmm(y_aug, qc, S_flat) if fixed else y_aug.baddbmm_(qc, S_flat)  # + Q_c S_c
     S_end = (S_before[:, -1] + chunk_kv[:, -1]).view(B, H, F_, Dv1)
-    return _finish(y_aug.view(B, H, N * C, Dv1)[:, :, :T], normalize, eps), S_end
+    return _finish(y_aug.view(B, H, N * C, Dv1)[:, :, :T], normalize, eps).to(out_dtype), S_end
