@@ -145,8 +145,8 @@ def test_continuous_budget_is_never_exceeded(policy):
         sizes: list[list[tuple[int, ...]]] = []
 
         def record(t, caches, sizes=sizes):
-            sizes.append([(len(c), c.key.shape[2], c.positions.shape[2], c.accumulated.shape[2])
-                          for c in caches])
+            sizes.append([(len(c), c.key.shape[2], c.positions.shape[2], c.accumulated.shape[2], c.peak)
+                          for c in caches])  # the peak is what the cache held between tokens
 
         step_logits(model, tokens, policy, budget, after_step=record)
         assert all(max(s) <= budget for step in sizes for s in step)
