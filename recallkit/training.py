@@ -27,6 +27,7 @@ from recallkit.tasks.shared_data import generate_once
 
 CHECKPOINT_SECONDS = 60.0
 """Default wall time between checkpoints of a run that has a checkpoint file."""
+FINITE_CHECK_ROWS = 64  # test sequences a finished run must map to finite logits (one forward pass)
 
 StepCallback = Callable[[dict], None]
 """Called after every optimiser step with ``{"step", "max_steps", "loss", "accuracy"}``."""
@@ -124,7 +125,13 @@ def train(config: RunConfig, on_step: StepCallback | None = None, device: str | 
 
 def run_result(config: RunConfig, model: LanguageModel, test_sets: list[Batch], fit: Fit,
                notes: list[str] = ()) -> RunResult:
-    """A trained run's result: its final evaluations, curve, and the notes of how it went."""
+    """A trained run's result: its final evaluations, curve, and the notes of how it went. A run
+    whose last step left weights with non-finite outputs is ``diverged``: the loop checks each loss
+    before its step, so nothing else sees what the last step did."""
+    status, notes = fit.status, list(notes)
+    if status == "done" and not outputs_finite(model, test_sets[0]):
+        status = "diverged"
+        notes.append(f"step {fit.step} left weights whose outputs are not finite")
     metrics, evals = final_evaluations(config, model, test_sets, fit.metrics)
     metrics = {**metrics, "device": next(model.parameters()).device.type, "steps": fit.step,
                "curve": fit.curve, "evals": evals,
@@ -136,10 +143,17 @@ def run_result(config: RunConfig, model: LanguageModel, test_sets: list[Batch], 
     if config.task.has_length_axis:
         metrics["train_length_range"] = list(config.task.length_range())
     return RunResult(
-        status=fit.status, metrics=metrics, state_size=model.state_size(config.test_tasks[0].seq_len),
+        status=status, metrics=metrics, state_size=model.state_size(config.test_tasks[0].seq_len),
         num_params=model.num_params(), wall_time=time.perf_counter() - fit.start_time, model=model,
         curve=fit.curve,
     )
+
+
+def outputs_finite(model: LanguageModel, batch: Batch, rows: int = FINITE_CHECK_ROWS) -> bool:
+    """Whether ``model``'s logits on the first ``rows`` sequences of ``batch`` are all finite."""
+    part = batch[:rows].to(next(model.parameters()).device)
+    with torch.no_grad():
+        return bool(torch.isfinite(model(part.inputs, part.prefix_len)).all())
 
 
 def initial_model(config: RunConfig, device: torch.device) -> LanguageModel:

@@ -224,3 +224,16 @@ def test_the_parallel_form_is_evaluated_in_minibatches_of_about_parallel_tokens(
     monkeypatch.setattr(evaluation, "PARALLEL_TOKENS", 16 * 12)  # 12 sequences of T = 16 per minibatch
     assert evaluate(model, data) == whole
     assert sizes == [12, 12, 12, 4]
+
+
+def test_a_last_step_that_blows_the_weights_up_is_diverged_not_a_zero_accuracy_point():
+    """The loop checks each loss before its step, so a blow-up on the last step left a finished run
+    whose every logit is NaN (accuracy 0.0 on the frontier as if measured). Alone and packed."""
+    from recallkit.packed_training import train_packed
+
+    blown = tiny_run(max_steps=1, lr=1e6, warmup_steps=0, eval_every=1)
+    fine = tiny_run(max_steps=1, warmup_steps=0, eval_every=1)
+    for result in (rk.train(blown), train_packed([blown, fine])[0]):
+        assert result.status == "diverged"
+        assert result.metrics["warnings"] == ["step 1 left weights whose outputs are not finite"]
+    assert rk.train(fine).status == train_packed([blown, fine])[1].status == "done"
