@@ -16,10 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 class StrictModel(BaseModel):
-    """Base for every config: unknown fields are errors, instances are immutable, and a bool is not a
-    number (pydantic would read ``batch_size=True`` as 1)."""
+    """Base for every config: unknown fields are errors, instances are immutable, a bool is not a
+    number (pydantic would read ``batch_size=True`` as 1), and no float field takes NaN or infinity."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -89,6 +89,12 @@ class ConfigFamily(StrictModel):
         return cls.registry[key](**value)
 
 
+DT_LIMIT = 10.0  # dt = 10 already keeps exp(-10) of a state with A = -1; 1e6 gave NaN models at init
+DtMin = Annotated[float, Field(gt=0, le=DT_LIMIT,
+                               description="dt at init is log-uniform in [dt_min, dt_max]")]
+DtMax = Annotated[float, Field(gt=0, le=DT_LIMIT)]
+
+
 class MixerConfig(ConfigFamily):
     """Base of every mixer's config. ``name`` is the registry key in ``recallkit.MIXERS``.
 
@@ -111,6 +117,14 @@ class MixerConfig(ConfigFamily):
     def describe(self) -> str:
         """Short human label in tables and plots (without the short conv, which ``describe_mixer`` adds)."""
         return self.name
+
+    @model_validator(mode="after")
+    def _check_dt_range(self) -> MixerConfig:
+        """The mixers with a dt initialisation range (``DtMin``, ``DtMax``) need dt_min <= dt_max."""
+        low, high = getattr(self, "dt_min", None), getattr(self, "dt_max", None)
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"{self.name} dt_min={low} exceeds dt_max={high}")
+        return self
 
     def _require_divisible(self, width: int, heads: int, what: str = "num_heads") -> None:
         """The width check most mixers share: ``width`` (d_model, or a width derived from it) splits

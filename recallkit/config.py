@@ -46,7 +46,7 @@ class ModelConfig(StrictModel):
     mlp: Literal["gelu", "swiglu", "none"] = "gelu"
     mlp_ratio: int = Field(default=4, gt=0)
     max_position: int = Field(default=0, ge=0, description="learned absolute positions; 0 = none")
-    norm_eps: float = 1e-5
+    norm_eps: float = Field(default=1e-5, gt=0, le=1)
 
     @field_validator("mixer", mode="before")
     @classmethod
@@ -77,14 +77,14 @@ class TrainConfig(StrictModel):
     attention (RoPE + short conv, d=64) in 500-700 steps on a 2-core CPU (see sweeps/quickstart.py).
     """
 
-    lr: float = Field(default=5e-3, gt=0, allow_inf_nan=False)
-    weight_decay: float = Field(default=0.1, ge=0, allow_inf_nan=False)
+    lr: float = Field(default=5e-3, gt=0)
+    weight_decay: float = Field(default=0.1, ge=0)
     betas: tuple[float, float] = (0.9, 0.98)
     batch_size: int = Field(default=32, gt=0)
     max_steps: int = Field(default=1000, gt=0)
     warmup_steps: int = Field(default=50, ge=0)
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
-    grad_clip: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    grad_clip: float = Field(default=1.0, gt=0)
     num_train_examples: int = Field(default=32_000, gt=0)
     num_test_examples: int = Field(default=256, gt=0)
     eval_every: int = Field(default=100, gt=0)
@@ -93,7 +93,7 @@ class TrainConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mlm: bool = Field(default=False, description="add JRT's masked-language-model loss on the prefix")
     mlm_prob: float = Field(default=0.15, gt=0, lt=1, description="fraction of prefix tokens masked")
-    mlm_weight: float = Field(default=0.25, gt=0, allow_inf_nan=False,
+    mlm_weight: float = Field(default=0.25, gt=0,
                               description="weight of the MLM loss beside next-token")
 
     @model_validator(mode="after")

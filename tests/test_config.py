@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
 
 import recallkit as rk
+from recallkit.errors import one_line
 from tests.conftest import tiny_run
 
 
@@ -98,3 +101,64 @@ def test_display_label_names_the_mixers():
         task=dict(name="mqar", vocab_size=64, seq_len=32, num_kv_pairs=4),
     )
     assert config.display_label == "linear_attention(elu)+attention"
+
+
+def _config_classes() -> list[type]:
+    """Every config class recallkit defines (the registries' included), found from the base class."""
+    from recallkit.base_config import StrictModel
+
+    importlib.import_module("recallkit.mixers"), importlib.import_module("recallkit.tasks")
+    importlib.import_module("recallkit.kv"), importlib.import_module("recallkit.text_tasks")
+    found, todo = [], [StrictModel]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def test_no_config_takes_nan_or_infinity():
+    classes = _config_classes()
+    assert len(classes) > 50 and all(c.model_config.get("allow_inf_nan") is False for c in classes)
+    with pytest.raises(ValidationError) as error:
+        rk.TrainConfig(betas=(float("nan"), 0.9))
+    assert one_line(error.value) == "invalid TrainConfig: betas.0: Input should be a finite number"
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [  # each was accepted and then failed or gave a NaN model at run time (config fuzzing)
+        (lambda: rk.ModelConfig(vocab_size=64, mixer=dict(name="mamba", dt_max=float("inf"))),
+         "mixer.dt_max: Input should be a finite number"),
+        (lambda: rk.ModelConfig(vocab_size=64, mixer=dict(name="mamba3", dt_min=1e6, dt_max=1e30)),
+         "mixer.dt_min: Input should be less than or equal to 10"),
+        (lambda: rk.ModelConfig(vocab_size=64, mixer=dict(name="gated_deltaproduct", dt_min=0.5, dt_max=0.1)),
+         "gated_deltaproduct dt_min=0.5 exceeds dt_max=0.1"),
+        (lambda: rk.ModelConfig(vocab_size=64, mixer=dict(name="gla", expand_k=1e30)),
+         "mixer.expand_k: Input should be less than or equal to 8"),
+        (lambda: rk.ModelConfig(vocab_size=64, mixer=dict(name="gla", gate_temperature=1e4)),
+         "mixer.gate_temperature: Input should be less than or equal to 1024"),
+        (lambda: rk.ModelConfig(vocab_size=64, mixer=dict(name="attention"), norm_eps=-1.0),
+         "norm_eps: Input should be greater than 0"),
+        (lambda: rk.RunConfig(model=dict(vocab_size=64, mixer=dict(name="attention")),
+                              task=dict(name="reversal", vocab_size=64, seq_len=33, num_facts=4,
+                                        facts_seed=-1)),
+         "task.facts_seed: Input should be greater than or equal to 0"),
+    ],
+)
+def test_settings_that_break_a_model_or_its_data_are_refused_at_config_time(build, message):
+    with pytest.raises(ValidationError) as error:
+        build()
+    assert message in one_line(error.value) and "\n" not in one_line(error.value)
+
+
+def test_every_mixer_with_a_dt_range_builds_a_finite_model_at_its_limit():
+    from recallkit.base_config import DT_LIMIT
+
+    for key, mixer in rk.MIXERS.items():
+        if "dt_max" not in mixer.Config.model_fields:
+            continue
+        mixer_config = dict(name=key, dt_min=DT_LIMIT, dt_max=DT_LIMIT)
+        config = rk.ModelConfig(vocab_size=16, d_model=16, mixer=mixer_config)
+        model = rk.build_model(config)
+        assert torch.isfinite(model(torch.randint(0, 16, (2, 12)))).all(), key

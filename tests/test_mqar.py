@@ -147,3 +147,22 @@ def test_docstring_worked_example_is_true():
     assert batch.inputs.tolist() == [[3, 4, 2, 7, 3, 0, 2, 0]]
     assert batch.labels.tolist() == [[-100, -100, -100, -100, 4, -100, 7, -100]]
     assert batch.prefix_len.tolist() == [4]
+
+
+def test_query_slots_stay_a_distribution_at_any_finite_power():
+    """(g + 1)^(a - 1) overflows float64 at large a (NaN probabilities, numpy warnings, every example
+    querying the same slots by accident); normalised in log space, p stays exact: at a = 1e6 all of
+    the mass sits on the last slot, as the formula says."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for a in (1e-3, 0.01, 1.0, 3.0, 300.0, 1e6):
+            p = query_slot_probs(50, a)
+            assert np.isfinite(p).all() and abs(p.sum() - 1) < 1e-12
+            g = np.arange(1, 51, dtype=np.float64)
+            if a < 100:
+                np.testing.assert_allclose(p, g ** (a - 1) / (g ** (a - 1)).sum(), rtol=1e-12)
+        assert p[-1] == 1.0
+        task = dict(name="mqar", vocab_size=32, seq_len=32, num_kv_pairs=2, power_a=1e6)
+        rk.RunConfig(model=dict(vocab_size=32, mixer=dict(name="attention")), task=task).task.generate(8, 0)

@@ -18,9 +18,9 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from recallkit.base_config import DtMax, DtMin
 from recallkit.mixers.deltanet import DeltaNet, DeltaNetConfig
 from recallkit.ops.numerics import compute_dtype
 
@@ -29,14 +29,8 @@ class GatedDeltaNetConfig(DeltaNetConfig):
     """Gated DeltaNet: DeltaNet with a Mamba-2 style scalar decay per head and a swish output gate."""
 
     name: Literal["gated_deltanet"] = "gated_deltanet"  # type: ignore[assignment]
-    dt_min: float = Field(default=1e-3, gt=0, description="dt at init is log-uniform in [dt_min, dt_max]")
-    dt_max: float = Field(default=0.1, gt=0)
-
-    @model_validator(mode="after")
-    def _check_dt_range(self) -> GatedDeltaNetConfig:
-        if self.dt_min > self.dt_max:
-            raise ValueError(f"gated_deltanet dt_min={self.dt_min} exceeds dt_max={self.dt_max}")
-        return self
+    dt_min: DtMin = 1e-3
+    dt_max: DtMax = 0.1
 
 
 class GatedDeltaNet(DeltaNet):

@@ -41,7 +41,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor, nn
 
 from recallkit.mixers.gated_deltanet import GatedDeltaNet, GatedDeltaNetConfig
@@ -55,12 +55,6 @@ class GatedDeltaProductConfig(GatedDeltaNetConfig):
     name: Literal["gated_deltaproduct"] = "gated_deltaproduct"  # type: ignore[assignment]
     num_householder: int = Field(default=2, ge=1, description="n_h: delta-rule steps per token")
     allow_neg_eigval: bool = Field(default=False, description="beta in [0, 2] instead of [0, 1]")
-
-    @model_validator(mode="after")
-    def _check_dt_range(self) -> GatedDeltaProductConfig:
-        if self.dt_min > self.dt_max:
-            raise ValueError(f"gated_deltaproduct dt_min={self.dt_min} exceeds dt_max={self.dt_max}")
-        return self
 
 
 class GatedDeltaProduct(GatedDeltaNet):

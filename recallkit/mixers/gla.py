@@ -35,9 +35,10 @@ class GLAConfig(MixerConfig):
 
     name: Literal["gla"] = "gla"
     num_heads: int = Field(default=4, gt=0)
-    expand_k: float = Field(default=0.5, gt=0, description="query/key width = expand_k * d_model")
+    expand_k: float = Field(default=0.5, gt=0, le=8, description="query/key width = expand_k * d_model")
     gate_rank: int = Field(default=16, gt=0, description="rank of the decay projection W_1 W_2")
-    gate_temperature: float = Field(default=16.0, gt=0, description="tau in log alpha = logsigmoid(.) / tau")
+    gate_temperature: float = Field(default=16.0, gt=0, le=1024,  # the init's softplus^-1(tau / 16) overflows
+                                    description="tau in log alpha = logsigmoid(.) / tau")
     chunk_size: int = Field(default=64, gt=0)
 
     def key_dim(self, d_model: int) -> int:

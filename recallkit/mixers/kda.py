@@ -36,9 +36,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor, nn
 
+from recallkit.base_config import DtMax, DtMin
 from recallkit.mixers.deltanet import DeltaNet, DeltaNetConfig
 from recallkit.ops.kda import kda_chunked, kda_recurrent
 from recallkit.ops.numerics import compute_dtype
@@ -52,14 +53,8 @@ class KDAConfig(DeltaNetConfig):
     gate_rank: int | None = Field(default=None, gt=0,
                                   description="rank of the decay and output-gate projections; "
                                               "None = d_model / num_heads (fla's choice)")
-    dt_min: float = Field(default=1e-3, gt=0, description="dt at init is log-uniform in [dt_min, dt_max]")
-    dt_max: float = Field(default=0.1, gt=0)
-
-    @model_validator(mode="after")
-    def _check_dt_range(self) -> KDAConfig:
-        if self.dt_min > self.dt_max:
-            raise ValueError(f"kda dt_min={self.dt_min} exceeds dt_max={self.dt_max}")
-        return self
+    dt_min: DtMin = 1e-3
+    dt_max: DtMax = 0.1
 
 
 class KDA(DeltaNet):

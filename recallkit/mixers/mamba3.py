@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from recallkit.base_config import MixerConfig
+from recallkit.base_config import DtMax, DtMin, MixerConfig
 from recallkit.mixers.base import Mixer, merge_heads
 from recallkit.ops.mamba3 import mamba3_chunked, mamba3_recurrent, rotate_pairs
 from recallkit.ops.numerics import compute_dtype
@@ -60,16 +60,14 @@ class Mamba3Config(MixerConfig):
     expand: int = Field(default=2, gt=0, description="d_inner = expand * d_model")
     head_dim: int = Field(default=16, gt=0, description="P; H = d_inner / P heads")
     rope_fraction: Literal[0.5, 1.0] = Field(default=0.5, description="share of B / C channels rotated")
-    dt_min: float = Field(default=1e-3, gt=0, description="dt at init is log-uniform in [dt_min, dt_max]")
-    dt_max: float = Field(default=0.1, gt=0)
+    dt_min: DtMin = 1e-3
+    dt_max: DtMax = 0.1
     A_floor: float = Field(default=1e-4, gt=0, description="A_t <= -A_floor: every step decays a little")
     chunk_size: int = Field(default=32, gt=0, description="C of the chunked kernel (32 took "
                             "0.71-0.87x the time of 64 over training steps, docs/results.md)")
 
     @model_validator(mode="after")
     def _check(self) -> Mamba3Config:
-        if self.dt_min > self.dt_max:
-            raise ValueError(f"mamba3 dt_min={self.dt_min} exceeds dt_max={self.dt_max}")
         if self.num_angles < 1:
             raise ValueError(f"mamba3 d_state={self.d_state} with rope_fraction={self.rope_fraction} "
                              "rotates no channel pair; use d_state >= 4 (or rope_fraction=1.0)")

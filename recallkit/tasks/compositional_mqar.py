@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 
 from recallkit.base_config import TaskConfig
 from recallkit.tasks.base import IGNORE_INDEX, Batch
-from recallkit.tasks.mqar import query_slot_probs
+from recallkit.tasks.mqar import query_slot_log_probs
 from recallkit.tasks.sampling import distinct_rows
 
 
@@ -100,7 +100,7 @@ class CompositionalMQARConfig(TaskConfig):
         values = distinct_rows(rng, N, np.arange(2 * third, V), n)  # (N, n)
         context = np.stack([k1, k2, values], axis=2).reshape(N, C)
         num_slots = (T - C) // 3
-        scores = np.log(query_slot_probs(num_slots, self.power_a)) + rng.gumbel(size=(N, num_slots))
+        scores = query_slot_log_probs(num_slots, self.power_a) + rng.gumbel(size=(N, num_slots))
         slots = np.argsort(-scores, axis=1)[:, :n]  # (N, n): pair i is queried at slot slots[:, i]
         queries = np.zeros((N, T + 1 - C), dtype=np.int64)
         np.put_along_axis(queries, 3 * slots, k1, axis=1)

@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 
 from recallkit.base_config import TaskConfig
 from recallkit.tasks.base import IGNORE_INDEX, Batch
-from recallkit.tasks.mqar import query_slot_probs
+from recallkit.tasks.mqar import query_slot_log_probs
 
 
 class ForgettingMQARConfig(TaskConfig):
@@ -99,7 +99,7 @@ class ForgettingMQARConfig(TaskConfig):
         overwrites = np.repeat(np.arange(classes), sizes)
         n, u, m = self.num_kv_pairs, self.num_updates, self.max_overwrites
         V, T, half, C = self.vocab_size, self.seq_len, self.vocab_size // 2, self.max_prefix_len()
-        log_p = np.log(query_slot_probs((T - C) // 2, self.power_a))
+        log_p = query_slot_log_probs((T - C) // 2, self.power_a)
         inputs = np.zeros((num_examples, T + 1), dtype=np.int64)
         labels = np.full((num_examples, T + 1), IGNORE_INDEX, dtype=np.int64)
         for i, o in enumerate(overwrites):

@@ -13,10 +13,16 @@ from recallkit.tasks.base import IGNORE_INDEX, Batch
 from recallkit.tasks.sampling import distinct_rows
 
 
+def query_slot_log_probs(num_slots: int, power_a: float) -> np.ndarray:
+    """log p(g), p(g) proportional to (g + 1)^(a - 1) over the query slots g = 0 .. num_slots - 1,
+    normalised in log space: (g + 1)^(a - 1) itself overflows float64 from a of about 700 / log(slots)."""
+    logits = (power_a - 1.0) * np.log(np.arange(1, num_slots + 1, dtype=np.float64))
+    return logits - np.logaddexp.reduce(logits)
+
+
 def query_slot_probs(num_slots: int, power_a: float) -> np.ndarray:
-    """p(g) proportional to (g + 1)^(a - 1) over the query slots g = 0 .. num_slots - 1."""
-    weights = np.arange(1, num_slots + 1, dtype=np.float64) ** (power_a - 1.0)
-    return weights / weights.sum()
+    """p(g) of :func:`query_slot_log_probs`."""
+    return np.exp(query_slot_log_probs(num_slots, power_a))
 
 
 class MQARConfig(TaskConfig):
@@ -109,7 +115,7 @@ class MQARConfig(TaskConfig):
         # Query slot g sits at offset 2g after the context; sample n distinct slots per example
         # from the power law with the Gumbel top-k trick (= sequential sampling w/o replacement).
         num_slots = (T - C) // 2
-        scores = np.log(query_slot_probs(num_slots, self.power_a)) + rng.gumbel(size=(N, num_slots))
+        scores = query_slot_log_probs(num_slots, self.power_a) + rng.gumbel(size=(N, num_slots))
         slots = np.argsort(-scores, axis=1)[:, :n]  # (N, n): key i is queried at slot slots[:, i]
         queries = np.zeros((N, T + 1 - C), dtype=np.int64)
         np.put_along_axis(queries, 2 * slots, keys, axis=1)

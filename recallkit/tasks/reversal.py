@@ -48,7 +48,7 @@ class ReversalConfig(TaskConfig):
     mode: Literal["train", "test", "in_context"] = "train"
     paired_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
     statements: int = Field(default=8, ge=1, description="statements per training sequence")
-    facts_seed: int = 0
+    facts_seed: int = Field(default=0, ge=0, description="seed of the fact set, shared by every split")
     filler_token: ClassVar[int] = 0
     bos_token: ClassVar[int] = 1
     sep_token: ClassVar[int] = 2
