@@ -14,6 +14,7 @@ from recallkit.report.stats import bootstrap_interval
 from recallkit.sweep import Store
 from tests.conftest import tiny_run
 from tests.test_report import row
+from recallkit.report.capability import capability_map
 
 
 def seeded(run_id, lr, seed, accuracy, label="attention"):
@@ -177,3 +178,22 @@ def test_the_terminal_table_gives_the_interval_and_the_page_says_why_a_run_halte
     assert accuracy_text(point) in console.export_text() and "(3 seeds)" in accuracy_text(point)
     page = write_html(rows + [halted], [point], tmp_path / "report.html", "t", []).read_text()
     assert "halted: accuracy 0.100 at step 50, more than 0.25 below lr 0.001&#x27;s" in page
+
+
+def test_a_diverged_seed_counts_zero_even_when_its_last_evaluation_scored():
+    """A diverged run is evaluated with its last finite weights, so its stored accuracy can be high;
+    the frontier still counts it 0 (as the slice tables and length curves do)."""
+    diverged = seeded("d", 1e-3, 1, 0.8)
+    diverged["status"] = "diverged"
+    (point,) = frontier_points([seeded("a", 1e-3, 0, 0.6), diverged])
+    assert point.accuracy == pytest.approx(0.3)
+    assert point.seeds == (0.6, 0.0) and point.run_id == "a"
+
+
+def test_capability_rows_are_ordered_by_each_familys_largest_state():
+    rows = [row("a1", "attention", 32, 1e-3, 0.5, state=1000),   # attention: 1000 .. 8000
+            row("a2", "attention", 128, 1e-3, 0.9, state=8000),
+            row("m1", "mamba2", 64, 1e-3, 0.3, state=2000)]       # mamba2: 2000
+    grid = capability_map(frontier_points(rows))
+    assert grid.labels == ["mamba2", "attention"]  # largest 2000 < 8000 (smallest would be 1000 < 2000)
+    assert grid.accuracy == [[0.3], [0.9]]

@@ -134,3 +134,26 @@ def test_a_device_override_runs_there_and_keeps_the_run_identity(tmp_path):
         with pytest.raises(ValueError, match="CUDA is not available"):
             run_sweep([config], tmp_path / "c", quiet=True, device="cuda")
         assert not (tmp_path / "c" / "results.sqlite").exists()  # refused before anything ran
+
+
+def test_reset_running_turns_only_running_rows_back_to_pending(tmp_path):
+    configs = [tiny_run(lr=1e-3), tiny_run(lr=2e-3), tiny_run(lr=3e-3), tiny_run(lr=4e-3)]
+    with Store(tmp_path / "results.sqlite") as store:
+        store.add(configs)
+        store.record(configs[0].run_id, {"status": "failed", "error": "boom"})
+        store.record(configs[1].run_id, {"status": "done", "metrics": {"accuracy": 0.5}})
+        store.record(configs[2].run_id, {"status": "diverged", "metrics": {"accuracy": 0.1}})
+        store.mark_running(configs[3].run_id)
+        assert store.reset_running() == 1
+        assert store.reset_running([configs[0].run_id]) == 0
+        rows = {row["run_id"]: row for row in store.rows()}
+    assert [rows[c.run_id]["status"] for c in configs] == ["failed", "done", "diverged", "pending"]
+    assert rows[configs[0].run_id]["error"] == "boom"
+
+
+def test_resume_keeps_a_diverged_run_as_finished(tmp_path):
+    configs = [tiny_run(max_steps=3), tiny_run(lr=1e9, max_steps=3)]  # the second diverges
+    rows = run_sweep(configs, tmp_path / "out", quiet=True)
+    assert [r["status"] for r in rows] == ["done", "diverged"]
+    again = run_sweep(configs, tmp_path / "out", quiet=True)
+    assert [r["updated_at"] for r in again] == [r["updated_at"] for r in rows]  # neither ran again

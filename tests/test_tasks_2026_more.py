@@ -14,6 +14,8 @@ from pydantic import ValidationError
 
 import recallkit as rk
 from recallkit.tasks import IGNORE_INDEX, read_twice
+from recallkit.tasks import niah
+from recallkit.tasks.niah import NiahConfig
 from tests.test_tasks_2026 import scored_equal
 
 DOT = IGNORE_INDEX
@@ -593,3 +595,53 @@ def test_the_knob_each_task_is_about_gets_its_own_report_panel():
     assert clean.setting == "niah 1 needle + 0 distractors T=64"
     assert distracted.setting == "niah 1 needle + 3 distractors T=64"
     assert read_twice(distracted).setting == distracted.setting
+
+
+def _needle_gaps(cfg: NiahConfig, row: list[int], prefix: int) -> tuple[list[int], list[tuple[int, ...]]]:
+    """Walk the context: (gap of each needle, its key), the gap being the noise tokens before it."""
+    third, m = cfg.third, cfg.key_len
+    gaps, keys, noise, i = [], [], 0, 0
+    while i < prefix:
+        if 2 <= row[i] < 2 + third:  # a noise token
+            noise, i = noise + 1, i + 1
+        else:  # a needle: m key tokens and a value
+            gaps.append(noise)
+            keys.append(tuple(row[i : i + m]))
+            i += m + 1
+    return gaps, keys
+
+
+def test_the_depth_slice_is_the_earliest_queried_needle_with_random_depths():
+    """depth=None puts each queried needle in its own random gap: the slice is the *earliest* one's
+    gap g / L, to the nearest quarter, in percent (the docstring's definition)."""
+    cfg = NiahConfig(vocab_size=26, seq_len=40, key_len=2, num_queries=2, num_values=1, num_distractors=1,
+                     min_len=8, max_len=16, depth=None)
+    batch = cfg.generate(300, seed=0)
+    differs = 0
+    for i in range(len(batch)):
+        row, prefix = batch.inputs[i].tolist(), int(batch.prefix_len[i])
+        L = int(batch.slices["length"][i])
+        gaps, keys = _needle_gaps(cfg, row, prefix)
+        queried = {tuple(row[j + 1 : j + 1 + cfg.key_len]) for j in range(prefix, len(row))
+                   if row[j] == niah.QUERY}
+        queried_gaps = [g for g, k in zip(gaps, keys) if k in queried]
+        assert len(queried_gaps) == 2
+        expected = math.floor(4 * min(queried_gaps) / L + 0.5) * 25
+        assert int(batch.slices["depth"][i]) == expected
+        differs += math.floor(4 * max(queried_gaps) / L + 0.5) * 25 != expected
+    assert differs > 50  # the test tells the earliest needle from the latest
+
+
+def test_distractors_land_in_every_gap_the_last_one_included():
+    """With the queried needle at depth 0 (gap 0) and L = 2, the one distractor is uniform over the
+    three gaps 0, 1, 2: a third of the contexts end with it (after the last noise token)."""
+    cfg = NiahConfig(vocab_size=26, seq_len=20, key_len=2, num_distractors=1, min_len=2, max_len=2, depth=0.0)
+    batch = cfg.generate(600, seed=0)
+    counts = [0, 0, 0]
+    for i in range(len(batch)):
+        row, prefix = batch.inputs[i].tolist(), int(batch.prefix_len[i])
+        gaps, keys = _needle_gaps(cfg, row, prefix)
+        query_key = tuple(row[prefix + 1 : prefix + 1 + cfg.key_len])
+        (distractor_gap,) = [g for g, k in zip(gaps, keys) if k != query_key]
+        counts[distractor_gap] += 1
+    assert all(150 <= c <= 250 for c in counts), counts  # 200 each expected; sd about 11.5

@@ -237,3 +237,16 @@ def test_a_last_step_that_blows_the_weights_up_is_diverged_not_a_zero_accuracy_p
         assert result.status == "diverged"
         assert result.metrics["warnings"] == ["step 1 left weights whose outputs are not finite"]
     assert rk.train(fine).status == train_packed([blown, fine])[1].status == "done"
+
+
+def test_a_sequence_without_labels_is_left_out_of_the_per_sequence_mean():
+    labels = torch.full((3, 6), -100)
+    labels[0, [1, 3]] = torch.tensor([2, 3])
+    labels[2, [0, 5]] = torch.tensor([1, 4])  # row 1 has no scored position
+    batch = Batch(torch.zeros(3, 6, dtype=torch.long), labels, torch.zeros(3, dtype=torch.long),
+                  {"group": torch.tensor([0, 0, 1])})
+    metrics = evaluate(Oracle(batch, {0: 1}), batch)  # row 0: 1 of 2 right; row 2: both right
+    assert metrics["accuracy"] == pytest.approx((0.5 + 1.0) / 2)
+    assert metrics["num_examples"] == 2
+    assert metrics["exact_match"] == pytest.approx(0.5)
+    assert metrics["slices"]["group"]["0"]["accuracy"] == pytest.approx(0.5)  # row 1 is not a 0
