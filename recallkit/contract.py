@@ -62,10 +62,20 @@ def held_numbers(state: Any, batch_size: int) -> int:
     return numel // batch_size
 
 
-def _positions(model: Any) -> int | None:
-    """Most tokens the model reads in one sequence: recallkit's learned ``max_position`` (0 = no limit),
-    a pretrained model's ``max_context``; None when unlimited."""
-    return getattr(model.config, "max_position", 0) or getattr(model, "max_context", None)
+def _readable_length(model: Any, length: int) -> int:
+    """The longest sequence up to ``length`` tokens that the model reads: within recallkit's learned
+    ``max_position`` (0 = no limit) and every layer mixer's ``check_length`` (Hyena's ``max_len``), or
+    a pretrained model's ``max_context``."""
+    limit = getattr(model.config, "max_position", 0) or getattr(model, "max_context", None)
+    length = min(length, limit or length)
+    for mixer in getattr(model.config, "layer_mixers", []):
+        while length > 0:
+            try:
+                mixer.check_length(length)
+                break
+            except ValueError:
+                length -= 1
+    return length
 
 
 def _diff(a: Tensor, b: Tensor) -> float:
@@ -87,7 +97,7 @@ def check_model(model: Any, *, length: int = 24, batch_size: int = 3, seed: int 
         vocab: draw tokens below this id (default: the model's vocabulary).
         rtol: tolerance relative to the largest |logit| (at least 1).
     """
-    length = min(length, _positions(model) or length)
+    length = _readable_length(model, length)
     if length < 4 or batch_size < 2:
         raise ValueError(f"check_model needs length >= 4 (within the model's positions) and batch_size >= 2; "
                          f"got {length}, {batch_size}")

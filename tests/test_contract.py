@@ -106,3 +106,15 @@ def test_each_broken_model_is_caught_by_the_check_it_breaks(bug, prefix_aware, c
 def test_a_state_that_is_not_per_sequence_is_refused():
     with pytest.raises(ValueError, match="not per sequence"):
         check_model(Bigram("shared_counter"), batch_size=3)
+
+
+def test_the_check_reads_no_longer_than_a_mixer_can():
+    """Hyena generates its filters up to ``max_len``: the default 24 tokens crashed the check of a
+    model with max_len=16 (and ``check-model DIR`` stopped there, skipping the other models)."""
+    import recallkit as rk
+
+    hybrid = [{"name": "attention"}, {"name": "hyena", "max_len": 12}]
+    for mixer in ({"name": "hyena", "max_len": 16}, hybrid):
+        model = rk.build_model(rk.ModelConfig(vocab_size=16, d_model=16, num_layers=2, mixer=mixer))
+        checks = check_model(model)
+        assert all(c.passed for c in checks), [c.line() for c in checks if not c.passed]
