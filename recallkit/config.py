@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 from typing import Any, Literal
 
 import torch
@@ -23,13 +24,17 @@ from recallkit.text_tasks import TextTaskConfig, make_text_task
 
 
 def storable_text(value: str | None) -> str | None:
-    """A free-text field (a label) as SQLite and JSON files store it: valid Unicode, no lone surrogates."""
+    """A free-text field (a label) as SQLite, JSON files and one-line tables keep it: valid Unicode, no
+    lone surrogates, no control characters (a newline split the row of the terminal table)."""
     if value is not None:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as error:
             raise ValueError(f"{value!r} is not valid text: a lone surrogate "
                              f"{value[error.start]!r} at position {error.start}") from None
+        control = next((i for i, c in enumerate(value) if unicodedata.category(c) == "Cc"), None)
+        if control is not None:
+            raise ValueError(f"{value!r} holds a control character {value[control]!r} at position {control}")
     return value
 
 

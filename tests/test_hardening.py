@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -591,6 +592,14 @@ def test_a_lone_surrogate_in_a_label_is_refused_at_load_with_context(tmp_path):
     output = _one_line(runner.invoke(app, ["run", str(sweep), "--out", str(tmp_path / "out"), "--quiet"]))
     assert "label" in output and "lone surrogate" in output and "position 6" in output, output
     assert not (tmp_path / "out").exists()  # no empty results file left behind
+
+
+@pytest.mark.parametrize("label", ["a\nb", "tab\there", "bell\x07"])
+def test_a_control_character_in_a_label_is_refused(label):
+    """A newline split the label's row of the terminal table in two."""
+    with pytest.raises(ValidationError, match="holds a control character"):
+        rk.RunConfig(**{**tiny_run().model_dump(), "label": label})
+    assert rk.RunConfig(**{**tiny_run().model_dump(), "label": "width 64 · ü"}).label == "width 64 · ü"
 
 
 def test_deleting_the_lock_file_mid_sweep_does_not_let_a_second_writer_in(tmp_path):
