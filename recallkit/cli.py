@@ -16,7 +16,7 @@ import sys
 import threading
 from functools import wraps
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from pydantic import ValidationError
@@ -125,12 +125,14 @@ def _run_and_report(sweep: Path, out: Path, executor: str, workers: int, quiet: 
 def run(
     sweep: Annotated[Path, typer.Argument(help="Python file exporting `configs: list[RunConfig]`")],
     out: Annotated[Path, typer.Option(help="results directory")],
-    executor: Annotated[str, typer.Option(help="serial | process | ray")] = "serial",
-    workers: Annotated[int, typer.Option(help="process workers; with ray, the most runs at a time "
-                                              "(fewer if the cluster fits fewer)")] = 2,
+    executor: Annotated[Literal["serial", "process", "ray"],
+                        typer.Option(help="serial | process | ray")] = "serial",
+    workers: Annotated[int, typer.Option(min=1, help="process workers; with ray, the most runs at a time "
+                                                     "(fewer if the cluster fits fewer)")] = 2,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda for every run (default: each run's "
-                                                    "train.device); does not change run identities")] = None,
+    device: Annotated[Literal["auto", "cpu", "cuda"] | None,
+                      typer.Option(help="auto | cpu | cuda for every run (default: each run's train.device); "
+                                        "does not change run identities")] = None,
     ray_address: Annotated[str | None, typer.Option(help="ray: cluster to use (host:port, ray://host:port, "
                                                          "auto); default: RAY_ADDRESS, "
                                                          "else a local Ray")] = None,
@@ -139,8 +141,8 @@ def run(
     num_gpus: Annotated[float | None, typer.Option(help="ray: GPUs per run", show_default="0")] = None,
     wandb: Annotated[str | None, typer.Option(help="log each finished run to this W&B project "
                                                    "(needs recallkit\\[wandb])")] = None,
-    wandb_mode: Annotated[str, typer.Option(help="offline (files in OUT/wandb, no network) "
-                                                 "| online")] = "offline",
+    wandb_mode: Annotated[Literal["offline", "online"],
+                          typer.Option(help="offline (files in OUT/wandb, no network) | online")] = "offline",
     halving: Annotated[bool, typer.Option(help="stop a run far behind the best finished run that differs "
                                                "from it only in learning rate (serial / process)")] = False,
     pack: Annotated[bool, typer.Option(help="train runs of one model, task and batch size that differ in "
@@ -267,7 +269,7 @@ def check_model_command(
 def demo(
     out: Annotated[Path, typer.Option(help="results directory")] = Path("runs/quickstart"),
     sweep: Annotated[Path, typer.Option(help="the demo sweep file")] = Path("sweeps/quickstart.py"),
-    workers: Annotated[int, typer.Option(help="process workers (1 = serial)")] = 2,
+    workers: Annotated[int, typer.Option(min=1, help="process workers (1 = serial)")] = 2,
     quiet: bool = False,
 ) -> None:
     """Run the quickstart sweep (from the repository root) and write its report."""

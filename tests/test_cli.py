@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 import recallkit as rk
@@ -68,10 +69,18 @@ def test_errors_are_one_line_with_nonzero_exit(tmp_path):
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
     assert "needs seq_len >= 2*num_kv_pairs*(num_passes+1) = 32; got seq_len=16" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
-    for args in (["list", "colours"], ["report", str(tmp_path / "nowhere")],
-                 ["run", str(bad), "--out", str(tmp_path / "o2"), "--device", "tpu"]):
+    for args in (["list", "colours"], ["report", str(tmp_path / "nowhere")]):
         result = runner.invoke(app, args)
         assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+
+
+@pytest.mark.parametrize("option", [["--device", "tpu"], ["--executor", "bogus"], ["--workers", "0"],
+                                    ["--wandb-mode", "x"]])
+def test_a_bad_option_value_is_a_usage_error_before_anything_runs(tmp_path, sweep_file, option):
+    """Exit 2, as the README's exit codes say of a usage error, and no output directory."""
+    result = runner.invoke(app, ["run", str(sweep_file()), "--out", str(tmp_path / "o"), *option])
+    assert result.exit_code == 2 and "Invalid value for '" + option[0] in result.output, result.output
+    assert not (tmp_path / "o").exists()
 
 
 def test_run_then_report_writes_database_figure_and_page(tmp_path, sweep_file):
