@@ -118,3 +118,28 @@ def test_the_check_reads_no_longer_than_a_mixer_can():
         model = rk.build_model(rk.ModelConfig(vocab_size=16, d_model=16, num_layers=2, mixer=mixer))
         checks = check_model(model)
         assert all(c.passed for c in checks), [c.line() for c in checks if not c.passed]
+
+
+class BatchMixing(Bigram):
+    """Adds half the batch mean to every row's logits, in forward, prefill and step alike: cached and
+    parallel paths agree, causality holds, only a row read alone differs from its row in the batch."""
+
+    @staticmethod
+    def _mix(logits):
+        return logits + 0.5 * logits.mean(0, keepdim=True)
+
+    def forward(self, x, prefix_len=None):
+        return self._mix(super().forward(x, prefix_len))
+
+    def prefill(self, x, prefix_len=None, state=None):
+        logits, state = super().prefill(x, prefix_len, state)
+        return self._mix(logits), state
+
+    def step(self, token, state):
+        logits, state = super().step(token, state)
+        return self._mix(logits), state
+
+
+def test_rows_that_read_each_other_fail_only_batch_independence():
+    failing = {c.name for c in check_model(BatchMixing()) if not c.passed}
+    assert failing == {"batch independence"}

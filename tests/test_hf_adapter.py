@@ -28,6 +28,7 @@ from recallkit.hf.token_map import map_batch, ordinary_words, token_map
 from recallkit.sweep import run_sweep
 from recallkit.tasks.base import IGNORE_INDEX, Batch
 from tests.conftest import tiny_run
+from recallkit.hf.tiny import tiny_tokenizer
 
 runner = CliRunner()
 _CHECK_LINE = re.compile(r"^\s*(ok|FAIL)\s+(\S.*?)\s+max \|diff\| ")
@@ -231,3 +232,12 @@ def test_evaluate_a_mapped_task_on_a_pretrained_model(models):
     full = rk.evaluate(model, mapped, policy="full", budget=1.0)
     assert full["accuracy"] == plain["accuracy"]
     assert 0 < evicted["state_size"] < full["state_size"] == model.state_size(24)
+
+
+def test_a_special_token_that_reads_as_a_word_is_not_ordinary():
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": [" zebra"]})
+    special = tokenizer.convert_tokens_to_ids(" zebra")
+    assert special in tokenizer.all_special_ids and tokenizer.decode([special]) == " zebra"
+    words = ordinary_words(tokenizer)
+    assert special not in words and words  # the ordinary words are still found

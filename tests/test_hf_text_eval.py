@@ -16,6 +16,9 @@ from recallkit.hf import load_model
 from recallkit.hf.text_eval import evaluate_text
 from recallkit.hf.tiny import tiny_tokenizer
 from recallkit.text_tasks import TEXT_TASKS, make_text_task
+from tokenizers.processors import TemplateProcessing
+import recallkit.hf.text_eval as text_eval
+from recallkit.kv import resolve_budget
 
 SMALL = {
     "phonebook_text": {"num_entries": 4, "num_queries": 2},
@@ -264,3 +267,47 @@ def test_a_grid_setting_without_its_mode_is_one_line(model):
 
     with pytest.raises(RecallkitError, match=r"None or \(policy, budget, mode\); got \('h2o', 8\)"):
         evaluate_text_grid(model, small("phonebook_text"), [("h2o", 8)])
+
+
+def test_chat_prompt_has_one_bos_from_its_template():
+    model = load_model("tiny:llama")
+    tok = model.tokenizer
+    bos = tok.bos_token_id
+    tok._tokenizer.post_processor = TemplateProcessing(single=f"{tok.bos_token} $A",
+                                                       special_tokens=[(tok.bos_token, bos)])
+    assert tok("hi").input_ids[0] == bos  # this tokenizer adds BOS to plain text
+    tok.chat_template = ("{{ bos_token }}{% for m in messages %}<user>{{ m['content'] }}</user>{% endfor %}"
+                         "{% if add_generation_prompt %}<bot>{% endif %}")
+    read = []
+    original = model.prefill
+    model.prefill = lambda ids, *a, **k: read.append(ids[0].tolist()) or original(ids, *a, **k)
+    task = make_text_task({"name": "phonebook_text", "num_entries": 2, "num_queries": 1})
+    evaluate_text(model, task, num_examples=1, chat=True, max_new_tokens=1)
+    assert read[0][0] == bos and read[0][1] != bos and read[0].count(bos) == 1
+    read.clear()
+    evaluate_text(model, task, num_examples=1, chat=False, max_new_tokens=1)
+    assert read[0][0] == bos and read[0].count(bos) == 1
+
+
+@pytest.mark.parametrize("mode", ["prefill", "continuous"])
+def test_a_fractional_budget_follows_each_prompts_length(monkeypatch, mode):
+    model = load_model("tiny:llama")
+    task = make_text_task({"name": "phonebook_text", "num_entries": 4, "num_queries": 1})
+    examples = task.generate(3, 0)
+    lengths = [len(model.tokenizer(task.prompt(e)).input_ids) for e in examples]
+    assert len(set(lengths)) > 1  # prompts of different lengths
+    seen = []
+    fork, alone = text_eval.fork_state, text_eval.evicting_state
+    monkeypatch.setattr(text_eval, "fork_state",
+                        lambda read, p, b, *a: seen.append(b) or fork(read, p, b, *a))
+    monkeypatch.setattr(text_eval, "evicting_state",
+                        lambda m, n, p, b, md: seen.append(b) or alone(m, n, p, b, md))
+    result = text_eval.evaluate_text(model, task, num_examples=3, policy="window", budget=0.5, mode=mode,
+                                     max_new_tokens=2)
+    expected = [resolve_budget(0.5, n) for n in lengths]
+    assert len(set(expected)) > 1
+    if mode == "continuous":  # one evicting state per example, in order
+        assert seen == expected
+    else:  # forks of each read (greedy_match may fork again): each example's own budget
+        assert set(seen) == set(expected)
+    assert result["budget_tokens"] == max(expected)

@@ -65,6 +65,8 @@ _FINGERPRINT = (
     "import hashlib; from recallkit.hf.tiny import tiny_tokenizer as t; "
     "print(hashlib.sha256(t().backend_tokenizer.to_str().encode()).hexdigest())"
 )
+from recallkit.hf import memory
+from recallkit.hf.memory import MARGIN_BYTES, MARGIN_FRACTION
 
 
 def test_tokenizer_round_trips_and_is_deterministic():
@@ -193,3 +195,25 @@ def test_unknown_arch_names_the_supported_ones():
     for make in (tiny_config, build_tiny_model):
         with pytest.raises(RecallkitError, match="unknown tiny architecture 'gpt2'.*llama.*falcon_h1"):
             make("gpt2")
+
+
+def test_a_cgroup_limit_caps_the_available_memory(monkeypatch):
+    monkeypatch.setattr(memory, "_cgroup_available", lambda: None)
+    machine = memory.available_memory_bytes()
+    assert machine is not None  # Linux: /proc/meminfo
+    monkeypatch.setattr(memory, "_cgroup_available", lambda: 12345)
+    assert memory.available_memory_bytes() == min(machine, 12345) == 12345
+
+
+def test_needed_is_weights_plus_the_fraction_plus_the_fixed_margin():
+    config = transformers.AutoConfig.for_model(  # about 2 GiB of float32 weights, built on meta
+        "llama", hidden_size=2048, num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=4,
+        intermediate_size=8192, vocab_size=32000)
+    weights = estimate_model_bytes(config, torch.float32)
+    needed = int(weights * (1 + MARGIN_FRACTION)) + MARGIN_BYTES
+    assert MARGIN_FRACTION == 0.2 and MARGIN_BYTES == GIB // 2
+    assert check_fits(config, torch.float32, available_bytes=needed) == needed
+    with pytest.raises(RecallkitError, match=r"\+ 20% \+ 0\.5 GiB margin"):
+        check_fits(config, torch.float32, available_bytes=needed - 1)
+    with pytest.raises(RecallkitError, match="GiB in float32"):  # the weights and 0.5 GiB alone do not fit
+        check_fits(config, torch.float32, available_bytes=weights + MARGIN_BYTES)

@@ -170,3 +170,21 @@ def test_a_file_saved_with_its_prefix_tokens_refuses_other_tokens(tmp_path):
         load_prefix_state(model, unkeyed, prefix_ids=ids)
     with pytest.raises(RecallkitError, match=r"are not \(batch, 13\) tokens"):
         save_prefix_state(model, state, tmp_path / "bad.safetensors", prefix_ids=ids[:, :5])
+
+
+def test_every_changed_prefix_token_is_refused(tmp_path):
+    torch.manual_seed(0)
+    config = rk.ModelConfig(vocab_size=VOCAB, d_model=16, num_layers=1,
+                            mixer={"name": "mamba2", "chunk_size": 8})
+    model = rk.build_model(config).eval()
+    ids = torch.randint(0, VOCAB, (2, PREFIX), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        _, state = model.prefill(ids)
+    path = save_prefix_state(model, state, tmp_path / "keyed.safetensors", prefix_ids=ids)
+    assert load_prefix_state(model, path, prefix_ids=ids.clone())[1] == PREFIX
+    for row in range(2):
+        for t in (0, PREFIX - 1):
+            other = ids.clone()
+            other[row, t] = (other[row, t] + 1) % VOCAB
+            with pytest.raises(RecallkitError, match="other prefix tokens"):
+                load_prefix_state(model, path, prefix_ids=other)

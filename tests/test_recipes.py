@@ -115,3 +115,10 @@ def test_samba_alternates_mamba_and_a_sliding_window_with_constant_state():
 def test_recipes_reject_bad_arguments(recipe, kwargs, message):
     with pytest.raises(ValueError, match=message):
         recipe(**kwargs)
+
+
+@pytest.mark.parametrize("recipe", [based, jrt_rnn, qwen3_next, samba])
+def test_the_attention_layer_of_each_recipe_is_rotary(recipe):
+    config = rk.ModelConfig(vocab_size=16, d_model=16, num_layers=len(recipe()), mixer=recipe())
+    attention = [m for m in config.layer_mixers if m.name == "attention"]
+    assert attention and all(m.position == "rope" for m in attention)

@@ -27,6 +27,7 @@ from recallkit.text_tasks.draws import depth_bucket
 from recallkit.text_tasks.haystack import NOISE, filler, insert
 from recallkit.text_tasks.names import NUM_FULL_NAMES
 from recallkit.text_tasks.niah import MAX_DISTRACTORS
+from recallkit.text_tasks.niah import draw_needles
 
 SMALL = {
     "phonebook_text": {"num_entries": 20},
@@ -245,3 +246,18 @@ def test_haystack_filler_and_insertion() -> None:
     assert insert(["a.", "b."], [(2, "z."), (0, "x."), (0, "y.")]) == ["x.", "y.", "a.", "b.", "z."]
     with pytest.raises(ValueError, match="outside"):
         insert(["a."], [(2, "x.")])
+
+
+def test_the_queried_needle_takes_the_gap_nearest_its_depth():
+    cases = [(0.9, 5, 4), (0.1, 5, 0), (0.6, 11, 6), (0.7, 3, 1), (1.0, 7, 6), (0.0, 7, 0)]
+    for depth, num_gaps, gap in cases:
+        needles = draw_needles(random.Random(0), 2, num_gaps, depth)
+        assert needles.gaps[0] == gap, (depth, num_gaps)
+        assert abs(gap / (num_gaps - 1) - depth) <= 0.5 / (num_gaps - 1)
+
+
+def test_a_prefix_of_the_answer_is_wrong():
+    task = make_text_task({"name": "phonebook_text", "num_entries": 4, "num_queries": 2})
+    for truncated in ("434-390", "434", " 434-390\n434-3902", "4"):
+        assert not task.score(truncated, "434-3902")
+    assert task.score("434-3902", "434-3902")

@@ -40,7 +40,8 @@ def ordinary_words(tokenizer: Any) -> list[int]:
 
 
 def token_map(tokenizer: Any, vocab_size: int, seed: int = 0) -> Tensor:
-    """(vocab_size,) tokenizer ids: task token i is word ``map[i]``; distinct, seeded, sorted choice."""
+    """(vocab_size,) tokenizer ids: task token i is word ``map[i]``; distinct words drawn with ``seed``
+    from the sorted ordinary words, in the order drawn (not sorted)."""
     words = ordinary_words(tokenizer)
     if vocab_size > len(words):
         raise RecallkitError(f"the tokenizer has {len(words)} ordinary single-token words, fewer than the "
