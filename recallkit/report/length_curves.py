@@ -34,14 +34,21 @@ def _metric(scores: dict[str, Any]) -> float:
     return scores.get("exact_match", scores["accuracy"])
 
 
+def _setting(evaluation: dict[str, Any]) -> str:
+    return evaluation.get("setting", evaluation["task"])
+
+
 def length_curve(row: dict[str, Any]) -> dict[str, Any] | None:
     """One run's curve ``{"panel", "label", "d_model", "lr", "points": [(L, accuracy, state_size)],
     "train_range", "fixed_state", "bound", "unit", "headline"}``, or None when the run has no length
-    evaluations. A diverged run scores 0 at every length, as on the frontier."""
+    evaluations. A diverged run scores 0 at every length, as on the frontier. Only the headline's
+    setting counts: an ``eval_tasks`` evaluation of another task has lengths of its own."""
     metrics = row["metrics"] or {}
     evals = [e for e in metrics.get("evals") or [] if not e.get("policy")]
     if row["status"] not in ("done", "diverged") or not any("length" in e for e in evals):
         return None
+    panel = _setting(evals[0])
+    evals = [e for e in evals if _setting(e) == panel]
     by_length: dict[int, tuple[float, int]] = {}
     for e in evals:
         for length, scores in (e.get("slices") or {}).get("length", {}).items():
@@ -58,7 +65,7 @@ def length_curve(row: dict[str, Any]) -> dict[str, Any] | None:
     if fixed_state and axis.get("bits_per_unit"):
         bound = at_length[0][1] * BITS_PER_NUMBER / axis["bits_per_unit"]
     return {
-        "panel": evals[0].get("setting", evals[0]["task"]), "label": row["label"],
+        "panel": panel, "label": row["label"],
         "d_model": row["config"]["model"].get("d_model", 0), "lr": row["config"].get("train", {}).get("lr"),
         "points": points,
         "train_range": metrics.get("train_length_range"), "fixed_state": fixed_state, "bound": bound,
