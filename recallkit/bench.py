@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from recallkit.bench_peers import bench_peers
-from recallkit.errors import RecallkitError
+from recallkit.errors import RecallkitError, first_line
 
 HEADS, HEAD_DIM, TAYLOR_DIM, CHUNK = 8, 64, 16, 64
 DELTA_CHUNK = 32  # the delta-rule kernels' and RWKV-7's default chunk (64 is slower at every benched shape)
@@ -322,7 +322,7 @@ def bench_mixers(lengths: list[int], d_model: int, repeats: int,
                     prefill = _timeit(lambda: mixer.prefill(x), repeats)
                     stepping = _timeit(loop, 1)
             except (ValueError, RecallkitError) as error:  # e.g. a length beyond a filter's max_len
-                rows.append(dict(mixer=key, N=N, error=str(error).splitlines()[0]))
+                rows.append(dict(mixer=key, N=N, error=first_line(str(error))))
                 continue
             rows.append(dict(mixer=key, N=N, prefill_ms=prefill * 1e3, loop_ms=stepping * 1e3,
                              prefill_speedup=stepping / prefill))

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from recallkit.atomic import write_whole
 from recallkit.contract import check_model, models_to_check
-from recallkit.errors import RecallkitError, one_line
+from recallkit.errors import RecallkitError, first_line, one_line
 from recallkit.inference.kv_memory import default_kv_numbers_per_token, default_state_size
 from recallkit.kv import POLICIES
 from recallkit.mixers import MIXERS
@@ -74,7 +74,7 @@ def _one_line_errors(command):
             message = describe(error)
         except sqlite3.DatabaseError as error:  # a results database damaged inside (its schema read fine)
             message = f"the results database is damaged ({error}); restore a copy or use another --out"
-        print(f"error: {message.splitlines()[0] if message else 'unknown error'}", file=sys.stderr)
+        print(f"error: {first_line(message)}", file=sys.stderr)
         raise typer.Exit(EXIT_ERROR)
     return wrapper
 
@@ -110,7 +110,7 @@ def _run_and_report(sweep: Path, out: Path, executor: str, workers: int, quiet: 
     failed = [r for r in rows if r["status"] == "failed"]
     console.print(_frontier_table(rows))
     for row in failed:
-        error = escape(f"{row['run_id']} {row['label']}: {row['error'].splitlines()[0]}")
+        error = escape(f"{row['run_id']} {row['label']}: {first_line(row['error'])}")
         console.print(f"[red]failed[/red] {error}")
     png, page = write_report(out)
     console.print(f"results: {out / 'results.sqlite'}\nfigure:  {png}\nreport:  {page}")

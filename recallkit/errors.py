@@ -9,6 +9,11 @@ class RecallkitError(Exception):
     """A user-facing error: bad config, impossible task, corrupt file. Printed as one line."""
 
 
+def first_line(text: str, default: str = "unknown error") -> str:
+    """The first non-blank line of an error message (matplotlib's start with a newline)."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), default)
+
+
 def one_line(error: ValidationError) -> str:
     """A pydantic validation error as one line: ``field.path: message; ...``."""
     parts = []

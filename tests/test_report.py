@@ -465,3 +465,32 @@ def test_a_point_with_no_state_is_named_where_the_log_axis_cannot_draw_it(tmp_pa
     assert notes == ["not on the log axis: stateless: 0.250 at state 0"]
     frontier.plot_frontier(frontier_points(rows[1:]), tmp_path / "g.png")
     assert not [t for ax in figures[1].axes for t in ax.texts]
+
+
+def test_labels_are_drawn_as_written_never_as_mathtext(tmp_path, monkeypatch):
+    """``$\\frobnicate$`` in a label failed the whole report (matplotlib parsed it as a formula, and the
+    error's first line was blank); ``$\\alpha$`` was typeset as a Greek letter."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    from recallkit.report import frontier
+
+    rows = [row("a", "cost $\\frobnicate$ model", 64, 1e-3, 0.5),
+            row("b", "$\\alpha$ x 注意力", 64, 1e-3, 0.6)]
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no warning per glyph the font lacks
+        frontier.plot_frontier(frontier_points(rows), tmp_path / "f.png")
+    (legend,) = figures[0].legends
+    assert [t.get_text() for t in legend.get_texts()] == ["$\\alpha$ x 注意力", "cost $\\frobnicate$ model"]
+    assert not any(t.get_parse_math() for t in legend.get_texts())
+    assert (tmp_path / "f.png").stat().st_size > 0
+
+
+def test_an_error_message_shows_its_first_non_blank_line():
+    from recallkit.errors import first_line
+
+    assert first_line("\nUnknown symbol: \\frobnicate\n  ^") == "Unknown symbol: \\frobnicate"
+    assert first_line("") == "unknown error" and first_line("  \n", "none") == "none"

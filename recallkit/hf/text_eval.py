@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from recallkit.errors import RecallkitError, one_line
+from recallkit.errors import RecallkitError, first_line, one_line
 from recallkit.hf.adapter import HFModel
 from recallkit.hf.greedy import answer_ids, generate, greedy_match, teacher_forced_argmax
 from recallkit.hf.prompt_read import RECORDED_HISTORY, ReadPrompt, fork_state, read_prompt, stack_states
@@ -315,7 +315,7 @@ def _check_run(model: HFModel, policy: Any, budget: Budget | None, mode: str, nu
     except ValidationError as error:  # which field, and why
         raise RecallkitError(one_line(error)) from None
     except ValueError as error:
-        raise RecallkitError(str(error).splitlines()[0]) from None
+        raise RecallkitError(first_line(str(error))) from None
 
 
 def default_chat(model: HFModel) -> bool:

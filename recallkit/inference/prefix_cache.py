@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from recallkit.atomic import write_whole
-from recallkit.errors import RecallkitError
+from recallkit.errors import RecallkitError, first_line
 
 if TYPE_CHECKING:  # annotations only: recallkit.model may import recallkit.inference
     from recallkit.model import ModelState
@@ -118,7 +118,7 @@ def load_prefix_state(model: nn.Module, path: str | Path, *,
             metadata = file.metadata() or {}
             tensors = {name: file.get_tensor(name) for name in file.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(str(error), type(error).__name__)
         message = f"{path} is not a readable safetensors file (truncated or corrupt?): {reason}"
         raise RecallkitError(message) from None
     if metadata.get("format") != FORMAT:

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from recallkit.atomic import write_whole
-from recallkit.report.common import FrontierPoint, base_panel, best_first
+from recallkit.report.common import FrontierPoint, base_panel, best_first, literal_text
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ def _compact(n: int) -> str:
     return str(n)
 
 
+@literal_text
 def plot_capability_map(points: list[FrontierPoint], path: str | Path) -> Path:
     """Heatmap: a row per family (its largest state in the label), a column per task setting, each cell
     its accuracy (with seeds: the mean and, below it, the 95% interval) and the state it took; grey

@@ -3,16 +3,34 @@ typed frontier point. One place, so that a panel or a family looks the same in e
 
 from __future__ import annotations
 
+import functools
 import html
 import json
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import matplotlib
 
 matplotlib.use("Agg")
 from matplotlib import colormaps
 from matplotlib.colors import to_hex
+
+Plot = TypeVar("Plot", bound=Callable[..., Any])
+
+
+def literal_text(plot: Plot) -> Plot:
+    """Draw ``plot``'s labels as written: ``$...$`` in a label is text, not mathtext (an unknown
+    symbol there failed the whole report), and a character the font lacks draws as a box without a
+    warning per glyph."""
+    @functools.wraps(plot)
+    def drawn(*args: Any, **kwargs: Any) -> Any:
+        with matplotlib.rc_context({"text.parse_math": False}), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Glyph .* missing from", category=UserWarning)
+            return plot(*args, **kwargs)
+    return drawn  # type: ignore[return-value]
+
 
 EVICTION = ", KV eviction"
 """Marks the panels of evaluations under an eviction policy."""

@@ -21,6 +21,7 @@ from recallkit.report.common import (
     FrontierPoint,
     base_panel,
     error_bars,
+    literal_text,
     off_log_axis,
     palette,
     panel_name,
@@ -206,6 +207,7 @@ def _draw_panel(ax: plt.Axes, points: list[FrontierPoint], panel: str, group: li
     return handles, tags
 
 
+@literal_text
 def plot_frontier(points: list[FrontierPoint], path: str | Path,
                   title: str = "Recall vs inference state") -> Path:
     """Draw one panel per evaluation setting: x = state size (numbers, log scale), y = accuracy.

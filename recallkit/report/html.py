@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from recallkit.atomic import write_whole
+from recallkit.errors import first_line
 from recallkit.report.capability import capability_table, has_capability_axis
 from recallkit.report.common import FrontierPoint, accuracy_text
 from recallkit.report.curves import curves_figure
@@ -85,7 +86,7 @@ def _messages(rows: list[dict[str, Any]], points: list[FrontierPoint]) -> list[s
                         "them; the figures appear once a run finishes.")
     if counts["failed"]:
         first = next(r for r in rows if r["status"] == "failed")
-        error = (first["error"] or "no error recorded").strip().splitlines()[0]
+        error = first_line(first["error"] or "", "no error recorded")
         messages.append(f"Failed runs: {counts['failed']} of {len(rows)}, left out of the figures (first: "
                         f"{first['label']}, {error}). The runs table has their errors; rerunning the sweep "
                         "retries them.")
@@ -136,7 +137,7 @@ def _runs_table(rows: list[dict[str, Any]]) -> str:
         if not row["error"]:  # a run that halving stopped is done, with why in its metrics
             halted = (row["metrics"] or {}).get("halted")
             return f"halted: {halted}" if halted else ""  # escaped as text by _table
-        first = row["error"].strip().splitlines()[0]  # the message; the traceback tail is in the tooltip
+        first = first_line(row["error"])  # the message; the traceback tail is in the tooltip
         return Markup(f'<span title="{html.escape(row["error"])}">{html.escape(first)}</span>')
 
     table = _table(

@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from recallkit.atomic import write_whole
-from recallkit.report.common import palette, run_seed, run_setting
+from recallkit.report.common import literal_text, palette, run_seed, run_setting
 from recallkit.report.stats import bootstrap_interval
 
 BITS_PER_NUMBER = 32
@@ -105,6 +105,7 @@ def _over_seeds(by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
             "seeds": per_seed if len(curves) > 1 else [], "interval": intervals}
 
 
+@literal_text
 def plot_length_curves(curves: list[dict[str, Any]], path: str | Path) -> Path:
     """Draw accuracy (y) against length (x) per model, one panel per training setting; shade the
     training range; a dotted line where a fixed-state model's information bound falls in range."""

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from recallkit.atomic import write_whole
-from recallkit.report.common import FrontierPoint, best_first, error_bars, palette
+from recallkit.report.common import FrontierPoint, best_first, error_bars, literal_text, palette
 
 
 def width_curves(points: list[FrontierPoint]) -> dict[str, dict[str, list[FrontierPoint]]]:
@@ -43,6 +43,7 @@ def has_width_axis(points: list[FrontierPoint]) -> bool:
     return len({p.d_model for p in _trained(points)}) > 1
 
 
+@literal_text
 def plot_width_curves(points: list[FrontierPoint], path: str | Path) -> Path:
     """Draw accuracy (y) against d_model (x, log 2) per label, one panel per evaluation setting; a
     point with two or more seeds has an error bar, the 95% bootstrap interval of its mean."""

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 from recallkit.config import RunConfig
-from recallkit.errors import RecallkitError
+from recallkit.errors import RecallkitError, first_line
 
 WandbMode = Literal["offline", "online", "disabled"]
 INSTALL_HINT = "W&B logging needs `pip install recallkit[wandb]`"
@@ -42,7 +42,7 @@ def _summary(outcome: dict[str, Any]) -> dict[str, Any]:
     summary |= {k: outcome.get(k) for k in ("status", "state_size", "num_params", "wall_time")
                 if k in outcome}
     if outcome.get("error"):
-        summary["error"] = outcome["error"].splitlines()[0]
+        summary["error"] = first_line(outcome["error"])
     return summary
 
 
