@@ -112,3 +112,42 @@ def test_the_capability_map_prefers_a_mean_over_seeds_to_one_lucky_variant():
     lucky["config"]["model"]["window"] = 8  # a one-seed variant of the same family
     grid = capability_map(frontier_points(rows + [lucky]))
     assert grid.accuracy == [[pytest.approx(0.8)]] and grid.interval[0][0] is not None
+
+
+def test_seeds_that_all_diverged_never_beat_a_setting_whose_seeds_learned():
+    """Four diverged seeds of lr=1e30 (mean 0) beat three learning seeds on 'most seeds' alone: every
+    point then showed 'diverged'. The setting with the most seeds that finished wins."""
+    working = [seeded(f"w{s}", s, 0.5) for s in range(3)]
+    blown = [seeded(f"d{s}", s, 0.9, status="diverged") for s in range(4)]
+    for run in blown:
+        run["config"]["train"]["lr"] = 1e30
+    (point,) = frontier_points(working + blown)
+    assert point.lr == 1e-3 and point.accuracy == pytest.approx(0.5) and point.diverged == 0
+    half = working[:2] + [seeded("h", 2, 0.9, status="diverged")]  # a setting with a diverged seed
+    (point,) = frontier_points(half)
+    assert point.diverged == 1 and point.accuracy == pytest.approx(1.0 / 3)
+
+
+def test_the_length_curve_takes_the_setting_the_frontier_takes():
+    """The frontier and slice tables took lr=1e-5 (three seeds) while lengths.png took lr=1e-2 (one
+    lucky seed): one page disagreed with itself."""
+    steady = [_length_row(f"s{s}", s, (0.5, 0.4, 0.3)) for s in range(3)]
+    lucky = _length_row("l", 0, (1.0, 1.0, 1.0))
+    lucky["config"]["train"]["lr"] = 1e-2
+    for run in steady + [lucky]:  # the headline evaluation, as training stores it first
+        headline = {**run["metrics"]["evals"][0], "accuracy": run["metrics"]["accuracy"]}
+        del headline["length"]
+        run["metrics"]["evals"].insert(0, headline)
+    (point,) = frontier_points(steady + [lucky])
+    (curve,) = length_curves(steady + [lucky])
+    assert point.lr == curve["lr"] == 1e-3 and len(curve["seeds"][0]) == 3
+
+
+def test_figures_rank_a_family_point_by_its_seeds_that_finished():
+    from dataclasses import replace
+
+    from recallkit.report.common import best_first
+
+    learned = frontier_points([seeded(f"w{s}", s, 0.5) for s in range(3)])[0]
+    blown = replace(learned, seeds=(0.0,) * 4, accuracy=0.0, diverged=4)
+    assert best_first(learned) > best_first(blown)

@@ -9,6 +9,7 @@ import json
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from statistics import mean
 from typing import Any, TypeVar
 
 import matplotlib
@@ -107,6 +108,7 @@ class FrontierPoint:
     settings, ``prefill_tokens`` the best seed's mean prompt length when the evaluation reported it,
     ``runs`` how many runs the point is the best of, ``model`` the stored model config and ``task``
     the training task's (their varying settings tag the point). ``run_id`` is the best seed's run.
+    ``diverged`` counts the seeds that diverged (each scored 0 in the mean).
     """
 
     panel: str
@@ -127,6 +129,7 @@ class FrontierPoint:
     seed_runs: tuple[tuple[int, str], ...] = ()
     policy: dict[str, Any] | None = None
     task: dict[str, Any] | None = None
+    diverged: int = 0
 
 
 def tag_fields(point: FrontierPoint) -> dict[str, Any]:
@@ -135,11 +138,20 @@ def tag_fields(point: FrontierPoint) -> dict[str, Any]:
     return {**point.model, "task": point.task or {}}
 
 
+def setting_rank(seeds: list[tuple[bool, float]]) -> tuple[int, float]:
+    """How a point picks one of its training settings from each seed's (finished, accuracy): the most
+    seeds that finished, then the best mean (a diverged seed scores 0 there). A diverged seed is a
+    measurement, not evidence for its setting: four diverged seeds never beat three that learned.
+    Higher is better."""
+    return sum(finished for finished, _ in seeds), mean(accuracy for _, accuracy in seeds)
+
+
 def best_first(point: FrontierPoint) -> tuple[int, float, int]:
     """How a figure picks one of several points of a family (over widths or settings): the most
-    seeds, then the highest accuracy, then the smallest state, so that one lucky seed of a variant
-    does not stand in for a mean over seeds. Higher is better."""
-    return max(1, len(point.seeds)), point.accuracy, -point.state_size
+    seeds that finished (as :func:`setting_rank`), then the highest accuracy, then the smallest
+    state, so that one lucky seed of a variant does not stand in for a mean over seeds. Higher is
+    better."""
+    return max(1, len(point.seeds)) - point.diverged, point.accuracy, -point.state_size
 
 
 def error_bars(points: list[FrontierPoint]) -> list[list[float]]:

@@ -22,6 +22,7 @@ from recallkit.report.common import (
     base_panel,
     error_bars,
     literal_text,
+    setting_rank,
     off_log_axis,
     palette,
     panel_name,
@@ -79,8 +80,9 @@ def frontier_points(rows: list[dict[str, Any]]) -> list[FrontierPoint]:
     (:func:`_evaluated_task`); evaluations under an eviction policy form their own label, one point
     per budget. Within a point, runs that differ only by seed are averaged, and the setting (learning
     rate, steps, a training task evaluated elsewhere, an eviction policy's options, ...: anything but
-    the seed, :func:`~recallkit.report.common.run_setting`) with the most seeds, then the best mean,
-    wins (so one lucky seed of a setting whose other seeds failed does not beat a mean over three);
+    the seed, :func:`~recallkit.report.common.run_setting`) with the most seeds that finished, then
+    the best mean, wins (:func:`~recallkit.report.common.setting_rank`: one lucky seed of a setting
+    whose other seeds failed does not beat a mean over three, nor do seeds that all diverged);
     runs of two settings are never averaged as seeds. With two or more seeds the point carries every
     seed's accuracy and a 95% bootstrap interval of the mean (:mod:`recallkit.report.stats`). Failed
     and unfinished runs are left out, and so are runs that halving stopped early (their accuracy is
@@ -107,8 +109,8 @@ def frontier_points(rows: list[dict[str, Any]]) -> list[FrontierPoint]:
             settings[setting].setdefault(run_seed(row["config"]), (row, evaluation))
         if not settings:
             continue
-        seeds = max(settings.values(),
-                    key=lambda runs: (len(runs), mean(e["accuracy"] for _, e in runs.values())))
+        seeds = max(settings.values(), key=lambda runs: setting_rank(
+            [(r["status"] == "done", e["accuracy"]) for r, e in runs.values()]))
         ordered = [seeds[seed] for seed in sorted(seeds)]
         row, best = max(ordered, key=lambda pair: pair[1]["accuracy"])  # the run the point links to
         accuracies = [e["accuracy"] for _, e in ordered]
@@ -123,6 +125,7 @@ def frontier_points(rows: list[dict[str, Any]]) -> list[FrontierPoint]:
             interval=bootstrap_interval(accuracies),
             seed_runs=tuple((seed, seeds[seed][0]["run_id"]) for seed in sorted(seeds)),
             policy=best["policy"], task=row["config"].get("task") if _evaluated_task(row["config"]) else None,
+            diverged=sum(r["status"] == "diverged" for r, _ in ordered),
         ))
     return points
 

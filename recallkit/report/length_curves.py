@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from recallkit.atomic import write_whole
-from recallkit.report.common import literal_text, palette, run_seed, run_setting
+from recallkit.report.common import literal_text, palette, run_seed, run_setting, setting_rank
 from recallkit.report.stats import bootstrap_interval
 
 BITS_PER_NUMBER = 32
@@ -40,9 +40,9 @@ def _setting(evaluation: dict[str, Any]) -> str:
 
 def length_curve(row: dict[str, Any]) -> dict[str, Any] | None:
     """One run's curve ``{"panel", "label", "d_model", "lr", "points": [(L, accuracy, state_size)],
-    "train_range", "fixed_state", "bound", "unit", "headline"}``, or None when the run has no length
-    evaluations. A diverged run scores 0 at every length, as on the frontier. Only the headline's
-    setting counts: an ``eval_tasks`` evaluation of another task has lengths of its own."""
+    "train_range", "fixed_state", "bound", "unit", "headline", "diverged"}``, or None when the run
+    has no length evaluations. A diverged run scores 0 at every length, as on the frontier. Only the
+    headline's setting counts: an ``eval_tasks`` evaluation of another task has lengths of its own."""
     metrics = row["metrics"] or {}
     evals = [e for e in metrics.get("evals") or [] if not e.get("policy")]
     if row["status"] not in ("done", "diverged") or not any("length" in e for e in evals):
@@ -70,14 +70,15 @@ def length_curve(row: dict[str, Any]) -> dict[str, Any] | None:
         "points": points,
         "train_range": metrics.get("train_length_range"), "fixed_state": fixed_state, "bound": bound,
         "unit": axis.get("length_unit", "length"),
-        "headline": 0.0 if diverged else metrics.get("accuracy", 0.0),
+        "headline": 0.0 if diverged else metrics.get("accuracy", 0.0), "diverged": diverged,
     }
 
 
 def length_curves(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per panel, model (its whole config, as the frontier) and width, the curve of its best setting
-    (learning rate, steps, ..., anything but the seed: ``run_setting``, by the mean headline
-    accuracy over that setting's seeds), averaged over the seeds (diverged ones at 0): ``points`` hold
+    (learning rate, steps, ..., anything but the seed: ``run_setting``; chosen as the frontier
+    chooses, ``setting_rank`` of the headline accuracies: the most seeds that finished, then the best
+    mean), averaged over the seeds (diverged ones at 0): ``points`` hold
     the mean exact match at each length every seed was scored at, ``seeds`` each seed's values there
     and ``interval`` a 95% bootstrap interval of each mean (empty with one seed)."""
     settings: dict[tuple, dict[str, dict[int, dict[str, Any]]]] = {}
@@ -89,8 +90,11 @@ def length_curves(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         seeds = settings.setdefault((curve["panel"], curve["label"], curve["d_model"], model), {}).setdefault(
             run_setting(row["config"]), {})
         seeds.setdefault(run_seed(row["config"]), curve)  # one setting and seed is one run
-    return [_over_seeds(max(settings[key].values(), key=lambda s: mean(c["headline"] for c in s.values())))
-            for key in sorted(settings)]
+    return [_over_seeds(max(settings[key].values(), key=_rank)) for key in sorted(settings)]
+
+
+def _rank(by_seed: dict[int, dict[str, Any]]) -> tuple[int, float]:
+    return setting_rank([(not curve["diverged"], curve["headline"]) for curve in by_seed.values()])
 
 
 def _over_seeds(by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
