@@ -32,8 +32,8 @@ class CapabilityMap:
 
 def capability_map(points: list[FrontierPoint]) -> CapabilityMap:
     """The map of ``points`` without eviction (an eviction policy is a point on the frontier, not a
-    family here). A cell is the family's point that ``best_first`` ranks first: the most seeds, then
-    the highest accuracy, then the smallest state."""
+    family here). A cell is the family's point that ``best_first`` ranks first: the most seeds that
+    finished, then the highest accuracy, then the smallest state."""
     points = [p for p in points if base_panel(p.panel) is None and not p.budget]
     panels = list(dict.fromkeys(p.panel for p in points))
     best: dict[tuple[str, str], FrontierPoint] = {}

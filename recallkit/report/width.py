@@ -19,8 +19,8 @@ def width_curves(points: list[FrontierPoint]) -> dict[str, dict[str, list[Fronti
 
     The best over every point of that label and width (learning rates are already folded into the
     frontier points; other settings, such as a window sweep, are folded here): the one ``best_first``
-    ranks first (the most seeds, then the highest accuracy, then the smallest state). A point with
-    seeds carries their mean, and the plot draws its interval.
+    ranks first (the most seeds that finished, then the highest accuracy, then the smallest state). A
+    point with seeds carries their mean, and the plot draws its interval.
     """
     best: dict[tuple[str, str, int], FrontierPoint] = {}
     for p in points:
