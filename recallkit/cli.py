@@ -48,7 +48,9 @@ EXIT_INTERRUPTED = 130
 
 app = typer.Typer(help="recallkit: in-context recall vs inference state of sequence models.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
-console = Console()
+PIPED_WIDTH = 160
+"""Columns of the tables when output goes to a file or a pipe (rich would fold them at 80)."""
+console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else PIPED_WIDTH)
 
 
 def _one_line_errors(command):

@@ -93,3 +93,16 @@ def test_run_then_report_writes_database_figure_and_page(tmp_path, sweep_file):
     (out / "frontier.png").unlink()
     result = runner.invoke(app, ["report", str(out)])
     assert result.exit_code == 0 and (out / "frontier.png").exists()
+
+
+def test_tables_written_to_a_pipe_are_not_folded_at_80_columns():
+    """Piped, rich fell back to 80 columns and folded model names to 4 characters a line."""
+    import os
+
+    from recallkit.cli import PIPED_WIDTH
+
+    probe = [sys.executable, "-c", "from recallkit.cli import console; print(console.width)"]
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    assert subprocess.run(probe, capture_output=True, text=True, env=env).stdout.strip() == str(PIPED_WIDTH)
+    env["COLUMNS"] = "100"  # the user's choice wins
+    assert subprocess.run(probe, capture_output=True, text=True, env=env).stdout.strip() == "100"
