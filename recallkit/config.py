@@ -23,16 +23,22 @@ from recallkit.tasks import task_config
 from recallkit.text_tasks import TextTaskConfig, make_text_task
 
 
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+"""Unicode's explicit directional formatting characters (UAX #9): marks, embeddings, overrides, isolates."""
+
+
 def storable_text(value: str | None) -> str | None:
     """A free-text field (a label) as SQLite, JSON files and one-line tables keep it: valid Unicode, no
-    lone surrogates, no control characters (a newline split the row of the terminal table)."""
+    lone surrogates, no control characters (a newline split the row of the terminal table) and no
+    bidirectional overrides (U+202E reversed the rest of the row in a terminal that honours it)."""
     if value is not None:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as error:
             raise ValueError(f"{value!r} is not valid text: a lone surrogate "
                              f"{value[error.start]!r} at position {error.start}") from None
-        control = next((i for i, c in enumerate(value) if unicodedata.category(c) == "Cc"), None)
+        control = next((i for i, c in enumerate(value)
+                        if unicodedata.category(c) == "Cc" or c in BIDI_CONTROLS), None)
         if control is not None:
             raise ValueError(f"{value!r} holds a control character {value[control]!r} at position {control}")
     return value

@@ -594,7 +594,7 @@ def test_a_lone_surrogate_in_a_label_is_refused_at_load_with_context(tmp_path):
     assert not (tmp_path / "out").exists()  # no empty results file left behind
 
 
-@pytest.mark.parametrize("label", ["a\nb", "tab\there", "bell\x07"])
+@pytest.mark.parametrize("label", ["a\nb", "tab\there", "bell\x07", "right\u202eto left"])
 def test_a_control_character_in_a_label_is_refused(label):
     """A newline split the label's row of the terminal table in two."""
     with pytest.raises(ValidationError, match="holds a control character"):

@@ -48,6 +48,9 @@ def test_a_tie_goes_to_the_smaller_state():
 def test_the_map_is_drawn_only_for_two_families_on_two_tasks(tmp_path):
     assert has_capability_axis(frontier_points(suite_rows()))
     assert not has_capability_axis(frontier_points(suite_rows()[:4]))  # one task setting
+    apart = [row("p", "smollm2", 0, None, 0.7), row("a", "attention", 64, 1e-3, 0.9)]
+    apart[0]["config"]["task"] = {"name": "phonebook_text", "seq_len": 64}
+    assert not has_capability_axis(frontier_points(apart))  # two families, two settings, never met
     synthetic_sweep(tmp_path)  # two families, one task setting (its other panels are lengths)
     write_report(tmp_path)
     assert not (tmp_path / "capability.png").exists()

@@ -50,9 +50,11 @@ def capability_map(points: list[FrontierPoint]) -> CapabilityMap:
 
 
 def has_capability_axis(points: list[FrontierPoint]) -> bool:
-    """Whether the map is worth drawing: two or more families on two or more task settings."""
+    """Whether the map is worth drawing: two or more families meet on two or more task settings (a
+    setting only one family ran compares nothing)."""
     grid = capability_map(points)
-    return len(grid.labels) > 1 and len(grid.panels) > 1
+    met = [j for j in range(len(grid.panels)) if sum(row[j] is not None for row in grid.accuracy) > 1]
+    return len(met) > 1
 
 
 def _compact(n: int) -> str:
