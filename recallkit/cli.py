@@ -31,7 +31,7 @@ from recallkit.inference.kv_memory import default_kv_numbers_per_token, default_
 from recallkit.kv import POLICIES
 from recallkit.mixers import MIXERS
 from recallkit.report import frontier_points, write_compare, write_report
-from recallkit.report.common import accuracy_text
+from recallkit.report.common import accuracy_text, base_panel
 from recallkit.sweep import load_sweep, run_sweep
 from recallkit.sweep.directory import describe, make_directory
 from recallkit.sweep.doctor import diagnose
@@ -84,14 +84,19 @@ def _one_line_errors(command):
 def _frontier_table(rows: list[dict]) -> Table:
     table = Table(title="best learning rate per model and width",
                   caption="accuracy: the mean over seeds [95% interval] (seeds); time: the best seed's run")
-    for column in ("setting", "model", "width", "state size", "accuracy", "time (s)"):
+    points = frontier_points(rows)
+    budgets = any(p.budget is not None for p in points)
+    for column in ("setting", "model", "width", *(["KV budget"] if budgets else []), "state size", "accuracy",
+                   "time (s)"):
         left = column in ("setting", "model")
         table.add_column(column, justify="left" if left else "right", overflow="fold", no_wrap=not left)
-    status = {r["run_id"]: r["status"] for r in rows}
-    for p in frontier_points(rows):  # a point's best run diverged: every run of it did (or scored 0)
-        accuracy = "diverged" if status.get(p.run_id) == "diverged" else escape(accuracy_text(p))
-        table.add_row(escape(p.panel), escape(p.label), str(p.d_model or "-"), f"{p.state_size:,}",
-                      accuracy, f"{p.wall_time:.1f}" if p.wall_time else "")  # "[h2o]" is text, not markup
+    setting = lambda p: base_panel(p.panel) or p.panel  # noqa: E731  (a panel's eviction rows follow it)
+    order = {panel: i for i, panel in enumerate(dict.fromkeys(setting(p) for p in points))}
+    for p in sorted(points, key=lambda p: (order[setting(p)], p.panel != setting(p))):
+        budget = [] if not budgets else ["" if p.budget is None else f"{p.budget:g}"]
+        time = f"{p.wall_time:.1f}" if p.wall_time else ""
+        table.add_row(escape(p.panel), escape(p.label), str(p.d_model or "-"), *budget,  # "[h2o]" is text
+                      f"{p.state_size:,}", escape(accuracy_text(p)), time)
     return table
 
 

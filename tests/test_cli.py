@@ -48,7 +48,8 @@ def test_the_frontier_table_prints_bracketed_labels(monkeypatch):
     import recallkit.cli as cli
 
     point = SimpleNamespace(panel="mqar [N=8]", label="attention [h2o]", d_model=64, state_size=10,
-                            run_id="r", accuracy=0.5, wall_time=1.0, interval=None, seeds=())
+                            run_id="r", accuracy=0.5, wall_time=1.0, interval=None, seeds=(), budget=None,
+                            diverged=0)
     monkeypatch.setattr(cli, "frontier_points", lambda rows: [point])
     console = Console(record=True, width=200)
     console.print(cli._frontier_table([]))
@@ -106,3 +107,32 @@ def test_tables_written_to_a_pipe_are_not_folded_at_80_columns():
     assert subprocess.run(probe, capture_output=True, text=True, env=env).stdout.strip() == str(PIPED_WIDTH)
     env["COLUMNS"] = "100"  # the user's choice wins
     assert subprocess.run(probe, capture_output=True, text=True, env=env).stdout.strip() == "100"
+
+
+def test_the_frontier_table_shows_budgets_groups_panels_and_counts_diverged_seeds(monkeypatch):
+    """Eviction rows that differ only in budget printed as identical rows; a read-twice run's row sat
+    apart from its panel; the table said 'diverged' where the page said '0.000 ... (4 seeds)'."""
+    from dataclasses import replace
+
+    from rich.console import Console
+
+    import recallkit.cli as cli
+    from recallkit.report.common import FrontierPoint
+
+    base = FrontierPoint(panel="mqar T=32", label="attention", d_model=16, state_size=100, accuracy=0.5,
+                         budget=None, prefill_tokens=None, lr=1e-3, run_id="r", num_params=1, wall_time=1.0,
+                         runs=1, model={})
+    points = [base, replace(base, panel="mqar T=64", label="mamba"),
+              replace(base, panel="mqar T=32, KV eviction", label="h2o", budget=2, state_size=40),
+              replace(base, panel="mqar T=32, KV eviction", label="h2o", budget=0.5, state_size=60),
+              replace(base, label="blown", accuracy=0.0, seeds=(0.0,) * 4, interval=(0.0, 0.0), diverged=4),
+              replace(base, label="shaky", seeds=(1.0, 0.5, 0.0), interval=(0.0, 1.0), diverged=1)]
+    monkeypatch.setattr(cli, "frontier_points", lambda rows: points)
+    console = Console(record=True, width=200)
+    console.print(cli._frontier_table([]))
+    text = console.export_text()
+    lines = [line for line in text.splitlines() if "mqar" in line]
+    expected = ["mqar T=32"] * 3 + ["mqar T=32, KV eviction"] * 2 + ["mqar T=64"]
+    assert [line.split("│")[1].strip() for line in lines] == expected
+    assert [line.split("│")[4].strip() for line in lines if "h2o" in line] == ["2", "0.5"]
+    assert "diverged (4 seeds)" in text and "(3 seeds, 1 diverged)" in text

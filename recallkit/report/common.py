@@ -168,11 +168,16 @@ def off_log_axis(line: list[FrontierPoint]) -> str:
 
 
 def accuracy_text(point: FrontierPoint) -> str:
-    """``0.530``, or with seeds ``0.530 [0.410, 0.660] (3 seeds)``: the mean and its 95% interval."""
+    """``0.530``, or with seeds ``0.530 [0.410, 0.660] (3 seeds)``: the mean and its 95% interval;
+    ``(3 seeds, 1 diverged)`` when some diverged, and ``diverged`` (``diverged (4 seeds)``) when all did."""
+    seeds = max(1, len(point.seeds))
+    if point.diverged == seeds:
+        return "diverged" if seeds == 1 else f"diverged ({seeds} seeds)"
     if point.interval is None:
         return f"{point.accuracy:.3f}"
     low, high = point.interval
-    return f"{point.accuracy:.3f} [{low:.3f}, {high:.3f}] ({len(point.seeds)} seeds)"
+    diverged = f", {point.diverged} diverged" if point.diverged else ""
+    return f"{point.accuracy:.3f} [{low:.3f}, {high:.3f}] ({seeds} seeds{diverged})"
 
 
 def run_seed(config: dict[str, Any]) -> int:
