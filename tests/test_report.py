@@ -494,3 +494,16 @@ def test_an_error_message_shows_its_first_non_blank_line():
 
     assert first_line("\nUnknown symbol: \\frobnicate\n  ^") == "Unknown symbol: \\frobnicate"
     assert first_line("") == "unknown error" and first_line("  \n", "none") == "none"
+
+
+def test_one_run_evaluated_plain_and_read_twice_gives_two_named_points():
+    """Both evaluations share the panel of the task they read: untagged, they were two 'la' rows the
+    PNG joined with a line, as if a state sweep."""
+    run = row("a", "la", 64, 1e-3, 0.5)
+    run["metrics"]["evals"] = [
+        {"task": "mqar", "seq_len": 16, "setting": "mqar T=16", "state_size": 10, "accuracy": 0.5},
+        {"task": "read_twice", "seq_len": 24, "setting": "mqar T=16", "state_size": 12, "accuracy": 0.8}]
+    points = frontier_points([run])
+    assert sorted((p.label, p.accuracy) for p in points) == [("la", 0.5), ("la [read twice]", 0.8)]
+    run["metrics"]["evals"].reverse()  # trained read twice, evaluated once as well
+    assert sorted(p.label for p in frontier_points([run])) == ["la", "la [read once]"]

@@ -47,18 +47,26 @@ def evaluations(row: dict[str, Any]) -> list[dict[str, Any]]:
 
     The panel is ``panel_name`` (read-twice runs share the panel of the task they read). Diverged
     runs count with accuracy 0. An evaluation under a KV-cache eviction policy has the ``series``
-    " [policy]" appended to the run's label, and its ``budget``. Evaluations at other lengths
-    (``RunConfig.eval_lengths``) are left out: ``recallkit.report.length_curves`` draws them.
+    " [policy]" appended to the run's label, and its ``budget``; one read otherwise than the headline
+    (a run evaluated on a task and on its read-twice form) " [read twice]" or " [read once]", as both
+    share a panel. Evaluations at other lengths (``RunConfig.eval_lengths``) are left out:
+    ``recallkit.report.length_curves`` draws them.
     """
     metrics = row["metrics"] or {}
     evals = metrics.get("evals") or [
         {"task": row["config"]["task"]["name"], "seq_len": row["config"]["task"]["seq_len"],
          "state_size": row["state_size"], "accuracy": metrics.get("accuracy", 0.0)}
     ]
+    twice = evals[0]["task"] == "read_twice"
+
+    def series(e: dict[str, Any]) -> str:
+        reads = "" if (e["task"] == "read_twice") == twice else " [read once]" if twice else " [read twice]"
+        return reads + (f" [{e['policy']}]" if e.get("policy") else "")
+
     return [
         {"panel": panel_name(e), "task": e["task"], "seq_len": e["seq_len"],
          "state_size": e["state_size"], "accuracy": e["accuracy"] if row["status"] == "done" else 0.0,
-         "series": f" [{e['policy']}]" if e.get("policy") else "", "budget": e.get("budget"),
+         "series": series(e), "budget": e.get("budget"),
          "policy": e.get("policy_config"), "prefill_tokens": e.get("prefill_tokens")}
         for e in evals if "length" not in e  # length-generalisation evals have their own plot
     ]
