@@ -158,6 +158,10 @@ class EvalPolicy(StrictModel):
         if (self.budget is None) == (self.compression_ratio is None):
             raise ValueError("give exactly one of budget (tokens or a fraction of the context) and "
                              "compression_ratio (the fraction evicted, as kvpress)")
+        whole = isinstance(self.budget, float) and self.budget == 1.0  # 1 alone is one token
+        if not self.policy.evicts and not whole:
+            raise ValueError(f"{self.policy.name} never evicts: its budget is the whole context (1.0, or "
+                             "none); a smaller one would be reported for a cache that holds everything")
         if self.compression_ratio is not None:  # frozen model: set once, while validating
             object.__setattr__(self, "budget", CompressionRatio(self.compression_ratio))
         elif isinstance(self.budget, int):

@@ -66,3 +66,22 @@ def test_scissorhands_counts_only_attention_strictly_below_the_uniform_share():
     cache.observe(attention[None, None])
     cache.compress()
     assert cache.positions.tolist() == [[[0, 2, 3]]]
+
+
+def test_a_policy_history_or_a_budget_the_policy_cannot_spend_is_refused_at_config_time():
+    """A history of 10^6 queries asked for gigabytes mid-run; a budget on ``full`` was reported for a
+    cache that held everything."""
+    import pytest
+    from pydantic import ValidationError
+
+    from recallkit.config import EvalPolicy
+    from recallkit.kv.policies import MAX_HISTORY
+
+    for policy in ({"name": "scissorhands", "history_window": MAX_HISTORY + 1},
+                   {"name": "snapkv", "window": MAX_HISTORY + 1}):
+        with pytest.raises(ValidationError, match="less than or equal to 4096"):
+            EvalPolicy(policy=policy, budget=0.5)
+    for budget in ({"budget": 1}, {"budget": 0.5}, {"compression_ratio": 0.5}):
+        with pytest.raises(ValidationError, match="full never evicts"):
+            EvalPolicy(policy="full", **budget)
+    assert EvalPolicy(policy="full").budget == EvalPolicy(policy="full", budget=1.0).budget == 1.0

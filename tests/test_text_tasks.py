@@ -261,3 +261,25 @@ def test_a_prefix_of_the_answer_is_wrong():
     for truncated in ("434-390", "434", " 434-390\n434-3902", "4"):
         assert not task.score(truncated, "434-3902")
     assert task.score("434-3902", "434-3902")
+
+
+@pytest.mark.parametrize(("task", "field"), [
+    (dict(name="kv_retrieval_text", num_pairs=2**127), "task.num_pairs"),
+    (dict(name="niah_text", context_words=10**9), "task.context_words"),
+    (dict(name="variable_tracking_text", context_words=10**8), "task.context_words"),
+    (dict(name="variable_tracking_text", num_hops=2_000_000), "task.num_hops"),
+    (dict(name="variable_tracking_text", num_chains=90_001, num_hops=1), "task.num_chains"),
+    (dict(name="variable_tracking_text", num_chains=3000, num_hops=5000), "distinct variable names"),
+    (dict(name="phonebook_text", num_entries=10**7), "task.num_entries"),
+])
+def test_a_prompt_no_model_could_read_is_refused_at_config_time(task, field):
+    """Each was accepted, then hung, aborted in the tokenizer or was killed for memory while its
+    prompt was built, before the context check could refuse it."""
+    from pydantic import ValidationError
+
+    from recallkit.config import PretrainedRunConfig
+    from recallkit.errors import one_line
+
+    with pytest.raises(ValidationError) as error:
+        PretrainedRunConfig(model={"pretrained": "tiny:llama"}, task=task)
+    assert field in one_line(error.value)

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from recallkit.kv.cache import KVCache
 
 PROTECTED = float("inf")
+MAX_HISTORY = 4096
+"""The most queries a policy's history holds (SnapKV's window, Scissorhands' history_window): the
+cache keeps (context tokens x history) attention numbers, which at 10^6 asked for gigabytes."""
 
 
 def most_recent(cache: KVCache, count: int) -> Tensor:
@@ -195,8 +198,8 @@ class SnapKV(Policy):
     so few tokens is evaluated as that window. Meant for ``prefill`` mode."""
 
     name: Literal["snapkv"] = "snapkv"
-    window: int = Field(default=8, gt=0)
-    kernel_size: int = Field(default=7, gt=0)
+    window: int = Field(default=8, gt=0, le=MAX_HISTORY)
+    kernel_size: int = Field(default=7, gt=0, le=MAX_HISTORY)
 
     @property
     def history(self) -> int:  # type: ignore[override]
@@ -260,7 +263,7 @@ class Scissorhands(Policy):
     tokens the cache holds now."""
 
     name: Literal["scissorhands"] = "scissorhands"
-    history_window: int = Field(default=16, gt=0)
+    history_window: int = Field(default=16, gt=0, le=MAX_HISTORY)
     recent_ratio: float = Field(default=0.25, ge=0, le=1)
 
     @property

@@ -42,6 +42,12 @@ from typing import ClassVar
 from recallkit.base_config import StrictModel
 
 
+MAX_PROMPT_ITEMS = 1_000_000
+"""The most words, entries, pairs, chains or hops a text task's prompt may hold: about a million
+tokens, beyond every model's context (a larger size hung, or was killed for memory, while its prompt
+was built, before the context check could refuse it)."""
+
+
 @dataclass(frozen=True)
 class TextExample:
     """One prompt's worth of a text task.

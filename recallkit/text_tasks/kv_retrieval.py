@@ -8,7 +8,7 @@ from typing import ClassVar, Literal, NamedTuple
 
 from pydantic import Field, model_validator
 
-from recallkit.text_tasks.base import TextExample, TextTaskConfig, find
+from recallkit.text_tasks.base import MAX_PROMPT_ITEMS, TextExample, TextTaskConfig, find
 from recallkit.text_tasks.draws import depth_bucket, distinct_ints, relative_position
 
 
@@ -61,7 +61,7 @@ class KVRetrievalTextConfig(TextTaskConfig):
     """
 
     name: Literal["kv_retrieval_text"] = "kv_retrieval_text"
-    num_pairs: int = Field(default=64, ge=1)
+    num_pairs: int = Field(default=64, ge=1, le=MAX_PROMPT_ITEMS)
     id_hex_digits: int = Field(default=32, ge=4, le=32)
     length_field: ClassVar[str] = "num_pairs"
     length_unit: ClassVar[str] = "pairs"

@@ -9,7 +9,7 @@ from typing import ClassVar, Literal, NamedTuple
 
 from pydantic import Field, model_validator
 
-from recallkit.text_tasks.base import TextExample, TextTaskConfig, find
+from recallkit.text_tasks.base import MAX_PROMPT_ITEMS, TextExample, TextTaskConfig, find
 from recallkit.text_tasks.draws import depth_bucket, distinct_ints
 from recallkit.text_tasks.haystack import Haystack, filler, insert
 from recallkit.text_tasks.words import ADJECTIVES, NOUNS
@@ -84,7 +84,7 @@ class NiahTextConfig(TextTaskConfig):
     """
 
     name: Literal["niah_text"] = "niah_text"
-    context_words: int = Field(default=500, ge=1)
+    context_words: int = Field(default=500, ge=1, le=MAX_PROMPT_ITEMS)
     depth: float | None = Field(default=None, ge=0, le=1)
     num_distractors: int = Field(default=3, ge=0)
     haystack: Haystack = "noise"

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal, NamedTuple
 
 from pydantic import Field, model_validator
 
-from recallkit.text_tasks.base import TextExample, TextTaskConfig, find
+from recallkit.text_tasks.base import MAX_PROMPT_ITEMS, TextExample, TextTaskConfig, find
 from recallkit.text_tasks.draws import depth_bucket, distinct_ints, relative_position
 from recallkit.text_tasks.names import NUM_FULL_NAMES, full_name
 
@@ -62,7 +62,7 @@ class PhonebookTextConfig(TextTaskConfig):
     """
 
     name: Literal["phonebook_text"] = "phonebook_text"
-    num_entries: int = Field(default=64, ge=1)
+    num_entries: int = Field(default=64, ge=1, le=MAX_PROMPT_ITEMS)
     num_queries: int = Field(default=1, ge=1)
     length_field: ClassVar[str] = "num_entries"
     length_unit: ClassVar[str] = "entries"

@@ -8,14 +8,17 @@ import re
 import string
 from typing import ClassVar, Literal, NamedTuple
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from recallkit.text_tasks.base import TextExample, TextTaskConfig, find
+from recallkit.text_tasks.base import MAX_PROMPT_ITEMS, TextExample, TextTaskConfig, find
 from recallkit.text_tasks.draws import distinct_ints
 from recallkit.text_tasks.haystack import Haystack, filler, insert
 
 NAME_LETTERS = 5
 """Variable names are five capital letters, as RULER's."""
+NUM_NAMES = 26**NAME_LETTERS
+MAX_VALUES = 9 * 10**4
+"""Values are distinct five-digit numbers, one per chain."""
 
 
 class Chains(NamedTuple):
@@ -37,10 +40,10 @@ def variable_name(index: int) -> str:
 def draw_chains(rng: random.Random, num_chains: int, num_hops: int, num_gaps: int) -> Chains:
     """``num_chains`` chains of ``num_hops + 1`` variables with distinct names and values, each chain's
     statements in sorted random gaps of a haystack with ``num_gaps`` gaps (chains interleave)."""
-    ids = distinct_ints(rng, 26**NAME_LETTERS, num_chains * (num_hops + 1))
+    ids = distinct_ints(rng, NUM_NAMES, num_chains * (num_hops + 1))
     size = num_hops + 1
     names = [[variable_name(i) for i in ids[c * size : (c + 1) * size]] for c in range(num_chains)]
-    values = [10**4 + v for v in distinct_ints(rng, 9 * 10**4, num_chains)]
+    values = [10**4 + v for v in distinct_ints(rng, MAX_VALUES, num_chains)]
     gaps = [sorted(rng.randrange(num_gaps) for _ in range(num_hops + 1)) for _ in range(num_chains)]
     return Chains(names, values, gaps)
 
@@ -76,14 +79,22 @@ class VariableTrackingTextConfig(TextTaskConfig):
     """
 
     name: Literal["variable_tracking_text"] = "variable_tracking_text"
-    context_words: int = Field(default=500, ge=1)
-    num_hops: int = Field(default=4, ge=1)
-    num_chains: int = Field(default=1, ge=1)
+    context_words: int = Field(default=500, ge=1, le=MAX_PROMPT_ITEMS)
+    num_hops: int = Field(default=4, ge=1, le=MAX_PROMPT_ITEMS)
+    num_chains: int = Field(default=1, ge=1, le=MAX_VALUES)
     haystack: Haystack = "noise"
     length_field: ClassVar[str] = "context_words"
     length_unit: ClassVar[str] = "words"
     instruction: ClassVar[str] = ("Memorize and track the chain(s) of variable assignment hidden in the "
                                   "following text.")
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> VariableTrackingTextConfig:
+        if self.num_chains * (self.num_hops + 1) > NUM_NAMES:
+            variables = self.num_chains * (self.num_hops + 1)
+            raise ValueError(f"variable_tracking_text has {NUM_NAMES} distinct variable names for "
+                             f"num_chains * (num_hops + 1) = {variables} variables")
+        return self
 
     @property
     def setting(self) -> str:
