@@ -19,6 +19,7 @@ from recallkit.base_config import MixerConfig, StrictModel, TaskConfig
 from recallkit.kv import Policy, make_policy, resolve_budget
 from recallkit.kv.budget import CompressionRatio
 from recallkit.mixers import MIXERS, mixer_config
+from recallkit.sources import TINY_ARCHS, TINY_WITHOUT_ATTENTION
 from recallkit.tasks import task_config
 from recallkit.text_tasks import TextTaskConfig, make_text_task
 
@@ -319,6 +320,19 @@ class PretrainedModel(StrictModel):
     pretrained: str = Field(min_length=1)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
+    @field_validator("pretrained")
+    @classmethod
+    def _known_tiny(cls, value: str) -> str:
+        if value.startswith("tiny:") and value.removeprefix("tiny:") not in TINY_ARCHS:
+            raise ValueError(f"unknown tiny architecture {value.removeprefix('tiny:')!r}; "
+                             f"supported: {', '.join(TINY_ARCHS)}")
+        return value
+
+    @property
+    def tiny(self) -> str | None:
+        """The architecture of a ``tiny:<arch>`` source, else None."""
+        return self.pretrained.removeprefix("tiny:") if self.pretrained.startswith("tiny:") else None
+
 
 class PretrainedRunConfig(StrictModel):
     """An evaluation-only run of a pretrained model on a text task (no training) in one prompt mode:
@@ -349,6 +363,16 @@ class PretrainedRunConfig(StrictModel):
     @classmethod
     def _resolve_task(cls, value: Any) -> Any:
         return make_text_task(value) if isinstance(value, (dict, str)) else value
+
+    @model_validator(mode="after")
+    def _fits_a_tiny_model(self) -> PretrainedRunConfig:
+        """What a tiny model cannot do, refused before the run (it failed, and every rerun retried it)."""
+        if self.model.tiny is not None and self.chat:
+            raise ValueError("chat=True: tiny models' tokenizers have no chat template")
+        if self.model.tiny in TINY_WITHOUT_ATTENTION and self.eval_policies:
+            raise ValueError(f"eval_policies: {self.model.pretrained} has no attention layer, so no KV cache "
+                             "to evict")
+        return self
 
     @property
     def display_label(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from recallkit.config import PretrainedRunConfig, RunConfig, run_config
 from recallkit.report import frontier_points, write_report
@@ -33,11 +34,11 @@ def test_pretrained_runs_are_stored_resumed_and_reported(tmp_path):
     policies = [{"policy": "window", "budget": 0.25, "mode": "prefill"},
                 {"policy": "h2o", "budget": 0.5, "mode": "continuous"}]
     configs = [tiny_eval(), tiny_eval(read_twice=True), tiny_eval(eval_policies=policies),
-               PretrainedRunConfig(model={"pretrained": "tiny:nope"}, task=TASK, num_examples=2)]
+               PretrainedRunConfig(model={"pretrained": str(tmp_path / "nope")}, task=TASK, num_examples=2)]
     rows = run_sweep(configs, tmp_path, quiet=True)
     by_id = {r["run_id"]: r for r in rows}
     assert [by_id[c.run_id]["status"] for c in configs] == ["done", "done", "done", "failed"]
-    assert "unknown tiny architecture" in by_id[configs[3].run_id]["error"]
+    assert "unknown model source" in by_id[configs[3].run_id]["error"]
     plain, twice, evicted = (by_id[c.run_id] for c in configs[:3])
     assert twice["metrics"]["prefill_tokens"] > plain["metrics"]["prefill_tokens"]
     full, window, h2o = evicted["metrics"]["evals"]
@@ -111,3 +112,23 @@ def test_bench_pretrained_counts_only_attention_layers_and_matmuls_and_runs_an_s
     result = CliRunner().invoke(app, ["bench", "--pretrained", "tiny:llama", "--length", "0", "--quick",
                                       "--out", str(tmp_path / "none.json")])
     assert result.exit_code != 0 and "at least 1" in result.output and "Traceback" not in result.output
+
+
+def test_what_a_tiny_model_cannot_do_is_refused_at_config_time():
+    """Each ran and failed, and every rerun of the sweep retried it (exit 3 each time)."""
+    from recallkit.errors import one_line
+    from recallkit.hf import load_model
+    from recallkit.hf.evicting import attention_layers
+    from recallkit.sources import TINY_ARCHS, TINY_WITHOUT_ATTENTION
+
+    cases = [({"model": {"pretrained": "tiny:gpt2"}}, "model.pretrained: unknown tiny architecture 'gpt2'"),
+             ({"model": {"pretrained": "tiny:llama"}, "chat": True}, "no chat template"),
+             ({"model": {"pretrained": "tiny:mamba"}, "eval_policies": [{"policy": "window", "budget": 4}]},
+              "tiny:mamba has no attention layer")]
+    for fields, message in cases:
+        with pytest.raises(ValidationError) as error:
+            PretrainedRunConfig(**{"task": TASK, **fields})
+        assert message in one_line(error.value)
+    for arch in TINY_ARCHS:  # the constant the check reads is what the models are
+        has_attention = bool(attention_layers(load_model(f"tiny:{arch}").model))
+        assert has_attention == (arch not in TINY_WITHOUT_ATTENTION), arch

@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from recallkit.errors import RecallkitError
+from recallkit.sources import TINY_ARCHS
 
-TINY_ARCHS = ("llama", "mistral", "gpt_neox", "mamba", "mamba2", "qwen3_next", "lfm2", "falcon_h1")
+
 TINY_VOCAB = 512
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")  # ids 0, 1, 2
 

@@ -1,0 +1,9 @@
+"""The pretrained sources a config may name, known without importing the ``recallkit.hf`` package
+(which imports the model, and so ``recallkit.config``): the tiny random architectures
+(``tiny:<arch>``, built by :mod:`recallkit.hf.tiny`) and which of them have no attention layer."""
+
+from __future__ import annotations
+
+TINY_ARCHS = ("llama", "mistral", "gpt_neox", "mamba", "mamba2", "qwen3_next", "lfm2", "falcon_h1")
+TINY_WITHOUT_ATTENTION = ("mamba", "mamba2")
+"""The tiny architectures with no softmax attention layer: no KV cache to evict."""
