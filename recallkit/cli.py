@@ -31,7 +31,7 @@ from recallkit.inference.kv_memory import default_kv_numbers_per_token, default_
 from recallkit.kv import POLICIES
 from recallkit.mixers import MIXERS
 from recallkit.report import frontier_points, write_compare, write_report
-from recallkit.report.common import accuracy_text, base_panel
+from recallkit.report.common import accuracy_text, in_panel_order
 from recallkit.sweep import load_sweep, run_sweep
 from recallkit.sweep.directory import describe, make_directory
 from recallkit.sweep.doctor import diagnose
@@ -90,9 +90,7 @@ def _frontier_table(rows: list[dict]) -> Table:
                    "time (s)"):
         left = column in ("setting", "model")
         table.add_column(column, justify="left" if left else "right", overflow="fold", no_wrap=not left)
-    setting = lambda p: base_panel(p.panel) or p.panel  # noqa: E731  (a panel's eviction rows follow it)
-    order = {panel: i for i, panel in enumerate(dict.fromkeys(setting(p) for p in points))}
-    for p in sorted(points, key=lambda p: (order[setting(p)], p.panel != setting(p))):
+    for p in in_panel_order(points):
         budget = [] if not budgets else ["" if p.budget is None else f"{p.budget:g}"]
         time = f"{p.wall_time:.1f}" if p.wall_time else ""
         table.add_row(escape(p.panel), escape(p.label), str(p.d_model or "-"), *budget,  # "[h2o]" is text

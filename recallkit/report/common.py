@@ -167,6 +167,16 @@ def off_log_axis(line: list[FrontierPoint]) -> str:
     return "; ".join(f"{p.label}: {p.accuracy:.3f} at state 0" for p in line if p.state_size <= 0)
 
 
+def in_panel_order(points: list[FrontierPoint]) -> list[FrontierPoint]:
+    """``points`` grouped by evaluation setting, in the order settings first appear, each setting's
+    eviction panel right after it (a read-twice run's points sit with the task they read)."""
+    def setting(point: FrontierPoint) -> str:
+        return base_panel(point.panel) or point.panel
+
+    order = {panel: i for i, panel in enumerate(dict.fromkeys(setting(p) for p in points))}
+    return sorted(points, key=lambda p: (order[setting(p)], p.panel != setting(p)))
+
+
 def accuracy_text(point: FrontierPoint) -> str:
     """``0.530``, or with seeds ``0.530 [0.410, 0.660] (3 seeds)``: the mean and its 95% interval;
     ``(3 seeds, 1 diverged)`` when some diverged, and ``diverged`` (``diverged (4 seeds)``) when all did."""
