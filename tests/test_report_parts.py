@@ -130,3 +130,13 @@ def test_a_length_curve_reads_only_its_headline_settings_evaluations():
     curve = length_curve(run)
     assert curve["panel"] == "copy T=16"
     assert [length for length, _, _ in curve["points"]] == [4, 8, 16, 32]
+
+
+def test_each_panel_of_the_length_figure_names_its_own_unit():
+    copy = _at_lengths("c", [{"length": 8, "accuracy": 0.9}, {"length": 16, "accuracy": 0.5}])
+    book = _at_lengths("p", [{"length": 4, "accuracy": 0.9}, {"length": 8, "accuracy": 0.5}])
+    for e in book["metrics"]["evals"]:
+        e.update(task="phonebook", setting="phonebook N=4-8", length_unit="entries")
+    figure = length_figure([copy, book])
+    titles = {figure.layout[name].title.text for name in figure.layout if name.startswith("xaxis")}
+    assert titles == {"length (characters)", "length (entries)"}
