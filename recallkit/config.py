@@ -19,7 +19,7 @@ from recallkit.base_config import MixerConfig, StrictModel, TaskConfig
 from recallkit.kv import Policy, make_policy, resolve_budget
 from recallkit.kv.budget import CompressionRatio
 from recallkit.mixers import MIXERS, mixer_config
-from recallkit.sources import TINY_ARCHS, TINY_WITHOUT_ATTENTION
+from recallkit.sources import TINY_WITHOUT_ATTENTION, unknown_tiny
 from recallkit.tasks import task_config
 from recallkit.text_tasks import TextTaskConfig, make_text_task
 
@@ -323,9 +323,8 @@ class PretrainedModel(StrictModel):
     @field_validator("pretrained")
     @classmethod
     def _known_tiny(cls, value: str) -> str:
-        if value.startswith("tiny:") and value.removeprefix("tiny:") not in TINY_ARCHS:
-            raise ValueError(f"unknown tiny architecture {value.removeprefix('tiny:')!r}; "
-                             f"supported: {', '.join(TINY_ARCHS)}")
+        if value.startswith("tiny:") and (reason := unknown_tiny(value.removeprefix("tiny:"))):
+            raise ValueError(reason)
         return value
 
     @property

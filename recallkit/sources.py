@@ -7,3 +7,10 @@ from __future__ import annotations
 TINY_ARCHS = ("llama", "mistral", "gpt_neox", "mamba", "mamba2", "qwen3_next", "lfm2", "falcon_h1")
 TINY_WITHOUT_ATTENTION = ("mamba", "mamba2")
 """The tiny architectures with no softmax attention layer: no KV cache to evict."""
+
+
+def unknown_tiny(arch: str) -> str | None:
+    """Why ``tiny:<arch>`` names no tiny model (one line), or None when it does."""
+    if arch in TINY_ARCHS:
+        return None
+    return f"unknown tiny architecture {arch!r}; supported: {', '.join(TINY_ARCHS)}"

@@ -25,7 +25,8 @@ from recallkit.hf.cache_state import (
     state_bytes,
 )
 from recallkit.hf.memory import GIB, available_memory_bytes, check_fits, estimate_model_bytes
-from recallkit.hf.tiny import TINY_ARCHS, TINY_VOCAB, build_tiny_model, tiny_config, tiny_tokenizer
+from recallkit.hf.tiny import TINY_VOCAB, build_tiny_model, tiny_config, tiny_tokenizer
+from recallkit.sources import TINY_ARCHS
 
 _CONV_KINDS = ("mamba_conv", "gdn_conv", "short_conv")
 

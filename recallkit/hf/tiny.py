@@ -1,7 +1,8 @@
 """Tiny, randomly initialised Hugging Face models and a matching tokenizer, built offline.
 
-Each architecture in :data:`TINY_ARCHS` stands for one family of inference state: a growing KV cache
-(``llama`` with grouped-query attention, ``gpt_neox``), a sliding-window KV cache (``mistral``, a
+Each tiny architecture (:data:`~recallkit.sources.TINY_ARCHS`) stands for one family of inference
+state: a growing KV cache (``llama`` with grouped-query attention, ``gpt_neox``), a sliding-window
+KV cache (``mistral``, a
 window of 8 tokens, which its attention modules pass as an argument rather than hold), a fixed SSM
 state (``mamba``, ``mamba2``) and hybrids that hold both (``qwen3_next``: Gated DeltaNet + attention
 layers; ``lfm2``: short-conv + attention layers; ``falcon_h1``: Mamba-2 and attention side by side in
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 
 from recallkit.errors import RecallkitError
-from recallkit.sources import TINY_ARCHS
+from recallkit.sources import unknown_tiny
 
 
 TINY_VOCAB = 512
@@ -78,8 +79,8 @@ _CONFIGS: dict[str, dict[str, Any]] = {
 
 
 def _check_arch(arch: str) -> None:
-    if arch not in TINY_ARCHS:
-        raise RecallkitError(f"unknown tiny architecture {arch!r}; supported: {', '.join(TINY_ARCHS)}")
+    if (reason := unknown_tiny(arch)) is not None:
+        raise RecallkitError(reason)
 
 
 def tiny_config(arch: str):
