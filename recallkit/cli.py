@@ -32,6 +32,7 @@ from recallkit.kv import POLICIES
 from recallkit.mixers import MIXERS
 from recallkit.report import frontier_points, write_compare, write_report
 from recallkit.report.common import accuracy_text, in_panel_order
+from recallkit.report.hover import point_names
 from recallkit.sweep import load_sweep, run_sweep
 from recallkit.sweep.directory import describe, make_directory
 from recallkit.sweep.doctor import diagnose
@@ -90,10 +91,12 @@ def _frontier_table(rows: list[dict]) -> Table:
                    "time (s)"):
         left = column in ("setting", "model")
         table.add_column(column, justify="left" if left else "right", overflow="fold", no_wrap=not left)
+    names = dict(zip(map(id, points), point_names(points, omit=("d_model",))))
     for p in in_panel_order(points):
         budget = [] if not budgets else ["" if p.budget is None else f"{p.budget:g}"]
         time = f"{p.wall_time:.1f}" if p.wall_time else ""
-        table.add_row(escape(p.panel), escape(p.label), str(p.d_model or "-"), *budget,  # "[h2o]" is text
+        name = escape(names[id(p)])  # "attention [h2o]" is text, not markup
+        table.add_row(escape(p.panel), name, str(p.d_model or "-"), *budget,
                       f"{p.state_size:,}", escape(accuracy_text(p)), time)
     return table
 

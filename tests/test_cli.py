@@ -41,15 +41,14 @@ def test_list_mixers_and_tasks():
 
 def test_the_frontier_table_prints_bracketed_labels(monkeypatch):
     """An eviction row is labelled "model [policy]", which rich would read as markup and drop."""
-    from types import SimpleNamespace
-
     from rich.console import Console
 
     import recallkit.cli as cli
+    from recallkit.report.common import FrontierPoint
 
-    point = SimpleNamespace(panel="mqar [N=8]", label="attention [h2o]", d_model=64, state_size=10,
-                            run_id="r", accuracy=0.5, wall_time=1.0, interval=None, seeds=(), budget=None,
-                            diverged=0)
+    point = FrontierPoint(panel="mqar [N=8]", label="attention [h2o]", d_model=64, state_size=10,
+                          accuracy=0.5, budget=None, prefill_tokens=None, lr=None, run_id="r", num_params=1,
+                          wall_time=1.0, runs=1, model={})
     monkeypatch.setattr(cli, "frontier_points", lambda rows: [point])
     console = Console(record=True, width=200)
     console.print(cli._frontier_table([]))
@@ -136,3 +135,27 @@ def test_the_frontier_table_shows_budgets_groups_panels_and_counts_diverged_seed
     assert [line.split("│")[1].strip() for line in lines] == expected
     assert [line.split("│")[4].strip() for line in lines if "h2o" in line] == ["2", "0.5"]
     assert "diverged (4 seeds)" in text and "(3 seeds, 1 diverged)" in text
+
+
+def test_the_frontier_table_names_what_tells_a_family_s_points_apart(monkeypatch):
+    """Two vocabularies of one task shared a panel and printed as two identical rows; the model's and
+    the task's vocab_size now name the row once, and the width stays in its own column."""
+    from dataclasses import replace
+
+    from rich.console import Console
+
+    import recallkit.cli as cli
+    from recallkit.report.common import FrontierPoint
+
+    def point(vocab: int, width: int) -> FrontierPoint:
+        return FrontierPoint(panel="mqar T=32", label="attn", d_model=width, state_size=100, accuracy=0.5,
+                             budget=None, prefill_tokens=None, lr=1e-3, run_id="r", num_params=1,
+                             wall_time=1.0, runs=1, model={"vocab_size": vocab, "d_model": width},
+                             task={"name": "mqar", "vocab_size": vocab})
+
+    points = [point(64, 16), point(128, 16), point(128, 32), replace(point(64, 16), panel="mqar T=64")]
+    monkeypatch.setattr(cli, "frontier_points", lambda rows: points)
+    console = Console(record=True, width=200)
+    console.print(cli._frontier_table([]))
+    models = [line.split("│")[2].strip() for line in console.export_text().splitlines() if "mqar" in line]
+    assert models == ["attn vocab_size=64", "attn vocab_size=128", "attn vocab_size=128", "attn"]

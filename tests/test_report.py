@@ -261,6 +261,27 @@ def test_varying_settings_names_only_what_differs():
     assert varying_settings([{"d_model": 64}, {"d_model": 128}]) == ["d_model=64", "d_model=128"]
 
 
+def test_varying_settings_name_each_setting_once_and_unambiguously():
+    from recallkit.report.common import varying_settings
+
+    vocab = [{"vocab_size": v, "d_model": 8, "task": {"vocab_size": v}} for v in (64, 128)]
+    assert varying_settings(vocab) == ["vocab_size=64", "vocab_size=128"]  # not "vocab_size=64 vocab_size=64"
+    model_only = [{"vocab_size": 128, "task": {"vocab_size": v}} for v in (64, 128)]
+    assert varying_settings(model_only) == ["vocab_size=64", "vocab_size=128"]
+    apart = [{"vocab_size": 128, "task": {"vocab_size": 64}}, {"vocab_size": 256, "task": {"vocab_size": 64}},
+             {"vocab_size": 256, "task": {"vocab_size": 128}}]
+    assert varying_settings(apart) == ["vocab_size=128 task.vocab_size=64",
+                                       "vocab_size=256 task.vocab_size=64",
+                                       "vocab_size=256 task.vocab_size=128"]
+    hybrid = [{"mixer": [{"window": a}, {"window": b}]} for a, b in ((8, 8), (8, 16), (16, 16))]
+    assert varying_settings(hybrid) == ["0.window=8 1.window=8", "0.window=8 1.window=16",
+                                        "0.window=16 1.window=16"]
+    widths = [{"d_model": w, "vocab_size": v} for w, v in ((64, 8), (128, 16))]
+    assert varying_settings(widths, omit=("d_model",)) == ["vocab_size=8", "vocab_size=16"]
+    missing = [{"task": {}}, {"task": {"num_kv_pairs": 4}}]
+    assert varying_settings(missing) == ["", "num_kv_pairs=4"]  # not "num_kv_pairs=None"
+
+
 def test_width_curves_take_the_best_point_per_label_and_width():
     from recallkit.report.width import has_width_axis, width_curves
 

@@ -140,3 +140,20 @@ def test_each_panel_of_the_length_figure_names_its_own_unit():
     figure = length_figure([copy, book])
     titles = {figure.layout[name].title.text for name in figure.layout if name.startswith("xaxis")}
     assert titles == {"length (characters)", "length (entries)"}
+
+
+def test_the_page_s_frontier_table_names_each_point_by_what_sets_it_apart():
+    """Two vocabularies of one task in one panel were two rows both named "attn"."""
+    from dataclasses import replace
+
+    from recallkit.report.common import FrontierPoint
+    from recallkit.report.html import _frontier_tables
+
+    base = FrontierPoint(panel="mqar T=32", label="attn", d_model=16, state_size=100, accuracy=0.5,
+                         budget=None, prefill_tokens=None, lr=1e-3, run_id="r", num_params=1, wall_time=1.0,
+                         runs=1, model={"vocab_size": 64, "d_model": 16}, task={"vocab_size": 64})
+    wide = replace(base, d_model=32, model={"vocab_size": 64, "d_model": 32})
+    other = replace(base, model={"vocab_size": 128, "d_model": 16}, task={"vocab_size": 128})
+    page = _frontier_tables([base, wide, other])
+    assert page.count("<td>attn vocab_size=64</td>") == 2 and page.count("<td>attn vocab_size=128</td>") == 1
+    assert "d_model=" not in page

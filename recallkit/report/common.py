@@ -89,12 +89,36 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def varying_settings(models: list[dict[str, Any]]) -> list[str]:
-    """Per model config, the settings that differ among ``models``, e.g. ``"window=8 feature_dim=4"``."""
+def varying_settings(models: list[dict[str, Any]], omit: tuple[str, ...] = ()) -> list[str]:
+    """Per model config, the settings that differ among ``models``, e.g. ``"window=8 feature_dim=4"``.
+
+    A setting is named by the shortest end of its path that no other differing setting shares
+    (``0.window=8 1.window=16`` for a hybrid's two windows); one that repeats another of its name at
+    every model (the model's and the task's ``vocab_size``) is named once, and one a model lacks is
+    left out of its text. ``omit`` lists full paths shown elsewhere (a table's width column:
+    ``"d_model"``)."""
     flats = [flatten(model) for model in models]
-    keys = dict.fromkeys(key for flat in flats for key in flat)
-    varying = [key for key in keys if len({json.dumps(flat.get(key)) for flat in flats}) > 1]
-    return [" ".join(f"{key.rsplit('.', 1)[-1]}={flat.get(key)}" for key in varying) for flat in flats]
+    columns = {key: [json.dumps(flat.get(key)) for flat in flats]
+               for key in dict.fromkeys(key for flat in flats for key in flat) if key not in omit}
+    varying = [key for key, column in columns.items() if len(set(column)) > 1]
+    kept = [key for i, key in enumerate(varying) if not any(
+        _last(other) == _last(key) and columns[other] == columns[key] for other in varying[:i])]
+    names = {key: _unique_end(key, kept) for key in kept}
+    return [" ".join(f"{names[key]}={flat[key]}" for key in kept if key in flat) for flat in flats]
+
+
+def _last(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def _unique_end(key: str, keys: list[str]) -> str:
+    """The shortest dotted end of ``key`` that ends no other of ``keys``."""
+    parts = key.split(".")
+    for n in range(1, len(parts)):
+        end = ".".join(parts[-n:])
+        if not any(other != key and (other == end or other.endswith("." + end)) for other in keys):
+            return end
+    return key
 
 
 @dataclass(frozen=True)

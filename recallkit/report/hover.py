@@ -66,11 +66,12 @@ def config_lines(config: dict[str, Any]) -> list[str]:
     return [html.escape(line) for line in lines]
 
 
-def point_names(points: list[FrontierPoint]) -> list[str]:
-    """A name per frontier point: its label plus the model settings that vary within that label
-    (``"attention window=8"``), so the points of one family stay distinguishable in tables."""
+def point_names(points: list[FrontierPoint], omit: tuple[str, ...] = ()) -> list[str]:
+    """A name per frontier point: its label plus the model and task settings that vary within that
+    label in its panel (``"attention window=8"``), so the points of one family stay distinguishable in
+    tables; ``omit`` lists settings a table shows in their own column (``"d_model"``)."""
     tags: dict[int, str] = {}
-    for label in dict.fromkeys(p.label for p in points):
-        group = [p for p in points if p.label == label]
-        tags.update({id(p): tag for p, tag in zip(group, varying_settings([tag_fields(p) for p in group]))})
+    for panel, label in dict.fromkeys((p.panel, p.label) for p in points):
+        group = [p for p in points if (p.panel, p.label) == (panel, label)]
+        tags.update(zip(map(id, group), varying_settings([tag_fields(p) for p in group], omit)))
     return [f"{p.label} {tags[id(p)]}".strip() for p in points]

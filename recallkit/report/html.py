@@ -14,6 +14,7 @@ from recallkit.report.capability import capability_table, has_capability_axis
 from recallkit.report.common import FrontierPoint, accuracy_text
 from recallkit.report.curves import curves_figure
 from recallkit.report.embed import figure_div, plotly_js
+from recallkit.report.hover import point_names
 from recallkit.report.interactive import frontier_figure
 from recallkit.report.lengths import length_figure
 from recallkit.report.slices import SliceTable, slice_tables
@@ -98,12 +99,13 @@ def _messages(rows: list[dict[str, Any]], points: list[FrontierPoint]) -> list[s
 
 
 def _frontier_tables(points: list[FrontierPoint]) -> str:
+    names = dict(zip(map(id, points), point_names(points, omit=("d_model",))))
     return "".join(
         f"<h3>{html.escape(panel)}</h3>" + _table(
             ["model", "d_model", "KV budget", "state size (numbers)", "prefill tokens",
              "accuracy (mean [95% interval] over seeds)", "best lr",
              "params", "runs"],
-            [[p.label, p.d_model or "", "" if p.budget is None else p.budget, f"{p.state_size:,}",
+            [[names[id(p)], p.d_model or "", "" if p.budget is None else p.budget, f"{p.state_size:,}",
               _fmt(p.prefill_tokens, 1), accuracy_text(p), "" if p.lr is None else p.lr, f"{p.num_params:,}",
               p.runs]
              for p in points if p.panel == panel],
