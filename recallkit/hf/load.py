@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,7 +71,23 @@ def _transformers():
         import transformers
     except ImportError:
         raise RecallkitError("pretrained models need the hf extra: pip install 'recallkit[hf]'") from None
+    _drop_fallback_notes()
     return transformers
+
+
+class _NoFallbackNote(logging.Filter):
+    """Drops transformers' note that a kernel "is falling back to its reference PyTorch implementation":
+    recallkit runs pretrained models on the CPU, where that path is the only one, so the note (one per
+    kernel, four for Mamba, printed even under ``--quiet``) asks nothing of the user."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "falling back to its reference PyTorch implementation" not in record.getMessage()
+
+
+def _drop_fallback_notes() -> None:
+    kernels = logging.getLogger("transformers.integrations.hub_kernels")
+    if not any(isinstance(f, _NoFallbackNote) for f in kernels.filters):
+        kernels.addFilter(_NoFallbackNote())
 
 
 def _load_pretrained(directory: Path, gguf_file: str | None, source: str, dtype: torch.dtype) -> HFModel:
