@@ -13,7 +13,7 @@ import torch
 
 from recallkit.errors import RecallkitError
 from recallkit.hf import load_model
-from recallkit.hf.text_eval import evaluate_text
+from recallkit.hf.text_eval import evaluate_text, evaluate_text_grid
 from recallkit.hf.tiny import tiny_tokenizer
 from recallkit.text_tasks import TEXT_TASKS, make_text_task
 from tokenizers.processors import TemplateProcessing
@@ -220,6 +220,63 @@ def test_too_long_prompt_refused_before_any_work(model):
             evaluate_text(model, fits, num_examples=2, max_new_tokens=500)
     finally:
         del model.prefill
+
+
+def test_an_over_long_prompt_is_refused_before_the_others_are_tokenised(model):
+    """Every prompt was tokenised before the context check read the longest (seconds each at sizes
+    no model can read)."""
+    class Counting:
+        def __init__(self, tokenizer):
+            self.tokenizer, self.prompts = tokenizer, 0
+
+        def __call__(self, text, **kwargs):
+            self.prompts += len(text) > 200  # the answers' ids are read first, from short strings
+            return self.tokenizer(text, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.tokenizer, name)
+
+    original = model.tokenizer
+    model.tokenizer = counting = Counting(original)
+    try:
+        with pytest.raises(RecallkitError, match="a prompt has .* over tiny:llama's context of 512 tokens"):
+            evaluate_text(model, make_text_task({"name": "niah_text", "context_words": 500}), num_examples=6)
+    finally:
+        model.tokenizer = original
+    assert counting.prompts == 1
+
+
+ALLOCATOR = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+             "tried to allocate 3040894976 bytes. Error code 12 (Cannot allocate memory)")
+
+
+@pytest.mark.parametrize("error", [RuntimeError(ALLOCATOR), MemoryError()])
+def test_a_prompt_that_runs_out_of_memory_is_named_in_one_line(model, monkeypatch, error):
+    """A model without a context limit (an SSM) takes any prompt; torch's allocator error said only
+    how many bytes it tried to allocate, not which prompt."""
+    import recallkit.hf.text_eval as text_eval
+
+    def out_of_memory(*args, **kwargs):
+        raise error
+
+    task = small("variable_tracking_text")  # its prompts have one length: one batch of two
+    monkeypatch.setattr(model, "prefill", out_of_memory)
+    expected = (r"^reading 2 prompts of [\d,]+ tokens needs more memory than this machine has "
+                r"\((one tensor of 2.8 GiB|none left)\); use a shorter task or a smaller batch_size$")
+    with pytest.raises(RecallkitError, match=expected):
+        evaluate_text(model, task, num_examples=2, batch_size=2)
+    monkeypatch.setattr(text_eval, "read_prompt", out_of_memory)
+    with pytest.raises(RecallkitError, match="^reading a prompt of .* tokens needs more memory"):
+        evaluate_text_grid(model, task, [None], num_examples=2)
+
+
+def test_other_runtime_errors_pass_unchanged(model, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(model, "prefill", broken)
+    with pytest.raises(RuntimeError, match="^shape mismatch$"):
+        evaluate_text(model, small("phonebook_text"), num_examples=1)
 
 
 def test_chat_puts_the_prompt_in_a_user_turn_and_the_cue_in_the_reply(model):

@@ -23,7 +23,9 @@ at once, for accuracy 0.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import re
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -115,20 +117,21 @@ def evaluate_text_grid(model: HFModel, task: TextTaskConfig, settings: Sequence[
     shared = model.has_attention and any(p is None or m == "prefill" for p, m in zip(resolved, modes))
     outcomes = [[] for _ in settings]  # per setting: (correct, text, held) per example
     for i, (ids, example) in enumerate(zip(run.ids, run.examples, strict=True)):
-        read = read_prompt(model, ids, history) if shared else None
-        shown = i < SHOWN_EXAMPLES  # the first setting's shown answers are generated in full
-        unshared = [s for s, mode in enumerate(modes) if read is None or mode == "continuous"]
-        for s in unshared:
-            policy, budget = resolved[s], budgets[s][i] if resolved[s] else None
-            outcomes[s].append(_answer_alone(model, task, ids, example, policy, budget, modes[s],
-                                             run.max_new_tokens))
-        if read is not None:
-            forked = [s for s in range(len(settings)) if s not in unshared]
-            specs = [(resolved[s], budgets[s][i] if resolved[s] else None) for s in forked]
-            generated = [generate_all or (shown and s == 0) for s in forked]
-            answers = _answers_from(model, task, example, read, specs, run.max_new_tokens, generated)
-            for s, outcome in zip(forked, answers, strict=True):
-                outcomes[s].append(outcome)
+        with _in_memory(len(ids), 1):
+            read = read_prompt(model, ids, history) if shared else None
+            shown = i < SHOWN_EXAMPLES  # the first setting's shown answers are generated in full
+            unshared = [s for s, mode in enumerate(modes) if read is None or mode == "continuous"]
+            for s in unshared:
+                policy, budget = resolved[s], budgets[s][i] if resolved[s] else None
+                outcomes[s].append(_answer_alone(model, task, ids, example, policy, budget, modes[s],
+                                                 run.max_new_tokens))
+            if read is not None:
+                forked = [s for s in range(len(settings)) if s not in unshared]
+                specs = [(resolved[s], budgets[s][i] if resolved[s] else None) for s in forked]
+                generated = [generate_all or (shown and s == 0) for s in forked]
+                answers = _answers_from(model, task, example, read, specs, run.max_new_tokens, generated)
+                for s, outcome in zip(forked, answers, strict=True):
+                    outcomes[s].append(outcome)
         if on_example is not None:
             on_example(i + 1, len(run.ids))
     return [run.metrics(policy, s and s[1], modes[n], budgets[n], *map(list, zip(*outcomes[n])))
@@ -230,18 +233,23 @@ class _Run:
                  chat: bool, max_new_tokens: int | None) -> None:
         self.task, self.read_twice, self.chat = task, read_twice, chat
         self.examples = task.generate(num_examples, seed)
-        self.prompts = [render(model, task, e, read_twice, chat) for e in self.examples]
-        self.ids = [model.tokenizer(p, add_special_tokens=not chat).input_ids for p in self.prompts]
         if max_new_tokens is None:
             max_new_tokens = max(len(answer_ids(model, e.answer)) for e in self.examples) + ANSWER_SLACK
         if max_new_tokens < 1:
             raise RecallkitError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        longest = max(map(len, self.ids))
-        if model.max_context is not None and longest + max_new_tokens > model.max_context:
-            raise RecallkitError(f"the longest prompt has {longest} tokens; with {max_new_tokens} new "
-                                 f"tokens that is over {model.config.source}'s context of "
-                                 f"{model.max_context} tokens")
         self.max_new_tokens = max_new_tokens
+        self.prompts = [render(model, task, e, read_twice, chat) for e in self.examples]
+        self.ids = [self._tokens(model, prompt) for prompt in self.prompts]
+
+    def _tokens(self, model: HFModel, prompt: str) -> list[int]:
+        """The prompt's ids, refused as soon as one prompt is over the model's context (tokenising a
+        long prompt takes seconds: the rest are not read first)."""
+        ids = model.tokenizer(prompt, add_special_tokens=not self.chat).input_ids
+        if model.max_context is not None and len(ids) + self.max_new_tokens > model.max_context:
+            raise RecallkitError(f"a prompt has {len(ids)} tokens; with {self.max_new_tokens} new tokens "
+                                 f"that is over {model.config.source}'s context of {model.max_context} "
+                                 "tokens")
+        return ids
 
     def metrics(self, policy: Policy | None, budget: Budget | None, mode: Mode, budgets: list[int],
                 correct: list[bool], texts: list[str], held: list[int]) -> dict:
@@ -269,13 +277,32 @@ def _generate_batched(model: HFModel, ids: list[list[int]], max_new_tokens: int,
     done = 0
     for rows in _groups(ids, batch_size):
         batch = torch.tensor([ids[i] for i in rows], device=model.embed.weight.device)
-        logits, state = model.prefill(batch)
-        for i, text in zip(rows, generate(model, logits[:, -1], state, max_new_tokens), strict=True):
+        with _in_memory(batch.shape[1], len(rows)):
+            logits, state = model.prefill(batch)
+            texts = generate(model, logits[:, -1], state, max_new_tokens)
+        for i, text in zip(rows, texts, strict=True):
             generated[i] = text
         done += len(rows)
         if on_example is not None:
             on_example(done, len(ids))
     return generated
+
+
+@contextlib.contextmanager
+def _in_memory(tokens: int, batch: int) -> Iterator[None]:
+    """Name the prompt when reading it runs out of memory: a model without a context limit (an SSM)
+    takes any prompt, and torch's allocator error gives only a byte count."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as error:
+        if not isinstance(error, MemoryError) and "allocate" not in str(error):
+            raise
+        what = f"{batch} prompts of {tokens:,} tokens" if batch > 1 else f"a prompt of {tokens:,} tokens"
+        asked = re.search(r"allocate (\d+) bytes", str(error))
+        size = (f"one tensor of {int(asked[1]) / 2**30:.1f} GiB" if asked
+                else first_line(str(error), "none left"))
+        raise RecallkitError(f"reading {what} needs more memory than this machine has ({size}); use a "
+                             "shorter task" + (" or a smaller batch_size" if batch > 1 else "")) from None
 
 
 def render(model: HFModel, task: TextTaskConfig, example: TextExample, read_twice: bool, chat: bool) -> str:
