@@ -157,3 +157,17 @@ def test_the_page_s_frontier_table_names_each_point_by_what_sets_it_apart():
     page = _frontier_tables([base, wide, other])
     assert page.count("<td>attn vocab_size=64</td>") == 2 and page.count("<td>attn vocab_size=128</td>") == 1
     assert "d_model=" not in page
+
+
+def test_compare_prefixes_the_run_a_halving_note_names():
+    """The runs table of a comparison named a halted run's reference by its bare id, which two
+    directories can share."""
+    from recallkit.sweep.halving import halt_rule
+
+    note = halt_rule({"curve": [(1, 0.9)], "label": "attn (a)", "lr": 0.01, "run_id": "0123456789abcdef"},
+                     max_steps=4)(2, 0.1)
+    halted = {**row("fedcba9876543210", "attn", 64, 0.001, 0.1), "metrics": {"halted": note}}
+    [named] = compare.prefixed([halted], "sweep (b)")
+    assert named["metrics"]["halted"].endswith("(0.900; run sweep (b):0123456789abcdef)")
+    assert named["metrics"]["halted"].startswith("halving: accuracy 0.100 at step 2")
+    assert halted["metrics"]["halted"] == note  # the row read from the store is not changed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,17 @@ def source_names(directories: list[Path]) -> list[str]:
 
 def prefixed(rows: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     """Copies of ``rows`` labelled ``"name: label"``; run ids get the prefix too, because two
-    directories hold the same run id when they ran the same config (e.g. on different machines)."""
-    return [{**row, "label": f"{name}: {row['label']}", "run_id": f"{name}:{row['run_id']}"} for row in rows]
+    directories hold the same run id when they ran the same config (e.g. on different machines), and
+    so does the run a halving note names."""
+    return [{**row, "label": f"{name}: {row['label']}", "run_id": f"{name}:{row['run_id']}",
+             "metrics": _prefixed_note(row["metrics"], name)} for row in rows]
+
+
+def _prefixed_note(metrics: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
+    note = (metrics or {}).get("halted")
+    if not isinstance(note, str):
+        return metrics
+    return {**metrics, "halted": re.sub(r"; run ([0-9a-f]+)\)$", lambda run: f"; run {name}:{run[1]})", note)}
 
 
 def write_compare(directories: list[str | Path], out: str | Path | None = None) -> tuple[Path, Path]:
