@@ -195,8 +195,9 @@ def _draw_panel(ax: plt.Axes, points: list[FrontierPoint], panel: str, group: li
                       key=lambda p: p.state_size)
         if not line:
             continue
-        if label in group and off_log_axis(line):
-            unplotted.append(off_log_axis(line))
+        note = off_log_axis(line) if label in group else ""
+        if note:
+            unplotted.append(note)
         xs, ys = [p.state_size for p in line], [p.accuracy for p in line]
         if label in context:
             ax.plot(xs, ys, "-", color="0.75", linewidth=0.8, zorder=1)
