@@ -171,3 +171,64 @@ def test_compare_prefixes_the_run_a_halving_note_names():
     assert named["metrics"]["halted"].endswith("(0.900; run sweep (b):0123456789abcdef)")
     assert named["metrics"]["halted"].startswith("halving: accuracy 0.100 at step 2")
     assert halted["metrics"]["halted"] == note  # the row read from the store is not changed
+
+
+def test_figure_labels_cut_long_labels_in_the_middle_and_keep_them_apart():
+    from recallkit.report.common import LABEL_CHARS, figure_labels
+
+    long = "attention with a long descriptive label " * 8
+    labels = ["mamba", long + "(RoPE)", long + "(NoPE)", "x" * 30 + "1" + "y" * 30, "x" * 30 + "2" + "y" * 30]
+    shown = figure_labels(labels)
+    assert shown["mamba"] == "mamba"
+    for label in labels[1:]:
+        text = shown[label].removesuffix(" (2)")
+        assert len(text) == LABEL_CHARS and "…" in text
+        head, tail = text.split("…")
+        assert label.startswith(head) and label.endswith(tail) and len(head) >= LABEL_CHARS // 2 - 1
+    assert shown[long + "(RoPE)"].endswith("(RoPE)")  # the end tells variants apart
+    assert len(set(shown.values())) == len(labels)  # equal once cut: the second gets " (2)"
+    assert shown[labels[4]] == shown[labels[3]] + " (2)"
+
+
+def test_legend_columns_fit_the_figure():
+    from recallkit.report.common import legend_columns
+
+    assert legend_columns(["mamba", "gla", "h3", "rwkv7"], 7.0, 7) == 3
+    assert legend_columns(["mamba", "gla"], 7.0, 7) == 2
+    assert legend_columns(["x" * 48] * 4, 7.0, 8) == 1  # 48 characters at 8 pt: 3 inches a column
+    assert legend_columns(["x" * 300], 5.0, 8) == 1
+
+
+@pytest.mark.parametrize("figure", ["frontier", "width", "capability"])
+def test_a_long_label_leaves_the_panels_their_size(tmp_path, monkeypatch, figure):
+    """A 300-character label made frontier.png three times wider than its panels, cut the width
+    figure's legend off and pushed the capability map's cells to the right edge of a 27-inch image."""
+    import matplotlib.pyplot as plt
+
+    from recallkit.report.capability import plot_capability_map
+    from recallkit.report.common import LABEL_CHARS
+    from recallkit.report.frontier import plot_frontier
+    from recallkit.report.width import plot_width_curves
+
+    draw = {"frontier": plot_frontier, "width": plot_width_curves, "capability": plot_capability_map}[figure]
+    seen = []
+    monkeypatch.setattr(plt, "close", seen.append)
+
+    def drawn(label: str):
+        rows = [row(f"{label[:3]}{d}{T}", name, d, 1e-3, 0.5 + d / 1000, T=T)
+                for name in (label, "mamba") for d in (16, 32) for T in (32, 64)]
+        draw(frontier_points(rows), tmp_path / f"{figure}.png")
+        fig = seen.pop()
+        fig.canvas.draw()
+        return fig
+
+    short, long = drawn("attention"), drawn("attention " * 30)
+    texts = [t.get_text() for legend in long.legends + [a.get_legend() for a in long.axes if a.get_legend()]
+             for t in legend.get_texts()]
+    texts += [t.get_text() for ax in long.axes for t in ax.get_yticklabels()]
+    assert any("…" in text for text in texts) and max(map(len, texts)) <= LABEL_CHARS + 10
+    assert long.get_size_inches()[0] <= short.get_size_inches()[0] + 3.5  # the cut label's room at most
+    renderer = long.canvas.get_renderer()
+    for legend in long.legends:  # inside the image, not cut off at its edges
+        box = legend.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.x1 <= long.bbox.x1 + 1

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from recallkit.atomic import write_whole
-from recallkit.report.common import FrontierPoint, base_panel, best_first, literal_text
+from recallkit.report.common import FrontierPoint, base_panel, best_first, figure_labels, literal_text
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def plot_capability_map(points: list[FrontierPoint], path: str | Path) -> Path:
                 ax.text(j, i, f"{accuracy:.2f}{spread}\n{_compact(grid.state[i][j])}", ha="center",
                         va="center", fontsize=7 if interval is None else 6,
                         color="black" if accuracy > 0.6 else "white")
-    ax.set_yticks(range(len(grid.labels)), _row_names(grid))
+    ax.set_yticks(range(len(grid.labels)), _row_names(grid, figure_labels(grid.labels)))
     ax.set_xticks(range(len(grid.panels)), grid.panels, rotation=30, ha="right")
     ax.set_title("Capability map: accuracy (state) per task", fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.04, label="accuracy")
@@ -109,9 +109,9 @@ def _fit_tick_labels(fig: plt.Figure, ax: plt.Axes, cells_width: float, cells_he
                         1.0 + extent(ax.get_xticklabels(), "height") + cells_height)
 
 
-def _row_names(grid: CapabilityMap) -> list[str]:
-    """``"mamba2 (66k)"``: each family with its largest state."""
-    return [f"{label} ({_compact(max(s for s in row if s is not None))})"
+def _row_names(grid: CapabilityMap, shown: dict[str, str] | None = None) -> list[str]:
+    """``"mamba2 (66k)"``: each family (as ``shown`` writes it, else whole) with its largest state."""
+    return [f"{(shown or {}).get(label, label)} ({_compact(max(s for s in row if s is not None))})"
             for label, row in zip(grid.labels, grid.state, strict=True)]
 
 

@@ -50,6 +50,34 @@ def base_panel(panel: str) -> str | None:
     return panel.split(EVICTION)[0] if EVICTION in panel else None
 
 
+LABEL_CHARS = 48
+"""Characters of a label as a PNG shows it (legends, row names): a longer one squeezed the panels
+off the figure. The page's tables and hovers show every label whole."""
+
+
+def figure_labels(labels: list[str], width: int = LABEL_CHARS) -> dict[str, str]:
+    """Each label as a PNG writes it: whole up to ``width`` characters, else its start and its end
+    around "…" (the end tells variants apart: "... (RoPE)", "... [h2o]"); two labels that would
+    read the same get " (2)", " (3)", ... in the order given."""
+    shown: dict[str, str] = {}
+    for label in dict.fromkeys(labels):
+        head = (width - 1) // 2
+        text = label if len(label) <= width else label[:head] + "…" + label[len(label) - (width - 1 - head):]
+        taken, n = set(shown.values()), 2
+        unique = text
+        while unique in taken:
+            unique, n = f"{text} ({n})", n + 1
+        shown[label] = unique
+    return shown
+
+
+def legend_columns(texts: list[str], figure_width: float, fontsize: float) -> int:
+    """Columns of a legend under the panels: up to 3, no more than fit ``figure_width`` inches (a
+    character is about 0.6 em wide; the marker and the gap take about half an inch)."""
+    column = (max(map(len, texts), default=1) * 0.6 * fontsize + 40) / 72
+    return max(1, min(3, len(texts), int(figure_width // column)))
+
+
 def plotly_text(text: str) -> str:
     """``text`` as plotly shows it literally: plotly reads ``<b>``, ``<i>``, ``<a>`` ... and entities in
     names, titles and hovers, so a label such as ``ours <i>v2</i>`` would be typeset."""

@@ -21,6 +21,8 @@ from recallkit.report.common import (
     FrontierPoint,
     base_panel,
     error_bars,
+    figure_labels,
+    legend_columns,
     literal_text,
     setting_rank,
     off_log_axis,
@@ -233,7 +235,7 @@ def plot_frontier(points: list[FrontierPoint], path: str | Path,
     path = Path(path)
     settings = list(dict.fromkeys(p.panel for p in points)) or ["no finished runs"]
     labels = sorted({p.label for p in points})
-    colors = palette(labels)
+    colors, shown = palette(labels), figure_labels(labels)
     panels: list[tuple[str, str, list[str], list[str]]] = []  # (setting, title, coloured, grey labels)
     for panel in settings:
         drawn = sorted({p.label for p in points if p.panel in (panel, base_panel(panel))})
@@ -244,16 +246,18 @@ def plot_frontier(points: list[FrontierPoint], path: str | Path,
     split = len(panels) > len(settings)
     columns = min(COLUMNS, len(panels))
     rows = math.ceil(len(panels) / columns)
-    legend_rows = 0 if split else math.ceil(len(labels) / 3)
+    width = max(7.0, 5.2 * columns)
+    ncol = legend_columns(list(shown.values()), width, 7)
+    legend_rows = 0 if split else math.ceil(len(labels) / ncol)
     legend_height = 0.3 + 0.18 * legend_rows  # inches
     height = 4.4 * rows + legend_height
-    fig, axes = plt.subplots(rows, columns, figsize=(max(7.0, 5.2 * columns), height), squeeze=False,
-                             sharey=True)
+    fig, axes = plt.subplots(rows, columns, figsize=(width, height), squeeze=False, sharey=True)
     handles: dict[str, Any] = {}
     tags_per_axis = []
     for ax, (panel, name, group, context) in zip(axes.flat, panels):
         drawn, tags = _draw_panel(ax, points, panel, group, context, colors)
         for label, (line, faint) in drawn.items():
+            line.set_label(shown[label])
             if label not in handles or not faint:
                 handles[label] = line
         tags_per_axis.append(tags)
@@ -274,8 +278,8 @@ def plot_frontier(points: list[FrontierPoint], path: str | Path,
     for ax in axes[:, 0]:
         ax.set_ylabel("accuracy (mean per sequence)")
     if handles and not split:
-        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(3, len(handles)),
-                   fontsize=7, frameon=False)
+        fig.legend(list(handles.values()), [shown[label] for label in handles], loc="lower center",
+                   ncol=min(ncol, len(handles)), fontsize=7, frameon=False)
     seeded = any(p.interval for p in points)
     fig.suptitle(title + ("\nmean over seeds, bars: 95% bootstrap interval" if seeded else ""))
     top = (0.55 if seeded else 0.35) / height

@@ -22,7 +22,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from recallkit.atomic import write_whole
-from recallkit.report.common import literal_text, palette, run_seed, run_setting, setting_rank
+from recallkit.report.common import (
+    figure_labels,
+    legend_columns,
+    literal_text,
+    palette,
+    run_seed,
+    run_setting,
+    setting_rank,
+)
 from recallkit.report.stats import bootstrap_interval
 
 BITS_PER_NUMBER = 32
@@ -116,6 +124,7 @@ def plot_length_curves(curves: list[dict[str, Any]], path: str | Path) -> Path:
     path = Path(path)
     panels = list(dict.fromkeys(c["panel"] for c in curves))
     colors = palette([(c["label"], c["d_model"]) for c in curves])
+    shown = figure_labels(sorted({c["label"] for c in curves}))
     width = max(8.0, 5.2 * len(panels))  # one panel of many curves needs the room
     fig, axes = plt.subplots(1, len(panels), figsize=(width, 4.4), squeeze=False, sharey=True)
     for ax, panel in zip(axes[0], panels):
@@ -126,7 +135,7 @@ def plot_length_curves(curves: list[dict[str, Any]], path: str | Path) -> Path:
         longest = max(length for c in lines for length, _, _ in c["points"])
         for c in lines:
             color = colors[(c["label"], c["d_model"])]
-            name = f"{c['label']} d={c['d_model']}"
+            name = f"{shown[c['label']]} d={c['d_model']}"
             if c["bound"] is not None:
                 name += f" (bound L*={c['bound']:,.0f})"
                 if c["bound"] <= longest:
@@ -140,7 +149,9 @@ def plot_length_curves(curves: list[dict[str, Any]], path: str | Path) -> Path:
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel(f"length ({lines[0]['unit']})")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+        names = ax.get_legend_handles_labels()[1]  # two columns under a panel while they fit its width
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False,
+                  ncol=min(2, legend_columns(names, width / len(panels), 7)))
     axes[0][0].set_ylabel("exact match (whole answer)")
     fig.suptitle("Length generalisation (bound: L * bits per unit = state numbers * 32 bits)")
     fig.tight_layout()

@@ -11,7 +11,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from recallkit.atomic import write_whole
-from recallkit.report.common import FrontierPoint, best_first, error_bars, literal_text, palette
+from recallkit.report.common import (
+    FrontierPoint,
+    best_first,
+    error_bars,
+    figure_labels,
+    legend_columns,
+    literal_text,
+    palette,
+)
 
 
 def width_curves(points: list[FrontierPoint]) -> dict[str, dict[str, list[FrontierPoint]]]:
@@ -53,15 +61,16 @@ def plot_width_curves(points: list[FrontierPoint], path: str | Path) -> Path:
     curves = width_curves(points)
     panels = list(dict.fromkeys(p.panel for p in points))  # frontier order: task, then length
     widths = sorted({p.d_model for p in points})
-    labels = {label for panel in panels for label in curves[panel]}
-    legend_height = 0.3 + 0.18 * math.ceil(len(labels) / 3)  # inches, below the panels: never over data
+    labels = sorted({label for panel in panels for label in curves[panel]})
+    shown, width = figure_labels(labels), max(5.0, 4 * len(panels))
+    ncol = legend_columns(list(shown.values()), width, 8)
+    legend_height = 0.3 + 0.18 * math.ceil(len(labels) / ncol)  # inches, below the panels: never over data
     height = 3.6 + legend_height
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(5.0, 4 * len(panels)), height), squeeze=False,
-                             sharey=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, height), squeeze=False, sharey=True)
     for ax, panel in zip(axes[0], panels):
         for label, line in curves[panel].items():
             ax.plot([p.d_model for p in line], [p.accuracy for p in line], "o-", color=colors[label],
-                    label=label)
+                    label=shown[label])
             seeded = [p for p in line if p.interval is not None]
             if seeded:  # the 95% bootstrap interval of each mean over seeds
                 ax.errorbar([p.d_model for p in seeded], [p.accuracy for p in seeded], fmt="none",
@@ -79,7 +88,7 @@ def plot_width_curves(points: list[FrontierPoint], path: str | Path) -> Path:
     for ax in axes[0]:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
-    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(3, len(handles)),
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(ncol, len(handles)),
                fontsize=8, frameon=False)
     any_seeded = any(p.interval is not None for p in points)
     fig.suptitle("Recall vs model width" + ("\nmean over seeds, bars: 95% interval" if any_seeded else ""),
