@@ -16,8 +16,8 @@ import torch
 
 from recallkit.hf.greedy import answer_ids, generate, greedy_match
 
-PIECES = [b"<eos>", b" caf", b"\xc3\xa9", b"\xc3", b"\xa9", b"\n", b" more", b"x"]
-EOS, CAF, E_ACUTE, LEAD, CONT, NEWLINE, MORE, X = range(len(PIECES))
+PIECES = [b"<eos>", b" caf", b"\xc3\xa9", b"\xc3", b"\xa9", b"\n", b" more", b"x", b"Answer:"]
+EOS, CAF, E_ACUTE, LEAD, CONT, NEWLINE, MORE, X, CUE = range(len(PIECES))
 
 
 class PieceTokenizer:
@@ -122,3 +122,47 @@ def test_an_end_of_sequence_id_listed_only_in_the_config_ends_the_answer():
     logits, state = model.start()
     assert generate(model, logits, state, 10) == [" caf"]  # stopped at MORE, which is dropped
     assert match(model, "caf", 10) == (True, " caf")
+
+
+def _llama2_style_tokenizer():
+    """A SentencePiece-style BPE as Llama-2's: the normalizer prepends "▁" and writes spaces as "▁",
+    so a text's first word carries a space of its own."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = ["<unk>", "▁", "A", "n", "s", "w", "e", "r", ":", "4", "2"]
+    merges = [("▁", "▁"), ("▁", "A"), ("▁A", "n"), ("▁An", "s"), ("▁Ans", "w"), ("▁Answ", "e"),
+              ("▁Answe", "r")]
+    vocab = {token: i for i, token in enumerate(chars + ["".join(m) for m in merges])}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(),
+                                           decoders.Strip(" ", 1, 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>")
+
+
+def test_answer_tokens_are_those_the_model_writes_after_the_cue_with_a_sentencepiece_tokenizer():
+    """" 42" alone is "▁▁ 4 2" to such a tokenizer, where the text "Answer: 42" has "▁ 4 2" after the
+    cue: the expected tokens never matched a greedy answer, which was then generated token by token."""
+    from recallkit.hf.greedy import ANSWER_CUE, rest_of_answer
+    from recallkit.text_tasks.base import TextTaskConfig
+
+    assert ANSWER_CUE == TextTaskConfig.answer_cue
+    model = SimpleNamespace(tokenizer=_llama2_style_tokenizer())
+
+    def ids(text):
+        return model.tokenizer(text, add_special_tokens=False).input_ids
+
+    expected = answer_ids(model, "42")
+    assert ids("Answer:") + expected == ids("Answer: 42")  # what greedy decoding after the cue writes
+    assert model.tokenizer.convert_ids_to_tokens(expected) == ["▁", "4", "2"]
+    known = expected[:2]  # "▁ 4" written: the rest is "2" as it continues the text, not "▁ 2"
+    assert ids("Answer:") + known + rest_of_answer(model, known, "42") == ids("Answer: 42")
+
+
+def test_answer_tokens_of_a_byte_level_bpe_are_the_answer_with_its_space():
+    from recallkit.hf.tiny import tiny_tokenizer
+
+    model = SimpleNamespace(tokenizer=tiny_tokenizer())
+    for answer in ("42", "apple", "7 river", "blue-green"):
+        assert answer_ids(model, answer) == model.tokenizer(" " + answer, add_special_tokens=False).input_ids

@@ -72,12 +72,31 @@ def rest_of_answer(model: HFModel, known: list[int], answer: str) -> list[int]:
     reads ``known`` and these); none when the text already holds the whole answer."""
     content = model.tokenizer.decode(known, skip_special_tokens=True).lstrip()
     rest = answer[len(content):] if answer.startswith(content) else ""
-    return model.tokenizer(rest, add_special_tokens=False).input_ids if rest else []
+    return _continuation(model, f"{ANSWER_CUE} {content}", rest) if rest else []
+
+
+ANSWER_CUE = "Answer:"
+"""What every text task's prompt ends with (``TextTaskConfig.answer_cue``): the answer follows it after
+a space."""
 
 
 def answer_ids(model: HFModel, answer: str) -> list[int]:
     """The answer's tokens as the model would write it after the cue ``Answer:`` (a leading space)."""
-    return model.tokenizer(" " + answer, add_special_tokens=False).input_ids
+    return _continuation(model, ANSWER_CUE, " " + answer)
+
+
+def _continuation(model: HFModel, context: str, text: str) -> list[int]:
+    """The tokens ``text`` adds after ``context`` when the two are tokenised together. A SentencePiece
+    tokenizer (Llama-2's) marks the start of a text with a space of its own, so " 42" alone is
+    ``▁▁ 4 2`` where the model writes ``▁ 4 2`` after the cue: every greedy match would then fail
+    on its first token and generate the answer token by token. Where the context's tokens are not a
+    prefix of the whole's (a merge across the boundary, as byte-level BPE's `` 42`` after ``Answer: 4``),
+    ``text`` is tokenised alone."""
+    def ids(string: str) -> list[int]:
+        return model.tokenizer(string, add_special_tokens=False).input_ids
+
+    head, whole = ids(context), ids(context + text)
+    return whole[len(head):] if whole[:len(head)] == head and len(whole) > len(head) else ids(text)
 
 
 PROBE = 3
