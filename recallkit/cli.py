@@ -223,11 +223,9 @@ def report(
 
 @app.command("list")
 @_one_line_errors
-def list_registry(what: Annotated[str, typer.Argument(help="mixers | tasks | policies")]) -> None:
+def list_registry(what: Annotated[Literal["mixers", "tasks", "policies"], typer.Argument()]) -> None:
     """List the registered mixers (with their state at reference lengths), tasks or eviction policies."""
     registries = {"mixers": MIXERS, "tasks": TASKS, "policies": POLICIES}
-    if what not in registries:
-        raise RecallkitError(f"cannot list {what!r}; use one of: {', '.join(registries)}")
     mixers = what == "mixers"
     if mixers:
         console.print("state: numbers per sequence and layer after T tokens (default config, d_model=128); "

@@ -256,8 +256,9 @@ class RunConfig(StrictModel):
     def _check_policies(self) -> RunConfig:
         if self.eval_policies and not any(MIXERS[m.name].kv_cache for m in self.model.layer_mixers):
             names = ", ".join(dict.fromkeys(m.name for m in self.model.layer_mixers))
-            raise ValueError(f"eval_policies evict KV-cache entries, but no layer of this model keeps a "
-                             f"KV cache (mixers: {names}); add an attention layer or drop eval_policies")
+            raise ValueError(f"eval_policies evict the attention mixer's KV cache, and this model has no "
+                             f"attention layer (mixers: {names}; mla's latent and fox's decayed caches "
+                             "are not evicted); add one or drop eval_policies")
         return self
 
     @property

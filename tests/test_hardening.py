@@ -478,7 +478,8 @@ LOAD_TIME_ERRORS = {
         "task seq_len=32 exceeds base_conv max_len=16"),
     "eval_policies without attention": (
         "model=dict(vocab_size=32, mixer=dict(name='linear_attention')), "
-        "eval_policies=[dict(policy='h2o', budget=4)]", "no layer of this model keeps a KV cache"),
+        "eval_policies=[dict(policy='h2o', budget=4)]",
+        "this model has no attention layer (mixers: linear_attention"),
     "lr=inf": (f"{ATTENTION}, train=dict(lr=float('inf'))", "train.lr: Input should be a finite number"),
     "lr=nan": (f"{ATTENTION}, train=dict(lr=float('nan'))", "train.lr: Input should be a finite number"),
     "grad_clip=inf": (f"{ATTENTION}, train=dict(grad_clip=float('inf'))",

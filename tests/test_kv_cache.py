@@ -324,8 +324,10 @@ def test_budgets_resolve_and_bad_ones_are_refused():
             resolve_budget(bad, 10)
     with pytest.raises(ValueError, match="unknown eviction policy"):
         make_policy("lru")
-    with pytest.raises(ValueError, match="has none"):
-        evicting_state(tiny_model({"name": "linear_attention"}), 1, make_policy("h2o"), 4, "continuous")
+    for mixer in ("linear_attention", "mla", "fox"):  # mla and fox keep caches, which are not evicted
+        refused = r"attention mixer's KV cache \(not mla's or fox's\), and this model has no attention layer"
+        with pytest.raises(ValueError, match=refused):
+            evicting_state(tiny_model({"name": mixer}), 1, make_policy("h2o"), 4, "continuous")
     with pytest.raises(ValueError, match="prefix-aware"):
         evicting_state(tiny_model([{"name": "pla"}, ATTENTION]), 1, make_policy("h2o"), 4, "continuous")
 

@@ -33,7 +33,8 @@ def evicting_state(model: LanguageModel, batch_size: int, policy: Policy, budget
 
     state = model.init_state(batch_size, cache=factory)
     if not caches:
-        raise ValueError("eviction policies apply to softmax attention layers, and this model has none")
+        raise ValueError("eviction policies apply to the attention mixer's KV cache (not mla's or fox's), "
+                         "and this model has no attention layer")
     return state, caches
 
 
