@@ -270,13 +270,27 @@ def test_a_prompt_that_runs_out_of_memory_is_named_in_one_line(model, monkeypatc
         evaluate_text_grid(model, task, [None], num_examples=2)
 
 
-def test_other_runtime_errors_pass_unchanged(model, monkeypatch):
+@pytest.mark.parametrize("message", ["shape mismatch", "preallocated buffer is too small"])
+def test_other_runtime_errors_pass_unchanged(model, monkeypatch, message):
     def broken(*args, **kwargs):
-        raise RuntimeError("shape mismatch")
+        raise RuntimeError(message)
 
     monkeypatch.setattr(model, "prefill", broken)
-    with pytest.raises(RuntimeError, match="^shape mismatch$"):
+    with pytest.raises(RuntimeError, match=f"^{message}$"):
         evaluate_text(model, small("phonebook_text"), num_examples=1)
+
+
+def test_memory_run_out_of_after_the_prompt_is_read_is_not_blamed_on_the_prompt(model, monkeypatch):
+    """Forks of the prompt's state, one per setting, take memory that a shorter task would not save."""
+    import recallkit.hf.text_eval as text_eval
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError(ALLOCATOR)
+
+    monkeypatch.setattr(text_eval, "stack_states", out_of_memory)
+    settings = [("h2o", budget, "prefill") for budget in (0.25, 0.5, 0.75)]
+    with pytest.raises(RuntimeError, match="DefaultCPUAllocator"):
+        evaluate_text_grid(model, small("phonebook_text"), settings, num_examples=1)
 
 
 def test_chat_puts_the_prompt_in_a_user_turn_and_the_cue_in_the_reply(model):

@@ -276,6 +276,9 @@ def test_varying_settings_name_each_setting_once_and_unambiguously():
     hybrid = [{"mixer": [{"window": a}, {"window": b}]} for a, b in ((8, 8), (8, 16), (16, 16))]
     assert varying_settings(hybrid) == ["0.window=8 1.window=8", "0.window=8 1.window=16",
                                         "0.window=16 1.window=16"]
+    layers = [{"mixer": [{"window": w}, {"window": w}, {"window": w // 2}]} for w in (8, 16)]
+    assert varying_settings(layers) == ["0.window=8 1.window=8 2.window=4",  # each layer named, even
+                                        "0.window=16 1.window=16 2.window=8"]  # when two agree
     widths = [{"d_model": w, "vocab_size": v} for w, v in ((64, 8), (128, 16))]
     assert varying_settings(widths, omit=("d_model",)) == ["vocab_size=8", "vocab_size=16"]
     missing = [{"task": {}}, {"task": {"num_kv_pairs": 4}}]

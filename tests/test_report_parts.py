@@ -4,6 +4,7 @@ tables, compare, the learning-curve names and menu, and the width axis."""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 
@@ -200,13 +201,16 @@ def test_legend_columns_fit_the_figure():
 
 
 @pytest.mark.parametrize("figure", ["frontier", "width", "capability"])
-def test_a_long_label_leaves_the_panels_their_size(tmp_path, monkeypatch, figure):
+@pytest.mark.parametrize("word", ["attention ", "注意力机制"])  # wide characters take two columns each
+def test_a_long_label_leaves_the_panels_their_size(tmp_path, monkeypatch, figure, word):
     """A 300-character label made frontier.png three times wider than its panels, cut the width
-    figure's legend off and pushed the capability map's cells to the right edge of a 27-inch image."""
+    figure's legend off (with the other entries beside it) and stretched the capability map to 27
+    inches."""
     import matplotlib.pyplot as plt
+    from matplotlib.image import imread
 
     from recallkit.report.capability import plot_capability_map
-    from recallkit.report.common import LABEL_CHARS
+    from recallkit.report.common import LABEL_CHARS, text_width
     from recallkit.report.frontier import plot_frontier
     from recallkit.report.width import plot_width_curves
 
@@ -214,21 +218,24 @@ def test_a_long_label_leaves_the_panels_their_size(tmp_path, monkeypatch, figure
     seen = []
     monkeypatch.setattr(plt, "close", seen.append)
 
-    def drawn(label: str):
-        rows = [row(f"{label[:3]}{d}{T}", name, d, 1e-3, 0.5 + d / 1000, T=T)
-                for name in (label, "mamba") for d in (16, 32) for T in (32, 64)]
-        draw(frontier_points(rows), tmp_path / f"{figure}.png")
+    def drawn(label: str, name: str):
+        families = (label, "mamba", "gla", "rwkv7")
+        rows = [row(f"{n}{d}{T}", family, d, 1e-3, 0.5 + d / 1000, T=T)
+                for n, family in enumerate(families) for d in (16, 32) for T in (32, 64)]
+        draw(frontier_points(rows), tmp_path / name)
         fig = seen.pop()
-        fig.canvas.draw()
-        return fig
+        return fig, imread(tmp_path / name).shape[1]
 
-    short, long = drawn("attention"), drawn("attention " * 30)
+    (_, short_px), (long, long_px) = drawn(word, "short.png"), drawn(word * 30, "long.png")
     texts = [t.get_text() for legend in long.legends + [a.get_legend() for a in long.axes if a.get_legend()]
              for t in legend.get_texts()]
     texts += [t.get_text() for ax in long.axes for t in ax.get_yticklabels()]
-    assert any("…" in text for text in texts) and max(map(len, texts)) <= LABEL_CHARS + 10
-    assert long.get_size_inches()[0] <= short.get_size_inches()[0] + 3.5  # the cut label's room at most
+    assert any("…" in text for text in texts) and max(map(text_width, texts)) <= LABEL_CHARS + 10
+    assert long_px <= short_px + 3.5 * 130  # at most the cut label's room (dpi 130)
     renderer = long.canvas.get_renderer()
-    for legend in long.legends:  # inside the image, not cut off at its edges
-        box = legend.get_window_extent(renderer)
-        assert box.x0 >= 0 and box.x1 <= long.bbox.x1 + 1
+    for legend in long.legends:  # every entry inside the image, not cut off at its edges
+        for text in legend.get_texts():
+            with warnings.catch_warnings():  # the test font lacks CJK glyphs: boxes of their width
+                warnings.simplefilter("ignore", UserWarning)
+                box = text.get_window_extent(renderer)
+            assert box.x0 >= 0 and box.x1 <= long.bbox.x1 + 1, text.get_text()

@@ -43,6 +43,8 @@ WORKED_EXAMPLE_TESTS = {
     "noisy_recall": ("tests.test_tasks_2026_more", "test_noisy_recall_docstring_worked_example_is_true"),
     "fuzzy_recall": ("tests.test_tasks_2026_more", "test_fuzzy_recall_docstring_worked_example_is_true"),
     "counting": ("tests.test_tasks_2026_more", "test_counting_docstring_worked_example_is_true"),
+    **{name: ("tests.test_task_worked_examples", f"test_{name}_docstring_worked_example_is_true")
+       for name in ("copy", "ngram_lookup", "phonebook", "reversal")},
 }
 
 
@@ -50,9 +52,10 @@ def test_every_registered_task_has_a_case():
     assert {name for name, _, _ in CONTRACT_CASES} == set(rk.TASKS)
 
 
-def test_worked_example_tests_exist():
-    for name, (module, test) in WORKED_EXAMPLE_TESTS.items():
-        assert name in rk.TASKS and callable(getattr(importlib.import_module(module), test))
+def test_every_registered_task_has_a_worked_example_test():
+    assert set(WORKED_EXAMPLE_TESTS) == set(rk.TASKS)
+    for module, test in WORKED_EXAMPLE_TESTS.values():
+        assert callable(getattr(importlib.import_module(module), test))
 
 
 @pytest.mark.parametrize(("name", "spec", "oracle"), CONTRACT_CASES, ids=IDS)

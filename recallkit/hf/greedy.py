@@ -26,6 +26,7 @@ from torch import Tensor
 
 from recallkit.hf.adapter import HFModel, HFState
 from recallkit.hf.prompt_read import select_rows
+from recallkit.text_tasks.base import TextTaskConfig
 
 
 @torch.no_grad()
@@ -75,14 +76,13 @@ def rest_of_answer(model: HFModel, known: list[int], answer: str) -> list[int]:
     return _continuation(model, f"{ANSWER_CUE} {content}", rest) if rest else []
 
 
-ANSWER_CUE = "Answer:"
-"""What every text task's prompt ends with (``TextTaskConfig.answer_cue``): the answer follows it after
-a space."""
+ANSWER_CUE = TextTaskConfig.answer_cue
+"""What a text task's prompt ends with (``Answer:``): the answer follows it after a space."""
 
 
-def answer_ids(model: HFModel, answer: str) -> list[int]:
-    """The answer's tokens as the model would write it after the cue ``Answer:`` (a leading space)."""
-    return _continuation(model, ANSWER_CUE, " " + answer)
+def answer_ids(model: HFModel, answer: str, cue: str = ANSWER_CUE) -> list[int]:
+    """The answer's tokens as the model would write it after the ``cue`` (a leading space)."""
+    return _continuation(model, cue, " " + answer)
 
 
 def _continuation(model: HFModel, context: str, text: str) -> list[int]:

@@ -119,19 +119,19 @@ def evaluate_text_grid(model: HFModel, task: TextTaskConfig, settings: Sequence[
     for i, (ids, example) in enumerate(zip(run.ids, run.examples, strict=True)):
         with _in_memory(len(ids), 1):
             read = read_prompt(model, ids, history) if shared else None
-            shown = i < SHOWN_EXAMPLES  # the first setting's shown answers are generated in full
-            unshared = [s for s, mode in enumerate(modes) if read is None or mode == "continuous"]
-            for s in unshared:
-                policy, budget = resolved[s], budgets[s][i] if resolved[s] else None
-                outcomes[s].append(_answer_alone(model, task, ids, example, policy, budget, modes[s],
-                                                 run.max_new_tokens))
-            if read is not None:
-                forked = [s for s in range(len(settings)) if s not in unshared]
-                specs = [(resolved[s], budgets[s][i] if resolved[s] else None) for s in forked]
-                generated = [generate_all or (shown and s == 0) for s in forked]
-                answers = _answers_from(model, task, example, read, specs, run.max_new_tokens, generated)
-                for s, outcome in zip(forked, answers, strict=True):
-                    outcomes[s].append(outcome)
+        shown = i < SHOWN_EXAMPLES  # the first setting's shown answers are generated in full
+        unshared = [s for s, mode in enumerate(modes) if read is None or mode == "continuous"]
+        for s in unshared:
+            policy, budget = resolved[s], budgets[s][i] if resolved[s] else None
+            outcomes[s].append(_answer_alone(model, task, ids, example, policy, budget, modes[s],
+                                             run.max_new_tokens))
+        if read is not None:
+            forked = [s for s in range(len(settings)) if s not in unshared]
+            specs = [(resolved[s], budgets[s][i] if resolved[s] else None) for s in forked]
+            generated = [generate_all or (shown and s == 0) for s in forked]
+            answers = _answers_from(model, task, example, read, specs, run.max_new_tokens, generated)
+            for s, outcome in zip(forked, answers, strict=True):
+                outcomes[s].append(outcome)
         if on_example is not None:
             on_example(i + 1, len(run.ids))
     return [run.metrics(policy, s and s[1], modes[n], budgets[n], *map(list, zip(*outcomes[n])))
@@ -146,11 +146,13 @@ def _answer_alone(model: HFModel, task: TextTaskConfig, ids: list[int], example:
     without attention layers): (correct, greedy text, numbers held when the answer begins)."""
     inputs = torch.tensor([ids], device=model.embed.weight.device)
     if policy is None:
-        logits, state = model.prefill(inputs)
+        with _in_memory(len(ids), 1):
+            logits, state = model.prefill(inputs)
         held = model.state_size(len(ids))
     else:
         state, caches = evicting_state(model, 1, policy, budget, mode)
-        logits, state = model.prefill(inputs, state=state)
+        with _in_memory(len(ids), 1):
+            logits, state = model.prefill(inputs, state=state)
         held = _held(model, state.position, caches)
     text = generate(model, logits[:, -1], state, max_new_tokens)[0]
     return task.score(text, example.answer), text, held
@@ -168,7 +170,7 @@ def _answers_from(model: HFModel, task: TextTaskConfig, example: TextExample, re
     forks = [fork_state(read, policy, budget) for policy, budget in specs]
     others = _held(model, read.num_tokens, [])  # the recurrent layers: the same for every fork
     held = [others + sum(cache.numel() for cache in caches) for _, caches in forks]
-    expected = answer_ids(model, example.answer)
+    expected = answer_ids(model, example.answer, task.answer_cue)
     greedy: list[list[int] | None] = [None] * len(specs)
     scored = [n for n in range(len(specs)) if not generated[n] and len(expected) + 1 <= max_new_tokens]
     for rows in _batches([forks[n][1][0] for n in scored], scored):
@@ -234,7 +236,8 @@ class _Run:
         self.task, self.read_twice, self.chat = task, read_twice, chat
         self.examples = task.generate(num_examples, seed)
         if max_new_tokens is None:
-            max_new_tokens = max(len(answer_ids(model, e.answer)) for e in self.examples) + ANSWER_SLACK
+            max_new_tokens = max(len(answer_ids(model, e.answer, task.answer_cue))
+                                 for e in self.examples) + ANSWER_SLACK
         if max_new_tokens < 1:
             raise RecallkitError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         self.max_new_tokens = max_new_tokens
@@ -279,8 +282,7 @@ def _generate_batched(model: HFModel, ids: list[list[int]], max_new_tokens: int,
         batch = torch.tensor([ids[i] for i in rows], device=model.embed.weight.device)
         with _in_memory(batch.shape[1], len(rows)):
             logits, state = model.prefill(batch)
-            texts = generate(model, logits[:, -1], state, max_new_tokens)
-        for i, text in zip(rows, texts, strict=True):
+        for i, text in zip(rows, generate(model, logits[:, -1], state, max_new_tokens), strict=True):
             generated[i] = text
         done += len(rows)
         if on_example is not None:
@@ -290,19 +292,25 @@ def _generate_batched(model: HFModel, ids: list[list[int]], max_new_tokens: int,
 
 @contextlib.contextmanager
 def _in_memory(tokens: int, batch: int) -> Iterator[None]:
-    """Name the prompt when reading it runs out of memory: a model without a context limit (an SSM)
-    takes any prompt, and torch's allocator error gives only a byte count."""
+    """Name the prompt when reading it (the prefill, nothing after it) runs out of memory: a model
+    without a context limit (an SSM) takes any prompt, and torch's allocator error gives only a byte
+    count. Other errors pass unchanged; the allocator's stays chained for its traceback."""
     try:
         yield
     except (MemoryError, RuntimeError) as error:
-        if not isinstance(error, MemoryError) and "allocate" not in str(error):
+        if not isinstance(error, MemoryError) and not OUT_OF_MEMORY.search(str(error)):
             raise
         what = f"{batch} prompts of {tokens:,} tokens" if batch > 1 else f"a prompt of {tokens:,} tokens"
-        asked = re.search(r"allocate (\d+) bytes", str(error))
+        asked = re.search(r"tried to allocate (\d+) bytes", str(error))
         size = (f"one tensor of {int(asked[1]) / 2**30:.1f} GiB" if asked
                 else first_line(str(error), "none left"))
         raise RecallkitError(f"reading {what} needs more memory than this machine has ({size}); use a "
-                             "shorter task" + (" or a smaller batch_size" if batch > 1 else "")) from None
+                             "shorter task" + (" or a smaller batch_size" if batch > 1 else "")) from error
+
+
+OUT_OF_MEMORY = re.compile(r"can't allocate memory|out of memory|not enough memory", re.IGNORECASE)
+"""How torch's CPU allocator (``DefaultCPUAllocator: can't allocate memory``, ``not enough memory``) and
+CUDA's (``CUDA out of memory``, also ``torch.OutOfMemoryError``, a RuntimeError) say they failed."""
 
 
 def render(model: HFModel, task: TextTaskConfig, example: TextExample, read_twice: bool, chat: bool) -> str:

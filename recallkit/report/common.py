@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import html
 import json
+import unicodedata
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,26 +56,50 @@ LABEL_CHARS = 48
 off the figure. The page's tables and hovers show every label whole."""
 
 
+def text_width(text: str) -> int:
+    """Columns ``text`` takes: two for an East Asian wide or full-width character, one otherwise."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _cut(text: str, width: int) -> str:
+    """The start and the end of ``text`` around "…", ``width`` columns in all."""
+    head, tail, room = "", "", width - 1
+    for c in text:  # the start takes half the room
+        if text_width(head + c) > room // 2:
+            break
+        head += c
+    for c in reversed(text):
+        if text_width(head + c + tail) > room:
+            break
+        tail = c + tail
+    return head + "…" + tail
+
+
 def figure_labels(labels: list[str], width: int = LABEL_CHARS) -> dict[str, str]:
-    """Each label as a PNG writes it: whole up to ``width`` characters, else its start and its end
-    around "…" (the end tells variants apart: "... (RoPE)", "... [h2o]"); two labels that would
-    read the same get " (2)", " (3)", ... in the order given."""
+    """Each label as a PNG writes it: whole up to ``width`` columns (:func:`text_width`), else its
+    start and its end around "…" (the end tells variants apart: "... (RoPE)", "... [h2o]"); a cut
+    label that would read as another gets " (2)", " (3)", ... in the order given."""
+    whole = {label: label for label in dict.fromkeys(labels) if text_width(label) <= width}
+    taken = set(whole)
     shown: dict[str, str] = {}
     for label in dict.fromkeys(labels):
-        head = (width - 1) // 2
-        text = label if len(label) <= width else label[:head] + "…" + label[len(label) - (width - 1 - head):]
-        taken, n = set(shown.values()), 2
-        unique = text
+        if label in whole:
+            shown[label] = label
+            continue
+        text = unique = _cut(label, width)
+        n = 2
         while unique in taken:
             unique, n = f"{text} ({n})", n + 1
+        taken.add(unique)
         shown[label] = unique
     return shown
 
 
 def legend_columns(texts: list[str], figure_width: float, fontsize: float) -> int:
     """Columns of a legend under the panels: up to 3, no more than fit ``figure_width`` inches (a
-    character is about 0.6 em wide; the marker and the gap take about half an inch)."""
-    column = (max(map(len, texts), default=1) * 0.6 * fontsize + 40) / 72
+    column of text is about 0.6 em wide, :func:`text_width`; the marker and the gap take about half
+    an inch)."""
+    column = (max(map(text_width, texts), default=1) * 0.6 * fontsize + 40) / 72
     return max(1, min(3, len(texts), int(figure_width // column)))
 
 
@@ -122,21 +147,28 @@ def varying_settings(models: list[dict[str, Any]], omit: tuple[str, ...] = ()) -
 
     A setting is named by the shortest end of its path that no other differing setting shares
     (``0.window=8 1.window=16`` for a hybrid's two windows); one that repeats another of its name at
-    every model (the model's and the task's ``vocab_size``) is named once, and one a model lacks is
+    every model from another part of the config (the model's and the task's ``vocab_size``; not a
+    hybrid's layers, which are each named) is named once, and one a model lacks is
     left out of its text. ``omit`` lists full paths shown elsewhere (a table's width column:
     ``"d_model"``)."""
     flats = [flatten(model) for model in models]
     columns = {key: [json.dumps(flat.get(key)) for flat in flats]
                for key in dict.fromkeys(key for flat in flats for key in flat) if key not in omit}
     varying = [key for key, column in columns.items() if len(set(column)) > 1]
-    kept = [key for i, key in enumerate(varying) if not any(
-        _last(other) == _last(key) and columns[other] == columns[key] for other in varying[:i])]
+    kept = [key for i, key in enumerate(varying)
+            if not any(_repeats(key, other, columns) for other in varying[:i])]
     names = {key: _unique_end(key, kept) for key in kept}
     return [" ".join(f"{names[key]}={flat[key]}" for key in kept if key in flat) for flat in flats]
 
 
 def _last(key: str) -> str:
     return key.rsplit(".", 1)[-1]
+
+
+def _repeats(key: str, other: str, columns: dict[str, list[str]]) -> bool:
+    """Whether ``key`` says again what ``other`` says: its name and values, in another part."""
+    return (_last(key) == _last(other) and columns[key] == columns[other]
+            and key.split(".", 1)[0] != other.split(".", 1)[0])
 
 
 def _unique_end(key: str, keys: list[str]) -> str:
