@@ -325,7 +325,7 @@ def test_budgets_resolve_and_bad_ones_are_refused():
     with pytest.raises(ValueError, match="unknown eviction policy"):
         make_policy("lru")
     for mixer in ("linear_attention", "mla", "fox"):  # mla and fox keep caches, which are not evicted
-        refused = r"attention mixer's KV cache \(not mla's or fox's\), and this model has no attention layer"
+        refused = r"softmax attention layers .*not mla's latents or fox's decayed cache\), and this model has"
         with pytest.raises(ValueError, match=refused):
             evicting_state(tiny_model({"name": mixer}), 1, make_policy("h2o"), 4, "continuous")
     with pytest.raises(ValueError, match="prefix-aware"):

@@ -33,8 +33,9 @@ def evicting_state(model: LanguageModel, batch_size: int, policy: Policy, budget
 
     state = model.init_state(batch_size, cache=factory)
     if not caches:
-        raise ValueError("eviction policies apply to the attention mixer's KV cache (not mla's or fox's), "
-                         "and this model has no attention layer")
+        raise ValueError("eviction policies apply to softmax attention layers with per-head keys and values "
+                         "(the attention mixer, a pretrained model's attention; not mla's latents or fox's "
+                         "decayed cache), and this model has none")
     return state, caches
 
 
