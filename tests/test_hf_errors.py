@@ -237,3 +237,52 @@ def test_bad_ids_and_states_for_a_pretrained_model_are_one_line_errors():
             model.prefill(ids, state=[])
         empty, same = model.prefill(ids[:, :0], state=state)
         assert empty.shape == (2, 0, 512) and same is state
+
+
+def _custom_code_directory(root, model_type: str):
+    """A model directory that ships its own Python (``auto_map``), which writes a marker when run."""
+    directory = root / f"custom_{model_type}"
+    model, tokenizer = build_tiny_model("llama", 0)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    config = json.loads((directory / "config.json").read_text())
+    config |= {"model_type": model_type, "auto_map": {"AutoConfig": "custom.Config",
+                                                       "AutoModelForCausalLM": "custom.Model"}}
+    (directory / "config.json").write_text(json.dumps(config))
+    marker = root / f"ran_{model_type}"
+    (directory / "custom.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    return directory, marker
+
+
+@pytest.mark.parametrize("model_type", ["custom_x", "llama"])
+def test_a_directory_s_own_code_never_runs_even_when_a_terminal_says_yes(tmp_path, model_type):
+    """transformers asks on a terminal whether to run a directory's code (auto_map) and runs it on
+    'y': recallkit loads only the architectures it supports, with transformers' own classes."""
+    import pty
+    import select
+    import time
+
+    directory, marker = _custom_code_directory(tmp_path, model_type)
+    script = f"from recallkit.hf import load_model\nload_model({str(directory)!r})\nprint('loaded')\n"
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf_home"), OMP_NUM_THREADS="1")
+    main, terminal = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-c", script], stdin=terminal, stdout=terminal,
+                               stderr=terminal, env=env, close_fds=True)
+    os.close(terminal)
+    output, deadline = b"", time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if select.select([main], [], [], 0.2)[0]:
+            try:
+                output += os.read(main, 4096)
+            except OSError:
+                break
+            if b"[y/N]" in output:
+                os.write(main, b"y\n")
+    process.wait(timeout=60)
+    os.close(main)
+    assert not marker.exists(), output.decode(errors="replace")[-500:]
+    assert b"[y/N]" not in output
+    if model_type == "llama":  # a supported architecture loads with transformers' class
+        assert process.returncode == 0 and b"loaded" in output
+    else:
+        assert process.returncode != 0 and b"custom_x" in output

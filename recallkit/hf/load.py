@@ -93,7 +93,10 @@ def _drop_fallback_notes() -> None:
 def _load_pretrained(directory: Path, gguf_file: str | None, source: str, dtype: torch.dtype) -> HFModel:
     transformers = _transformers()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub, whatever the caller's settings
+    # trust_remote_code=False: a directory's own code (auto_map) is never run, and transformers does not
+    # ask on a terminal whether to run it (None asks, and runs it on "y")
     kwargs = {"gguf_file": gguf_file} if gguf_file else {"local_files_only": True}
+    kwargs["trust_remote_code"] = False
     try:
         config = transformers.AutoConfig.from_pretrained(directory, **kwargs)
     except Exception as error:  # noqa: BLE001 - transformers raises many kinds; the user needs one line
