@@ -260,9 +260,20 @@ def check_model_command(
 ) -> None:
     """Check the model contract: forward == prefill == step loop, split-resume, batch independence,
     state_size == the real state. Exits 1 when a check fails."""
+    checked = models_to_check(source, seed)
     failed = False
-    for label, model in models_to_check(source, seed):
-        console.print(f"[bold]{label}[/bold]")
+    for label, load in checked:
+        try:
+            model = load()
+        except RecallkitError as error:
+            if len(checked) == 1:  # a source alone: its one-line error
+                raise
+            reason = escape(first_line(str(error)))
+            console.print(f"[bold]{escape(label)}[/bold]\n  FAIL {'load':<22} {reason}", highlight=False,
+                          soft_wrap=True)
+            failed = True
+            continue
+        console.print(f"[bold]{escape(label)}[/bold]")
         for check in check_model(model, length=length, batch_size=batch, seed=seed):
             console.print("  " + check.line(), highlight=False)
             failed |= not check.passed

@@ -18,6 +18,8 @@ each with its max abs difference against a tolerance scaled to the logits' magni
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,9 +84,14 @@ def _diff(a: Tensor, b: Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
+HALF_ULPS = 4
+"""Units of rounding (of the largest |logit|) that forms of a bfloat16 or float16 model may differ by:
+summed in other orders, the prefill, the step loop and a split read differ by 1-2 ulps."""
+
+
 @torch.no_grad()
 def check_model(model: Any, *, length: int = 24, batch_size: int = 3, seed: int = 0, vocab: int | None = None,
-                rtol: float = 1e-4) -> list[Check]:
+                rtol: float | None = None) -> list[Check]:
     """Run the contract checks on ``model`` (eval mode): a list of :class:`Check`.
 
     Args:
@@ -95,8 +102,13 @@ def check_model(model: Any, *, length: int = 24, batch_size: int = 3, seed: int 
         batch_size: sequences (>= 2 for the batch check).
         seed: the random tokens' seed (a local generator).
         vocab: draw tokens below this id (default: the model's vocabulary).
-        rtol: tolerance relative to the largest |logit| (at least 1).
+        rtol: tolerance relative to the largest |logit| (at least 1); default 1e-4 for float32 and
+            float64 weights, ``HALF_ULPS`` units of rounding for bfloat16 / float16 ones (a half-precision
+            model's forms differ in their last bits of every logit).
     """
+    if rtol is None:
+        dtype = model.embed.weight.dtype
+        rtol = 1e-4 if torch.finfo(dtype).bits >= 32 else HALF_ULPS * torch.finfo(dtype).eps
     length = _readable_length(model, length)
     if length < 4 or batch_size < 2:
         raise ValueError(f"check_model needs length >= 4 (within the model's positions) and batch_size >= 2; "
@@ -165,31 +177,36 @@ def _causality(model: Any, tokens: Tensor, prefix: Tensor | None, full: Tensor, 
     return Check("causality", worst, tolerance)
 
 
-def models_to_check(source: str, seed: int = 0) -> list[tuple[str, Any]]:
-    """``(label, model)`` pairs for ``source``: a results directory gives one model per distinct
-    model config of its runs (a trained run's built from its seed: the contract is the architecture's;
-    a pretrained run's loaded from its source); anything else is a pretrained source for
+def models_to_check(source: str, seed: int = 0) -> list[tuple[str, Callable[[], Any]]]:
+    """``(label, load)`` pairs for ``source``, each ``load()`` building or loading one model (so that
+    one that cannot load fails alone): a results directory gives one model per distinct model config
+    of its runs (a trained run's built from its seed: the contract is the architecture's; a
+    pretrained run's loaded from its source at its dtype); anything else is a pretrained source for
     ``recallkit.hf.load_model``."""
     if Path(source).is_dir() and Path(source, "results.sqlite").is_file():
         from recallkit.report.load import read_rows
 
-        models: dict[str, tuple[str, Any]] = {}
+        models: dict[str, tuple[str, Callable[[], Any]]] = {}
         for row in read_rows(source):
             if "pretrained" in row["config"]["model"]:  # an evaluation of a pretrained model
-                pretrained = PretrainedRunConfig.model_validate(row["config"])
-                key = pretrained.model.model_dump_json()
-                if key not in models:
-                    models[key] = (pretrained.model.pretrained,
-                                   _load_pretrained(pretrained.model.pretrained, pretrained.model.dtype))
+                pretrained = PretrainedRunConfig.model_validate(row["config"]).model
+                key = pretrained.model_dump_json()
+                half = "" if pretrained.dtype == "float32" else f" ({pretrained.dtype})"
+                label = pretrained.pretrained + half
+                models.setdefault(key, (label, functools.partial(_load_pretrained, pretrained.pretrained,
+                                                                 pretrained.dtype)))
                 continue
             config = RunConfig.model_validate(row["config"])
-            key = config.model.model_dump_json()
-            if key not in models:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(config.train.seed)
-                    models[key] = (config.display_label, build_model(config.model))
+            models.setdefault(config.model.model_dump_json(),
+                              (config.display_label, functools.partial(_build, config)))
         return list(models.values())
-    return [(source, _load_pretrained(source, "float32", seed))]
+    return [(source, functools.partial(_load_pretrained, source, "float32", seed))]
+
+
+def _build(config: RunConfig) -> Any:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.train.seed)
+        return build_model(config.model)
 
 
 def _load_pretrained(source: str, dtype: str, seed: int = 0) -> Any:

@@ -155,6 +155,48 @@ def test_check_model_on_a_results_directory_with_a_pretrained_run(tmp_path):
     assert len(headers) == 2 and headers[-1].startswith("tiny:llama")
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_model_passes_within_its_rounding_and_a_broken_one_still_fails(dtype):
+    """check-model held bfloat16 / float16 runs to float32's 1e-4: every half-precision model failed
+    on rounding alone. A step that ignores its state must still fail there."""
+    model = load_model("tiny:llama", dtype=dtype)
+    assert [c.line() for c in check_model(model) if not c.passed] == []
+    step = model.step
+
+    def forgetful(token, state):  # the next token read as if it began the sequence
+        logits, state = step(token, state)
+        return model.prefill(token[:, None])[0][:, -1], state
+
+    model.step = forgetful
+    assert {"step loop"} <= {c.name for c in check_model(model) if not c.passed}
+
+
+def test_check_model_on_a_results_directory_checks_every_model_that_loads(tmp_path):
+    """Half-precision runs are checked at their dtype's rounding, and a run whose model no longer loads
+    (its directory deleted) is one FAIL line: the other models are still checked."""
+    model, tokenizer = load_model("tiny:llama").model, tiny_tokenizer()
+    gone = tmp_path / "gone"
+    model.save_pretrained(gone)
+    tokenizer.save_pretrained(gone)
+    task = {"name": "phonebook_text", "num_entries": 3}
+    runs = [PretrainedRunConfig(model={"pretrained": source, "dtype": dtype}, task=task, num_examples=2)
+            for source, dtype in ((str(gone), "float32"), ("tiny:llama", "bfloat16"),
+                                  ("tiny:mamba2", "float16"))]
+    out = tmp_path / "results"
+    assert [r["status"] for r in run_sweep(runs, out, quiet=True)] == ["done"] * 3
+    for path in gone.iterdir():
+        path.unlink()
+    gone.rmdir()
+    result = runner.invoke(app, ["check-model", str(out)])
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    failed = [line for line in lines if line.lstrip().startswith("FAIL")]
+    assert len(failed) == 1 and failed[0].split()[1] == "load" and str(gone) in "".join(lines)
+    headers = [line for line in lines if not line.startswith(" ")]
+    assert headers[1:] == ["tiny:llama (bfloat16)", "tiny:mamba2 (float16)"]
+    assert len(_check_lines(result.stdout)) >= 18  # both half-precision models checked, every check ok
+
+
 def test_importing_recallkit_does_not_import_transformers():
     code = ("import sys, recallkit, recallkit.report, recallkit.contract; "
             "print(sorted(m for m in ('transformers', 'recallkit.hf') if m in sys.modules))")
