@@ -15,6 +15,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the hub
 transformers = pytest.importorskip("transformers", minversion="5")
 
+import torch
 from typer.testing import CliRunner
 
 from recallkit.cli import app
@@ -286,3 +287,41 @@ def test_a_directory_s_own_code_never_runs_even_when_a_terminal_says_yes(tmp_pat
         assert process.returncode == 0 and b"loaded" in output
     else:
         assert process.returncode != 0 and b"custom_x" in output
+
+
+@pytest.mark.parametrize("window", [0, 1])
+def test_a_sliding_window_that_holds_no_past_token_is_refused(tmp_path, window):
+    """A window of 1 counted a state of 0 while the cache held every token, and crashed check-model
+    with a traceback; 0 failed at the first prefill with a negative state."""
+    model, tokenizer = build_tiny_model("mistral", 0)
+    model.config.sliding_window = window
+    directory = tmp_path / f"window_{window}"
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    assert_one_line_error(str(directory), rf"sliding_window={window} holds no past token; it must be >= 2")
+
+
+def test_a_sentencepiece_tokenizer_without_its_package_names_the_package(tmp_path, monkeypatch):
+    """A directory with only tokenizer.model (the Llama-2 layout) failed with an error naming tiktoken."""
+    model, _ = build_tiny_model("llama", 0)
+    directory = tmp_path / "spm"
+    model.save_pretrained(directory)
+    (directory / "tokenizer.model").write_bytes(b"\n\x05hello")  # a SentencePiece model proto's start
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "sentencepiece" else find_spec(name, *a, **k))
+    needs = r"spm: its tokenizer is a SentencePiece tokenizer.model, which needs `pip install sentencepiece`"
+    assert_one_line_error(str(directory), needs)
+
+
+def test_a_tiny_model_at_half_precision_is_its_saved_directory_loaded_at_that_precision(tmp_path):
+    """tiny:falcon_h1 kept its saved mup_vector buffers float32 where from_pretrained casts them."""
+    tokens = torch.tensor([[5, 9, 17, 3, 40, 2]])
+    for arch in TINY_ARCHS:
+        model, tokenizer = build_tiny_model(arch, 0)
+        model.save_pretrained(tmp_path / arch)
+        tokenizer.save_pretrained(tmp_path / arch)
+        tiny, saved = load_model(f"tiny:{arch}", dtype=torch.bfloat16), load_model(str(tmp_path / arch),
+                                                                                   dtype=torch.bfloat16)
+        with torch.no_grad():
+            assert torch.equal(tiny(tokens), saved(tokens)), arch

@@ -64,6 +64,27 @@ def _check_arch(config, source: str) -> None:
     if config.model_type not in SUPPORTED_ARCHS:
         raise RecallkitError(f"{source}: architecture {config.model_type!r} is not supported; supported: "
                              f"{', '.join(SUPPORTED_ARCHS)}")
+    window = getattr(config, "sliding_window", None)
+    if isinstance(window, int) and not isinstance(window, bool) and window < 2:  # transformers' masks break
+        raise RecallkitError(f"{source}: sliding_window={window} holds no past token; it must be >= 2 "
+                             "(or null for full attention)")
+
+
+def _as_if_saved(model: Any, dtype: torch.dtype) -> Any:
+    """A tiny model as ``from_pretrained`` would load it from its saved directory at ``dtype``: built
+    with ``dtype`` as torch's default (so buffers made at init take it, as Falcon-H1's ``mup_vector``,
+    while RoPE's ``inv_freq``, made float32 on purpose, stays float32), then its weights cast in."""
+    if dtype == torch.float32:
+        return model
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.random.fork_rng(devices=[]):  # the skeleton's own init draws; its weights are replaced
+            loaded = type(model)(model.config)
+    finally:
+        torch.set_default_dtype(default)
+    loaded.load_state_dict(model.state_dict())
+    return loaded.eval()
 
 
 def _transformers():
@@ -178,9 +199,7 @@ def load_model(source: str, *, dtype: torch.dtype = torch.float32, seed: int = 0
     _transformers()
     if source.startswith("tiny:"):
         model, tokenizer = build_tiny_model(source.removeprefix("tiny:"), seed)  # refuses an unknown arch
-        for parameter in model.parameters():  # buffers (RoPE's inv_freq) stay float32, as from_pretrained's
-            parameter.data = parameter.data.to(dtype)
-        return HFModel(model, tokenizer, source)
+        return HFModel(_as_if_saved(model, dtype), tokenizer, source)
     if source == DEFAULT_MODEL:
         path = smollm2_path()
         return _load_pretrained(path.parent, path.name, source, dtype)
@@ -194,6 +213,10 @@ def load_model(source: str, *, dtype: torch.dtype = torch.float32, seed: int = 0
         if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json",
                                                            "tokenizer.model")):
             raise RecallkitError(f"{source}: the model directory has no tokenizer (tokenizer.json)")
+        if (not (path / "tokenizer.json").is_file() and (path / "tokenizer.model").is_file()
+                and importlib.util.find_spec("sentencepiece") is None):
+            raise RecallkitError(f"{source}: its tokenizer is a SentencePiece tokenizer.model, which needs "
+                                 "`pip install sentencepiece` (or save a tokenizer.json beside it)")
         return _load_pretrained(path, None, source, dtype)
     raise RecallkitError(f"unknown model source {source!r}: give a model directory, a .gguf file, "
                          f"{DEFAULT_MODEL!r} or 'tiny:<arch>' ({', '.join(TINY_ARCHS)})")
