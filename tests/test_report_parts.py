@@ -215,7 +215,7 @@ def test_a_long_label_leaves_the_panels_their_size(tmp_path, monkeypatch, figure
     from recallkit.report.width import plot_width_curves
 
     draw = {"frontier": plot_frontier, "width": plot_width_curves, "capability": plot_capability_map}[figure]
-    seen = []
+    seen, close = [], plt.close
     monkeypatch.setattr(plt, "close", seen.append)
 
     def drawn(label: str, name: str):
@@ -226,7 +226,8 @@ def test_a_long_label_leaves_the_panels_their_size(tmp_path, monkeypatch, figure
         fig = seen.pop()
         return fig, imread(tmp_path / name).shape[1]
 
-    (_, short_px), (long, long_px) = drawn(word, "short.png"), drawn(word * 30, "long.png")
+    (short, short_px), (long, long_px) = drawn(word, "short.png"), drawn(word * 30, "long.png")
+    close(short)
     texts = [t.get_text() for legend in long.legends + [a.get_legend() for a in long.axes if a.get_legend()]
              for t in legend.get_texts()]
     texts += [t.get_text() for ax in long.axes for t in ax.get_yticklabels()]
@@ -239,3 +240,4 @@ def test_a_long_label_leaves_the_panels_their_size(tmp_path, monkeypatch, figure
                 warnings.simplefilter("ignore", UserWarning)
                 box = text.get_window_extent(renderer)
             assert box.x0 >= 0 and box.x1 <= long.bbox.x1 + 1, text.get_text()
+    close(long)
