@@ -77,6 +77,9 @@ def _one_line_errors(command):
             message = describe(error)
         except sqlite3.DatabaseError as error:  # a results database damaged inside (its schema read fine)
             message = f"the results database is damaged ({error}); restore a copy or use another --out"
+            if "disk is full" in str(error):  # SQLITE_FULL: the database is whole, the disk is not
+                message = (f"the disk is full ({error}); free space and rerun: every finished run is kept "
+                           "in the results database")
         print(f"error: {first_line(message)}", file=sys.stderr)
         raise typer.Exit(EXIT_ERROR)
     return wrapper
@@ -115,15 +118,21 @@ def _run_and_report(sweep: Path, out: Path, executor: str, workers: int, quiet: 
         console.print(f"{len(configs)} runs from {sweep} -> {out}")
     rows = run_sweep(configs, out, executor=executor, workers=workers, quiet=quiet, device=device,
                      ray_options=ray_options, on_outcome=on_outcome, halving=halving, pack=pack)
-    failed = [r for r in rows if r["status"] == "failed"]
+    in_sweep = {config.run_id for config in configs}
+    failed = [r for r in rows if r["status"] == "failed" and r["run_id"] in in_sweep]
+    left = [r for r in rows if r["run_id"] not in in_sweep and r["status"] not in ("done", "diverged")]
     console.print(_frontier_table(rows))
     for row in failed:
         error = escape(f"{row['run_id']} {row['label']}: {first_line(row['error'])}")
         console.print(f"[red]failed[/red] {error}")
     png, page = write_report(out)
     console.print(f"results: {out / 'results.sqlite'}\nfigure:  {png}\nreport:  {page}")
+    if left:  # removed from the sweep file: the store keeps them, nothing will run them
+        console.print(f"{len(left)} unfinished runs in {escape(str(out))} are no longer in "
+                      f"{escape(str(sweep))} and will not run (the report still lists them; a new --out "
+                      "starts clean)")
     if failed:
-        console.print(f"{len(failed)} of {len(rows)} runs failed (exit code {EXIT_RUNS_FAILED}); "
+        console.print(f"{len(failed)} of {len(in_sweep)} runs failed (exit code {EXIT_RUNS_FAILED}); "
                       "`recallkit run` retries them")
         raise typer.Exit(EXIT_RUNS_FAILED)
 

@@ -160,3 +160,25 @@ def test_the_frontier_table_names_what_tells_a_family_s_points_apart(monkeypatch
     console.print(cli._frontier_table([]))
     models = [line.split("│")[2].strip() for line in console.export_text().splitlines() if "mqar" in line]
     assert models == ["attn vocab_size=64", "attn vocab_size=128", "attn vocab_size=128", "attn"]
+
+
+def test_a_failed_run_removed_from_the_sweep_file_no_longer_fails_the_sweep(tmp_path, sweep_file):
+    """Every later `run` exited 3 and promised to retry a failed run that was no longer in the file (and
+    so never ran again); it is now named as left behind, and the exit code is the sweep's own."""
+    from recallkit.sweep import Store, load_sweep
+
+    sweep, out = sweep_file(steps=2), tmp_path / "out"
+    assert runner.invoke(app, ["run", str(sweep), "--out", str(out), "--quiet"]).exit_code == 0
+    removed = load_sweep(sweep)[-1].run_id
+    with Store(out / "results.sqlite") as store:  # as a run whose model source has gone
+        store.db.execute("UPDATE runs SET status = 'failed', error = 'gone' WHERE run_id = ?", (removed,))
+        store.db.commit()
+    failing = runner.invoke(app, ["run", str(sweep), "--out", str(out), "--quiet"])
+    assert failing.exit_code == 0, failing.output  # in the file: retried, and it runs
+    with Store(out / "results.sqlite") as store:
+        store.db.execute("UPDATE runs SET status = 'failed', error = 'gone' WHERE run_id = ?", (removed,))
+        store.db.commit()
+    sweep.write_text(sweep.read_text() + "configs = configs[:-1]\n")  # the failed run removed from the file
+    again = runner.invoke(app, ["run", str(sweep), "--out", str(out), "--quiet"])
+    assert again.exit_code == 0, again.output
+    assert "1 unfinished runs in" in again.output and "are no longer in" in again.output

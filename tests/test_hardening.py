@@ -204,6 +204,36 @@ def test_report_and_doctor_work_on_a_read_only_directory(finished, tmp_path, swe
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
+def test_a_read_only_copy_whose_latest_results_are_in_its_wal_is_refused_not_read_stale(tmp_path):
+    """A copy of a killed sweep's directory without its -shm, read-only: SQLite reads it as immutable,
+    without the WAL, and doctor said "1 pending; ok" of a database whose WAL holds more runs."""
+    live, out = tmp_path / "live", tmp_path / "out"
+    with Store(live / "results.sqlite") as store:
+        store.add([tiny_run(max_steps=4)])
+        store.db.execute("PRAGMA wal_autocheckpoint = 0")  # as a killed writer leaves it: runs in the WAL
+        store.add([tiny_run(max_steps=5), tiny_run(max_steps=6)])
+        out.mkdir()
+        for name in ("results.sqlite", "results.sqlite-wal"):
+            shutil.copy(live / name, out / name)
+    assert (out / "results.sqlite-wal").stat().st_size > 0
+    with immutable(out / "results.sqlite", out / "results.sqlite-wal", out):
+        for args in (["doctor", str(out)], ["report", str(out), "--out", str(tmp_path / "report")]):
+            output = _one_line(runner.invoke(app, args))
+            assert "results.sqlite-wal" in output and "copy the directory" in output, output
+    shutil.copytree(out, tmp_path / "copy")  # what the message asks for reads every run
+    result = runner.invoke(app, ["doctor", str(tmp_path / "copy")])
+    assert result.exit_code == 0 and "3 pending" in result.output, result.output
+
+
+def test_an_empty_results_file_is_named_empty_not_damaged(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.sqlite").write_bytes(b"")
+    for args in (["doctor", str(out)], ["report", str(out)]):
+        output = _one_line(runner.invoke(app, args))
+        assert "is empty: no run has been recorded in it" in output and "damaged" not in output, output
+
+
 def test_readers_leave_a_results_directory_exactly_as_it_was(finished, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(finished, out)
@@ -719,3 +749,17 @@ def test_a_report_replaces_links_and_a_failed_write_keeps_the_last_report(finish
     (out / "report.html.1234.partial").write_text("<html>half")  # as a SIGKILLed report leaves it
     result = runner.invoke(app, ["doctor", str(out), "--repair"])
     assert "report.html.1234.partial" in result.output and not (out / "report.html.1234.partial").exists()
+
+
+@pytest.mark.parametrize("error", [sqlite3.OperationalError("database or disk is full"),
+                                   OSError(28, "No space left on device")])
+def test_a_full_disk_says_so_and_that_finished_runs_are_kept(monkeypatch, tmp_path, sweep, error):
+    """SQLite's SQLITE_FULL was reported as a damaged database, with advice to restore a copy."""
+    import recallkit.cli as cli
+
+    def full(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(cli, "run_sweep", full)
+    output = _one_line(runner.invoke(app, ["run", str(sweep), "--out", str(tmp_path / "out"), "--quiet"]))
+    assert "free space and rerun: every finished run is kept" in output and "damaged" not in output, output

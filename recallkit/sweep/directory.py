@@ -44,4 +44,7 @@ def describe(error: OSError) -> str:
         reason = "a parent of it is a file, not a directory"
     else:
         reason = error.strerror or type(error).__name__
-    return reason + (f" ({error.filename})" if error.filename else "")
+    reason += f" ({error.filename})" if error.filename else ""
+    if error.errno == errno.ENOSPC:  # nothing is damaged: what was recorded stays
+        reason += "; free space and rerun: every finished run is kept in the results database"
+    return reason

@@ -125,6 +125,8 @@ class Store:
             raise RecallkitError(f"no results database at {self.path}")
         if exists and not self.path.is_file():
             raise RecallkitError(f"{self.path} is not a file (a results database is one SQLite file)")
+        if exists and readonly and self.path.stat().st_size == 0:  # to SQLite, a database without tables
+            raise RecallkitError(f"{self.path} is empty: no run has been recorded in it")
         try:
             if exists:
                 inspector = self._inspector()
@@ -171,6 +173,12 @@ class Store:
         except sqlite3.OperationalError:
             if os.access(self.path.parent, os.W_OK | os.X_OK) and not _immutable(self.path.parent):
                 raise
+        wal = self.path.with_name(self.path.name + "-wal")
+        if wal.stat().st_size:  # read as immutable, SQLite ignores the WAL: it would read older results
+            raise RecallkitError(f"{self.path}: its latest results are in {wal.name}, which SQLite reads "
+                                 f"only with a {self.path.name}-shm it cannot create in this read-only "
+                                 "directory; copy the directory (with its -wal) somewhere writable and read "
+                                 "the copy")
         return self._connect("immutable=1")
 
     def _connect(self, parameter: str) -> sqlite3.Connection:
