@@ -135,7 +135,7 @@ class Store:
                 except BaseException:
                     inspector.close()
                     raise
-                if readonly:  # a reader leaves no side files behind
+                if readonly:  # no side files (beside a WAL, SQLite needs its -shm)
                     self.db = inspector
                     return
                 inspector.close()
