@@ -103,8 +103,8 @@ def check_model(model: Any, *, length: int = 24, batch_size: int = 3, seed: int 
         seed: the random tokens' seed (a local generator).
         vocab: draw tokens below this id (default: the model's vocabulary).
         rtol: tolerance relative to the largest |logit| (at least 1); default 1e-4 for float32 and
-            float64 weights, ``HALF_ULPS`` units of rounding for bfloat16 / float16 ones (a half-precision
-            model's forms differ in their last bits of every logit).
+            float64 weights, ``HALF_ULPS`` units of rounding (of that logit, at least 1) for bfloat16 /
+            float16 ones (a half-precision model's forms differ in the last bits of every logit).
     """
     if rtol is None:
         dtype = model.embed.weight.dtype

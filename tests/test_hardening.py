@@ -204,25 +204,31 @@ def test_report_and_doctor_work_on_a_read_only_directory(finished, tmp_path, swe
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
-def test_a_read_only_copy_whose_latest_results_are_in_its_wal_is_refused_not_read_stale(tmp_path):
-    """A copy of a killed sweep's directory without its -shm, read-only: SQLite reads it as immutable,
-    without the WAL, and doctor said "1 pending; ok" of a database whose WAL holds more runs."""
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_a_read_only_copy_whose_latest_results_are_in_its_wal_is_read_whole(tmp_path, sweep, checkpointed):
+    """A copy of a killed sweep's directory without its -shm, read-only: SQLite read it as immutable,
+    without the WAL, and doctor said "1 pending; ok" of a database whose WAL held 3 runs. A WAL already
+    copied into the database (checkpointed, as a writer killed after one leaves it) reads the same."""
     live, out = tmp_path / "live", tmp_path / "out"
     with Store(live / "results.sqlite") as store:
         store.add([tiny_run(max_steps=4)])
         store.db.execute("PRAGMA wal_autocheckpoint = 0")  # as a killed writer leaves it: runs in the WAL
         store.add([tiny_run(max_steps=5), tiny_run(max_steps=6)])
+        if checkpointed:
+            store.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         out.mkdir()
         for name in ("results.sqlite", "results.sqlite-wal"):
             shutil.copy(live / name, out / name)
     assert (out / "results.sqlite-wal").stat().st_size > 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     with immutable(out / "results.sqlite", out / "results.sqlite-wal", out):
-        for args in (["doctor", str(out)], ["report", str(out), "--out", str(tmp_path / "report")]):
-            output = _one_line(runner.invoke(app, args))
-            assert "results.sqlite-wal" in output and "copy the directory" in output, output
-    shutil.copytree(out, tmp_path / "copy")  # what the message asks for reads every run
-    result = runner.invoke(app, ["doctor", str(tmp_path / "copy")])
-    assert result.exit_code == 0 and "3 pending" in result.output, result.output
+        result = runner.invoke(app, ["doctor", str(out)])
+        assert result.exit_code == 0 and "3 pending" in result.output, result.output
+        result = runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "report")])
+        assert result.exit_code == 0 and "3 runs" in (tmp_path / "report" / "report.html").read_text()
+        output = _one_line(runner.invoke(app, ["run", str(sweep), "--out", str(out), "--quiet"]))
+        assert "cannot write" in output, output  # a writer's message, not a reader's
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_an_empty_results_file_is_named_empty_not_damaged(tmp_path):

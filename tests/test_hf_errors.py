@@ -325,3 +325,15 @@ def test_a_tiny_model_at_half_precision_is_its_saved_directory_loaded_at_that_pr
                                                                                    dtype=torch.bfloat16)
         with torch.no_grad():
             assert torch.equal(tiny(tokens), saved(tokens)), arch
+
+
+def test_a_tiktoken_tokenizer_model_is_left_to_transformers(tmp_path, monkeypatch):
+    """Only a SentencePiece proto needs sentencepiece: a tiktoken tokenizer.model (text) is not refused
+    for it (transformers reads it with tiktoken, which is not installed here: its own one line)."""
+    model, _ = build_tiny_model("llama", 0)
+    directory = tmp_path / "tiktoken"
+    model.save_pretrained(directory)
+    (directory / "tokenizer.model").write_text("IQ== 0\nIg== 1\n")  # base64 token, rank
+    with pytest.raises(RecallkitError) as error:
+        load_model(str(directory))
+    assert "sentencepiece" not in str(error.value) and "no usable tokenizer" in str(error.value)

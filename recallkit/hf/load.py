@@ -60,6 +60,15 @@ def _check_gguf(path: Path) -> None:
         raise RecallkitError(f"{path} is not a GGUF file (bad magic; truncated or corrupt?)")
 
 
+def _sentencepiece_model(path: Path) -> bool:
+    """Whether ``path`` is a SentencePiece model: a protobuf whose first field is its pieces (byte 0x0A);
+    a tiktoken ``tokenizer.model`` is text (base64 tokens and ranks), which transformers reads itself."""
+    if not path.is_file():
+        return False
+    with path.open("rb") as file:
+        return file.read(1) == b"\n"
+
+
 def _check_arch(config, source: str) -> None:
     if config.model_type not in SUPPORTED_ARCHS:
         raise RecallkitError(f"{source}: architecture {config.model_type!r} is not supported; supported: "
@@ -213,7 +222,7 @@ def load_model(source: str, *, dtype: torch.dtype = torch.float32, seed: int = 0
         if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json",
                                                            "tokenizer.model")):
             raise RecallkitError(f"{source}: the model directory has no tokenizer (tokenizer.json)")
-        if (not (path / "tokenizer.json").is_file() and (path / "tokenizer.model").is_file()
+        if (not (path / "tokenizer.json").is_file() and _sentencepiece_model(path / "tokenizer.model")
                 and importlib.util.find_spec("sentencepiece") is None):
             raise RecallkitError(f"{source}: its tokenizer is a SentencePiece tokenizer.model, which needs "
                                  "`pip install sentencepiece` (or save a tokenizer.json beside it)")

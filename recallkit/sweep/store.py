@@ -117,6 +117,7 @@ class Store:
             RecallkitError: no database (and not ``create``), a foreign or unreadable file.
         """
         self.path = Path(path)
+        self._scratch: tempfile.TemporaryDirectory | None = None  # a read-only WAL database's private copy
         if not readonly:  # SQLite writes through a link, and so would its journal files
             sidecars = (self.path.with_name(self.path.name + s) for s in ("-wal", "-shm", "-journal"))
             refuse_links(self.path, *sidecars)
@@ -129,16 +130,15 @@ class Store:
             raise RecallkitError(f"{self.path} is empty: no run has been recorded in it")
         try:
             if exists:
-                inspector = self._inspector()
+                self.db = self._inspector()
                 try:
-                    self._check_schema(inspector)
+                    self._check_schema(self.db)
                 except BaseException:
-                    inspector.close()
+                    self.close()
                     raise
                 if readonly:  # no side files (beside a WAL, SQLite needs its -shm)
-                    self.db = inspector
                     return
-                inspector.close()
+                self.close()
             make_directory(self.path.parent, "results directory")
             self.db = sqlite3.connect(self.path, timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -174,12 +174,15 @@ class Store:
             if os.access(self.path.parent, os.W_OK | os.X_OK) and not _immutable(self.path.parent):
                 raise
         wal = self.path.with_name(self.path.name + "-wal")
-        if wal.stat().st_size:  # read as immutable, SQLite ignores the WAL: it would read older results
-            raise RecallkitError(f"{self.path}: its latest results are in {wal.name}, which SQLite reads "
-                                 f"only with a {self.path.name}-shm it cannot create in this read-only "
-                                 "directory; copy the directory (with its -wal) somewhere writable and read "
-                                 "the copy")
-        return self._connect("immutable=1")
+        if not wal.stat().st_size:
+            return self._connect("immutable=1")
+        # Read as immutable, SQLite would ignore the WAL, which may hold the latest results (a killed
+        # writer's): read a private copy of the two files instead, where SQLite can build its -shm.
+        self._scratch = tempfile.TemporaryDirectory(prefix="recallkit-read-")
+        copy = Path(self._scratch.name) / self.path.name
+        copy.write_bytes(self.path.read_bytes())
+        copy.with_name(wal.name).write_bytes(wal.read_bytes())
+        return sqlite3.connect(f"{copy.as_uri()}?mode=ro", uri=True, timeout=30)
 
     def _connect(self, parameter: str) -> sqlite3.Connection:
         return sqlite3.connect(f"{self.path.resolve().as_uri()}?{parameter}", uri=True, timeout=30)
@@ -205,6 +208,9 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
 
     def __enter__(self) -> Store:
         return self
