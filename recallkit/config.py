@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import unicodedata
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -19,7 +20,7 @@ from recallkit.base_config import MixerConfig, StrictModel, TaskConfig
 from recallkit.kv import Policy, make_policy, resolve_budget
 from recallkit.kv.budget import CompressionRatio
 from recallkit.mixers import MIXERS, mixer_config
-from recallkit.sources import TINY_WITHOUT_ATTENTION, unknown_tiny
+from recallkit.sources import ARCHS_WITHOUT_ATTENTION, unknown_tiny
 from recallkit.tasks import task_config
 from recallkit.text_tasks import TextTaskConfig, make_text_task
 
@@ -334,6 +335,17 @@ class PretrainedModel(StrictModel):
         return self.pretrained.removeprefix("tiny:") if self.pretrained.startswith("tiny:") else None
 
 
+def _directory_arch(source: str) -> str | None:
+    """The ``model_type`` in a model directory's config.json, when ``source`` is one that reads (the
+    loader reports every other case); a run that cannot work is refused here, not retried by every
+    rerun."""
+    try:
+        config = json.loads((Path(source) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return config.get("model_type") if isinstance(config, dict) else None
+
+
 class PretrainedRunConfig(StrictModel):
     """An evaluation-only run of a pretrained model on a text task (no training) in one prompt mode:
     with the full cache, then under each of ``eval_policies`` (one evaluation row each, as a trained
@@ -369,7 +381,8 @@ class PretrainedRunConfig(StrictModel):
         """What a tiny model cannot do, refused before the run (it failed, and every rerun retried it)."""
         if self.model.tiny is not None and self.chat:
             raise ValueError("chat=True: tiny models' tokenizers have no chat template")
-        if self.model.tiny in TINY_WITHOUT_ATTENTION and self.eval_policies:
+        arch = self.model.tiny or _directory_arch(self.model.pretrained)
+        if self.eval_policies and arch in ARCHS_WITHOUT_ATTENTION:
             raise ValueError(f"eval_policies: {self.model.pretrained} has no attention layer, so no KV cache "
                              "to evict")
         return self

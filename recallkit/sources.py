@@ -5,8 +5,9 @@
 from __future__ import annotations
 
 TINY_ARCHS = ("llama", "mistral", "gpt_neox", "mamba", "mamba2", "qwen3_next", "lfm2", "falcon_h1")
-TINY_WITHOUT_ATTENTION = ("mamba", "mamba2")
-"""The tiny architectures with no softmax attention layer: no KV cache to evict."""
+ARCHS_WITHOUT_ATTENTION = ("mamba", "mamba2")
+"""The architectures (tiny ones, and a model directory's ``model_type``) with no softmax attention
+layer: no KV cache to evict."""
 
 
 def unknown_tiny(arch: str) -> str | None:

@@ -119,7 +119,7 @@ def test_what_a_tiny_model_cannot_do_is_refused_at_config_time():
     from recallkit.errors import one_line
     from recallkit.hf import load_model
     from recallkit.hf.evicting import attention_layers
-    from recallkit.sources import TINY_ARCHS, TINY_WITHOUT_ATTENTION
+    from recallkit.sources import ARCHS_WITHOUT_ATTENTION, TINY_ARCHS
 
     cases = [({"model": {"pretrained": "tiny:gpt2"}}, "model.pretrained: unknown tiny architecture 'gpt2'"),
              ({"model": {"pretrained": "tiny:llama"}, "chat": True}, "no chat template"),
@@ -131,4 +131,25 @@ def test_what_a_tiny_model_cannot_do_is_refused_at_config_time():
         assert message in one_line(error.value)
     for arch in TINY_ARCHS:  # the constant the check reads is what the models are
         has_attention = bool(attention_layers(load_model(f"tiny:{arch}").model))
-        assert has_attention == (arch not in TINY_WITHOUT_ATTENTION), arch
+        assert has_attention == (arch not in ARCHS_WITHOUT_ATTENTION), arch
+
+
+def test_eviction_on_a_model_directory_without_attention_is_refused_at_config_time(tmp_path):
+    """As a tiny:mamba run's: a Mamba directory's run with eval_policies failed at run time, and every
+    rerun retried it. A directory that cannot be read is left to the loader's one-line errors."""
+    from recallkit.errors import one_line
+    from recallkit.hf.tiny import build_tiny_model
+
+    policies = [{"policy": "window", "budget": 4}]
+    for arch in ("mamba", "llama"):
+        model, tokenizer = build_tiny_model(arch, 0)
+        model.save_pretrained(tmp_path / arch)
+        tokenizer.save_pretrained(tmp_path / arch)
+    with pytest.raises(ValidationError) as error:
+        PretrainedRunConfig(model={"pretrained": str(tmp_path / "mamba")}, task=TASK, eval_policies=policies)
+    assert "has no attention layer, so no KV cache to evict" in one_line(error.value)
+    for source in (tmp_path / "llama", tmp_path / "missing"):  # attention; no config to read
+        PretrainedRunConfig(model={"pretrained": str(source)}, task=TASK, eval_policies=policies)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("[not json")
+    PretrainedRunConfig(model={"pretrained": str(tmp_path / "broken")}, task=TASK, eval_policies=policies)
