@@ -34,7 +34,7 @@ from recallkit.report import frontier_points, write_compare, write_report
 from recallkit.report.common import accuracy_text, in_panel_order
 from recallkit.report.hover import point_names
 from recallkit.sweep import load_sweep, run_sweep
-from recallkit.sweep.directory import describe, make_directory
+from recallkit.sweep.directory import DISK_FULL_HINT, describe, make_directory
 from recallkit.sweep.doctor import diagnose
 from recallkit.sweep.ray_executor import RayOptions
 from recallkit.tasks import TASKS
@@ -78,8 +78,7 @@ def _one_line_errors(command):
         except sqlite3.DatabaseError as error:  # a results database damaged inside (its schema read fine)
             message = f"the results database is damaged ({error}); restore a copy or use another --out"
             if "disk is full" in str(error):  # SQLITE_FULL: the database is whole, the disk is not
-                message = (f"the disk is full ({error}); free space and rerun: every finished run is kept "
-                           "in the results database")
+                message = f"the disk is full ({error}); {DISK_FULL_HINT}"
         print(f"error: {first_line(message)}", file=sys.stderr)
         raise typer.Exit(EXIT_ERROR)
     return wrapper

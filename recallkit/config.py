@@ -378,7 +378,8 @@ class PretrainedRunConfig(StrictModel):
 
     @model_validator(mode="after")
     def _fits_a_tiny_model(self) -> PretrainedRunConfig:
-        """What a tiny model cannot do, refused before the run (it failed, and every rerun retried it)."""
+        """What a tiny model, or a model directory without attention, cannot do: refused before the run
+        (it failed, and every rerun retried it)."""
         if self.model.tiny is not None and self.chat:
             raise ValueError("chat=True: tiny models' tokenizers have no chat template")
         arch = self.model.tiny or _directory_arch(self.model.pretrained)

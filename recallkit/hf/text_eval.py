@@ -290,6 +290,11 @@ def _generate_batched(model: HFModel, ids: list[list[int]], max_new_tokens: int,
     return generated
 
 
+OUT_OF_MEMORY = re.compile(r"can't allocate memory|out of memory|not enough memory", re.IGNORECASE)
+"""How torch's CPU allocator (``DefaultCPUAllocator: can't allocate memory``, ``not enough memory``) and
+CUDA's (``CUDA out of memory``, also ``torch.OutOfMemoryError``, a RuntimeError) say they failed."""
+
+
 @contextlib.contextmanager
 def _in_memory(tokens: int, batch: int) -> Iterator[None]:
     """Name the prompt when reading it (the prefill, nothing after it) runs out of memory: a model
@@ -306,11 +311,6 @@ def _in_memory(tokens: int, batch: int) -> Iterator[None]:
                 else first_line(str(error), "none left"))
         raise RecallkitError(f"reading {what} needs more memory than this machine has ({size}); use a "
                              "shorter task" + (" or a smaller batch_size" if batch > 1 else "")) from error
-
-
-OUT_OF_MEMORY = re.compile(r"can't allocate memory|out of memory|not enough memory", re.IGNORECASE)
-"""How torch's CPU allocator (``DefaultCPUAllocator: can't allocate memory``, ``not enough memory``) and
-CUDA's (``CUDA out of memory``, also ``torch.OutOfMemoryError``, a RuntimeError) say they failed."""
 
 
 def render(model: HFModel, task: TextTaskConfig, example: TextExample, read_twice: bool, chat: bool) -> str:

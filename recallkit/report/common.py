@@ -146,11 +146,10 @@ def varying_settings(models: list[dict[str, Any]], omit: tuple[str, ...] = ()) -
     """Per model config, the settings that differ among ``models``, e.g. ``"window=8 feature_dim=4"``.
 
     A setting is named by the shortest end of its path that no other differing setting shares
-    (``0.window=8 1.window=16`` for a hybrid's two windows); one that repeats another of its name at
+    (``0.window=8 1.window=16`` for a hybrid's two windows). One that repeats another of its name at
     every model from another part of the config (the model's and the task's ``vocab_size``; not a
-    hybrid's layers, which are each named) is named once, and one a model lacks is
-    left out of its text. ``omit`` lists full paths shown elsewhere (a table's width column:
-    ``"d_model"``)."""
+    hybrid's layers, which are each named) is named once; one a model lacks is left out of its text.
+    ``omit`` lists full paths shown elsewhere (a table's width column: ``"d_model"``)."""
     flats = [flatten(model) for model in models]
     columns = {key: [json.dumps(flat.get(key)) for flat in flats]
                for key in dict.fromkeys(key for flat in flats for key in flat) if key not in omit}

@@ -38,6 +38,10 @@ def refuse_links(*paths: Path) -> None:
                                  "directory and does not follow links: remove the link")
 
 
+DISK_FULL_HINT = "free space and rerun: every finished run is kept in the results database"
+"""What a full disk leaves: nothing damaged, every recorded run kept."""
+
+
 def describe(error: OSError) -> str:
     """An OS error in words, naming the file it concerns when that is another path."""
     if error.errno == errno.ENOTDIR or isinstance(error, FileExistsError):
@@ -46,5 +50,5 @@ def describe(error: OSError) -> str:
         reason = error.strerror or type(error).__name__
     reason += f" ({error.filename})" if error.filename else ""
     if error.errno == errno.ENOSPC:  # nothing is damaged: what was recorded stays
-        reason += "; free space and rerun: every finished run is kept in the results database"
+        reason += f"; {DISK_FULL_HINT}"
     return reason
