@@ -106,8 +106,15 @@ def _frontier_table(rows: list[dict]) -> Table:
 def _run_and_report(sweep: Path, out: Path, executor: str, workers: int, quiet: bool,
                     device: str | None = None, ray_options: RayOptions | None = None,
                     wandb_project: str | None = None, wandb_mode: str = "offline",
-                    halving: bool = False, pack: bool = False) -> None:
+                    halving: bool = False, pack: bool = False, prune: bool = False) -> None:
     configs = load_sweep(sweep)
+    if prune:
+        from recallkit.sweep.prune import prune_removed
+
+        pruned = prune_removed(out, configs)
+        if not quiet or pruned:
+            console.print(f"pruned {len(pruned)} unfinished runs no longer in {escape(str(sweep))}"
+                          + (f": {_some(pruned)}" if pruned else ""))
     on_outcome = None
     if wandb_project:
         from recallkit.sweep.wandb_log import WandbLogger
@@ -128,8 +135,8 @@ def _run_and_report(sweep: Path, out: Path, executor: str, workers: int, quiet: 
     console.print(f"results: {out / 'results.sqlite'}\nfigure:  {png}\nreport:  {page}")
     if left:  # removed from the sweep file: the store keeps them, nothing will run them
         console.print(f"{len(left)} unfinished runs in {escape(str(out))} are no longer in "
-                      f"{escape(str(sweep))} and will not run (the report still lists them; a new --out "
-                      "starts clean)")
+                      f"{escape(str(sweep))} and will not run (the report still lists them; --prune "
+                      "forgets them)")
     if failed:
         console.print(f"{len(failed)} of {len(in_sweep)} runs failed (exit code {EXIT_RUNS_FAILED}); "
                       "`recallkit run` retries them")
@@ -164,6 +171,8 @@ def run(
     pack: Annotated[bool, typer.Option(help="train runs of one model, task and batch size that differ in "
                                             "lr, seed, ... as one packed model (serial; for GPUs: "
                                             "slower on a small CPU)")] = False,
+    prune: Annotated[bool, typer.Option(help="first forget the pending and failed runs no longer in the "
+                                             "sweep file (finished runs are kept)")] = False,
 ) -> None:
     """Run (or resume) a sweep into OUT/results.sqlite and write the report."""
     ray_options = None
@@ -173,7 +182,7 @@ def run(
     elif (ray_address, num_cpus, num_gpus) != (None, None, None):
         raise RecallkitError("--ray-address, --num-cpus and --num-gpus need --executor ray")
     _run_and_report(sweep, out, executor, workers, quiet, device, ray_options, wandb, wandb_mode, halving,
-                    pack)
+                    pack, prune)
 
 
 def _some(run_ids: list[str], shown: int = 5) -> str:

@@ -182,3 +182,38 @@ def test_a_failed_run_removed_from_the_sweep_file_no_longer_fails_the_sweep(tmp_
     again = runner.invoke(app, ["run", str(sweep), "--out", str(out), "--quiet"])
     assert again.exit_code == 0, again.output
     assert "1 unfinished runs in" in again.output and "are no longer in" in again.output
+
+
+def test_prune_forgets_unfinished_runs_no_longer_in_the_file_and_keeps_finished_ones(tmp_path, sweep_file):
+    """`run --prune` deletes the pending and failed rows (and checkpoints) of configs removed from the
+    sweep file; a finished run of a removed config, and every run still in the file, keep their rows."""
+    from recallkit.sweep import Store, load_sweep
+
+    sweep, out = sweep_file(steps=2), tmp_path / "out"
+    assert runner.invoke(app, ["run", str(sweep), "--out", str(out), "--quiet"]).exit_code == 0
+    ids = [config.run_id for config in load_sweep(sweep)]
+    assert len(ids) >= 3
+    failed, running, finished = ids[-1], ids[-2], ids[-3]
+    with Store(out / "results.sqlite") as store:
+        store.db.execute("UPDATE runs SET status = 'failed', error = 'gone' WHERE run_id = ?", (failed,))
+        store.db.execute("UPDATE runs SET status = 'running' WHERE run_id = ?", (running,))  # killed driver
+        store.db.commit()
+        before = {row["run_id"]: row for row in store.rows()}
+    checkpoint = out / "checkpoints" / f"{failed}.pt"
+    checkpoint.parent.mkdir(exist_ok=True)
+    checkpoint.write_bytes(b"a checkpoint of the removed run")
+    kept_checkpoint = out / "checkpoints" / f"{ids[0]}.pt"
+    kept_checkpoint.write_bytes(b"a checkpoint of a run still in the file")
+    sweep.write_text(sweep.read_text() + "configs = configs[:-3]\n")
+    pruned = runner.invoke(app, ["run", str(sweep), "--out", str(out), "--quiet", "--prune"])
+    assert pruned.exit_code == 0, pruned.output
+    assert "pruned 2 unfinished runs" in pruned.output and "will not run" not in pruned.output
+    with Store(out / "results.sqlite", readonly=True) as store:
+        after = {row["run_id"]: row for row in store.rows()}
+        evaluated = {row["run_id"] for row in store.evaluations()}
+    assert set(after) == set(before) - {failed, running}
+    assert after[finished]["metrics"] == before[finished]["metrics"] and finished in evaluated
+    assert not {failed, running} & evaluated
+    assert not checkpoint.exists() and kept_checkpoint.exists()
+    quiet = runner.invoke(app, ["run", str(sweep), "--out", str(out), "--quiet", "--prune"])
+    assert quiet.exit_code == 0 and "pruned" not in quiet.output  # nothing to prune, nothing said

@@ -286,6 +286,17 @@ class Store:
                   e.get("state_size"), e.get("accuracy")) for i, e in enumerate(evals)],
             )
 
+    def drop_unfinished(self, run_ids: list[str]) -> list[str]:
+        """Delete the rows (and evaluations) of those of ``run_ids`` that are not finished; returns
+        their ids. Finished runs are kept whatever is asked."""
+        asked = set(run_ids)
+        with self.db:  # one transaction: a run and its evaluations go together
+            dropped = [run_id for run_id, status in self.db.execute("SELECT run_id, status FROM runs")
+                       if run_id in asked and status not in FINISHED]
+            for table in ("evaluations", "runs"):
+                self.db.executemany(f"DELETE FROM {table} WHERE run_id = ?", [(r,) for r in dropped])
+        return dropped
+
     def evaluations(self) -> list[dict[str, Any]]:
         """Every evaluation row (run_id, idx, task, seq_len, policy, budget, mode, state_size, accuracy)."""
         cursor = self.db.execute("SELECT * FROM evaluations ORDER BY run_id, idx")
