@@ -171,3 +171,14 @@ def _leaves(state) -> list[torch.Tensor]:
     if isinstance(state, torch.Tensor):
         return [state]
     return [t for value in vars(state).values() for t in _leaves(value)]
+
+
+@pytest.mark.parametrize("kwargs", CONFIGS)
+def test_an_empty_prefill_with_a_prefix_length_returns_nothing_and_the_empty_state(kwargs):
+    """A prefill of 0 tokens given prefix_len crashed in the encoder (view(B, 0, H, -1)), where linear
+    attention and PLA without prefix_len return an empty output."""
+    mixer, x = make(**kwargs), inputs()[:, :0]
+    y, state = mixer.prefill(x, torch.zeros(3, dtype=torch.long))
+    assert y.shape == (3, 0, D)
+    continued = mixer.prefill(inputs(), state=state)[0]  # continues causally, as from no state
+    torch.testing.assert_close(continued, mixer.prefill(inputs())[0], atol=1e-6, rtol=1e-5)

@@ -58,18 +58,19 @@ def test_every_registry_key_is_covered():
 def test_load_and_continue_is_bit_identical(tmp_path, label, mixer):
     model, ids = build(mixer), tokens()
     head, rest = ids[:, :PREFIX], ids[:, PREFIX:]
+    whole = torch.full((BATCH,), PREFIX) if model.prefix_aware else None  # PLA reads its prefix whole
     with torch.no_grad():
-        _, state = model.prefill(head)
-        path = save_prefix_state(model, state, tmp_path / f"{label}.safetensors", PREFIX)
-        loaded, prefix_len = load_prefix_state(model, path)
+        _, state = model.prefill(head, whole)
+        path = save_prefix_state(model, state, tmp_path / f"{label}.safetensors", PREFIX, encoder_len=whole)
+        loaded, prefix_len = load_prefix_state(model, path, encoder_len=whole)
         assert prefix_len == PREFIX and loaded.position == PREFIX
         # prefill the rest: from the loaded state == from a freshly computed in-memory state
-        expected, _ = model.prefill(rest, state=model.prefill(head)[1])
+        expected, _ = model.prefill(rest, state=model.prefill(head, whole)[1])
         assert torch.equal(model.prefill(rest, state=loaded)[0], expected)
-        full, _ = model.prefill(ids)  # and recomputation of the whole sequence agrees
+        full, _ = model.prefill(ids, whole)  # and recomputation of the whole sequence agrees
         torch.testing.assert_close(expected, full[:, PREFIX:], atol=2e-5, rtol=1e-4)
         # step a few tokens from both states (a few: DeltaNet's step is slow on CPU)
-        memory, disk = model.prefill(head)[1], load_prefix_state(model, path)[0]
+        memory, disk = model.prefill(head, whole)[1], load_prefix_state(model, path, encoder_len=whole)[0]
         for t in range(STEPS):
             want, memory = model.step(rest[:, t], memory)
             got, disk = model.step(rest[:, t], disk)
@@ -188,3 +189,39 @@ def test_every_changed_prefix_token_is_refused(tmp_path):
             other[row, t] = (other[row, t] + 1) % VOCAB
             with pytest.raises(RecallkitError, match="other prefix tokens"):
                 load_prefix_state(model, path, prefix_ids=other)
+
+
+def test_a_prefix_aware_state_is_keyed_by_the_tokens_its_prefill_read_whole(tmp_path):
+    """PLA's state after 8 tokens differs with the encoder's M (tokens read non-causally): a file saved
+    after reading 4 of them whole loaded silently for a caller who meant all 8 (logits off by 0.06)."""
+    model, ids = build({"name": "pla", "feature_dim": 4, "num_heads": 2}), tokens()
+    head, rest = ids[:, :8], ids[:, 8:]
+    four, eight = torch.tensor([4, 4]), torch.tensor([8, 30])  # M beyond the tokens read is all of them
+    with torch.no_grad():
+        path = save_prefix_state(model, model.prefill(head, four)[1], tmp_path / "m4.safetensors",
+                                 encoder_len=four)
+        with pytest.raises(RecallkitError, match=r"reading \[4, 4\] prefix tokens whole.*not \[8, 8\]"):
+            load_prefix_state(model, path, encoder_len=eight)
+        with pytest.raises(RecallkitError, match="pass encoder_len="):
+            load_prefix_state(model, path)
+        with pytest.raises(RecallkitError, match="pass encoder_len="):
+            save_prefix_state(model, model.prefill(head)[1], tmp_path / "causal.safetensors")
+        causal = save_prefix_state(model, model.prefill(head)[1], tmp_path / "causal.safetensors",
+                                   encoder_len=torch.zeros(2, dtype=torch.long))
+        with pytest.raises(RecallkitError, match="encoder_len"):
+            load_prefix_state(model, causal, encoder_len=eight)
+        loaded = load_prefix_state(model, path, encoder_len=four.clone())[0]
+        torch.testing.assert_close(model.prefill(rest, state=loaded)[0], model(ids, four)[:, 8:],
+                                   atol=2e-5, rtol=1e-4)
+        with pytest.raises(RecallkitError, match=r"encoder_len must be \(2,\)"):
+            load_prefix_state(model, path, encoder_len=torch.tensor([4]))
+
+
+def test_prefix_ids_of_another_batch_are_refused(tmp_path):
+    """Two sequences' state saved under one sequence's tokens loaded for that one, with the other's
+    row first."""
+    model, ids = build({"name": "attention", "num_heads": 2}), tokens()[:, :8]
+    with torch.no_grad():
+        state = model.prefill(ids)[1]
+    with pytest.raises(RecallkitError, match="name 1 sequences, the state holds 2"):
+        save_prefix_state(model, state, tmp_path / "x.safetensors", prefix_ids=ids[1:2])

@@ -57,7 +57,7 @@ def model_fingerprint(model: nn.Module) -> str:
 
 def save_prefix_state(
     model: nn.Module, state: ModelState, path: str | Path, prefix_len: int | None = None, *,
-    prefix_ids: Tensor | None = None,
+    prefix_ids: Tensor | None = None, encoder_len: Tensor | None = None,
 ) -> Path:
     """Write ``state`` (the state after ``prefix_len`` tokens) to a safetensors file.
 
@@ -68,6 +68,9 @@ def save_prefix_state(
         prefix_len: tokens in the prefix; default ``state.position``, which it must equal.
         prefix_ids: the prefix's tokens (B, P); their sha256 goes into the header, and a load that
             names its prefix tokens is then refused for other ones.
+        encoder_len: for a prefix-aware model (PLA, JRT-RNN), required: the (B,) ``prefix_len`` its
+            prefill was given, the tokens it read whole (zeros for a causal read). Its state depends
+            on them, so the header records them and a load must name the same. Other models ignore it.
 
     Returns:
         The path written.
@@ -80,6 +83,10 @@ def save_prefix_state(
     tensors: dict[str, Tensor] = {}
     leaves: dict[str, _Leaf] = {}
     _flatten(state, "", tensors, leaves)
+    batch_size = next(iter(tensors.values())).shape[0] if tensors else 0  # state tensors are batch-first
+    if prefix_ids is not None and prefix_ids.shape[0] != batch_size:
+        raise RecallkitError(f"prefix_ids {tuple(prefix_ids.shape)} name {prefix_ids.shape[0]} sequences, "
+                             f"the state holds {batch_size}")
     # own contiguous CPU copies: safetensors wants contiguous, unshared storage (k, v are views of one qkv)
     tensors = {name: t.detach().to("cpu", copy=True).contiguous() for name, t in tensors.items()}
     metadata = {
@@ -91,19 +98,24 @@ def save_prefix_state(
     }
     if prefix_ids is not None:
         metadata["prefix_sha256"] = _tokens_hash(prefix_ids)
+    if getattr(model, "prefix_aware", False):
+        metadata["encoder_len"] = json.dumps(_read_whole(encoder_len, batch_size, prefix_len))
     metadata["checksum"] = _checksum(metadata, tensors)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_whole(path, lambda partial: save_file(tensors, partial, metadata=metadata))
 
 
-def load_prefix_state(model: nn.Module, path: str | Path, *,
-                      prefix_ids: Tensor | None = None) -> tuple[ModelState, int]:
+def load_prefix_state(model: nn.Module, path: str | Path, *, prefix_ids: Tensor | None = None,
+                      encoder_len: Tensor | None = None) -> tuple[ModelState, int]:
     """Read a prefix state saved for ``model``: (state on the model's device, prefix_len).
 
     ``prefix_ids``: the prefix tokens (B, P) the caller means to continue; the file must have been
     saved with the same ones (``save_prefix_state(..., prefix_ids=...)``). Without them the file is
     keyed by the model and the prefix length only.
+
+    ``encoder_len`` (prefix-aware models, required): the (B,) ``prefix_len`` the caller's prefill
+    would have been given (zeros: a causal read); the file must have been saved after the same read.
 
     Raises:
         RecallkitError: missing file, unreadable/truncated file, another format, a file saved by
@@ -140,6 +152,12 @@ def load_prefix_state(model: nn.Module, path: str | Path, *,
         raise RecallkitError(f"{path} holds no state tensors or malformed leaves")
     device = next(model.parameters()).device
     batch_size = next(iter(tensors.values())).shape[0]  # every state tensor is batch-first
+    if getattr(model, "prefix_aware", False):
+        wanted = _read_whole(encoder_len, batch_size, prefix_len)
+        if metadata.get("encoder_len") != json.dumps(wanted):
+            raise RecallkitError(f"{path} holds the state after reading {metadata.get('encoder_len')} "
+                                 f"prefix tokens whole (encoder_len), not {wanted}: a prefix-aware model's "
+                                 "state depends on them")
     template = model.init_state(batch_size)
     _check_against_template(path, template, tensors, leaves, prefix_len)
     stored = {name: t.to(device) for name, t in tensors.items()} | leaves
@@ -175,6 +193,19 @@ def _check_against_template(path: Path, template: Any, tensors: dict[str, Tensor
     for name, value in sorted(leaves.items(), key=lambda item: item[0] != "position"):  # position first
         if (name == "position" or name.endswith(".seen")) and value != prefix_len:
             raise RecallkitError(f"{path} is inconsistent: {name}={value!r} but prefix_len={prefix_len}")
+
+
+def _read_whole(encoder_len: Tensor | None, batch_size: int, prefix_len: int) -> list[int]:
+    """Per sequence, the prefix tokens a prefix-aware model read whole: min(M, prefix_len), as the
+    prefill reads them (M beyond the tokens read is all of them; M = 0 is a causal read)."""
+    if encoder_len is None:
+        raise RecallkitError("a prefix-aware model's state depends on the prefix tokens its prefill read "
+                             "whole: pass encoder_len=, the (B,) prefix_len given to prefill (zeros for a "
+                             "causal read)")
+    if encoder_len.shape != (batch_size,):
+        raise RecallkitError(f"encoder_len must be ({batch_size},), one per sequence of the state; got "
+                             f"{tuple(encoder_len.shape)}")
+    return [max(0, min(int(m), prefix_len)) for m in encoder_len.tolist()]
 
 
 def prefix_state_bytes(path: str | Path) -> int:

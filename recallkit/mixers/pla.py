@@ -74,7 +74,7 @@ class PLA(LinearAttention):
             raise ValueError(f"pla prefix_len must have shape ({B},), got {tuple(prefix_len.shape)}")
         # mask positions j >= M per example instead of slicing to max(M): no host-device sync in training
         in_prefix = torch.arange(T, device=x.device) < prefix_len.to(x.device)[:, None]  # (B, T)
-        k = self.phi(self.k_e(x).view(B, T, H, -1).transpose(1, 2))  # (B, H, T, F)
+        k = self.phi(self.k_e(x).view(B, T, H, self.config.feature_dim).transpose(1, 2))  # (B, H, T, F)
         ct = compute_dtype(x)  # a sum over the prefix: at least float32, like the causal state
         k = k.to(ct) * in_prefix[:, None, :, None].to(ct)
         v = self.v_e(x).view(B, T, H, self.value_dim).transpose(1, 2).to(ct)  # (B, H, T, d_v)
