@@ -18,7 +18,7 @@ from pydantic import Field, SerializeAsAny, field_validator, model_serializer, m
 
 from recallkit.base_config import MixerConfig, StrictModel, TaskConfig
 from recallkit.kv import Policy, make_policy, resolve_budget
-from recallkit.kv.budget import CompressionRatio
+from recallkit.kv.budget import CompressionRatio, as_number
 from recallkit.mixers import MIXERS, mixer_config
 from recallkit.sources import ARCHS_WITHOUT_ATTENTION, unknown_tiny
 from recallkit.tasks import task_config
@@ -146,6 +146,11 @@ class EvalPolicy(StrictModel):
     def _resolve_policy(cls, value: Any) -> Policy:
         return make_policy(value)
 
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _python_number(cls, value: Any) -> Any:
+        return as_number(value)
+
     @field_validator("budget")
     @classmethod
     def _check_budget(cls, value: int | float | None) -> int | float | None:
@@ -160,12 +165,9 @@ class EvalPolicy(StrictModel):
         if (self.budget is None) == (self.compression_ratio is None):
             raise ValueError("give exactly one of budget (tokens or a fraction of the context) and "
                              "compression_ratio (the fraction evicted, as kvpress)")
-        whole = isinstance(self.budget, float) and self.budget == 1.0  # 1 alone is one token
-        if not self.policy.evicts and not whole:
-            raise ValueError(f"{self.policy.name} never evicts: its budget is the whole context (1.0, or "
-                             "none); a smaller one would be reported for a cache that holds everything")
         if self.compression_ratio is not None:  # frozen model: set once, while validating
-            object.__setattr__(self, "budget", CompressionRatio(self.compression_ratio))
+            ratio = CompressionRatio(self.compression_ratio)
+            object.__setattr__(self, "budget", self.policy.budget_or_whole(ratio))
         elif isinstance(self.budget, int):
             self.policy.check_budget(self.budget)
         return self

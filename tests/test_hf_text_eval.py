@@ -322,6 +322,7 @@ def test_chat_puts_the_prompt_in_a_user_turn_and_the_cue_in_the_reply(model):
     ({"num_examples": 0}, "num_examples"),
     ({"max_new_tokens": 0}, "max_new_tokens"),
     ({"policy": {"name": "h2o", "recnt": 4}, "budget": 8}, "invalid H2O: recnt: Extra inputs"),
+    ({"policy": "full", "budget": 3}, "full never evicts"),  # budget_tokens=3 for a cache holding all
 ])
 def test_bad_input_is_one_line(model, kwargs, message):
     model.prefill = lambda *a, **k: pytest.fail("the model ran before the checks")

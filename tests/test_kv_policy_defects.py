@@ -6,6 +6,7 @@ from __future__ import annotations
 import runpy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -281,3 +282,57 @@ def test_window_policy_at_budget_b_is_a_sliding_window_of_b_plus_one(budget):
         narrower = model(budget)
         narrower.load_state_dict(evicting.state_dict())
         assert not torch.allclose(torch.stack(steps, 1)[:, budget + 1:], narrower(tokens)[:, budget + 1:])
+
+
+# --- budgets and bad input (a review's reference: a token budget means that many tokens) --------------
+
+@pytest.mark.parametrize("number", [np.int64, np.int32, np.uint8])
+def test_a_numpy_integer_budget_is_a_token_count_not_a_fraction(number):
+    """EvalPolicy read np.int64(1) as the fraction 1.0 (the whole context: no eviction) and refused
+    np.int64(4) as a bad fraction; budgets built with np.arange must mean what Python ints mean."""
+    for tokens in (1, 4):
+        policy = EvalPolicy(policy="h2o", budget=number(tokens))
+        assert type(policy.budget) is int and resolve_budget(policy.budget, 64) == tokens
+        assert resolve_budget(number(tokens), 64) == tokens
+        assert policy == EvalPolicy(policy="h2o", budget=tokens)  # and so the same run id
+    assert resolve_budget(np.float64(0.25), 64) == 16
+    assert KVCache(make_policy("window"), np.int64(3)).budget == 3
+
+
+def test_a_policy_that_never_evicts_refuses_a_partial_budget_everywhere():
+    """rk.evaluate(policy='full', budget=3) reported budget_tokens=3 for a cache that held every token;
+    EvalPolicy already refused it."""
+    torch.manual_seed(0)
+    model = rk.build_model(rk.ModelConfig(vocab_size=32, d_model=16, num_layers=1,
+                                          mixer={"name": "attention", "num_heads": 2})).eval()
+    batch = rk.make_task("mqar", vocab_size=32, seq_len=16, num_kv_pairs=[2]).generate(4, seed=0)
+    for budget in (3, 0.5, 1):
+        with pytest.raises(ValueError, match="full never evicts"):
+            rk.evaluate(model, batch, policy="full", budget=budget)
+    whole = rk.evaluate(model, batch, policy="full", budget=1.0)
+    assert whole["state_size"] == model.state_size(16)  # every token held, as reported
+    assert EvalPolicy(policy="full", compression_ratio=0.0).budget == 1.0  # evicts nothing: the whole
+    with pytest.raises(ValueError, match="full never evicts"):
+        EvalPolicy(policy="full", compression_ratio=0.5)
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: make_policy(None), "an eviction policy is a name"),
+    (lambda: make_policy(3), "an eviction policy is a name"),
+    (lambda: KVCache(make_policy("window"), 2.5), "whole number of tokens"),
+    (lambda: KVCache(make_policy("window"), True), "whole number of tokens"),
+])
+def test_bad_policies_and_budgets_are_named(make, message):
+    """make_policy(None) raised "'NoneType' object is not iterable"; a cache with budget 2.5 was built
+    and failed at its first eviction on a slice index."""
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_attention_over_another_number_of_keys_than_the_cache_holds_is_refused():
+    """Attention over 3 keys observed by a cache holding 1 broadcast into its statistics silently."""
+    cache = _filled_cache("h2o", 4, S=1, H=2)
+    with pytest.raises(ValueError, match="attention over 3 keys observed by a cache holding 1"):
+        cache.observe(torch.ones(1, 2, 1, 3) / 3)
+    cache.observe(torch.ones(1, 2, 1, 1))
+    assert cache.accumulated.shape == (1, 2, 1)

@@ -346,7 +346,9 @@ def _check_run(model: HFModel, policy: Any, budget: Budget | None, mode: str, nu
         raise RecallkitError(f"unknown eviction mode {mode!r}; use prefill or continuous")
     try:
         resolve_budget(budget, 1)
-        return make_policy(policy)
+        resolved = make_policy(policy)
+        resolved.budget_or_whole(budget)  # a partial budget for a cache that never evicts is refused
+        return resolved
     except ValidationError as error:  # which field, and why
         raise RecallkitError(one_line(error)) from None
     except ValueError as error:

@@ -10,6 +10,7 @@ compression_ratio=r)`` resolves through) follow kvpress exactly, except that at 
 
 from __future__ import annotations
 
+from numbers import Integral, Real
 from typing import Any
 
 Budget = int | float
@@ -48,12 +49,26 @@ class CompressionRatio(float):
         return CompressionRatio, (self.compression_ratio,)
 
 
+def as_number(value: Any) -> Any:
+    """A NumPy (or other) integer as an int and real as a float, so that a budget from ``np.arange``
+    means what the same Python number means (pydantic read ``np.int64(1)`` as the fraction 1.0: the
+    whole context); anything else (bools, CompressionRatio, bad input) unchanged."""
+    if isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, Integral):
+        return int(value)
+    if isinstance(value, Real):
+        return float(value)
+    return value
+
+
 def resolve_budget(budget: Budget, context_len: int) -> int:
     """Budget in tokens: an int as is, a float as that fraction of ``context_len`` rounded to the
     nearest (``max(1, round(f * T))``; Python rounds halves to even), a :class:`CompressionRatio`
     as kvpress does (``max(1, int(T * (1 - r)))``, rounded down)."""
     if isinstance(budget, CompressionRatio):
         return budget_from_compression_ratio(budget.compression_ratio, context_len)
+    budget = as_number(budget)
     if isinstance(budget, bool) or not isinstance(budget, int | float):
         raise ValueError(f"budget must be a token count or a fraction of the context, got {budget!r}")
     if isinstance(budget, float):

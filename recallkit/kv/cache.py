@@ -18,7 +18,9 @@ it without evicting (as kvpress does).
 Sliding-window layers: ``reach`` (set by the layer) is how many of the latest positions a query can
 still read; older tokens are ranked below every other by every policy, and dropped as soon as every
 row and head holds them (the oldest slots of each), and :meth:`KVCache.numel` counts only those in
-reach, so a windowed layer never holds or is charged for what its window masks.
+reach, so a windowed layer is never charged for what its window masks. Until every row and head has
+dropped a token, the tensors may hold it for some of them (a few steps; e.g. 128 slots held where
+104 are counted).
 
 Positions: the kept tokens keep their original positions; a policy that re-indexes (StreamingLLM's
 ``sinks`` with ``reindex_positions``) gives them the positions of their cache slots instead, and
@@ -27,6 +29,7 @@ the cache rotates their keys by the shift with the layer's ``rotate`` (RoPE rota
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Literal
 
 import torch
@@ -56,10 +59,13 @@ class KVCache:
 
     def __init__(self, policy: Policy, budget: int | None, mode: Mode = "continuous", seed: int = 0,
                  rotate: Rotate | None = None, history: int = 0) -> None:
-        if budget is not None and budget < 1:
-            raise ValueError(f"KV cache budget must be >= 1 token, got {budget}")
+        whole = isinstance(budget, Integral) and not isinstance(budget, bool)
+        if budget is not None and (not whole or budget < 1):
+            raise ValueError(f"KV cache budget must be a whole number of tokens >= 1, got {budget!r} "
+                             "(recallkit.kv.resolve_budget turns a fraction of the context into tokens)")
         if mode not in ("continuous", "prefill"):
             raise ValueError(f"unknown eviction mode {mode!r}; use continuous or prefill")
+        budget = None if budget is None else int(budget)  # a NumPy integer as a Python one
         self.policy, self.budget, self.mode, self.rotate = policy, budget, mode, rotate
         self.history = max(policy.history, history)  # queries in the ``recent`` ring
         self.generator = torch.Generator().manual_seed(seed)
@@ -146,6 +152,8 @@ class KVCache:
         summed over the queries, ``total`` (B, H_kv, S), and the last :meth:`tail_rows` queries' own,
         ``tail`` (B, H_kv, k, S); a reader that attends in chunks never holds the whole block's."""
         T = num_queries
+        if total.shape[-1] != len(self) or tail.shape[-1] != len(self):
+            raise ValueError(f"attention over {total.shape[-1]} keys observed by a cache holding {len(self)}")
         if self.stepwise and T != 1:
             raise ValueError(f"a continuous evicting cache reads one token at a time, got a block of {T}")
         total, tail = total.float(), tail.float()  # the statistics are float32 at any model dtype

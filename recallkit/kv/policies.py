@@ -68,8 +68,18 @@ class Policy(StrictModel):
 
     def budget_or_whole(self, budget: Any) -> Any:
         """``budget`` as given; when None, 1.0 (the whole context) for a policy that never evicts
-        (``full``), which needs none, and None for the others (their callers ask for one)."""
-        return 1.0 if budget is None and not self.evicts else budget
+        (``full``), which needs none, and None for the others (their callers ask for one).
+
+        Raises:
+            ValueError: a policy that never evicts given a budget other than the whole context: that
+                budget would be reported for a cache that holds everything.
+        """
+        if self.evicts:
+            return budget
+        if budget is not None and not (isinstance(budget, float) and budget == 1.0):  # 1 alone: one token
+            raise ValueError(f"{self.name} never evicts: its budget is the whole context (1.0, or none); "
+                             f"{budget!r} would be reported for a cache that holds everything")
+        return 1.0 if budget is None else budget
 
     def check_budget(self, budget: int) -> None:
         """Refuse, with a one-line ValueError, a token budget the policy cannot spend as it is meant
@@ -288,6 +298,9 @@ def make_policy(policy: str | dict[str, Any] | Policy) -> Policy:
     """A policy from its registry key, a ``{"name": key, **options}`` dict, or an instance."""
     if isinstance(policy, Policy):
         return policy
+    if not isinstance(policy, str | dict):
+        raise ValueError(f"an eviction policy is a name, a {{'name': key, ...}} dict or a Policy; "
+                         f"got {policy!r}")
     spec = {"name": policy} if isinstance(policy, str) else dict(policy)
     key = spec.get("name")
     if key not in POLICIES:
