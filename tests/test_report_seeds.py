@@ -10,7 +10,7 @@ import pytest
 from recallkit.report import frontier_points, write_report
 from recallkit.report.common import accuracy_text
 from recallkit.report.interactive import frontier_figure
-from recallkit.report.stats import bootstrap_interval
+from recallkit.report.stats import bootstrap_interval, seed_mean
 from recallkit.sweep import Store
 from tests.conftest import tiny_run
 from tests.test_report import row
@@ -156,9 +156,9 @@ def test_equal_seeds_draw_in_both_figures(tmp_path):
 
 
 def test_equal_seeds_draw_no_negative_error_bar():
-    rows = [seeded(str(i), 1e-3, i, 0.1) for i in range(3)]  # resampled sums of 0.1 round above the mean
+    rows = [seeded(str(i), 1e-3, i, 0.1) for i in range(3)]  # plain resampled sums of 0.1 round above it
     (point,) = frontier_points(rows)
-    assert point.interval[0] > point.accuracy  # what the figures must not draw as a negative bar
+    assert point.interval == (point.accuracy, point.accuracy)  # never a negative bar, nor a digit off
     bars = frontier_figure(frontier_points(rows), rows).data[0].error_y
     assert min(bars.array) >= 0 and min(bars.arrayminus) >= 0
 
@@ -197,3 +197,47 @@ def test_capability_rows_are_ordered_by_each_familys_largest_state():
     grid = capability_map(frontier_points(rows))
     assert grid.labels == ["mamba2", "attention"]  # largest 2000 < 8000 (smallest would be 1000 < 2000)
     assert grid.accuracy == [[0.3], [0.9]]
+
+
+@pytest.mark.parametrize("accuracy", [9 / 400, 0.1, 27 / 800])
+def test_equal_seeds_print_an_interval_that_holds_their_mean(accuracy):
+    """Three seeds at 9/400 printed 0.022 [0.023, 0.023]: the mean and the resampled means were
+    summed differently and fell on either side of a rounding edge."""
+    (point,) = frontier_points([seeded(str(i), 1e-3, i, accuracy) for i in range(3)])
+    mean_text = f"{point.accuracy:.3f}"
+    assert accuracy_text(point).startswith(f"{mean_text} [{mean_text}, {mean_text}] (3 seeds)")
+
+
+def test_every_interval_holds_its_mean_and_nan_is_refused():
+    values = [k / 800 for k in (3, 5, 7, 9, 11)]
+    for n in range(2, 6):
+        for start in range(len(values) - 1):
+            seeds = (values[start:] + values[:start])[:n]
+            low, high = bootstrap_interval(seeds)
+            assert low <= seed_mean(seeds) <= high
+    with pytest.raises(ValueError, match="NaN"):
+        bootstrap_interval([0.5, float("nan"), 0.7])
+
+
+def test_two_evaluations_of_one_run_in_one_panel_are_two_points_with_their_own_slices():
+    """A run evaluated on MQAR at 2 and at 4 pairs (one length: one panel) lost its 4-pair evaluation
+    from the whole report (one kept per seed), and the slice table read the first for both."""
+    from recallkit.report.hover import point_names
+    from recallkit.report.slices import slice_tables
+
+    tasks = [{"name": "mqar", "seq_len": 64, "num_kv_pairs": pairs} for pairs in (2, 4)]
+    rows = []
+    for seed, (two, four) in enumerate([(0.9, 0.3), (0.8, 0.4)]):
+        out = seeded(str(seed), 1e-3, seed, two)
+        out["config"]["eval_tasks"] = tasks
+        out["metrics"]["evals"] = [
+            {"task": "mqar", "seq_len": 64, "setting": "mqar T=64", "state_size": 100, "accuracy": accuracy,
+             "slices": {"num_kv_pairs": {str(pairs): {"accuracy": accuracy}, "9": {"accuracy": 0.0}}}}
+            for accuracy, pairs in ((two, 2), (four, 4))]
+        rows.append(out)
+    points = frontier_points(rows)
+    assert sorted(p.accuracy for p in points) == pytest.approx([0.35, 0.85])
+    assert sorted(point_names(points)) == ["attention num_kv_pairs=2", "attention num_kv_pairs=4"]
+    (table,) = slice_tables(rows, points)
+    assert {name: set(values) - {"9"} for name, values in table.rows} == {
+        "attention num_kv_pairs=2": {"2"}, "attention num_kv_pairs=4": {"4"}}

@@ -190,8 +190,10 @@ class FrontierPoint:
     budget of an eviction panel's point (None elsewhere) and ``policy`` its eviction policy's
     settings, ``prefill_tokens`` the best seed's mean prompt length when the evaluation reported it,
     ``runs`` how many runs the point is the best of, ``model`` the stored model config and ``task``
-    the training task's (their varying settings tag the point). ``run_id`` is the best seed's run.
-    ``diverged`` counts the seeds that diverged (each scored 0 in the mean).
+    the config of the task it scored (their varying settings tag the point), ``evaluation`` which
+    of its runs' stored evaluations it is (their index in ``metrics["evals"]``, the same for every
+    seed). ``run_id`` is the best seed's run. ``diverged`` counts the seeds that diverged (each scored
+    0 in the mean).
     """
 
     panel: str
@@ -212,12 +214,13 @@ class FrontierPoint:
     seed_runs: tuple[tuple[int, str], ...] = ()
     policy: dict[str, Any] | None = None
     task: dict[str, Any] | None = None
+    evaluation: int = 0
     diverged: int = 0
 
 
 def tag_fields(point: FrontierPoint) -> dict[str, Any]:
-    """What tells a point from the others of its line: its model config and the task it trained on
-    (two pair counts of MQAR at one length are two points, never one best of them)."""
+    """What tells a point from the others of its line: its model config and the task it scored (two
+    pair counts of MQAR at one length are two points, never one best of them)."""
     return {**point.model, "task": point.task or {}}
 
 

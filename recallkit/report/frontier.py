@@ -33,7 +33,7 @@ from recallkit.report.common import (
     tag_fields,
     varying_settings,
 )
-from recallkit.report.stats import bootstrap_interval
+from recallkit.report.stats import bootstrap_interval, seed_mean
 
 
 def _compact(value: float, _position: int) -> str:
@@ -60,6 +60,7 @@ def evaluations(row: dict[str, Any]) -> list[dict[str, Any]]:
          "state_size": row["state_size"], "accuracy": metrics.get("accuracy", 0.0)}
     ]
     twice = evals[0]["task"] == "read_twice"
+    tasks = _evaluated_tasks(row["config"], evals)
 
     def series(e: dict[str, Any]) -> str:
         reads = "" if (e["task"] == "read_twice") == twice else " [read once]" if twice else " [read twice]"
@@ -69,16 +70,28 @@ def evaluations(row: dict[str, Any]) -> list[dict[str, Any]]:
         {"panel": panel_name(e), "task": e["task"], "seq_len": e["seq_len"],
          "state_size": e["state_size"], "accuracy": e["accuracy"] if row["status"] == "done" else 0.0,
          "series": series(e), "budget": e.get("budget"),
-         "policy": e.get("policy_config"), "prefill_tokens": e.get("prefill_tokens")}
-        for e in evals if "length" not in e  # length-generalisation evals have their own plot
+         "policy": e.get("policy_config"), "prefill_tokens": e.get("prefill_tokens"),
+         "index": index, "evaluated": task}
+        for index, (e, task) in enumerate(zip(evals, tasks))
+        if "length" not in e  # length-generalisation evals have their own plot
     ]
 
 
-def _evaluated_task(config: dict[str, Any]) -> str:
-    """The training task of a run evaluated on it (no ``eval_tasks``): two such runs whose tasks differ
-    (MQAR at 4 and at 16 pairs) measure different things, so they are two points of their line and
-    never one best of them. A run evaluated on other tasks trained on a setting like its lr: ''."""
-    return "" if config.get("eval_tasks") else json.dumps(config.get("task"), sort_keys=True)
+def _evaluated_tasks(config: dict[str, Any], evals: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    """Per stored evaluation, the task config it scored: the run's test tasks in order (``eval_tasks``,
+    else its training task), then the headline for its other lengths and eviction policies."""
+    tests = config.get("eval_tasks") or [config.get("task")]
+    return [tests[i] if i < len(tests) else tests[0] for i in range(len(evals))]
+
+
+def _evaluated_task(config: dict[str, Any], task: dict[str, Any] | None) -> str:
+    """What an evaluation scored, ``task``, as part of its point's identity: two runs, or two
+    evaluations of one run (``eval_tasks`` with MQAR at 2 and at 4 pairs, one panel), whose tasks
+    differ measure different things, so they are two points of their line and never one best of them.
+    A run evaluated on other tasks trained on a setting like its lr, and is never one point with a run
+    evaluated on the task it trained on."""
+    own = "eval_tasks" if config.get("eval_tasks") else "trained"
+    return own + json.dumps(task, sort_keys=True)
 
 
 def frontier_points(rows: list[dict[str, Any]]) -> list[FrontierPoint]:
@@ -107,7 +120,7 @@ def frontier_points(rows: list[dict[str, Any]]) -> list[FrontierPoint]:
             label = row["label"] + evaluation["series"]
             key = (evaluation["task"], evaluation["seq_len"], evaluation["panel"], label,
                    row["config"]["model"].get("d_model", 0), model, json.dumps(evaluation["budget"]),
-                   _evaluated_task(row["config"]))
+                   _evaluated_task(row["config"], evaluation["evaluated"]))
             groups[key].append((row, evaluation))
     points = []
     for (_, _, _, label, width, _, _, _), group in sorted(groups.items()):
@@ -126,7 +139,7 @@ def frontier_points(rows: list[dict[str, Any]]) -> list[FrontierPoint]:
         accuracies = [e["accuracy"] for _, e in ordered]
         points.append(FrontierPoint(
             panel=best["panel"], label=label, d_model=width,
-            state_size=round(mean(e["state_size"] for _, e in ordered)), accuracy=mean(accuracies),
+            state_size=round(mean(e["state_size"] for _, e in ordered)), accuracy=seed_mean(accuracies),
             budget=best["budget"], prefill_tokens=best["prefill_tokens"],
             lr=row["config"].get("train", {}).get("lr"), run_id=row["run_id"], num_params=row["num_params"],
             wall_time=row["wall_time"], runs=len({r["run_id"] for r, _ in group}),
@@ -134,7 +147,7 @@ def frontier_points(rows: list[dict[str, Any]]) -> list[FrontierPoint]:
             seeds=tuple(accuracies) if len(accuracies) > 1 else (),
             interval=bootstrap_interval(accuracies),
             seed_runs=tuple((seed, seeds[seed][0]["run_id"]) for seed in sorted(seeds)),
-            policy=best["policy"], task=row["config"].get("task") if _evaluated_task(row["config"]) else None,
+            policy=best["policy"], task=best["evaluated"], evaluation=best["index"],
             diverged=sum(r["status"] == "diverged" for r, _ in ordered),
         ))
     return points

@@ -31,7 +31,7 @@ from recallkit.report.common import (
     run_setting,
     setting_rank,
 )
-from recallkit.report.stats import bootstrap_interval
+from recallkit.report.stats import bootstrap_interval, seed_mean
 
 BITS_PER_NUMBER = 32
 """State numbers are float32."""
@@ -111,7 +111,7 @@ def _over_seeds(by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     scored = [dict((length, (accuracy, state)) for length, accuracy, state in c["points"]) for c in curves]
     lengths = sorted(set.intersection(*(set(s) for s in scored)))
     per_seed = [[s[length][0] for s in scored] for length in lengths]
-    points = [(length, mean(values), scored[0][length][1]) for length, values in zip(lengths, per_seed)]
+    points = [(length, seed_mean(values), scored[0][length][1]) for length, values in zip(lengths, per_seed)]
     intervals = [bootstrap_interval(values) for values in per_seed] if len(curves) > 1 else []
     return {**curves[0], "points": points, "headline": mean(c["headline"] for c in curves),
             "seeds": per_seed if len(curves) > 1 else [], "interval": intervals}

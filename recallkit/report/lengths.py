@@ -43,8 +43,8 @@ def length_figure(rows: list[dict[str, Any]], points: list[FrontierPoint] | None
                 name += f" ({len(c['seeds'][0])} seeds)"
                 seeds = ["<br>seeds: " + ", ".join(f"{v:.3f}" for v in values) for values in c["seeds"]]
                 error = {"type": "data", "symmetric": False,
-                         "array": [high - a for a, (_, high) in zip(accuracies, c["interval"])],
-                         "arrayminus": [a - low for a, (low, _) in zip(accuracies, c["interval"])]}
+                         "array": [max(0.0, high - a) for a, (_, high) in zip(accuracies, c["interval"])],
+                         "arrayminus": [max(0.0, a - low) for a, (low, _) in zip(accuracies, c["interval"])]}
             figure.add_trace(go.Scatter(
                 x=lengths, y=accuracies, mode="lines+markers", name=name, legendgroup=name,
                 showlegend=name not in shown, line={"color": colors[c["label"]]}, error_y=error,

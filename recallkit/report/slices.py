@@ -58,7 +58,7 @@ def slice_tables(rows: list[dict[str, Any]], points: list[FrontierPoint]) -> lis
         line = [p for p in points if p.panel == panel]
         for point, name in zip(line, point_names(line)):
             runs = [by_id[run_id] for _, run_id in point.seed_runs] or [by_id[point.run_id]]
-            done = [_slices(run, panel) for run in runs if run["status"] == "done"]
+            done = [_slices(run, point.evaluation) for run in runs if run["status"] == "done"]
             diverged = len(runs) - len(done)
             for slice_name in dict.fromkeys(key for slices in done for key in slices):
                 values = dict.fromkeys(v for slices in done for v in slices.get(slice_name, {}))
@@ -69,12 +69,11 @@ def slice_tables(rows: list[dict[str, Any]], points: list[FrontierPoint]) -> lis
     return [table for table in tables.values() if len(table.values) > 1]
 
 
-def _slices(row: dict[str, Any], panel: str) -> dict[str, dict[str, dict[str, Any]]]:
-    """A finished run's slices in ``panel`` (its evaluation there without eviction or a length)."""
-    for eval_panel, stored in panel_evals(row):
-        if eval_panel == panel and not stored.get("policy") and "length" not in stored:
-            return stored.get("slices") or {}
-    return {}
+def _slices(row: dict[str, Any], evaluation: int) -> dict[str, dict[str, dict[str, Any]]]:
+    """A finished run's slices in its stored evaluation number ``evaluation`` (a frontier point's:
+    two evaluations of one run may share a panel, a task at two pair counts or read once and twice)."""
+    evals = panel_evals(row)
+    return (evals[evaluation][1].get("slices") or {}) if evaluation < len(evals) else {}
 
 
 def _mean(done: list[dict], slice_name: str, value: str, diverged: int) -> dict[str, Any]:
