@@ -45,17 +45,16 @@ def _hover(point: FrontierPoint, tag: str, row: dict[str, Any] | None) -> str:
 
 def _policy_line(point: FrontierPoint, row: dict[str, Any]) -> list[str]:
     """The eviction policy behind a point of an eviction panel, with its settings (one line)."""
-    for panel, stored in panel_evals(row):
-        if (panel == point.panel and stored.get("budget") == point.budget
-                and point.label.endswith(f"[{stored.get('policy')}]")
-                and stored.get("policy_config") == point.policy):
-            settings = dict(stored.get("policy_config") or {})
-            settings.pop("name", None)
-            pairs = " ".join(f"{k}={v}" for k, v in settings.items() if v is not None)
-            tokens = f" ({stored['budget_tokens']} tokens)" if stored.get("budget_tokens") is not None else ""
-            return [html.escape(f"policy: {stored['policy']} budget={stored['budget']:g}{tokens} "
-                                f"mode={stored.get('mode')} {pairs}".strip())]
-    return []
+    evals = panel_evals(row)
+    stored = evals[point.evaluation][1] if point.evaluation < len(evals) else {}
+    if not stored.get("policy"):
+        return []
+    settings = dict(stored.get("policy_config") or {})
+    settings.pop("name", None)
+    pairs = " ".join(f"{k}={v}" for k, v in settings.items() if v is not None)
+    tokens = f" ({stored['budget_tokens']} tokens)" if stored.get("budget_tokens") is not None else ""
+    return [html.escape(f"policy: {stored['policy']} budget={stored['budget']:g}{tokens} "
+                        f"mode={stored.get('mode')} {pairs}".strip())]
 
 
 def _error_bars(line: list[FrontierPoint]) -> dict[str, Any] | None:
