@@ -56,7 +56,10 @@ def resolve_device(device: str) -> torch.device:
 
 
 def lr_factor(step: int, warmup_steps: int, max_steps: int, min_ratio: float) -> float:
-    """Linear warmup to 1 over ``warmup_steps``, then cosine decay to ``min_ratio`` at ``max_steps``."""
+    """The learning-rate factor of update ``step`` (0-based): linear warmup, (step + 1) / warmup_steps,
+    then a cosine from 1 at update ``warmup_steps`` to ``min_ratio`` at update ``max_steps``, one past
+    the last: so the peak is used twice (the last warmup update and the first cosine one) and the
+    last update's factor is a little above ``min_ratio`` (a convention; the packed trainer keeps it)."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
