@@ -65,8 +65,9 @@ def _one_line_errors(command):
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while exiting: still one line
             resumes = command.__name__ in ("run", "demo")
-            print("interrupted" + (": the runs in flight stopped; they resume from their last checkpoint "
-                                   "on the next `recallkit run` (finished runs are kept)" if resumes else ""),
+            print("interrupted" + (": the runs in flight stopped; the next `recallkit run` resumes them from "
+                                   "their last checkpoint (Ray runs restart); finished runs are kept"
+                                   if resumes else ""),
                   file=sys.stderr)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except ValidationError as error:

@@ -291,3 +291,21 @@ def test_ctrl_c_inside_a_record_leaves_no_half_written_run(tmp_path, monkeypatch
     (row,) = run_sweep([config], tmp_path, quiet=True)
     with Store(tmp_path / "results.sqlite") as store:
         assert row["status"] == "done" and len(store.evaluations()) == len(row["metrics"]["evals"]) > 0
+
+
+@pytest.mark.parametrize("executor", ["serial", pytest.param("ray", marks=needs_ray)])
+def test_sigterm_stops_a_sweep_with_exit_143_and_nothing_on_stderr(tmp_path, sweep_file, executor):
+    """Under Ray, SIGTERM printed Ray's crash report ("*** SIGTERM received ... PC: @") and exited 1,
+    the code of an error; without Ray it exits 143 (128 + 15) in silence, and so it does now."""
+    sweep, out = sweep_file(steps=1000), tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "recallkit", "run", str(sweep), "--out", str(out),
+                                "--quiet", "--executor", executor],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline, db = time.time() + 300, out / "results.sqlite"  # a loaded machine starts Ray slowly
+    while time.time() < deadline and "running" not in {status for _, status, _ in _rows(db)}:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode in (143, -signal.SIGTERM) and stderr == ""
+    rows = run_sweep(load_sweep(sweep)[:1], out, executor="serial", quiet=True)  # the next run goes on
+    assert rows[0]["status"] == "done"

@@ -20,7 +20,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -168,14 +170,33 @@ def _session(ray: ModuleType, options: RayOptions) -> Iterator[tuple[bool, str]]
     kwargs: dict[str, Any] = {"address": address, "log_to_driver": False, "logging_level": logging.ERROR}
     if started:
         kwargs["include_dashboard"] = False
+    main = threading.current_thread() is threading.main_thread()
+    on_sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
         ray.init(**kwargs)
     except ConnectionError as error:  # e.g. refused, or the cluster wants an auth token we lack
         raise RecallkitError(f"cannot connect to Ray at {address}: {error}") from None
+    terminated: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        """SIGTERM: stop as a sweep without Ray does (exit 128 + 15), where Ray's own handler printed a
+        crash report and exited 1. Raised as Ctrl-C, the one exception Ray's blocking calls pass on
+        (a SystemExit raised in them comes out as exit 1), and turned into the exit below."""
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    if main:
+        signal.signal(signal.SIGTERM, stop)
     try:
         yield started, "a local Ray" if started else f"the Ray cluster at {address}"
+    except KeyboardInterrupt:
+        if terminated:  # the runs in flight are cancelled (run_ray) and pending again next time
+            raise SystemExit(128 + terminated[0]) from None
+        raise
     finally:
         ray.shutdown()
+        if main:
+            signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _check_reachable(address: str) -> None:
