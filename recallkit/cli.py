@@ -125,6 +125,8 @@ def _run_and_report(sweep: Path, out: Path, executor: str, workers: int, quiet: 
         console.print(f"{len(configs)} runs from {sweep} -> {out}")
     rows = run_sweep(configs, out, executor=executor, workers=workers, quiet=quiet, device=device,
                      ray_options=ray_options, on_outcome=on_outcome, halving=halving, pack=pack)
+    if on_outcome is not None and (caught_up := on_outcome.catch_up(configs, rows)):
+        console.print(f"W&B: logged {caught_up} finished runs that an earlier sweep had not logged")
     in_sweep = {config.run_id for config in configs}
     failed = [r for r in rows if r["status"] == "failed" and r["run_id"] in in_sweep]
     left = [r for r in rows if r["run_id"] not in in_sweep and r["status"] not in ("done", "diverged")]

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from recallkit.cli import app
 from recallkit.errors import RecallkitError
-from recallkit.sweep import run_sweep, wandb_log
+from recallkit.sweep import Store, load_sweep, run_sweep, wandb_log
 from recallkit.sweep.wandb_log import WandbLogger
 from tests.conftest import tiny_run
 
@@ -88,3 +88,68 @@ def test_the_sweep_bar_has_an_eta_when_runs_take_minutes():
         now[0] = finished
         progress.advance(task)
     assert progress.tasks[0].time_remaining == pytest.approx(2 * 120.0, rel=0.01)
+
+
+def _logged_runs(out) -> set[str]:
+    """Run ids of the offline W&B runs with a log (a driver killed mid-init leaves an empty folder)."""
+    return {run.name.rsplit("-", 1)[-1] for run in (out / "wandb").glob("offline-run-*")
+            if any(log.stat().st_size > 100 for log in run.glob("*.wandb"))}
+
+
+@pytest.mark.parametrize("project", ["bad/name", "bad#name?", "x" * 200, " "])
+def test_a_bad_project_name_is_refused_before_any_run(tmp_path, sweep_file, project):
+    """W&B checks the name at a run's init: the first run trained, then a 63-line traceback stopped
+    the sweep, and every rerun trained one more run and crashed again."""
+    result = CliRunner().invoke(app, ["run", str(sweep_file(steps=2)), "--out", str(tmp_path / "out"),
+                                      "--wandb", project])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert "project name" in result.output and not (tmp_path / "out" / "results.sqlite").exists()
+
+
+def test_a_wandb_error_never_stops_the_sweep_and_the_next_sweep_logs_what_it_missed(
+        tmp_path, sweep_file, monkeypatch):
+    """A W&B error while logging (a full disk, an unreachable server) stopped the sweep after the run
+    that had finished, and runs finished in such attempts, or by a driver killed while logging them,
+    were never logged; failed runs were logged, and logged again by the rerun that retried them."""
+    import wandb
+
+    sweep, out = sweep_file(steps=2), tmp_path / "out"
+    init = wandb.init
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(kwargs["id"])
+        if len(calls) == 2:
+            raise wandb.errors.CommError("the server is unreachable")
+        return init(*args, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", failing)
+    first = CliRunner().invoke(app, ["run", str(sweep), "--out", str(out), "--quiet", "--wandb", "p"])
+    assert first.exit_code == 0, first.output
+    assert first.output.count("W&B logging of") == 1
+    assert "CommError: the server is unreachable" in first.output
+    assert len(calls) == 2 and len(_logged_runs(out)) == 1  # paused after the error: no init per run
+    ids = [config.run_id for config in load_sweep(sweep)]
+    ledger = out / "wandb" / "logged.txt"
+    assert ledger.read_text().split() == [calls[0]]
+    ledger.write_text("")  # as a driver killed while logging its first run
+    monkeypatch.setattr(wandb, "init", init)
+    with Store(out / "results.sqlite") as store:  # a run that failed is not logged
+        store.db.execute("UPDATE runs SET status = 'failed', error = 'boom' WHERE run_id = ?", (ids[-1],))
+        store.db.commit()
+    again = CliRunner().invoke(app, ["run", str(sweep), "--out", str(out), "--quiet", "--wandb", "p"])
+    assert again.exit_code == 0, again.output
+    assert "W&B: logged 7 finished runs that an earlier sweep had not logged" in again.output
+    assert _logged_runs(out) == set(ids) and sorted(ledger.read_text().split()) == sorted(ids)
+    folders = sorted((out / "wandb").glob("offline-run-*"))
+    quiet = CliRunner().invoke(app, ["run", str(sweep), "--out", str(out), "--quiet", "--wandb", "p"])
+    assert quiet.exit_code == 0 and sorted((out / "wandb").glob("offline-run-*")) == folders
+
+
+
+def test_a_failed_run_is_left_to_its_retry(tmp_path):
+    logger = WandbLogger("p", tmp_path)
+    config = tiny_run(seed=0)
+    logger(config, {"status": "failed", "error": "boom", "metrics": None})
+    assert not (tmp_path / "wandb").exists() or not list((tmp_path / "wandb").glob("offline-run-*"))
+    assert logger.logged() == set()

@@ -1,15 +1,22 @@
 """Optional Weights & Biases logging of a sweep: one W&B run per finished recallkit run, from the driver.
 
-Each finished run becomes a W&B run named by its label and width, with id = the run id (so a
-resumed sweep does not duplicate it), its config, its learning curve as history and its final
-metrics (and every evaluation's accuracy) as summary. ``mode="offline"`` (the default) writes
-under ``DIR/wandb`` with no network; ``wandb sync DIR/wandb/offline-run-*`` uploads later.
+Each finished run (``done`` or ``diverged``; a ``failed`` one is retried by the next sweep and
+logged when it finishes) becomes a W&B run named by its label and width, with id = the run id, its
+config, its learning curve as history and its final metrics (and every evaluation's accuracy) as
+summary. ``mode="offline"`` (the default) writes under ``DIR/wandb`` with no network; ``wandb sync
+DIR/wandb/offline-run-*`` uploads later.
+
+``DIR/wandb/logged.txt`` lists the runs logged whole, so that a run is logged once: the sweep's
+finished runs missing from it (a driver killed while logging, a W&B error, a sweep run without
+``--wandb``) are logged at the end of the next sweep that logs (:meth:`WandbLogger.catch_up`). A W&B
+error never stops the sweep: it is one line on stderr, and logging pauses until that next sweep.
 """
 
 from __future__ import annotations
 
 import netrc
 import os
+import sys
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -19,6 +26,9 @@ from recallkit.errors import RecallkitError, first_line
 
 WandbMode = Literal["offline", "online", "disabled"]
 INSTALL_HINT = "W&B logging needs `pip install recallkit[wandb]`"
+LOGGED_FILE = "logged.txt"
+"""In ``DIR/wandb``: the run ids logged whole, one per line."""
+LOGGED_STATUSES = ("done", "diverged")
 
 
 def _wandb() -> Any:
@@ -71,19 +81,62 @@ class WandbLogger:
         if mode not in ("offline", "online", "disabled"):
             raise ValueError(f"unknown W&B mode {mode!r}; use offline, online or disabled")
         self.wandb = _wandb()
+        if not project.strip():
+            raise RecallkitError("--wandb needs a W&B project name")
+        try:  # W&B checks the name only at a run's init: after the first run trained
+            self.wandb.Settings(project=project)
+        except Exception as error:  # noqa: BLE001 (wandb's UsageError or pydantic's)
+            raise RecallkitError(f"bad W&B project name: {first_line(str(error))}") from None
         if mode == "online" and not has_wandb_login():  # else the first finished run would fail (or prompt)
             raise RecallkitError("W&B online mode needs a login (`wandb login` or WANDB_API_KEY); or log "
                                  "with --wandb-mode offline and `wandb sync` later")
         self.project, self.mode, self.dir = project, mode, Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.paused = False  # after a W&B error: the next sweep logs what this one missed
+
+    @property
+    def ledger(self) -> Path:
+        return self.dir / "wandb" / LOGGED_FILE
+
+    def logged(self) -> set[str]:
+        """The run ids logged whole so far."""
+        return set(self.ledger.read_text().split()) if self.ledger.is_file() else set()
 
     def __call__(self, config: RunConfig, outcome: dict[str, Any]) -> None:
-        run = self.wandb.init(
-            project=self.project, id=config.run_id, name=config.progress_label,
-            config=config.model_dump(mode="json"), dir=str(self.dir), mode=self.mode, resume="allow",
-            settings=self.wandb.Settings(silent=True, console="off"),
-        )
-        for point in (outcome.get("metrics") or {}).get("curve", []):
-            run.log({k: v for k, v in point.items() if k != "step"}, step=point["step"])
-        run.summary.update(_summary(outcome))
-        run.finish()
+        """Log one finished run (``run_sweep``'s ``on_outcome``); a failed one is left to its retry."""
+        if self.paused or outcome["status"] not in LOGGED_STATUSES:
+            return
+        try:
+            run = self.wandb.init(
+                project=self.project, id=config.run_id, name=config.progress_label,
+                config=config.model_dump(mode="json"), dir=str(self.dir), mode=self.mode, resume="allow",
+                settings=self.wandb.Settings(silent=True, console="off"),
+            )
+            for point in (outcome.get("metrics") or {}).get("curve", []):
+                run.log({k: v for k, v in point.items() if k != "step"}, step=point["step"])
+            run.summary.update(_summary(outcome))
+            run.finish()
+        except Exception as error:  # noqa: BLE001 (W&B's errors: network, disk, its own checks)
+            self.paused = True
+            print(f"warning: W&B logging of {config.run_id} failed ({type(error).__name__}: "
+                  f"{first_line(str(error))}); no more runs are logged in this sweep, and the next "
+                  "`recallkit run --wandb` logs the ones it missed", file=sys.stderr)
+            return
+        self.ledger.parent.mkdir(exist_ok=True)  # W&B's own folder (none in disabled mode)
+        with self.ledger.open("a") as ledger:  # after finish(): a run cut short is logged again
+            ledger.write(config.run_id + "\n")
+            ledger.flush()
+            os.fsync(ledger.fileno())
+
+    def catch_up(self, configs: list[RunConfig], rows: list[dict[str, Any]]) -> int:
+        """Log the finished runs of ``configs`` that are not logged yet (``rows``: the store's);
+        returns how many were logged."""
+        by_id, logged, count = {row["run_id"]: row for row in rows}, self.logged(), 0
+        for config in configs:
+            row = by_id.get(config.run_id)
+            if self.paused or row is None or row["status"] not in LOGGED_STATUSES or config.run_id in logged:
+                continue
+            self(config, {key: row.get(key) for key in ("status", "metrics", "state_size", "num_params",
+                                                         "wall_time", "error")})
+            count += not self.paused
+        return count
