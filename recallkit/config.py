@@ -233,8 +233,8 @@ class RunConfig(StrictModel):
     @model_validator(mode="after")
     def _check_lengths(self) -> RunConfig:
         if self.eval_lengths and not self.test_tasks[0].has_length_axis:
-            raise ValueError(f"eval_lengths needs a task with a length axis (copy, ngram_lookup, phonebook); "
-                             f"task {self.test_tasks[0].name!r} has none")
+            raise ValueError(f"eval_lengths needs a task with a length axis (`recallkit list tasks`: one "
+                             f"that declares a length_unit); task {self.test_tasks[0].name!r} has none")
         if any(length < 1 for length in self.eval_lengths):
             raise ValueError(f"eval_lengths must be >= 1; got {self.eval_lengths}")
         return self

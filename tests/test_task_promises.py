@@ -111,3 +111,46 @@ def test_every_length_of_the_range_is_drawn_both_ends_included(task):
     lo, hi = task.length_range()
     drawn = set(task.generate(200, seed=0).slices["length"].tolist())
     assert drawn == set(range(lo, hi + 1))
+
+
+def test_every_length_task_is_rebuilt_at_length_one():
+    """state_tracking.at_length(1) asked for seq_len=1, which every task refuses: eval_lengths=[1]
+    failed with a validation error on a field the caller never set."""
+    for task in _length_tasks():
+        lo, _ = task.length_range()
+        if lo <= 1:
+            assert set(task.at_length(1).generate(8, seed=0).slices["length"].tolist()) == {1}
+
+
+def test_compositional_mqar_suggests_a_vocabulary_that_fits():
+    """24 does not fit a 3 x 3 grid (8 values) while 23 does (9), and the error said "use vocab_size >=
+    23" to a vocab_size of 24. Reference: g first halves in [1, V//3) and g^2 values in [2V//3, V)."""
+    from recallkit.tasks.compositional_mqar import CompositionalMQARConfig
+
+    g = 3
+
+    def fits(V: int) -> bool:
+        return len(range(1, V // 3)) >= g and len(range(2 * (V // 3), V)) >= g * g
+
+    for V in range(3, 60):
+        if fits(V):
+            assert CompositionalMQARConfig(vocab_size=V, seq_len=60, num_kv_pairs=g * g).vocab_size == V
+            continue
+        with pytest.raises(ValueError, match=r"use vocab_size=(\d+)") as error:
+            CompositionalMQARConfig(vocab_size=V, seq_len=60, num_kv_pairs=g * g)
+        suggested = int(re.search(r"use vocab_size=(\d+)", str(error.value)).group(1))
+        assert suggested == next(W for W in range(V + 1, 200) if fits(W))
+        assert f"the smallest is {next(W for W in range(3, 200) if fits(W))}" in str(error.value)
+
+
+def test_forgetting_mqar_suggests_the_smallest_vocabulary():
+    """n keys in [1, V//2) and n + u distinct values in [V//2, V); the hint said 2(n + u), one more than
+    needed when n + u values fit in the upper half of an odd V."""
+    from recallkit.tasks.forgetting_mqar import ForgettingMQARConfig
+
+    n, u = 3, 2
+    smallest = next(V for V in range(2, 100) if V // 2 - 1 >= n and V - V // 2 >= n + u)
+    with pytest.raises(ValueError, match=f"use vocab_size >= {smallest}"):
+        ForgettingMQARConfig(vocab_size=smallest - 1, seq_len=64, num_kv_pairs=n, num_updates=u,
+                             max_overwrites=2)
+    ForgettingMQARConfig(vocab_size=smallest, seq_len=64, num_kv_pairs=n, num_updates=u, max_overwrites=2)

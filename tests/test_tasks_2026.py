@@ -106,7 +106,7 @@ def test_forgetting_read_twice_repeats_the_context_with_its_updates():
         ({"num_kv_pairs": 4, "num_updates": 4}, "needs max_overwrites <= num_updates <= "),
         ({"num_kv_pairs": 4, "num_updates": 1, "max_overwrites": 2}, "= 2..6; got num_updates=1"),
         ({"num_kv_pairs": 8, "num_updates": 4, "seq_len": 39}, "seq_len >= 2*(num_kv_pairs+num_updates)"),
-        ({"num_kv_pairs": 8, "num_updates": 4, "vocab_size": 20}, "use vocab_size >= 24"),
+        ({"num_kv_pairs": 8, "num_updates": 4, "vocab_size": 20}, "use vocab_size >= 23"),
         ({"num_kv_pairs": 1, "num_updates": 1}, "greater than or equal to 2"),
     ],
 )
@@ -191,7 +191,7 @@ def test_compositional_read_twice():
         ({"num_kv_pairs": 8}, "needs num_kv_pairs = g^2"),
         ({"num_kv_pairs": 1}, "greater than or equal to 4"),
         ({"num_kv_pairs": 9, "seq_len": 53}, "needs seq_len >= 6*num_kv_pairs = 54"),
-        ({"num_kv_pairs": 9, "vocab_size": 22}, "use vocab_size >= 23"),
+        ({"num_kv_pairs": 9, "vocab_size": 22}, "use vocab_size=23 (the next that fits; the smallest is 23)"),
     ],
 )
 def test_compositional_impossible_sizes_are_one_line_errors(fields, message):

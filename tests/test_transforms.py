@@ -154,3 +154,15 @@ def test_run_config_with_read_twice_trains_and_reports_the_longer_state():
     assert row["seq_len"] == 20  # the state is reported at the longer length
     assert row["state_size"] == result.model.state_size(20) > result.model.state_size(16)
     assert row["prefill_tokens"] == 2 * 4  # both copies of the 2-pair context
+
+
+@pytest.mark.parametrize(("name", "fields"), CASES)
+def test_read_twice_of_a_generative_task_is_generative_with_one_answer_span(name, fields):
+    """read_twice dropped the inner task's generative flag: JRT runs of copy, n-gram lookup, phone book
+    and counting lost the greedy scores of the plain runs beside them in one panel."""
+    from recallkit.generation import answer_spans
+
+    inner, task = rk.make_task(name, **fields), read_twice({"name": name, **fields})
+    assert task.generative == inner.generative
+    if task.generative:
+        answer_spans(task.generate(16, seed=0).labels)  # one contiguous answer per row, or it raises

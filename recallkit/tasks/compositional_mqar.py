@@ -16,9 +16,10 @@ from recallkit.tasks.mqar import query_slot_log_probs
 from recallkit.tasks.sampling import distinct_rows
 
 
-def _smallest_vocab(g: int) -> int:
-    """The smallest V with g first halves in [1, V/3) and g^2 values in [2V/3, V)."""
-    V = 3
+def _fitting_vocab(g: int, at_least: int = 3) -> int:
+    """The smallest V >= ``at_least`` with g first halves in [1, V/3) and g^2 values in [2V/3, V).
+    Not monotone in V: V = 3t has t values and V = 3t - 1 has t + 1 (23 fits a 3 x 3 grid, 24 not)."""
+    V = max(3, at_least)
     while V // 3 - 1 < g or V - 2 * (V // 3) < g * g:
         V += 1
     return V
@@ -82,7 +83,8 @@ class CompositionalMQARConfig(TaskConfig):
         if g > third - 1 or n > self.vocab_size - 2 * third:
             raise ValueError(f"vocab_size={self.vocab_size} has {third - 1} first halves in [1, V/3) and "
                              f"{self.vocab_size - 2 * third} values for a {g}x{g} grid; "
-                             f"use vocab_size >= {_smallest_vocab(g)}")
+                             f"use vocab_size={_fitting_vocab(g, self.vocab_size)} (the next that fits; "
+                             f"the smallest is {_fitting_vocab(g)})")
         return self
 
     def generate(self, num_examples: int, seed: int) -> Batch:

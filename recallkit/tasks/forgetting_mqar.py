@@ -14,6 +14,13 @@ from recallkit.tasks.base import IGNORE_INDEX, Batch
 from recallkit.tasks.mqar import query_slot_log_probs
 
 
+def _smallest_vocab(n: int, u: int) -> int:
+    """The smallest V with n keys in [1, V/2) and n + u distinct values in [V/2, V)."""
+    V = 2
+    while V // 2 - 1 < n or V - V // 2 < n + u:
+        V += 1
+    return V
+
 class ForgettingMQARConfig(TaskConfig):
     """MQAR with overwrites: ``num_updates`` later statements re-assign keys; queries want the last value.
 
@@ -85,7 +92,8 @@ class ForgettingMQARConfig(TaskConfig):
         if n > half - 1 or n + u > self.vocab_size - half:
             raise ValueError(
                 f"vocab_size={self.vocab_size} has {half - 1} keys and {self.vocab_size - half} values for "
-                f"num_kv_pairs={n} keys and {n + u} distinct values; use vocab_size >= {2 * (n + u)}"
+                f"num_kv_pairs={n} keys and {n + u} distinct values; use vocab_size >= "
+                f"{_smallest_vocab(n, u)}"
             )
         return self
 

@@ -120,7 +120,7 @@ class StateTrackingConfig(MinMaxLength, TaskConfig):
         return 0
 
     def seq_len_for(self, length: int) -> int:
-        return length  # a label at every position, nothing after the word
+        return max(length, 2)  # a label at every position, nothing after the word (a task has T >= 2)
 
     def bits_per_unit(self) -> float:
         return math.log2(self.group_size)

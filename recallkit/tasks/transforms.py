@@ -80,6 +80,13 @@ class ReadTwiceConfig(TaskConfig):
         """The inner task's panel: read-twice runs sit on the frontier of the task they read."""
         return self.task.setting
 
+    @property
+    def generative(self) -> bool:  # type: ignore[override]
+        """The inner task's: its answer is still one span (later, by the repeated context), and read-twice
+        runs of a generative task are scored on greedy generation as the plain runs beside them. It
+        has no length axis (``eval_lengths`` is refused)."""
+        return self.task.generative
+
     def max_prefix_len(self) -> int:
         """Longest repeated context: ``repeats * max_context_len(task)`` prefill tokens."""
         return self.repeats * max_context_len(self.task)
