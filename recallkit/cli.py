@@ -13,6 +13,7 @@ import re
 import signal
 import sqlite3
 import sys
+import tempfile
 import threading
 from functools import wraps
 from pathlib import Path
@@ -248,18 +249,23 @@ def list_registry(what: Annotated[Literal["mixers", "tasks", "policies"], typer.
     registries = {"mixers": MIXERS, "tasks": TASKS, "policies": POLICIES}
     mixers = what == "mixers"
     if mixers:
-        console.print("state: numbers per sequence and layer after T tokens (default config, d_model=128); "
-                      "KV/token: cache numbers one token adds (- = no KV cache)", soft_wrap=True)
+        console.print("state: numbers per sequence and layer after T tokens (default config, d_model=128; "
+                      "- = that config cannot read T tokens); KV/token: cache numbers one token adds (- = no "
+                      "KV cache)", soft_wrap=True)
         console.print(f"{'mixer':<20} {'T=1k':>9} {'T=8k':>9} {'KV/token':>8}  description", soft_wrap=True)
     for key, cls in registries[what].items():
         doc = _first_sentence(cls.__doc__ or "")
         if mixers:
             kv = default_kv_numbers_per_token(key, d_model=128)
-            small, large = (default_state_size(key, n, d_model=128) for n in (1024, 8192))
-            console.print(f"{key:<20} {small:>9,} {large:>9,} {'-' if kv is None else kv:>8}  {doc}",
+            small, large = (_count(default_state_size(key, n, d_model=128)) for n in (1024, 8192))
+            console.print(f"{key:<20} {small:>9} {large:>9} {'-' if kv is None else kv:>8}  {doc}",
                           highlight=False, soft_wrap=True, markup=False)
         else:
             console.print(f"{key:<20} {doc}", highlight=False, soft_wrap=True, markup=False)
+
+
+def _count(number: int | None) -> str:
+    return "-" if number is None else f"{number:,}"
 
 
 def _first_sentence(doc: str) -> str:
@@ -358,19 +364,25 @@ def bench(
     out: Annotated[Path, typer.Option(help="JSON file for the results")] = Path("runs/bench.json"),
     pretrained: Annotated[str | None, typer.Option(help="instead: a pretrained model's prefill and decode "
                                                         "(a source of recallkit.hf.load_model)")] = None,
-    batch: Annotated[int, typer.Option(help="with --pretrained: sequences")] = 8,
-    length: Annotated[int, typer.Option(help="with --pretrained: prefill tokens per sequence")] = 512,
+    batch: Annotated[int | None, typer.Option(help="with --pretrained: sequences", show_default="8")] = None,
+    length: Annotated[int | None, typer.Option(help="with --pretrained: prefill tokens per sequence",
+                                               show_default="512, or what the context holds")] = None,
 ) -> None:
     """Benchmark kernels and mixers on this machine: speed-ups vs SDPA, % of matmul peak, tokens/s."""
     from recallkit.bench import run_bench
 
+    if pretrained is None and (batch, length) != (None, None):
+        raise typer.BadParameter("--batch and --length set the --pretrained benchmark; the kernel and mixer "
+                                 "benchmark has its own sizes")
     make_directory(out.parent, "directory of --out")  # before minutes of benchmarking, not after
     if out.is_dir():
         raise RecallkitError(f"--out {out} is a directory; give the JSON file to write")
-    if not os.access(out.parent, os.W_OK):
-        raise RecallkitError(f"cannot write --out {out}: its directory is not writable")
+    try:  # a file, not os.access: that says yes to root, and to /proc and /sys, which refuse files
+        tempfile.NamedTemporaryFile(dir=out.parent, prefix=".recallkit-probe-").close()
+    except OSError as error:
+        raise RecallkitError(f"cannot write --out {out}: {describe(error)}") from None
     if pretrained is not None:
-        _bench_pretrained(pretrained, batch, length, out, quick)
+        _bench_pretrained(pretrained, 8 if batch is None else batch, length, out, quick)
         return
     with console.status("benchmarking") as status:
         result = run_bench(quick=quick, progress=lambda message: status.update(f"benchmarking: {message}"))
@@ -380,7 +392,7 @@ def bench(
     console.print(f"results: {out}")
 
 
-def _bench_pretrained(source: str, batch: int, length: int, out: Path, quick: bool) -> None:
+def _bench_pretrained(source: str, batch: int, length: int | None, out: Path, quick: bool) -> None:
     from recallkit.hf import load_model
     from recallkit.hf.bench import bench_pretrained
 
@@ -393,7 +405,7 @@ def _bench_pretrained(source: str, batch: int, length: int, out: Path, quick: bo
         f"{result['evicting_decode_tokens_per_s']:,.1f} tokens/s "
         f"({result['evicting_decode_cost']:.2f}x the plain decode time)")
     console.print(
-        f"{source}: prefill {batch} x {length}: {result['prefill_tokens_per_s']:,.0f} tokens/s, "
+        f"{source}: prefill {batch} x {result['length']}: {result['prefill_tokens_per_s']:,.0f} tokens/s, "
         f"{result['prefill_gflops']:.1f} GFLOP/s = {result['prefill_pct_peak']:.0f}% of the "
         f"{result['matmul_peak_gflops']:.0f} GFLOP/s matmul peak, "
         f"{result['prefill_vs_plain_forward']:.2f}x a plain "

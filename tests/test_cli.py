@@ -29,6 +29,8 @@ def test_list_mixers_and_tasks():
     assert rows["attention"] == [f"{256 * 1024:,}", f"{256 * 8192:,}", "256"]
     assert rows["mla"] == [f"{40 * 1024:,}", f"{40 * 8192:,}", "40"]
     assert rows["mamba2"][0] == rows["mamba2"][1] and rows["mamba2"][2] == "-"  # a fixed state, no KV cache
+    # a long convolution of max_len 2048 reads 1k tokens and cannot read 8k: no state is printed there
+    assert rows["base_conv"][:2] == [f"{128 * 1024:,}", "-"] and rows["hyena"][1] == "-"
     tasks = runner.invoke(app, ["list", "tasks"], terminal_width=400)
     assert tasks.exit_code == 0 and "mqar" in tasks.output
     lines = {line.split()[0]: line for line in tasks.output.splitlines() if line.split()}

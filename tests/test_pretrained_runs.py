@@ -114,6 +114,35 @@ def test_bench_pretrained_counts_only_attention_layers_and_matmuls_and_runs_an_s
     assert result.exit_code != 0 and "at least 1" in result.output and "Traceback" not in result.output
 
 
+def test_bench_sizes_are_checked_before_any_work(tmp_path, monkeypatch):
+    """A length past the context ran outside the model's positions (the default 512 + 32 decoded tokens
+    on every tiny model); a huge one ended in a traceback; --batch without --pretrained was ignored;
+    an --out in /proc failed after the whole benchmark."""
+    import json
+
+    from typer.testing import CliRunner
+
+    import recallkit.bench
+    from recallkit.cli import app
+
+    def bench(*args):
+        return CliRunner().invoke(app, ["bench", "--quick", *args])
+
+    for length, message in (("481", "over tiny:llama's context of 512; use a length <= 480"),
+                            ("9" * 25, "over tiny:llama's context")):
+        result = bench("--pretrained", "tiny:llama", "--length", length, "--out", str(tmp_path / "x.json"))
+        assert result.exit_code == 1 and message in result.output and result.output.count("\n") == 1
+    result = bench("--pretrained", "tiny:mamba", "--length", str(10**13), "--out", str(tmp_path / "x.json"))
+    assert result.exit_code == 1 and "beyond any machine's memory" in result.output
+    out = tmp_path / "default.json"
+    assert bench("--pretrained", "tiny:llama", "--batch", "1", "--out", str(out)).exit_code == 0
+    assert json.loads(out.read_text())["length"] == 480  # 512 positions hold 480 + 32 decoded
+    monkeypatch.setattr(recallkit.bench, "run_bench", lambda **_: pytest.fail("benchmarked before refusing"))
+    assert bench("--batch", "0", "--out", str(tmp_path / "k.json")).exit_code == 2
+    result = bench("--out", "/proc/recallkit-bench.json")
+    assert result.exit_code == 1 and result.output.startswith("error: cannot write --out /proc/")
+
+
 def test_what_a_tiny_model_cannot_do_is_refused_at_config_time():
     """Each ran and failed, and every rerun of the sweep retried it (exit 3 each time)."""
     from recallkit.errors import one_line

@@ -12,16 +12,18 @@ layer's cache compressed by an eviction policy at a budget.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
 from recallkit.bench import matmul_peak
-from recallkit.errors import RecallkitError
+from recallkit.errors import RecallkitError, first_line
 from recallkit.hf.adapter import HFModel
 from recallkit.hf.evicting import attention_layers
+from recallkit.hf.text_eval import OUT_OF_MEMORY
 from recallkit.inference.decode import evicting_state
 from recallkit.kv import make_policy, resolve_budget
 
@@ -52,17 +54,53 @@ def prefill_flops(model: HFModel, batch: int, length: int) -> float:
 
 
 @torch.no_grad()
-def bench_pretrained(model: HFModel, *, batch: int = 8, length: int = 512, decode_tokens: int = 32,
+def bench_pretrained(model: HFModel, *, batch: int = 8, length: int | None = None, decode_tokens: int = 32,
                      policy: str = "h2o", budget: float = 0.25, repeats: int = 3, quick: bool = False,
                      progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Prefill and decode measurements of ``model`` (float, eval mode) on random tokens; ``quick``: one
-    repeat and a small matmul for the peak (a smoke run)."""
+    repeat and a small matmul for the peak (a smoke run). ``length``: prefill tokens per sequence,
+    by default 512, or fewer where the model's context must also hold the ``decode_tokens``."""
+    if length is None:
+        room = None if model.max_context is None else model.max_context - decode_tokens
+        length = 512 if room is None else max(1, min(512, room))
     if batch < 1 or length < 1 or decode_tokens < 1:
         raise RecallkitError(f"bench needs a batch, length and decode_tokens of at least 1; got {batch}, "
                              f"{length}, {decode_tokens}")
+    if model.max_context is not None and length + decode_tokens > model.max_context:  # past its positions
+        raise RecallkitError(f"bench reads {length} + {decode_tokens} decoded tokens, over "
+                             f"{model.config.source}'s context of {model.max_context}; use a length <= "
+                             f"{model.max_context - decode_tokens}")
+    if batch * (length + decode_tokens) > MAX_TOKENS:
+        raise RecallkitError(f"bench of {batch} x {length + decode_tokens:,} tokens: more than "
+                             f"{MAX_TOKENS:,} tokens is beyond any machine's memory here; use a shorter "
+                             "length or a smaller batch")
+    with _in_memory(batch, length):
+        return _measure(model, batch, length, decode_tokens, policy, budget, 1 if quick else repeats, quick,
+                        progress)
+
+
+MAX_TOKENS = 2**32
+"""Most tokens a benchmark batch may hold (their int64 ids alone would be 32 GiB)."""
+
+
+@contextlib.contextmanager
+def _in_memory(batch: int, length: int) -> Iterator[None]:
+    """Name the batch when the benchmark runs out of memory (torch's error gives a byte count)."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as error:
+        if not isinstance(error, MemoryError) and not OUT_OF_MEMORY.search(str(error)):
+            raise
+        raise RecallkitError(f"a benchmark of {batch} x {length:,} tokens needs more memory than this "
+                             f"machine has ({first_line(str(error), 'none left')}); use a shorter length "
+                             "or a smaller batch") from error
+
+
+def _measure(model: HFModel, batch: int, length: int, decode_tokens: int, policy: str, budget: float,
+             repeats: int, quick: bool, progress: Callable[[str], None]) -> dict[str, Any]:
+    """The measurements of :func:`bench_pretrained`, its arguments checked."""
     progress("matmul peak")
     peak = matmul_peak(256 if quick else 2048)
-    repeats = 1 if quick else repeats
     tokens = torch.randint(0, model.vocab_size, (batch, length + decode_tokens),
                            generator=torch.Generator().manual_seed(0)).to(model.embed.weight.device)
     context, continuation = tokens[:, :length], tokens[:, length:]

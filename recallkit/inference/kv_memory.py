@@ -57,9 +57,15 @@ def _mixer_numbers(mixer: Mixer) -> int | None:
     return None if method is None else method()
 
 
-def default_state_size(key: str, seq_len: int, d_model: int = 128) -> int:
+def default_state_size(key: str, seq_len: int, d_model: int = 128) -> int | None:
     """State numbers per sequence of registry mixer ``key`` (default config, width ``d_model``) after
-    ``seq_len`` tokens: the KV cache, a fixed recurrent state, or a convolution's input history."""
+    ``seq_len`` tokens: the KV cache, a fixed recurrent state, or a convolution's input history; None
+    when that config cannot read ``seq_len`` tokens (a long convolution's ``max_len``)."""
+    config = MIXERS[key].Config(name=key)
+    try:
+        config.check_length(seq_len)
+    except ValueError:
+        return None
     with torch.device("meta"):
-        mixer = build_mixer(d_model, MIXERS[key].Config(name=key))
+        mixer = build_mixer(d_model, config)
     return mixer.state_size(seq_len)
