@@ -181,11 +181,13 @@ def _log_linear(N: int, form: str = "chunked"):
 
 
 def _log_linear_flops(N: int) -> float:
-    """Per token and head, the useful work: the intra-chunk scores and their product with V
-    (2C(Dk + Dv)), the reads Q S_j of the bit_length(N) Fenwick states before the chunk and the
-    write K^T V (2 Dk Dv each). The kernel writes every slot densely (a 0/1 map picks one per token),
-    about 1.8x this count in all; that extra work is counted as lost, not as throughput."""
-    return HEADS * N * (2 * CHUNK * 2 * HEAD_DIM + 2 * (N.bit_length() + 1) * HEAD_DIM * HEAD_DIM)
+    """Per head, the useful work: per token the intra-chunk scores and their product with V
+    (2C(Dk + Dv)) and the write K^T V (2 Dk Dv); per token of the chunk starting at s, the reads Q S_j
+    of the Fenwick states that partition [0, s), one per set bit of s (2 Dk Dv each: at s = 0 none,
+    never more than log2(N / C)). The kernel reads and writes every level densely (zeros where a level
+    is empty), several times this count in all; that extra work is counted as lost, not as throughput."""
+    reads = sum(min(CHUNK, N - start) * start.bit_count() for start in range(0, N, CHUNK))
+    return HEADS * (N * 2 * CHUNK * 2 * HEAD_DIM + 2 * HEAD_DIM * HEAD_DIM * (reads + N))
 
 
 def _rwkv7(N: int, form: str = "chunked"):

@@ -89,3 +89,22 @@ def test_peer_rows_measure_both_kernels_against_the_float64_loop():
         ours[0] = ours[0] * x["q"].shape[-1] ** -0.5
         reference = delta_rule_recurrent(*ours)[0].transpose(1, 2)
     assert row["peer_max_error"] == pytest.approx((peer.double() - reference).abs().max().item())
+
+
+def test_log_linear_counts_the_fenwick_states_a_chunk_reads():
+    """The count read bit_length(N) + 1 states per token where a chunk starting at s reads only the
+    buckets partitioning [0, s) (log-linear attention's Fenwick tree): about 2 of 11 at N = 1024."""
+    N, C, d = 1024, bench.CHUNK, bench.HEAD_DIM
+
+    def buckets(start: int) -> int:  # the power-of-two blocks of [0, start), largest first
+        count, covered = 0, 0
+        for size in (2**k for k in reversed(range(start.bit_length()))):
+            if covered + size <= start:
+                covered, count = covered + size, count + 1
+        return count
+
+    reads = sum(C * buckets(start) for start in range(0, N, C))
+    assert reads == C * 32  # chunks 0..15: 32 set bits
+    expected = bench.HEADS * (N * 2 * C * 2 * d + 2 * d * d * (reads + N))
+    (case,) = [case for case in kernel_cases() if case.name == "log_linear"]
+    assert case.flops(N) == expected
