@@ -197,8 +197,10 @@ def models_to_check(source: str, seed: int = 0) -> list[tuple[str, Callable[[], 
                                                                  pretrained.dtype)))
                 continue
             config = RunConfig.model_validate(row["config"])
-            models.setdefault(config.model.model_dump_json(),
-                              (config.display_label, functools.partial(_build, config)))
+            label = config.progress_label  # with its width: one architecture at two widths is two models
+            if any(taken == label for taken, _ in models.values()):  # another setting: name one of its runs
+                label += f" (run {row['run_id']})"
+            models.setdefault(config.model.model_dump_json(), (label, functools.partial(_build, config)))
         return list(models.values())
     return [(source, functools.partial(_load_pretrained, source, "float32", seed))]
 

@@ -143,3 +143,25 @@ class BatchMixing(Bigram):
 def test_rows_that_read_each_other_fail_only_batch_independence():
     failing = {c.name for c in check_model(BatchMixing()) if not c.passed}
     assert failing == {"batch independence"}
+
+
+def test_a_results_directory_names_each_model_apart(tmp_path):
+    """One architecture at two widths was listed twice under one name, so a FAIL line could not be
+    pinned to a model; now each name carries its width, and a model set apart by another setting
+    names one of its runs."""
+    import recallkit as rk
+    from recallkit.contract import models_to_check
+    from recallkit.sweep import Store
+
+    def run(d_model: int, vocab_size: int = 32) -> rk.RunConfig:
+        return rk.RunConfig(model={"vocab_size": vocab_size, "d_model": d_model, "num_layers": 1,
+                                   "mixer": {"name": "attention"}},
+                            task={"name": "mqar", "vocab_size": 32, "seq_len": 16, "num_kv_pairs": 2})
+
+    configs = [run(16), run(32), run(16, vocab_size=48)]
+    with Store(tmp_path / "results.sqlite") as store:
+        store.add(configs)
+    labels = [label for label, _ in models_to_check(str(tmp_path))]
+    assert len(labels) == len(set(labels)) == 3
+    assert labels[0].endswith("d=16") and labels[1].endswith("d=32")
+    assert labels[2] == f"{labels[0]} (run {configs[2].run_id})"

@@ -85,8 +85,10 @@ def sources(tmp_path_factory):
 
 
 def test_unknown_sources(sources):
-    message = assert_one_line_error(str(sources["root"] / "missing"), r"unknown model source")
+    message = assert_one_line_error("smollm", r"unknown model source")
     assert "smollm2-135m" in message and "tiny:<arch>" in message
+    for missing in (sources["root"] / "missing", sources["root"] / "missing.gguf", "missing.gguf"):
+        assert_one_line_error(str(missing), r"missing(\.gguf)?: no such file or directory")
     assert_one_line_error(str(sources["not_gguf"]), r"unknown model source .*weights\.bin")
     message = assert_one_line_error("tiny:gpt2", r"unknown tiny architecture 'gpt2'")
     assert all(arch in message for arch in TINY_ARCHS)

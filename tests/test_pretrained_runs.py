@@ -38,7 +38,7 @@ def test_pretrained_runs_are_stored_resumed_and_reported(tmp_path):
     rows = run_sweep(configs, tmp_path, quiet=True)
     by_id = {r["run_id"]: r for r in rows}
     assert [by_id[c.run_id]["status"] for c in configs] == ["done", "done", "done", "failed"]
-    assert "unknown model source" in by_id[configs[3].run_id]["error"]
+    assert "nope: no such file or directory" in by_id[configs[3].run_id]["error"]
     plain, twice, evicted = (by_id[c.run_id] for c in configs[:3])
     assert twice["metrics"]["prefill_tokens"] > plain["metrics"]["prefill_tokens"]
     full, window, h2o = evicted["metrics"]["evals"]

@@ -227,5 +227,7 @@ def load_model(source: str, *, dtype: torch.dtype = torch.float32, seed: int = 0
             raise RecallkitError(f"{source}: its tokenizer is a SentencePiece tokenizer.model, which needs "
                                  "`pip install sentencepiece` (or save a tokenizer.json beside it)")
         return _load_pretrained(path, None, source, dtype)
+    if not path.exists() and (path.suffix == ".gguf" or len(path.parts) > 1):  # meant as a path
+        raise RecallkitError(f"{source}: no such file or directory")
     raise RecallkitError(f"unknown model source {source!r}: give a model directory, a .gguf file, "
                          f"{DEFAULT_MODEL!r} or 'tiny:<arch>' ({', '.join(TINY_ARCHS)})")
