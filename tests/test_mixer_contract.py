@@ -45,6 +45,17 @@ def test_every_registry_key_has_a_case():
     assert set(rk.MIXERS) == {key for key, _ in CASES}
 
 
+def test_every_chunked_mixer_has_a_case_that_crosses_chunk_boundaries():
+    """A chunked form that reads a stale state across chunks, with a right final state, passed every
+    check at the default chunk of 64 (T = 19): each key with a chunk_size needs a row whose chunks are
+    shorter than the float64 checks' sequences."""
+    for key, config in rk.MIXERS.items():
+        if "chunk_size" in config.Config.model_fields:
+            chunks = [kw.get("chunk_size", config.Config.model_fields["chunk_size"].default)
+                      for k, kw in CASES if k == key]
+            assert min(chunks) < FLOAT64_T, f"{key}: no case with chunk_size < {FLOAT64_T}"
+
+
 @pytest.mark.parametrize(("key", "kwargs"), CASES, ids=IDS)
 def test_forward_equals_prefill_equals_step_loop(key, kwargs):
     mixer, x = make(key, kwargs), inputs()

@@ -1,9 +1,11 @@
 """The package's layering: no import cycle among recallkit modules (module-level or deferred), the
-mixers below inference, and reading results without loading the training loop."""
+mixers below inference, and reading results without loading the training loop; and every kernel
+with a fast form has its test file."""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +127,18 @@ def test_the_package_names_resolve_on_first_use_and_stay_bound():
             "assert not wrong and rk.evaluate.__name__ == 'evaluate', wrong")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_every_kernel_with_a_loop_and_a_chunked_form_has_its_test_file():
+    """A kernel's fast form is tested against its token loop in ``tests/test_ops_<module>.py``
+    (docs/adding.md); nothing failed when a new kernel came without one."""
+    for path in sorted((ROOT / "ops").glob("*.py")):
+        source = path.read_text()
+        forms = set(re.findall(r"^def (\w+_(?:recurrent|chunked))\(", source, flags=re.MULTILINE))
+        if not any(f.endswith("_recurrent") for f in forms) or not any(f.endswith("_chunked") for f in forms):
+            continue
+        test = ROOT.parent / "tests" / f"test_ops_{path.stem}.py"
+        assert test.is_file(), f"{path.name} has a loop and a chunked form but no {test.name}"
+        tested = test.read_text() + (ROOT.parent / "tests" / "kernel_checks.py").read_text()
+        chunked = [f for f in forms if f.endswith("_chunked")]
+        assert any(f in tested for f in chunked), f"{test.name} does not call {chunked}"
