@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 
 import pytest
@@ -92,8 +93,11 @@ def test_the_sweep_bar_has_an_eta_when_runs_take_minutes():
 
 def _logged_runs(out) -> set[str]:
     """Run ids of the offline W&B runs with a log (a driver killed mid-init leaves an empty folder)."""
-    return {run.name.rsplit("-", 1)[-1] for run in (out / "wandb").glob("offline-run-*")
-            if any(log.stat().st_size > 100 for log in run.glob("*.wandb"))}
+    logged = set()
+    for run in (out / "wandb").glob("offline-run-*"):  # a "-1" suffix: the same id again in one second
+        if any(log.stat().st_size > 100 for log in run.glob("*.wandb")):
+            logged.add(re.fullmatch(r"offline-run-\d{8}_\d{6}-(\w+?)(-\d+)?", run.name)[1])
+    return logged
 
 
 @pytest.mark.parametrize("project", ["bad/name", "bad#name?", "x" * 200, " "])
