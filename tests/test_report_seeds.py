@@ -241,3 +241,62 @@ def test_two_evaluations_of_one_run_in_one_panel_are_two_points_with_their_own_s
     (table,) = slice_tables(rows, points)
     assert {name: set(values) - {"9"} for name, values in table.rows} == {
         "attention num_kv_pairs=2": {"2"}, "attention num_kv_pairs=4": {"4"}}
+
+
+def test_a_seed_whose_length_evaluation_scored_nothing_is_left_out_of_that_length(tmp_path):
+    """A NaN length evaluation (no sequence scored) of one seed stopped the whole report once the
+    bootstrap refused NaN; that seed is now no measurement at that length, as on the frontier."""
+    from recallkit.report.length_curves import length_curves
+
+    def run(run_id, seed, at_8):
+        evals = [{"task": "copy", "seq_len": 64, "setting": "copy T=64", "state_size": 10, "accuracy": 0.9}]
+        evals += [{"task": "copy", "seq_len": 64, "setting": "copy T=64", "length": length,
+                   "state_size": 10, "accuracy": accuracy, "exact_match": accuracy}
+                  for length, accuracy in ((8, at_8), (16, 0.5))]
+        return {"run_id": run_id, "label": "attention", "status": "done", "state_size": 10, "num_params": 1,
+                "wall_time": 1.0, "error": None, "metrics": {"accuracy": 0.9, "evals": evals},
+                "config": {"model": {"d_model": 64}, "task": {"name": "copy", "seq_len": 64},
+                           "train": {"lr": 1e-3, "seed": seed}}}
+
+    rows = [run("a", 0, 0.7), run("b", 1, float("nan")), run("c", 2, 0.8)]
+    (curve,) = length_curves(rows)
+    assert [point[:2] for point in curve["points"]] == [(8, pytest.approx(0.75)), (16, 0.5)]
+    assert curve["interval"][0] == (0.7, 0.8)
+    (two,) = length_curves(rows[:2])  # one finite seed at length 8: no band there
+    assert two["points"][0][1] == 0.7 and all(v != v for v in two["interval"][0])
+    from recallkit.report.length_curves import plot_length_curves
+    from recallkit.report.lengths import length_figure
+
+    assert plot_length_curves([two], tmp_path / "lengths.png").is_file()
+    assert length_figure(rows[:2]) is not None
+
+
+def _scored(run_id, accuracy, train_pairs, eval_tasks, policy=None):
+    evals = [{"task": "mqar", "seq_len": 64, "setting": "mqar T=64", "state_size": 100, "accuracy": accuracy,
+              "slices": {"num_kv_pairs": {"2": {"accuracy": accuracy}, "4": {"accuracy": accuracy / 2}}}}]
+    if policy:
+        evals.append({**evals[0], "state_size": 50, "policy": policy, "budget": 0.5, "mode": "continuous",
+                      "budget_tokens": 32, "policy_config": {"name": policy}})
+    config = {"model": {"d_model": 64}, "task": {"name": "mqar", "seq_len": 64, "num_kv_pairs": train_pairs},
+              "train": {"lr": 1e-3, "seed": 0}}
+    if eval_tasks:
+        config["eval_tasks"] = [{"name": "mqar", "seq_len": 64, "num_kv_pairs": 4}]
+    return {"run_id": run_id, "label": "attention", "status": "done", "state_size": 100, "num_params": 1,
+            "wall_time": 1.0, "error": None, "metrics": {"accuracy": accuracy, "evals": evals},
+            "config": config}
+
+
+def test_a_run_scored_on_its_eval_tasks_is_named_apart_from_one_scored_on_its_training_task():
+    """Both scored MQAR at 4 pairs, one having trained on it and one on 8 pairs: two points, which
+    printed under one name once a point's task became the task it scored."""
+    from recallkit.report.hover import point_names
+
+    points = frontier_points([_scored("x", 0.9, 4, False), _scored("y", 0.6, 8, True)])
+    assert sorted(point_names(points)) == ["attention", "attention eval_tasks=True"]
+
+
+def test_eviction_panels_have_no_slice_tables():
+    from recallkit.report.slices import slice_tables
+
+    rows = [_scored("a", 0.9, 4, False, policy="h2o")]
+    assert [table.panel for table in slice_tables(rows, frontier_points(rows))] == ["mqar T=64"]

@@ -192,8 +192,9 @@ class FrontierPoint:
     ``runs`` how many runs the point is the best of, ``model`` the stored model config and ``task``
     the config of the task it scored (their varying settings tag the point), ``evaluation`` which
     of its runs' stored evaluations it is (their index in ``metrics["evals"]``, the same for every
-    seed). ``run_id`` is the best seed's run. ``diverged`` counts the seeds that diverged (each scored
-    0 in the mean).
+    seed), ``eval_tasks`` whether its runs were scored on their ``eval_tasks`` (trained on a task
+    that is a setting like the lr) rather than on the task they trained on. ``run_id`` is the best
+    seed's run. ``diverged`` counts the seeds that diverged (each scored 0 in the mean).
     """
 
     panel: str
@@ -215,13 +216,15 @@ class FrontierPoint:
     policy: dict[str, Any] | None = None
     task: dict[str, Any] | None = None
     evaluation: int = 0
+    eval_tasks: bool = False
     diverged: int = 0
 
 
 def tag_fields(point: FrontierPoint) -> dict[str, Any]:
-    """What tells a point from the others of its line: its model config and the task it scored (two
-    pair counts of MQAR at one length are two points, never one best of them)."""
-    return {**point.model, "task": point.task or {}}
+    """What tells a point from the others of its line: its model config, the task it scored (two
+    pair counts of MQAR at one length are two points, never one best of them) and whether that was
+    an ``eval_tasks`` evaluation (beside runs scored on the task they trained on)."""
+    return {**point.model, "task": point.task or {}, **({"eval_tasks": True} if point.eval_tasks else {})}
 
 
 def setting_rank(seeds: list[tuple[bool, float]]) -> tuple[int, float]:

@@ -148,6 +148,7 @@ def frontier_points(rows: list[dict[str, Any]]) -> list[FrontierPoint]:
             interval=bootstrap_interval(accuracies),
             seed_runs=tuple((seed, seeds[seed][0]["run_id"]) for seed in sorted(seeds)),
             policy=best["policy"], task=best["evaluated"], evaluation=best["index"],
+            eval_tasks=bool(row["config"].get("eval_tasks")),
             diverged=sum(r["status"] == "diverged" for r, _ in ordered),
         ))
     return points

@@ -11,6 +11,8 @@ task; runs stored before that get no bound line and the unit "length".
 
 from __future__ import annotations
 
+import math
+
 import json
 from pathlib import Path
 from statistics import mean
@@ -111,8 +113,12 @@ def _over_seeds(by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     scored = [dict((length, (accuracy, state)) for length, accuracy, state in c["points"]) for c in curves]
     lengths = sorted(set.intersection(*(set(s) for s in scored)))
     per_seed = [[s[length][0] for s in scored] for length in lengths]
-    points = [(length, seed_mean(values), scored[0][length][1]) for length, values in zip(lengths, per_seed)]
-    intervals = [bootstrap_interval(values) for values in per_seed] if len(curves) > 1 else []
+    # a seed whose evaluation scored no sequence (NaN) is no measurement: left out of mean and interval
+    finite = [[value for value in values if not math.isnan(value)] for values in per_seed]
+    points = [(length, seed_mean(values) if values else math.nan, scored[0][length][1])
+              for length, values in zip(lengths, finite)]
+    intervals = ([bootstrap_interval(values) or (math.nan, math.nan) for values in finite]  # NaN: no band
+                 if len(curves) > 1 else [])
     return {**curves[0], "points": points, "headline": mean(c["headline"] for c in curves),
             "seeds": per_seed if len(curves) > 1 else [], "interval": intervals}
 

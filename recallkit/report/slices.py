@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from recallkit.report.common import FrontierPoint, panel_name
+from recallkit.report.common import FrontierPoint, base_panel, panel_name
 from recallkit.report.hover import point_names
 
 
@@ -54,7 +54,7 @@ def slice_tables(rows: list[dict[str, Any]], points: list[FrontierPoint]) -> lis
     """
     by_id = {row["run_id"]: row for row in rows}
     tables: dict[tuple[str, str], SliceTable] = {}
-    for panel in dict.fromkeys(p.panel for p in points):
+    for panel in dict.fromkeys(p.panel for p in points if base_panel(p.panel) is None):  # no eviction
         line = [p for p in points if p.panel == panel]
         for point, name in zip(line, point_names(line)):
             runs = [by_id[run_id] for _, run_id in point.seed_runs] or [by_id[point.run_id]]
