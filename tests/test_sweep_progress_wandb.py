@@ -135,7 +135,7 @@ def test_a_wandb_error_never_stops_the_sweep_and_the_next_sweep_logs_what_it_mis
     assert len(calls) == 2 and len(_logged_runs(out)) == 1  # paused after the error: no init per run
     ids = [config.run_id for config in load_sweep(sweep)]
     ledger = out / "wandb" / "logged.txt"
-    assert ledger.read_text().split() == [calls[0]]
+    assert ledger.read_text() == f"{calls[0]} p\n"
     ledger.write_text("")  # as a driver killed while logging its first run
     monkeypatch.setattr(wandb, "init", init)
     with Store(out / "results.sqlite") as store:  # a run that failed is not logged
@@ -144,7 +144,8 @@ def test_a_wandb_error_never_stops_the_sweep_and_the_next_sweep_logs_what_it_mis
     again = CliRunner().invoke(app, ["run", str(sweep), "--out", str(out), "--quiet", "--wandb", "p"])
     assert again.exit_code == 0, again.output
     assert "W&B: logged 7 finished runs that an earlier sweep had not logged" in again.output
-    assert _logged_runs(out) == set(ids) and sorted(ledger.read_text().split()) == sorted(ids)
+    assert _logged_runs(out) == set(ids)
+    assert sorted(ledger.read_text().splitlines()) == sorted(f"{run_id} p" for run_id in ids)
     folders = sorted((out / "wandb").glob("offline-run-*"))
     quiet = CliRunner().invoke(app, ["run", str(sweep), "--out", str(out), "--quiet", "--wandb", "p"])
     assert quiet.exit_code == 0 and sorted((out / "wandb").glob("offline-run-*")) == folders
@@ -157,3 +158,28 @@ def test_a_failed_run_is_left_to_its_retry(tmp_path):
     logger(config, {"status": "failed", "error": "boom", "metrics": None})
     assert not (tmp_path / "wandb").exists() or not list((tmp_path / "wandb").glob("offline-run-*"))
     assert logger.logged() == set()
+
+
+def test_the_list_of_logged_runs_is_per_project_and_disabled_mode_lists_nothing(tmp_path, sweep_file):
+    """Runs of a --wandb-mode disabled sweep were listed as logged, and a later offline sweep never
+    logged them; a run logged to project A counted as logged to B; a directory logged before the list
+    existed was logged again whole."""
+    sweep, out = sweep_file(steps=2), tmp_path / "out"
+    ids = {config.run_id for config in load_sweep(sweep)}
+
+    def run(*args):
+        result = CliRunner().invoke(app, ["run", str(sweep), "--out", str(out), "--quiet", *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    run()  # no W&B
+    assert not (out / "wandb").exists() and WandbLogger("a", out, mode="disabled").catch_up(
+        load_sweep(sweep), run_sweep(load_sweep(sweep), out, quiet=True)) == 0
+    assert not (out / "wandb" / "logged.txt").exists()
+    assert "logged 8 finished runs" in run("--wandb", "a")
+    assert "W&B: logged" not in run("--wandb", "a")
+    assert "logged 8 finished runs" in run("--wandb", "b") and _logged_runs(out) == ids
+    folders = sorted((out / "wandb").glob("offline-run-*"))
+    (out / "wandb" / "logged.txt").unlink()  # as a directory logged by a version without the list
+    assert "W&B: logged" not in run("--wandb", "a")
+    assert sorted((out / "wandb").glob("offline-run-*")) == folders

@@ -6,10 +6,12 @@ config, its learning curve as history and its final metrics (and every evaluatio
 summary. ``mode="offline"`` (the default) writes under ``DIR/wandb`` with no network; ``wandb sync
 DIR/wandb/offline-run-*`` uploads later.
 
-``DIR/wandb/logged.txt`` lists the runs logged whole, so that a run is logged once: the sweep's
-finished runs missing from it (a driver killed while logging, a W&B error, a sweep run without
-``--wandb``) are logged at the end of the next sweep that logs (:meth:`WandbLogger.catch_up`). A W&B
-error never stops the sweep: it is one line on stderr, and logging pauses until that next sweep.
+``DIR/wandb/logged.txt`` lists the runs logged whole, one ``run_id project`` per line, so that a run
+is logged once to a project: the sweep's finished runs missing from it (a driver killed while
+logging, a W&B error, a sweep run without ``--wandb`` or with another project) are logged at the end
+of the next sweep that logs (:meth:`WandbLogger.catch_up`). ``disabled`` mode logs nothing and lists
+nothing. A directory logged before the list existed counts its offline runs with a log as listed. A
+W&B error never stops the sweep: it is one line on stderr, and logging pauses until that next sweep.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ from recallkit.errors import RecallkitError, first_line
 WandbMode = Literal["offline", "online", "disabled"]
 INSTALL_HINT = "W&B logging needs `pip install recallkit[wandb]`"
 LOGGED_FILE = "logged.txt"
-"""In ``DIR/wandb``: the run ids logged whole, one per line."""
+"""In ``DIR/wandb``: the runs logged whole, ``run_id project`` per line."""
+LEGACY_LOG_BYTES = 1024
+"""An offline run's ``.wandb`` log at least this long was logged whole (one cut short at init holds a
+few bytes); read only in a directory logged before ``LOGGED_FILE`` existed."""
 LOGGED_STATUSES = ("done", "diverged")
 
 
@@ -99,13 +104,18 @@ class WandbLogger:
         return self.dir / "wandb" / LOGGED_FILE
 
     def logged(self) -> set[str]:
-        """The run ids logged whole so far."""
-        return set(self.ledger.read_text().split()) if self.ledger.is_file() else set()
+        """The run ids logged whole to this project so far."""
+        if not self.ledger.is_file():  # logged before the list existed: its offline runs with a log
+            return {run.name.split("-")[3] for run in self.ledger.parent.glob("offline-run-*")
+                    if any(log.stat().st_size >= LEGACY_LOG_BYTES for log in run.glob("*.wandb"))}
+        entries = (line.split(" ", 1) for line in self.ledger.read_text().splitlines() if " " in line)
+        return {run_id for run_id, project in entries if project == self.project}
 
     def __call__(self, config: RunConfig, outcome: dict[str, Any]) -> None:
         """Log one finished run (``run_sweep``'s ``on_outcome``); a failed one is left to its retry."""
-        if self.paused or outcome["status"] not in LOGGED_STATUSES:
+        if self.paused or self.mode == "disabled" or outcome["status"] not in LOGGED_STATUSES:
             return
+        legacy = not self.ledger.is_file() and self.ledger.parent.is_dir()
         try:
             run = self.wandb.init(
                 project=self.project, id=config.run_id, name=config.progress_label,
@@ -122,15 +132,17 @@ class WandbLogger:
                   f"{first_line(str(error))}); no more runs are logged in this sweep, and the next "
                   "`recallkit run --wandb` logs the ones it missed", file=sys.stderr)
             return
-        self.ledger.parent.mkdir(exist_ok=True)  # W&B's own folder (none in disabled mode)
+        earlier = sorted(self.logged() - {config.run_id}) if legacy else []  # keep what was logged before
         with self.ledger.open("a") as ledger:  # after finish(): a run cut short is logged again
-            ledger.write(config.run_id + "\n")
+            ledger.writelines(f"{run_id} {self.project}\n" for run_id in [*earlier, config.run_id])
             ledger.flush()
             os.fsync(ledger.fileno())
 
     def catch_up(self, configs: list[RunConfig], rows: list[dict[str, Any]]) -> int:
         """Log the finished runs of ``configs`` that are not logged yet (``rows``: the store's);
         returns how many were logged."""
+        if self.mode == "disabled":
+            return 0
         by_id, logged, count = {row["run_id"]: row for row in rows}, self.logged(), 0
         for config in configs:
             row = by_id.get(config.run_id)
