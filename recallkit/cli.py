@@ -110,18 +110,20 @@ def _run_and_report(sweep: Path, out: Path, executor: str, workers: int, quiet: 
                     wandb_project: str | None = None, wandb_mode: str = "offline",
                     halving: bool = False, pack: bool = False, prune: bool = False) -> None:
     configs = load_sweep(sweep)
-    if prune:
-        from recallkit.sweep.prune import prune_removed
+    on_outcome = None
+    if wandb_project is not None:
+        from recallkit.sweep.wandb_log import WandbLogger
 
+        on_outcome = WandbLogger(wandb_project, out, wandb_mode)
+    if prune:  # after every check: a run refused for its options deletes nothing
+        from recallkit.sweep.prune import prune_removed
+        from recallkit.sweep.runner import check_run_options
+
+        check_run_options(configs, executor, workers, device, ray_options, halving, pack)
         pruned = prune_removed(out, configs)
         if not quiet or pruned:
             console.print(f"pruned {len(pruned)} unfinished runs no longer in {escape(str(sweep))}"
                           + (f": {_some(pruned)}" if pruned else ""))
-    on_outcome = None
-    if wandb_project:
-        from recallkit.sweep.wandb_log import WandbLogger
-
-        on_outcome = WandbLogger(wandb_project, out, wandb_mode)
     if not quiet:
         console.print(f"{len(configs)} runs from {sweep} -> {out}")
     rows = run_sweep(configs, out, executor=executor, workers=workers, quiet=quiet, device=device,

@@ -219,3 +219,11 @@ def test_prune_forgets_unfinished_runs_no_longer_in_the_file_and_keeps_finished_
     assert not checkpoint.exists() and kept_checkpoint.exists()
     quiet = runner.invoke(app, ["run", str(sweep), "--out", str(out), "--quiet", "--prune"])
     assert quiet.exit_code == 0 and "pruned" not in quiet.output  # nothing to prune, nothing said
+    with Store(out / "results.sqlite") as store:
+        store.db.execute("UPDATE runs SET status = 'failed' WHERE run_id = ?", (finished,))
+        store.db.commit()
+    for refused in (["--halving", "--executor", "ray"], ["--wandb", "bad/name"]):  # checked before pruning
+        result = runner.invoke(app, ["run", str(sweep), "--out", str(out), "--quiet", "--prune", *refused])
+        assert result.exit_code == 1 and "pruned" not in result.output, result.output
+        with Store(out / "results.sqlite", readonly=True) as store:
+            assert finished in {row["run_id"] for row in store.rows()}

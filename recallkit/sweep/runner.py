@@ -89,9 +89,39 @@ def run_sweep(
     Returns:
         All rows of the store after the sweep (see ``Store.rows``).
     """
+    configs = list({config.run_id: config for config in configs}.values())  # a repeated config runs once
+    ray_options = check_run_options(configs, executor, workers, device, ray_options, halving, pack)
+    checkpoints = str(Path(out_dir) / CHECKPOINT_DIR)  # serial and process runs resume mid-run
+    refuse_links(Path(out_dir) / RESULTS_FILE)
+    if (Path(out_dir) / RESULTS_FILE).exists():  # a foreign database: refused before even the lock file
+        Store(Path(out_dir) / RESULTS_FILE, readonly=True).close()
+    with writer_lock(Path(out_dir)), Store(Path(out_dir) / RESULTS_FILE) as store:
+        refuse_links(Path(out_dir) / CHECKPOINT_DIR, Path(out_dir) / "wandb")  # written into below
+        store.reset_running()  # we hold the lock: any `running` row is a killed driver's
+        store.add(configs)
+        todo = store.unfinished(configs)
+        def reference(config: RunConfig) -> dict | None:  # the curve a starting run halts against
+            return halving_rules.reference(config, store.rows()) if halving else None
+
+        if halving:
+            todo = halving_rules.order(todo)
+        try:
+            _execute(todo, configs, store, executor, workers, device, ray_options, quiet, on_step, on_outcome,
+                     checkpoints, reference, pack)
+        except KeyboardInterrupt:  # the runs in flight are pending again (doctor would call them stale)
+            store.reset_running()
+            raise
+        return store.rows()
+
+
+def check_run_options(configs: list[RunConfig], executor: Executor = "serial", workers: int = 1,
+                      device: str | None = None, ray_options: RayOptions | None = None, halving: bool = False,
+                      pack: bool = False) -> RayOptions | None:
+    """Refuse, before anything is written, the options :func:`run_sweep` cannot run (a clear
+    ValueError or RecallkitError); returns the Ray options to use (the defaults with the ray executor).
+    ``run --prune`` calls it first, so that a refused run deletes nothing."""
     if executor not in ("serial", "process", "ray"):
         raise ValueError(f"unknown executor {executor!r}; use serial, process or ray")
-    configs = list({config.run_id: config for config in configs}.values())  # a repeated config runs once
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if ray_options is not None and executor != "ray":
@@ -118,27 +148,7 @@ def run_sweep(
                     raise RecallkitError(f"run {config.progress_label} ({config.run_id}) has train.device="
                                          "'cuda' but CUDA is not available here; pass --device cpu "
                                          "or auto") from None
-    checkpoints = str(Path(out_dir) / CHECKPOINT_DIR)  # serial and process runs resume mid-run
-    refuse_links(Path(out_dir) / RESULTS_FILE)
-    if (Path(out_dir) / RESULTS_FILE).exists():  # a foreign database: refused before even the lock file
-        Store(Path(out_dir) / RESULTS_FILE, readonly=True).close()
-    with writer_lock(Path(out_dir)), Store(Path(out_dir) / RESULTS_FILE) as store:
-        refuse_links(Path(out_dir) / CHECKPOINT_DIR, Path(out_dir) / "wandb")  # written into below
-        store.reset_running()  # we hold the lock: any `running` row is a killed driver's
-        store.add(configs)
-        todo = store.unfinished(configs)
-        def reference(config: RunConfig) -> dict | None:  # the curve a starting run halts against
-            return halving_rules.reference(config, store.rows()) if halving else None
-
-        if halving:
-            todo = halving_rules.order(todo)
-        try:
-            _execute(todo, configs, store, executor, workers, device, ray_options, quiet, on_step, on_outcome,
-                     checkpoints, reference, pack)
-        except KeyboardInterrupt:  # the runs in flight are pending again (doctor would call them stale)
-            store.reset_running()
-            raise
-        return store.rows()
+    return ray_options
 
 
 def _execute(todo: list[RunConfig], configs: list[RunConfig], store: Store, executor: str, workers: int,
