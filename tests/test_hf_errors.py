@@ -89,6 +89,7 @@ def test_unknown_sources(sources):
     assert "smollm2-135m" in message and "tiny:<arch>" in message
     for missing in (sources["root"] / "missing", sources["root"] / "missing.gguf", "missing.gguf"):
         assert_one_line_error(str(missing), r"missing(\.gguf)?: no such file or directory")
+    assert_one_line_error("HuggingFaceTB/SmolLM2-135M", r"unknown model source .* downloads nothing")
     assert_one_line_error(str(sources["not_gguf"]), r"unknown model source .*weights\.bin")
     message = assert_one_line_error("tiny:gpt2", r"unknown tiny architecture 'gpt2'")
     assert all(arch in message for arch in TINY_ARCHS)

@@ -225,3 +225,24 @@ def test_prefix_ids_of_another_batch_are_refused(tmp_path):
         state = model.prefill(ids)[1]
     with pytest.raises(RecallkitError, match="name 1 sequences, the state holds 2"):
         save_prefix_state(model, state, tmp_path / "x.safetensors", prefix_ids=ids[1:2])
+
+
+def test_a_prefix_aware_file_without_encoder_len_says_it_predates_it(tmp_path):
+    """A PLA file saved before encoder_len was recorded read "after reading None prefix tokens whole"."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from recallkit.inference.prefix_cache import _checksum
+
+    model, ids = build({"name": "pla", "feature_dim": 4, "num_heads": 2}), tokens()[:, :8]
+    whole = torch.tensor([8, 8])
+    with torch.no_grad():
+        path = save_prefix_state(model, model.prefill(ids, whole)[1], tmp_path / "new.safetensors",
+                                 encoder_len=whole)
+    with safe_open(path, framework="pt") as file:  # the same file as the earlier format wrote it
+        metadata = {k: v for k, v in file.metadata().items() if k != "encoder_len"}
+        tensors = {name: file.get_tensor(name) for name in file.keys()}
+    metadata["checksum"] = _checksum(metadata, tensors)
+    save_file(tensors, tmp_path / "old.safetensors", metadata=metadata)
+    with pytest.raises(RecallkitError, match="saved before encoder_len was recorded"):
+        load_prefix_state(model, tmp_path / "old.safetensors", encoder_len=whole)

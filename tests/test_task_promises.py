@@ -113,13 +113,21 @@ def test_every_length_of_the_range_is_drawn_both_ends_included(task):
     assert drawn == set(range(lo, hi + 1))
 
 
-def test_every_length_task_is_rebuilt_at_length_one():
+def test_every_length_task_is_rebuilt_at_the_shortest_length_its_config_accepts():
     """state_tracking.at_length(1) asked for seq_len=1, which every task refuses: eval_lengths=[1]
-    failed with a validation error on a field the caller never set."""
+    failed with a validation error on a field the caller never set. Each task at the smallest min_len
+    its config accepts must be rebuilt at that length."""
+    checked = []
     for task in _length_tasks():
-        lo, _ = task.length_range()
-        if lo <= 1:
-            assert set(task.at_length(1).generate(8, seed=0).slices["length"].tolist()) == {1}
+        for length in range(1, task.length_range()[1] + 1):
+            try:  # the smallest length this task's config takes
+                shortest = type(task).model_validate(task.model_dump() | {"min_len": length})
+                break
+            except ValueError:
+                continue
+        assert set(shortest.at_length(length).generate(8, seed=0).slices["length"].tolist()) == {length}
+        checked.append((task.name, length))
+    assert ("state_tracking", 1) in checked and ("copy", 1) in checked, checked
 
 
 def test_compositional_mqar_suggests_a_vocabulary_that_fits():

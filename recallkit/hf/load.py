@@ -227,7 +227,12 @@ def load_model(source: str, *, dtype: torch.dtype = torch.float32, seed: int = 0
             raise RecallkitError(f"{source}: its tokenizer is a SentencePiece tokenizer.model, which needs "
                                  "`pip install sentencepiece` (or save a tokenizer.json beside it)")
         return _load_pretrained(path, None, source, dtype)
-    if not path.exists() and (path.suffix == ".gguf" or len(path.parts) > 1):  # meant as a path
+    if not path.exists() and (path.suffix == ".gguf" or source.startswith(("/", ".", "~"))
+                              or path.parent.is_dir() and path.parent != Path(".")):  # meant as a path
         raise RecallkitError(f"{source}: no such file or directory")
+    if len(path.parts) == 2 and not path.exists():  # a Hub id such as HuggingFaceTB/SmolLM2-135M
+        raise RecallkitError(f"unknown model source {source!r}: recallkit downloads nothing; save the model "
+                             f"to a directory (save_pretrained) and give that, a .gguf file, "
+                             f"{DEFAULT_MODEL!r} or 'tiny:<arch>' ({', '.join(TINY_ARCHS)})")
     raise RecallkitError(f"unknown model source {source!r}: give a model directory, a .gguf file, "
                          f"{DEFAULT_MODEL!r} or 'tiny:<arch>' ({', '.join(TINY_ARCHS)})")

@@ -61,7 +61,8 @@ def evaluate_text(model: HFModel, task: TextTaskConfig, *, num_examples: int = 5
     prompt as a chat turn (see the module docstring); None (the default) does when the tokenizer has a
     chat template, as an instruct model's has. Every check (tokenizer, policy, budget, mode,
     prompt lengths) runs before any model call: a run can take minutes. ``on_example(done, total)``
-    is called after each example is scored.
+    reports progress: after each example under a policy, and without one after each batch of
+    prompts generated together (before their texts are scored).
 
     Returns:
         ``accuracy`` (mean exact match), ``num_examples``, ``prefill_tokens`` (mean prompt tokens),

@@ -154,6 +154,9 @@ def load_prefix_state(model: nn.Module, path: str | Path, *, prefix_ids: Tensor 
     batch_size = next(iter(tensors.values())).shape[0]  # every state tensor is batch-first
     if getattr(model, "prefix_aware", False):
         wanted = _read_whole(encoder_len, batch_size, prefix_len)
+        if "encoder_len" not in metadata:
+            raise RecallkitError(f"{path} does not record the prefix tokens its prefix-aware model read "
+                                 "whole (saved before encoder_len was recorded): save the state again")
         if metadata.get("encoder_len") != json.dumps(wanted):
             raise RecallkitError(f"{path} holds the state after reading {metadata.get('encoder_len')} "
                                  f"prefix tokens whole (encoder_len), not {wanted}: a prefix-aware model's "
