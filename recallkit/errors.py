@@ -14,11 +14,18 @@ def first_line(text: str, default: str = "unknown error") -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), default)
 
 
+UNION_BRANCHES = {"int", "float", "str", "bool", "list", "dict", "tuple", "none"}
+"""Location parts pydantic adds for the branches of a union (``budget.int``, ``budget.float``)."""
+
+
 def one_line(error: ValidationError) -> str:
-    """A pydantic validation error as one line: ``field.path: message; ...``."""
-    parts = []
+    """A pydantic validation error as one line: ``field.path: message; ...``. The parts pydantic adds
+    for validators and union branches (``function-after[...]``, ``list[...]``, ``int``) are left out
+    of the path, and a message repeated for one field is given once."""
+    parts: dict[str, None] = {}
     for item in error.errors():
-        location = ".".join(str(part) for part in item["loc"])
+        location = ".".join(str(part) for part in item["loc"]
+                            if not (isinstance(part, str) and ("[" in part or part in UNION_BRANCHES)))
         message = item["msg"].removeprefix("Value error, ")
-        parts.append(f"{location}: {message}" if location else message)
+        parts[f"{location}: {message}" if location else message] = None
     return f"invalid {error.title}: " + "; ".join(parts)

@@ -157,6 +157,26 @@ def test_a_sweep_file_that_exits_while_loading_is_one_line(tmp_path):
     path.write_text("raise KeyboardInterrupt\n")  # Ctrl-C while the file runs: exit 130, as everywhere
     with pytest.raises(KeyboardInterrupt):
         load_sweep(path)
+    path.write_text("raise ValueError('\\nthe real reason\\nmore')\n")  # the CLI prints a first line:
+    with pytest.raises(RecallkitError, match=r"ValueError: the real reason$"):  # it was the bare prefix
+        load_sweep(path)
+
+
+def test_a_union_field_error_names_the_field_without_pydantic_internals(tmp_path):
+    """mixer="attention" read "model.mixer.function-after[_check_dt_range(), MixerConfig]: ...", and
+    an infinite budget "eval_policies.0.budget.int: ...; eval_policies.0.budget.float: ..."."""
+    path = tmp_path / "sweep.py"
+    task = "{'name': 'mqar', 'vocab_size': 32, 'seq_len': 16, 'num_kv_pairs': 2}"
+    model = "{'vocab_size': 32, 'd_model': 16, 'num_layers': 1, 'mixer': %s}"
+    for mixer, extra, expected in (
+            ("'attention'", "", "model.mixer: Input should be a valid dictionary or instance of MixerConfig"),
+            ("{'name': 'attention'}", ", eval_policies=[{'policy': 'h2o', 'budget': float('inf')}]",
+             "eval_policies.0.budget: Input should be a finite number")):
+        path.write_text(f"configs = [dict(model={model % mixer}, task={task}{extra})]\n")
+        with pytest.raises(RecallkitError) as error:
+            load_sweep(path)
+        assert expected in str(error.value) and "[" not in str(error.value).split("invalid RunConfig")[1]
+        assert str(error.value).count(expected) == 1
 
 
 def test_a_results_database_of_another_schema_version_is_refused_before_writing(tmp_path):

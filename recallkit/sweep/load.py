@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from recallkit.config import AnyRunConfig, run_config
-from recallkit.errors import RecallkitError, one_line
+from recallkit.errors import RecallkitError, first_line, one_line
 
 
 def load_sweep(path: str | Path) -> list[AnyRunConfig]:
@@ -24,15 +24,17 @@ def load_sweep(path: str | Path) -> list[AnyRunConfig]:
         namespace = runpy.run_path(str(path))
     except ValidationError as error:
         raise RecallkitError(f"{path}: {one_line(error)}") from None
-    except Exception as error:
-        raise RecallkitError(f"{path}: {type(error).__name__}: {error}") from None
+    except Exception as error:  # its first line: a message may start with a newline (matplotlib's do)
+        raise RecallkitError(f"{path}: {type(error).__name__}: {first_line(str(error), '(no message)')}") \
+            from None
     except SystemExit as error:  # sys.exit() in the file: it defined no sweep
         raise RecallkitError(f"{path} exited while loading (SystemExit: {error.code}) before defining "
                              "`configs`") from None
     except KeyboardInterrupt:
         raise
     except BaseException as error:  # noqa: BLE001 - a file's own BaseException subclass: one line too
-        raise RecallkitError(f"{path}: {type(error).__name__}: {error}") from None
+        raise RecallkitError(f"{path}: {type(error).__name__}: {first_line(str(error), '(no message)')}") \
+            from None
     configs = namespace.get("configs")
     if not isinstance(configs, (list, tuple)) or not configs:
         raise RecallkitError(f"{path} must define a non-empty list `configs` of RunConfig")
