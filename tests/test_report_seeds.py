@@ -259,6 +259,9 @@ def test_a_seed_whose_length_evaluation_scored_nothing_is_left_out_of_that_lengt
                            "train": {"lr": 1e-3, "seed": seed}}}
 
     rows = [run("a", 0, 0.7), run("b", 1, float("nan")), run("c", 2, 0.8)]
+    halted = run("h", 3, 0.0)  # halving stopped it: no seed here either (it counted, and won by count)
+    halted["metrics"]["halted"] = "halving: accuracy 0.000 at step 20, more than 0.25 below ..."
+    assert length_curves(rows + [halted]) == length_curves(rows)
     (curve,) = length_curves(rows)
     assert [point[:2] for point in curve["points"]] == [(8, pytest.approx(0.75)), (16, 0.5)]
     assert curve["interval"][0] == (0.7, 0.8)

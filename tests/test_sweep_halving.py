@@ -37,8 +37,26 @@ def test_the_rule_stops_a_run_more_than_the_margin_below_the_reference_at_the_sa
     assert rule(20, 0.6 - MARGIN + 0.01) is None
     reason = rule(20, 0.6 - MARGIN - 0.01)
     assert reason.startswith("halving: accuracy 0.340 at step 20") and "lr=0.01 (0.600; run r)" in reason
-    assert rule(40, 0.9 - MARGIN - 0.01) is not None  # past the reference's curve: its last value
-    assert rule(40, 0.9 - MARGIN + 0.01) is None
+    assert rule(35, 0.9 - MARGIN - 0.01) is not None  # past the reference's curve: its last value
+    assert rule(35, 0.9 - MARGIN + 0.01) is None
+    assert rule(40, 0.0) is None  # the last step: the run trained in full, whatever its accuracy
+
+
+def test_a_gap_of_exactly_the_margin_is_not_behind():
+    """"More than 0.25 below" was decided by float32 rounding for gaps of exactly 0.25 (125 of 697
+    pairs k/n apart by a quarter were halted). Reference: halted iff (target - accuracy) > margin in
+    exact fractions."""
+    from fractions import Fraction
+
+    import numpy as np
+
+    for n in (40, 64, 96, 320):
+        for k in range(n // 4, n + 1):
+            target, accuracy = np.float32(k / n), np.float32((k - n // 4) / n)
+            rule = halt_rule({"run_id": "r", "label": "x", "lr": 0.1, "accuracy": float(target),
+                              "curve": [(10, float(target))]}, max_steps=40)
+            exact_gap = Fraction(k, n) - Fraction(k - n // 4, n)
+            assert (rule(20, float(accuracy)) is not None) == (exact_gap > Fraction(MARGIN)), (k, n)
 
 
 def test_the_reference_is_the_best_finished_unhalted_sibling():

@@ -57,6 +57,8 @@ def length_curve(row: dict[str, Any]) -> dict[str, Any] | None:
     evals = [e for e in metrics.get("evals") or [] if not e.get("policy")]
     if row["status"] not in ("done", "diverged") or not any("length" in e for e in evals):
         return None
+    if "halted" in metrics:  # halving stopped it: the accuracy of a shorter run, not a seed (as the frontier)
+        return None
     panel = _setting(evals[0])
     evals = [e for e in evals if _setting(e) == panel]
     by_length: dict[int, tuple[float, int]] = {}

@@ -67,18 +67,24 @@ def reference(config: AnyRunConfig, rows: list[dict[str, Any]]) -> dict[str, Any
     return best
 
 
+TIE = 1e-6
+"""Gaps this close to the margin are ties (not behind): float32 rounding of k/n put 125 of 697 exact
+0.25 gaps on either side."""
+
+
 def halt_rule(ref: dict[str, Any], max_steps: int, margin: float = MARGIN, start: float = START) -> HaltRule:
-    """Stop at an evaluation (step s >= start * max_steps) with accuracy below r(s) - margin, where
-    r(s) is the reference's accuracy at its last evaluation at or before s (its final one once its
-    curve has ended, e.g. at an early stop)."""
+    """Stop at an evaluation (step s, start * max_steps <= s < max_steps) with accuracy more than
+    ``margin`` below r(s), the reference's accuracy at its last evaluation at or before s (its final
+    one once its curve has ended, e.g. at an early stop). The last step is never a stop: the run has
+    trained in full. Accuracies k/n are float32, so a gap of exactly ``margin`` is within TIE of it."""
     curve = sorted(ref["curve"])
 
     def rule(step: int, accuracy: float) -> str | None:
         earlier = [a for s, a in curve if s <= step]
-        if step < start * max_steps or not earlier:
+        if not start * max_steps <= step < max_steps or not earlier:
             return None
         target = earlier[-1]
-        if accuracy >= target - margin:
+        if target - accuracy <= margin + TIE:
             return None
         return (f"halving: accuracy {accuracy:.3f} at step {step}, more than {margin} below "
                 f"{ref['label']} lr={ref['lr']:g} ({target:.3f}; run {ref['run_id']})")
