@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pydantic import ValidationError
 
 
@@ -29,3 +31,14 @@ def one_line(error: ValidationError) -> str:
         message = item["msg"].removeprefix("Value error, ")
         parts[f"{location}: {message}" if location else message] = None
     return f"invalid {error.title}: " + "; ".join(parts)
+
+
+OUT_OF_MEMORY = re.compile(r"can't allocate memory|out of memory|not enough memory", re.IGNORECASE)
+"""How torch's CPU allocator (``DefaultCPUAllocator: can't allocate memory``, ``not enough memory``) and
+CUDA's (``CUDA out of memory``, also ``torch.OutOfMemoryError``, a RuntimeError) say they failed."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation that failed: a MemoryError, or an allocator's RuntimeError."""
+    return isinstance(error, MemoryError) or (isinstance(error, RuntimeError)
+                                              and OUT_OF_MEMORY.search(str(error)) is not None)

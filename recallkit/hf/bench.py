@@ -20,10 +20,9 @@ from typing import Any
 import torch
 
 from recallkit.bench import matmul_peak
-from recallkit.errors import RecallkitError, first_line
+from recallkit.errors import RecallkitError, first_line, is_out_of_memory
 from recallkit.hf.adapter import HFModel
 from recallkit.hf.evicting import attention_layers
-from recallkit.hf.text_eval import OUT_OF_MEMORY
 from recallkit.inference.decode import evicting_state
 from recallkit.kv import make_policy, resolve_budget
 
@@ -89,7 +88,7 @@ def _in_memory(batch: int, length: int) -> Iterator[None]:
     try:
         yield
     except (MemoryError, RuntimeError) as error:
-        if not isinstance(error, MemoryError) and not OUT_OF_MEMORY.search(str(error)):
+        if not is_out_of_memory(error):
             raise
         raise RecallkitError(f"a benchmark of {batch} x {length:,} tokens needs more memory than this "
                              f"machine has ({first_line(str(error), 'none left')}); use a shorter length "

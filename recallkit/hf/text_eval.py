@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from recallkit.errors import RecallkitError, first_line, one_line
+from recallkit.errors import RecallkitError, first_line, is_out_of_memory, one_line
 from recallkit.hf.adapter import HFModel
 from recallkit.hf.greedy import answer_ids, generate, greedy_match, teacher_forced_argmax
 from recallkit.hf.prompt_read import RECORDED_HISTORY, ReadPrompt, fork_state, read_prompt, stack_states
@@ -291,11 +291,6 @@ def _generate_batched(model: HFModel, ids: list[list[int]], max_new_tokens: int,
     return generated
 
 
-OUT_OF_MEMORY = re.compile(r"can't allocate memory|out of memory|not enough memory", re.IGNORECASE)
-"""How torch's CPU allocator (``DefaultCPUAllocator: can't allocate memory``, ``not enough memory``) and
-CUDA's (``CUDA out of memory``, also ``torch.OutOfMemoryError``, a RuntimeError) say they failed."""
-
-
 @contextlib.contextmanager
 def _in_memory(tokens: int, batch: int) -> Iterator[None]:
     """Name the prompt when reading it (the prefill, nothing after it) runs out of memory: a model
@@ -304,7 +299,7 @@ def _in_memory(tokens: int, batch: int) -> Iterator[None]:
     try:
         yield
     except (MemoryError, RuntimeError) as error:
-        if not isinstance(error, MemoryError) and not OUT_OF_MEMORY.search(str(error)):
+        if not is_out_of_memory(error):
             raise
         what = f"{batch} prompts of {tokens:,} tokens" if batch > 1 else f"a prompt of {tokens:,} tokens"
         asked = re.search(r"tried to allocate (\d+) bytes", str(error))

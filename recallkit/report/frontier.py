@@ -84,7 +84,7 @@ def _evaluated_tasks(config: dict[str, Any], evals: list[dict[str, Any]]) -> lis
     return [tests[i] if i < len(tests) else tests[0] for i in range(len(evals))]
 
 
-def _evaluated_task(config: dict[str, Any], task: dict[str, Any] | None) -> str:
+def _scored_task_key(config: dict[str, Any], task: dict[str, Any] | None) -> str:
     """What an evaluation scored, ``task``, as part of its point's identity: two runs, or two
     evaluations of one run (``eval_tasks`` with MQAR at 2 and at 4 pairs, one panel), whose tasks
     differ measure different things, so they are two points of their line and never one best of them.
@@ -97,19 +97,19 @@ def _evaluated_task(config: dict[str, Any], task: dict[str, Any] | None) -> str:
 def frontier_points(rows: list[dict[str, Any]]) -> list[FrontierPoint]:
     """One point per (panel, label, model): the best training setting's mean accuracy over its seeds.
 
-    A panel is one evaluation setting (task and length); a run evaluated at several lengths gives a
-    point in each. Models differ by width or by any mixer setting (a state-size sweep of one family
-    gives one point per setting), and so do tasks when a run is evaluated on the task it trained on
-    (:func:`_evaluated_task`); evaluations under an eviction policy form their own label, one point
-    per budget. Within a point, runs that differ only by seed are averaged, and the setting (learning
-    rate, steps, a training task evaluated elsewhere, an eviction policy's options, ...: anything but
-    the seed, :func:`~recallkit.report.common.run_setting`) with the most seeds that finished, then
-    the best mean, wins (:func:`~recallkit.report.common.setting_rank`: one lucky seed of a setting
-    whose other seeds failed does not beat a mean over three, nor do seeds that all diverged);
-    runs of two settings are never averaged as seeds. With two or more seeds the point carries every
-    seed's accuracy and a 95% bootstrap interval of the mean (:mod:`recallkit.report.stats`). Failed
-    and unfinished runs are left out, and so are runs that halving stopped early (their accuracy is
-    that of a shorter run) and evaluations that scored no sequence (accuracy NaN).
+    A panel is one evaluation setting (task and length); a run evaluated at several lengths gives a point in
+    each. Models differ by width or by any mixer setting (a state-size sweep of one family gives one point per
+    setting), and so do the tasks their evaluations scored, kept apart from a run scored on the task it
+    trained on (:func:`_scored_task_key`); evaluations under an eviction policy form their own label, one
+    point per budget. Within a point, runs that differ only by seed are averaged, and the setting (learning
+    rate, steps, a training task evaluated elsewhere, an eviction policy's options, ...: anything but the
+    seed, :func:`~recallkit.report.common.run_setting`) with the most seeds that finished, then the best mean,
+    wins (:func:`~recallkit.report.common.setting_rank`: one lucky seed of a setting whose other seeds failed
+    does not beat a mean over three, nor do seeds that all diverged); runs of two settings are never averaged
+    as seeds. With two or more seeds the point carries every seed's accuracy and a 95% bootstrap interval of
+    the mean (:mod:`recallkit.report.stats`). Failed and unfinished runs are left out, and so are runs that
+    halving stopped early (their accuracy is that of a shorter run) and evaluations that scored no sequence
+    (accuracy NaN).
     """
     groups: dict[tuple, list[tuple[dict, dict]]] = defaultdict(list)
     for row in rows:
@@ -120,7 +120,7 @@ def frontier_points(rows: list[dict[str, Any]]) -> list[FrontierPoint]:
             label = row["label"] + evaluation["series"]
             key = (evaluation["task"], evaluation["seq_len"], evaluation["panel"], label,
                    row["config"]["model"].get("d_model", 0), model, json.dumps(evaluation["budget"]),
-                   _evaluated_task(row["config"], evaluation["evaluated"]))
+                   _scored_task_key(row["config"], evaluation["evaluated"]))
             groups[key].append((row, evaluation))
     points = []
     for (_, _, _, label, width, _, _, _), group in sorted(groups.items()):

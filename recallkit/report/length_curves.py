@@ -11,9 +11,8 @@ task; runs stored before that get no bound line and the unit "length".
 
 from __future__ import annotations
 
-import math
-
 import json
+import math
 from pathlib import Path
 from statistics import mean
 from typing import Any

@@ -24,15 +24,13 @@ def load_sweep(path: str | Path) -> list[AnyRunConfig]:
         namespace = runpy.run_path(str(path))
     except ValidationError as error:
         raise RecallkitError(f"{path}: {one_line(error)}") from None
-    except Exception as error:  # its first line: a message may start with a newline (matplotlib's do)
-        raise RecallkitError(f"{path}: {type(error).__name__}: {first_line(str(error), '(no message)')}") \
-            from None
     except SystemExit as error:  # sys.exit() in the file: it defined no sweep
         raise RecallkitError(f"{path} exited while loading (SystemExit: {error.code}) before defining "
                              "`configs`") from None
     except KeyboardInterrupt:
         raise
-    except BaseException as error:  # noqa: BLE001 - a file's own BaseException subclass: one line too
+    except BaseException as error:  # noqa: BLE001 - any other, a file's own subclasses too: one line,
+        # its first (a message may start with a newline, as matplotlib's do)
         raise RecallkitError(f"{path}: {type(error).__name__}: {first_line(str(error), '(no message)')}") \
             from None
     configs = namespace.get("configs")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from recallkit.errors import RecallkitError
 from recallkit.sweep.directory import describe, make_directory, refuse_links
+from recallkit.sweep.store import RESULTS_FILE, Store
 
 LOCK_FILE = "results.lock"
 
@@ -75,3 +76,14 @@ def is_locked(out_dir: Path) -> bool:
         finally:
             os.close(fd)  # closing releases a lock this check took
     return False
+
+
+@contextmanager
+def writing(out_dir: Path) -> Iterator[Store]:
+    """The directory's results store, open to write under its writer lock. A database of another
+    program (or schema) is refused before even the lock file is written."""
+    refuse_links(out_dir / RESULTS_FILE)
+    if (out_dir / RESULTS_FILE).exists():
+        Store(out_dir / RESULTS_FILE, readonly=True).close()
+    with writer_lock(out_dir), Store(out_dir / RESULTS_FILE) as store:
+        yield store

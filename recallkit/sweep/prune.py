@@ -13,8 +13,8 @@ from pathlib import Path
 from recallkit.checkpoint import CHECKPOINT_DIR
 from recallkit.config import AnyRunConfig as RunConfig
 from recallkit.sweep.directory import refuse_links
-from recallkit.sweep.lock import writer_lock
-from recallkit.sweep.store import RESULTS_FILE, Store
+from recallkit.sweep.lock import writing
+from recallkit.sweep.store import RESULTS_FILE
 
 
 def prune_removed(out_dir: str | Path, configs: list[RunConfig]) -> list[str]:
@@ -26,8 +26,7 @@ def prune_removed(out_dir: str | Path, configs: list[RunConfig]) -> list[str]:
     out_dir = Path(out_dir)
     if not (out_dir / RESULTS_FILE).exists():
         return []
-    Store(out_dir / RESULTS_FILE, readonly=True).close()  # a foreign database: refused before the lock
-    with writer_lock(out_dir), Store(out_dir / RESULTS_FILE) as store:
+    with writing(out_dir) as store:
         refuse_links(out_dir / CHECKPOINT_DIR)  # deleted in below
         keep = {config.run_id for config in configs}
         store.reset_running()  # we hold the lock: a `running` row is a killed driver's, so unfinished

@@ -29,9 +29,9 @@ from recallkit.packed_training import pack_key
 from recallkit.errors import RecallkitError
 import recallkit.sweep.halving as halving_rules
 from recallkit.sweep.directory import refuse_links
-from recallkit.sweep.lock import writer_lock
+from recallkit.sweep.lock import writing
 from recallkit.sweep.ray_executor import RayOptions, import_ray, run_ray
-from recallkit.sweep.store import RESULTS_FILE, Store
+from recallkit.sweep.store import Store
 from recallkit.sweep.process_pool import run_processes
 from recallkit.sweep.worker import execute, execute_packed
 from recallkit.training import resolve_device
@@ -92,10 +92,7 @@ def run_sweep(
     configs = list({config.run_id: config for config in configs}.values())  # a repeated config runs once
     ray_options = check_run_options(configs, executor, workers, device, ray_options, halving, pack)
     checkpoints = str(Path(out_dir) / CHECKPOINT_DIR)  # serial and process runs resume mid-run
-    refuse_links(Path(out_dir) / RESULTS_FILE)
-    if (Path(out_dir) / RESULTS_FILE).exists():  # a foreign database: refused before even the lock file
-        Store(Path(out_dir) / RESULTS_FILE, readonly=True).close()
-    with writer_lock(Path(out_dir)), Store(Path(out_dir) / RESULTS_FILE) as store:
+    with writing(Path(out_dir)) as store:
         refuse_links(Path(out_dir) / CHECKPOINT_DIR, Path(out_dir) / "wandb")  # written into below
         store.reset_running()  # we hold the lock: any `running` row is a killed driver's
         store.add(configs)
